@@ -97,7 +97,7 @@ func (t *Tensor) validate() error {
 		if s == 0 {
 			return nil // empty view touches nothing
 		}
-		if numel > math.MaxInt32*int64(256) / int64(s) {
+		if numel > math.MaxInt32*int64(256)/int64(s) {
 			return fmt.Errorf("%w: tensor shape %v too large", ErrCorrupt, t.Shape)
 		}
 		numel *= int64(s)
