@@ -58,6 +58,7 @@ exports fairseq and ONNX files, and trains Admin models.`,
 		newInspectCmd(),
 		newImportCmd(),
 		newDemoCmd(),
+		newPreprocessCmd(),
 	)
 	return root
 }
