@@ -51,10 +51,11 @@ func (be *Backend) Attention(out, q, k, v kernels.View, a kernels.AttentionArgs)
 						continue
 					}
 					kr := kd[kBase+j*k.RowStride:][:D]
-					var s float32
+					var s64 float64
 					for d, x := range qs {
-						s += x * kr[d]
+						s64 += float64(x) * float64(kr[d])
 					}
+					s := float32(s64)
 					scores[j] = s
 					if s > m {
 						m = s

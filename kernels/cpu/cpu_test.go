@@ -29,13 +29,17 @@ func maxAbsDiff(a []float32, b []float64) float64 {
 }
 
 func TestLinear(t *testing.T) {
-	be := New(0)
 	for _, tc := range []struct {
 		name    string
 		m, n, k int
 		bias    bool
-	}{{"tiny", 1, 3, 2, true}, {"nobias", 5, 7, 9, false}, {"large", 70, 130, 64, true}} {
+		opts    []Option
+	}{
+		{"tiny", 1, 3, 2, true, nil}, {"nobias", 5, 7, 9, false, nil}, {"large", 70, 130, 64, true, nil},
+		{"f32/tiny", 1, 3, 2, true, []Option{WithFloat32Linear()}}, {"f32/large", 70, 130, 64, true, []Option{WithFloat32Linear()}},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
+			be := New(0, tc.opts...)
 			r := rand.New(rand.NewPCG(1, 2))
 			x, w, bias := randSlice(r, tc.m*tc.k), randSlice(r, tc.n*tc.k), randSlice(r, tc.n)
 			y := be.Alloc(tc.m * tc.n)
