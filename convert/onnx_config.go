@@ -3,7 +3,7 @@ package convert
 import (
 	"encoding/json"
 	"fmt"
-	"os"
+	"io"
 	"path/filepath"
 
 	"github.com/xform-dev/xform/model"
@@ -112,26 +112,12 @@ func writeONNXConfigs(m *model.Model, dir string, opt ONNXOptions) error {
 		if err != nil {
 			return fmt.Errorf("export %s: %w", name, err)
 		}
-		if err := writeSynced(filepath.Join(dir, name), append(b, '\n')); err != nil {
+		if err := writeFileSync(filepath.Join(dir, name), func(w io.Writer) error {
+			_, err := w.Write(append(b, '\n'))
+			return err
+		}); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-// writeSynced writes a small file and fsyncs it.
-func writeSynced(path string, b []byte) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return fmt.Errorf("export: %w", err)
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return fmt.Errorf("export: write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("export: sync %s: %w", path, err)
-	}
-	return f.Close()
 }

@@ -3,6 +3,7 @@ package convert
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 
@@ -304,4 +305,71 @@ func ExportONNX(m *model.Model, dir string, opt ONNXOptions) error {
 		}
 	}
 	return writeONNXConfigs(m, dir, opt)
+}
+
+// ONNXDirOptions are the extras of ExportONNXDir.
+type ONNXDirOptions struct {
+	SrcDict, TgtDict string // dictionaries to copy in ("" = none)
+	Force            bool   // replace an existing dir
+}
+
+// ExportONNXDir writes a complete export directory all or nothing: everything goes into a
+// temporary directory beside dir, is fsynced, and is renamed into place at the end, so a
+// failed or interrupted export never leaves a half-written dir behind.
+func ExportONNXDir(dir string, m *model.Model, opt ONNXOptions, extra ONNXDirOptions) error {
+	if _, err := os.Stat(dir); err == nil && !extra.Force {
+		return fmt.Errorf("export: %s: %w (use --force to replace it)", dir, os.ErrExist)
+	}
+	if err := CheckONNX(m, opt); err != nil {
+		return err
+	}
+	parent := filepath.Dir(filepath.Clean(dir))
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(dir)+".tmp-")
+	if err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			os.RemoveAll(tmp)
+		}
+	}()
+	if err := ExportONNX(m, tmp, opt); err != nil {
+		return err
+	}
+	srcName, tgtName := "dict.src.txt", "dict.tgt.txt"
+	if c := m.Config; c.SourceLang != "" && c.TargetLang != "" && c.SourceLang != c.TargetLang {
+		srcName, tgtName = "dict."+c.SourceLang+".txt", "dict."+c.TargetLang+".txt"
+	}
+	for _, f := range []struct{ src, name string }{{extra.SrcDict, srcName}, {extra.TgtDict, tgtName}} {
+		if f.src != "" {
+			if err := copyFileSync(f.src, filepath.Join(tmp, f.name)); err != nil {
+				return err
+			}
+		}
+	}
+	syncDir(tmp)
+	// Replace: move the old dir aside first, so that a failed rename can put it back.
+	var old string
+	if _, err := os.Stat(dir); err == nil {
+		old = tmp + ".old"
+		if err := os.Rename(dir, old); err != nil {
+			return fmt.Errorf("export: %w", err)
+		}
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		if old != "" {
+			os.Rename(old, dir)
+		}
+		return fmt.Errorf("export: %w", err)
+	}
+	ok = true
+	if old != "" {
+		os.RemoveAll(old)
+	}
+	syncDir(parent)
+	return nil
 }

@@ -59,6 +59,7 @@ exports fairseq and ONNX files, and trains Admin models.`,
 		newImportCmd(),
 		newDemoCmd(),
 		newPreprocessCmd(),
+		newExportCmd(),
 	)
 	return root
 }
