@@ -1,0 +1,286 @@
+package model
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"sort"
+)
+
+// BeamOptions are fairseq-generate's search flags (clinic-spec §6.1).
+type BeamOptions struct {
+	Beam       int     // --beam (5)
+	MaxLenA    float64 // --max-len-a (0)
+	MaxLenB    int     // --max-len-b (200)
+	MinLen     int     // --min-len (1)
+	LenPenalty float64 // --lenpen (1)
+	UnkPenalty float64 // --unkpen (0)
+	NBest      int     // --nbest (1)
+}
+
+// DefaultBeamOptions returns fairseq's defaults.
+func DefaultBeamOptions() BeamOptions {
+	return BeamOptions{Beam: 5, MaxLenA: 0, MaxLenB: 200, MinLen: 1, LenPenalty: 1, UnkPenalty: 0, NBest: 1}
+}
+
+// Hypothesis is one finished translation.
+type Hypothesis struct {
+	Tokens []int32 // ends with EOS
+	// Score is the sum of the positional scores divided by len(Tokens)^lenpen
+	// (natural log), as fairseq reports it.
+	Score float32
+	// PositionalScores are the per-token log-probabilities (EOS included), formed as
+	// fairseq does: differences of the running float32 sums.
+	PositionalScores []float32
+}
+
+// Generate runs beam search exactly as fairseq 0.8's SequenceGenerator (clinic-spec
+// §6.2) on a [B, S] left-padded source batch and returns, per sentence, up to NBest
+// hypotheses sorted by score (best first).
+func (r *Runner) Generate(ctx context.Context, src []int32, B, S int, opt BeamOptions) ([][]Hypothesis, error) {
+	if opt.Beam < 1 || opt.NBest < 1 || opt.NBest > opt.Beam {
+		return nil, fmt.Errorf("%w: beam %d, nbest %d", ErrInput, opt.Beam, opt.NBest)
+	}
+	V := r.cfg.TgtVocab
+	beam := min(opt.Beam, V-1)
+	maxLen := min(int(opt.MaxLenA*float64(S)+float64(opt.MaxLenB)), r.MaxDecoderPositions()-1)
+	if maxLen < 0 {
+		maxLen = 0
+	}
+	enc, err := r.Encode(ctx, src, B, S, nil)
+	if err != nil {
+		return nil, err
+	}
+	st, err := r.NewDecodeState(enc, beam, maxLen+1)
+	if err != nil {
+		return nil, err
+	}
+	bs := newBeamState(B, beam, maxLen, V)
+	negInf := float32(math.Inf(-1))
+	unkpen := float32(opt.UnkPenalty)
+	var reorder []int32
+	for step := 0; step <= maxLen; step++ {
+		if reorder != nil {
+			if err := st.Reorder(reorder); err != nil {
+				return nil, err
+			}
+		}
+		lp, err := st.Step(ctx, bs.lastTokens(step))
+		if err != nil {
+			return nil, err
+		}
+		rows := st.Rows()
+		for i := 0; i < rows; i++ {
+			row := lp[i*V : (i+1)*V]
+			row[Pad] = negInf
+			row[Unk] -= unkpen
+			switch {
+			case step >= maxLen:
+				for v := range row {
+					if v != EOS {
+						row[v] = negInf
+					}
+				}
+			case step < opt.MinLen:
+				row[EOS] = negInf
+			}
+		}
+		var done bool
+		reorder, done = bs.advance(step, lp, opt.LenPenalty)
+		if done {
+			break
+		}
+	}
+	out := make([][]Hypothesis, B)
+	for i, f := range bs.finalized {
+		// Python's sorted is stable: equal scores keep their finalisation order.
+		sort.SliceStable(f, func(a, b int) bool { return f[a].Score > f[b].Score })
+		out[i] = f[:min(opt.NBest, len(f))]
+	}
+	return out, nil
+}
+
+// beamState is the search bookkeeping of SequenceGenerator for the sentences still
+// being decoded; rows are sentence-major, beam rows per sentence.
+type beamState struct {
+	beam, maxLen, V int
+	tokens          [][]int32   // per row: EOS then the generated tokens
+	scores          [][]float32 // per row: running sums after each step
+	active          []int       // batch position -> original sentence
+	finalized       [][]Hypothesis
+	cand            []candidate
+}
+
+type candidate struct {
+	score float32
+	index int // beam·V + token within the sentence
+}
+
+func newBeamState(B, beam, maxLen, V int) *beamState {
+	n := B * beam
+	bs := &beamState{beam: beam, maxLen: maxLen, V: V, finalized: make([][]Hypothesis, B)}
+	for i := 0; i < n; i++ {
+		t := make([]int32, 1, maxLen+2)
+		t[0] = EOS
+		bs.tokens = append(bs.tokens, t)
+		bs.scores = append(bs.scores, make([]float32, 0, maxLen+1))
+	}
+	for b := 0; b < B; b++ {
+		bs.active = append(bs.active, b)
+	}
+	return bs
+}
+
+func (bs *beamState) lastTokens(step int) []int32 {
+	out := make([]int32, len(bs.tokens))
+	for i, t := range bs.tokens {
+		out[i] = t[step]
+	}
+	return out
+}
+
+// topK returns the k best (score, index) pairs of vals, best first; equal scores keep
+// the lower index first.
+func topK(dst []candidate, vals []float32, k int) []candidate {
+	dst = dst[:0]
+	for i, v := range vals {
+		if v != v { // NaN never wins
+			continue
+		}
+		if len(dst) == k && v <= dst[k-1].score {
+			continue
+		}
+		if len(dst) < k {
+			dst = append(dst, candidate{})
+		}
+		j := len(dst) - 1
+		for j > 0 && dst[j-1].score < v {
+			dst[j] = dst[j-1]
+			j--
+		}
+		dst[j] = candidate{v, i}
+	}
+	return dst
+}
+
+// advance performs one BeamSearch.step plus the finalisation and selection of
+// SequenceGenerator for every active sentence. lp holds the masked log-probabilities
+// of every row. It returns the decoder reorder indices (rows of the current decoder
+// state) and whether all sentences are finished.
+func (bs *beamState) advance(step int, lp []float32, lenpen float64) ([]int32, bool) {
+	beam, V := bs.beam, bs.V
+	k := 2 * beam
+	if step == 0 {
+		k = min(k, V-1)
+	} else {
+		k = min(k, beam*V-1)
+	}
+	nb := len(bs.active)
+	cands := make([][]candidate, nb)
+	sum := make([]float32, beam*V)
+	for b := 0; b < nb; b++ {
+		var vals []float32
+		if step == 0 {
+			// All beams are identical at the first step: only beam 0 is searched.
+			vals = lp[b*beam*V : b*beam*V+V]
+		} else {
+			for j := 0; j < beam; j++ {
+				prev := bs.scores[b*beam+j][step-1]
+				row := lp[(b*beam+j)*V : (b*beam+j+1)*V]
+				for v, x := range row {
+					sum[j*V+v] = x + prev
+				}
+			}
+			vals = sum
+		}
+		cands[b] = append([]candidate(nil), topK(bs.cand, vals, k)...)
+	}
+	// Finalise EOS candidates among the first beam of each sentence.
+	var finished []bool
+	for b := 0; b < nb; b++ {
+		sent := bs.active[b]
+		for c := 0; c < min(beam, len(cands[b])); c++ {
+			cd := cands[b][c]
+			if cd.index%V != EOS {
+				continue
+			}
+			row := b*beam + cd.index/V
+			if len(bs.finalized[sent]) < beam {
+				bs.finalized[sent] = append(bs.finalized[sent], bs.hypothesis(row, step, cd.score, lenpen))
+			}
+		}
+		if finished == nil {
+			finished = make([]bool, nb)
+		}
+		if len(bs.finalized[sent]) == beam {
+			finished[b] = true
+		}
+	}
+	keep := make([]int, 0, nb)
+	for b := 0; b < nb; b++ {
+		if !finished[b] {
+			keep = append(keep, b)
+		}
+	}
+	if len(keep) == 0 {
+		return nil, true
+	}
+	// Continue with the first beam candidates that are not EOS.
+	newTokens := make([][]int32, 0, len(keep)*beam)
+	newScores := make([][]float32, 0, len(keep)*beam)
+	reorder := make([]int32, 0, len(keep)*beam)
+	active := make([]int, 0, len(keep))
+	for _, b := range keep {
+		active = append(active, bs.active[b])
+		n := 0
+		for _, cd := range cands[b] {
+			if n == beam {
+				break
+			}
+			tok := int32(cd.index % V)
+			if tok == EOS {
+				continue
+			}
+			old := b*beam + cd.index/V
+			t := make([]int32, step+2, bs.maxLen+2)
+			copy(t, bs.tokens[old][:step+1])
+			t[step+1] = tok
+			s := make([]float32, step+1, bs.maxLen+1)
+			copy(s, bs.scores[old][:step])
+			s[step] = cd.score
+			newTokens = append(newTokens, t)
+			newScores = append(newScores, s)
+			reorder = append(reorder, int32(old))
+			n++
+		}
+		if n < beam {
+			// Cannot happen with k = 2·beam (each beam contributes at most one EOS);
+			// fairseq would then continue a blacklisted EOS hypothesis. Pad by
+			// repeating the last kept hypothesis so the row count stays fixed.
+			for ; n < beam; n++ {
+				newTokens = append(newTokens, newTokens[len(newTokens)-1])
+				newScores = append(newScores, newScores[len(newScores)-1])
+				reorder = append(reorder, reorder[len(reorder)-1])
+			}
+		}
+	}
+	bs.tokens, bs.scores, bs.active = newTokens, newScores, active
+	return reorder, false
+}
+
+// hypothesis builds the finished hypothesis of row ending in EOS at step with running
+// score eos (SequenceGenerator.finalize_hypos).
+func (bs *beamState) hypothesis(row, step int, eos float32, lenpen float64) Hypothesis {
+	toks := make([]int32, step+1)
+	copy(toks, bs.tokens[row][1:step+1])
+	toks[step] = EOS
+	cum := make([]float32, step+1)
+	copy(cum, bs.scores[row][:step])
+	cum[step] = eos
+	pos := make([]float32, step+1)
+	pos[0] = cum[0]
+	for i := 1; i <= step; i++ {
+		pos[i] = cum[i] - cum[i-1]
+	}
+	return Hypothesis{Tokens: toks, Score: eos / float32(math.Pow(float64(step+1), lenpen)), PositionalScores: pos}
+}

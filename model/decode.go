@@ -1,0 +1,154 @@
+package model
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/xform-dev/xform/kernels"
+)
+
+// DecodeState is incremental decoding for a set of rows (hypotheses): each Step feeds
+// one token per row and returns the next-token log-probabilities. Self-attention keys
+// and values grow in a per-layer cache; encoder-attention keys and values are computed
+// once per sentence and every row points at its sentence through kvIndex, so beams of
+// one sentence share them and reordering never copies them.
+type DecodeState struct {
+	r       *Runner
+	enc     *EncoderOut
+	n       int     // rows now
+	step    int     // tokens fed so far
+	maxLen  int     // cache capacity in tokens
+	kvIndex []int32 // row -> encoder batch
+	selfK   []kernels.Buffer
+	selfV   []kernels.Buffer
+	spareK  []kernels.Buffer // double buffers for reordering
+	spareV  []kernels.Buffer
+	cross   []kernels.Buffer // per layer [B, S, 2d]
+	ws      *workspace
+	x       kernels.Buffer
+	logits  kernels.Buffer
+	lprobs  kernels.Buffer
+	host    []float32
+	pos     []int32
+}
+
+// NewDecodeState prepares incremental decoding of rowsPerSentence rows for every
+// sentence of enc (row i reads sentence i/rowsPerSentence), for at most maxLen steps.
+func (r *Runner) NewDecodeState(enc *EncoderOut, rowsPerSentence, maxLen int) (*DecodeState, error) {
+	if maxLen > r.cfg.MaxTargetPositions {
+		return nil, fmt.Errorf("%w: %d decoding steps exceed the %d target positions", ErrInput, maxLen, r.cfg.MaxTargetPositions)
+	}
+	be, d := r.be, r.d
+	n := enc.B * rowsPerSentence
+	s := &DecodeState{r: r, enc: enc, n: n, maxLen: maxLen, kvIndex: make([]int32, n)}
+	for i := range s.kvIndex {
+		s.kvIndex[i] = int32(i / rowsPerSentence)
+	}
+	for li := range r.dec {
+		s.selfK = append(s.selfK, be.Alloc(n*maxLen*d))
+		s.selfV = append(s.selfV, be.Alloc(n*maxLen*d))
+		s.spareK = append(s.spareK, be.Alloc(n*maxLen*d))
+		s.spareV = append(s.spareV, be.Alloc(n*maxLen*d))
+		s.cross = append(s.cross, r.crossKV(&r.dec[li].cross, enc))
+	}
+	s.ws = newWorkspace(be, n, d, maxFFN(r.dec))
+	s.x = be.Alloc(n * d)
+	s.logits = be.Alloc(n * r.cfg.TgtVocab)
+	s.lprobs = be.Alloc(n * r.cfg.TgtVocab)
+	s.host = make([]float32, n*r.cfg.TgtVocab)
+	s.pos = make([]int32, n)
+	return s, nil
+}
+
+// Rows returns the number of rows now decoded.
+func (s *DecodeState) Rows() int { return s.n }
+
+// Reorder makes row i continue old row idx[i] (beam selection; dropping finished
+// sentences shrinks the set). It copies the used part of the self-attention caches.
+func (s *DecodeState) Reorder(idx []int32) error {
+	for _, j := range idx {
+		if j < 0 || int(j) >= s.n {
+			return fmt.Errorf("%w: reorder index %d outside %d rows", ErrInput, j, s.n)
+		}
+	}
+	be, d := s.r.be, s.r.d
+	stride := s.maxLen * d
+	used := s.step * d
+	for li := range s.selfK {
+		be.GatherRows(s.spareK[li], stride, s.selfK[li], stride, idx, used)
+		be.GatherRows(s.spareV[li], stride, s.selfV[li], stride, idx, used)
+		s.selfK[li], s.spareK[li] = s.spareK[li], s.selfK[li]
+		s.selfV[li], s.spareV[li] = s.spareV[li], s.selfV[li]
+	}
+	kv := make([]int32, len(idx))
+	for i, j := range idx {
+		kv[i] = s.kvIndex[j]
+	}
+	s.kvIndex = kv
+	s.n = len(idx)
+	return nil
+}
+
+// Step feeds tokens (one per row, the newest token of each hypothesis; the first step
+// feeds EOS, which fairseq uses as BOS) and returns the log-probabilities of the next
+// token, [rows, V] float32. The slice is reused by the next Step.
+func (s *DecodeState) Step(ctx context.Context, tokens []int32) ([]float32, error) {
+	r, be, d, n := s.r, s.r.be, s.r.d, s.n
+	if len(tokens) != n {
+		return nil, fmt.Errorf("%w: %d tokens for %d rows", ErrInput, len(tokens), n)
+	}
+	if s.step >= s.maxLen {
+		return nil, fmt.Errorf("%w: decoding past %d steps", ErrInput, s.maxLen)
+	}
+	if err := r.checkIDs(tokens, r.cfg.TgtVocab, "target"); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	t := s.step
+	// The prefix holds no pad, so the newest token's position is Pad + prefix length.
+	pos := s.pos[:n]
+	for i := range pos {
+		pos[i] = int32(Pad + t + 1)
+	}
+	x := be.Slice(s.x, 0, n*d)
+	r.embedTarget(x, tokens, pos)
+	stride := s.maxLen * d
+	before, alpha := r.cfg.DecoderNormalizeBefore, r.alphaDec
+	for li := range r.dec {
+		l := &r.dec[li]
+		r.sublayer(s.ws, x, n, l, 0, before, alpha, func(h, out kernels.Buffer) {
+			a := &l.self
+			qkv := be.Slice(s.ws.qkv, 0, n*3*d)
+			be.Linear(qkv, h, a.wqkv, a.bqkv, n, 3*d, d)
+			be.Copy2D(s.selfK[li], t*d, stride, qkv, d, 3*d, n, d)
+			be.Copy2D(s.selfV[li], t*d, stride, qkv, 2*d, 3*d, n, d)
+			ctxv := be.Slice(s.ws.attn, 0, n*d)
+			be.Attention(kernels.View{Buf: ctxv, BatchStride: d, RowStride: d},
+				kernels.View{Buf: qkv, BatchStride: 3 * d, RowStride: 3 * d},
+				kernels.View{Buf: s.selfK[li], BatchStride: stride, RowStride: d},
+				kernels.View{Buf: s.selfV[li], BatchStride: stride, RowStride: d},
+				kernels.AttentionArgs{Batch: n, Heads: a.heads, HeadDim: d / a.heads, TQ: 1, TK: t + 1, Scale: r.headScale(a)})
+			be.Linear(out, ctxv, a.wo, a.bo, n, d, d)
+		})
+		r.sublayer(s.ws, x, n, l, 1, before, alpha, func(h, out kernels.Buffer) {
+			r.crossAttention(s.ws, out, h, &l.cross, s.cross[li], s.enc, n, 1, s.kvIndex, nil)
+		})
+		r.sublayer(s.ws, x, n, l, 2, before, alpha, func(h, out kernels.Buffer) {
+			r.ffn(s.ws, out, h, l, n)
+		})
+	}
+	V := r.cfg.TgtVocab
+	if r.decLN != nil {
+		be.LayerNorm(x, x, r.decLN.g, r.decLN.b, n, d, lnEps)
+	}
+	logits := be.Slice(s.logits, 0, n*V)
+	be.Linear(logits, x, r.outProj, nil, n, V, d)
+	lp := be.Slice(s.lprobs, 0, n*V)
+	be.LogSoftmax(lp, logits, n, V)
+	host := s.host[:n*V]
+	be.Download(host, lp)
+	s.step++
+	return host, nil
+}
