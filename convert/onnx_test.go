@@ -291,11 +291,16 @@ func pythonONNX(t *testing.T) string {
 
 func runCheck(t *testing.T, py string, args ...string) {
 	t.Helper()
-	cmd := exec.Command(py, append([]string{"../tools/onnx/check_onnx.py"}, args...)...)
+	runScript(t, py, "../tools/onnx/check_onnx.py", args...)
+}
+
+func runScript(t *testing.T, py, script string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(py, append([]string{script}, args...)...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
-		t.Fatalf("check_onnx.py %v: %v\n%s", args, err, out.String())
+		t.Fatalf("%s %v: %v\n%s", script, args, err, out.String())
 	}
 	if testing.Verbose() {
 		t.Logf("%s", out.String())
@@ -340,6 +345,12 @@ func TestONNXRuntime(t *testing.T) {
 					t.Fatal(err)
 				}
 				runCheck(t, py, exp, "--dump", filepath.Join(runDir, "dump_last"))
+				if !fp16 {
+					// Beam search over ORT alone must reproduce fairseq-generate's hypotheses
+					// (fp16 is excluded: its rounding flips near-tied candidates).
+					runScript(t, py, "../examples/onnx_translate.py", exp, "--data-bin", "../fixtures/clinic/data-bin",
+						"--beam", "4", "--quiet", "--check", filepath.Join(runDir, "gen_beam4_cpu.txt"))
+				}
 			})
 		}
 	}
