@@ -11,8 +11,10 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/xform-dev/xform/fairseqpt"
 	"github.com/xform-dev/xform/model"
@@ -269,7 +271,14 @@ func FromFairseq(ck *fairseqpt.Checkpoint) (*model.Model, []string, error) {
 	}
 	m := &model.Model{Config: cfg, Params: map[string]*tensor.Tensor{}}
 	var dropped []string
+	loaded, err := materializeAll(ck, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
 	get := func(name string, t *fairseqpt.Tensor) (*tensor.Tensor, error) {
+		if mt, ok := loaded[name]; ok {
+			return mt, nil
+		}
 		mt, err := t.Materialize()
 		if err != nil {
 			return nil, fmt.Errorf("convert: %s: %s: %w", ck.Path, name, err)
@@ -428,7 +437,9 @@ func splitRows(t *tensor.Tensor, n, d int) ([]*tensor.Tensor, error) {
 	out := make([]*tensor.Tensor, n)
 	for i := range out {
 		shape := append([]int{d}, t.Shape[1:]...)
-		out[i] = &tensor.Tensor{DType: t.DType, Shape: shape, Data: append([]byte(nil), t.Data[i*d*rowBytes:(i+1)*d*rowBytes]...)}
+		// Views share the fused buffer (full slice expression: appending can never spill into a neighbour).
+		lo, hi := i*d*rowBytes, (i+1)*d*rowBytes
+		out[i] = &tensor.Tensor{DType: t.DType, Shape: shape, Data: t.Data[lo:hi:hi]}
 	}
 	return out, nil
 }
@@ -449,4 +460,49 @@ func checkVersion(name string, t *fairseqpt.Tensor, cfg model.Config) error {
 		return fmt.Errorf("%s = %g: a pre-0.7 normalize-before checkpoint whose final layer norm fairseq drops; not supported", name, v[0])
 	}
 	return nil
+}
+
+// materializeAll reads every parameter-bearing tensor of the state dict from the file in
+// parallel: on a large checkpoint the reads (page cache copies and CRC checks) dominate.
+func materializeAll(ck *fairseqpt.Checkpoint, cfg model.Config) (map[string]*tensor.Tensor, error) {
+	var jobs []fairseqpt.NamedTensor
+	for _, nt := range ck.State {
+		n := nt.Name
+		if strings.HasSuffix(n, ".version") || strings.HasSuffix(n, "_float_tensor") || strings.HasSuffix(n, "embed_positions.weights") ||
+			(n == model.DecEmbed && cfg.ShareAllEmbeddings) ||
+			((n == "decoder.embed_out" || n == "decoder.output_projection.weight") && cfg.TiedOutput()) {
+			continue
+		}
+		jobs = append(jobs, nt)
+	}
+	out := make([]*tensor.Tensor, len(jobs))
+	errs := make([]error, len(jobs))
+	workers := runtime.GOMAXPROCS(0)
+	if workers > 8 {
+		workers = 8
+	}
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				out[i], errs[i] = jobs[i].Tensor.Materialize()
+			}
+		}()
+	}
+	for i := range jobs {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	m := make(map[string]*tensor.Tensor, len(jobs))
+	for i, nt := range jobs {
+		if errs[i] != nil {
+			return nil, fmt.Errorf("convert: %s: %s: %w", ck.Path, nt.Name, errs[i])
+		}
+		m[nt.Name] = out[i]
+	}
+	return m, nil
 }

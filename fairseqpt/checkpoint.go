@@ -104,6 +104,9 @@ func Interpret(f *File) (*Checkpoint, error) {
 		ck.State = append(ck.State, NamedTensor{e.Key, t})
 	}
 
+	if len(ck.State) == 0 {
+		return nil, fail("the \"model\" state dict holds no tensors")
+	}
 	args, _ := DictGet(f.Root, "args")
 	cfg, _ := DictGet(f.Root, "cfg")
 	switch {

@@ -3,6 +3,7 @@ package fairseqpt
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"math/big"
@@ -54,6 +55,11 @@ func (u *unpickler) load(data []byte) (v interface{}, err error) {
 	}
 	v, err = up.Load()
 	if err != nil {
+		for _, sentinel := range []error{ErrTruncated, ErrCorrupt, ErrUnsupported, ErrNotTorch} {
+			if errors.Is(err, sentinel) {
+				return nil, err
+			}
+		}
 		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
 	return v, nil

@@ -30,14 +30,21 @@ func main() {
 		return
 	}
 	fmt.Fprintln(os.Stderr, "xform:", err)
+	os.Exit(exitCode(err))
+}
+
+// exitCode maps an error to the process exit status.
+func exitCode(err error) int {
 	var ue usageError
 	switch {
+	case err == nil:
+		return 0
 	case errors.As(err, &ue):
-		os.Exit(exitUsage)
+		return exitUsage
 	case errors.Is(err, context.Canceled):
-		os.Exit(exitInterrupted)
+		return exitInterrupted
 	}
-	os.Exit(exitFailure)
+	return exitFailure
 }
 
 func newRootCmd() *cobra.Command {

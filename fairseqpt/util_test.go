@@ -1,0 +1,5 @@
+package fairseqpt
+
+import "os"
+
+func readFileOK(p string) ([]byte, error) { return os.ReadFile(p) }
