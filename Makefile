@@ -1,0 +1,41 @@
+# xform — make targets. `make test` is what CI runs (through .ci/run).
+GO      ?= go
+BIN     ?= bin/xform
+PKGS    := ./...
+
+.PHONY: build static test vet fmt-check demo fuzz bench clean
+
+build:
+	$(GO) build -o $(BIN) ./cmd/xform
+
+# A fully static binary (no cgo): what runs on the GPU machine and any Linux box.
+static:
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/xform
+
+vet:
+	$(GO) vet $(PKGS)
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+# Unit, reference-parity and Python-side round-trip tests. Python checks need
+# tools/requirements-ci.txt installed; with CI=true a missing Python dependency fails the run.
+test: vet fmt-check
+	$(GO) test -count=1 -timeout 40m $(PKGS)
+
+demo: build
+	$(BIN) demo
+
+# Each parser's fuzz target for a while (FUZZTIME=5m make fuzz for longer).
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzRead$$' -fuzztime $(FUZZTIME) ./fairseqpt
+	$(GO) test -run '^$$' -fuzz '^FuzzPickle$$' -fuzztime $(FUZZTIME) ./fairseqpt
+	$(GO) test -run '^$$' -fuzz '^FuzzParseProfile$$' -fuzztime $(FUZZTIME) ./admin
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./...
+
+clean:
+	rm -rf bin
