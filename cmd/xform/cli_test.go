@@ -47,7 +47,9 @@ func TestImportBadInput(t *testing.T) {
 		{"profile for a non-Admin model", func(o string) []string {
 			return []string{"import", fx + "clinic/runs/b_postln/ckpt/checkpoint_last.pt", "-o", o, "--profile", fx + "clinic/runs/a_admin/profile.ratio.init"}
 		}, "not an Admin model", 1},
-		{"no -o", func(o string) []string { return []string{"import", fx + "clinic/runs/b_postln/ckpt/checkpoint_last.pt"} }, "-o DIR is required", 2},
+		{"no -o", func(o string) []string {
+			return []string{"import", fx + "clinic/runs/b_postln/ckpt/checkpoint_last.pt"}
+		}, "-o DIR is required", 2},
 		{"two args", func(o string) []string { return []string{"inspect", "a", "b"} }, "accepts 1 arg", 2},
 	}
 	for _, c := range cases {
