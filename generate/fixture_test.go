@@ -68,13 +68,13 @@ func parseGen(t *testing.T, text []byte) *genOutput {
 	return g
 }
 
-func loadRunner(t testing.TB, run string) *model.Runner {
+func loadRunner(t testing.TB, run string, opts ...cpu.Option) *model.Runner {
 	t.Helper()
 	m, err := convert.LoadCheckpoint(filepath.Join(fixtures, "runs", run, "ckpt/checkpoint_last.pt"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := model.NewRunner(m, cpu.New(0))
+	r, err := model.NewRunner(m, cpu.New(0, opts...))
 	if err != nil {
 		t.Fatal(err)
 	}

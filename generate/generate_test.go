@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"github.com/xform-dev/xform/kernels/cpu"
 
 	"github.com/xform-dev/xform/model"
 )
@@ -116,9 +119,13 @@ func BenchmarkGenerateBeam4(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, run := range []string{"a_admin", "c_preln"} {
-		b.Run(run, func(b *testing.B) {
-			r := loadRunner(b, run)
+	for _, tc := range []struct {
+		name string
+		opts []cpu.Option
+	}{{"a_admin", nil}, {"c_preln", nil}, {"a_admin/f32linear", []cpu.Option{cpu.WithFloat32Linear()}}} {
+		run := strings.SplitN(tc.name, "/", 2)[0]
+		b.Run(tc.name, func(b *testing.B) {
+			r := loadRunner(b, run, tc.opts...)
 			opt := Options{Search: model.DefaultBeamOptions(), BatchSize: 128, RequiredBatchSizeMultiple: 8, Seed: 1, Quiet: true}
 			opt.Search.Beam = 4
 			var sents, toks int

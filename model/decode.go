@@ -17,7 +17,8 @@ type DecodeState struct {
 	enc     *EncoderOut
 	n       int     // rows now
 	step    int     // tokens fed so far
-	maxLen  int     // cache capacity in tokens
+	maxLen  int     // most steps allowed
+	cap     int     // cache capacity in tokens (grows by doubling up to maxLen)
 	kvIndex []int32 // row -> encoder batch
 	selfK   []kernels.Buffer
 	selfV   []kernels.Buffer
@@ -40,15 +41,17 @@ func (r *Runner) NewDecodeState(enc *EncoderOut, rowsPerSentence, maxLen int) (*
 	}
 	be, d := r.be, r.d
 	n := enc.B * rowsPerSentence
-	s := &DecodeState{r: r, enc: enc, n: n, maxLen: maxLen, kvIndex: make([]int32, n)}
+	// Most hypotheses end long before maxLen, so the self-attention cache starts small
+	// and doubles when full.
+	s := &DecodeState{r: r, enc: enc, n: n, maxLen: maxLen, cap: min(maxLen, 16), kvIndex: make([]int32, n)}
 	for i := range s.kvIndex {
 		s.kvIndex[i] = int32(i / rowsPerSentence)
 	}
 	for li := range r.dec {
-		s.selfK = append(s.selfK, be.Alloc(n*maxLen*d))
-		s.selfV = append(s.selfV, be.Alloc(n*maxLen*d))
-		s.spareK = append(s.spareK, be.Alloc(n*maxLen*d))
-		s.spareV = append(s.spareV, be.Alloc(n*maxLen*d))
+		s.selfK = append(s.selfK, be.Alloc(n*s.cap*d))
+		s.selfV = append(s.selfV, be.Alloc(n*s.cap*d))
+		s.spareK = append(s.spareK, be.Alloc(n*s.cap*d))
+		s.spareV = append(s.spareV, be.Alloc(n*s.cap*d))
 		s.cross = append(s.cross, r.crossKV(&r.dec[li].cross, enc))
 	}
 	s.ws = newWorkspace(be, n, d, maxFFN(r.dec))
@@ -72,7 +75,7 @@ func (s *DecodeState) Reorder(idx []int32) error {
 		}
 	}
 	be, d := s.r.be, s.r.d
-	stride := s.maxLen * d
+	stride := s.cap * d
 	used := s.step * d
 	for li := range s.selfK {
 		be.GatherRows(s.spareK[li], stride, s.selfK[li], stride, idx, used)
@@ -107,6 +110,9 @@ func (s *DecodeState) Step(ctx context.Context, tokens []int32) ([]float32, erro
 		return nil, err
 	}
 	t := s.step
+	if t == s.cap {
+		s.grow()
+	}
 	// The prefix holds no pad, so the newest token's position is Pad + prefix length.
 	pos := s.pos[:n]
 	for i := range pos {
@@ -114,7 +120,7 @@ func (s *DecodeState) Step(ctx context.Context, tokens []int32) ([]float32, erro
 	}
 	x := be.Slice(s.x, 0, n*d)
 	r.embedTarget(x, tokens, pos)
-	stride := s.maxLen * d
+	stride := s.cap * d
 	before, alpha := r.cfg.DecoderNormalizeBefore, r.alphaDec
 	for li := range r.dec {
 		l := &r.dec[li]
@@ -151,4 +157,21 @@ func (s *DecodeState) Step(ctx context.Context, tokens []int32) ([]float32, erro
 	be.Download(host, lp)
 	s.step++
 	return host, nil
+}
+
+// grow doubles the self-attention cache capacity (capped at maxLen), keeping the rows.
+func (s *DecodeState) grow() {
+	be, d := s.r.be, s.r.d
+	nc := min(2*s.cap, s.maxLen)
+	rows := s.n // rows only shrink, so the live ones are enough
+	for li := range s.selfK {
+		for _, p := range []*kernels.Buffer{&s.selfK[li], &s.selfV[li]} {
+			nb := be.Alloc(rows * nc * d)
+			be.Copy2D(nb, 0, nc*d, *p, 0, s.cap*d, rows, s.step*d)
+			*p = nb
+		}
+		s.spareK[li] = be.Alloc(rows * nc * d)
+		s.spareV[li] = be.Alloc(rows * nc * d)
+	}
+	s.cap = nc
 }
