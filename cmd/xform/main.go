@@ -67,6 +67,9 @@ exports fairseq and ONNX files, and trains Admin models.`,
 		newDemoCmd(),
 		newPreprocessCmd(),
 		newExportCmd(),
+		newGenerateCmd(),
+		newTranslateCmd(),
+		newScoreCmd(),
 	)
 	return root
 }
