@@ -38,8 +38,17 @@ func scanPickle(b []byte, onGlobal func(module, name string)) (int, error) {
 			n = 2
 		case 'J', 'j', 'r', 0x84:
 			n = 4
-		case 'G', 0x95:
+		case 'G':
 			n = 8
+		case 0x95: // FRAME: the size of the opcodes that follow, which must fit in the stream
+			if err := need(8); err != nil {
+				return 0, err
+			}
+			if err := need(8 + binary.LittleEndian.Uint64(b[i:])); err != nil {
+				return 0, err
+			}
+			i += 8
+			continue
 		case 'U', 'C', 0x8c, 0x8a: // 1-byte length
 			if err := need(1); err != nil {
 				return 0, err
