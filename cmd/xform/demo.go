@@ -110,5 +110,22 @@ func demoSteps() []demoStep {
 			fmt.Fprintf(out, "check: %d tensors in model.safetensors are bit-identical to the checkpoint\n", len(a.Params))
 			return nil
 		}},
+		{"translate the test set with beam search (as fairseq-generate)", func(cmd *cobra.Command, work string, out io.Writer) error {
+			var buf bytes.Buffer
+			if _, err := runSub(&buf, "generate", filepath.Join(work, "data-bin"), "--path", filepath.Join(work, "model"),
+				"--beam", "4", "--batch-size", "128", "--quiet"); err != nil {
+				out.Write(buf.Bytes())
+				return err
+			}
+			out.Write(buf.Bytes())
+			// The Clinic fork's own generate.py on this checkpoint printed this BLEU line
+			// (fixtures/clinic/runs/a_admin/gen_beam4_cpu.txt).
+			const ref = "BLEU4 = 28.58, 66.5/40.2/21.6/11.6 (BP=1.000, ratio=1.218, syslen=1294, reflen=1062)"
+			if !bytes.Contains(buf.Bytes(), []byte(ref)) {
+				return fmt.Errorf("BLEU line differs from the reference's %q", ref)
+			}
+			fmt.Fprintln(out, "check: same BLEU line as the reference fairseq-generate on this model")
+			return nil
+		}},
 	}
 }
