@@ -53,24 +53,24 @@ func TestBadInput(t *testing.T) {
 		{name: "missing train source", files: map[string]string{"c/train.tgt": "x\n"},
 			is: os.ErrNotExist, mention: []string{"train.src"}},
 		{name: "missing second valid prefix", files: good,
-			opt:     func(o *Options, dir string) { o.ValidPref += "," + filepath.Join(dir, "c/nope") },
-			is:      os.ErrNotExist, mention: []string{"valid1 split", "nope.src"}},
+			opt: func(o *Options, dir string) { o.ValidPref += "," + filepath.Join(dir, "c/nope") },
+			is:  os.ErrNotExist, mention: []string{"valid1 split", "nope.src"}},
 		{name: "line counts differ", files: with(map[string]string{"c/valid.tgt": "x\ny\nz\n"}),
 			is: ErrLineCount, mention: []string{"valid.src has 2 lines", "valid.tgt has 3"}},
 		{name: "line counts differ by a lone CR", files: with(map[string]string{"c/valid.tgt": "x\ry\nz\n"}),
 			is: ErrLineCount},
 		{name: "srcdict missing", files: good,
-			opt:     func(o *Options, dir string) { o.SrcDict = filepath.Join(dir, "nodict.txt") },
-			is:      os.ErrNotExist, mention: []string{"--srcdict", "nodict.txt"}},
+			opt: func(o *Options, dir string) { o.SrcDict = filepath.Join(dir, "nodict.txt") },
+			is:  os.ErrNotExist, mention: []string{"--srcdict", "nodict.txt"}},
 		{name: "srcdict without count", files: with(map[string]string{"d.txt": "a 3\nb\n"}),
-			opt:     func(o *Options, dir string) { o.SrcDict = filepath.Join(dir, "d.txt") },
-			is:      data.ErrFormat, mention: []string{"--srcdict", "d.txt", "line 2"}},
+			opt: func(o *Options, dir string) { o.SrcDict = filepath.Join(dir, "d.txt") },
+			is:  data.ErrFormat, mention: []string{"--srcdict", "d.txt", "line 2"}},
 		{name: "srcdict count not a number", files: with(map[string]string{"d.txt": "a 3\nb 4x\n"}),
-			opt:     func(o *Options, dir string) { o.SrcDict = filepath.Join(dir, "d.txt") },
-			is:      data.ErrFormat, mention: []string{"d.txt", "line 2", "4x"}},
+			opt: func(o *Options, dir string) { o.SrcDict = filepath.Join(dir, "d.txt") },
+			is:  data.ErrFormat, mention: []string{"d.txt", "line 2", "4x"}},
 		{name: "srcdict not UTF-8", files: with(map[string]string{"d.txt": "a 3\n\xff 4\n"}),
-			opt:     func(o *Options, dir string) { o.SrcDict = filepath.Join(dir, "d.txt") },
-			is:      data.ErrNotUTF8, mention: []string{"d.txt", "line 2"}},
+			opt: func(o *Options, dir string) { o.SrcDict = filepath.Join(dir, "d.txt") },
+			is:  data.ErrNotUTF8, mention: []string{"d.txt", "line 2"}},
 		{name: "train not UTF-8", files: with(map[string]string{"c/train.src": "a b\nb\nc \xc3\x28\n"}),
 			is: data.ErrNotUTF8, mention: []string{"train.src: line 3", "byte 3"}},
 		{name: "valid not UTF-8 after a CRLF", files: with(map[string]string{"c/valid.tgt": "x\r\n\xed\xa0\x80\n"}),
@@ -188,5 +188,34 @@ func TestContextCanceled(t *testing.T) {
 	}
 	if _, err := os.Stat(o.DestDir); err == nil {
 		t.Error("destdir created by a canceled run")
+	}
+}
+
+// A train file with \r line ends: xform counts every line (fairseq 0.8 may
+// stop early) and says so in the log.
+func TestCarriageReturnInTrain(t *testing.T) {
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"train.src": "a b\nb c\rc d\r\nd\n", "train.tgt": "x\ny\nz\nw\n"})
+	o := Defaults()
+	o.SourceLang, o.TargetLang = "src", "tgt"
+	o.TrainPref = filepath.Join(dir, "train")
+	o.DestDir = filepath.Join(dir, "out")
+	var log bytes.Buffer
+	o.Log = &log
+	o.Workers, o.chunkSize = 2, 4
+	if err := Run(context.Background(), o); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(log.String(), "train.src: line 2 ends in \\r") {
+		t.Errorf("no warning for line 2 in:\n%s", log.String())
+	}
+	d, err := data.LoadDictionary(filepath.Join(o.DestDir, "dict.src.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for sym, want := range map[string]int64{"b": 2, "c": 2, "d": 2, "a": 1} {
+		if got := d.Count(d.Index(sym)); got != want {
+			t.Errorf("count(%s) = %d, want %d", sym, got, want)
+		}
 	}
 }

@@ -357,7 +357,7 @@ func (r *run) dictionaries(ctx context.Context) (src, tgt *data.Dictionary, err 
 		return d, nil
 	}
 	build := func(files []string, threshold, nwords int) (*data.Dictionary, error) {
-		d, err := buildDictionary(ctx, files, o.Workers, o.chunkSize, threshold, nwords, o.PaddingFactor, r.prog)
+		d, err := buildDictionary(ctx, files, o.Workers, o.chunkSize, threshold, nwords, o.PaddingFactor, r.prog, r.log)
 		if err != nil {
 			return nil, fmt.Errorf("preprocess: building the dictionary: %w", err)
 		}

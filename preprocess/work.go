@@ -1,7 +1,10 @@
 package preprocess
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"io"
 	"sort"
 
 	"github.com/xform-dev/xform/train/data"
@@ -14,6 +17,7 @@ type counts struct {
 	words []string
 	n     []int64
 	lines int64
+	cr    int // first line (in its chunk) that ends in \r or \r\n; 0: none
 }
 
 func newCounts() *counts { return &counts{idx: make(map[string]int32)} }
@@ -43,15 +47,20 @@ func (c *counts) merge(o *counts) {
 }
 
 // countFile adds the tokens of path (plus one </s> per line, as fairseq
-// counts) to total.
-func countFile(ctx context.Context, path string, workers, size int, total *counts, prog *progress) error {
+// counts) to total. It returns the first line that ends in \r or \r\n (0:
+// none), because fairseq 0.8 may stop counting there.
+func countFile(ctx context.Context, path string, workers, size int, total *counts, prog *progress) (int, error) {
 	prog.start(path)
 	defer prog.done()
 	work := func(ch *chunk) (*counts, int, error) {
 		c := newCounts()
 		lines := 0
+		hasCR := bytes.IndexByte(ch.data, '\r') >= 0
 		err := eachLine(ch.data, func(line []byte) error {
 			lines++
+			if hasCR && c.cr == 0 && lineEndsInCR(ch.data, line) {
+				c.cr = lines
+			}
 			if err := data.CheckUTF8(line); err != nil {
 				return &lineError{lines, err}
 			}
@@ -61,19 +70,36 @@ func countFile(ctx context.Context, path string, workers, size int, total *count
 		c.lines = int64(lines)
 		return c, lines, err
 	}
-	return pipeline(ctx, path, workers, size, work, func(c *counts, _ int, n int) error {
+	firstCR := 0
+	err := pipeline(ctx, path, workers, size, work, func(c *counts, before int, n int) error {
 		total.merge(c)
+		if firstCR == 0 && c.cr > 0 {
+			firstCR = before + c.cr
+		}
 		prog.add(n, int(c.lines))
 		return nil
 	})
+	return firstCR, err
+}
+
+// lineEndsInCR reports whether the line (a subslice of chunk) is terminated
+// by \r or \r\n.
+func lineEndsInCR(chunk, line []byte) bool {
+	end := cap(chunk) - cap(line) + len(line) // offset of the terminator in chunk
+	return end < len(chunk) && chunk[end] == '\r'
 }
 
 // buildDictionary is fairseq's build_dictionary over the given train files.
-func buildDictionary(ctx context.Context, files []string, workers, size, threshold, nwords, padding int, prog *progress) (*data.Dictionary, error) {
+func buildDictionary(ctx context.Context, files []string, workers, size, threshold, nwords, padding int, prog *progress, log io.Writer) (*data.Dictionary, error) {
 	total := newCounts()
 	for _, f := range files {
-		if err := countFile(ctx, f, workers, size, total, prog); err != nil {
+		cr, err := countFile(ctx, f, workers, size, total, prog)
+		if err != nil {
 			return nil, err
+		}
+		if cr > 0 {
+			fmt.Fprintf(log, "| warning: %s: line %d ends in \\r; fairseq 0.8 may stop counting this file there "+
+				"(its text-mode f.tell() check), xform counts every line, so the dictionary can differ from fairseq's\n", f, cr)
 		}
 	}
 	// fairseq adds symbols in sorted order; Finalize re-sorts anyway, but the
