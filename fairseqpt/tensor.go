@@ -148,7 +148,11 @@ func (t *Tensor) Materialize() (*tensor.Tensor, error) {
 		return nil, err
 	}
 	if t.contiguous() {
-		out.Data = append([]byte(nil), all[t.Offset*es:(t.Offset+n)*es]...)
+		if t.Offset == 0 && n == t.Storage.Numel {
+			out.Data = all // the usual case: the view is the whole storage
+		} else {
+			out.Data = append([]byte(nil), all[t.Offset*es:(t.Offset+n)*es]...)
+		}
 		return out, nil
 	}
 	out.Data = make([]byte, n*es)
