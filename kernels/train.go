@@ -1,0 +1,79 @@
+package kernels
+
+// Trainer is a Backend that can also train: the backward of every forward operation
+// the Transformer uses, the fused label-smoothed loss, and the optimizer update. It is
+// a separate interface so inference-only backends need not implement it.
+//
+// Conventions: a backward method takes the saved forward inputs and the output
+// gradient dy. Gradients of parameters (dw, db, dgamma, domega, dtable) are always
+// accumulated (+=), because a parameter may be used several times per step (tied
+// embeddings, update-freq accumulation); input gradients are overwritten unless the
+// method says otherwise. A nil gradient argument skips that gradient.
+type Trainer interface {
+	Backend
+
+	// LinearBackward is the backward of Linear(y, x, w, bias, m, n, k):
+	// dx = dy·w [m,k] (overwritten), dw += dyᵀ·x [n,k], db += Σ_rows dy [n].
+	LinearBackward(dx, dw, db, dy, x, w Buffer, m, n, k int)
+	// LayerNormBackward is the backward of LayerNorm(y, x, gamma, ·): dx is
+	// overwritten, dgamma and dbeta accumulate.
+	LayerNormBackward(dx, dgamma, dbeta, dy, x, gamma Buffer, rows, dim int, eps float32)
+	// ResidualBackward is the backward of Residual(y, x, branch, omega, alpha) for the
+	// x and ω inputs: dx += alpha·(omega⊙dy) (accumulated, because the residual input
+	// also feeds the branch), domega += alpha·Σ_rows x⊙dy. The branch gradient is dy.
+	ResidualBackward(dx, domega, dy, x, omega Buffer, alpha float32, rows, dim int)
+	// ActivateBackward sets dx = dy·act'(x) where x is the activation's input (dx may
+	// alias dy).
+	ActivateBackward(dx, dy, x Buffer, act Activation)
+	// EmbedBackward accumulates dtable[ids[i]] += scale·dy[i] for rows whose id is not
+	// skip (torch's padding_idx: that row never receives a gradient).
+	EmbedBackward(dtable, dy Buffer, ids []int32, dim int, scale float32, skip int32)
+
+	// AttentionForward is Attention for training: it also saves the softmax
+	// probabilities [Batch, Heads, TQ, TK] in probs, and when dropMask is not nil it
+	// multiplies the probabilities by it (dropout with the 1/(1−p) scale folded into the
+	// mask, same layout as probs) before they weight the values. KVIndex and Probs of a
+	// are not used.
+	AttentionForward(out, q, k, v View, a AttentionArgs, probs, dropMask Buffer)
+	// AttentionBackward accumulates the gradients of q, k and v (+=) from dout, given
+	// the forward inputs and the probs and dropMask AttentionForward saved.
+	AttentionBackward(dq, dk, dv, dout, q, k, v View, a AttentionArgs, probs, dropMask Buffer)
+
+	// Mul sets y = x⊙m elementwise (dropout with a precomputed mask; y may alias x).
+	Mul(y, x, m Buffer)
+	// AddTo sets y += x elementwise.
+	AddTo(y, x Buffer)
+	// Fill sets every element of x to v.
+	Fill(x Buffer, v float32)
+
+	// LabelSmoothedLoss takes logits [rows, V] and the target id of each row and
+	// computes fairseq's label-smoothed cross entropy on the float32 log_softmax:
+	// loss = Σ_rows (1−eps)·nll + eps/V·Σ_v −lprob_v and nll = Σ_rows −lprob_target,
+	// rows whose target is ignore left out. When dlogits is not nil it receives
+	// scale·∂loss/∂logits (zero on ignored rows).
+	LabelSmoothedLoss(dlogits, logits Buffer, targets []int32, rows, V int, eps float32, ignore int32, scale float32) (loss, nll float64)
+
+	// SumSquares returns Σ x², accumulated in float64.
+	SumSquares(x Buffer) float64
+	// Scale sets x = a·x.
+	Scale(x Buffer, a float32)
+	// AdamStep applies one Adam or RAdam update to the parameter p with gradient g and
+	// moments m and v (all the same length), as OptimStep describes.
+	AdamStep(p, g, m, v Buffer, s OptimStep)
+}
+
+// OptimStep holds the scalars of one Adam/RAdam update of one parameter. The
+// optimizer computes them in float64 as the reference's Python does; the elementwise
+// update then runs in float32 as torch's does:
+//
+//	v = Beta2·v + OneMinusBeta2·g²        m = Beta1·m + OneMinusBeta1·g
+//	p = p + Decay·p                        (decoupled weight decay, Decay = −wd·lr; skipped when 0)
+//	p = p − StepSize·m/(√v + Eps)          (skipped when Update is false: RAdam while ρ_t < 5)
+type OptimStep struct {
+	Beta1, Beta2                 float32
+	OneMinusBeta1, OneMinusBeta2 float32
+	Eps                          float32
+	Decay                        float32
+	StepSize                     float32
+	Update                       bool
+}
