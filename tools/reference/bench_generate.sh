@@ -26,8 +26,8 @@ for run in a_admin b_postln c_preln; do
 		t2=$(date +%s.%N)
 		same=$(diff <(grep '^H-' ref.txt | cut -f1,3 | sort) <(grep '^H-' xf.txt | cut -f1,3 | sort) >/dev/null && echo identical || echo DIFFERENT)
 		echo "$run beam $beam: hypotheses $same"
-		echo "  reference: wall $(echo "$t1 - $t0" | bc) s (process); $(grep '^| Translated' ref.txt)"
-		echo "  xform:     wall $(echo "$t2 - $t1" | bc) s (process); $(grep '^| Translated' xf.txt)"
+		echo "  reference: wall $(python3 -c "print(round($t1 - $t0, 2))") s (process); $(grep '^| Translated' ref.txt)"
+		echo "  xform:     wall $(python3 -c "print(round($t2 - $t1, 2))") s (process); $(grep '^| Translated' xf.txt)"
 		echo "  reference: $(grep 'BLEU4' ref.txt)"
 		echo "  xform:     $(grep 'BLEU4' xf.txt)"
 	done
