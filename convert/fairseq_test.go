@@ -214,6 +214,18 @@ func TestSameModelAcrossFormats(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertSameModel(t, post, cfg)
+
+	// The same in a pickled omegaconf DictConfig (fairseq masters of 2020-10…2021-03),
+	// made by tools/reference/make_dictconfig_ckpt.py with the real omegaconf.
+	dc, err := Import("../fixtures/torch/b_postln_dictconfig.pt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.Close()
+	if dc.Checkpoint.Generation != fairseqpt.GenDictConfig {
+		t.Errorf("generation %s", dc.Checkpoint.Generation)
+	}
+	assertSameModel(t, post, dc.Model)
 }
 
 func assertSameModel(t *testing.T, a, b *model.Model) {
