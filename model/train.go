@@ -1,0 +1,667 @@
+package model
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+
+	"github.com/xform-dev/xform/kernels"
+	"github.com/xform-dev/xform/tensor"
+)
+
+// The training forward and backward live here, apart from the inference forward in
+// forward.go: inference overwrites its activations in place and keeps no state, while
+// training must keep every sub-layer's inputs for the backward. The numerics are the
+// same kernels, called in the same order, so a training forward with dropout 0 computes
+// what the inference forward computes.
+
+// TrainBatch is one collated batch as fairseq's LanguagePairDataset builds it: sources
+// left-padded [B, S], previous output tokens (EOS first) and targets right-padded [B, T].
+type TrainBatch struct {
+	B, S, T int
+	Src     []int32
+	Prev    []int32
+	Target  []int32
+	// NTokens is the number of non-pad target tokens (fairseq's ntokens).
+	NTokens int
+}
+
+// Validate checks the shapes and that every target row pairs with its input row.
+func (b *TrainBatch) Validate() error {
+	if b.B < 1 || b.S < 1 || b.T < 1 || len(b.Src) != b.B*b.S || len(b.Prev) != b.B*b.T || len(b.Target) != b.B*b.T {
+		return fmt.Errorf("%w: batch shapes B=%d S=%d T=%d do not match %d/%d/%d ids", ErrInput, b.B, b.S, b.T, len(b.Src), len(b.Prev), len(b.Target))
+	}
+	return nil
+}
+
+// StepOptions controls one training (or validation) forward.
+type StepOptions struct {
+	// Dropout probabilities (fairseq's dropout, attention_dropout, activation_dropout);
+	// used only when Train is set.
+	Dropout, AttentionDropout, ActivationDropout float64
+	// RNG draws the dropout masks; required when a probability is > 0.
+	RNG *rand.Rand
+	// LabelSmoothing is the criterion's epsilon.
+	LabelSmoothing float64
+	// Train enables dropout; Backward accumulates gradients of the summed loss.
+	Train, Backward bool
+	// Profile runs Admin's profiling recurrence (clinic-spec §1.4) on this forward:
+	// every ω is set from the running ratio before its sub-layer computes. The ratios
+	// are returned in StepResult.
+	Profile bool
+}
+
+// StepResult holds the criterion's sums over the batch, in nats.
+type StepResult struct {
+	Loss, NLL  float64
+	NTokens    int
+	NSentences int
+	// ProfileEncoder and ProfileDecoder are ω per branch when StepOptions.Profile was set
+	// (encoder 2 per layer, decoder 3 per layer, in forward order).
+	ProfileEncoder, ProfileDecoder []float64
+}
+
+// tparam is one parameter tensor and its gradient on the backend.
+type tparam struct{ w, g kernels.Buffer }
+
+type tlin struct{ w, b tparam }
+
+type tnorm struct{ g, b tparam }
+
+type tattn struct {
+	qkv   tlin // [3d, d] fused: q rows, then k, then v
+	o     tlin
+	heads int
+}
+
+type tlayer struct {
+	self, cross tattn
+	ln          [3]tnorm
+	omega       [3]*tparam
+	fc1, fc2    tlin
+	ffn         int
+}
+
+// NamedParam is one trainable parameter: canonical name, value and gradient buffers
+// (slices of shared storage where the layout fuses several parameters) and its length.
+type NamedParam struct {
+	Name  string
+	Shape []int
+	P, G  kernels.Buffer
+}
+
+// TrainNet holds a model's parameters and gradients on a training backend and runs the
+// training forward and backward.
+type TrainNet struct {
+	cfg        Config
+	be         kernels.Trainer
+	act        kernels.Activation
+	d          int
+	embedScale float32
+	alphaEnc   float32
+	alphaDec   float32
+
+	encEmbed, decEmbed, outProj *tparam
+	encPos, decPos              *tparam // learned: the parameter; sinusoidal: w only, g nil
+	enc, dec                    []tlayer
+	encLN, decLN                *tnorm
+	params                      []NamedParam
+}
+
+// NewTrainNet validates m and places its parameters (widened to float32) and zeroed
+// gradients on be.
+func NewTrainNet(m *Model, be kernels.Trainer) (*TrainNet, error) {
+	if err := m.Validate(); err != nil {
+		return nil, fmt.Errorf("train net: %w", err)
+	}
+	c := m.Config
+	act, err := kernels.ParseActivation(c.Activation)
+	if err != nil {
+		return nil, fmt.Errorf("train net: %w", err)
+	}
+	n := &TrainNet{cfg: c, be: be, act: act, d: c.EncoderEmbedDim, alphaEnc: 1, alphaDec: 1,
+		embedScale: float32(math.Sqrt(float64(c.EncoderEmbedDim)))}
+	if c.Init == InitDeepNet {
+		a, b := c.DeepNetAlpha()
+		n.alphaEnc, n.alphaDec = float32(a), float32(b)
+	}
+	shapes := map[string][]int{}
+	for _, p := range c.Expected() {
+		shapes[p.Name] = p.Shape
+	}
+	values := func(name string) ([]float32, error) {
+		t, ok := m.Params[name]
+		if !ok {
+			return nil, fmt.Errorf("train net: missing parameter %s", name)
+		}
+		v, err := t.F32()
+		if err != nil {
+			return nil, fmt.Errorf("train net: parameter %s: %w", name, err)
+		}
+		return v, nil
+	}
+	// Every parameter is registered in Expected order; fused storage is split by name.
+	byName := map[string]tparam{}
+	var firstErr error
+	upload := func(name string) *tparam {
+		v, err := values(name)
+		if err != nil {
+			if firstErr == nil {
+				firstErr = err
+			}
+			v = make([]float32, tensor.Numel(shapes[name]))
+		}
+		p := &tparam{w: be.Upload(v), g: be.Alloc(len(v))}
+		byName[name] = *p
+		return p
+	}
+	lin := func(p string) tlin { return tlin{*upload(p + ".weight"), *upload(p + ".bias")} }
+	norm := func(p string) tnorm { return tnorm{*upload(p + ".weight"), *upload(p + ".bias")} }
+	d := n.d
+	attn := func(p string, heads int) tattn {
+		var w, b []float32
+		for _, x := range []string{"q", "k", "v"} {
+			wv, err := values(p + x + "_proj.weight")
+			if err != nil && firstErr == nil {
+				firstErr = err
+			}
+			bv, err := values(p + x + "_proj.bias")
+			if err != nil && firstErr == nil {
+				firstErr = err
+			}
+			w = append(w, wv...)
+			b = append(b, bv...)
+		}
+		if firstErr != nil {
+			w, b = make([]float32, 3*d*d), make([]float32, 3*d)
+		}
+		a := tattn{qkv: tlin{tparam{be.Upload(w), be.Alloc(3 * d * d)}, tparam{be.Upload(b), be.Alloc(3 * d)}}, heads: heads}
+		for i, x := range []string{"q", "k", "v"} {
+			byName[p+x+"_proj.weight"] = tparam{be.Slice(a.qkv.w.w, i*d*d, d*d), be.Slice(a.qkv.w.g, i*d*d, d*d)}
+			byName[p+x+"_proj.bias"] = tparam{be.Slice(a.qkv.b.w, i*d, d), be.Slice(a.qkv.b.g, i*d, d)}
+		}
+		a.o = lin(p + "out_proj")
+		return a
+	}
+	n.encEmbed = upload(EncEmbed)
+	if c.EncoderLearnedPos {
+		n.encPos = upload(EncPos)
+	} else {
+		n.encPos = &tparam{w: be.Upload(Sinusoids(c.MaxSourcePositions+Pad+1, d))}
+	}
+	for i := 0; i < c.EncoderLayers; i++ {
+		p := EncLayer(i)
+		var l tlayer
+		if c.Init.HasOmega() {
+			l.omega[0], l.omega[2] = upload(p+"self_attn_omega"), upload(p+"ffn_omega")
+		}
+		l.self = attn(p+"self_attn.", c.EncoderHeads)
+		l.fc1, l.fc2, l.ffn = lin(p+"fc1"), lin(p+"fc2"), c.EncoderFFNDim
+		l.ln[0], l.ln[2] = norm(p+"self_attn_layer_norm"), norm(p+"final_layer_norm")
+		n.enc = append(n.enc, l)
+	}
+	if c.EncoderNormalizeBefore {
+		x := norm(EncLN)
+		n.encLN = &x
+	}
+	if !c.TiedOutput() {
+		n.outProj = upload(OutProj)
+	}
+	if c.ShareAllEmbeddings {
+		n.decEmbed = n.encEmbed
+	} else {
+		n.decEmbed = upload(DecEmbed)
+	}
+	if c.TiedOutput() {
+		n.outProj = n.decEmbed
+	}
+	if c.DecoderLearnedPos {
+		n.decPos = upload(DecPos)
+	} else {
+		n.decPos = &tparam{w: be.Upload(Sinusoids(c.MaxTargetPositions+Pad+1, d))}
+	}
+	for i := 0; i < c.DecoderLayers; i++ {
+		p := DecLayer(i)
+		var l tlayer
+		if c.Init.HasOmega() {
+			l.omega[0], l.omega[1], l.omega[2] = upload(p+"self_attn_omega"), upload(p+"encoder_attn_omega"), upload(p+"ffn_omega")
+		}
+		l.self = attn(p+"self_attn.", c.DecoderHeads)
+		l.cross = attn(p+"encoder_attn.", c.DecoderHeads)
+		l.fc1, l.fc2, l.ffn = lin(p+"fc1"), lin(p+"fc2"), c.DecoderFFNDim
+		l.ln[0], l.ln[1], l.ln[2] = norm(p+"self_attn_layer_norm"), norm(p+"encoder_attn_layer_norm"), norm(p+"final_layer_norm")
+		n.dec = append(n.dec, l)
+	}
+	if c.DecoderNormalizeBefore {
+		x := norm(DecLN)
+		n.decLN = &x
+	}
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	for _, p := range c.Expected() {
+		t := byName[p.Name]
+		n.params = append(n.params, NamedParam{Name: p.Name, Shape: p.Shape, P: t.w, G: t.g})
+	}
+	return n, nil
+}
+
+// Config returns the model configuration.
+func (n *TrainNet) Config() Config { return n.cfg }
+
+// Backend returns the training backend.
+func (n *TrainNet) Backend() kernels.Trainer { return n.be }
+
+// Params lists the trainable parameters in canonical (fairseq state-dict) order.
+func (n *TrainNet) Params() []NamedParam { return n.params }
+
+// ZeroGrad clears every gradient.
+func (n *TrainNet) ZeroGrad() {
+	for _, p := range n.params {
+		n.be.Fill(p.G, 0)
+	}
+}
+
+// Model copies the current parameters into a new float32 Model.
+func (n *TrainNet) Model() *Model {
+	m := &Model{Config: n.cfg, Params: map[string]*tensor.Tensor{}}
+	for _, p := range n.params {
+		v := make([]float32, p.P.Len())
+		n.be.Download(v, p.P)
+		m.Params[p.Name] = tensor.FromF32(append([]int(nil), p.Shape...), v)
+	}
+	return m
+}
+
+// dropout draws a keep mask with the 1/(1−p) scale folded in, or returns nil when
+// dropout is off.
+func (n *TrainNet) dropout(o *StepOptions, p float64, size int) kernels.Buffer {
+	if !o.Train || p <= 0 {
+		return nil
+	}
+	if p >= 1 {
+		return n.be.Alloc(size)
+	}
+	keep := float32(1 / (1 - p))
+	m := make([]float32, size)
+	for i := range m {
+		if o.RNG.Float64() >= p {
+			m[i] = keep
+		}
+	}
+	return n.be.Upload(m)
+}
+
+// back maps the gradient of a forward value to the gradient of its input.
+type back func(dy kernels.Buffer) kernels.Buffer
+
+// profiler carries Admin's running ratio of one stack (clinic-spec §1.4).
+type profiler struct {
+	r   float64
+	out []float64
+}
+
+// varF32 is the population variance over all elements, rounded to float32 as numpy's
+// float32 np.var returns it.
+func varF32(v []float32) float32 {
+	var s float64
+	for _, x := range v {
+		s += float64(x)
+	}
+	mean := s / float64(len(v))
+	var ss float64
+	for _, x := range v {
+		d := float64(x) - mean
+		ss += d * d
+	}
+	return float32(ss / float64(len(v)))
+}
+
+func (n *TrainNet) host(b kernels.Buffer) []float32 {
+	v := make([]float32, b.Len())
+	n.be.Download(v, b)
+	return v
+}
+
+// sublayer runs one residual sub-layer (clinic-spec §1.3) on x [rows, d] and returns
+// its output (a new buffer) and backward. branch computes Drop(F(input)).
+func (n *TrainNet) sublayer(x kernels.Buffer, rows int, l *tlayer, i int, before bool, alpha float32, prof *profiler,
+	branch func(h kernels.Buffer) (kernels.Buffer, back)) (kernels.Buffer, back) {
+	be, d := n.be, n.d
+	ln := l.ln[i]
+	if before {
+		h := be.Alloc(rows * d)
+		be.LayerNorm(h, x, ln.g.w, ln.b.w, rows, d, lnEps)
+		out, bb := branch(h)
+		y := be.Alloc(rows * d)
+		be.Residual(y, x, out, nil, 1, rows, d)
+		return y, func(dy kernels.Buffer) kernels.Buffer {
+			dh := bb(dy)
+			dx := be.Alloc(rows * d)
+			be.LayerNormBackward(dx, ln.g.g, ln.b.g, dh, x, ln.g.w, rows, d, lnEps)
+			be.AddTo(dx, dy)
+			return dx
+		}
+	}
+	out, bb := branch(x)
+	var omega, domega kernels.Buffer
+	if om := l.omega[i]; om != nil {
+		omega, domega = om.w, om.g
+	}
+	if prof != nil && omega != nil {
+		// Write the running ratio, fill ω with it, then advance the ratio from the
+		// variances of the scaled residual and of the branch output.
+		r := float32(prof.r)
+		prof.out = append(prof.out, float64(r))
+		be.Fill(omega, r)
+		xs := n.host(x)
+		for j := range xs {
+			xs[j] *= r
+		}
+		prof.r = float64(float32(math.Sqrt(float64(varF32(xs) + varF32(n.host(out))))))
+	}
+	z := be.Alloc(rows * d)
+	be.Residual(z, x, out, omega, alpha, rows, d)
+	y := be.Alloc(rows * d)
+	be.LayerNorm(y, z, ln.g.w, ln.b.w, rows, d, lnEps)
+	return y, func(dy kernels.Buffer) kernels.Buffer {
+		dz := be.Alloc(rows * d)
+		be.LayerNormBackward(dz, ln.g.g, ln.b.g, dy, z, ln.g.w, rows, d, lnEps)
+		dx := bb(dz)
+		be.ResidualBackward(dx, domega, dz, x, omega, alpha, rows, d)
+		return dx
+	}
+}
+
+// withDropout applies residual dropout to a branch output.
+func (n *TrainNet) withDropout(o *StepOptions, out kernels.Buffer, bb back) (kernels.Buffer, back) {
+	mask := n.dropout(o, o.Dropout, out.Len())
+	if mask == nil {
+		return out, bb
+	}
+	be := n.be
+	be.Mul(out, out, mask)
+	return out, func(dy kernels.Buffer) kernels.Buffer {
+		g := be.Alloc(dy.Len())
+		be.Mul(g, dy, mask)
+		return bb(g)
+	}
+}
+
+func (n *TrainNet) headScale(heads int) float32 {
+	return float32(math.Pow(float64(n.d/heads), -0.5))
+}
+
+// selfAttn is the self-attention branch over B sequences of T rows.
+func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T int, pad []bool, causal bool) (kernels.Buffer, back) {
+	be, d, rows := n.be, n.d, B*T
+	qkv := be.Alloc(rows * 3 * d)
+	be.Linear(qkv, h, a.qkv.w.w, a.qkv.b.w, rows, 3*d, d)
+	args := kernels.AttentionArgs{Batch: B, Heads: a.heads, HeadDim: d / a.heads, TQ: T, TK: T, Scale: n.headScale(a.heads),
+		KeyPadding: pad, KeyPadStride: T, Causal: causal}
+	probs := be.Alloc(B * a.heads * T * T)
+	mask := n.dropout(o, o.AttentionDropout, probs.Len())
+	view := func(b kernels.Buffer, off int) kernels.View {
+		return kernels.View{Buf: b, Off: off, BatchStride: T * 3 * d, RowStride: 3 * d}
+	}
+	ctxv := be.Alloc(rows * d)
+	cv := kernels.View{Buf: ctxv, BatchStride: T * d, RowStride: d}
+	be.AttentionForward(cv, view(qkv, 0), view(qkv, d), view(qkv, 2*d), args, probs, mask)
+	out := be.Alloc(rows * d)
+	be.Linear(out, ctxv, a.o.w.w, a.o.b.w, rows, d, d)
+	return n.withDropout(o, out, func(dout kernels.Buffer) kernels.Buffer {
+		dctx := be.Alloc(rows * d)
+		be.LinearBackward(dctx, a.o.w.g, a.o.b.g, dout, ctxv, a.o.w.w, rows, d, d)
+		dqkv := be.Alloc(rows * 3 * d)
+		be.AttentionBackward(view(dqkv, 0), view(dqkv, d), view(dqkv, 2*d), kernels.View{Buf: dctx, BatchStride: T * d, RowStride: d},
+			view(qkv, 0), view(qkv, d), view(qkv, 2*d), args, probs, mask)
+		dh := be.Alloc(rows * d)
+		be.LinearBackward(dh, a.qkv.w.g, a.qkv.b.g, dqkv, h, a.qkv.w.w, rows, 3*d, d)
+		return dh
+	})
+}
+
+// crossAttn is the encoder-attention branch; its backward also accumulates the
+// gradient of the encoder output into dEnc.
+func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T int, enc kernels.Buffer, S int, encPad []bool, dEnc kernels.Buffer) (kernels.Buffer, back) {
+	be, d, rows := n.be, n.d, B*T
+	wq, bq := be.Slice(a.qkv.w.w, 0, d*d), be.Slice(a.qkv.b.w, 0, d)
+	wkv, bkv := be.Slice(a.qkv.w.w, d*d, 2*d*d), be.Slice(a.qkv.b.w, d, 2*d)
+	q := be.Alloc(rows * d)
+	be.Linear(q, h, wq, bq, rows, d, d)
+	kv := be.Alloc(B * S * 2 * d)
+	be.Linear(kv, enc, wkv, bkv, B*S, 2*d, d)
+	args := kernels.AttentionArgs{Batch: B, Heads: a.heads, HeadDim: d / a.heads, TQ: T, TK: S, Scale: n.headScale(a.heads),
+		KeyPadding: encPad, KeyPadStride: S}
+	probs := be.Alloc(B * a.heads * T * S)
+	mask := n.dropout(o, o.AttentionDropout, probs.Len())
+	qv := func(b kernels.Buffer) kernels.View { return kernels.View{Buf: b, BatchStride: T * d, RowStride: d} }
+	kvv := func(b kernels.Buffer, off int) kernels.View {
+		return kernels.View{Buf: b, Off: off, BatchStride: S * 2 * d, RowStride: 2 * d}
+	}
+	ctxv := be.Alloc(rows * d)
+	be.AttentionForward(qv(ctxv), qv(q), kvv(kv, 0), kvv(kv, d), args, probs, mask)
+	out := be.Alloc(rows * d)
+	be.Linear(out, ctxv, a.o.w.w, a.o.b.w, rows, d, d)
+	return n.withDropout(o, out, func(dout kernels.Buffer) kernels.Buffer {
+		dctx := be.Alloc(rows * d)
+		be.LinearBackward(dctx, a.o.w.g, a.o.b.g, dout, ctxv, a.o.w.w, rows, d, d)
+		dq := be.Alloc(rows * d)
+		dkv := be.Alloc(B * S * 2 * d)
+		be.AttentionBackward(qv(dq), kvv(dkv, 0), kvv(dkv, d), qv(dctx), qv(q), kvv(kv, 0), kvv(kv, d), args, probs, mask)
+		dh := be.Alloc(rows * d)
+		be.LinearBackward(dh, be.Slice(a.qkv.w.g, 0, d*d), be.Slice(a.qkv.b.g, 0, d), dq, h, wq, rows, d, d)
+		de := be.Alloc(B * S * d)
+		be.LinearBackward(de, be.Slice(a.qkv.w.g, d*d, 2*d*d), be.Slice(a.qkv.b.g, d, 2*d), dkv, enc, wkv, B*S, 2*d, d)
+		be.AddTo(dEnc, de)
+		return dh
+	})
+}
+
+// ffn is the feed-forward branch fc2(Drop_act(act(fc1 h))).
+func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h kernels.Buffer, rows int) (kernels.Buffer, back) {
+	be, d, F := n.be, n.d, l.ffn
+	pre := be.Alloc(rows * F)
+	be.Linear(pre, h, l.fc1.w.w, l.fc1.b.w, rows, F, d)
+	a := be.Alloc(rows * F)
+	be.Activate(a, pre, n.act)
+	mask := n.dropout(o, o.ActivationDropout, rows*F)
+	if mask != nil {
+		be.Mul(a, a, mask)
+	}
+	out := be.Alloc(rows * d)
+	be.Linear(out, a, l.fc2.w.w, l.fc2.b.w, rows, d, F)
+	return n.withDropout(o, out, func(dout kernels.Buffer) kernels.Buffer {
+		da := be.Alloc(rows * F)
+		be.LinearBackward(da, l.fc2.w.g, l.fc2.b.g, dout, a, l.fc2.w.w, rows, d, F)
+		if mask != nil {
+			be.Mul(da, da, mask)
+		}
+		be.ActivateBackward(da, da, pre, n.act)
+		dh := be.Alloc(rows * d)
+		be.LinearBackward(dh, l.fc1.w.g, l.fc1.b.g, da, h, l.fc1.w.w, rows, F, d)
+		return dh
+	})
+}
+
+// embed computes Drop(scale·E[ids] + P[pos]) and its backward into E (and learned P).
+func (n *TrainNet) embed(o *StepOptions, table, pos *tparam, ids []int32, B, T int) (kernels.Buffer, back) {
+	be, d, rows := n.be, n.d, B*T
+	p := positionIDs(ids, B, T)
+	x := be.Alloc(rows * d)
+	be.Embed(x, table.w, ids, d, n.embedScale)
+	be.AddRows(x, pos.w, p, d)
+	mask := n.dropout(o, o.Dropout, rows*d)
+	if mask != nil {
+		be.Mul(x, x, mask)
+	}
+	return x, func(dy kernels.Buffer) kernels.Buffer {
+		g := dy
+		if mask != nil {
+			g = be.Alloc(dy.Len())
+			be.Mul(g, dy, mask)
+		}
+		be.EmbedBackward(table.g, g, ids, d, n.embedScale, Pad)
+		if pos.g != nil {
+			be.EmbedBackward(pos.g, g, p, d, 1, Pad)
+		}
+		return nil
+	}
+}
+
+func padMask(ids []int32) []bool {
+	var pad []bool
+	for i, t := range ids {
+		if t == Pad {
+			if pad == nil {
+				pad = make([]bool, len(ids))
+			}
+			pad[i] = true
+		}
+	}
+	return pad
+}
+
+// Step runs the training forward on b, and the backward when o.Backward is set,
+// accumulating the gradients of the summed label-smoothed loss into the parameters'
+// gradients (the caller zeroes and normalises them).
+func (n *TrainNet) Step(ctx context.Context, b *TrainBatch, o StepOptions) (StepResult, error) {
+	if err := b.Validate(); err != nil {
+		return StepResult{}, err
+	}
+	if (o.Train && (o.Dropout > 0 || o.AttentionDropout > 0 || o.ActivationDropout > 0)) && o.RNG == nil {
+		return StepResult{}, fmt.Errorf("train step: dropout needs an RNG")
+	}
+	if o.Profile && !n.cfg.Init.HasOmega() {
+		return StepResult{}, fmt.Errorf("train step: profiling needs an Admin model (init %s has no ω)", n.cfg.Init)
+	}
+	for _, c := range []struct {
+		ids   []int32
+		vocab int
+		what  string
+	}{{b.Src, n.cfg.SrcVocab, "source"}, {b.Prev, n.cfg.TgtVocab, "previous output"}, {b.Target, n.cfg.TgtVocab, "target"}} {
+		for i, id := range c.ids {
+			if id < 0 || int(id) >= c.vocab {
+				return StepResult{}, fmt.Errorf("%w: %s token %d at %d is outside the vocabulary of %d", ErrInput, c.what, id, i, c.vocab)
+			}
+		}
+	}
+	if mr := maxRank(positionIDs(b.Src, b.B, b.S)); mr > n.cfg.MaxSourcePositions {
+		return StepResult{}, fmt.Errorf("%w: source of %d tokens exceeds max_source_positions %d", ErrInput, mr, n.cfg.MaxSourcePositions)
+	}
+	if mr := maxRank(positionIDs(b.Prev, b.B, b.T)); mr > n.cfg.MaxTargetPositions {
+		return StepResult{}, fmt.Errorf("%w: target of %d tokens exceeds max_target_positions %d", ErrInput, mr, n.cfg.MaxTargetPositions)
+	}
+	be, d := n.be, n.d
+	B, S, T := b.B, b.S, b.T
+	var backs []back
+	var profEnc, profDec *profiler
+	if o.Profile {
+		profEnc, profDec = &profiler{r: 1}, &profiler{r: 1}
+	}
+
+	// Encoder.
+	encRows := B * S
+	x, eb := n.embed(&o, n.encEmbed, n.encPos, b.Src, B, S)
+	encBacks := []back{eb}
+	encPad := padMask(b.Src)
+	for li := range n.enc {
+		if err := ctx.Err(); err != nil {
+			return StepResult{}, err
+		}
+		l := &n.enc[li]
+		var bk back
+		x, bk = n.sublayer(x, encRows, l, 0, n.cfg.EncoderNormalizeBefore, n.alphaEnc, profEnc, func(h kernels.Buffer) (kernels.Buffer, back) {
+			return n.selfAttn(&o, &l.self, h, B, S, encPad, false)
+		})
+		encBacks = append(encBacks, bk)
+		x, bk = n.sublayer(x, encRows, l, 2, n.cfg.EncoderNormalizeBefore, n.alphaEnc, profEnc, func(h kernels.Buffer) (kernels.Buffer, back) {
+			return n.ffn(&o, l, h, encRows)
+		})
+		encBacks = append(encBacks, bk)
+	}
+	if n.encLN != nil {
+		y := be.Alloc(encRows * d)
+		be.LayerNorm(y, x, n.encLN.g.w, n.encLN.b.w, encRows, d, lnEps)
+		xin, ln := x, n.encLN
+		encBacks = append(encBacks, func(dy kernels.Buffer) kernels.Buffer {
+			dx := be.Alloc(encRows * d)
+			be.LayerNormBackward(dx, ln.g.g, ln.b.g, dy, xin, ln.g.w, encRows, d, lnEps)
+			return dx
+		})
+		x = y
+	}
+	enc := x
+	dEnc := be.Alloc(encRows * d)
+
+	// Decoder.
+	rows := B * T
+	y, db := n.embed(&o, n.decEmbed, n.decPos, b.Prev, B, T)
+	backs = append(backs, db)
+	decPad := padMask(b.Prev)
+	for li := range n.dec {
+		if err := ctx.Err(); err != nil {
+			return StepResult{}, err
+		}
+		l := &n.dec[li]
+		before := n.cfg.DecoderNormalizeBefore
+		var bk back
+		y, bk = n.sublayer(y, rows, l, 0, before, n.alphaDec, profDec, func(h kernels.Buffer) (kernels.Buffer, back) {
+			return n.selfAttn(&o, &l.self, h, B, T, decPad, true)
+		})
+		backs = append(backs, bk)
+		y, bk = n.sublayer(y, rows, l, 1, before, n.alphaDec, profDec, func(h kernels.Buffer) (kernels.Buffer, back) {
+			return n.crossAttn(&o, &l.cross, h, B, T, enc, S, encPad, dEnc)
+		})
+		backs = append(backs, bk)
+		y, bk = n.sublayer(y, rows, l, 2, before, n.alphaDec, profDec, func(h kernels.Buffer) (kernels.Buffer, back) {
+			return n.ffn(&o, l, h, rows)
+		})
+		backs = append(backs, bk)
+	}
+	if n.decLN != nil {
+		z := be.Alloc(rows * d)
+		be.LayerNorm(z, y, n.decLN.g.w, n.decLN.b.w, rows, d, lnEps)
+		yin, ln := y, n.decLN
+		backs = append(backs, func(dy kernels.Buffer) kernels.Buffer {
+			dx := be.Alloc(rows * d)
+			be.LayerNormBackward(dx, ln.g.g, ln.b.g, dy, yin, ln.g.w, rows, d, lnEps)
+			return dx
+		})
+		y = z
+	}
+	V := n.cfg.TgtVocab
+	logits := be.Alloc(rows * V)
+	be.Linear(logits, y, n.outProj.w, nil, rows, V, d)
+	var dlogits kernels.Buffer
+	if o.Backward {
+		dlogits = be.Alloc(rows * V)
+	}
+	loss, nll := be.LabelSmoothedLoss(dlogits, logits, b.Target, rows, V, float32(o.LabelSmoothing), Pad, 1)
+	res := StepResult{Loss: loss, NLL: nll, NSentences: B}
+	for _, t := range b.Target {
+		if t != Pad {
+			res.NTokens++
+		}
+	}
+	if o.Profile {
+		res.ProfileEncoder, res.ProfileDecoder = profEnc.out, profDec.out
+	}
+	if !o.Backward {
+		return res, nil
+	}
+	g := be.Alloc(rows * d)
+	be.LinearBackward(g, n.outProj.g, nil, dlogits, y, n.outProj.w, rows, V, d)
+	for i := len(backs) - 1; i >= 0; i-- {
+		if err := ctx.Err(); err != nil {
+			return StepResult{}, err
+		}
+		g = backs[i](g)
+	}
+	g = dEnc
+	for i := len(encBacks) - 1; i >= 0; i-- {
+		g = encBacks[i](g)
+	}
+	return res, nil
+}
