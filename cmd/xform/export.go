@@ -23,6 +23,7 @@ type exportFlags struct {
 
 func newExportCmd() *cobra.Command {
 	var f exportFlags
+	var fs exportFairseqOptions // --fairseq: export_fairseq.go
 	cmd := &cobra.Command{
 		Use:   "export --onnx CKPT -o DIR",
 		Short: "Export a model to ONNX (optimum's encoder/decoder layout)",
@@ -49,8 +50,13 @@ renamed into place; an existing DIR is an error unless --force.`,
 				return usageError{fmt.Errorf("export: -o DIR is required")}
 			}
 			switch {
+			case f.onnx && fs.enabled:
+				return usageError{fmt.Errorf("export: choose one format: --onnx or --fairseq")}
 			case f.onnx:
 				return runExportONNX(cmd, args[0], f)
+			case fs.enabled:
+				fs.Out, fs.Force = f.out, f.force
+				return runExportFairseq(cmd, args[0], fs)
 			}
 			return usageError{fmt.Errorf("export: choose a format: --onnx (--fairseq: not implemented yet)")}
 		},
@@ -62,6 +68,7 @@ renamed into place; an existing DIR is an error unless --force.`,
 	fl.BoolVar(&f.fp16, "fp16", false, "ONNX: fp16 weights and activations (LayerNorm and softmax in fp32)")
 	fl.BoolVar(&f.keepOmega, "keep-omega", false, "ONNX, Admin models: keep ω as explicit Mul nodes instead of folding it (currently always)")
 	fl.IntVar(&f.opset, "opset", convert.DefaultONNXOpset, "ONNX: ai.onnx opset (17-21)")
+	addExportFairseqFlags(cmd, &fs)
 	return cmd
 }
 

@@ -70,6 +70,8 @@ exports fairseq and ONNX files, and trains Admin models.`,
 		newGenerateCmd(),
 		newTranslateCmd(),
 		newScoreCmd(),
+		newFoldCmd(),
+		newAverageCmd(),
 	)
 	return root
 }
