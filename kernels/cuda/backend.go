@@ -1,0 +1,287 @@
+package cuda
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+
+	"github.com/xform-dev/xform/kernels"
+)
+
+// Options configure New.
+type Options struct {
+	// Ordinal is the device to use (0 = first).
+	Ordinal int
+	// Search says where libraries are looked for (zero value: DefaultSearch).
+	Search Search
+	// CacheDir holds compiled cubins ("" = DefaultCacheDir; "-" = no cache).
+	CacheDir string
+	// SyncCheck synchronises after every launch so an asynchronous fault is reported
+	// by the operation that caused it (slow; for tests and debugging). The environment
+	// variable XFORM_CUDA_SYNC=1 turns it on too.
+	SyncCheck bool
+}
+
+// Backend runs kernels.Backend operations on one GPU. Every method locks the Backend
+// and the calling goroutine's OS thread and makes the device's primary context current
+// on that thread (a CUDA context is current per thread, and Go moves goroutines between
+// threads), so a Backend may be used from any goroutine. All work goes to the default
+// stream, in order. Methods panic with *Error or *OOMError when the GPU fails, as the
+// interface has no error results; Guard turns such a panic back into an error.
+type Backend struct {
+	mu        sync.Mutex
+	drv       *driver
+	libs      *libs
+	dev       int32
+	ctx       uintptr
+	blasH     uintptr
+	info      DeviceInfo
+	arch      string
+	nvrtcVer  string
+	driverVer int
+	mods      []uintptr
+	fn        functions
+	pool      *pool
+	prm       *params
+	scratch   [3]*allocation // host-argument staging: ids, kv index, padding mask
+	compiled  int            // programs compiled now (not from the cache)
+	syncCheck bool
+	closed    bool
+}
+
+// functions are the kernels looked up after loading the modules.
+type functions struct {
+	copy2d, gatherRows, fillRows, embed, addRows uintptr
+	layernorm, softmax, logSoftmax, activate     uintptr
+	residual, attention, meanHeads               uintptr
+}
+
+func (f *functions) table() map[string]*uintptr {
+	return map[string]*uintptr{
+		"copy2d": &f.copy2d, "gather_rows": &f.gatherRows, "fill_rows": &f.fillRows,
+		"embed": &f.embed, "add_rows": &f.addRows, "layernorm": &f.layernorm,
+		"softmax": &f.softmax, "log_softmax": &f.logSoftmax, "activate": &f.activate,
+		"residual": &f.residual, "attention": &f.attention, "mean_heads": &f.meanHeads,
+	}
+}
+
+var _ kernels.Backend = (*Backend)(nil)
+
+// New loads the driver and libraries, retains the device's primary context, compiles
+// (or loads from the cache) every kernel for the device's architecture and creates a
+// cuBLAS handle. Errors wrap ErrNoDriver, ErrOldDriver, ErrNoDevice or ErrNoLibrary when
+// the machine cannot run it, so callers can fall back to the CPU.
+func New(ctx context.Context, opt Options) (_ *Backend, err error) {
+	s := opt.Search
+	if s.Getenv == nil && s.Root == "" {
+		s = DefaultSearch()
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+
+	drv, err := loadDriver(s)
+	if err != nil {
+		return nil, err
+	}
+	be := &Backend{drv: drv, prm: newParams(), syncCheck: opt.SyncCheck || os.Getenv("XFORM_CUDA_SYNC") == "1",
+		pool: &pool{free: map[uint64][]uint64{}}}
+	var fail func(error)
+	probe := &Report{}
+	fail = func(e error) {
+		if err == nil {
+			err = e
+		}
+	}
+	probeDevices(drv, probe, fail)
+	if err != nil {
+		return nil, err
+	}
+	if opt.Ordinal < 0 || opt.Ordinal >= len(probe.Devices) {
+		return nil, fmt.Errorf("%w: device %d asked, %d present", ErrNoDevice, opt.Ordinal, len(probe.Devices))
+	}
+	be.info = probe.Devices[opt.Ordinal]
+	be.driverVer = probe.Driver.Version
+	if be.info.Error != "" {
+		return nil, fmt.Errorf("cuda: device %d: %s", opt.Ordinal, be.info.Error)
+	}
+	var found []Found
+	dirs := s.Dirs()
+	for _, lib := range []Library{libCublasLt, libCublas, libNVRTC} {
+		found = append(found, Find(lib, dirs, be.driverVer/1000))
+	}
+	if be.libs, err = loadLibs(found); err != nil {
+		return nil, err
+	}
+	be.nvrtcVer = be.libs.nvrtc.versionString()
+	archs, err := be.libs.nvrtc.supportedArchs()
+	if err != nil {
+		return nil, err
+	}
+	if be.arch, err = pickArch(be.info.Major, be.info.Minor, archs); err != nil {
+		return nil, err
+	}
+	cacheDir := opt.CacheDir
+	switch cacheDir {
+	case "":
+		cacheDir = DefaultCacheDir()
+	case "-":
+		cacheDir = ""
+	}
+	progs, err := compileAll(ctx, be.libs.nvrtc, be.arch, cacheDir)
+	if err != nil {
+		return nil, err
+	}
+
+	if be.dev, err = drv.device(opt.Ordinal); err != nil {
+		return nil, err
+	}
+	if be.ctx, err = drv.retainPrimary(be.dev); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			be.release()
+		}
+	}()
+	if err = drv.setCurrent(be.ctx); err != nil {
+		return nil, err
+	}
+	for _, p := range progs {
+		if !p.cached {
+			be.compiled++
+		}
+		m, err := drv.loadModule(p.cubin)
+		if err != nil {
+			return nil, fmt.Errorf("load %s: %w", p.name, err)
+		}
+		be.mods = append(be.mods, m)
+	}
+	for name, dst := range be.fn.table() {
+		var lastErr error
+		for _, m := range be.mods {
+			f, err := drv.function(m, name)
+			if err == nil {
+				*dst, lastErr = f, nil
+				break
+			}
+			lastErr = err
+		}
+		if *dst == 0 {
+			return nil, fmt.Errorf("cuda: kernel %s not found in any module: %w", name, lastErr)
+		}
+	}
+	if be.blasH, err = be.libs.blas.newHandle(); err != nil {
+		return nil, err
+	}
+	// Keep up to a quarter of the device cached; beyond that freed blocks go back.
+	be.pool.limit = be.info.TotalBytes / 4
+	return be, nil
+}
+
+// release frees what New acquired; the caller holds the thread with the context current.
+func (be *Backend) release() {
+	if be.blasH != 0 {
+		call(be.libs.blas.destroy, be.blasH)
+		be.blasH = 0
+	}
+	for _, m := range be.mods {
+		call(be.drv.cuModuleUnload, m)
+	}
+	be.mods = nil
+	if be.ctx != 0 {
+		_ = be.drv.releasePrimary(be.dev)
+		be.ctx = 0
+	}
+}
+
+// Close synchronises, frees cached memory and releases the context. Buffers still
+// referenced become invalid; using the Backend after Close panics.
+func (be *Backend) Close() error {
+	defer be.enter()()
+	if be.closed {
+		return nil
+	}
+	err := be.drv.synchronize()
+	be.freeBlocks(be.pool.drain(0))
+	for i, a := range be.scratch {
+		if a != nil {
+			_ = be.drv.memFree(a.ptr)
+			be.scratch[i] = nil
+		}
+	}
+	be.release()
+	be.closed = true
+	return err
+}
+
+// enter takes the Backend's lock, pins the goroutine to its thread and makes the
+// context current there; the returned function undoes it. Use: defer be.enter()().
+func (be *Backend) enter() func() {
+	be.mu.Lock()
+	runtime.LockOSThread()
+	if be.closed {
+		runtime.UnlockOSThread()
+		be.mu.Unlock()
+		panic("cuda: Backend used after Close")
+	}
+	if err := be.drv.setCurrent(be.ctx); err != nil {
+		runtime.UnlockOSThread()
+		be.mu.Unlock()
+		panic(err)
+	}
+	return be.leave
+}
+
+func (be *Backend) leave() {
+	runtime.UnlockOSThread()
+	be.mu.Unlock()
+}
+
+// Info describes the device in use.
+func (be *Backend) Info() DeviceInfo { return be.info }
+
+// Arch is the NVRTC target the kernels were built for ("sm_90").
+func (be *Backend) Arch() string { return be.arch }
+
+// CompiledPrograms is how many kernel programs New compiled rather than found in the
+// cache.
+func (be *Backend) CompiledPrograms() int { return be.compiled }
+
+// Name implements kernels.Backend.
+func (be *Backend) Name() string { return fmt.Sprintf("cuda:%d", be.info.Ordinal) }
+
+// Synchronize waits for all queued work and reports an asynchronous fault, if any.
+func (be *Backend) Synchronize() error {
+	defer be.enter()()
+	return be.drv.synchronize()
+}
+
+// MemoryInUse returns the bytes of device memory held by live buffers and by the
+// cache of freed blocks.
+func (be *Backend) MemoryInUse() (live, cached uint64) {
+	be.pool.mu.Lock()
+	defer be.pool.mu.Unlock()
+	return be.pool.live, be.pool.cached
+}
+
+// Guard recovers a panic raised by a Backend method (a *Error or *OOMError) into *err,
+// for callers that want an error rather than a crash: defer cuda.Guard(&err).
+// Other panics are re-raised.
+func Guard(err *error) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	switch e := r.(type) {
+	case *Error:
+		*err = e
+	case *OOMError:
+		*err = e
+	case *CompileError:
+		*err = e
+	default:
+		panic(r)
+	}
+}

@@ -1,0 +1,73 @@
+package cuda
+
+import (
+	"math"
+	"unsafe"
+)
+
+// maxParams bounds a kernel's parameter count (attention has 22).
+const maxParams = 32
+
+// params packs kernel arguments for cuLaunchKernel, which takes an array of pointers,
+// one per parameter, each pointing at the value. Every value sits in its own 8-byte
+// slot; the driver copies only the parameter's own size from it, and on a
+// little-endian machine a 4-byte int or float is the slot's first bytes. The slots and
+// the pointer array live in one heap object owned by the Backend (reused under its
+// lock), so nothing moves or is freed while the driver reads them.
+type params struct {
+	vals [maxParams]uint64
+	ptrs [maxParams]unsafe.Pointer
+	n    int
+}
+
+func newParams() *params {
+	p := &params{}
+	for i := range p.ptrs {
+		p.ptrs[i] = unsafe.Pointer(&p.vals[i])
+	}
+	return p
+}
+
+func (p *params) reset() *params { p.n = 0; return p }
+
+func (p *params) u64(v uint64) *params {
+	p.vals[p.n] = v
+	p.n++
+	return p
+}
+
+func (p *params) ptr(v uint64) *params  { return p.u64(v) }
+func (p *params) i64(v int) *params     { return p.u64(uint64(int64(v))) }
+func (p *params) i32(v int) *params     { return p.u64(uint64(uint32(int32(v)))) }
+func (p *params) f32(v float32) *params { return p.u64(uint64(math.Float32bits(v))) }
+
+// grid1D picks a grid for a grid-stride elementwise kernel over n items with block
+// threads: enough blocks to fill the device a few times over, never more than needed.
+func grid1D(n int64, block, sms int) uint32 {
+	if n <= 0 {
+		return 1
+	}
+	g := (n + int64(block) - 1) / int64(block)
+	limit := int64(max(sms, 1) * 32)
+	return uint32(min(g, limit))
+}
+
+// launch enqueues fn on the default stream with the packed parameters.
+func (d *driver) launch(fn uintptr, grid [3]uint32, block [3]uint32, shared uint32, p *params) error {
+	return d.check("cuLaunchKernel", call(d.cuLaunchKernel, fn,
+		uintptr(grid[0]), uintptr(grid[1]), uintptr(grid[2]),
+		uintptr(block[0]), uintptr(block[1]), uintptr(block[2]),
+		uintptr(shared), 0, uintptr(unsafe.Pointer(&p.ptrs[0])), 0))
+}
+
+func (d *driver) loadModule(image []byte) (uintptr, error) {
+	var m uintptr
+	err := d.check("cuModuleLoadData", call(d.cuModuleLoadData, uintptr(unsafe.Pointer(&m)), uintptr(unsafe.Pointer(&image[0]))))
+	return m, err
+}
+
+func (d *driver) function(mod uintptr, name string) (uintptr, error) {
+	var f uintptr
+	err := d.check("cuModuleGetFunction("+name+")", call(d.cuModuleGetFunction, uintptr(unsafe.Pointer(&f)), mod, uintptr(unsafe.Pointer(cstr(name)))))
+	return f, err
+}

@@ -1,0 +1,178 @@
+package cuda
+
+import (
+	"errors"
+	"math/bits"
+	"runtime"
+	"sync"
+	"time"
+	"unsafe"
+)
+
+// The kernels.Backend interface has no Free: buffers die with their last Go
+// reference, as CPU slices do. Each allocation therefore carries a cleanup that hands
+// its block back to a cache of free blocks, and Alloc reuses cached blocks of the same
+// size class. That reuse is safe without synchronisation because every operation of a
+// Backend is issued on the one default stream: whatever the GPU still has queued on an
+// old block runs before anything enqueued after its reuse (the property PyTorch's
+// caching allocator relies on too).
+
+// allocation is the root of one cuMemAlloc block; slices point at it so it lives as
+// long as any view of it.
+type allocation struct {
+	ptr   uint64
+	bytes uint64
+}
+
+// buffer is the kernels.Buffer of this backend: n float32 elements from element off of
+// an allocation.
+type buffer struct {
+	a   *allocation
+	off int
+	n   int
+}
+
+func (b *buffer) Len() int { return b.n }
+
+// dptr is the device address of the buffer's first element.
+func (b *buffer) dptr() uint64 { return b.a.ptr + uint64(b.off)*4 }
+
+// pool caches freed blocks by size class. Cleanups run on the runtime's cleanup
+// goroutine and only touch the cache under its own lock; CUDA calls happen on the
+// Backend's locked thread.
+type pool struct {
+	mu     sync.Mutex
+	free   map[uint64][]uint64 // size class → device pointers
+	cached uint64              // bytes held in free
+	live   uint64              // bytes handed out
+	limit  uint64              // most bytes kept cached before blocks go back to the driver
+}
+
+// sizeClass rounds a request up so that nearby sizes share cached blocks: 512-byte
+// steps up to 1 MiB, then eight steps per power of two (at most 12.5 % waste).
+func sizeClass(n uint64) uint64 {
+	if n == 0 {
+		n = 1
+	}
+	if n <= 1<<20 {
+		return (n + 511) &^ 511
+	}
+	step := uint64(1) << (bits.Len64(n-1) - 4)
+	return (n + step - 1) / step * step
+}
+
+func (p *pool) take(class uint64) (uint64, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	l := p.free[class]
+	if len(l) == 0 {
+		return 0, false
+	}
+	ptr := l[len(l)-1]
+	p.free[class] = l[:len(l)-1]
+	p.cached -= class
+	p.live += class
+	return ptr, true
+}
+
+func (p *pool) put(ptr, class uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.free[class] = append(p.free[class], ptr)
+	p.cached += class
+	p.live -= class
+}
+
+// drain removes cached blocks until at most keep bytes stay cached and returns them
+// for cuMemFree.
+func (p *pool) drain(keep uint64) []uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []uint64
+	for class, l := range p.free {
+		for len(l) > 0 && p.cached > keep {
+			out = append(out, l[len(l)-1])
+			l = l[:len(l)-1]
+			p.cached -= class
+		}
+		p.free[class] = l
+		if p.cached <= keep {
+			break
+		}
+	}
+	return out
+}
+
+// alloc returns a block of at least bytes (the caller holds the Backend's lock and
+// thread). On out-of-memory it frees the cache, lets the collector return dead
+// buffers, and tries once more before reporting the size asked and the memory free.
+func (be *Backend) alloc(bytes uint64) (*allocation, error) {
+	class := sizeClass(bytes)
+	if ptr, ok := be.pool.take(class); ok {
+		return be.track(ptr, class), nil
+	}
+	be.freeBlocks(be.pool.drain(be.pool.limit))
+	ptr, err := be.drv.memAlloc(class)
+	if errors.Is(err, ErrOutOfMemory) {
+		be.freeBlocks(be.pool.drain(0))
+		runtime.GC()
+		// Cleanups run on their own goroutine after the collection; give them a moment.
+		for i := 0; i < 20; i++ {
+			runtime.Gosched()
+			time.Sleep(time.Millisecond)
+		}
+		be.freeBlocks(be.pool.drain(0))
+		ptr, err = be.drv.memAlloc(class)
+	}
+	if err != nil {
+		if errors.Is(err, ErrOutOfMemory) {
+			free, total, _ := be.drv.memInfo()
+			return nil, &OOMError{Bytes: bytes, Free: free, Total: total, Err: err}
+		}
+		return nil, err
+	}
+	be.pool.mu.Lock()
+	be.pool.live += class
+	be.pool.mu.Unlock()
+	return be.track(ptr, class), nil
+}
+
+// track wraps a block in an allocation whose cleanup returns it to the pool.
+func (be *Backend) track(ptr, class uint64) *allocation {
+	a := &allocation{ptr: ptr, bytes: class}
+	p := be.pool
+	runtime.AddCleanup(a, func(b [2]uint64) { p.put(b[0], b[1]) }, [2]uint64{ptr, class})
+	return a
+}
+
+func (be *Backend) freeBlocks(ptrs []uint64) {
+	for _, p := range ptrs {
+		_ = be.drv.memFree(p)
+	}
+}
+
+func (d *driver) memAlloc(bytes uint64) (uint64, error) {
+	var p uint64
+	err := d.check("cuMemAlloc_v2", call(d.cuMemAlloc, uintptr(unsafe.Pointer(&p)), uintptr(bytes)))
+	return p, err
+}
+
+func (d *driver) memFree(p uint64) error {
+	return d.check("cuMemFree_v2", call(d.cuMemFree, uintptr(p)))
+}
+
+func (d *driver) memsetD32(p uint64, v uint32, n uint64) error {
+	return d.check("cuMemsetD32_v2", call(d.cuMemsetD32, uintptr(p), uintptr(v), uintptr(n)))
+}
+
+func (d *driver) htod(dst uint64, src unsafe.Pointer, bytes uint64) error {
+	return d.check("cuMemcpyHtoD_v2", call(d.cuMemcpyHtoD, uintptr(dst), uintptr(src), uintptr(bytes)))
+}
+
+func (d *driver) dtoh(dst unsafe.Pointer, src uint64, bytes uint64) error {
+	return d.check("cuMemcpyDtoH_v2", call(d.cuMemcpyDtoH, uintptr(dst), uintptr(src), uintptr(bytes)))
+}
+
+func (d *driver) dtod(dst, src uint64, bytes uint64) error {
+	return d.check("cuMemcpyDtoD_v2", call(d.cuMemcpyDtoD, uintptr(dst), uintptr(src), uintptr(bytes)))
+}
