@@ -23,10 +23,12 @@ type genFlags struct {
 	batchSize, maxTokens, threads, seed       int
 	maxLenA, lenpen, unkpen                   float64
 	quiet, fastLinear                         bool
+	device                                    deviceFlag
 }
 
 func (g *genFlags) register(c *cobra.Command, withSubset bool) {
 	f := c.Flags()
+	g.device.register(c)
 	f.StringVar(&g.path, "path", "", "checkpoint (.pt, a directory holding one, or an xform model directory)")
 	if withSubset {
 		f.StringVar(&g.subset, "gen-subset", "test", "data split to translate")
@@ -86,7 +88,11 @@ func (g *genFlags) load(dataDir, subset string) (*model.Runner, *generate.Split,
 	if g.fastLinear {
 		opts = append(opts, cpu.WithFloat32Linear())
 	}
-	r, err := model.NewRunner(m, cpu.New(g.threads, opts...))
+	be, err := g.device.backend(g.threads, opts...)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := model.NewRunner(m, be)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -205,7 +211,11 @@ func (g *genFlags) loadDicts(dataDir string) (*model.Runner, *generate.Split, er
 	if g.fastLinear {
 		opts = append(opts, cpu.WithFloat32Linear())
 	}
-	r, err := model.NewRunner(m, cpu.New(g.threads, opts...))
+	be, err := g.device.backend(g.threads, opts...)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := model.NewRunner(m, be)
 	if err != nil {
 		return nil, nil, err
 	}

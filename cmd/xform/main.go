@@ -72,6 +72,7 @@ exports fairseq and ONNX files, and trains Admin models.`,
 		newScoreCmd(),
 		newFoldCmd(),
 		newAverageCmd(),
+		newEnvCmd(),
 	)
 	return root
 }

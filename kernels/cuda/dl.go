@@ -19,7 +19,7 @@ type symbol struct {
 func dlopen(path string) (uintptr, error) {
 	h, err := purego.Dlopen(path, purego.RTLD_NOW|purego.RTLD_GLOBAL)
 	if err != nil {
-		return 0, fmt.Errorf("dlopen %s: %w", path, err)
+		return 0, err // the loader's message already names the file
 	}
 	return h, nil
 }

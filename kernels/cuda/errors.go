@@ -8,7 +8,7 @@ import (
 // Reasons the GPU cannot be used; Probe and New wrap one of them so callers can
 // errors.Is them and fall back to the CPU.
 var (
-	ErrNoDriver    = errors.New("no NVIDIA driver (libcuda.so.1) could be loaded")
+	ErrNoDriver    = errors.New("no NVIDIA driver")
 	ErrOldDriver   = errors.New("the NVIDIA driver is too old")
 	ErrNoDevice    = errors.New("no CUDA device is visible")
 	ErrNoLibrary   = errors.New("a CUDA library is missing")

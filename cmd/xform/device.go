@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/xform-dev/xform/kernels"
+	"github.com/xform-dev/xform/kernels/cpu"
+	"github.com/xform-dev/xform/kernels/cuda"
+)
+
+// deviceFlag is --device: which backend runs the model. Empty means automatic: the
+// GPU when one is usable, else the CPU with a one-line note on stderr saying why.
+type deviceFlag struct {
+	name   string
+	stderr io.Writer
+	ctx    context.Context
+	gpu    *cuda.Backend // closed when the command ends
+	noted  bool
+}
+
+// register adds --device to c and wraps c.RunE so that the GPU is released when the
+// command ends and a GPU failure inside the run (out of memory, a driver fault: the
+// backend interface has no error results, so these arrive as panics) becomes the
+// command's error instead of a crash.
+func (d *deviceFlag) register(c *cobra.Command) {
+	c.Flags().StringVar(&d.name, "device", "", "compute device: cuda, cuda:N or cpu (default: cuda when a GPU is usable, else cpu; xform env says which)")
+	inner := c.RunE
+	c.RunE = func(cmd *cobra.Command, args []string) (err error) {
+		d.stderr, d.ctx = cmd.ErrOrStderr(), cmd.Context()
+		defer d.close()
+		defer cuda.Guard(&err)
+		return inner(cmd, args)
+	}
+}
+
+func (d *deviceFlag) close() {
+	if d.gpu == nil {
+		return
+	}
+	defer func() { _ = recover() }() // a GPU that already failed may fail to close too
+	_ = d.gpu.Close()
+	d.gpu = nil
+}
+
+// backend returns the backend --device asks for. threads and opts configure the CPU
+// backend only (the GPU always computes in fp32 with cuBLAS).
+func (d *deviceFlag) backend(threads int, opts ...cpu.Option) (kernels.Backend, error) {
+	name := strings.TrimSpace(d.name)
+	if name == "cpu" {
+		return cpu.New(threads, opts...), nil
+	}
+	ordinal := 0
+	switch {
+	case name == "" || name == "cuda":
+	case strings.HasPrefix(name, "cuda:"):
+		n, err := strconv.Atoi(strings.TrimPrefix(name, "cuda:"))
+		if err != nil || n < 0 {
+			return nil, usageError{fmt.Errorf("--device %q: want cpu, cuda or cuda:N", d.name)}
+		}
+		ordinal = n
+	default:
+		return nil, usageError{fmt.Errorf("--device %q: want cpu, cuda or cuda:N", d.name)}
+	}
+	ctx := d.ctx
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if d.gpu != nil {
+		return d.gpu, nil
+	}
+	g, err := cuda.New(ctx, cuda.Options{Ordinal: ordinal})
+	if err == nil {
+		d.gpu = g
+		return g, nil
+	}
+	if name != "" {
+		return nil, fmt.Errorf("--device %s: %w (run xform env for details)", name, err)
+	}
+	if !d.noted {
+		w := d.stderr
+		if w == nil {
+			w = os.Stderr
+		}
+		fmt.Fprintf(w, "xform: running on the CPU: %s (--device cpu silences this; xform env explains)\n", firstLine(err.Error()))
+		d.noted = true
+	}
+	return cpu.New(threads, opts...), nil
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
