@@ -9,6 +9,8 @@ set -uo pipefail
 : "${OUT:?set OUT to a work directory}"
 here="$(cd "$(dirname "$0")" && pwd)"
 export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
+# the fixtures pickle fairseq.meters objects: torch.load of the originals needs the fork importable
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$CLINIC/fairseq"
 mkdir -p "$OUT"
 python3 "$here/export_roundtrip.py" 2>&1 | tee "$OUT/export_roundtrip.log"
 status=${PIPESTATUS[0]}
