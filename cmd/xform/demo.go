@@ -60,6 +60,10 @@ later capability), checking each result. Nothing is downloaded.`,
 	return cmd
 }
 
+// demoRefBLEU is what the Clinic fork's own generate.py printed for the embedded checkpoint
+// (fixtures/clinic/runs/a_admin/gen_beam4_cpu.txt).
+const demoRefBLEU = "BLEU4 = 28.58, 66.5/40.2/21.6/11.6 (BP=1.000, ratio=1.218, syslen=1294, reflen=1062)"
+
 // runSub runs an xform subcommand in-process, echoing the command line.
 func runSub(out io.Writer, args ...string) (string, error) {
 	fmt.Fprintf(out, "$ xform %s\n", joinArgs(args))
@@ -118,13 +122,57 @@ func demoSteps() []demoStep {
 				return err
 			}
 			out.Write(buf.Bytes())
-			// The Clinic fork's own generate.py on this checkpoint printed this BLEU line
-			// (fixtures/clinic/runs/a_admin/gen_beam4_cpu.txt).
-			const ref = "BLEU4 = 28.58, 66.5/40.2/21.6/11.6 (BP=1.000, ratio=1.218, syslen=1294, reflen=1062)"
-			if !bytes.Contains(buf.Bytes(), []byte(ref)) {
-				return fmt.Errorf("BLEU line differs from the reference's %q", ref)
+			if !bytes.Contains(buf.Bytes(), []byte(demoRefBLEU)) {
+				return fmt.Errorf("BLEU line differs from the reference's %q", demoRefBLEU)
 			}
 			fmt.Fprintln(out, "check: same BLEU line as the reference fairseq-generate on this model")
+			return nil
+		}},
+		{"fold Admin's ω into a plain Post-LN Transformer and translate with it", func(cmd *cobra.Command, work string, out io.Writer) error {
+			folded := filepath.Join(work, "folded.pt")
+			if _, err := runSub(out, "fold", filepath.Join(work, "checkpoint_last.pt"), "-o", folded,
+				"--data", filepath.Join(work, "data-bin"), "--max-sentences", "16"); err != nil {
+				return err
+			}
+			m, err := convert.LoadCheckpoint(folded)
+			if err != nil {
+				return err
+			}
+			if m.Config.Init.HasOmega() {
+				return fmt.Errorf("folded model still has Admin ω (init %s)", m.Config.Init)
+			}
+			var buf bytes.Buffer
+			if _, err := runSub(&buf, "generate", filepath.Join(work, "data-bin"), "--path", folded,
+				"--beam", "4", "--batch-size", "128", "--quiet"); err != nil {
+				out.Write(buf.Bytes())
+				return err
+			}
+			out.Write(buf.Bytes())
+			if !bytes.Contains(buf.Bytes(), []byte(demoRefBLEU)) {
+				return fmt.Errorf("the folded model's BLEU line differs from the reference's %q", demoRefBLEU)
+			}
+			fmt.Fprintln(out, "check: the folded plain Transformer translates exactly as the Admin original (same BLEU line)")
+			return nil
+		}},
+		{"export a fairseq checkpoint the Clinic fork loads, and read it back", func(cmd *cobra.Command, work string, out io.Writer) error {
+			exported := filepath.Join(work, "exported.pt")
+			if _, err := runSub(out, "export", "--fairseq", filepath.Join(work, "model"), "-o", exported, "--force"); err != nil {
+				return err
+			}
+			a, err := convert.LoadCheckpoint(filepath.Join(work, "checkpoint_last.pt"))
+			if err != nil {
+				return err
+			}
+			b, err := convert.LoadCheckpoint(exported)
+			if err != nil {
+				return err
+			}
+			for name, t := range a.Params {
+				if u := b.Params[name]; u == nil || !bytes.Equal(t.Data, u.Data) {
+					return fmt.Errorf("tensor %s differs after export", name)
+				}
+			}
+			fmt.Fprintf(out, "check: %d tensors round-trip bit-identically through the exported .pt\n", len(a.Params))
 			return nil
 		}},
 	}
