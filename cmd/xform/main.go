@@ -73,6 +73,8 @@ exports fairseq and ONNX files, and trains Admin models.`,
 		newFoldCmd(),
 		newAverageCmd(),
 		newEnvCmd(),
+		newTrainCmd(),
+		newProfileCmd(),
 	)
 	return root
 }
