@@ -61,7 +61,9 @@ func LoadCheckpoint(path string) (*model.Model, error) {
 }
 
 // Import is LoadCheckpoint keeping the source checkpoint and the files found beside it.
-func Import(path string) (*Imported, error) {
+func Import(path string) (*Imported, error) { return importWith(path, nil) }
+
+func importWith(path string, read func(name string) bool) (*Imported, error) {
 	st, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("convert: %w", err)
@@ -81,7 +83,7 @@ func Import(path string) (*Imported, error) {
 	if err != nil {
 		return nil, err
 	}
-	m, dropped, err := FromFairseq(ck)
+	m, dropped, err := fromFairseq(ck, read)
 	if err != nil {
 		ck.Close()
 		return nil, err
@@ -246,6 +248,12 @@ var layerKey = regexp.MustCompile(`^(encoder|decoder)\.layers\.(\d+)\.(.+)$`)
 // FromFairseq maps a fairseq/Clinic state dict onto canonical names and validates it against
 // the config. It returns the names of entries that hold no parameters and were dropped.
 func FromFairseq(ck *fairseqpt.Checkpoint) (*model.Model, []string, error) {
+	return fromFairseq(ck, nil)
+}
+
+// fromFairseq maps the state dict; when read is non-nil, only the entries it accepts are read
+// from the file and the others become placeholders (dtype and shape, no data).
+func fromFairseq(ck *fairseqpt.Checkpoint, read func(name string) bool) (*model.Model, []string, error) {
 	cfg, err := ConfigFromFairseq(ck)
 	if err != nil {
 		return nil, nil, err
@@ -271,11 +279,16 @@ func FromFairseq(ck *fairseqpt.Checkpoint) (*model.Model, []string, error) {
 	}
 	m := &model.Model{Config: cfg, Params: map[string]*tensor.Tensor{}}
 	var dropped []string
-	loaded, err := materializeAll(ck, cfg)
-	if err != nil {
-		return nil, nil, err
+	loaded := map[string]*tensor.Tensor{}
+	if read == nil {
+		if loaded, err = materializeAll(ck, cfg); err != nil {
+			return nil, nil, err
+		}
 	}
 	get := func(name string, t *fairseqpt.Tensor) (*tensor.Tensor, error) {
+		if read != nil && !read(name) {
+			return &tensor.Tensor{DType: t.DType(), Shape: append([]int(nil), t.Shape...)}, nil
+		}
 		if mt, ok := loaded[name]; ok {
 			return mt, nil
 		}
@@ -412,7 +425,11 @@ func FromFairseq(ck *fairseqpt.Checkpoint) (*model.Model, []string, error) {
 			return nil, nil, err
 		}
 	}
-	if err := m.Validate(); err != nil {
+	validate := m.Validate
+	if read != nil {
+		validate = m.ValidateLayout
+	}
+	if err := validate(); err != nil {
 		return nil, nil, fmt.Errorf("convert: %s: %w: %v", ck.Path, ErrStateDict, err)
 	}
 	return m, dropped, nil
@@ -433,13 +450,16 @@ func splitRows(t *tensor.Tensor, n, d int) ([]*tensor.Tensor, error) {
 	if len(t.Shape) == 0 || t.Shape[0] != n*d {
 		return nil, fmt.Errorf("fused projection has shape %v, want first dimension %d", t.Shape, n*d)
 	}
-	rowBytes := len(t.Data) / t.Shape[0]
+	rowBytes := t.Numel() * t.DType.Size() / t.Shape[0]
 	out := make([]*tensor.Tensor, n)
 	for i := range out {
 		shape := append([]int{d}, t.Shape[1:]...)
-		// Views share the fused buffer (full slice expression: appending can never spill into a neighbour).
-		lo, hi := i*d*rowBytes, (i+1)*d*rowBytes
-		out[i] = &tensor.Tensor{DType: t.DType, Shape: shape, Data: t.Data[lo:hi:hi]}
+		out[i] = &tensor.Tensor{DType: t.DType, Shape: shape}
+		if t.Data != nil { // nil: a placeholder
+			// Views share the fused buffer (full slice expression: appending can never spill into a neighbour).
+			lo, hi := i*d*rowBytes, (i+1)*d*rowBytes
+			out[i].Data = t.Data[lo:hi:hi]
+		}
 	}
 	return out, nil
 }

@@ -17,8 +17,14 @@ type Model struct {
 func pow(x, y float64) float64 { return math.Pow(x, y) }
 
 // Validate checks the config and that the parameters are exactly the expected set, with
-// the expected shapes and a floating dtype.
-func (m *Model) Validate() error {
+// the expected shapes, a floating dtype and data of the right length.
+func (m *Model) Validate() error { return m.validate(true) }
+
+// ValidateLayout is Validate without the data-length check, for models whose parameters are
+// placeholders (shape and dtype only), as `inspect` builds them without reading weights.
+func (m *Model) ValidateLayout() error { return m.validate(false) }
+
+func (m *Model) validate(data bool) error {
 	if err := m.Config.Validate(); err != nil {
 		return err
 	}
@@ -35,6 +41,9 @@ func (m *Model) Validate() error {
 		}
 		if !t.DType.IsFloat() {
 			return fmt.Errorf("model: parameter %s has dtype %s, want a float dtype", p.Name, t.DType)
+		}
+		if !data {
+			continue
 		}
 		if err := t.Validate(); err != nil {
 			return fmt.Errorf("model: parameter %s: %w", p.Name, err)
