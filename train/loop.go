@@ -112,7 +112,7 @@ func (m *meters) stats(numUpdates int, lr float64, wall time.Duration) [][2]stri
 
 // pyG formats like Python's '{:g}'.
 func pyG(v float64) string {
-	s := fmt.Sprintf("%g", v)
+	s := fmt.Sprintf("%.6g", v)
 	if i := strings.Index(s, "e"); i >= 0 && len(s) > i+2 && (s[i+1] == '-' || s[i+1] == '+') && len(s[i+2:]) == 1 {
 		s = s[:i+2] + "0" + s[i+2:] // Python writes two exponent digits
 	}
