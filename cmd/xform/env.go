@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -19,7 +20,7 @@ type envReport struct {
 }
 
 func newEnvCmd() *cobra.Command {
-	var asJSON, dirs bool
+	var asJSON, dirs, bench bool
 	c := &cobra.Command{
 		Use:     "env",
 		Aliases: []string{"doctor"},
@@ -44,11 +45,15 @@ says so and exits 0: the CPU backend needs none of this.`,
 				return enc.Encode(rep)
 			}
 			printEnv(cmd.OutOrStdout(), rep, dirs)
+			if bench && r.Usable {
+				return benchGPU(cmd)
+			}
 			return nil
 		},
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	c.Flags().BoolVar(&dirs, "dirs", false, "also list every folder searched for libraries")
+	c.Flags().BoolVar(&bench, "bench", false, "also time matrix products on the GPU (fp32 as the backend runs them, bf16 on the tensor cores)")
 	return c
 }
 
@@ -97,3 +102,32 @@ func printEnv(w io.Writer, r envReport, dirs bool) {
 }
 
 func gib(n uint64) float64 { return float64(n) / (1 << 30) }
+
+// benchGPU times a few GEMM shapes: a large square one (the ceiling) and the shapes of a
+// 512-wide Transformer's projections at 8192 tokens.
+func benchGPU(cmd *cobra.Command) error {
+	start := time.Now()
+	be, err := cuda.New(cmd.Context(), cuda.Options{})
+	if err != nil {
+		return err
+	}
+	defer be.Close()
+	w := cmd.OutOrStdout()
+	fmt.Fprintf(w, "%-10s %v (%d kernel programs compiled, the rest from the cache)\n", "startup", time.Since(start).Round(time.Millisecond), be.CompiledPrograms())
+	for _, s := range []struct {
+		m, n, k, iters int
+		bf16           bool
+	}{
+		{4096, 4096, 4096, 10, false}, {8192, 8192, 8192, 20, true},
+		{8192, 1536, 512, 50, false}, {8192, 1536, 512, 50, true},
+		{8192, 2048, 512, 50, false}, {8192, 2048, 512, 50, true},
+		{64, 512, 512, 200, false}, {64, 512, 512, 200, true},
+	} {
+		r, err := be.BenchGemm(cmd.Context(), s.m, s.n, s.k, s.bf16, s.iters)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "%-10s %s\n", "gemm", r)
+	}
+	return nil
+}

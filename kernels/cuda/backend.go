@@ -37,6 +37,7 @@ type Backend struct {
 	dev       int32
 	ctx       uintptr
 	blasH     uintptr
+	blasFast  uintptr // default-math handle for bf16 (tensor cores), made on first use
 	info      DeviceInfo
 	arch      string
 	nvrtcVer  string
@@ -56,6 +57,7 @@ type functions struct {
 	copy2d, gatherRows, fillRows, embed, addRows uintptr
 	layernorm, softmax, logSoftmax, activate     uintptr
 	residual, attention, meanHeads               uintptr
+	f32ToBF16, bf16ToF32                         uintptr
 }
 
 func (f *functions) table() map[string]*uintptr {
@@ -64,6 +66,7 @@ func (f *functions) table() map[string]*uintptr {
 		"embed": &f.embed, "add_rows": &f.addRows, "layernorm": &f.layernorm,
 		"softmax": &f.softmax, "log_softmax": &f.logSoftmax, "activate": &f.activate,
 		"residual": &f.residual, "attention": &f.attention, "mean_heads": &f.meanHeads,
+		"f32_to_bf16": &f.f32ToBF16, "bf16_to_f32": &f.bf16ToF32,
 	}
 }
 
@@ -182,9 +185,11 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 
 // release frees what New acquired; the caller holds the thread with the context current.
 func (be *Backend) release() {
-	if be.blasH != 0 {
-		call(be.libs.blas.destroy, be.blasH)
-		be.blasH = 0
+	for _, h := range []*uintptr{&be.blasH, &be.blasFast} {
+		if *h != 0 {
+			call(be.libs.blas.destroy, *h)
+			*h = 0
+		}
 	}
 	for _, m := range be.mods {
 		call(be.drv.cuModuleUnload, m)

@@ -430,3 +430,43 @@ func BenchmarkLaunch(b *testing.B) {
 		_ = be.Synchronize()
 	})
 }
+
+// bf16Round is the reference float32 → bfloat16 rounding (nearest even).
+func bf16Round(f float32) float32 {
+	u := math.Float32bits(f)
+	if u&0x7fffffff > 0x7f800000 {
+		return math.Float32frombits((u | 0x400000) &^ 0xffff)
+	}
+	u = (u + 0x7fff + (u>>16)&1) &^ 0xffff
+	return math.Float32frombits(u)
+}
+
+func TestBF16(t *testing.T) {
+	be := gpu(t)
+	r := rand.New(rand.NewPCG(11, 12))
+	v := randVec(r, 1001)
+	v[0], v[1], v[2] = float32(math.Inf(1)), 3.0000002, -1.0078125 // ties and an infinity
+	x := be.Upload(v)
+	y := be.Alloc(len(v))
+	func() {
+		defer be.enter()()
+		h := be.newBuffer((len(v) + 1) / 2)
+		be.prm.reset().ptr(h.dptr()).ptr(addr(x)).i64(len(v))
+		be.elem(be.fn.f32ToBF16, int64(len(v)))
+		be.prm.reset().ptr(addr(y)).ptr(h.dptr()).i64(len(v))
+		be.elem(be.fn.bf16ToF32, int64(len(v)))
+	}()
+	got := down(be, y)
+	want := make([]float32, len(v))
+	for i, f := range v {
+		want[i] = bf16Round(f)
+	}
+	checkExact(t, "bf16 round trip", got, want)
+	for _, bf := range []bool{false, true} {
+		res, err := be.BenchGemm(t.Context(), 256, 512, 128, bf, 5)
+		if err != nil || !(res.TFLOPS > 0) {
+			t.Fatalf("BenchGemm bf16=%v: %v %+v", bf, err, res)
+		}
+		t.Log(res)
+	}
+}
