@@ -262,7 +262,7 @@ func validate(ctx context.Context, s *Stepper, valid []*model.TrainBatch, cfg Ru
 	st := [][2]string{{"loss", fmt.Sprintf("%.3f", vl)}, {"nll_loss", fmt.Sprintf("%.3f", vn)},
 		{"ppl", fmt.Sprintf("%.2f", math.Pow(2, vn))}, {"num_updates", fmt.Sprint(s.NumUpdates)}}
 	if prog.HaveBest {
-		st = append(st, [2]string{"best_loss", pyG(math.Round(math.Min(prog.BestLoss, vl)*1e4) / 1e4)})
+		st = append(st, [2]string{"best_loss", pyG(math.Min(prog.BestLoss, vl))})
 	}
 	writeStats(log, cfg.LogFormat, fmt.Sprintf("| epoch %03d | valid on '%s' subset", epoch, cfg.ValidSubset), st, false)
 	return vl, nil
