@@ -332,6 +332,11 @@ func ExportONNXDir(dir string, m *model.Model, opt ONNXOptions, extra ONNXDirOpt
 		return fmt.Errorf("export: %w", err)
 	}
 	ok := false
+	// MkdirTemp creates 0700; the published export is an ordinary directory.
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		os.RemoveAll(tmp)
+		return fmt.Errorf("export: %w", err)
+	}
 	defer func() {
 		if !ok {
 			os.RemoveAll(tmp)

@@ -234,10 +234,10 @@ def batches(samples, batch_size):
         yield ids, src
 
 
-def translate(model, samples, beam, batch_size, lenpen=1.0):
+def translate(model, samples, beam, batch_size, lenpen=1.0, max_len_a=0.0, max_len_b=200):
     out = {}
     for ids, src in batches(samples, batch_size):
-        for i, hyps in zip(ids, beam_search(model, src, beam=beam, lenpen=lenpen)):
+        for i, hyps in zip(ids, beam_search(model, src, beam=beam, lenpen=lenpen, max_len_a=max_len_a, max_len_b=max_len_b)):
             out[i] = hyps[0]
     return out
 
@@ -264,6 +264,8 @@ def main():
     ap.add_argument("-t", "--target-lang", default="tgt")
     ap.add_argument("--beam", type=int, default=5)
     ap.add_argument("--lenpen", type=float, default=1.0)
+    ap.add_argument("--max-len-a", type=float, default=0.0)
+    ap.add_argument("--max-len-b", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--merged", action="store_true", help="drive decoder_model_merged.onnx instead of the two decoders")
     ap.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = its default)")
@@ -283,7 +285,7 @@ def main():
         samples = [np.array([index.get(w, UNK) for w in line.split()] + [EOS], np.int64) for line in sys.stdin]
 
     t0 = time.perf_counter()
-    hyps = translate(model, samples, args.beam, args.batch_size, args.lenpen)
+    hyps = translate(model, samples, args.beam, args.batch_size, args.lenpen, args.max_len_a, args.max_len_b)
     dt = time.perf_counter() - t0
     ntok = sum(len(h["tokens"]) for h in hyps.values())
     if not args.quiet:
