@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/xform-dev/xform/admin"
 	"github.com/xform-dev/xform/model"
 	"github.com/xform-dev/xform/onnxio"
 	"google.golang.org/protobuf/proto"
@@ -327,11 +328,25 @@ func TestONNXRuntime(t *testing.T) {
 			runCheck(t, py, exp, "--params", params)
 		})
 	}
+	type fixtureCase struct {
+		run        string
+		fp16, fold bool
+	}
+	var fixtures []fixtureCase
 	for _, run := range []string{"a_admin", "b_postln", "c_preln"} {
-		for _, fp16 := range []bool{false, true} {
+		fixtures = append(fixtures, fixtureCase{run, false, false}, fixtureCase{run, true, false})
+	}
+	// The export's default for Admin: ω folded (exactly) into plain Post-LN weights.
+	fixtures = append(fixtures, fixtureCase{"a_admin", false, true})
+	for _, fc := range fixtures {
+		run, fp16 := fc.run, fc.fp16
+		{
 			name := run
 			if fp16 {
 				name += "_fp16"
+			}
+			if fc.fold {
+				name += "_folded"
 			}
 			t.Run("fixture_"+name, func(t *testing.T) {
 				t.Parallel()
@@ -340,8 +355,15 @@ func TestONNXRuntime(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
+				if fc.fold {
+					res, err := admin.Fold(m, admin.FoldOptions{})
+					if err != nil {
+						t.Fatal(err)
+					}
+					m = res.Model
+				}
 				exp := t.TempDir()
-				if err := ExportONNX(m, exp, ONNXOptions{FP16: fp16, KeepOmega: true}); err != nil {
+				if err := ExportONNX(m, exp, ONNXOptions{FP16: fp16, KeepOmega: !fc.fold}); err != nil {
 					t.Fatal(err)
 				}
 				runCheck(t, py, exp, "--dump", filepath.Join(runDir, "dump_last"))

@@ -36,8 +36,10 @@ config.json, generation_config.json and the dictionaries found beside the checkp
 Opset 17 by default (native LayerNormalization); batch and sequence axes are dynamic.
 --fp16 stores weights and activations in fp16; LayerNorm and softmax run in fp32.
 
-Admin models: ω is exported as an explicit Mul per residual (--keep-omega). Folding ω
-into plain weights is not available yet, so this is also the default for now.
+Admin models are folded by default (as xform fold does: ω moves into LayerNorm γ/β and
+the consuming projections, the fold report is printed; exact unless --keep-architecture),
+so the graphs are a plain Post-LN Transformer. --keep-omega instead exports ω as an
+explicit Mul per residual and keeps the original weights and embedding layout.
 
 The output is all or nothing: it is written to a temporary directory beside DIR and
 renamed into place; an existing DIR is an error unless --force.`,
@@ -53,12 +55,12 @@ renamed into place; an existing DIR is an error unless --force.`,
 			case f.onnx && fs.enabled:
 				return usageError{fmt.Errorf("export: choose one format: --onnx or --fairseq")}
 			case f.onnx:
-				return runExportONNX(cmd, args[0], f)
+				return runExportONNX(cmd, args[0], f, fs.fold)
 			case fs.enabled:
 				fs.Out, fs.Force = f.out, f.force
 				return runExportFairseq(cmd, args[0], fs)
 			}
-			return usageError{fmt.Errorf("export: choose a format: --onnx (--fairseq: not implemented yet)")}
+			return usageError{fmt.Errorf("export: choose a format: --onnx or --fairseq")}
 		},
 	}
 	fl := cmd.Flags()
@@ -66,13 +68,15 @@ renamed into place; an existing DIR is an error unless --force.`,
 	fl.StringVarP(&f.out, "output", "o", "", "output directory (required)")
 	fl.BoolVar(&f.force, "force", false, "replace an existing output directory")
 	fl.BoolVar(&f.fp16, "fp16", false, "ONNX: fp16 weights and activations (LayerNorm and softmax in fp32)")
-	fl.BoolVar(&f.keepOmega, "keep-omega", false, "ONNX, Admin models: keep ω as explicit Mul nodes instead of folding it (currently always)")
+	fl.BoolVar(&f.keepOmega, "keep-omega", false, "ONNX, Admin models: keep ω as explicit Mul nodes instead of folding it")
 	fl.IntVar(&f.opset, "opset", convert.DefaultONNXOpset, "ONNX: ai.onnx opset (17-21)")
 	addExportFairseqFlags(cmd, &fs)
 	return cmd
 }
 
-func runExportONNX(cmd *cobra.Command, src string, f exportFlags) error {
+// runExportONNX exports ckpt's model as ONNX; an Admin model is folded first (with the
+// fold flags export shares with xform fold) unless --keep-omega.
+func runExportONNX(cmd *cobra.Command, src string, f exportFlags, fold foldFlags) error {
 	if f.opset < 17 {
 		return usageError{fmt.Errorf("export: --opset %d: LayerNormalization needs opset ≥ 17", f.opset)}
 	}
@@ -84,9 +88,11 @@ func runExportONNX(cmd *cobra.Command, src string, f exportFlags) error {
 	m := im.Model
 	opt := convert.ONNXOptions{Opset: f.opset, FP16: f.fp16, KeepOmega: f.keepOmega}
 	if m.Config.Init.HasOmega() && !f.keepOmega {
-		// admin.Fold does not exist yet: the only exact export of an unfolded model is ω as Mul.
-		fmt.Fprintln(cmd.ErrOrStderr(), "export: note: folding Admin ω is not available yet; exporting ω as explicit Mul nodes (as --keep-omega)")
-		opt.KeepOmega = true
+		res, err := foldAndReport(cmd, im, fold)
+		if err != nil {
+			return fmt.Errorf("export: fold %s: %w (--keep-omega exports ω as Mul nodes instead)", im.Source, err)
+		}
+		m = res.Model
 	}
 	if f.keepOmega && !m.Config.Init.HasOmega() {
 		fmt.Fprintf(cmd.ErrOrStderr(), "export: note: --keep-omega ignored: the model (init %s) has no ω\n", m.Config.Init)

@@ -30,12 +30,12 @@ func TestExportONNXCommand(t *testing.T) {
 		outHas  string
 		wantDir bool
 	}{
-		{"no format", []string{"export", ckpt, "-o", dir}, true, "--fairseq: not implemented yet", "", false},
+		{"no format", []string{"export", ckpt, "-o", dir}, true, "--onnx", "", false},
 		{"no output", []string{"export", "--onnx", ckpt}, true, "-o DIR", "", false},
 		{"old opset", []string{"export", "--onnx", "--opset", "13", ckpt, "-o", dir}, true, "opset", "", false},
-		{"ok", []string{"export", "--onnx", ckpt, "-o", dir}, false, "", "ω as explicit Mul", true},
+		{"ok folded", []string{"export", "--onnx", ckpt, "-o", dir}, false, "", "fold: ω folded", true},
 		{"exists", []string{"export", "--onnx", ckpt, "-o", dir}, false, "--force", "", true},
-		{"force fp16", []string{"export", "--onnx", "--force", "--fp16", ckpt, "-o", dir}, false, "", "decoder_model_merged.onnx", true},
+		{"force fp16 keep ω", []string{"export", "--onnx", "--force", "--fp16", "--keep-omega", ckpt, "-o", dir}, false, "", "decoder_model_merged.onnx", true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
