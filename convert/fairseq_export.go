@@ -59,6 +59,10 @@ type FairseqExportOptions struct {
 	// Changed says the model's parameters differ from Source's (a fold): Source's state
 	// dict and optimizer state no longer apply.
 	Changed bool
+	// Training, when set, is written as the checkpoint's optimizer_history entry,
+	// extra_state and last_optimizer_state (fairseq_train_state.go), so fairseq and xform
+	// resume from the file.
+	Training *TrainingState
 }
 
 // FairseqExport is the object to pickle and what was done to get it.
@@ -164,6 +168,11 @@ func BuildFairseqCheckpoint(m *model.Model, opt FairseqExportOptions) (*FairseqE
 			note("last_optimizer_state dropped: the %s parameter layout differs from the source's, so its per-parameter state would not line up", opt.Target)
 		default:
 			root.Set("last_optimizer_state", v)
+		}
+	}
+	if opt.Training != nil {
+		if err := putTrainingState(root, m, layout, src, opt.Training); err != nil {
+			return nil, err
 		}
 	}
 	out.Root = root

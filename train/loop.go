@@ -2,7 +2,6 @@ package train
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -10,11 +9,11 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/xform-dev/xform/generate"
-	"github.com/xform-dev/xform/kernels"
 	"github.com/xform-dev/xform/model"
 )
 
@@ -36,19 +35,26 @@ type RunConfig struct {
 	LogFormat           string // --log-format simple|json
 	LogInterval         int    // --log-interval
 	Log                 io.Writer
-	// Save writes the model as a checkpoint at path (the fairseq/Clinic writer).
-	Save func(path string, m *model.Model) error
+	// Save writes snap to every path (checkpoint_best.pt, checkpoint_last.pt, …), each
+	// atomically, the last path last: a run killed while saving keeps the previous
+	// checkpoint_last.pt whole.
+	Save func(paths []string, snap *Snapshot) error
 }
 
-// Progress is where training stands; it is saved beside every checkpoint.
+// Progress is where training stands; every checkpoint carries it.
 type Progress struct {
-	Epoch             int     `json:"epoch"` // last completed epoch when IterationsInEpoch is 0
-	IterationsInEpoch int     `json:"iterations_in_epoch"`
-	NumUpdates        int     `json:"num_updates"`
-	OptimizerSteps    int     `json:"optimizer_steps"`
-	BestLoss          float64 `json:"best_loss"`
-	HaveBest          bool    `json:"have_best"`
-	NumParams         int     `json:"num_params"`
+	Epoch             int `json:"epoch"` // last completed epoch when IterationsInEpoch is 0
+	IterationsInEpoch int `json:"iterations_in_epoch"`
+	// BatchesInEpoch is fairseq's train_iterator.iterations_in_epoch: batches (not
+	// updates) taken from epoch Epoch, all of them after the epoch's end. A Progress read
+	// from a fairseq checkpoint has only this; Run turns it into IterationsInEpoch.
+	BatchesInEpoch int        `json:"batches_in_epoch"`
+	NumUpdates     int        `json:"num_updates"`
+	OptimizerSteps int        `json:"optimizer_steps"`
+	BestLoss       float64    `json:"best_loss"`
+	HaveBest       bool       `json:"have_best"`
+	NumParams      int        `json:"num_params"`
+	Meters         *MeterSums `json:"meters,omitempty"`
 }
 
 // Data is a loaded data-bin: training and validation splits.
@@ -67,6 +73,17 @@ type meters struct {
 }
 
 func (m *meters) reset() { *m = meters{start: time.Now()} }
+
+func (m *meters) sums() *MeterSums {
+	return &MeterSums{Loss: m.loss, NLL: m.nll, Sample: m.sample, Tokens: m.tokens, Sents: m.sents, Updates: m.updates, GNorm: m.gnorm, Clip: m.clip}
+}
+
+func (m *meters) restore(s *MeterSums) {
+	m.reset()
+	if s != nil {
+		m.loss, m.nll, m.sample, m.tokens, m.sents, m.updates, m.gnorm, m.clip = s.Loss, s.NLL, s.Sample, s.Tokens, s.Sents, s.Updates, s.GNorm, s.Clip
+	}
+}
 
 func (m *meters) add(lg StepLog, dt time.Duration) {
 	m.loss += lg.Loss * float64(lg.SampleSize)
@@ -119,45 +136,90 @@ func pyG(v float64) string {
 	return s
 }
 
-func writeStats(w io.Writer, format, prefix string, st [][2]string, mid bool) {
-	if format == "json" {
-		obj := map[string]any{}
-		for _, kv := range st {
-			obj[kv[0]] = kv[1]
-		}
-		b, _ := json.Marshal(obj)
-		fmt.Fprintf(w, "%s %s\n", prefix, b)
+// logger prints fairseq 0.8's progress lines: --log-format simple (progress_bar.py's
+// simple_progress_bar) or json (json_progress_bar: one object per line, stats as strings,
+// "epoch" an int, "update" the fraction of epochs done rounded to 3 decimals).
+type logger struct {
+	w    io.Writer
+	json bool
+}
+
+// mid prints the line logged every --log-interval updates: i of size update groups done.
+func (l logger) mid(epoch, i, size int, st [][2]string) {
+	if l.json {
+		update := float64(epoch-1) + float64(i)/float64(size)
+		l.object(epoch, pyRound3(update), "", st)
 		return
 	}
-	var parts []string
+	parts := make([]string, len(st))
+	for k, kv := range st {
+		parts[k] = kv[0] + "=" + kv[1]
+	}
+	fmt.Fprintf(l.w, "| epoch %03d:  %5d / %d %s\n", epoch, i, size, strings.Join(parts, ", "))
+}
+
+// print prints an end-of-epoch (tag "train") or validation (tag = the subset) line.
+func (l logger) print(epoch int, tag string, st [][2]string) {
+	if l.json {
+		l.object(epoch, "", tag+"_", st)
+		return
+	}
+	prefix := fmt.Sprintf("| epoch %03d", epoch)
+	if tag != "train" {
+		prefix += fmt.Sprintf(" | valid on '%s' subset", tag)
+	}
+	parts := make([]string, len(st))
+	for k, kv := range st {
+		parts[k] = kv[0] + " " + kv[1]
+	}
+	fmt.Fprintf(l.w, "%s | %s\n", prefix, strings.Join(parts, " | "))
+}
+
+// object writes a JSON object in key order as Python's json.dumps does (", " and ": ").
+func (l logger) object(epoch int, update, keyPrefix string, st [][2]string) {
+	var b strings.Builder
+	fmt.Fprintf(&b, `{"epoch": %d`, epoch)
+	if update != "" {
+		fmt.Fprintf(&b, `, "update": %s`, update)
+	}
 	for _, kv := range st {
-		if mid {
-			parts = append(parts, kv[0]+"="+kv[1])
-		} else {
-			parts = append(parts, kv[0]+" "+kv[1])
-		}
+		k, _ := json.Marshal(keyPrefix + kv[0])
+		v, _ := json.Marshal(kv[1])
+		fmt.Fprintf(&b, ", %s: %s", k, v)
 	}
-	if mid {
-		fmt.Fprintf(w, "%s %s\n", prefix, strings.Join(parts, ", "))
-		return
+	b.WriteString("}\n")
+	io.WriteString(l.w, b.String())
+}
+
+// pyRound3 is repr(round(v, 3)) for the small non-negative values of "update": Go's
+// fixed-point formatting rounds the exact binary value as Python's round does, and
+// repr then gives the shortest form, with ".0" for whole numbers.
+func pyRound3(v float64) string {
+	r, _ := strconv.ParseFloat(strconv.FormatFloat(v, 'f', 3, 64), 64)
+	s := strconv.FormatFloat(r, 'f', -1, 64)
+	if !strings.ContainsAny(s, ".eE") {
+		s += ".0"
 	}
-	fmt.Fprintf(w, "%s | %s\n", prefix, strings.Join(parts, " | "))
+	return s
 }
 
 // Run trains s.Net on d until --max-update or --max-epoch, validating after each epoch
 // and saving checkpoints (checkpoint_last.pt, checkpoint_best.pt, checkpointN.pt,
-// checkpoint_E_U.pt) as fairseq 0.8's train.py does. prog says where to resume.
+// checkpoint_E_U.pt) as fairseq 0.8's train.py does. prog says where to resume (the
+// stepper must already be restored with Stepper.Resume); a resumed run logs and saves
+// exactly what the uninterrupted run would have from that point on.
 func Run(ctx context.Context, s *Stepper, d *Data, cfg RunConfig, prog Progress) (Progress, error) {
-	log := cfg.Log
-	if log == nil {
-		log = io.Discard
+	out := cfg.Log
+	if out == nil {
+		out = io.Discard
 	}
+	log := logger{w: out, json: cfg.LogFormat == "json"}
 	frozen, dropped, err := Batches(d.Train, cfg.Batch)
 	if err != nil {
 		return prog, fmt.Errorf("train split: %w", err)
 	}
 	if len(dropped) > 0 {
-		fmt.Fprintf(log, "| WARNING: %d samples have invalid sizes and will be skipped, max_positions=(%d, %d), first few sample ids=%v\n",
+		fmt.Fprintf(out, "| WARNING: %d samples have invalid sizes and will be skipped, max_positions=(%d, %d), first few sample ids=%v\n",
 			len(dropped), cfg.Batch.MaxSourcePos, cfg.Batch.MaxTargetPos, dropped[:min(10, len(dropped))])
 	}
 	var valid []*model.TrainBatch
@@ -173,12 +235,28 @@ func Run(ctx context.Context, s *Stepper, d *Data, cfg RunConfig, prog Progress)
 			valid = append(valid, tb)
 		}
 	}
+	updateFreq := func(epoch int) int {
+		if len(cfg.UpdateFreq) == 0 {
+			return 1
+		}
+		return cfg.UpdateFreq[min(epoch-1, len(cfg.UpdateFreq)-1)]
+	}
+	prog = normalizeProgress(prog, len(frozen), updateFreq)
+	if prog.Epoch > 0 { // a resume: the schedule's per-epoch rate is the last completed epoch's
+		done := prog.Epoch
+		if prog.IterationsInEpoch > 0 {
+			done--
+		}
+		if done > 0 {
+			s.Sched.StepEpoch(done)
+		}
+	}
 	start := time.Now()
 	var m meters
 	m.reset()
 	epoch := prog.Epoch + 1
 	skip := 0
-	if prog.IterationsInEpoch > 0 { // resume mid-epoch
+	if prog.IterationsInEpoch > 0 { // resume mid-epoch, with the meters as they were
 		epoch, skip = prog.Epoch, prog.IterationsInEpoch
 	}
 	maxUpdate := cfg.MaxUpdate
@@ -186,13 +264,14 @@ func Run(ctx context.Context, s *Stepper, d *Data, cfg RunConfig, prog Progress)
 		maxUpdate = math.MaxInt
 	}
 	for (cfg.MaxEpoch <= 0 || epoch <= cfg.MaxEpoch) && s.NumUpdates < maxUpdate && s.Sched.LR() > cfg.MinLR {
-		uf := 1
-		if len(cfg.UpdateFreq) > 0 {
-			uf = cfg.UpdateFreq[min(epoch-1, len(cfg.UpdateFreq)-1)]
-		}
+		uf := updateFreq(epoch)
 		order := EpochOrder(frozen, cfg.Batch.Seed, epoch)
 		groups := (len(order) + uf - 1) / uf
-		m.reset()
+		if skip > 0 {
+			m.restore(prog.Meters)
+		} else {
+			m.reset()
+		}
 		for i := skip; i < groups; i++ {
 			if err := ctx.Err(); err != nil {
 				return prog, err
@@ -211,18 +290,18 @@ func Run(ctx context.Context, s *Stepper, d *Data, cfg RunConfig, prog Progress)
 				return prog, fmt.Errorf("epoch %d, update %d: %w", epoch, s.NumUpdates+1, err)
 			}
 			m.add(lg, time.Since(t0))
-			prog = Progress{Epoch: epoch, IterationsInEpoch: i + 1, NumUpdates: s.NumUpdates, OptimizerSteps: s.Opt.Steps(),
-				BestLoss: prog.BestLoss, HaveBest: prog.HaveBest}
+			prog = Progress{Epoch: epoch, IterationsInEpoch: i + 1, BatchesInEpoch: min((i+1)*uf, len(order)), NumUpdates: s.NumUpdates,
+				OptimizerSteps: s.Opt.Steps(), BestLoss: prog.BestLoss, HaveBest: prog.HaveBest}
 			if cfg.LogInterval > 0 && (i+1)%cfg.LogInterval == 0 {
-				writeStats(log, cfg.LogFormat, fmt.Sprintf("| epoch %03d: %6d / %d", epoch, i+1, groups),
-					m.stats(s.NumUpdates, s.Sched.LR(), time.Since(start)), true)
+				log.mid(epoch, i+1, groups, m.stats(s.NumUpdates, s.Sched.LR(), time.Since(start)))
 			}
 			if cfg.SaveIntervalUpdates > 0 && s.NumUpdates%cfg.SaveIntervalUpdates == 0 && s.NumUpdates < maxUpdate {
 				vl, err := validate(ctx, s, valid, cfg, epoch, &prog, log)
 				if err != nil {
 					return prog, err
 				}
-				if err := saveCheckpoints(s, cfg, &prog, vl, false, log); err != nil {
+				prog.Meters = m.sums()
+				if err := saveCheckpoints(s, cfg, &prog, vl, false, out); err != nil {
 					return prog, err
 				}
 			}
@@ -231,25 +310,42 @@ func Run(ctx context.Context, s *Stepper, d *Data, cfg RunConfig, prog Progress)
 			}
 		}
 		skip = 0
-		writeStats(log, cfg.LogFormat, fmt.Sprintf("| epoch %03d", epoch), m.stats(s.NumUpdates, s.Sched.LR(), time.Since(start)), false)
-		prog.Epoch, prog.IterationsInEpoch = epoch, 0
+		log.print(epoch, "train", m.stats(s.NumUpdates, s.Sched.LR(), time.Since(start)))
+		prog.Epoch, prog.IterationsInEpoch, prog.Meters = epoch, 0, nil
+		prog.BatchesInEpoch = len(order)
 		vl, err := validate(ctx, s, valid, cfg, epoch, &prog, log)
 		if err != nil {
 			return prog, err
 		}
 		s.Sched.StepEpoch(epoch)
-		if err := saveCheckpoints(s, cfg, &prog, vl, true, log); err != nil {
+		if err := saveCheckpoints(s, cfg, &prog, vl, true, out); err != nil {
 			return prog, err
 		}
 		epoch++
 	}
-	fmt.Fprintf(log, "| done training in %.1f seconds\n", time.Since(start).Seconds())
+	fmt.Fprintf(out, "| done training in %.1f seconds\n", time.Since(start).Seconds())
 	return prog, nil
+}
+
+// normalizeProgress turns a Progress read from a fairseq checkpoint, which has only
+// fairseq's batch count, into update groups. fairseq writes the epoch's whole batch count
+// both at the epoch's end and (rarely) in a mid-epoch save at its last batch; like later
+// fairseq releases we take it as a completed epoch. xform's own checkpoints say which.
+func normalizeProgress(prog Progress, nbatches int, updateFreq func(epoch int) int) Progress {
+	if prog.IterationsInEpoch != 0 || prog.BatchesInEpoch <= 0 || prog.Epoch <= 0 || prog.Meters != nil {
+		return prog
+	}
+	if prog.BatchesInEpoch >= nbatches {
+		return prog // completed: IterationsInEpoch 0
+	}
+	uf := updateFreq(prog.Epoch)
+	prog.IterationsInEpoch = (prog.BatchesInEpoch + uf - 1) / uf
+	return prog
 }
 
 // validate runs the valid split and logs fairseq's valid line; it returns the loss in
 // bits (NaN when validation is off).
-func validate(ctx context.Context, s *Stepper, valid []*model.TrainBatch, cfg RunConfig, epoch int, prog *Progress, log io.Writer) (float64, error) {
+func validate(ctx context.Context, s *Stepper, valid []*model.TrainBatch, cfg RunConfig, epoch int, prog *Progress, log logger) (float64, error) {
 	if cfg.NoValidate {
 		return math.NaN(), nil
 	}
@@ -264,22 +360,22 @@ func validate(ctx context.Context, s *Stepper, valid []*model.TrainBatch, cfg Ru
 	if prog.HaveBest {
 		st = append(st, [2]string{"best_loss", pyG(math.Min(prog.BestLoss, vl))})
 	}
-	writeStats(log, cfg.LogFormat, fmt.Sprintf("| epoch %03d | valid on '%s' subset", epoch, cfg.ValidSubset), st, false)
+	log.print(epoch, cfg.ValidSubset, st)
 	return vl, nil
 }
 
-// saveCheckpoints writes the files fairseq's save_checkpoint writes, each with a
-// progress sidecar (<name>.progress.json) and the optimizer moments (<name>.optim).
+// saveCheckpoints writes the files fairseq's save_checkpoint writes, all from one
+// snapshot, checkpoint_last.pt last.
 func saveCheckpoints(s *Stepper, cfg RunConfig, pp *Progress, valLoss float64, endOfEpoch bool, log io.Writer) error {
 	isBest := false
 	if !math.IsNaN(valLoss) && (!pp.HaveBest || valLoss < pp.BestLoss) {
 		isBest = true
 		pp.BestLoss, pp.HaveBest = valLoss, true
 	}
-	prog := *pp
 	if cfg.NoSave || cfg.SaveDir == "" || cfg.Save == nil {
 		return nil
 	}
+	prog := *pp
 	var names []string
 	if endOfEpoch && !cfg.NoEpochCheckpoints {
 		names = append(names, fmt.Sprintf("checkpoint%d.pt", prog.Epoch))
@@ -294,26 +390,21 @@ func saveCheckpoints(s *Stepper, cfg RunConfig, pp *Progress, valLoss float64, e
 	if err := os.MkdirAll(cfg.SaveDir, 0o755); err != nil {
 		return fmt.Errorf("save dir: %w", err)
 	}
-	m := s.Net.Model()
+	paths := make([]string, len(names))
+	for i, n := range names {
+		paths[i] = filepath.Join(cfg.SaveDir, n)
+	}
 	t0 := time.Now()
-	for _, n := range names {
-		p := filepath.Join(cfg.SaveDir, n)
-		if err := cfg.Save(p, m); err != nil {
-			return fmt.Errorf("save %s: %w", p, err)
-		}
-		if err := saveProgress(p, s, prog); err != nil {
-			return err
-		}
+	if err := cfg.Save(paths, s.Snapshot(prog, valLoss)); err != nil {
+		return fmt.Errorf("save checkpoint: %w", err)
 	}
 	fmt.Fprintf(log, "| saved checkpoint %s (epoch %d @ %d updates) (writing took %g seconds)\n",
-		filepath.Join(cfg.SaveDir, names[0]), prog.Epoch, prog.NumUpdates, time.Since(t0).Seconds())
+		paths[0], prog.Epoch, prog.NumUpdates, time.Since(t0).Seconds())
 	if endOfEpoch && cfg.KeepLastEpochs > 0 {
 		old, _ := filepath.Glob(filepath.Join(cfg.SaveDir, "checkpoint[0-9]*.pt"))
 		sort.Slice(old, func(i, j int) bool { return epochOf(old[i]) > epochOf(old[j]) })
 		for _, o := range old[min(len(old), cfg.KeepLastEpochs):] {
-			for _, f := range []string{o, o + ".progress.json", o + ".optim"} {
-				_ = os.Remove(f)
-			}
+			_ = os.Remove(o)
 		}
 	}
 	return nil
@@ -323,83 +414,4 @@ func epochOf(path string) int {
 	var n int
 	fmt.Sscanf(strings.TrimPrefix(filepath.Base(path), "checkpoint"), "%d", &n)
 	return n
-}
-
-func saveProgress(ckpt string, s *Stepper, prog Progress) error {
-	prog.OptimizerSteps = s.Opt.Steps()
-	prog.NumParams = len(s.Net.Params())
-	b, err := json.MarshalIndent(prog, "", " ")
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(ckpt+".progress.json", append(b, '\n'), 0o644); err != nil {
-		return fmt.Errorf("save progress: %w", err)
-	}
-	f, err := os.Create(ckpt + ".optim")
-	if err != nil {
-		return fmt.Errorf("save optimizer state: %w", err)
-	}
-	be := s.Net.Backend()
-	for i, p := range s.Net.Params() {
-		for _, b := range []int{0, 1} {
-			mv, vv := s.Opt.Moments(i)
-			buf := mv
-			if b == 1 {
-				buf = vv
-			}
-			v := make([]float32, p.P.Len())
-			be.Download(v, buf)
-			if err := binary.Write(f, binary.LittleEndian, v); err != nil {
-				f.Close()
-				return fmt.Errorf("save optimizer state: %w", err)
-			}
-		}
-	}
-	return f.Close()
-}
-
-// LoadProgress reads the progress sidecar of ckpt and, when its optimizer moments match
-// the net's parameters, restores them into opt. It reports whether a sidecar existed.
-func LoadProgress(ckpt string, s *Stepper) (Progress, bool, error) {
-	var prog Progress
-	b, err := os.ReadFile(ckpt + ".progress.json")
-	if os.IsNotExist(err) {
-		return prog, false, nil
-	}
-	if err != nil {
-		return prog, false, err
-	}
-	if err := json.Unmarshal(b, &prog); err != nil {
-		return prog, false, fmt.Errorf("%s.progress.json: %w", ckpt, err)
-	}
-	raw, err := os.ReadFile(ckpt + ".optim")
-	if err != nil {
-		return prog, true, fmt.Errorf("optimizer state of %s: %w", ckpt, err)
-	}
-	total := 0
-	for _, p := range s.Net.Params() {
-		total += 2 * p.P.Len()
-	}
-	if len(raw) != 4*total || prog.NumParams != len(s.Net.Params()) {
-		return prog, true, fmt.Errorf("optimizer state of %s does not match the model (%d bytes, want %d)", ckpt, len(raw), 4*total)
-	}
-	// The backend owns the moment buffers: load each through a temporary upload.
-	be := s.Net.Backend()
-	off := 0
-	for i, p := range s.Net.Params() {
-		mv, vv := s.Opt.Moments(i)
-		for _, dst := range []kernels.Buffer{mv, vv} {
-			v := make([]float32, p.P.Len())
-			for j := range v {
-				v[j] = math.Float32frombits(binary.LittleEndian.Uint32(raw[off:]))
-				off += 4
-			}
-			be.Fill(dst, 0)
-			be.AddTo(dst, be.Upload(v))
-		}
-	}
-	s.Opt.SetState(prog.OptimizerSteps)
-	s.NumUpdates = prog.NumUpdates
-	s.Sched.StepUpdate(prog.NumUpdates)
-	return prog, true, nil
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/xform-dev/xform/admin"
 	"github.com/xform-dev/xform/convert"
+	"github.com/xform-dev/xform/fairseqpt"
 	"github.com/xform-dev/xform/generate"
 	"github.com/xform-dev/xform/kernels/cpu"
 	"github.com/xform-dev/xform/model"
@@ -33,6 +34,7 @@ type trainFlags struct {
 	warmupInit, minLR, eps, clip, ls, wd, dropout, attnDropout, actDropout                    float64
 	resetOptimizer, noSave, noEpochCkpt, disableValid, shareAll, shareDecIO, encPre, decPre   bool
 	fastLinear                                                                                bool
+	pauseBeforeRename                                                                         int
 }
 
 func (f *trainFlags) register(c *cobra.Command, training bool) {
@@ -93,6 +95,9 @@ func (f *trainFlags) register(c *cobra.Command, training bool) {
 	fl.StringVar(&f.validSubset, "valid-subset", "valid", "validation split")
 	fl.StringVar(&f.logFormat, "log-format", "simple", "simple or json")
 	fl.IntVar(&f.logInterval, "log-interval", 1000, "log every N updates")
+	// For the kill-during-save test: stop before renaming the N-th checkpoint file written.
+	fl.IntVar(&f.pauseBeforeRename, "debug-pause-before-rename", 0, "")
+	_ = fl.MarkHidden("debug-pause-before-rename")
 }
 
 func newTrainCmd() *cobra.Command {
@@ -102,10 +107,12 @@ func newTrainCmd() *cobra.Command {
 		Short: "Train a Transformer on a fairseq data-bin as the Clinic fork's fairseq-train does (CPU)",
 		Long: `Train with fairseq 0.8 semantics (batching, label-smoothed cross entropy, RAdam/Adam,
 inverse_sqrt/fixed/linear schedules, update-freq, clipping, validation each epoch) and write
-fairseq/Clinic checkpoints (checkpoint_last.pt, checkpoint_best.pt, checkpointN.pt). Each
-checkpoint gets a <name>.progress.json and <name>.optim beside it (epoch, update count, Adam
-moments): xform resumes from them; fairseq ignores them. Initialisation and dropout use Go's
-random generators, so runs are reproducible but not torch's bit for bit.`,
+fairseq/Clinic checkpoints (checkpoint_last.pt, checkpoint_best.pt, checkpointN.pt) with
+fairseq's optimizer state (last_optimizer_state, optimizer_history, train_iterator), so
+both xform and the Clinic fork resume from them; xform's resume is exact (same losses and
+weights as an uninterrupted run). --restore-file also resumes from a fairseq/Clinic
+checkpoint's RAdam/Adam state. Initialisation and dropout use Go's random generators, so
+runs are reproducible but not torch's bit for bit.`,
 		Example: `  xform train data-bin --arch transformer_iwslt_de_en --share-all-embeddings --init adaptive \
     --optimizer radam --adam-betas '(0.9,0.98)' --clip-norm 0 --lr 3e-3 --lr-scheduler inverse_sqrt \
     --warmup-init-lr 1e-7 --warmup-updates 100 --label-smoothing 0.1 --max-tokens 2048 --seed 1111 \
@@ -224,13 +231,14 @@ func runTrain(ctx context.Context, dir string, f *trainFlags, out io.Writer) err
 	var m *model.Model
 	var drops [3]float64
 	resumed := false
+	var ck *fairseqpt.Checkpoint
+	var im *convert.Imported
 	if _, err := os.Stat(restore); err == nil {
-		im, err := convert.Import(restore)
-		if err != nil {
+		if im, err = convert.Import(restore); err != nil {
 			return err
 		}
 		defer im.Close()
-		m = im.Model
+		m, ck = im.Model, im.Checkpoint
 		if err := checkDicts(d, m, im); err != nil {
 			return err
 		}
@@ -294,16 +302,18 @@ func runTrain(ctx context.Context, dir string, f *trainFlags, out io.Writer) err
 		Dropout: drops[0], AttentionDropout: drops[1], ActivationDropout: drops[2], Seed: uint64(f.seed)}}
 	var prog train.Progress
 	if resumed && !f.resetOptimizer {
-		p, ok, err := train.LoadProgress(restore, s)
+		p, st, ok, err := restoreTraining(ck, m, f.optimizer, out)
 		if err != nil {
 			return err
 		}
 		if ok {
+			if err := s.Resume(p, st); err != nil {
+				return fmt.Errorf("resume from %s: %w", restore, err)
+			}
 			prog = p
-			sched.StepEpoch(p.Epoch)
-			fmt.Fprintf(out, "| resuming at epoch %d, %d updates\n", p.Epoch, p.NumUpdates)
+			fmt.Fprintf(out, "| resuming at epoch %d (%d batches in), %d updates\n", p.Epoch, p.BatchesInEpoch, p.NumUpdates)
 		} else {
-			fmt.Fprintf(out, "| %s has no xform progress sidecar: weights restored, optimizer and counters start fresh\n", restore)
+			fmt.Fprintf(out, "| %s has no optimizer state: weights restored, optimizer and counters start fresh\n", restore)
 		}
 	}
 	ufs, err := parseFloats(f.updateFreq, "update-freq")
@@ -328,10 +338,7 @@ func runTrain(ctx context.Context, dir string, f *trainFlags, out io.Writer) err
 	_, err = train.Run(ctx, s, d, train.RunConfig{Batch: bcfg, UpdateFreq: uf, MaxUpdate: f.maxUpdate, MaxEpoch: f.maxEpoch, MinLR: f.minLR,
 		ValidSubset: f.validSubset, NoValidate: f.disableValid, SaveDir: f.saveDir, NoSave: f.noSave, NoEpochCheckpoints: f.noEpochCkpt,
 		SaveIntervalUpdates: f.saveIntervalUpdates, KeepLastEpochs: keep, LogFormat: f.logFormat, LogInterval: f.logInterval, Log: out,
-		Save: func(path string, m *model.Model) error {
-			_, err := convert.ExportFairseq(path, m, convert.FairseqExportOptions{Target: convert.TargetClinic}, true)
-			return err
-		}}, prog)
+		Save: (&checkpointSaver{ctx: ctx, log: out, pauseAt: f.pauseBeforeRename}).save}, prog)
 	return err
 }
 
