@@ -77,3 +77,16 @@ type OptimStep struct {
 	StepSize                     float32
 	Update                       bool
 }
+
+// MultiTensor is implemented by a Trainer that can reduce or scale many buffers in one
+// operation. On a GPU every call is a launch and every returned value a host round trip,
+// so the gradient norm of a model with hundreds of parameter tensors is one reduction
+// and one read instead of one per tensor. Callers use it when a backend has it and fall
+// back to SumSquares and Scale per buffer otherwise; the results are the same up to
+// the order of the float64 sum.
+type MultiTensor interface {
+	// SumSquaresAll returns Σ over every buffer of Σ x², accumulated in float64.
+	SumSquaresAll(xs []Buffer) float64
+	// ScaleAll sets x = a·x for every buffer.
+	ScaleAll(xs []Buffer, a float32)
+}

@@ -92,13 +92,30 @@ func (o *Optimizer) Step(net *model.TrainNet, lr float64) {
 // The norm before clipping is returned either way (fairseq logs it as gnorm).
 func GradNorm(net *model.TrainNet, maxNorm float64) float64 {
 	be := net.Backend()
+	// A backend that reduces many buffers at once (the GPU) does the whole norm in one
+	// reduction and one host read, and the clipping in one launch.
+	mt, _ := be.(kernels.MultiTensor)
+	var grads []kernels.Buffer
+	if mt != nil {
+		for _, p := range net.Params() {
+			grads = append(grads, p.G)
+		}
+	}
 	var ss float64
-	for _, p := range net.Params() {
-		ss += be.SumSquares(p.G)
+	if mt != nil {
+		ss = mt.SumSquaresAll(grads)
+	} else {
+		for _, p := range net.Params() {
+			ss += be.SumSquares(p.G)
+		}
 	}
 	norm := math.Sqrt(ss)
 	if maxNorm > 0 && norm > maxNorm {
 		c := float32(maxNorm / (norm + 1e-6))
+		if mt != nil {
+			mt.ScaleAll(grads, c)
+			return norm
+		}
 		for _, p := range net.Params() {
 			be.Scale(p.G, c)
 		}

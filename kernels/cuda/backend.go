@@ -46,8 +46,8 @@ type Backend struct {
 	fn        functions
 	pool      *pool
 	prm       *params
-	scratch   [3]*allocation // host-argument staging: ids, kv index, padding mask
-	compiled  int            // programs compiled now (not from the cache)
+	scratch   [numSlots]*allocation // host-argument staging, one block per slot* constant
+	compiled  int                   // programs compiled now (not from the cache)
 	syncCheck bool
 	closed    bool
 }
@@ -58,16 +58,19 @@ type functions struct {
 	layernorm, softmax, logSoftmax, activate     uintptr
 	residual, attention, meanHeads               uintptr
 	f32ToBF16, bf16ToF32                         uintptr
+	train                                        trainFunctions
 }
 
 func (f *functions) table() map[string]*uintptr {
-	return map[string]*uintptr{
+	m := map[string]*uintptr{
 		"copy2d": &f.copy2d, "gather_rows": &f.gatherRows, "fill_rows": &f.fillRows,
 		"embed": &f.embed, "add_rows": &f.addRows, "layernorm": &f.layernorm,
 		"softmax": &f.softmax, "log_softmax": &f.logSoftmax, "activate": &f.activate,
 		"residual": &f.residual, "attention": &f.attention, "mean_heads": &f.meanHeads,
 		"f32_to_bf16": &f.f32ToBF16, "bf16_to_f32": &f.bf16ToF32,
 	}
+	f.train.add(m)
+	return m
 }
 
 var _ kernels.Backend = (*Backend)(nil)

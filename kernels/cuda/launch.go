@@ -5,7 +5,7 @@ import (
 	"unsafe"
 )
 
-// maxParams bounds a kernel's parameter count (attention has 22).
+// maxParams bounds a kernel's parameter count (attention has 24).
 const maxParams = 32
 
 // params packs kernel arguments for cuLaunchKernel, which takes an array of pointers,

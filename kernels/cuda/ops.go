@@ -97,6 +97,10 @@ const (
 	slotIDs = iota
 	slotKV
 	slotPad
+	slotCSR     // EmbedBackward's rows sorted by id
+	slotTargets // LabelSmoothedLoss's targets
+	slotList    // buffer descriptors of the list reductions
+	numSlots
 )
 
 // newBuffer allocates n elements (at least one byte of device memory).
@@ -347,6 +351,7 @@ func (be *Backend) Attention(out, q, k, v kernels.View, a kernels.AttentionArgs)
 	} else {
 		be.prm.ptr(0)
 	}
+	be.prm.ptr(0) // no dropout mask at inference
 	be.run(be.fn.attention, [3]uint32{uint32(a.TQ), uint32(a.Heads), uint32(a.Batch)}, blockAttn, uint32(shared))
 	if head != nil {
 		n := a.TQ * a.TK

@@ -1,0 +1,95 @@
+package cuda
+
+import (
+	"fmt"
+	"unsafe"
+
+	"github.com/xform-dev/xform/kernels"
+)
+
+// viewAddr is the device address of a view's first element.
+func viewAddr(w kernels.View) uint64 { return addr(w.Buf) + uint64(w.Off)*4 }
+
+// checkTrainAttention panics on arguments the training kernels do not take: they read
+// keys of batch b itself (no KVIndex) and index probs/masks as [Batch, Heads, TQ, TK].
+func checkTrainAttention(a kernels.AttentionArgs, probs, dropMask kernels.Buffer) {
+	n := a.Batch * a.Heads * a.TQ * a.TK
+	if a.KVIndex != nil {
+		panic("cuda backend: training attention with a KV index")
+	}
+	if probs == nil || probs.Len() < n || (dropMask != nil && dropMask.Len() < n) {
+		panic(fmt.Sprintf("cuda backend: training attention needs probs (and masks) of %d elements", n))
+	}
+	if a.Batch > 65535 || a.Heads > 65535 {
+		panic(fmt.Sprintf("cuda backend: attention batch %d or heads %d over the grid limit", a.Batch, a.Heads))
+	}
+}
+
+// stagePadding uploads the key padding mask (a Go bool is one byte holding 0 or 1, the
+// layout the kernels read); 0 when there is none.
+func (be *Backend) stagePadding(a kernels.AttentionArgs) uint64 {
+	if len(a.KeyPadding) == 0 {
+		return 0
+	}
+	return be.stage(slotPad, unsafe.Pointer(&a.KeyPadding[0]), len(a.KeyPadding))
+}
+
+// AttentionForward implements kernels.Trainer with the inference kernel (attention.cu),
+// which stores the per-head probabilities into probs and applies the dropout mask to
+// them before they weight the values.
+func (be *Backend) AttentionForward(out, q, k, v kernels.View, a kernels.AttentionArgs, probs, dropMask kernels.Buffer) {
+	if a.Batch == 0 || a.TQ == 0 || a.Heads == 0 {
+		return
+	}
+	a.KVIndex = nil // not used in training (the interface says so)
+	checkTrainAttention(a, probs, dropMask)
+	shared := 4 * (a.HeadDim + a.TK)
+	if shared > maxAttnShared {
+		panic(fmt.Sprintf("cuda backend: attention over %d keys exceeds the kernel's shared-memory bound", a.TK))
+	}
+	defer be.enter()()
+	padp := be.stagePadding(a)
+	be.prm.reset().
+		ptr(viewAddr(out)).i64(out.BatchStride).i64(out.RowStride).
+		ptr(viewAddr(q)).i64(q.BatchStride).i64(q.RowStride).
+		ptr(viewAddr(k)).i64(k.BatchStride).i64(k.RowStride).
+		ptr(viewAddr(v)).i64(v.BatchStride).i64(v.RowStride).
+		i32(a.Heads).i32(a.HeadDim).i32(a.TQ).i32(a.TK).f32(a.Scale).
+		ptr(0).ptr(padp).i64(a.KeyPadStride).
+		i32(boolInt(a.Causal)).i32(a.QueryOffset).
+		ptr(addr(probs)).ptr(addr(dropMask))
+	be.run(be.fn.attention, [3]uint32{uint32(a.TQ), uint32(a.Heads), uint32(a.Batch)}, blockAttn, uint32(shared))
+}
+
+// AttentionBackward implements kernels.Trainer in two passes (attention.cu): per query
+// row, dS and dq; per key row, dk and dv. Padding and causal masks need no arguments
+// here: masked keys have probability 0 and both passes skip them, as the CPU does.
+// dS is a double scratch of the probabilities' size.
+func (be *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v kernels.View, a kernels.AttentionArgs, probs, dropMask kernels.Buffer) {
+	if a.Batch == 0 || a.TQ == 0 || a.Heads == 0 || a.TK == 0 {
+		return
+	}
+	a.KVIndex = nil
+	checkTrainAttention(a, probs, dropMask)
+	defer be.enter()()
+	ds := be.newDoubles(a.Batch * a.Heads * a.TQ * a.TK)
+	be.prm.reset().
+		ptr(viewAddr(dq)).i64(dq.BatchStride).i64(dq.RowStride).
+		ptr(viewAddr(dout)).i64(dout.BatchStride).i64(dout.RowStride).
+		ptr(viewAddr(k)).i64(k.BatchStride).i64(k.RowStride).
+		ptr(viewAddr(v)).i64(v.BatchStride).i64(v.RowStride).
+		ptr(addr(probs)).ptr(addr(dropMask)).ptr(ds.dptr()).
+		i32(a.Heads).i32(a.HeadDim).i32(a.TQ).i32(a.TK).f32(a.Scale)
+	be.run(be.fn.train.attentionBwdQ, [3]uint32{uint32(a.TQ), uint32(a.Heads), uint32(a.Batch)}, blockAttn, 0)
+	// The key pass has one thread per head dimension: a block of the next multiple of
+	// 32 (at most blockAttn; larger heads loop).
+	block := uint32(min(max((a.HeadDim+31)/32*32, 32), blockAttn))
+	be.prm.reset().
+		ptr(viewAddr(dk)).i64(dk.BatchStride).i64(dk.RowStride).
+		ptr(viewAddr(dv)).i64(dv.BatchStride).i64(dv.RowStride).
+		ptr(viewAddr(q)).i64(q.BatchStride).i64(q.RowStride).
+		ptr(viewAddr(dout)).i64(dout.BatchStride).i64(dout.RowStride).
+		ptr(addr(probs)).ptr(addr(dropMask)).ptr(ds.dptr()).
+		i32(a.Heads).i32(a.HeadDim).i32(a.TQ).i32(a.TK).f32(a.Scale)
+	be.run(be.fn.train.attentionBwdKV, [3]uint32{uint32(a.TK), uint32(a.Heads), uint32(a.Batch)}, block, 0)
+}

@@ -1,0 +1,30 @@
+// optim.cu — the fused Adam/RAdam update on fp32 master weights.
+//
+// Convention: kernels.OptimStep's scalars come from the host (computed in float64 as the
+// reference's Python does); the elementwise update runs in float, one rounding per
+// operation in the CPU backend's (= torch's) order, so the GPU and CPU updates are
+// bit-identical for the same inputs:
+//   v = v·β2 + ((1−β2)·g)·g      m = m·β1 + (1−β1)·g
+//   p = p + decay·p (decay ≠ 0)  p = p + (−step)·(m / ((float)sqrt((double)v) + eps)) (update ≠ 0)
+// The square root is taken in double and rounded once, which equals a correctly
+// rounded float sqrt.
+#include "xform.cuh"
+
+extern "C" __global__ void adam_step(float* p, const float* g, float* m, float* v, long long n, float beta1,
+                                     float beta2, float omb1, float omb2, float eps, float decay, float step,
+                                     int update) {
+    for (long long i = xf_tid(); i < n; i += xf_stride()) {
+        float gi = g[i];
+        float vi = v[i] * beta2 + omb2 * gi * gi;
+        float mi = m[i] * beta1 + omb1 * gi;
+        v[i] = vi;
+        m[i] = mi;
+        float x = p[i];
+        if (decay != 0.0f) x = x + decay * x;
+        if (update) {
+            float den = (float)sqrt((double)vi) + eps;
+            x = x + -step * (mi / den);
+        }
+        p[i] = x;
+    }
+}

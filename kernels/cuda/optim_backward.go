@@ -1,0 +1,85 @@
+package cuda
+
+import (
+	"github.com/xform-dev/xform/kernels"
+)
+
+// sumsqBlocks is the fixed grid of sumsq_partial: the element → thread assignment, and
+// so the summation order, depends on the buffers alone, never on the device.
+const sumsqBlocks = 256
+
+// stageList uploads the descriptors of xs (device addresses, then lengths) for the
+// list kernels of reduce.cu and returns their address and count (empty buffers left
+// out).
+func (be *Backend) stageList(xs []kernels.Buffer) (uint64, int) {
+	var ptrs, lens []uint64
+	for _, x := range xs {
+		b := dev(x)
+		if b == nil || b.n == 0 {
+			continue
+		}
+		ptrs = append(ptrs, b.dptr())
+		lens = append(lens, uint64(b.n))
+	}
+	if len(ptrs) == 0 {
+		return 0, 0
+	}
+	desc := append(ptrs, lens...)
+	var words []int32
+	for _, d := range desc {
+		words = append(words, int32(uint32(d)), int32(uint32(d>>32))) // little-endian uint64
+	}
+	return be.stageInts(slotList, words), len(ptrs)
+}
+
+// SumSquares implements kernels.Trainer (one buffer of SumSquaresAll).
+func (be *Backend) SumSquares(x kernels.Buffer) float64 {
+	return be.SumSquaresAll([]kernels.Buffer{x})
+}
+
+// SumSquaresAll implements kernels.MultiTensor: Σ x² over every buffer in one device
+// reduction (a fixed grid of double partials, then their sum in order) and one host
+// read of 8 bytes — the gradient norm of a whole model per update.
+func (be *Backend) SumSquaresAll(xs []kernels.Buffer) float64 {
+	defer be.enter()()
+	desc, n := be.stageList(xs)
+	if n == 0 {
+		return 0
+	}
+	part := be.newDoubles(sumsqBlocks)
+	be.prm.reset().ptr(part.dptr()).ptr(desc).i32(n)
+	be.run(be.fn.train.sumsqPartial, [3]uint32{sumsqBlocks, 1, 1}, blockElem, 0)
+	sum := be.newDoubles(1)
+	be.prm.reset().ptr(sum.dptr()).ptr(part.dptr()).i64(sumsqBlocks).i32(1).i32(1)
+	be.run(be.fn.train.sumStrided, [3]uint32{1, 1, 1}, blockElem, 0)
+	return be.readDoubles(sum, 1)[0]
+}
+
+// ScaleAll implements kernels.MultiTensor: x = a·x over every buffer in one launch.
+func (be *Backend) ScaleAll(xs []kernels.Buffer, a float32) {
+	defer be.enter()()
+	desc, n := be.stageList(xs)
+	if n == 0 {
+		return
+	}
+	var total int64
+	for _, x := range xs {
+		total = max(total, int64(x.Len()))
+	}
+	be.prm.reset().ptr(desc).i32(n).f32(a)
+	be.elem(be.fn.train.scaleList, total)
+}
+
+// AdamStep implements kernels.Trainer with one fused kernel (optim.cu): both moments
+// and the weight in one pass, in the CPU backend's float operation order.
+func (be *Backend) AdamStep(p, g, m, v kernels.Buffer, s kernels.OptimStep) {
+	n := dev(p).n
+	if n == 0 {
+		return
+	}
+	defer be.enter()()
+	be.prm.reset().ptr(addr(p)).ptr(addr(g)).ptr(addr(m)).ptr(addr(v)).i64(n).
+		f32(s.Beta1).f32(s.Beta2).f32(s.OneMinusBeta1).f32(s.OneMinusBeta2).f32(s.Eps).f32(s.Decay).f32(s.StepSize).
+		i32(boolInt(s.Update))
+	be.elem(be.fn.train.adamStep, int64(n))
+}
