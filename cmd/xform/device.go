@@ -100,3 +100,16 @@ func firstLine(s string) string {
 	}
 	return s
 }
+
+// trainer is backend for commands that train: both backends implement kernels.Trainer.
+func (d *deviceFlag) trainer(threads int, opts ...cpu.Option) (kernels.Trainer, error) {
+	b, err := d.backend(threads, opts...)
+	if err != nil {
+		return nil, err
+	}
+	t, ok := b.(kernels.Trainer)
+	if !ok {
+		return nil, fmt.Errorf("--device %s: the %s backend cannot train", d.name, b.Name())
+	}
+	return t, nil
+}

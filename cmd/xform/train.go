@@ -16,6 +16,7 @@ import (
 	"github.com/xform-dev/xform/convert"
 	"github.com/xform-dev/xform/fairseqpt"
 	"github.com/xform-dev/xform/generate"
+	"github.com/xform-dev/xform/kernels"
 	"github.com/xform-dev/xform/kernels/cpu"
 	"github.com/xform-dev/xform/model"
 	"github.com/xform-dev/xform/tensor"
@@ -35,6 +36,7 @@ type trainFlags struct {
 	resetOptimizer, noSave, noEpochCkpt, disableValid, shareAll, shareDecIO, encPre, decPre   bool
 	fastLinear                                                                                bool
 	pauseBeforeRename                                                                         int
+	device                                                                                    deviceFlag // --device (train only)
 }
 
 func (f *trainFlags) register(c *cobra.Command, training bool) {
@@ -123,6 +125,7 @@ runs are reproducible but not torch's bit for bit.`,
 		},
 	}
 	f.register(c, true)
+	f.device.register(c)
 	return c
 }
 
@@ -259,9 +262,13 @@ func runTrain(ctx context.Context, dir string, f *trainFlags, out io.Writer) err
 			return err
 		}
 	}
-	be := cpu.New(f.threads)
+	var cpuOpts []cpu.Option
 	if f.fastLinear {
-		be = cpu.New(f.threads, cpu.WithFloat32Linear())
+		cpuOpts = append(cpuOpts, cpu.WithFloat32Linear())
+	}
+	be, err := f.device.trainer(f.threads, cpuOpts...)
+	if err != nil {
+		return err
 	}
 	bcfg := train.BatchConfig{MaxTokens: f.maxTokens, MaxSentences: f.maxSentences, Multiple: f.mult, Seed: uint32(f.seed),
 		MaxSourcePos: m.Config.MaxSourcePositions, MaxTargetPos: m.Config.MaxTargetPositions, SkipInvalidAll: true}
@@ -330,7 +337,7 @@ func runTrain(ctx context.Context, dir string, f *trainFlags, out io.Writer) err
 	c := m.Config
 	fmt.Fprintf(out, "| model %s (%s, %d+%d layers, d %d), criterion LabelSmoothedCrossEntropyCriterion\n", c.Arch, c.Init, c.EncoderLayers, c.DecoderLayers, c.EncoderEmbedDim)
 	fmt.Fprintf(out, "| num. model params: %d (num. trained: %d)\n", m.NumParams(), m.NumParams())
-	fmt.Fprintf(out, "| training on the CPU (%s), max tokens %d, max sentences %d\n", be.Name(), f.maxTokens, f.maxSentences)
+	fmt.Fprintf(out, "| training on %s, max tokens %d, max sentences %d\n", be.Name(), f.maxTokens, f.maxSentences)
 	keep := f.keepLastEpochs
 	if keep < 0 {
 		keep = 0
@@ -346,7 +353,7 @@ func runTrain(ctx context.Context, dir string, f *trainFlags, out io.Writer) err
 // the first batch of epoch 1 (the Clinic's adaptive-profiling stage), written to
 // SAVE-DIR/profile.ratio.init either way so Clinic tools can load the checkpoints.
 func adminInit(ctx context.Context, m *model.Model, d *train.Data, bcfg train.BatchConfig, f *trainFlags, drops [3]float64,
-	be *cpu.Backend, out io.Writer) (*model.Model, error) {
+	be kernels.Trainer, out io.Writer) (*model.Model, error) {
 	c := m.Config
 	var prof *admin.Profile
 	var err error
