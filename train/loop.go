@@ -311,15 +311,27 @@ func Run(ctx context.Context, s *Stepper, d *Data, cfg RunConfig, prog Progress)
 		}
 		skip = 0
 		log.print(epoch, "train", m.stats(s.NumUpdates, s.Sched.LR(), time.Since(start)))
-		prog.Epoch, prog.IterationsInEpoch, prog.Meters = epoch, 0, nil
-		prog.BatchesInEpoch = len(order)
+		// An epoch cut short by --max-update is not finished: as fairseq's
+		// train_iterator, the checkpoint keeps the position in it, so a later run with a
+		// higher --max-update continues the epoch (with fresh meters, as fairseq resets
+		// them after this line).
+		finished := prog.Epoch != epoch || prog.IterationsInEpoch >= groups
+		prog.Meters = nil
+		if finished {
+			prog.Epoch, prog.IterationsInEpoch, prog.BatchesInEpoch = epoch, 0, len(order)
+		}
 		vl, err := validate(ctx, s, valid, cfg, epoch, &prog, log)
 		if err != nil {
 			return prog, err
 		}
-		s.Sched.StepEpoch(epoch)
-		if err := saveCheckpoints(s, cfg, &prog, vl, true, out); err != nil {
+		if finished {
+			s.Sched.StepEpoch(epoch)
+		}
+		if err := saveCheckpoints(s, cfg, &prog, vl, finished, out); err != nil {
 			return prog, err
+		}
+		if !finished {
+			break
 		}
 		epoch++
 	}
@@ -368,7 +380,7 @@ func validate(ctx context.Context, s *Stepper, valid []*model.TrainBatch, cfg Ru
 // snapshot, checkpoint_last.pt last.
 func saveCheckpoints(s *Stepper, cfg RunConfig, pp *Progress, valLoss float64, endOfEpoch bool, log io.Writer) error {
 	isBest := false
-	if !math.IsNaN(valLoss) && (!pp.HaveBest || valLoss < pp.BestLoss) {
+	if !math.IsNaN(valLoss) && (!pp.HaveBest || valLoss <= pp.BestLoss) { // fairseq's is_better is <=
 		isBest = true
 		pp.BestLoss, pp.HaveBest = valLoss, true
 	}
@@ -380,7 +392,7 @@ func saveCheckpoints(s *Stepper, cfg RunConfig, pp *Progress, valLoss float64, e
 	if endOfEpoch && !cfg.NoEpochCheckpoints {
 		names = append(names, fmt.Sprintf("checkpoint%d.pt", prog.Epoch))
 	}
-	if !endOfEpoch {
+	if !endOfEpoch && cfg.SaveIntervalUpdates > 0 && prog.NumUpdates%cfg.SaveIntervalUpdates == 0 {
 		names = append(names, fmt.Sprintf("checkpoint_%d_%d.pt", prog.Epoch, prog.NumUpdates))
 	}
 	if isBest {

@@ -97,7 +97,7 @@ func (f *trainFlags) register(c *cobra.Command, training bool) {
 	fl.StringVar(&f.validSubset, "valid-subset", "valid", "validation split")
 	fl.StringVar(&f.logFormat, "log-format", "simple", "simple or json")
 	fl.IntVar(&f.logInterval, "log-interval", 1000, "log every N updates")
-	// For the kill-during-save test: stop before renaming the N-th checkpoint file written.
+	// For the kill-during-save test: stop before the N-th rename onto checkpoint_last.pt.
 	fl.IntVar(&f.pauseBeforeRename, "debug-pause-before-rename", 0, "")
 	_ = fl.MarkHidden("debug-pause-before-rename")
 }

@@ -28,9 +28,9 @@ const fairseqCriterion = "LabelSmoothedCrossEntropyCriterion"
 type checkpointSaver struct {
 	ctx context.Context
 	log io.Writer
-	// pauseAt > 0 stops before the rename of the pauseAt-th file written (a hidden test
-	// flag: the resume test kills the process there).
-	pauseAt, written int
+	// pauseAt > 0 stops before the pauseAt-th rename onto checkpoint_last.pt (a hidden
+	// test flag: the resume test kills the process there).
+	pauseAt, lastWrites int
 }
 
 func (cs *checkpointSaver) save(paths []string, snap *train.Snapshot) error {
@@ -95,8 +95,10 @@ func (cs *checkpointSaver) write(path string, root interface{}) (err error) {
 	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
 		return fmt.Errorf("checkpoint %s: %w", path, err)
 	}
-	cs.written++
-	if cs.pauseAt > 0 && cs.written == cs.pauseAt {
+	if filepath.Base(path) == "checkpoint_last.pt" {
+		cs.lastWrites++
+	}
+	if cs.pauseAt > 0 && cs.lastWrites == cs.pauseAt && filepath.Base(path) == "checkpoint_last.pt" {
 		fmt.Fprintf(cs.log, "| paused before renaming %s to %s\n", tmp.Name(), path)
 		<-cs.ctx.Done()
 		return cs.ctx.Err()
