@@ -18,7 +18,7 @@ torch_gen() { # data-bin ckpt beam batch maxlenb cwd
 	(cd "$6" && python3 "$CL/fairseq_cli/generate.py" "$1" --path "$2" --user-dir "$CL/../radam_fairseq" --gen-subset test \
 		--batch-size "$4" --beam "$3" --max-len-b "$5" --cpu --quiet 2>&1 | grep '^| Translated')
 }
-for run in a_admin b_postln c_preln; do
+for run in ${RUNS-a_admin b_postln c_preln}; do
 	d=$W/$run && mkdir -p "$d" && cp "$REPO/fixtures/clinic/runs/$run/ckpt/checkpoint_last.pt" "$d/"
 	[ -f "$REPO/fixtures/clinic/runs/$run/profile.ratio.init" ] && cp "$REPO/fixtures/clinic/runs/$run/profile.ratio.init" "$d/"
 	"$XF" export --onnx "$d/checkpoint_last.pt" -o "$d/onnx" --force >/dev/null 2>&1 || { echo "export failed for $run"; continue; }
@@ -28,7 +28,7 @@ for run in a_admin b_postln c_preln; do
 done
 # The larger model.
 B=$W/big && mkdir -p "$B"
-python3 - "$B" <<'PY'
+python3 - "$B" "$REPO/fixtures/clinic/runs/b_postln/ckpt/checkpoint_last.pt" <<'PY'
 import argparse, collections, random, sys, types, torch
 B = sys.argv[1]
 V, d, F, L = 32008, 512, 2048, 6
@@ -50,14 +50,15 @@ for side in ("encoder", "decoder"):
         lin(p + "fc1", F, d); lin(p + "fc2", d, F)
         for n in (["self_attn_layer_norm", "final_layer_norm"] if side == "encoder" else ["self_attn_layer_norm", "encoder_attn_layer_norm", "final_layer_norm"]):
             ln(p + n)
-a = argparse.Namespace(arch="transformer_wmt_en_de", task="translation", source_lang="src", target_lang="tgt",
+base = vars(torch.load(sys.argv[2], map_location="cpu", weights_only=False)["args"])  # the fork's full args
+a = argparse.Namespace(**{**base, **dict(arch="transformer_wmt_en_de", task="translation", source_lang="src", target_lang="tgt",
     encoder_embed_dim=d, decoder_embed_dim=d, encoder_ffn_embed_dim=F, decoder_ffn_embed_dim=F, encoder_layers=L, decoder_layers=L,
     encoder_attention_heads=8, decoder_attention_heads=8, share_all_embeddings=True, share_decoder_input_output_embed=True,
     init_type="default", dropout=0.1, attention_dropout=0.0, activation_dropout=0.0, relu_dropout=0.0, activation_fn="relu",
     encoder_normalize_before=False, decoder_normalize_before=False, encoder_learned_pos=False, decoder_learned_pos=False,
     max_source_positions=1024, max_target_positions=1024, left_pad_source="True", left_pad_target="False",
     no_token_positional_embeddings=False, adaptive_softmax_cutoff=None, decoder_output_dim=d, decoder_input_dim=d,
-    data=B + "/data-bin", dataset_impl=None, upsample_primary=1, raw_text=False, lazy_load=False)
+    data=B + "/data-bin", dataset_impl=None, upsample_primary=1, raw_text=False, lazy_load=False)})
 torch.save({"args": a, "model": sd, "optimizer_history": [{"criterion_name": "LabelSmoothedCrossEntropyCriterion",
     "optimizer_name": "FairseqRAdam", "lr_scheduler_state": {"best": None}, "num_updates": 0}],
     "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0}, "val_loss": None}}, B + "/checkpoint.pt")
