@@ -82,7 +82,12 @@ func TestTrainStepsMatchCPU(t *testing.T) {
 			if !(kb <= sumLR) {
 				t.Errorf("key biases differ by %.3g > Σlr %.3g", kb, sumLR)
 			}
-			again, _ := runTrain(t, m, g, rc, batches)
+			// The repeat runs without the per-launch synchronisation: its time is the
+			// real one, and its bits must still equal the first run's.
+			g.syncCheck = false
+			again, at := runTrain(t, m, g, rc, batches)
+			g.syncCheck = true
+			t.Logf("10 updates on the GPU without SyncCheck: %v", at.Round(time.Millisecond))
 			for name, v := range gr.weights {
 				for i, x := range v {
 					if math.Float32bits(x) != math.Float32bits(again.weights[name][i]) {
