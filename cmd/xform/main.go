@@ -75,6 +75,7 @@ exports fairseq and ONNX files, and trains Admin models.`,
 		newEnvCmd(),
 		newTrainCmd(),
 		newProfileCmd(),
+		newPlotCmd(),
 	)
 	return root
 }
