@@ -335,6 +335,9 @@ func runTrain(ctx context.Context, dir string, f *trainFlags, out io.Writer) err
 		uf = append(uf, int(v))
 	}
 	c := m.Config
+	if !f.noSave {
+		removeStaleTemporaries(f.saveDir, out)
+	}
 	fmt.Fprintf(out, "| model %s (%s, %d+%d layers, d %d), criterion LabelSmoothedCrossEntropyCriterion\n", c.Arch, c.Init, c.EncoderLayers, c.DecoderLayers, c.EncoderEmbedDim)
 	fmt.Fprintf(out, "| num. model params: %d (num. trained: %d)\n", m.NumParams(), m.NumParams())
 	fmt.Fprintf(out, "| training on %s, max tokens %d, max sentences %d\n", be.Name(), f.maxTokens, f.maxSentences)

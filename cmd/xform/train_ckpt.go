@@ -113,6 +113,17 @@ func (cs *checkpointSaver) write(path string, root interface{}) (err error) {
 	return nil
 }
 
+// removeStaleTemporaries deletes checkpoint temporaries that a killed run left in dir
+// (the files themselves were never renamed into place, so nothing refers to them).
+func removeStaleTemporaries(dir string, out io.Writer) {
+	stale, _ := filepath.Glob(filepath.Join(dir, ".checkpoint*.pt.tmp-*"))
+	for _, p := range stale {
+		if os.Remove(p) == nil {
+			fmt.Fprintf(out, "| removed %s, left by an interrupted checkpoint write\n", p)
+		}
+	}
+}
+
 // restoreTraining reads where a checkpoint's training stood: xform's own progress record
 // when the file has one, else fairseq's optimizer history and train_iterator; and the
 // optimizer's moments. ok is false when the file has no optimizer state.

@@ -188,9 +188,13 @@ func TestTrainResumeAfterKillIsExact(t *testing.T) {
 				}
 			}
 
+			stale, _ := filepath.Glob(filepath.Join(dir, ".checkpoint_last.pt.tmp-*"))
 			out, err := runXform(tinyTrainArgs(dir, maxUpdate)...)
 			if err != nil {
 				t.Fatalf("resume: %v\n%s", err, out)
+			}
+			if left, _ := filepath.Glob(filepath.Join(dir, ".checkpoint*.tmp-*")); len(left) > 0 || (c.extra != nil && len(stale) != 1) {
+				t.Errorf("temporaries: %d after the kill (want 1 when killed while writing), %v after the resume", len(stale), left)
 			}
 			if !strings.Contains(out, fmt.Sprintf("%d updates\n", c.resumeFrom)) {
 				t.Fatalf("did not resume at update %d:\n%s", c.resumeFrom, out)
