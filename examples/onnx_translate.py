@@ -138,6 +138,21 @@ def log_softmax(x):
 # ------------------------------------------------------------------ search
 
 
+def topk_indices(x, k):
+    """Indices of the k largest values of each row, largest first, ties by lower index (the order
+    torch's CPU topk returns). argpartition finds the k-th value in O(V); every entry tied with it is
+    kept, so a stable sort of the few survivors gives exactly what a full stable argsort would."""
+    if k >= x.shape[1]:
+        return np.argsort(-x, axis=1, kind="stable")[:, :k]
+    kth = -np.partition(-x, k - 1, axis=1)[:, k - 1:k]   # the k-th largest value per row
+    out = np.empty((x.shape[0], k), np.int64)
+    for r in range(x.shape[0]):
+        cand = np.nonzero(x[r] >= kth[r, 0])[0]          # ascending indices
+        order = np.argsort(-x[r, cand], kind="stable")[:k]
+        out[r] = cand[order]
+    return out
+
+
 def beam_search(model, src, beam=4, lenpen=1.0, unkpen=0.0, max_len_a=0.0, max_len_b=200, min_len=1):
     """fairseq 0.8 SequenceGenerator on a left-padded batch src [B,S]; returns per sentence
     a list of hypotheses {tokens, score, positional_scores} sorted by score."""
@@ -175,8 +190,7 @@ def beam_search(model, src, beam=4, lenpen=1.0, unkpen=0.0, max_len_a=0.0, max_l
             cand = lp + scores[:, step - 1].reshape(bsz, beam, 1)
         flat = cand.reshape(bsz, -1)
         k = min(2 * beam, flat.shape[1] - 1)
-        # topk by value, ties by lower index (torch CPU topk returns them in that order)
-        idx = np.argsort(-flat, axis=1, kind="stable")[:, :k]
+        idx = topk_indices(flat, k)
         cand_scores = np.take_along_axis(flat, idx, 1)
         cand_beams = idx // V
         cand_tokens = idx % V
