@@ -1,4 +1,5 @@
-// Package cpu is the pure-Go kernels.Backend: gonum's blas32 GEMM for the matrix
+// Package cpu is the pure-Go kernels.Backend: a blocked GEMM (an AVX2+FMA assembly
+// kernel on amd64 CPUs that have it, a portable Go one elsewhere) for the matrix
 // products and plain loops, split over goroutines where a call has enough work, for
 // everything else. Reductions (LayerNorm statistics, softmax sums) accumulate in
 // float64 so results stay within a few float32 ulps of the exact value whatever the
@@ -15,17 +16,26 @@ import (
 
 // Backend runs operations on host memory. The zero value is not usable; call New.
 type Backend struct {
-	workers    int
-	fastLinear bool
+	workers  int
+	linear64 bool       // Linear through the float64 reference loops
+	kernel   tileKernel // GEMM tile kernel, defaultKernel unless a test overrides it
 }
 
 // Option adjusts a Backend.
 type Option func(*Backend)
 
-// WithFloat32Linear makes Linear use gonum's float32 Sgemm (about 4× faster on large
-// matrices) instead of float64 accumulation; results then drift from the reference by
-// a few more float32 ulps (see Linear).
-func WithFloat32Linear() Option { return func(b *Backend) { b.fastLinear = true } }
+// WithFloat32Linear selects the float32 GEMM for Linear. It is the default now (the
+// GEMM keeps parity by widening its float32 chunk sums to float64), so this option
+// only undoes WithFloat64Linear; it remains for --fast-linear.
+func WithFloat32Linear() Option { return func(b *Backend) { b.linear64 = false } }
+
+// WithFloat64Linear makes Linear accumulate every dot product in float64 with the
+// scalar loops the backend used before it had a vectorised GEMM: the exactly rounded
+// result, several times slower. It is kept as a reference to compare against.
+func WithFloat64Linear() Option { return func(b *Backend) { b.linear64 = true } }
+
+// withKernel forces a GEMM tile kernel (tests compare the portable one on amd64).
+func withKernel(k tileKernel) Option { return func(b *Backend) { b.kernel = k } }
 
 // New returns a CPU backend using up to workers goroutines per operation (≤0 means
 // GOMAXPROCS).
@@ -33,7 +43,7 @@ func New(workers int, opts ...Option) *Backend {
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
-	b := &Backend{workers: workers}
+	b := &Backend{workers: workers, kernel: defaultKernel}
 	for _, o := range opts {
 		o(b)
 	}
