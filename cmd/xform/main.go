@@ -54,9 +54,15 @@ func newRootCmd() *cobra.Command {
 		Long: `xform reads fairseq / Transformer-Clinic (Admin) checkpoints without Python,
 runs them exactly as the reference does, folds Admin's ω into plain weights,
 exports fairseq and ONNX files, and trains Admin models.`,
-		Example: `  xform demo                                  # the whole tool on a small embedded Admin model
-  xform inspect checkpoint_last.pt            # what is inside a checkpoint
-  xform import checkpoint_last.pt -o model/   # config.json + model.safetensors`,
+		Example: `  xform demo                                          # the whole tool on a small embedded Admin model
+  xform inspect checkpoint_last.pt                    # what is inside a checkpoint
+  xform import checkpoint_last.pt -o model/           # config.json + model.safetensors
+  xform generate data-bin --path model/ --beam 4      # fairseq-generate, same hypotheses
+  xform preprocess -s de -t en --trainpref train --validpref valid --destdir data-bin --joined-dictionary
+  xform train data-bin --arch transformer_wmt_en_de --share-all-embeddings --init adaptive --save-dir ckpt
+  xform fold checkpoint_best.pt -o plain.pt           # Admin ω folded into an ordinary Post-LN model
+  xform export --onnx checkpoint_best.pt -o onnx/     # ONNX Runtime graphs (optimum layout)
+  xform env                                           # which GPU and CUDA libraries xform finds`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
