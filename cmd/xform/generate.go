@@ -49,7 +49,7 @@ func (g *genFlags) register(c *cobra.Command, withSubset bool) {
 	f.Lookup("remove-bpe").NoOptDefVal = "@@ "
 	f.BoolVar(&g.quiet, "quiet", false, "print only the summary lines")
 	f.IntVar(&g.threads, "threads", 0, "CPU goroutines per operation (0 = GOMAXPROCS)")
-	f.BoolVar(&g.fastLinear, "fast-linear", false, "float32 GEMM accumulation (faster; xform differs: fairseq-exact parity needs the default float64 accumulation)")
+	f.BoolVar(&g.fastLinear, "fast-linear", false, "no-op, kept for old command lines: Linear always uses the float32 GEMM with float64 chunk sums now (parity-tested)")
 	f.IntVar(new(int), "required-batch-size-multiple", 8, "batch sizes are kept a multiple of this (fairseq's default)")
 }
 

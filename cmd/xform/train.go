@@ -66,7 +66,7 @@ func (f *trainFlags) register(c *cobra.Command, training bool) {
 	fl.BoolVar(&f.encPre, "encoder-normalize-before", false, "Pre-LN encoder")
 	fl.BoolVar(&f.decPre, "decoder-normalize-before", false, "Pre-LN decoder")
 	fl.IntVar(&f.threads, "threads", 0, "CPU goroutines per operation (0 = GOMAXPROCS)")
-	fl.BoolVar(&f.fastLinear, "fast-linear", false, "float32 GEMM accumulation in the forward (faster; parity tests use the default)")
+	fl.BoolVar(&f.fastLinear, "fast-linear", false, "no-op, kept for old command lines: Linear always uses the float32 GEMM with float64 chunk sums now (parity-tested)")
 	if !training {
 		return
 	}

@@ -38,13 +38,23 @@ TEXT ·xgetbv0(SB), NOSPLIT, $0-8
 	VADDPD     (DX), Y12, Y12; \
 	VMOVUPD    Y12, (DX)
 
-// FMA4 multiplies the loaded x vectors Y12-Y14 by the w row at (ptr)(AX*1) and adds
+// FMA4 multiplies the loaded x vectors Y12-Y14 by the w row at off(ptr)(AX*1) and adds
 // into accumulators a (x row 0), b (row 1), c (row 2).
-#define FMA4(ptr, a, b, c) \
-	VMOVUPS     (ptr)(AX*1), Y15; \
+#define FMA4(off, ptr, a, b, c) \
+	VMOVUPS     off(ptr)(AX*1), Y15; \
 	VFMADD231PS Y15, Y12, a; \
 	VFMADD231PS Y15, Y13, b; \
 	VFMADD231PS Y15, Y14, c
+
+// STEP does one 8-element step of the 3×4 tile at byte offset AX+off.
+#define STEP(off) \
+	VMOVUPS off(SI)(AX*1), Y12; \
+	VMOVUPS off(R8)(AX*1), Y13; \
+	VMOVUPS off(R9)(AX*1), Y14; \
+	FMA4(off, DI, Y0, Y4, Y8); \
+	FMA4(off, R10, Y1, Y5, Y9); \
+	FMA4(off, R11, Y2, Y6, Y10); \
+	FMA4(off, R12, Y3, Y7, Y11)
 
 // func dot3x4AVX2(x *[3]*float32, w *[4]*float32, n int, acc *[12]float64)
 //
@@ -81,17 +91,25 @@ TEXT ·dot3x4AVX2(SB), NOSPLIT, $0-32
 	TESTQ  CX, CX
 	JZ     reduce
 
-loop:
-	VMOVUPS (SI)(AX*1), Y12
-	VMOVUPS (R8)(AX*1), Y13
-	VMOVUPS (R9)(AX*1), Y14
-	FMA4(DI, Y0, Y4, Y8)
-	FMA4(R10, Y1, Y5, Y9)
-	FMA4(R11, Y2, Y6, Y10)
-	FMA4(R12, Y3, Y7, Y11)
-	ADDQ    $32, AX
-	CMPQ    AX, CX
-	JLT     loop
+	// Two 8-element steps per iteration (loop overhead), then one if n/8 is odd.
+	MOVQ CX, BX
+	ANDQ $-64, BX
+	JZ   single
+
+pair:
+	STEP(0)
+	STEP(32)
+	ADDQ $64, AX
+	CMPQ AX, BX
+	JLT  pair
+	CMPQ AX, CX
+	JGE  reduce
+
+single:
+	STEP(0)
+	ADDQ $32, AX
+	CMPQ AX, CX
+	JLT  single
 
 reduce:
 	WIDEN(Y0, X0)

@@ -47,3 +47,24 @@ func BenchmarkLinearGemm(b *testing.B) {
 func linearRun(be *Backend, y, x, w []float32, m, n, k int) {
 	be.Linear(Wrap(y), Wrap(x), Wrap(w), nil, m, n, k)
 }
+
+// BenchmarkTileKernel times the tile kernel alone on operands that stay in L1: the
+// ceiling that the blocking in gemmNT is measured against.
+func BenchmarkTileKernel(b *testing.B) {
+	const k = kcChunk
+	r := rand.New(rand.NewPCG(1, 1))
+	x, w := randSlice(r, tileM*k), randSlice(r, tileN*k)
+	var xs [tileM]*float32
+	var ws [tileN]*float32
+	for t := range xs {
+		xs[t] = &x[t*k]
+	}
+	for t := range ws {
+		ws[t] = &w[t*k]
+	}
+	var acc [tileM * tileN]float64
+	for b.Loop() {
+		defaultKernel.fn(&xs, &ws, k, &acc)
+	}
+	b.ReportMetric(2*tileM*tileN*k*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+}
