@@ -29,6 +29,12 @@ func LoadDicts(dir, src, tgt string) (*Split, error) {
 // does and prints S-/H-/P- lines in input order. When progress is not nil, a running
 // count of translated lines is written to it.
 func Interactive(ctx context.Context, r *model.Runner, sp *Split, opt Options, out, progress io.Writer) (int, error) {
+	return InteractiveFrom(ctx, r, sp, 0, opt, out, progress)
+}
+
+// InteractiveFrom is Interactive for a chunk of a longer input whose first line is number
+// first: the printed ids continue across chunks, as fairseq-interactive's do across buffers.
+func InteractiveFrom(ctx context.Context, r *model.Runner, sp *Split, first int, opt Options, out, progress io.Writer) (int, error) {
 	if err := CheckVocab(r, sp); err != nil {
 		return 0, err
 	}
@@ -52,14 +58,12 @@ func Interactive(ctx context.Context, r *model.Runner, sp *Split, opt Options, o
 		}
 		done += len(order)
 		if progress != nil {
-			fmt.Fprintf(progress, "\rtranslated %d/%d", done, len(sp.Src))
+			fmt.Fprintf(progress, "\rtranslated %d lines", first+done)
 		}
 	}
-	if progress != nil && len(sp.Src) > 0 {
-		fmt.Fprintln(progress)
-	}
-	for id, hs := range results {
-		fmt.Fprintf(out, "S-%d\t%s\n", id, sp.SrcDict.String(sp.Src[id], opt.RemoveBPE, false))
+	for i, hs := range results {
+		id := first + i
+		fmt.Fprintf(out, "S-%d\t%s\n", id, sp.SrcDict.String(sp.Src[i], opt.RemoveBPE, false))
 		for _, h := range hs {
 			fmt.Fprintf(out, "H-%d\t%s\t%s\n", id, PyFloat(float64(h.Score)), sp.TgtDict.String(h.Tokens, opt.RemoveBPE, false))
 			fmt.Fprintf(out, "P-%d\t%s\n", id, positional(h.PositionalScores))

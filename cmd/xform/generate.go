@@ -137,6 +137,7 @@ stopping rules and scores, S-/T-/H-/P- lines in the same order and format, then 
 
 func newTranslateCmd() *cobra.Command {
 	var g genFlags
+	var bufferSize int
 	c := &cobra.Command{
 		Use:   "translate DATA-BIN --path CKPT < input",
 		Short: "Translate (BPE'd, tokenized) lines from stdin like fairseq-interactive",
@@ -149,23 +150,12 @@ order. A progress count goes to stderr when stdout is not a terminal.`,
 			if err != nil {
 				return err
 			}
-			var lines []string
-			sc := bufio.NewScanner(cmd.InOrStdin())
-			sc.Buffer(make([]byte, 1<<20), 1<<26)
-			for sc.Scan() {
-				lines = append(lines, sc.Text())
-			}
-			if err := sc.Err(); err != nil {
-				return fmt.Errorf("read stdin: %w", err)
-			}
-			split := &generate.Split{SrcLang: sp.SrcLang, TgtLang: sp.TgtLang, SrcDict: sp.SrcDict, TgtDict: sp.TgtDict}
-			for _, l := range lines {
-				ids, _ := sp.SrcDict.Encode(l, true)
-				split.Src = append(split.Src, ids)
-			}
 			opt := g.options()
 			if opt.BatchSize == 0 && opt.MaxTokens == 0 {
 				opt.BatchSize = 64
+			}
+			if bufferSize < 1 {
+				return usageError{fmt.Errorf("translate: --buffer-size must be ≥1")}
 			}
 			out := bufio.NewWriter(cmd.OutOrStdout())
 			defer out.Flush()
@@ -173,11 +163,43 @@ order. A progress count goes to stderr when stdout is not a terminal.`,
 			if st, err := os.Stdout.Stat(); err == nil && st.Mode()&os.ModeCharDevice == 0 {
 				progress = cmd.ErrOrStderr()
 			}
-			_, err = generate.Interactive(cmd.Context(), r, split, opt, out, progress)
-			return err
+			// Stream: translate --buffer-size lines at a time, so memory stays bounded and output
+			// appears while input is still arriving (as fairseq-interactive's --buffer-size).
+			sc := bufio.NewScanner(cmd.InOrStdin())
+			sc.Buffer(make([]byte, 1<<20), 1<<26)
+			first, eof := 0, false
+			for !eof {
+				split := &generate.Split{SrcLang: sp.SrcLang, TgtLang: sp.TgtLang, SrcDict: sp.SrcDict, TgtDict: sp.TgtDict}
+				for len(split.Src) < bufferSize {
+					if !sc.Scan() {
+						eof = true
+						break
+					}
+					ids, _ := sp.SrcDict.Encode(sc.Text(), true)
+					split.Src = append(split.Src, ids)
+				}
+				if err := sc.Err(); err != nil {
+					return fmt.Errorf("read stdin: %w", err)
+				}
+				if len(split.Src) == 0 {
+					break
+				}
+				if _, err := generate.InteractiveFrom(cmd.Context(), r, split, first, opt, out, progress); err != nil {
+					return err
+				}
+				first += len(split.Src)
+				if err := out.Flush(); err != nil {
+					return err
+				}
+			}
+			if progress != nil && first > 0 {
+				fmt.Fprintln(progress)
+			}
+			return nil
 		},
 	}
 	g.register(c, false)
+	c.Flags().IntVar(&bufferSize, "buffer-size", 512, "lines read and translated at a time (fairseq-interactive's --buffer-size; xform's default is larger for throughput)")
 	return c
 }
 
