@@ -274,6 +274,39 @@ func (be *Backend) MemoryInUse() (live, cached uint64) {
 	return be.pool.live, be.pool.cached
 }
 
+// MemoryStats is the allocator's view of device memory, in bytes. Live counts blocks
+// whose buffers the Go collector has not yet found dead, so it is an upper bound on
+// what the program still uses (PyTorch's memory_allocated counts exact frees); Held
+// adds the cache of freed blocks (PyTorch's memory_reserved). DeviceUsed is the
+// driver's total minus free: every process and the contexts, cuBLAS workspaces and
+// modules included (what nvidia-smi shows for the device).
+type MemoryStats struct {
+	Live, Cached            uint64
+	PeakLive, PeakHeld      uint64 // since New or the last ResetPeakMemory
+	DeviceUsed, DeviceTotal uint64
+}
+
+// MemoryStats returns the allocator's counters and the device's usage.
+func (be *Backend) MemoryStats() (MemoryStats, error) {
+	be.pool.mu.Lock()
+	st := MemoryStats{Live: be.pool.live, Cached: be.pool.cached, PeakLive: be.pool.peakLive, PeakHeld: be.pool.peakHeld}
+	be.pool.mu.Unlock()
+	defer be.enter()()
+	free, total, err := be.drv.memInfo()
+	if err != nil {
+		return st, err
+	}
+	st.DeviceUsed, st.DeviceTotal = total-free, total
+	return st, nil
+}
+
+// ResetPeakMemory restarts the peaks of MemoryStats from the present usage.
+func (be *Backend) ResetPeakMemory() {
+	be.pool.mu.Lock()
+	defer be.pool.mu.Unlock()
+	be.pool.peakLive, be.pool.peakHeld = be.pool.live, be.pool.live+be.pool.cached
+}
+
 // Guard recovers a panic raised by a Backend method (a *Error or *OOMError) into *err,
 // for callers that want an error rather than a crash: defer cuda.Guard(&err).
 // Other panics are re-raised.

@@ -46,6 +46,16 @@ type pool struct {
 	cached uint64              // bytes held in free
 	live   uint64              // bytes handed out
 	limit  uint64              // most bytes kept cached before blocks go back to the driver
+	// peakLive and peakHeld are the most bytes ever handed out, and handed out plus
+	// cached, since New or the last ResetPeakMemory (for xform bench).
+	peakLive, peakHeld uint64
+}
+
+// grow records class more bytes handed out (the caller holds p.mu).
+func (p *pool) grow(class uint64) {
+	p.live += class
+	p.peakLive = max(p.peakLive, p.live)
+	p.peakHeld = max(p.peakHeld, p.live+p.cached)
 }
 
 // sizeClass rounds a request up so that nearby sizes share cached blocks: 512-byte
@@ -71,7 +81,7 @@ func (p *pool) take(class uint64) (uint64, bool) {
 	ptr := l[len(l)-1]
 	p.free[class] = l[:len(l)-1]
 	p.cached -= class
-	p.live += class
+	p.grow(class)
 	return ptr, true
 }
 
@@ -132,7 +142,7 @@ func (be *Backend) alloc(bytes uint64) (*allocation, error) {
 		return nil, err
 	}
 	be.pool.mu.Lock()
-	be.pool.live += class
+	be.pool.grow(class)
 	be.pool.mu.Unlock()
 	return be.track(ptr, class), nil
 }
