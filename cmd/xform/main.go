@@ -82,6 +82,7 @@ exports fairseq and ONNX files, and trains Admin models.`,
 		newTrainCmd(),
 		newProfileCmd(),
 		newPlotCmd(),
+		newBenchCmd(),
 	)
 	return root
 }

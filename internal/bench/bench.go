@@ -1,0 +1,378 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/xform-dev/xform/generate"
+	"github.com/xform-dev/xform/model"
+	"github.com/xform-dev/xform/train"
+)
+
+// DeviceMemory is what an accelerator reports about its memory, in bytes.
+// PeakAllocated is comparable to torch.cuda.max_memory_allocated, PeakHeld to
+// max_memory_reserved; Used/Total are the driver's view of the whole device.
+type DeviceMemory struct {
+	PeakAllocated uint64 `json:"peak_allocated_bytes"`
+	PeakHeld      uint64 `json:"peak_held_bytes"`
+	Used          uint64 `json:"device_used_bytes"`
+	Total         uint64 `json:"device_total_bytes"`
+}
+
+// Hooks connect the measurement to the backend; every field may be nil (the CPU).
+type Hooks struct {
+	// Sync waits until the device has finished the work queued so far, so that a
+	// timed update ends when its last kernel does.
+	Sync func() error
+	// Memory reads the device's memory counters after the run.
+	Memory func() (DeviceMemory, error)
+}
+
+// ModelInfo identifies the benchmarked model.
+type ModelInfo struct {
+	Arch          string `json:"arch"`
+	Init          string `json:"init"`
+	EncoderLayers int    `json:"encoder_layers"`
+	DecoderLayers int    `json:"decoder_layers"`
+	EmbedDim      int    `json:"embed_dim"`
+	FFNDim        int    `json:"ffn_dim"`
+	Heads         int    `json:"heads"`
+	Vocab         int    `json:"vocab"`
+	Params        int    `json:"params"`
+}
+
+// Info describes m.
+func Info(m *model.Model) ModelInfo {
+	c := m.Config
+	return ModelInfo{Arch: c.Arch, Init: string(c.Init), EncoderLayers: c.EncoderLayers, DecoderLayers: c.DecoderLayers,
+		EmbedDim: c.EncoderEmbedDim, FFNDim: c.EncoderFFNDim, Heads: c.EncoderHeads, Vocab: c.TgtVocab, Params: m.NumParams()}
+}
+
+// Memory is a process's resident memory and the device's, in bytes.
+type Memory struct {
+	PeakRSS uint64        `json:"peak_rss_bytes"` // VmHWM
+	RSS     uint64        `json:"rss_bytes"`      // VmRSS at the end
+	Device  *DeviceMemory `json:"device,omitempty"`
+}
+
+// TrainOptions configure Train.
+type TrainOptions struct {
+	Warmup     int     // updates run before timing starts (compilation, caches, allocator)
+	Updates    int     // timed updates
+	PeakTFLOPs float64 // the device's peak for MFU (DefaultPeakTFLOPs when 0)
+	Hooks      Hooks
+	// Progress, when set, gets one line per update.
+	Progress io.Writer
+}
+
+// TrainResult is what xform bench --mode train reports. Rates count the timed
+// updates only; tokens are fairseq's ntokens (non-pad target tokens, </s> included).
+type TrainResult struct {
+	Mode      string    `json:"mode"` // "train"
+	Date      string    `json:"date"` // RFC 3339, UTC
+	Device    string    `json:"device"`
+	Model     ModelInfo `json:"model"`
+	Data      string    `json:"data"`
+	MaxTokens int       `json:"max_tokens"`
+	Warmup    int       `json:"warmup_updates"`
+	Updates   int       `json:"updates"`
+
+	TargetTokens int     `json:"target_tokens"`
+	SourceTokens int     `json:"source_tokens"`
+	Sentences    int     `json:"sentences"`
+	Seconds      float64 `json:"seconds"`
+
+	TargetTokensPerSec    float64 `json:"target_tokens_per_s"`
+	UpdatesPerSec         float64 `json:"updates_per_s"`
+	MsPerUpdateMean       float64 `json:"ms_per_update_mean"`
+	MsPerUpdateP50        float64 `json:"ms_per_update_p50"`
+	MsPerUpdateMin        float64 `json:"ms_per_update_min"`
+	MsPerUpdateMax        float64 `json:"ms_per_update_max"`
+	TargetTokensPerUpdate float64 `json:"target_tokens_per_update"`
+
+	FLOPsPerTargetToken float64 `json:"flops_per_target_token"` // TrainFLOPs over the timed updates / their target tokens
+	SixNPerTargetToken  float64 `json:"six_n_per_target_token"` // 6·params, the usual rough figure, for comparison
+	ModelTFLOPsPerSec   float64 `json:"model_tflops_per_s"`
+	PeakTFLOPs          float64 `json:"peak_tflops"`
+	MFU                 float64 `json:"mfu"`
+
+	FirstLoss float64 `json:"first_loss"` // bits per token, the first update (warm-up included)
+	LastLoss  float64 `json:"last_loss"`
+	Memory    Memory  `json:"memory"`
+}
+
+// Train runs opt.Warmup+opt.Updates updates of s (the trainer xform train uses), one
+// batch each, taking batches in order (cycling when there are fewer), and measures the
+// timed ones. Each update's time runs from the start of Stepper.Step to the end of
+// Hooks.Sync after it.
+func Train(ctx context.Context, s *train.Stepper, batches []*model.TrainBatch, opt TrainOptions) (*TrainResult, error) {
+	if opt.Updates < 1 || opt.Warmup < 0 {
+		return nil, fmt.Errorf("bench: need at least one timed update and no negative warm-up (got %d, %d)", opt.Updates, opt.Warmup)
+	}
+	if len(batches) == 0 {
+		return nil, fmt.Errorf("bench: no batches")
+	}
+	peak := opt.PeakTFLOPs
+	if peak <= 0 {
+		peak = DefaultPeakTFLOPs
+	}
+	c := s.Net.Config()
+	res := &TrainResult{Mode: "train", Date: time.Now().UTC().Format(time.RFC3339), Device: s.Net.Backend().Name(),
+		Model: Info(s.Net.Model()), Warmup: opt.Warmup, Updates: opt.Updates, PeakTFLOPs: peak}
+	var times []float64
+	var flops float64
+	for i := 0; i < opt.Warmup+opt.Updates; i++ {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		b := batches[i%len(batches)]
+		t0 := time.Now()
+		lg, err := s.Step(ctx, []*model.TrainBatch{b})
+		if err != nil {
+			return nil, fmt.Errorf("bench: update %d: %w", i+1, err)
+		}
+		if opt.Hooks.Sync != nil {
+			if err := opt.Hooks.Sync(); err != nil {
+				return nil, fmt.Errorf("bench: update %d: %w", i+1, err)
+			}
+		}
+		dt := time.Since(t0).Seconds()
+		if i == 0 {
+			res.FirstLoss = lg.Loss
+		}
+		res.LastLoss = lg.Loss
+		if opt.Progress != nil {
+			tag := "timed"
+			if i < opt.Warmup {
+				tag = "warm-up"
+			}
+			fmt.Fprintf(opt.Progress, "| update %d (%s): %.1f ms, %d target tokens, loss %.3f\n", i+1, tag, 1e3*dt, lg.NTokens, lg.Loss)
+		}
+		if i < opt.Warmup {
+			continue
+		}
+		times = append(times, dt)
+		res.Seconds += dt
+		res.TargetTokens += lg.NTokens
+		res.Sentences += lg.NSentences
+		res.SourceTokens += countNonPad(b.Src)
+		flops += TrainFLOPs(c, b)
+	}
+	n := float64(opt.Updates)
+	res.TargetTokensPerSec = float64(res.TargetTokens) / res.Seconds
+	res.UpdatesPerSec = n / res.Seconds
+	res.MsPerUpdateMean = 1e3 * res.Seconds / n
+	sorted := slices.Sorted(slices.Values(times))
+	res.MsPerUpdateP50 = 1e3 * median(sorted)
+	res.MsPerUpdateMin, res.MsPerUpdateMax = 1e3*sorted[0], 1e3*sorted[len(sorted)-1]
+	res.TargetTokensPerUpdate = float64(res.TargetTokens) / n
+	if res.TargetTokens > 0 {
+		res.FLOPsPerTargetToken = flops / float64(res.TargetTokens)
+	}
+	res.SixNPerTargetToken = 6 * float64(res.Model.Params)
+	res.ModelTFLOPsPerSec = flops / res.Seconds / 1e12
+	res.MFU = res.ModelTFLOPsPerSec / peak
+	res.Memory = readMemory(opt.Hooks)
+	return res, nil
+}
+
+// GenerateResult is what xform bench --mode generate reports.
+type GenerateResult struct {
+	Mode      string    `json:"mode"` // "generate"
+	Date      string    `json:"date"`
+	Device    string    `json:"device"`
+	Model     ModelInfo `json:"model"`
+	Data      string    `json:"data"`
+	Beam      int       `json:"beam"`
+	MaxTokens int       `json:"max_tokens"`
+
+	WarmupSentences int     `json:"warmup_sentences"`
+	Sentences       int     `json:"sentences"`
+	SourceTokens    int     `json:"source_tokens"`
+	Tokens          int     `json:"tokens"` // tokens of the best hypotheses, as fairseq's "| Translated" line counts them
+	Seconds         float64 `json:"seconds"`
+	TokensPerSec    float64 `json:"tokens_per_s"`
+	SentencesPerSec float64 `json:"sentences_per_s"`
+	Memory          Memory  `json:"memory"`
+}
+
+// GenerateOptions configure Generate.
+type GenerateOptions struct {
+	Search generate.Options
+	// Warmup sentences (the first of the split) are translated once, untimed, before
+	// the timed run over the whole split.
+	Warmup int
+	Hooks  Hooks
+}
+
+// Generate times beam search (generate.Run, what xform generate runs) over sp.
+func Generate(ctx context.Context, r *model.Runner, m *model.Model, sp *generate.Split, opt GenerateOptions) (*GenerateResult, error) {
+	if len(sp.Src) == 0 {
+		return nil, fmt.Errorf("bench: no sentences to translate")
+	}
+	res := &GenerateResult{Mode: "generate", Date: time.Now().UTC().Format(time.RFC3339), Device: r.Backend().Name(),
+		Model: Info(m), Beam: opt.Search.Search.Beam, MaxTokens: opt.Search.MaxTokens}
+	so := opt.Search
+	so.Quiet = true
+	if w := min(opt.Warmup, len(sp.Src)); w > 0 {
+		sub := *sp
+		sub.Src = sp.Src[:w]
+		if sp.Tgt != nil {
+			sub.Tgt = sp.Tgt[:w]
+		}
+		if _, err := generate.Run(ctx, r, &sub, so, io.Discard, io.Discard); err != nil {
+			return nil, fmt.Errorf("bench: warm-up: %w", err)
+		}
+		res.WarmupSentences = w
+	}
+	if opt.Hooks.Sync != nil {
+		if err := opt.Hooks.Sync(); err != nil {
+			return nil, fmt.Errorf("bench: %w", err)
+		}
+	}
+	t0 := time.Now()
+	out, err := generate.Run(ctx, r, sp, so, io.Discard, io.Discard)
+	if err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	if opt.Hooks.Sync != nil {
+		if err := opt.Hooks.Sync(); err != nil {
+			return nil, fmt.Errorf("bench: %w", err)
+		}
+	}
+	res.Seconds = time.Since(t0).Seconds()
+	res.Sentences, res.Tokens = out.Sentences, out.Tokens
+	for _, s := range sp.Src {
+		res.SourceTokens += len(s)
+	}
+	res.TokensPerSec = float64(res.Tokens) / res.Seconds
+	res.SentencesPerSec = float64(res.Sentences) / res.Seconds
+	res.Memory = readMemory(opt.Hooks)
+	return res, nil
+}
+
+// TrainBatches returns the first n training batches xform train would run on sp with
+// cfg (fairseq's frozen batches in the seeded order of epoch 1, then epoch 2, …),
+// collated, with the number of frozen batches per epoch.
+func TrainBatches(ctx context.Context, sp *generate.Split, cfg train.BatchConfig, n int) ([]*model.TrainBatch, int, error) {
+	frozen, _, err := train.Batches(sp, cfg)
+	if err != nil {
+		return nil, 0, fmt.Errorf("bench: %w", err)
+	}
+	out := make([]*model.TrainBatch, 0, n)
+	for epoch := 1; len(out) < n; epoch++ {
+		for _, b := range train.EpochOrder(frozen, cfg.Seed, epoch) {
+			if len(out) == n {
+				break
+			}
+			if err := ctx.Err(); err != nil {
+				return nil, 0, err
+			}
+			tb, _ := train.Collate(b, sp)
+			out = append(out, tb)
+		}
+	}
+	return out, len(frozen), nil
+}
+
+func median(sorted []float64) float64 {
+	n := len(sorted)
+	if n%2 == 1 {
+		return sorted[n/2]
+	}
+	return (sorted[n/2-1] + sorted[n/2]) / 2
+}
+
+func countNonPad(ids []int32) int { return nonPad(ids) }
+
+func readMemory(h Hooks) Memory {
+	var m Memory
+	m.PeakRSS, m.RSS = ProcessRSS()
+	if h.Memory != nil {
+		if d, err := h.Memory(); err == nil {
+			m.Device = &d
+		}
+	}
+	return m
+}
+
+// ProcessRSS returns the process's peak and current resident set size (Linux
+// /proc/self/status VmHWM and VmRSS); zeros where that file does not exist.
+func ProcessRSS() (peak, cur uint64) {
+	if runtime.GOOS != "linux" {
+		return 0, 0
+	}
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, 0
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		f := bytes.Fields(sc.Bytes())
+		if len(f) < 2 {
+			continue
+		}
+		v, err := strconv.ParseUint(string(f[1]), 10, 64)
+		if err != nil {
+			continue
+		}
+		switch string(f[0]) {
+		case "VmHWM:":
+			peak = v << 10
+		case "VmRSS:":
+			cur = v << 10
+		}
+	}
+	return peak, cur
+}
+
+// WriteText prints r for people.
+func (r *TrainResult) WriteText(w io.Writer) error {
+	m := r.Model
+	bw := bufio.NewWriter(w)
+	fmt.Fprintf(bw, "| bench train on %s, %s (%s), %dL-%dL, d %d, FFN %d, %d heads, vocab %d, %d params\n",
+		r.Device, m.Arch, m.Init, m.EncoderLayers, m.DecoderLayers, m.EmbedDim, m.FFNDim, m.Heads, m.Vocab, m.Params)
+	fmt.Fprintf(bw, "| data %s, max tokens %d, %d warm-up + %d timed updates (%s)\n", r.Data, r.MaxTokens, r.Warmup, r.Updates, r.Date)
+	fmt.Fprintf(bw, "| target tokens/s %.0f | updates/s %.2f | ms/update mean %.1f p50 %.1f (min %.1f, max %.1f) | target tokens/update %.0f\n",
+		r.TargetTokensPerSec, r.UpdatesPerSec, r.MsPerUpdateMean, r.MsPerUpdateP50, r.MsPerUpdateMin, r.MsPerUpdateMax, r.TargetTokensPerUpdate)
+	fmt.Fprintf(bw, "| model FLOPs %.1f MFLOP/target token (6N = %.1f) | %.2f TFLOP/s | MFU %.2f%% of %.0f TFLOP/s\n",
+		r.FLOPsPerTargetToken/1e6, r.SixNPerTargetToken/1e6, r.ModelTFLOPsPerSec, 100*r.MFU, r.PeakTFLOPs)
+	fmt.Fprintf(bw, "| loss %.3f -> %.3f bits | %s\n", r.FirstLoss, r.LastLoss, r.Memory.text())
+	return bw.Flush()
+}
+
+// WriteText prints r for people.
+func (r *GenerateResult) WriteText(w io.Writer) error {
+	m := r.Model
+	bw := bufio.NewWriter(w)
+	fmt.Fprintf(bw, "| bench generate on %s, %s, %dL-%dL, d %d, vocab %d, beam %d, data %s (%s)\n",
+		r.Device, m.Arch, m.EncoderLayers, m.DecoderLayers, m.EmbedDim, m.Vocab, r.Beam, r.Data, r.Date)
+	fmt.Fprintf(bw, "| %d sentences (%d source tokens) -> %d tokens in %.2f s | tokens/s %.0f | sentences/s %.1f\n",
+		r.Sentences, r.SourceTokens, r.Tokens, r.Seconds, r.TokensPerSec, r.SentencesPerSec)
+	fmt.Fprintf(bw, "| %s\n", r.Memory.text())
+	return bw.Flush()
+}
+
+func (m Memory) text() string {
+	s := fmt.Sprintf("peak RSS %s", gib(m.PeakRSS))
+	if d := m.Device; d != nil {
+		s += fmt.Sprintf(" | device peak allocated %s, held %s, used %s of %s", gib(d.PeakAllocated), gib(d.PeakHeld), gib(d.Used), gib(d.Total))
+	}
+	return s
+}
+
+func gib(b uint64) string {
+	if b == 0 {
+		return "n/a"
+	}
+	return strconv.FormatFloat(math.Round(float64(b)/(1<<30)*1000)/1000, 'f', 3, 64) + " GiB"
+}
