@@ -72,6 +72,20 @@ func TestSyntheticMatchesPython(t *testing.T) {
 	if sum != 3062653474180 || i != 61578 || sp.SrcDict.Len() != 12480 {
 		t.Errorf("id checksum %d over %d tokens, dictionary %d; want 3062653474180, 61578, 12480", sum, i, sp.SrcDict.Len())
 	}
+	// fairseq's batching as the script ports it (fairseq_batches, epoch_order).
+	sp, err = Synthetic(ctx, DefaultSynth(2000, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	frozen, _, err := train.Batches(sp, train.BatchConfig{MaxTokens: 1024, Multiple: 8, Seed: 1111, MaxSourcePos: 1024, MaxTargetPos: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := train.EpochOrder(frozen, 1111, 1)
+	if len(frozen) != 80 || !equal(frozen[0][:5], []int{1703, 1370, 466, 674, 1163}) || !equal(frozen[79][:3], []int{1720, 1947, 1254}) ||
+		!equal(ep[0][:5], []int{480, 1103, 302, 1243, 1713}) || !equal(ep[1][:3], []int{753, 1806, 697}) {
+		t.Errorf("batches differ from the script's: %d, %v, %v, %v, %v", len(frozen), frozen[0][:5], frozen[79][:3], ep[0][:5], ep[1][:3])
+	}
 }
 
 func equal(a, b []int) bool {

@@ -39,6 +39,7 @@ unless --device cpu is given (a slow functional check; torch.compile and SDPA ar
 where the installed torch has them).  Standard library + numpy + torch only.
 """
 import argparse
+import importlib
 import json
 import math
 import os
@@ -518,8 +519,8 @@ def main(argv=None):
     elif a.mode == 'compile-cudagraphs':
         fwd = torch.compile(model, mode='reduce-overhead', dynamic=False)
     if compiling:
-        import torch._dynamo
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 4 * len(edges) + 8)
+        dynamo = importlib.import_module('torch._dynamo')
+        dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 4 * len(edges) + 8)
     params = [p for p in model.parameters()]
     mark_step = getattr(getattr(torch, 'compiler', None), 'cudagraph_mark_step_begin', None)
     autocast = (lambda: torch.autocast(device_type=dev.type, dtype=torch.bfloat16)) if bf16 else None
