@@ -113,7 +113,7 @@ pairs, DIR/valid.{src,tgt} with --valid-pairs) for xform preprocess and exits.`,
 	fl.Float64Var(&f.peak, "peak-tflops", bench.DefaultPeakTFLOPs, "the device's peak TFLOP/s for MFU")
 	fl.StringVar(&f.path, "path", "", "generate: checkpoint to translate with (default: a random model of the given shape)")
 	fl.StringVar(&f.genSubset, "gen-subset", "test", "generate: split of --data to translate")
-	fl.IntVar(&f.sentences, "sentences", 500, "generate: sentences to translate (0 = the whole --gen-subset)")
+	fl.IntVar(&f.sentences, "sentences", 500, "generate: sentences to translate, the first of the split (0 = all of it)")
 	fl.IntVar(&f.genWarmup, "gen-warmup", 16, "generate: sentences translated untimed first")
 	fl.IntVar(&f.beam, "beam", 4, "generate: beam size")
 	fl.Float64Var(&f.maxLenA, "max-len-a", 1.2, "generate: max length = a·source width + b (a random model rarely stops by itself)")
@@ -296,15 +296,15 @@ func benchGenerate(ctx context.Context, f *benchFlags, init model.Init) (*bench.
 	if f.beam < 1 || f.sentences < 0 || f.genWarmup < 0 {
 		return nil, usageError{fmt.Errorf("need --beam ≥ 1, --sentences ≥ 0 and --gen-warmup ≥ 0")}
 	}
+	// The synthetic corpus is the training one (--pairs), so the model has the vocabulary
+	// the training benchmark has; the first --sentences pairs are translated.
 	n := f.sentences
-	if f.data == "" && n == 0 {
-		n = 500
-	}
-	sp, desc, d, err := benchData(ctx, f, f.genSubset, n)
+	sp, desc, d, err := benchData(ctx, f, f.genSubset, f.pairs)
 	if err != nil {
 		return nil, err
 	}
 	if n > 0 && n < len(sp.Src) {
+		desc += fmt.Sprintf(", the first %d", n)
 		sp.Src = sp.Src[:n]
 		if sp.Tgt != nil {
 			sp.Tgt = sp.Tgt[:n]
