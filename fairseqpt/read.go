@@ -260,24 +260,33 @@ func readLegacy(path string, r io.ReaderAt, size int64) (*File, error) {
 		headLen = maxPickleBytes
 	}
 	pos := int64(0)
+	// Read a window at pos and find the pickle's end by scanning; grow the window only while
+	// the scan runs out of bytes, so a 1 GB legacy file costs the pickle's size, not the file's.
 	next := func() ([]byte, error) {
-		// Read a window starting at pos and find the pickle's end by scanning.
-		want := headLen - pos
-		if want <= 0 {
+		left := headLen - pos
+		if left <= 0 {
 			return nil, fmt.Errorf("%w: file ends before all pickles", ErrTruncated)
 		}
-		buf := make([]byte, want)
-		n, err := r.ReadAt(buf, pos)
-		if err != nil && err != io.EOF {
-			return nil, err
+		for window := int64(64 << 10); ; window *= 4 {
+			if window > left {
+				window = left
+			}
+			buf := make([]byte, window)
+			n, err := r.ReadAt(buf, pos)
+			if err != nil && err != io.EOF {
+				return nil, err
+			}
+			buf = buf[:n]
+			end, err := scanPickle(buf, nil)
+			if err != nil {
+				if errors.Is(err, ErrTruncated) && window < left && int64(n) == window {
+					continue
+				}
+				return nil, err
+			}
+			pos += int64(end)
+			return buf[:end], nil
 		}
-		buf = buf[:n]
-		end, err := scanPickle(buf, nil)
-		if err != nil {
-			return nil, err
-		}
-		pos += int64(end)
-		return buf[:end], nil
 	}
 	u := &unpickler{path: path, globals: map[string]bool{}}
 	magic, err := next()

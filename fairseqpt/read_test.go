@@ -1,7 +1,9 @@
 package fairseqpt
 
 import (
+	"bytes"
 	"encoding/hex"
+	"io"
 	"encoding/json"
 	"os"
 	"testing"
@@ -139,5 +141,33 @@ func TestCfgCheckpoint(t *testing.T) {
 	}
 	if sl, _ := ck.Get("source_lang"); sl != "src" {
 		t.Errorf("source_lang %v", sl)
+	}
+}
+
+type countingReaderAt struct {
+	r io.ReaderAt
+	n int64
+}
+
+func (c *countingReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	n, err := c.r.ReadAt(p, off)
+	c.n += int64(n)
+	return n, err
+}
+
+// Opening a legacy file reads its pickles, not its storages: a large checkpoint must not cost
+// its size in memory or I/O before a tensor is asked for (it once cost 3x the file).
+func TestLegacyOpenReadsOnlyThePickles(t *testing.T) {
+	b, err := os.ReadFile(torchDir + "a_admin_legacy.pt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &countingReaderAt{r: bytes.NewReader(b)}
+	if _, err := Read("a_admin_legacy.pt", c, int64(len(b))); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("read %d of %d bytes to open", c.n, len(b))
+	if c.n > int64(len(b))/2 {
+		t.Errorf("opening read %d of %d bytes", c.n, len(b))
 	}
 }

@@ -49,7 +49,11 @@ func printReport(w io.Writer, r *convert.Report, showState bool) {
 	c := r.Config
 	p := func(format string, a ...any) { fmt.Fprintf(w, format+"\n", a...) }
 	if r.Kind == "fairseq" {
-		p("%s: fairseq checkpoint, torch %s format (archive folder %q), %s bytes", r.File, r.Container, r.ArchiveFolder, commas(r.Bytes))
+		if r.ArchiveFolder != "" {
+			p("%s: fairseq checkpoint, torch %s format (archive folder %q), %s bytes", r.File, r.Container, r.ArchiveFolder, commas(r.Bytes))
+		} else {
+			p("%s: fairseq checkpoint, torch %s format, %s bytes", r.File, r.Container, commas(r.Bytes))
+		}
 		p("format generation: %s", r.GenerationDoc)
 	} else {
 		p("%s: xform model directory", r.File)
