@@ -3,8 +3,8 @@ package fairseqpt
 import (
 	"bytes"
 	"encoding/hex"
-	"io"
 	"encoding/json"
+	"io"
 	"os"
 	"testing"
 
