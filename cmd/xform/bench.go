@@ -31,6 +31,7 @@ type benchFlags struct {
 	lrWarmup, beam, maxLenB     int
 	sentences, genWarmup        int
 	lr, clip, ls, peak, maxLenA float64
+	maxSeconds                  float64
 	jsonOut, verbose            bool
 }
 
@@ -103,6 +104,7 @@ pairs, DIR/valid.{src,tgt} with --valid-pairs) for xform preprocess and exits.`,
 	fl.StringVar(&f.writeText, "write-text", "", "write the synthetic corpus as text into this directory and exit")
 	fl.IntVar(&f.updates, "updates", 100, "timed training updates")
 	fl.IntVar(&f.warmup, "warmup", 10, "untimed training updates first")
+	fl.Float64Var(&f.maxSeconds, "time-limit", 0, "stop the timed updates once they took this many seconds (0 = run all --updates)")
 	fl.StringVar(&f.initType, "init", "adaptive", "initialisation: adaptive (Admin, profiled untimed), default or deepnet")
 	fl.StringVar(&f.optimizer, "optimizer", "radam", "radam or adam")
 	fl.StringVar(&f.betas, "adam-betas", "(0.9, 0.98)", "Adam betas")
@@ -280,7 +282,7 @@ func benchTrain(ctx context.Context, f *benchFlags, init model.Init, errw io.Wri
 	if err != nil {
 		return nil, err
 	}
-	o := bench.TrainOptions{Warmup: f.warmup, Updates: f.updates, PeakTFLOPs: f.peak, Hooks: hooks(be)}
+	o := bench.TrainOptions{Warmup: f.warmup, Updates: f.updates, MaxSeconds: f.maxSeconds, PeakTFLOPs: f.peak, Hooks: hooks(be)}
 	if f.verbose {
 		o.Progress = errw
 	}

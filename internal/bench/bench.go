@@ -66,8 +66,11 @@ type Memory struct {
 
 // TrainOptions configure Train.
 type TrainOptions struct {
-	Warmup     int     // updates run before timing starts (compilation, caches, allocator)
-	Updates    int     // timed updates
+	Warmup  int // updates run before timing starts (compilation, caches, allocator)
+	Updates int // timed updates
+	// MaxSeconds, when positive, ends the timed updates early once they have taken this
+	// long (at least one runs); the result counts the updates that ran.
+	MaxSeconds float64
 	PeakTFLOPs float64 // the device's peak for MFU (DefaultPeakTFLOPs when 0)
 	Hooks      Hooks
 	// Progress, when set, gets one line per update.
@@ -166,8 +169,12 @@ func Train(ctx context.Context, s *train.Stepper, batches []*model.TrainBatch, o
 		res.Sentences += lg.NSentences
 		res.SourceTokens += countNonPad(b.Src)
 		flops += TrainFLOPs(c, b)
+		if opt.MaxSeconds > 0 && res.Seconds >= opt.MaxSeconds {
+			break
+		}
 	}
-	n := float64(opt.Updates)
+	res.Updates = len(times)
+	n := float64(res.Updates)
 	res.TargetTokensPerSec = float64(res.TargetTokens) / res.Seconds
 	res.UpdatesPerSec = n / res.Seconds
 	res.MsPerUpdateMean = 1e3 * res.Seconds / n

@@ -273,6 +273,11 @@ func TestTrainTinyCPU(t *testing.T) {
 	if err := res.WriteText(&text); err != nil || !strings.Contains(text.String(), "target tokens/s") {
 		t.Errorf("text %q, %v", text.String(), err)
 	}
+	// A time limit ends the timed updates early, after at least one.
+	res, err = Train(ctx, s, batches, TrainOptions{Updates: 30, MaxSeconds: 1e-9})
+	if err != nil || res.Updates != 1 || res.TargetTokens != batches[0].NTokens {
+		t.Errorf("time limit: %v updates, %v tokens, %v", res.Updates, res.TargetTokens, err)
+	}
 	for _, bad := range []TrainOptions{{Updates: 0}, {Updates: 1, Warmup: -1}} {
 		if _, err := Train(ctx, s, batches, bad); err == nil {
 			t.Errorf("%+v: no error", bad)

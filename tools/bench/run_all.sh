@@ -20,6 +20,7 @@
 #   D FFN HEADS  model width [512 2048 8] (transformer_wmt_en_de's)
 #   DEVICE       cuda, or cpu for a functional dry run of the script with a tiny model [cuda]
 #   CLINIC_UPDATES [100]  TORCH_UPDATES [100]  TORCH_WARMUP [10]  XFORM_UPDATES [30]  XFORM_WARMUP [3]
+#   XFORM_TIME_LIMIT  xform's timed updates stop after this many seconds (at least one runs) [60]
 #   TORCH_MODES  ["compile-cudagraphs eager compile"]   BUCKETS  static shapes for the compile modes [2]
 #   SKIP_CLINIC=1 SKIP_TORCH=1 SKIP_XFORM=1   leave a part out
 #   XFORM_NODROP=1  also run xform with every dropout 0 (6L only) to show the host-drawn masks' cost [1]
@@ -42,6 +43,7 @@ TORCH_UPDATES=${TORCH_UPDATES:-100}
 TORCH_WARMUP=${TORCH_WARMUP:-10}
 XFORM_UPDATES=${XFORM_UPDATES:-30}
 XFORM_WARMUP=${XFORM_WARMUP:-3}
+XFORM_TIME_LIMIT=${XFORM_TIME_LIMIT:-60}
 TORCH_MODES=${TORCH_MODES:-compile-cudagraphs eager compile}
 BUCKETS=${BUCKETS:-2}
 BUDGET=${BUDGET:-470}
@@ -189,7 +191,7 @@ EOF
 for L in $LAYERS; do
 	if [ "${SKIP_XFORM:-0}" != 1 ]; then
 		xb=("$XFORM" bench --device "$DEVICE" --data "$BIN" --encoder-layers "$L" --decoder-layers "$L" "${XDIMS[@]}" --max-tokens "$MAXTOK"
-			--seed "$SEED" --updates "$XFORM_UPDATES" --warmup "$XFORM_WARMUP" --json)
+			--seed "$SEED" --updates "$XFORM_UPDATES" --warmup "$XFORM_WARMUP" --time-limit "$XFORM_TIME_LIMIT" --json)
 		part "xform_${L}l" "$L" "xform (fp32, $DEVICE)" -- "${xb[@]}" && record "xform_${L}l" "$L" "xform (fp32, $DEVICE)" ok "$W/xform_${L}l.log"
 		if [ "$XFORM_NODROP" = 1 ] && [ "$L" = 6 ]; then
 			part "xform_${L}l_nodrop" "$L" "xform (fp32, $DEVICE, dropout 0)" -- "${xb[@]}" --dropout 0 --attention-dropout 0 --activation-dropout 0 &&
