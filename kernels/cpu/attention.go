@@ -51,11 +51,7 @@ func (be *Backend) Attention(out, q, k, v kernels.View, a kernels.AttentionArgs)
 						continue
 					}
 					kr := kd[kBase+j*k.RowStride:][:D]
-					var s64 float64
-					for d, x := range qs {
-						s64 += float64(x) * float64(kr[d])
-					}
-					s := float32(s64)
+					s := float32(dotF64(qs, kr))
 					scores[j] = s
 					if s > m {
 						m = s
@@ -79,10 +75,7 @@ func (be *Backend) Attention(out, q, k, v kernels.View, a kernels.AttentionArgs)
 					if pj == 0 {
 						continue
 					}
-					vr := vd[vBase+j*v.RowStride:][:D]
-					for d, x := range vr {
-						acc[d] += float64(pj) * float64(x)
-					}
+					axpyF64(acc, float64(pj), vd[vBase+j*v.RowStride:][:D])
 				}
 				or := od[out.Off+b*out.BatchStride+i*out.RowStride+h*D:][:D]
 				for d, x := range acc {

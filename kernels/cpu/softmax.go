@@ -53,6 +53,19 @@ func softmaxRow(y, x []float32) {
 }
 
 func logSoftmaxRow(y, x []float32) {
+	m := rowMaxFast(x)
+	if math.IsInf(float64(m), 0) || m != m {
+		logSoftmaxRowScalar(y, x)
+		return
+	}
+	// A NaN that rowMaxFast dropped makes s, and so every output, NaN as below.
+	c := m + float32(math.Log(expSum(x, m)))
+	subConst(y, x, c)
+}
+
+// logSoftmaxRowScalar is the reference loop, also used for rows whose maximum is not
+// finite (all −inf gives NaN, as in torch).
+func logSoftmaxRowScalar(y, x []float32) {
 	m := rowMax(x)
 	var s float64
 	for _, v := range x {
