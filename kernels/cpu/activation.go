@@ -14,12 +14,8 @@ func (be *Backend) Activate(y, x kernels.Buffer, act kernels.Activation) {
 	var fn func(float32) float32
 	switch act {
 	case kernels.ReLU:
-		fn = func(v float32) float32 {
-			if v > 0 {
-				return v
-			}
-			return 0
-		}
+		be.parallel(len(xd), 2, func(lo, hi int) { relu(yd[lo:hi], xd[lo:hi]) })
+		return
 	case kernels.GELU:
 		fn = func(v float32) float32 {
 			z := float64(v)

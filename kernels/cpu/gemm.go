@@ -152,6 +152,25 @@ func ntTail(p *ntArgs, i0, rows, j, cols, from int, acc []float64) {
 
 // ntStore scales, adds beta·c and the bias in float64 and rounds once.
 func ntStore(p *ntArgs, i0, rows, j, cols int, acc []float64) {
+	if p.alpha == 1 && p.beta == 0 && cols == tileN {
+		// Linear's case: no scaling, no c to read, a whole strip.
+		if p.bias == nil {
+			for r := range rows {
+				cr := (*[tileN]float32)(p.c[(i0+r)*p.ldc+j:])
+				a := (*[tileN]float64)(acc[r*tileN:])
+				cr[0], cr[1], cr[2], cr[3] = float32(a[0]), float32(a[1]), float32(a[2]), float32(a[3])
+			}
+			return
+		}
+		b := (*[tileN]float32)(p.bias[j:])
+		b0, b1, b2, b3 := float64(b[0]), float64(b[1]), float64(b[2]), float64(b[3])
+		for r := range rows {
+			cr := (*[tileN]float32)(p.c[(i0+r)*p.ldc+j:])
+			a := (*[tileN]float64)(acc[r*tileN:])
+			cr[0], cr[1], cr[2], cr[3] = float32(a[0]+b0), float32(a[1]+b1), float32(a[2]+b2), float32(a[3]+b3)
+		}
+		return
+	}
 	for r := range rows {
 		cr := p.c[(i0+r)*p.ldc+j:][:cols]
 		for c := range cr {

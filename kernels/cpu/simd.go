@@ -101,3 +101,21 @@ func axpyF64(acc []float64, p float64, v []float32) {
 		acc[j] += p * float64(v[j])
 	}
 }
+
+// relu sets y[i] = x[i] if x[i] > 0, else +0 (a NaN becomes 0, as the scalar loop did).
+func relu(y, x []float32) {
+	y = y[:len(x)]
+	n := len(x) &^ 7
+	if hasSIMD && n > 0 {
+		reluAVX2(&y[0], &x[0], n)
+	} else {
+		n = 0
+	}
+	for j := n; j < len(x); j++ {
+		if v := x[j]; v > 0 {
+			y[j] = v
+		} else {
+			y[j] = 0
+		}
+	}
+}

@@ -39,3 +39,8 @@ func axpy64AVX2(acc *float64, p float64, v *float32, n int)
 
 // hasSIMD reports whether the vector row kernels may run.
 var hasSIMD = hasAVX2FMA()
+
+// reluAVX2 sets y[i] = x[i] if x[i] > 0, else +0 (NaN too) over [0,n) (n a multiple of 8).
+//
+//go:noescape
+func reluAVX2(y, x *float32, n int)

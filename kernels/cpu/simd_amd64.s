@@ -172,3 +172,24 @@ axpyloop:
 axpydone:
 	VZEROUPPER
 	RET
+
+// func reluAVX2(y, x *float32, n int)
+TEXT ·reluAVX2(SB), NOSPLIT, $0-24
+	MOVQ   y+0(FP), DI
+	MOVQ   x+8(FP), SI
+	MOVQ   n+16(FP), CX
+	VXORPS Y1, Y1, Y1
+	XORQ   AX, AX
+
+reluloop:
+	CMPQ    AX, CX
+	JGE     reludone
+	VMOVUPS (SI)(AX*4), Y0
+	VMAXPS  Y1, Y0, Y0     // max(x, +0); NaN and −0 give the second source, +0
+	VMOVUPS Y0, (DI)(AX*4)
+	ADDQ    $8, AX
+	JMP     reluloop
+
+reludone:
+	VZEROUPPER
+	RET

@@ -11,3 +11,5 @@ func expSumAVX2(x *float32, n int, tab *expTable, m float32) float64 { panic("no
 func subAVX2(y, x *float32, n int, c float32)                        { panic("no SIMD") }
 func dot64AVX2(a, b *float32, n int) float64                         { panic("no SIMD") }
 func axpy64AVX2(acc *float64, p float64, v *float32, n int)          { panic("no SIMD") }
+
+func reluAVX2(y, x *float32, n int) { panic("no SIMD") }

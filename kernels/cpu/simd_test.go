@@ -168,3 +168,30 @@ func TestDotAxpyF64(t *testing.T) {
 		}
 	}
 }
+
+func TestReLU(t *testing.T) {
+	nan, inf := float32(math.NaN()), float32(math.Inf(1))
+	negZero := float32(math.Copysign(0, -1))
+	for _, tc := range []struct {
+		name string
+		x    []float32
+	}{
+		{"one", []float32{-1}},
+		{"specials", []float32{nan, inf, -inf, negZero, 0, 1e-45, -1e-45, 3, -3}},
+		{"seventeen", randRow(rand.New(rand.NewPCG(9, 10)), 17, 1)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			y := make([]float32, len(tc.x))
+			relu(y, tc.x)
+			for i, v := range tc.x {
+				want := float32(0) // +0 for ≤ 0, −0 and NaN
+				if v > 0 {
+					want = v
+				}
+				if math.Float32bits(y[i]) != math.Float32bits(want) {
+					t.Fatalf("relu(%v) = %v, want %v", v, y[i], want)
+				}
+			}
+		})
+	}
+}
