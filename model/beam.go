@@ -109,6 +109,13 @@ type beamState struct {
 	active          []int       // batch position -> original sentence
 	finalized       [][]Hypothesis
 	cand            []candidate
+	// Buffers reused across steps: the summed scores of one sentence, the candidates
+	// of every sentence, the decoder input, and row slices freed by the last step.
+	sum       []float32
+	cands     [][]candidate
+	last      []int32
+	freeTok   [][]int32
+	freeScore [][]float32
 }
 
 type candidate struct {
@@ -118,7 +125,7 @@ type candidate struct {
 
 func newBeamState(B, beam, maxLen, V int) *beamState {
 	n := B * beam
-	bs := &beamState{beam: beam, maxLen: maxLen, V: V, finalized: make([][]Hypothesis, B)}
+	bs := &beamState{beam: beam, maxLen: maxLen, V: V, finalized: make([][]Hypothesis, B), cands: make([][]candidate, B)}
 	for i := 0; i < n; i++ {
 		t := make([]int32, 1, maxLen+2)
 		t[0] = EOS
@@ -132,7 +139,11 @@ func newBeamState(B, beam, maxLen, V int) *beamState {
 }
 
 func (bs *beamState) lastTokens(step int) []int32 {
-	out := make([]int32, len(bs.tokens))
+	out := bs.last[:0]
+	for range bs.tokens {
+		out = append(out, 0)
+	}
+	bs.last = out
 	for i, t := range bs.tokens {
 		out[i] = t[step]
 	}
@@ -176,8 +187,11 @@ func (bs *beamState) advance(step int, lp []float32, lenpen float64) ([]int32, b
 		k = min(k, beam*V-1)
 	}
 	nb := len(bs.active)
-	cands := make([][]candidate, nb)
-	sum := make([]float32, beam*V)
+	cands := bs.cands[:nb]
+	if step > 0 && bs.sum == nil {
+		bs.sum = make([]float32, beam*V)
+	}
+	sum := bs.sum
 	for b := 0; b < nb; b++ {
 		var vals []float32
 		if step == 0 {
@@ -193,7 +207,8 @@ func (bs *beamState) advance(step int, lp []float32, lenpen float64) ([]int32, b
 			}
 			vals = sum
 		}
-		cands[b] = append([]candidate(nil), topK(bs.cand, vals, k)...)
+		bs.cand = topK(bs.cand, vals, k)
+		cands[b] = append(cands[b][:0], bs.cand...)
 	}
 	// Finalise EOS candidates among the first beam of each sentence.
 	var finished []bool
@@ -242,10 +257,10 @@ func (bs *beamState) advance(step int, lp []float32, lenpen float64) ([]int32, b
 				continue
 			}
 			old := b*beam + cd.index/V
-			t := make([]int32, step+2, bs.maxLen+2)
+			t := bs.newTokens(step + 2)
 			copy(t, bs.tokens[old][:step+1])
 			t[step+1] = tok
-			s := make([]float32, step+1, bs.maxLen+1)
+			s := bs.newScores(step + 1)
 			copy(s, bs.scores[old][:step])
 			s[step] = cd.score
 			newTokens = append(newTokens, t)
@@ -258,14 +273,39 @@ func (bs *beamState) advance(step int, lp []float32, lenpen float64) ([]int32, b
 			// fairseq would then continue a blacklisted EOS hypothesis. Pad by
 			// repeating the last kept hypothesis so the row count stays fixed.
 			for ; n < beam; n++ {
-				newTokens = append(newTokens, newTokens[len(newTokens)-1])
-				newScores = append(newScores, newScores[len(newScores)-1])
+				t := append(bs.newTokens(0), newTokens[len(newTokens)-1]...)
+				s := append(bs.newScores(0), newScores[len(newScores)-1]...)
+				newTokens = append(newTokens, t)
+				newScores = append(newScores, s)
 				reorder = append(reorder, reorder[len(reorder)-1])
 			}
 		}
 	}
+	// The old rows were copied, never shared, so they are free for the next step.
+	bs.freeTok = append(bs.freeTok, bs.tokens...)
+	bs.freeScore = append(bs.freeScore, bs.scores...)
 	bs.tokens, bs.scores, bs.active = newTokens, newScores, active
 	return reorder, false
+}
+
+// newTokens returns a row token slice of length n (capacity maxLen+2), reusing a freed one.
+func (bs *beamState) newTokens(n int) []int32 {
+	if k := len(bs.freeTok); k > 0 {
+		t := bs.freeTok[k-1][:n]
+		bs.freeTok = bs.freeTok[:k-1]
+		return t
+	}
+	return make([]int32, n, bs.maxLen+2)
+}
+
+// newScores returns a row score slice of length n (capacity maxLen+1), reusing a freed one.
+func (bs *beamState) newScores(n int) []float32 {
+	if k := len(bs.freeScore); k > 0 {
+		s := bs.freeScore[k-1][:n]
+		bs.freeScore = bs.freeScore[:k-1]
+		return s
+	}
+	return make([]float32, n, bs.maxLen+1)
 }
 
 // hypothesis builds the finished hypothesis of row ending in EOS at step with running

@@ -20,6 +20,7 @@ type DecodeState struct {
 	maxLen  int     // most steps allowed
 	cap     int     // cache capacity in tokens (grows by doubling up to maxLen)
 	kvIndex []int32 // row -> encoder batch
+	spareKV []int32 // reordering target for kvIndex
 	selfK   []kernels.Buffer
 	selfV   []kernels.Buffer
 	spareK  []kernels.Buffer // double buffers for reordering
@@ -83,11 +84,11 @@ func (s *DecodeState) Reorder(idx []int32) error {
 		s.selfK[li], s.spareK[li] = s.spareK[li], s.selfK[li]
 		s.selfV[li], s.spareV[li] = s.spareV[li], s.selfV[li]
 	}
-	kv := make([]int32, len(idx))
-	for i, j := range idx {
-		kv[i] = s.kvIndex[j]
+	kv := s.spareKV[:0]
+	for _, j := range idx {
+		kv = append(kv, s.kvIndex[j])
 	}
-	s.kvIndex = kv
+	s.kvIndex, s.spareKV = kv, s.kvIndex
 	s.n = len(idx)
 	return nil
 }

@@ -66,16 +66,16 @@ func (be *Backend) gemmNT(p *ntArgs) {
 	}
 	tasks := mBlocks * parts
 	accLen := roundUp(mc, tileM) * tileN
-	run := func(t int, acc []float64) {
+	run := func(t int, sc *ntScratch) {
 		mb, part := t/parts, t%parts
 		i0 := mb * mc
 		j0, j1 := part*groups/parts*tileN, min((part+1)*groups/parts*tileN, p.n)
-		be.ntBlock(p, i0, min(i0+mc, p.m), j0, j1, acc)
+		be.ntBlock(p, i0, min(i0+mc, p.m), j0, j1, sc)
 	}
 	if workers == 1 || tasks == 1 {
-		acc := make([]float64, accLen)
+		sc := &ntScratch{acc: make([]float64, accLen)}
 		for t := range tasks {
-			run(t, acc)
+			run(t, sc)
 		}
 		return
 	}
@@ -83,9 +83,9 @@ func (be *Backend) gemmNT(p *ntArgs) {
 	var wg sync.WaitGroup
 	for range min(workers, tasks) {
 		wg.Go(func() {
-			acc := make([]float64, accLen)
+			sc := &ntScratch{acc: make([]float64, accLen)}
 			for t := int(next.Add(1)) - 1; t < tasks; t = int(next.Add(1)) - 1 {
-				run(t, acc)
+				run(t, sc)
 			}
 		})
 	}
@@ -102,17 +102,25 @@ func blockRows(m, k int) int {
 
 func roundUp(v, to int) int { return (v + to - 1) / to * to }
 
-// ntBlock computes rows [i0,i1) × columns [j0,j1) of the product. acc holds the
-// float64 sums of one 4-column strip of the block; rows past i1 and columns past n are
-// computed on duplicated rows and dropped.
-func (be *Backend) ntBlock(p *ntArgs, i0, i1, j0, j1 int, acc []float64) {
+// ntScratch is one worker's state across the blocks it computes: acc holds the
+// float64 sums of one 4-column strip of a block, xs and ws the kernel's row pointers
+// (kept here because arrays passed to the kernel through a func value escape, which
+// would cost two heap allocations per block).
+type ntScratch struct {
+	acc []float64
+	xs  [tileM]*float32
+	ws  [tileN]*float32
+}
+
+// ntBlock computes rows [i0,i1) × columns [j0,j1) of the product; rows past i1 and
+// columns past n are computed on duplicated rows and dropped.
+func (be *Backend) ntBlock(p *ntArgs, i0, i1, j0, j1 int, sc *ntScratch) {
 	kern := be.kernel
 	rows := i1 - i0
 	padded := roundUp(rows, tileM)
-	acc = acc[:padded*tileN]
+	acc := sc.acc[:padded*tileN]
 	main := p.k - p.k%kern.step
-	var xs [tileM]*float32
-	var ws [tileN]*float32
+	xs, ws := &sc.xs, &sc.ws
 	for j := j0; j < j1; j += tileN {
 		cols := min(tileN, j1-j)
 		clear(acc)
@@ -125,7 +133,7 @@ func (be *Backend) ntBlock(p *ntArgs, i0, i1, j0, j1 int, acc []float64) {
 				for t := range xs {
 					xs[t] = &p.x[min(i0+g+t, i1-1)*p.ldx+kb]
 				}
-				kern.fn(&xs, &ws, kn, (*[tileM * tileN]float64)(acc[g*tileN:]))
+				kern.fn(xs, ws, kn, (*[tileM * tileN]float64)(acc[g*tileN:]))
 			}
 		}
 		if main < p.k {
