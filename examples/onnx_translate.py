@@ -145,9 +145,15 @@ def topk_indices(x, k):
     if k >= x.shape[1]:
         return np.argsort(-x, axis=1, kind="stable")[:, :k]
     kth = -np.partition(-x, k - 1, axis=1)[:, k - 1:k]   # the k-th largest value per row
+    keep = x >= kth
+    counts = keep.sum(axis=1)
+    if np.all(counts == k):                              # no ties at the boundary: all rows at once
+        cand = np.nonzero(keep)[1].reshape(x.shape[0], k)  # ascending indices per row
+        order = np.argsort(-np.take_along_axis(x, cand, 1), axis=1, kind="stable")
+        return np.take_along_axis(cand, order, 1)
     out = np.empty((x.shape[0], k), np.int64)
     for r in range(x.shape[0]):
-        cand = np.nonzero(x[r] >= kth[r, 0])[0]          # ascending indices
+        cand = np.nonzero(keep[r])[0]
         order = np.argsort(-x[r, cand], kind="stable")[:k]
         out[r] = cand[order]
     return out
