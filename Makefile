@@ -3,10 +3,14 @@ GO      ?= go
 BIN     ?= bin/xform
 PKGS    := ./...
 
-.PHONY: build static test vet fmt-check demo fuzz bench clean
+.PHONY: build build-onnx static test vet fmt-check demo fuzz bench clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/xform
+
+# xform with `generate --onnx` (cgo, ONNX Runtime loaded at run time; see docs/onnx.md).
+build-onnx:
+	$(GO) build -tags onnxruntime -o bin/xform-ort ./cmd/xform
 
 # A fully static binary (no cgo): what runs on the GPU machine and any Linux box.
 static:

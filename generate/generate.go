@@ -32,8 +32,17 @@ type Result struct {
 	BLEU              *bleu.Scorer // nil without targets
 }
 
+// Translator is what Run needs of a model: *model.Runner, or another engine running
+// the same beam search (model.Search), such as the ONNX Runtime one.
+type Translator interface {
+	Generate(ctx context.Context, src []int32, B, S int, opt model.BeamOptions) ([][]model.Hypothesis, error)
+	Config() model.Config
+	MaxSourcePositions() int
+	MaxDecoderPositions() int
+}
+
 // CheckVocab verifies that the dictionaries fit the model's embeddings.
-func CheckVocab(r *model.Runner, sp *Split) error {
+func CheckVocab(r Translator, sp *Split) error {
 	c := r.Config()
 	if sp.SrcDict.Len() != c.SrcVocab {
 		return fmt.Errorf("%w: dict.%s.txt has %d symbols but the model's source embedding has %d rows", ErrData, sp.SrcLang, sp.SrcDict.Len(), c.SrcVocab)
@@ -59,7 +68,7 @@ func CheckVocab(r *model.Runner, sp *Split) error {
 
 // Batches orders, filters and batches a split as fairseq-generate does. It returns
 // the batches (sentence indices, before collation) and the indices skipped for length.
-func Batches(r *model.Runner, sp *Split, opt Options) ([][]int, []int, error) {
+func Batches(r Translator, sp *Split, opt Options) ([][]int, []int, error) {
 	srcLens := make([]int, len(sp.Src))
 	for i, s := range sp.Src {
 		srcLens[i] = len(s)
@@ -94,7 +103,7 @@ func Batches(r *model.Runner, sp *Split, opt Options) ([][]int, []int, error) {
 
 // Run translates a split and writes fairseq-generate's output to out; warnings go to
 // warn. The runner's vocabulary must match the split (see CheckVocab).
-func Run(ctx context.Context, r *model.Runner, sp *Split, opt Options, out, warn io.Writer) (*Result, error) {
+func Run(ctx context.Context, r Translator, sp *Split, opt Options, out, warn io.Writer) (*Result, error) {
 	if err := CheckVocab(r, sp); err != nil {
 		return nil, err
 	}

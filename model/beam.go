@@ -34,24 +34,41 @@ type Hypothesis struct {
 	PositionalScores []float32
 }
 
+// SearchState is a decode state the beam search drives: one row per live hypothesis,
+// Step returns the next-token log-probabilities [Rows(), V] and Reorder makes row i
+// continue old row idx[i] (see DecodeState).
+type SearchState interface {
+	Step(ctx context.Context, tokens []int32) ([]float32, error)
+	Reorder(idx []int32) error
+	Rows() int
+}
+
 // Generate runs beam search exactly as fairseq 0.8's SequenceGenerator (clinic-spec
 // §6.2) on a [B, S] left-padded source batch and returns, per sentence, up to NBest
 // hypotheses sorted by score (best first).
 func (r *Runner) Generate(ctx context.Context, src []int32, B, S int, opt BeamOptions) ([][]Hypothesis, error) {
+	return Search(ctx, func(beam, maxLen int) (SearchState, error) {
+		enc, err := r.Encode(ctx, src, B, S, nil)
+		if err != nil {
+			return nil, err
+		}
+		return r.NewDecodeState(enc, beam, maxLen)
+	}, B, S, r.cfg.TgtVocab, r.MaxDecoderPositions(), opt)
+}
+
+// Search is Generate's beam search over any decode state: newState encodes the batch
+// and returns a state of B·beam rows able to decode maxLen steps. V is the target
+// vocabulary size and maxDecoderPositions the model's target position limit.
+func Search(ctx context.Context, newState func(beam, maxLen int) (SearchState, error), B, S, V, maxDecoderPositions int, opt BeamOptions) ([][]Hypothesis, error) {
 	if opt.Beam < 1 || opt.NBest < 1 || opt.NBest > opt.Beam {
 		return nil, fmt.Errorf("%w: beam %d, nbest %d", ErrInput, opt.Beam, opt.NBest)
 	}
-	V := r.cfg.TgtVocab
 	beam := min(opt.Beam, V-1)
-	maxLen := min(int(opt.MaxLenA*float64(S)+float64(opt.MaxLenB)), r.MaxDecoderPositions()-1)
+	maxLen := min(int(opt.MaxLenA*float64(S)+float64(opt.MaxLenB)), maxDecoderPositions-1)
 	if maxLen < 0 {
 		maxLen = 0
 	}
-	enc, err := r.Encode(ctx, src, B, S, nil)
-	if err != nil {
-		return nil, err
-	}
-	st, err := r.NewDecodeState(enc, beam, maxLen+1)
+	st, err := newState(beam, maxLen+1)
 	if err != nil {
 		return nil, err
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/xform-dev/xform/generate"
 	"github.com/xform-dev/xform/kernels/cpu"
 	"github.com/xform-dev/xform/model"
+	"github.com/xform-dev/xform/onnxrun"
 )
 
 // genFlags are the fairseq-generate flags shared by generate and translate.
@@ -24,6 +25,7 @@ type genFlags struct {
 	maxLenA, lenpen, unkpen                   float64
 	quiet, fastLinear                         bool
 	device                                    deviceFlag
+	onnx, onnxLib                             string
 }
 
 func (g *genFlags) register(c *cobra.Command, withSubset bool) {
@@ -115,14 +117,27 @@ stopping rules and scores, S-/T-/H-/P- lines in the same order and format, then 
   xform generate data-bin --path model.pt --beam 5 --remove-bpe --quiet`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, sp, err := g.load(args[0], g.subset)
+			var r generate.Translator
+			var sp *generate.Split
+			var err error
+			from := g.path
+			if g.onnx != "" {
+				var m *onnxrun.Model
+				m, sp, err = g.loadONNX(args[0], g.subset)
+				if m != nil {
+					defer m.Close()
+				}
+				r, from = m, g.onnx
+			} else {
+				r, sp, err = g.load(args[0], g.subset)
+			}
 			if err != nil {
 				return err
 			}
 			out := bufio.NewWriter(cmd.OutOrStdout())
 			defer out.Flush()
 			fmt.Fprintf(out, "| [%s] dictionary: %d types\n| [%s] dictionary: %d types\n", sp.SrcLang, sp.SrcDict.Len(), sp.TgtLang, sp.TgtDict.Len())
-			fmt.Fprintf(out, "| %s %s %s-%s %d examples\n| loading model(s) from %s\n", args[0], g.subset, sp.SrcLang, sp.TgtLang, len(sp.Src), g.path)
+			fmt.Fprintf(out, "| %s %s %s-%s %d examples\n| loading model(s) from %s\n", args[0], g.subset, sp.SrcLang, sp.TgtLang, len(sp.Src), from)
 			res, err := generate.Run(cmd.Context(), r, sp, g.options(), out, cmd.ErrOrStderr())
 			if err != nil {
 				return err
@@ -132,7 +147,40 @@ stopping rules and scores, S-/T-/H-/P- lines in the same order and format, then 
 		},
 	}
 	g.register(c, true)
+	c.Flags().StringVar(&g.onnx, "onnx", "", "run the search on ONNX Runtime over a directory written by `xform export --onnx` (replaces --path; needs a build with -tags onnxruntime)")
+	c.Flags().StringVar(&g.onnxLib, "onnxruntime-lib", "", "ONNX Runtime shared library for --onnx (default $XFORM_ONNXRUNTIME_LIB, else the onnxruntime Python wheel's)")
 	return c
+}
+
+// loadONNX is load for --onnx: the split and dictionaries from the data-bin, the model
+// from an exported ONNX directory.
+func (g *genFlags) loadONNX(dataDir, subset string) (*onnxrun.Model, *generate.Split, error) {
+	if g.path != "" {
+		return nil, nil, usageError{fmt.Errorf("--onnx replaces --path: give one of them")}
+	}
+	if g.beam < 1 || g.nbest < 1 || g.nbest > g.beam {
+		return nil, nil, usageError{fmt.Errorf("need 1 ≤ --nbest ≤ --beam (got %d, %d)", g.nbest, g.beam)}
+	}
+	m, err := onnxrun.Open(g.onnx, onnxrun.Options{Lib: g.onnxLib, Threads: g.threads})
+	if err != nil {
+		return nil, nil, err
+	}
+	src, tgt := g.srcLang, g.tgtLang
+	if src == "" || tgt == "" {
+		s, t, err := generate.InferLangs(dataDir, subset)
+		if err != nil {
+			return m, nil, err
+		}
+		src, tgt = s, t
+	}
+	sp, err := generate.LoadSplit(dataDir, subset, src, tgt)
+	if err != nil {
+		return m, nil, err
+	}
+	if err := generate.CheckVocab(m, sp); err != nil {
+		return m, nil, err
+	}
+	return m, sp, nil
 }
 
 func newTranslateCmd() *cobra.Command {
