@@ -3,7 +3,7 @@ GO      ?= go
 BIN     ?= bin/xform
 PKGS    := ./...
 
-.PHONY: build build-onnx static test vet fmt-check demo fuzz bench clean
+.PHONY: build build-onnx static test test-onnx vet fmt-check demo fuzz bench clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/xform
@@ -27,6 +27,12 @@ fmt-check:
 # tools/requirements-ci.txt installed; with CI=true a missing Python dependency fails the run.
 test: vet fmt-check
 	$(GO) test -count=1 -timeout 40m $(PKGS)
+	$(MAKE) test-onnx
+
+# xform generate --onnx (cgo build tag onnxruntime, libonnxruntime from the onnxruntime wheel);
+# its tests skip when the library cannot be found.
+test-onnx:
+	CGO_ENABLED=1 $(GO) test -count=1 -tags onnxruntime -run 'TestGenerateONNX|TestGenerateOneSentence' ./onnxrun/ ./cmd/xform/
 
 demo: build
 	$(BIN) demo
