@@ -62,6 +62,23 @@ func (g *genFlags) options() generate.Options {
 		RequiredBatchSizeMultiple: 8, Seed: uint32(g.seed), RemoveBPE: g.removeBPE, Quiet: g.quiet}
 }
 
+// runner loads --path and builds the model on the chosen device.
+func (g *genFlags) runner() (*model.Runner, error) {
+	m, err := convert.LoadCheckpoint(g.path)
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", g.path, err)
+	}
+	var opts []cpu.Option
+	if g.fastLinear {
+		opts = append(opts, cpu.WithFloat32Linear())
+	}
+	be, err := g.device.backend(g.threads, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return model.NewRunner(m, be)
+}
+
 // load reads the model and the data-bin dictionaries (and, for generate, the split).
 func (g *genFlags) load(dataDir, subset string) (*model.Runner, *generate.Split, error) {
 	if g.path == "" {
@@ -82,19 +99,7 @@ func (g *genFlags) load(dataDir, subset string) (*model.Runner, *generate.Split,
 	if err != nil {
 		return nil, nil, err
 	}
-	m, err := convert.LoadCheckpoint(g.path)
-	if err != nil {
-		return nil, nil, fmt.Errorf("load %s: %w", g.path, err)
-	}
-	var opts []cpu.Option
-	if g.fastLinear {
-		opts = append(opts, cpu.WithFloat32Linear())
-	}
-	be, err := g.device.backend(g.threads, opts...)
-	if err != nil {
-		return nil, nil, err
-	}
-	r, err := model.NewRunner(m, be)
+	r, err := g.runner()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -273,19 +278,7 @@ func (g *genFlags) loadDicts(dataDir string) (*model.Runner, *generate.Split, er
 	if g.path == "" {
 		return nil, nil, usageError{fmt.Errorf("--path is required")}
 	}
-	m, err := convert.LoadCheckpoint(g.path)
-	if err != nil {
-		return nil, nil, fmt.Errorf("load %s: %w", g.path, err)
-	}
-	var opts []cpu.Option
-	if g.fastLinear {
-		opts = append(opts, cpu.WithFloat32Linear())
-	}
-	be, err := g.device.backend(g.threads, opts...)
-	if err != nil {
-		return nil, nil, err
-	}
-	r, err := model.NewRunner(m, be)
+	r, err := g.runner()
 	if err != nil {
 		return nil, nil, err
 	}
