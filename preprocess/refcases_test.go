@@ -154,22 +154,5 @@ func sameOutputs(t *testing.T, got, ref string) {
 			t.Errorf("unexpected output %s", e.Name())
 		}
 	}
-	for name := range want {
-		a, err := os.ReadFile(filepath.Join(got, name))
-		if err != nil {
-			t.Errorf("missing output: %v", err)
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join(ref, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(a, b) {
-			i := 0
-			for i < len(a) && i < len(b) && a[i] == b[i] {
-				i++
-			}
-			t.Errorf("%s: %d bytes, reference %d; first difference at byte %d", name, len(a), len(b), i)
-		}
-	}
+	sameBytes(t, got, ref, want)
 }

@@ -25,24 +25,7 @@ func sameDataBin(t *testing.T, got, ref string) {
 			t.Errorf("unexpected output %s", name)
 		}
 	}
-	for name := range want {
-		a, err := os.ReadFile(filepath.Join(got, name))
-		if err != nil {
-			t.Errorf("missing output: %v", err)
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join(ref, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(a, b) {
-			i := 0
-			for i < len(a) && i < len(b) && a[i] == b[i] {
-				i++
-			}
-			t.Errorf("%s: %d bytes, reference %d; first difference at byte %d", name, len(a), len(b), i)
-		}
-	}
+	sameBytes(t, got, ref, want)
 }
 
 func dataBinFiles(t *testing.T, dir string) map[string]bool {
@@ -102,6 +85,30 @@ func TestClinicDataBinByteIdentical(t *testing.T) {
 		}
 		if n := strings.Count(got, "\n"); n != 13 {
 			t.Errorf("workers=%d: %d log lines, want 13:\n%s", workers, n, got)
+		}
+	}
+}
+
+// sameBytes checks that each named file of ref exists in got with the same bytes, and
+// says where the first difference is.
+func sameBytes(t *testing.T, got, ref string, names map[string]bool) {
+	t.Helper()
+	for name := range names {
+		a, err := os.ReadFile(filepath.Join(got, name))
+		if err != nil {
+			t.Errorf("missing output: %v", err)
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(ref, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(a, b) {
+			i := 0
+			for i < len(a) && i < len(b) && a[i] == b[i] {
+				i++
+			}
+			t.Errorf("%s: %d bytes, reference %d; first difference at byte %d", name, len(a), len(b), i)
 		}
 	}
 }
