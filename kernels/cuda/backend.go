@@ -49,6 +49,7 @@ type Backend struct {
 	scratch   [numSlots]*allocation // host-argument staging, one block per slot* constant
 	compiled  int                   // programs compiled now (not from the cache)
 	syncCheck bool
+	profile   *opProfile // XFORM_CUDA_PROFILE=1; printed to stderr by Close
 	closed    bool
 }
 
@@ -93,6 +94,9 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 	}
 	be := &Backend{drv: drv, prm: newParams(), syncCheck: opt.SyncCheck || os.Getenv("XFORM_CUDA_SYNC") == "1",
 		pool: &pool{free: map[uint64][]uint64{}}}
+	if os.Getenv("XFORM_CUDA_PROFILE") == "1" {
+		be.profile = newOpProfile()
+	}
 	var fail func(error)
 	probe := &Report{}
 	fail = func(e error) {
@@ -221,6 +225,9 @@ func (be *Backend) Close() error {
 	}
 	be.release()
 	be.closed = true
+	if be.profile != nil {
+		be.profile.write(os.Stderr)
+	}
 	return err
 }
 
@@ -239,10 +246,17 @@ func (be *Backend) enter() func() {
 		be.mu.Unlock()
 		panic(err)
 	}
+	if be.profile != nil {
+		be.profile.begin(2)
+	}
 	return be.leave
 }
 
 func (be *Backend) leave() {
+	if be.profile != nil && !be.closed {
+		_ = be.drv.synchronize()
+		be.profile.end()
+	}
 	runtime.UnlockOSThread()
 	be.mu.Unlock()
 }
