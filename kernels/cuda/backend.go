@@ -22,6 +22,38 @@ type Options struct {
 	// by the operation that caused it (slow; for tests and debugging). The environment
 	// variable XFORM_CUDA_SYNC=1 turns it on too.
 	SyncCheck bool
+	// Precision selects the operand type of the GEMMs in Linear, Gemm and
+	// LinearBackward (see Precision). Everything else stays float32.
+	Precision Precision
+}
+
+// Precision is the operand type of the backend's GEMMs. Inputs, weights and outputs
+// stay float32 buffers; with BF16 or FP16 the operands are rounded to 16 bits just
+// before the product and cuBLAS accumulates in float32 (tensor cores), which is what
+// torch.autocast does for Linear. Master weights, activations, LayerNorm, softmax,
+// the loss and the optimizer remain float32.
+type Precision int
+
+const (
+	// FP32 multiplies float32 operands with float32 accumulation, no TF32 (pedantic).
+	FP32 Precision = iota
+	// BF16 rounds GEMM operands to bfloat16 (round to nearest even).
+	BF16
+	// FP16 rounds GEMM operands to IEEE half; values beyond ±65504 become ±Inf, which
+	// a loss-scaled trainer detects as an overflow (fairseq's --fp16 semantics).
+	FP16
+)
+
+func (p Precision) String() string {
+	switch p {
+	case FP32:
+		return "fp32"
+	case BF16:
+		return "bf16"
+	case FP16:
+		return "fp16"
+	}
+	return fmt.Sprintf("Precision(%d)", int(p))
 }
 
 // Backend runs kernels.Backend operations on one GPU. Every method locks the Backend
