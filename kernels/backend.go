@@ -89,6 +89,21 @@ type AttentionArgs struct {
 	Probs Buffer
 }
 
+// Scoper is implemented by a backend whose buffers hold memory the Go collector does
+// not see (a GPU's). Such a backend frees a buffer only when the collector finds it
+// dead, and the collector runs by the host heap's growth, which device buffers hardly
+// move: a training loop would hold every step's activations until the device is full.
+// A scope frees them as soon as the step is over.
+type Scoper interface {
+	// BeginScope starts a scope; scopes nest. Scopes belong to the backend, not to a
+	// goroutine: buffers another goroutine allocates meanwhile join the open scope.
+	BeginScope()
+	// EndScope frees every buffer that Alloc or Upload returned since the matching
+	// BeginScope (slices of them included). Such buffers must not be used afterwards;
+	// buffers made before the scope are untouched.
+	EndScope()
+}
+
 // Backend is the set of operations the Transformer needs. Shapes are given explicitly;
 // every matrix is row-major. Methods panic only on programming errors (shape or length
 // mismatches that the caller has already validated); data errors are the caller's to

@@ -554,6 +554,12 @@ func (n *TrainNet) Step(ctx context.Context, b *TrainBatch, o StepOptions) (Step
 		return StepResult{}, fmt.Errorf("%w: target of %d tokens exceeds max_target_positions %d", ErrInput, mr, n.cfg.MaxTargetPositions)
 	}
 	be, d := n.be, n.d
+	if sc, ok := be.(kernels.Scoper); ok {
+		// Every buffer of the step is dead when it returns (results are host values,
+		// gradients accumulate into buffers made before it).
+		sc.BeginScope()
+		defer sc.EndScope()
+	}
 	B, S, T := b.B, b.S, b.T
 	var backs []back
 	var profEnc, profDec *profiler

@@ -81,7 +81,8 @@ type Backend struct {
 	scratch   [numSlots]*allocation // host-argument staging, one block per slot* constant
 	compiled  int                   // programs compiled now (not from the cache)
 	syncCheck bool
-	profile   *opProfile // XFORM_CUDA_PROFILE=1; printed to stderr by Close
+	profile   *opProfile      // XFORM_CUDA_PROFILE=1; printed to stderr by Close
+	scopes    [][]*allocation // kernels.Scoper: allocations of each open scope
 	closed    bool
 }
 
@@ -106,7 +107,10 @@ func (f *functions) table() map[string]*uintptr {
 	return m
 }
 
-var _ kernels.Backend = (*Backend)(nil)
+var (
+	_ kernels.Backend = (*Backend)(nil)
+	_ kernels.Scoper  = (*Backend)(nil)
+)
 
 // New loads the driver and libraries, retains the device's primary context, compiles
 // (or loads from the cache) every kernel for the device's architecture and creates a

@@ -20,8 +20,9 @@ import (
 // allocation is the root of one cuMemAlloc block; slices point at it so it lives as
 // long as any view of it.
 type allocation struct {
-	ptr   uint64
-	bytes uint64
+	ptr     uint64
+	bytes   uint64
+	cleanup runtime.Cleanup
 }
 
 // buffer is the kernels.Buffer of this backend: n float32 elements from element off of
@@ -151,8 +152,43 @@ func (be *Backend) alloc(bytes uint64) (*allocation, error) {
 func (be *Backend) track(ptr, class uint64) *allocation {
 	a := &allocation{ptr: ptr, bytes: class}
 	p := be.pool
-	runtime.AddCleanup(a, func(b [2]uint64) { p.put(b[0], b[1]) }, [2]uint64{ptr, class})
+	a.cleanup = runtime.AddCleanup(a, func(b [2]uint64) { p.put(b[0], b[1]) }, [2]uint64{ptr, class})
 	return a
+}
+
+// BeginScope implements kernels.Scoper.
+func (be *Backend) BeginScope() {
+	defer be.enter()()
+	be.scopes = append(be.scopes, nil)
+}
+
+// EndScope implements kernels.Scoper: the scope's blocks go back to the cache now
+// rather than when the collector finds them. Reuse needs no synchronisation for the
+// reason the cache's does (one stream). The pointer is cleared so that a buffer used
+// after its scope faults on the device instead of reading someone else's data.
+func (be *Backend) EndScope() {
+	defer be.enter()()
+	if len(be.scopes) == 0 {
+		panic("cuda backend: EndScope without BeginScope")
+	}
+	top := be.scopes[len(be.scopes)-1]
+	be.scopes = be.scopes[:len(be.scopes)-1]
+	for _, a := range top {
+		if a.ptr == 0 {
+			continue
+		}
+		a.cleanup.Stop()
+		be.pool.put(a.ptr, a.bytes)
+		a.ptr = 0
+	}
+}
+
+// scoped records a buffer made by Alloc or Upload in the innermost scope.
+func (be *Backend) scoped(b *buffer) *buffer {
+	if n := len(be.scopes); n > 0 {
+		be.scopes[n-1] = append(be.scopes[n-1], b.a)
+	}
+	return b
 }
 
 func (be *Backend) freeBlocks(ptrs []uint64) {

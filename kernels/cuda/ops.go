@@ -118,7 +118,7 @@ func (be *Backend) newBuffer(n int) *buffer {
 // Alloc implements kernels.Backend.
 func (be *Backend) Alloc(n int) kernels.Buffer {
 	defer be.enter()()
-	b := be.newBuffer(n)
+	b := be.scoped(be.newBuffer(n))
 	if n > 0 {
 		must(be.drv.memsetD32(b.dptr(), 0, uint64(n)))
 	}
@@ -128,7 +128,7 @@ func (be *Backend) Alloc(n int) kernels.Buffer {
 // Upload implements kernels.Backend.
 func (be *Backend) Upload(v []float32) kernels.Buffer {
 	defer be.enter()()
-	b := be.newBuffer(len(v))
+	b := be.scoped(be.newBuffer(len(v)))
 	if len(v) > 0 {
 		must(be.drv.htod(b.dptr(), unsafe.Pointer(&v[0]), uint64(4*len(v))))
 	}
