@@ -215,6 +215,15 @@ func (d *driver) htod(dst uint64, src unsafe.Pointer, bytes uint64) error {
 	return d.check("cuMemcpyHtoD_v2", call(d.cuMemcpyHtoD, uintptr(dst), uintptr(src), uintptr(bytes)))
 }
 
+// htodQueued copies pageable host memory to the device in stream order without
+// waiting for the stream: the driver copies the source into its own staging memory
+// before returning (CUDA's documented behaviour for asynchronous copies from pageable
+// memory), so the caller may reuse it at once. The synchronous cuMemcpyHtoD would first
+// wait for every queued kernel, stalling the host at each upload of ids or masks.
+func (d *driver) htodQueued(dst uint64, src unsafe.Pointer, bytes uint64) error {
+	return d.check("cuMemcpyHtoDAsync_v2", call(d.cuMemcpyHtoDAsync, uintptr(dst), uintptr(src), uintptr(bytes), 0))
+}
+
 func (d *driver) dtoh(dst unsafe.Pointer, src uint64, bytes uint64) error {
 	return d.check("cuMemcpyDtoH_v2", call(d.cuMemcpyDtoH, uintptr(dst), uintptr(src), uintptr(bytes)))
 }

@@ -82,7 +82,7 @@ func (be *Backend) stage(slot int, p unsafe.Pointer, bytes int) uint64 {
 		a = &allocation{ptr: ptr, bytes: n}
 		be.scratch[slot] = a
 	}
-	must(be.drv.htod(a.ptr, p, uint64(bytes)))
+	must(be.drv.htodQueued(a.ptr, p, uint64(bytes)))
 	return a.ptr
 }
 
@@ -130,7 +130,7 @@ func (be *Backend) Upload(v []float32) kernels.Buffer {
 	defer be.enter()()
 	b := be.scoped(be.newBuffer(len(v)))
 	if len(v) > 0 {
-		must(be.drv.htod(b.dptr(), unsafe.Pointer(&v[0]), uint64(4*len(v))))
+		must(be.drv.htodQueued(b.dptr(), unsafe.Pointer(&v[0]), uint64(4*len(v))))
 	}
 	return b
 }
