@@ -89,4 +89,9 @@ type MultiTensor interface {
 	SumSquaresAll(xs []Buffer) float64
 	// ScaleAll sets x = a·x for every buffer.
 	ScaleAll(xs []Buffer, a float32)
+	// AdamStepAll applies AdamStep(p[i], g[i], m[i], v[i], s) to every i, with the
+	// same arithmetic (bit-identical results).
+	AdamStepAll(p, g, m, v []Buffer, s OptimStep)
+	// FillAll sets every element of every buffer to v.
+	FillAll(xs []Buffer, v float32)
 }

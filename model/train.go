@@ -258,6 +258,14 @@ func (n *TrainNet) Params() []NamedParam { return n.params }
 
 // ZeroGrad clears every gradient.
 func (n *TrainNet) ZeroGrad() {
+	if mt, ok := n.be.(kernels.MultiTensor); ok {
+		gs := make([]kernels.Buffer, len(n.params))
+		for i, p := range n.params {
+			gs[i] = p.G
+		}
+		mt.FillAll(gs, 0)
+		return
+	}
 	for _, p := range n.params {
 		n.be.Fill(p.G, 0)
 	}

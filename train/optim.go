@@ -82,6 +82,14 @@ func (o *Optimizer) stepScalars(t int, lr float64) kernels.OptimStep {
 func (o *Optimizer) Step(net *model.TrainNet, lr float64) {
 	o.steps++
 	s := o.stepScalars(o.steps, lr)
+	if mt, ok := o.be.(kernels.MultiTensor); ok {
+		var ps, gs []kernels.Buffer
+		for _, p := range net.Params() {
+			ps, gs = append(ps, p.P), append(gs, p.G)
+		}
+		mt.AdamStepAll(ps, gs, o.m, o.v, s)
+		return
+	}
 	for i, p := range net.Params() {
 		o.be.AdamStep(p.P, p.G, o.m[i], o.v[i], s)
 	}

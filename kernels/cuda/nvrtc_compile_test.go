@@ -38,7 +38,7 @@ func TestCompileEmbeddedSources(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	progs, err := compileAll(context.Background(), n, arch, "-")
+	progs, err := compileAll(context.Background(), n, arch, "") // no cache: always compile
 	if err != nil {
 		if ce, ok := err.(*CompileError); ok {
 			t.Fatalf("%s: %v\n%s", ce.Name, ce.Err, ce.Log)

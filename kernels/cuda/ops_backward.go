@@ -20,20 +20,23 @@ var _ kernels.Trainer = (*Backend)(nil)
 // trainFunctions are the kernels of the Trainer methods.
 type trainFunctions struct {
 	colPartial, colFinish, sumsqPartial, scaleList, sumStrided uintptr
+	adamList, fillList                                         uintptr
 	mul, addTo, scale                                          uintptr
 	layernormBwd, residualBwd, activateBwd, embedBwd           uintptr
 	attentionBwdQ, attentionBwdKV                              uintptr
 	lsLoss, adamStep                                           uintptr
+	dropoutMask                                                uintptr
 }
 
 func (f *trainFunctions) add(m map[string]*uintptr) {
 	for name, p := range map[string]*uintptr{
 		"col_partial": &f.colPartial, "col_finish": &f.colFinish, "sumsq_partial": &f.sumsqPartial,
 		"scale_list": &f.scaleList, "sum_strided": &f.sumStrided,
+		"adam_list": &f.adamList, "fill_list": &f.fillList,
 		"mul": &f.mul, "add_to": &f.addTo, "scale": &f.scale,
 		"layernorm_bwd": &f.layernormBwd, "residual_bwd": &f.residualBwd, "activate_bwd": &f.activateBwd,
 		"embed_bwd": &f.embedBwd, "attention_bwd_q": &f.attentionBwdQ, "attention_bwd_kv": &f.attentionBwdKV,
-		"ls_loss": &f.lsLoss, "adam_step": &f.adamStep,
+		"ls_loss": &f.lsLoss, "adam_step": &f.adamStep, "dropout_mask": &f.dropoutMask,
 	} {
 		m[name] = p
 	}

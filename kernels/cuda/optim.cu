@@ -28,3 +28,42 @@ extern "C" __global__ void adam_step(float* p, const float* g, float* m, float* 
         p[i] = x;
     }
 }
+
+// adam_list is adam_step over many parameters in one launch: desc holds the device
+// addresses of every p, then every g, m, v, then the lengths (nbuf each). Each element
+// gets adam_step's arithmetic exactly, so the result is bit-identical to one launch per
+// parameter.
+extern "C" __global__ void adam_list(const unsigned long long* desc, int nbuf, float beta1, float beta2,
+                                     float omb1, float omb2, float eps, float decay, float step, int update) {
+    for (int k = 0; k < nbuf; k++) {
+        float* p = (float*)desc[k];
+        const float* g = (const float*)desc[nbuf + k];
+        float* m = (float*)desc[2 * nbuf + k];
+        float* v = (float*)desc[3 * nbuf + k];
+        long long n = (long long)desc[4 * nbuf + k];
+        for (long long i = xf_tid(); i < n; i += xf_stride()) {
+            float gi = g[i];
+            float vi = v[i] * beta2 + omb2 * gi * gi;
+            float mi = m[i] * beta1 + omb1 * gi;
+            v[i] = vi;
+            m[i] = mi;
+            float x = p[i];
+            if (decay != 0.0f) x = x + decay * x;
+            if (update) {
+                float den = (float)sqrt((double)vi) + eps;
+                x = x + -step * (mi / den);
+            }
+            p[i] = x;
+        }
+    }
+}
+
+// fill_list sets every element of every buffer of desc (addresses, then lengths) to
+// value: zeroing all gradients in one launch.
+extern "C" __global__ void fill_list(const unsigned long long* desc, int nbuf, float value) {
+    for (int k = 0; k < nbuf; k++) {
+        float* p = (float*)desc[k];
+        long long n = (long long)desc[nbuf + k];
+        for (long long i = xf_tid(); i < n; i += xf_stride()) p[i] = value;
+    }
+}

@@ -83,3 +83,73 @@ func (be *Backend) AdamStep(p, g, m, v kernels.Buffer, s kernels.OptimStep) {
 		i32(boolInt(s.Update))
 	be.elem(be.fn.train.adamStep, int64(n))
 }
+
+// stageLists uploads the descriptors of parallel lists of equally long buffers: the
+// addresses of lists[0], then lists[1], …, then the lengths (taken from lists[0]), for
+// the list kernels. Empty buffers are left out; it returns the address and the count.
+func (be *Backend) stageLists(lists ...[]kernels.Buffer) (uint64, int) {
+	var keep []int
+	for i, x := range lists[0] {
+		if b := dev(x); b != nil && b.n > 0 {
+			keep = append(keep, i)
+			for _, l := range lists[1:] {
+				if dev(l[i]).n != b.n {
+					panic("cuda backend: list buffers of different lengths")
+				}
+			}
+		}
+	}
+	if len(keep) == 0 {
+		return 0, 0
+	}
+	words := make([]int32, 0, 2*(len(lists)+1)*len(keep))
+	put := func(d uint64) { words = append(words, int32(uint32(d)), int32(uint32(d>>32))) }
+	for _, l := range lists {
+		for _, i := range keep {
+			put(dev(l[i]).dptr())
+		}
+	}
+	for _, i := range keep {
+		put(uint64(dev(lists[0][i]).n))
+	}
+	return be.stageInts(slotList, words), len(keep)
+}
+
+// listElems is the launch size of a list kernel: its longest buffer.
+func listElems(xs []kernels.Buffer) int64 {
+	var n int64
+	for _, x := range xs {
+		n = max(n, int64(x.Len()))
+	}
+	return n
+}
+
+// AdamStepAll implements kernels.MultiTensor: AdamStep on every parameter in one launch
+// (a training step of a 6L-6L model updates ~250 tensors; one launch each cost ~1.2 ms
+// of host time per update).
+func (be *Backend) AdamStepAll(p, g, m, v []kernels.Buffer, s kernels.OptimStep) {
+	if len(g) != len(p) || len(m) != len(p) || len(v) != len(p) {
+		panic("cuda backend: AdamStepAll lists of different lengths")
+	}
+	defer be.enter()()
+	desc, n := be.stageLists(p, g, m, v)
+	if n == 0 {
+		return
+	}
+	be.prm.reset().ptr(desc).i32(n).
+		f32(s.Beta1).f32(s.Beta2).f32(s.OneMinusBeta1).f32(s.OneMinusBeta2).f32(s.Eps).f32(s.Decay).f32(s.StepSize).
+		i32(boolInt(s.Update))
+	be.elem(be.fn.train.adamList, listElems(p))
+}
+
+// FillAll implements kernels.MultiTensor: every element of every buffer set to v in
+// one launch (zeroing the gradients).
+func (be *Backend) FillAll(xs []kernels.Buffer, v float32) {
+	defer be.enter()()
+	desc, n := be.stageLists(xs)
+	if n == 0 {
+		return
+	}
+	be.prm.reset().ptr(desc).i32(n).f32(v)
+	be.elem(be.fn.train.fillList, listElems(xs))
+}
