@@ -22,16 +22,21 @@ type demoStep struct {
 }
 
 func newDemoCmd() *cobra.Command {
-	var keep string
+	var keep, device string
 	cmd := &cobra.Command{
 		Use:   "demo",
 		Short: "Run xform's main jobs on a small real Admin checkpoint embedded in the binary",
 		Long: `Demo extracts a small Transformer-Clinic (Admin) checkpoint, its dictionaries, profile
 file and its corpus (train/valid/test data-bin) from the binary and runs xform on them:
 inspect, import, generate, fold, export, then a short Admin training run (profile, train,
-generate with the result), checking each result. Nothing is downloaded.`,
+generate with the result), checking each result. Nothing is downloaded.
+
+Generation, profiling and training run on the GPU when one is usable, as xform generate
+and train do by default (the checks against the reference hold on either device);
+--device cpu keeps everything on the CPU.`,
 		Example: `  xform demo
-  xform demo --keep /tmp/xform-demo   # keep the files it made`,
+  xform demo --keep /tmp/xform-demo   # keep the files it made
+  xform demo --device cpu             # no GPU even when one is present`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			work := keep
@@ -49,7 +54,7 @@ generate with the result), checking each result. Nothing is downloaded.`,
 				return err
 			}
 			out := cmd.OutOrStdout()
-			for i, s := range demoSteps() {
+			for i, s := range demoSteps(device) {
 				fmt.Fprintf(out, "\n== %d. %s\n", i+1, s.title)
 				if err := s.run(cmd, work, out); err != nil {
 					return fmt.Errorf("demo step %q: %w", s.title, err)
@@ -60,6 +65,7 @@ generate with the result), checking each result. Nothing is downloaded.`,
 		},
 	}
 	cmd.Flags().StringVar(&keep, "keep", "", "work in this directory and keep its files")
+	cmd.Flags().StringVar(&device, "device", "", "cuda, cuda:N or cpu for training and generation (default: the GPU when usable)")
 	return cmd
 }
 
@@ -112,7 +118,7 @@ func joinArgs(args []string) string {
 	return s
 }
 
-func demoSteps() []demoStep {
+func demoSteps(device string) []demoStep {
 	return []demoStep{
 		{"inspect the Admin checkpoint", func(cmd *cobra.Command, work string, out io.Writer) error {
 			_, err := runSub(out, "inspect", filepath.Join(work, "checkpoint_last.pt"))
@@ -233,6 +239,7 @@ func demoSteps() []demoStep {
 				return err
 			}
 			args := append([]string{"profile", filepath.Join(work, "data-bin")}, demoModelFlags...)
+			args = append(args, deviceArgs(device)...)
 			if _, err := runSub(out, append(args, "--max-tokens", "1024", "--seed", "1",
 				"-o", filepath.Join(dir, "profile.ratio.init"), "--force")...); err != nil {
 				return err
@@ -246,8 +253,9 @@ func demoSteps() []demoStep {
 			args = append(args, "--init", "adaptive", "--profile", filepath.Join(dir, "profile.ratio.init"), "--optimizer", "radam",
 				"--adam-betas", "(0.9,0.98)", "--clip-norm", "0", "--lr", "3e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-init-lr", "1e-7",
 				"--warmup-updates", "20", "--label-smoothing", "0.1", "--max-tokens", "1024", "--seed", "1", "--max-update", "60",
-				"--save-interval-updates", "20", "--no-epoch-checkpoints", "--log-interval", "20", "--fast-linear", "--device", "cpu",
+				"--save-interval-updates", "20", "--no-epoch-checkpoints", "--log-interval", "20",
 				"--save-dir", filepath.Join(dir, "ckpt"), "--restore-file", "none.pt")
+			args = append(args, deviceArgs(device)...)
 			log, err := runSub(out, args...)
 			if err != nil {
 				return err
@@ -270,8 +278,9 @@ func demoSteps() []demoStep {
 			}
 			// 60 updates give a weak model: short length limits keep its search quick.
 			var buf bytes.Buffer
-			_, err = runSub(&buf, "generate", filepath.Join(work, "data-bin"), "--path", ckpt, "--beam", "4", "--batch-size", "128",
-				"--max-len-a", "1.2", "--max-len-b", "10", "--device", "cpu", "--quiet")
+			args := append([]string{"generate", filepath.Join(work, "data-bin"), "--path", ckpt, "--beam", "4", "--batch-size", "128",
+				"--max-len-a", "1.2", "--max-len-b", "10", "--quiet"}, deviceArgs(device)...)
+			_, err = runSub(&buf, args...)
 			out.Write(buf.Bytes())
 			if err != nil {
 				return err
@@ -283,6 +292,15 @@ func demoSteps() []demoStep {
 			return nil
 		}},
 	}
+}
+
+// deviceArgs passes demo's --device on to a subcommand (none: the subcommand's default,
+// the GPU when usable).
+func deviceArgs(device string) []string {
+	if device == "" {
+		return nil
+	}
+	return []string{"--device", device}
 }
 
 // demoModelFlags is the embedded model's architecture (the fixture recipe: 3+3 layers,
