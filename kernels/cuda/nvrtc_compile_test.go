@@ -2,8 +2,10 @@ package cuda
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -13,23 +15,7 @@ import (
 // nvidia-cuda-nvrtc wheel and sets it) or the usual library search; without one the test
 // skips.
 func TestCompileEmbeddedSources(t *testing.T) {
-	path := os.Getenv("XFORM_NVRTC")
-	if path == "" {
-		f := Find(libNVRTC, DefaultSearch().Dirs(), 0)
-		path = f.Path
-	}
-	if path == "" {
-		t.Skip("no NVRTC (set XFORM_NVRTC=/path/to/libnvrtc.so.13 to run this test)")
-	}
-	for _, p := range siblings(path, "libnvrtc-builtins.so") {
-		if _, err := dlopen(p); err == nil {
-			break
-		}
-	}
-	n, err := loadNVRTC(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	n, path := testNVRTC(t)
 	archs, err := n.supportedArchs()
 	if err != nil {
 		t.Fatal(err)
@@ -55,4 +41,47 @@ func TestCompileEmbeddedSources(t *testing.T) {
 		}
 	}
 	t.Logf("NVRTC %s (%s): %d programs compiled for %s", n.versionString(), filepath.Dir(path), len(progs), arch)
+}
+
+// testNVRTC loads NVRTC from XFORM_NVRTC or the library search, or skips the test.
+func testNVRTC(t *testing.T) (*nvrtc, string) {
+	t.Helper()
+	path := os.Getenv("XFORM_NVRTC")
+	if path == "" {
+		path = Find(libNVRTC, DefaultSearch().Dirs(), 0).Path
+	}
+	if path == "" {
+		t.Skip("no NVRTC (set XFORM_NVRTC=/path/to/libnvrtc.so.13 to run this test)")
+	}
+	for _, p := range siblings(path, "libnvrtc-builtins.so") {
+		if _, err := dlopen(p); err == nil {
+			break
+		}
+	}
+	n, err := loadNVRTC(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n, path
+}
+
+// A kernel that does not compile gives a *CompileError carrying NVRTC's log, which names
+// the program, the line and the problem (what `xform env` and every command print).
+func TestCompileErrorCarriesLog(t *testing.T) {
+	n, _ := testNVRTC(t)
+	src := "extern \"C\" __global__ void broken(float* x) {\n    x[0] = undefined_name;\n}\n"
+	_, err := n.compileCUBIN("broken.cu", src, nil, nvrtcOptions("sm_90"))
+	var ce *CompileError
+	if !errors.As(err, &ce) {
+		t.Fatalf("got %v (%T), want a *CompileError", err, err)
+	}
+	for _, want := range []string{"broken.cu", "undefined_name"} {
+		if !strings.Contains(ce.Log, want) {
+			t.Errorf("log does not mention %q:\n%s", want, ce.Log)
+		}
+	}
+	if !strings.Contains(err.Error(), "broken.cu") {
+		t.Errorf("error %q does not name the program", err)
+	}
+	t.Logf("error: %v\nlog:\n%s", err, ce.Log)
 }
