@@ -1,5 +1,7 @@
 package kernels
 
+import "math"
+
 // Trainer is a Backend that can also train: the backward of every forward operation
 // the Transformer uses, the fused label-smoothed loss, and the optimizer update. It is
 // a separate interface so inference-only backends need not implement it.
@@ -39,6 +41,11 @@ type Trainer interface {
 	// the forward inputs and the probs and dropMask AttentionForward saved.
 	AttentionBackward(dq, dk, dv, dout, q, k, v View, a AttentionArgs, probs, dropMask Buffer)
 
+	// DropoutMask fills mask with a dropout keep mask, the 1/(1−p) scale folded in:
+	// element i is DropoutScale(p) when DropoutKeep(seed, i, DropoutThreshold(p)),
+	// else 0. It depends on (seed, i, p) alone, not on the backend or the launch, so
+	// the CPU and the GPU draw the same mask from the same seed. p must not be NaN.
+	DropoutMask(mask Buffer, p float64, seed uint64)
 	// Mul sets y = x⊙m elementwise (dropout with a precomputed mask; y may alias x).
 	Mul(y, x, m Buffer)
 	// AddTo sets y += x elementwise.
@@ -95,3 +102,65 @@ type MultiTensor interface {
 	// FillAll sets every element of every buffer to v.
 	FillAll(xs []Buffer, v float32)
 }
+
+// The dropout mask function of Trainer.DropoutMask. It is counter-based (element i is
+// decided by a hash of (seed, i), no sequential state), so a GPU thread decides any
+// element alone, and it uses only 64-bit integer operations, so every backend gets
+// the same bits. Spec, all arithmetic mod 2^64:
+//
+//	z = seed + (i+1)·0x9E3779B97F4A7C15
+//	z = (z ⊕ z>>30)·0xBF58476D1CE4E5B9
+//	z = (z ⊕ z>>27)·0x94D049BB133111EB
+//	z = z ⊕ z>>31
+//	r = z>>40                                   (24 bits; u = r·2⁻²⁴ is uniform in [0, 1))
+//	keep iff r ≥ T, T = DropoutThreshold(p) = min(max(⌈p·2²⁴⌉, 0), 2²⁴)
+//	mask[i] = DropoutScale(p) when kept, else 0
+//
+// z is the i-th output (i from 0) of Steele, Lea and Flood's SplitMix64 started at
+// state seed. r ≥ ⌈p·2²⁴⌉ is the same test as u ≥ p done exactly in float64 (p·2²⁴ and
+// r·2⁻²⁴ are exact), so p is honoured to 2⁻²⁴. p ≤ 0 keeps everything (T = 0, scale 1),
+// p ≥ 1 drops everything (T = 2²⁴ > any r).
+const (
+	dropoutGamma = 0x9E3779B97F4A7C15
+	dropoutMul1  = 0xBF58476D1CE4E5B9
+	dropoutMul2  = 0x94D049BB133111EB
+	// DropoutBits is the width of r, the part of the hash compared with the threshold.
+	DropoutBits = 24
+)
+
+// DropoutHash is z of the spec above for element i.
+func DropoutHash(seed, i uint64) uint64 {
+	z := seed + (i+1)*dropoutGamma
+	z = (z ^ z>>30) * dropoutMul1
+	z = (z ^ z>>27) * dropoutMul2
+	return z ^ z>>31
+}
+
+// DropoutThreshold is T of the spec: the smallest r that is kept.
+func DropoutThreshold(p float64) uint64 {
+	if math.IsNaN(p) {
+		panic("kernels: dropout probability is NaN")
+	}
+	switch {
+	case p <= 0:
+		return 0
+	case p >= 1:
+		return 1 << DropoutBits
+	}
+	return uint64(math.Ceil(p * (1 << DropoutBits)))
+}
+
+// DropoutScale is the value of a kept element: 1/(1−p) rounded to float32, computed
+// in float64; 1 when p ≤ 0 (nothing dropped) and 0 when p ≥ 1 (nothing kept).
+func DropoutScale(p float64) float32 {
+	switch {
+	case p <= 0:
+		return 1
+	case p >= 1:
+		return 0
+	}
+	return float32(1 / (1 - p))
+}
+
+// DropoutKeep reports whether element i of the mask with seed and threshold t is kept.
+func DropoutKeep(seed, i, t uint64) bool { return DropoutHash(seed, i)>>(64-DropoutBits) >= t }

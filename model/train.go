@@ -283,22 +283,16 @@ func (n *TrainNet) Model() *Model {
 }
 
 // dropout draws a keep mask with the 1/(1−p) scale folded in, or returns nil when
-// dropout is off.
+// dropout is off. The backend draws it from one seed taken from o.RNG, so the host
+// neither generates nor uploads the elements, and a run stays a function of the RNG's
+// seed whatever the backend (kernels.DropoutHash).
 func (n *TrainNet) dropout(o *StepOptions, p float64, size int) kernels.Buffer {
 	if !o.Train || p <= 0 {
 		return nil
 	}
-	if p >= 1 {
-		return n.be.Alloc(size)
-	}
-	keep := float32(1 / (1 - p))
-	m := make([]float32, size)
-	for i := range m {
-		if o.RNG.Float64() >= p {
-			m[i] = keep
-		}
-	}
-	return n.be.Upload(m)
+	m := n.be.Alloc(size)
+	n.be.DropoutMask(m, p, o.RNG.Uint64())
+	return m
 }
 
 // back maps the gradient of a forward value to the gradient of its input.

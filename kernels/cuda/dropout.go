@@ -1,0 +1,18 @@
+package cuda
+
+import "github.com/xform-dev/xform/kernels"
+
+// DropoutMask implements kernels.Trainer with one grid-stride kernel: the mask is
+// drawn where it is used instead of drawn on the host and uploaded. The threshold and
+// scale are computed here by the same functions the CPU backend uses, so the kernel's
+// only arithmetic is the integer hash.
+func (be *Backend) DropoutMask(mask kernels.Buffer, p float64, seed uint64) {
+	n := dev(mask).n
+	t, keep := kernels.DropoutThreshold(p), kernels.DropoutScale(p)
+	if n == 0 {
+		return
+	}
+	defer be.enter()()
+	be.prm.reset().ptr(addr(mask)).u64(seed).u64(t).f32(keep).i64(n)
+	be.elem(be.fn.train.dropoutMask, int64(n))
+}
