@@ -46,10 +46,20 @@ type StepOptions struct {
 	LabelSmoothing float64
 	// Train enables dropout; Backward accumulates gradients of the summed loss.
 	Train, Backward bool
+	// GradScale multiplies the loss gradient before the backward (fp16 loss scaling:
+	// the gradients come out scaled by it and the trainer unscales them); 0 means 1.
+	GradScale float32
 	// Profile runs Admin's profiling recurrence (clinic-spec §1.4) on this forward:
 	// every ω is set from the running ratio before its sub-layer computes. The ratios
 	// are returned in StepResult.
 	Profile bool
+}
+
+func (o *StepOptions) gradScale() float32 {
+	if o.GradScale == 0 {
+		return 1
+	}
+	return o.GradScale
 }
 
 // StepResult holds the criterion's sums over the batch, in nats.
@@ -646,7 +656,7 @@ func (n *TrainNet) Step(ctx context.Context, b *TrainBatch, o StepOptions) (Step
 	if o.Backward {
 		dlogits = be.Alloc(rows * V)
 	}
-	loss, nll := be.LabelSmoothedLoss(dlogits, logits, b.Target, rows, V, float32(o.LabelSmoothing), Pad, 1)
+	loss, nll := be.LabelSmoothedLoss(dlogits, logits, b.Target, rows, V, float32(o.LabelSmoothing), Pad, o.gradScale())
 	res := StepResult{Loss: loss, NLL: nll, NSentences: B}
 	for _, t := range b.Target {
 		if t != Pad {
