@@ -152,6 +152,10 @@ func (r *Runner) sublayer(ws *workspace, x kernels.Buffer, rows int, l *layer, i
 		return
 	}
 	f(x, out)
+	if rn, ok := be.(kernels.ResidualNormer); ok {
+		rn.ResidualLayerNorm(nil, x, x, out, l.omega[i], alpha, l.ln[i].g, l.ln[i].b, rows, d, lnEps)
+		return
+	}
 	be.Residual(x, x, out, l.omega[i], alpha, rows, d)
 	be.LayerNorm(x, x, l.ln[i].g, l.ln[i].b, rows, d, lnEps)
 }

@@ -373,15 +373,27 @@ func (n *TrainNet) sublayer(x kernels.Buffer, rows int, l *tlayer, i int, before
 		}
 		prof.r = float64(float32(math.Sqrt(float64(varF32(xs) + varF32(n.host(out))))))
 	}
-	z := be.Alloc(rows * d)
-	be.Residual(z, x, out, omega, alpha, rows, d)
-	y := be.Alloc(rows * d)
-	be.LayerNorm(y, z, ln.g.w, ln.b.w, rows, d, lnEps)
+	z, y := be.Alloc(rows*d), be.Alloc(rows*d)
+	// A backend with the fused residual+LayerNorm gets the same bits in fewer
+	// launches; its backward adds dω before the branch's backward instead of after,
+	// which nothing else reads in between.
+	rn, fused := be.(kernels.ResidualNormer)
+	if fused {
+		rn.ResidualLayerNorm(z, y, x, out, omega, alpha, ln.g.w, ln.b.w, rows, d, lnEps)
+	} else {
+		be.Residual(z, x, out, omega, alpha, rows, d)
+		be.LayerNorm(y, z, ln.g.w, ln.b.w, rows, d, lnEps)
+	}
 	return y, func(dy kernels.Buffer) kernels.Buffer {
-		dz := be.Alloc(rows * d)
-		be.LayerNormBackward(dz, ln.g.g, ln.b.g, dy, z, ln.g.w, rows, d, lnEps)
+		dz, dom := be.Alloc(rows*d), domega
+		if fused {
+			rn.ResidualLayerNormBackward(dz, ln.g.g, ln.b.g, domega, dy, z, x, ln.g.w, alpha, rows, d, lnEps)
+			dom = nil // done above
+		} else {
+			be.LayerNormBackward(dz, ln.g.g, ln.b.g, dy, z, ln.g.w, rows, d, lnEps)
+		}
 		dx := bb(dz)
-		be.ResidualBackward(dx, domega, dz, x, omega, alpha, rows, d)
+		be.ResidualBackward(dx, dom, dz, x, omega, alpha, rows, d)
 		return dx
 	}
 }

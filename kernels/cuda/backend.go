@@ -93,6 +93,7 @@ type functions struct {
 	residual, attention, meanHeads               uintptr
 	f32ToBF16, bf16ToF32                         uintptr
 	train                                        trainFunctions
+	fused                                        fusedFunctions
 }
 
 func (f *functions) table() map[string]*uintptr {
@@ -104,6 +105,7 @@ func (f *functions) table() map[string]*uintptr {
 		"f32_to_bf16": &f.f32ToBF16, "bf16_to_f32": &f.bf16ToF32,
 	}
 	f.train.add(m)
+	f.fused.add(m)
 	return m
 }
 

@@ -1,0 +1,63 @@
+package cuda
+
+import "github.com/xform-dev/xform/kernels"
+
+var _ kernels.ResidualNormer = (*Backend)(nil)
+
+// fusedFunctions are the kernels of residual_layernorm.cu.
+type fusedFunctions struct {
+	resln, reslnBwdRows, reslnBwdCols, reslnBwdFinish uintptr
+}
+
+func (f *fusedFunctions) add(m map[string]*uintptr) {
+	m["residual_layernorm"] = &f.resln
+	m["residual_layernorm_bwd_rows"] = &f.reslnBwdRows
+	m["residual_layernorm_bwd_cols"] = &f.reslnBwdCols
+	m["residual_layernorm_bwd_finish"] = &f.reslnBwdFinish
+}
+
+// ResidualLayerNorm implements kernels.ResidualNormer in one launch, with Residual's
+// and LayerNorm's arithmetic and LayerNorm's launch shape, so the bits are theirs.
+func (be *Backend) ResidualLayerNorm(z, y, x, branch, omega kernels.Buffer, alpha float32, gamma, beta kernels.Buffer, rows, dim int, eps float32) {
+	if rows == 0 || dim == 0 {
+		return
+	}
+	defer be.enter()()
+	be.prm.reset().ptr(addr(z)).ptr(addr(y)).ptr(addr(x)).ptr(addr(branch)).ptr(addr(omega)).f32(alpha).
+		ptr(addr(gamma)).ptr(addr(beta)).i32(rows).i32(dim).f32(eps)
+	be.run(be.fn.fused.resln, be.rowsGrid(rows), blockRow, 0)
+}
+
+// ResidualLayerNormBackward implements kernels.ResidualNormer in three launches: the
+// row statistics (layernorm_bwd's, blockRow threads per row as there), one column pass
+// that writes dz and the dγ, dβ and dω partials on colReduce's chunks, and one finish
+// for the three. Unfused, LayerNormBackward and ResidualBackward's dω take six.
+func (be *Backend) ResidualLayerNormBackward(dz, dgamma, dbeta, domega, dy, z, x, gamma kernels.Buffer, alpha float32, rows, dim int, eps float32) {
+	if rows == 0 || dim == 0 {
+		return
+	}
+	wantCols := dgamma != nil || dbeta != nil || domega != nil
+	if dz == nil && !wantCols {
+		return
+	}
+	defer be.enter()()
+	stats := be.newDoubles(4 * rows)
+	be.prm.reset().ptr(stats.dptr()).ptr(addr(dy)).ptr(addr(z)).ptr(addr(gamma)).i32(rows).i32(dim).f32(eps)
+	be.run(be.fn.fused.reslnBwdRows, be.rowsGrid(rows), blockRow, 0)
+
+	chunks, per := colChunks(rows)
+	part := be.newDoubles(chunks * 3 * dim)
+	xp := uint64(0)
+	if domega != nil {
+		xp = addr(x)
+	}
+	be.prm.reset().ptr(part.dptr()).ptr(addr(dz)).ptr(stats.dptr()).ptr(addr(dy)).ptr(addr(z)).ptr(xp).ptr(addr(gamma)).
+		i32(rows).i32(dim).i32(per)
+	be.runBlock(be.fn.fused.reslnBwdCols, [3]uint32{uint32((dim + 31) / 32), uint32(chunks), 1}, [3]uint32{32, 8, 1}, 0)
+
+	if wantCols {
+		be.prm.reset().ptr(addr(dgamma)).ptr(addr(dbeta)).ptr(addr(domega)).ptr(part.dptr()).i32(chunks).i32(dim).
+			f64(float64(alpha))
+		be.elem(be.fn.fused.reslnBwdFinish, int64(dim))
+	}
+}
