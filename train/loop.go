@@ -55,6 +55,8 @@ type Progress struct {
 	HaveBest       bool       `json:"have_best"`
 	NumParams      int        `json:"num_params"`
 	Meters         *MeterSums `json:"meters,omitempty"`
+	// LossScaler is the --fp16 loss scaler's state (nil without loss scaling).
+	LossScaler *ScalerState `json:"loss_scaler,omitempty"`
 }
 
 // Data is a loaded data-bin: training and validation splits.
@@ -99,8 +101,9 @@ func (m *meters) add(lg StepLog, dt time.Duration) {
 	m.trainWall += dt
 }
 
-// stats returns fairseq's ordered training stats.
-func (m *meters) stats(numUpdates int, lr float64, wall time.Duration) [][2]string {
+// stats returns fairseq's ordered training stats; sc is the loss scaler of an --fp16
+// run (nil otherwise), whose scale fairseq logs after oom.
+func (m *meters) stats(numUpdates int, lr float64, wall time.Duration, sc *LossScaler) [][2]string {
 	div := func(a float64, b int) float64 {
 		if b == 0 {
 			return 0
@@ -109,7 +112,7 @@ func (m *meters) stats(numUpdates int, lr float64, wall time.Duration) [][2]stri
 	}
 	secs := time.Since(m.start).Seconds()
 	nll := div(m.nll, m.tokens)
-	return [][2]string{
+	st := [][2]string{
 		{"loss", fmt.Sprintf("%.3f", div(m.loss, m.sample))},
 		{"nll_loss", fmt.Sprintf("%.3f", nll)},
 		{"ppl", fmt.Sprintf("%.2f", math.Pow(2, nll))},
@@ -122,9 +125,14 @@ func (m *meters) stats(numUpdates int, lr float64, wall time.Duration) [][2]stri
 		{"gnorm", fmt.Sprintf("%.3f", div(m.gnorm, m.updates))},
 		{"clip", fmt.Sprintf("%.3f", div(m.clip, m.updates))},
 		{"oom", "0.000"},
+	}
+	if sc != nil {
+		st = append(st, [2]string{"loss_scale", fmt.Sprintf("%.3f", sc.Scale())})
+	}
+	return append(st, [][2]string{
 		{"wall", fmt.Sprintf("%.0f", wall.Seconds())},
 		{"train_wall", fmt.Sprintf("%.0f", m.trainWall.Seconds())},
-	}
+	}...)
 }
 
 // pyG formats like Python's '{:g}'.
@@ -214,6 +222,10 @@ func Run(ctx context.Context, s *Stepper, d *Data, cfg RunConfig, prog Progress)
 		out = io.Discard
 	}
 	log := logger{w: out, json: cfg.LogFormat == "json"}
+	if s.Log == nil {
+		s.Log = out
+		defer func() { s.Log = nil }()
+	}
 	frozen, dropped, err := Batches(d.Train, cfg.Batch)
 	if err != nil {
 		return prog, fmt.Errorf("train split: %w", err)
@@ -267,6 +279,10 @@ func Run(ctx context.Context, s *Stepper, d *Data, cfg RunConfig, prog Progress)
 		uf := updateFreq(epoch)
 		order := EpochOrder(frozen, cfg.Batch.Seed, epoch)
 		groups := (len(order) + uf - 1) / uf
+		// fairseq's progress bar prints, at each log interval, the stats of the last
+		// update that returned some (an overflowed one returns none): --log-format simple
+		// keeps them as formatted then, json formats the meters at printing time.
+		var lastMid [][2]string
 		if skip > 0 {
 			m.restore(prog.Meters)
 		} else {
@@ -289,11 +305,29 @@ func Run(ctx context.Context, s *Stepper, d *Data, cfg RunConfig, prog Progress)
 			if err != nil {
 				return prog, fmt.Errorf("epoch %d, update %d: %w", epoch, s.NumUpdates+1, err)
 			}
-			m.add(lg, time.Since(t0))
 			prog = Progress{Epoch: epoch, IterationsInEpoch: i + 1, BatchesInEpoch: min((i+1)*uf, len(order)), NumUpdates: s.NumUpdates,
 				OptimizerSteps: s.Opt.Steps(), BestLoss: prog.BestLoss, HaveBest: prog.HaveBest}
-			if cfg.LogInterval > 0 && (i+1)%cfg.LogInterval == 0 {
-				log.mid(epoch, i+1, groups, m.stats(s.NumUpdates, s.Sched.LR(), time.Since(start)))
+			atInterval := cfg.LogInterval > 0 && (i+1)%cfg.LogInterval == 0
+			if lg.Overflow {
+				// The batches are consumed but no meter but the wall time moves, and,
+				// as fairseq's train loop continues past such an update, nothing is
+				// saved and --max-update is not checked (the count did not change).
+				m.trainWall += time.Since(t0)
+				if atInterval && lastMid != nil {
+					st := lastMid
+					if log.json {
+						st = m.stats(s.NumUpdates, s.Sched.LR(), time.Since(start), s.Scaler)
+					}
+					log.mid(epoch, i+1, groups, st)
+				}
+				continue
+			}
+			m.add(lg, time.Since(t0))
+			if atInterval || s.Scaler != nil {
+				lastMid = m.stats(s.NumUpdates, s.Sched.LR(), time.Since(start), s.Scaler)
+			}
+			if atInterval {
+				log.mid(epoch, i+1, groups, lastMid)
 			}
 			if cfg.SaveIntervalUpdates > 0 && s.NumUpdates%cfg.SaveIntervalUpdates == 0 && s.NumUpdates < maxUpdate {
 				vl, err := validate(ctx, s, valid, cfg, epoch, &prog, log)
@@ -310,7 +344,7 @@ func Run(ctx context.Context, s *Stepper, d *Data, cfg RunConfig, prog Progress)
 			}
 		}
 		skip = 0
-		log.print(epoch, "train", m.stats(s.NumUpdates, s.Sched.LR(), time.Since(start)))
+		log.print(epoch, "train", m.stats(s.NumUpdates, s.Sched.LR(), time.Since(start), s.Scaler))
 		// An epoch cut short by --max-update is not finished: as fairseq's
 		// train_iterator, the checkpoint keeps the position in it, so a later run with a
 		// higher --max-update continues the epoch (with fresh meters, as fairseq resets

@@ -107,6 +107,11 @@ func (s *Stepper) Snapshot(prog Progress, valLoss float64) *Snapshot {
 	prog.NumUpdates = s.NumUpdates
 	prog.OptimizerSteps = s.Opt.Steps()
 	prog.NumParams = len(s.Net.Params())
+	prog.LossScaler = nil
+	if s.Scaler != nil {
+		st := s.Scaler.State()
+		prog.LossScaler = &st
+	}
 	return &Snapshot{Model: s.Net.Model(), Progress: prog, Optim: s.Opt.State(s.Net), LR: s.Sched.LR(), ValLoss: valLoss}
 }
 
@@ -114,13 +119,20 @@ func (s *Stepper) Snapshot(prog Progress, valLoss float64) *Snapshot {
 // schedule is stepped as fairseq does after every update; Run steps the per-epoch part
 // once it knows where in the epoch prog stands) and, when st is not nil, the optimizer's
 // moments and step count. Dropout masks need nothing: they are a pure function of
-// (seed, update index).
+// (seed, update index). A loss scaler takes prog.LossScaler when there is one (a run
+// without loss scaling saved none: the scaler keeps its initial scale, as fairseq does
+// when the optimizer state has no 'loss_scale'); its flags stay this run's.
 func (s *Stepper) Resume(prog Progress, st *OptimState) error {
 	if st != nil {
 		if st.Name != "" && st.Name != s.Opt.cfg.Name {
 			return fmt.Errorf("the checkpoint's optimizer is %s, this run's %s (use --reset-optimizer to start a fresh one)", st.Name, s.Opt.cfg.Name)
 		}
 		if err := s.Opt.Restore(s.Net, *st); err != nil {
+			return err
+		}
+	}
+	if s.Scaler != nil && prog.LossScaler != nil {
+		if err := s.Scaler.SetState(*prog.LossScaler); err != nil {
 			return err
 		}
 	}

@@ -3,6 +3,7 @@ package train
 import (
 	"context"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 
@@ -28,6 +29,14 @@ type Stepper struct {
 	Sched      Schedule
 	Cfg        StepConfig
 	NumUpdates int
+	// Scaler, when set, trains with fairseq's --fp16 dynamic loss scaling: the loss
+	// gradient is multiplied by its scale and an update whose gradient norm is not
+	// finite is skipped. Nil for fp32 and bf16. Any backend works (the CPU's tests use
+	// it); the CLI allows it only with the GPU's fp16 GEMMs, where overflows happen.
+	Scaler *LossScaler
+	// Log receives the fork's overflow warning; nil means Run's log (RunConfig.Log)
+	// inside Run and nowhere outside it.
+	Log io.Writer
 }
 
 // StepLog is what one update logs. Loss and NLL are per target token in bits, as
@@ -39,6 +48,12 @@ type StepLog struct {
 	SampleSize, NTokens, NSentences int
 	GNorm                           float64
 	Clipped                         bool
+	// Overflow says the gradients were not finite under loss scaling: the update was
+	// skipped (no optimizer step, NumUpdates and the schedule unchanged, gradients
+	// zeroed), as fairseq's OverflowError handling does.
+	Overflow bool
+	// LossScale is the scaler's scale after this step (0 without a Scaler).
+	LossScale float64
 }
 
 // ErrDiverged reports a non-finite loss or gradient norm.
@@ -53,10 +68,14 @@ func (s *Stepper) Step(ctx context.Context, batches []*model.TrainBatch) (StepLo
 	// depend on the update index alone; ours are drawn from a PCG stream the same way
 	// (the values cannot equal torch's).
 	rng := rand.New(rand.NewPCG(s.Cfg.Seed, uint64(s.NumUpdates)))
+	scale := 1.0
+	if s.Scaler != nil {
+		scale = s.Scaler.Scale()
+	}
 	for _, b := range batches {
 		res, err := net.Step(ctx, b, model.StepOptions{
 			Dropout: s.Cfg.Dropout, AttentionDropout: s.Cfg.AttentionDropout, ActivationDropout: s.Cfg.ActivationDropout,
-			RNG: rng, LabelSmoothing: s.Cfg.LabelSmoothing, Train: true, Backward: true,
+			RNG: rng, LabelSmoothing: s.Cfg.LabelSmoothing, Train: true, Backward: true, GradScale: float32(scale),
 		})
 		if err != nil {
 			return lg, err
@@ -67,17 +86,42 @@ func (s *Stepper) Step(ctx context.Context, batches []*model.TrainBatch) (StepLo
 		lg.NSentences += res.NSentences
 	}
 	lg.SampleSize = lg.NTokens
-	if lg.SampleSize > 0 {
-		c := float32(1 / float64(lg.SampleSize))
+	// The loss scale comes off in the same multiplication as the 1/sample-size
+	// normalisation, as FP16Optimizer's multiply_grads does. With a power-of-two scale
+	// both factors are exact, so the unscaled gradients equal an unscaled run's bits.
+	if lg.SampleSize > 0 || scale != 1 {
+		inv := 1 / scale
+		if lg.SampleSize > 0 {
+			inv = 1 / float64(lg.SampleSize) / scale
+		}
+		c := float32(inv)
 		for _, p := range net.Params() {
 			net.Backend().Scale(p.G, c)
 		}
+	}
+	if lg.SampleSize > 0 {
 		lg.Loss = lg.LossSum / float64(lg.SampleSize) / math.Ln2
 	}
 	if lg.NTokens > 0 {
 		lg.NLL = lg.NLLSum / float64(lg.NTokens) / math.Ln2
 	}
 	lg.GNorm = GradNorm(net, s.Cfg.ClipNorm)
+	if s.Scaler != nil {
+		overflow := math.IsNaN(lg.GNorm) || math.IsInf(lg.GNorm, 0)
+		s.Scaler.Update(overflow)
+		lg.LossScale = s.Scaler.Scale()
+		if overflow {
+			if s.Scaler.AtMinimum() {
+				return lg, &MinLossScaleError{Min: s.Scaler.Cfg.MinScale}
+			}
+			if s.Log != nil {
+				fmt.Fprintf(s.Log, "| WARNING: overflow detected, setting loss scale to: %s\n", s.Scaler)
+			}
+			net.ZeroGrad()
+			lg.Overflow = true
+			return lg, nil
+		}
+	}
 	if math.IsNaN(lg.GNorm) || math.IsInf(lg.GNorm, 0) || math.IsNaN(lg.LossSum) {
 		return lg, fmt.Errorf("%w at update %d: loss %g, gradient norm %g", ErrDiverged, s.NumUpdates+1, lg.Loss, lg.GNorm)
 	}

@@ -57,8 +57,10 @@ attention and ReLU dropout 0.1, max tokens 8192. Batches are collated before tim
 MFU = model FLOPs / time / --peak-tflops (790: the H200's measured bf16 GEMM rate). Model
 FLOPs count the GEMMs and attention products of the non-pad tokens, 2 per multiply-add,
 times 3 for forward+backward (docs/benchmarks.md has the formula; about 366 MFLOP per
-target token for 6L-6L on the synthetic corpus). xform trains in fp32 today, so MFU
-against the bf16 peak is an honest ratio, not a like-for-like one.
+target token for 6L-6L on the synthetic corpus). Without --bf16 or --fp16 the GEMMs are
+fp32, so MFU against the bf16 peak is an honest ratio, not a like-for-like one. With
+--fp16 an update skipped for a loss-scale overflow is timed and counted like the others
+(its warning goes to stderr).
 
 --mode generate times beam search (xform generate's code) over --sentences sentences of
 the synthetic corpus or of --gen-subset of --data, with a random model of the given
@@ -82,6 +84,7 @@ pairs, DIR/valid.{src,tgt} with --valid-pairs) for xform preprocess and exits.`,
 		},
 	}
 	f.train.register(c, false)
+	f.train.mixed.register(c)
 	fl := c.Flags()
 	// The Clinic throughput recipe's values where xform train's defaults differ.
 	setDefault := func(name, v string, set func()) {
@@ -143,6 +146,12 @@ func runBench(ctx context.Context, f *benchFlags, out, errw io.Writer) error {
 	}
 	if f.train.maxTokens <= 0 && f.train.maxSentences <= 0 {
 		return usageError{fmt.Errorf("set --max-tokens or --max-sentences")}
+	}
+	if err := f.train.setPrecision(); err != nil {
+		return err
+	}
+	if _, err := f.train.lossScaler([]int{1}); err != nil { // the flags' errors before any work
+		return err
 	}
 	var res interface{ WriteText(io.Writer) error }
 	var err error
@@ -276,8 +285,13 @@ func benchTrain(ctx context.Context, f *benchFlags, init model.Init, errw io.Wri
 	if err != nil {
 		return nil, usageError{err}
 	}
+	// One batch per update: fairseq's default window is then 2^14.
+	scaler, err := f.train.lossScaler([]int{1})
+	if err != nil {
+		return nil, err
+	}
 	s := &train.Stepper{Net: net, Opt: opt, Sched: sched, Cfg: train.StepConfig{ClipNorm: f.clip, LabelSmoothing: f.ls,
-		Dropout: drops[0], AttentionDropout: drops[1], ActivationDropout: drops[2], Seed: uint64(f.train.seed)}}
+		Dropout: drops[0], AttentionDropout: drops[1], ActivationDropout: drops[2], Seed: uint64(f.train.seed)}, Scaler: scaler, Log: errw}
 	batches, _, err := bench.TrainBatches(ctx, sp, bcfg, f.warmup+f.updates)
 	if err != nil {
 		return nil, err

@@ -23,6 +23,9 @@ type deviceFlag struct {
 	ctx    context.Context
 	gpu    *cuda.Backend // closed when the command ends
 	noted  bool
+	// precision is the GPU's GEMM precision (--fp16, --bf16); anything but FP32
+	// refuses the CPU, explicit or fallen back to.
+	precision cuda.Precision
 }
 
 // register adds --device to c and wraps c.RunE so that the GPU is released when the
@@ -50,10 +53,13 @@ func (d *deviceFlag) close() {
 }
 
 // backend returns the backend --device asks for. threads and opts configure the CPU
-// backend only (the GPU always computes in fp32 with cuBLAS).
+// backend only; precision the GPU's GEMMs only.
 func (d *deviceFlag) backend(threads int, opts ...cpu.Option) (kernels.Backend, error) {
 	name := strings.TrimSpace(d.name)
 	if name == "cpu" {
+		if d.precision != cuda.FP32 {
+			return nil, usageError{fmt.Errorf("--%s needs a GPU (--device cuda)", d.precision)}
+		}
 		return cpu.New(threads, opts...), nil
 	}
 	ordinal := 0
@@ -75,13 +81,16 @@ func (d *deviceFlag) backend(threads int, opts ...cpu.Option) (kernels.Backend, 
 	if d.gpu != nil {
 		return d.gpu, nil
 	}
-	g, err := cuda.New(ctx, cuda.Options{Ordinal: ordinal})
+	g, err := cuda.New(ctx, cuda.Options{Ordinal: ordinal, Precision: d.precision})
 	if err == nil {
 		d.gpu = g
 		return g, nil
 	}
 	if name != "" {
 		return nil, fmt.Errorf("--device %s: %w (run xform env for details)", name, err)
+	}
+	if d.precision != cuda.FP32 {
+		return nil, usageError{fmt.Errorf("--%s needs a GPU (--device cuda), and none is usable: %s (xform env explains)", d.precision, firstLine(err.Error()))}
 	}
 	if !d.noted {
 		w := d.stderr

@@ -18,6 +18,7 @@ import (
 	"github.com/xform-dev/xform/generate"
 	"github.com/xform-dev/xform/kernels"
 	"github.com/xform-dev/xform/kernels/cpu"
+	"github.com/xform-dev/xform/kernels/cuda"
 	"github.com/xform-dev/xform/model"
 	"github.com/xform-dev/xform/tensor"
 	"github.com/xform-dev/xform/train"
@@ -37,7 +38,133 @@ type trainFlags struct {
 	fastLinear                                                                                bool
 	pauseBeforeRename                                                                         int
 	device                                                                                    deviceFlag // --device (train only)
+	mixed                                                                                     mixedFlags
 }
+
+// mixedFlags are fairseq's mixed-precision flags (options.py of fairseq 0.8 / the Clinic
+// fork) plus --bf16, which later fairseq releases have.
+type mixedFlags struct {
+	fp16, memEfficientFP16, bf16 bool
+	initScale                    int
+	window                       optInt
+	tolerance, minScale          float64
+	threshold                    optFloat
+}
+
+func (m *mixedFlags) register(c *cobra.Command) {
+	fl := c.Flags()
+	fl.BoolVar(&m.fp16, "fp16", false, "fp16 GEMM operands with fp32 accumulation and master weights, dynamic loss scaling as fairseq's (GPU only)")
+	fl.BoolVar(&m.memEfficientFP16, "memory-efficient-fp16", false, "accepted for fairseq command lines: same as --fp16 (xform keeps fp32 master weights either way)")
+	fl.BoolVar(&m.bf16, "bf16", false, "bf16 GEMM operands with fp32 accumulation and master weights, no loss scaling (GPU only)")
+	fl.IntVar(&m.initScale, "fp16-init-scale", 128, "--fp16: initial loss scale")
+	fl.Var(&m.window, "fp16-scale-window", "--fp16: overflow-free updates before the loss scale doubles (default: 2^14 / update-freq, fairseq's)")
+	fl.Float64Var(&m.tolerance, "fp16-scale-tolerance", 0, "--fp16: fraction of updates since the last rescale that may overflow before the scale halves")
+	fl.Var(&m.threshold, "threshold-loss-scale", "--fp16: the loss scale never falls below this (default: none)")
+	fl.Float64Var(&m.minScale, "min-loss-scale", 1e-4, "--fp16: stop training when an overflow leaves the loss scale at or below this")
+}
+
+// precision returns the GEMM precision the flags ask for.
+func (m *mixedFlags) precision() (cuda.Precision, error) {
+	fp16 := m.fp16 || m.memEfficientFP16
+	switch {
+	case fp16 && m.bf16:
+		return cuda.FP32, usageError{fmt.Errorf("--fp16 and --bf16 exclude each other")}
+	case fp16:
+		return cuda.FP16, nil
+	case m.bf16:
+		return cuda.BF16, nil
+	}
+	return cuda.FP32, nil
+}
+
+// setPrecision checks the mixed-precision flags against --device and passes the
+// precision to the backend; a CPU run cannot take them (it has no fp16/bf16 GEMMs, and
+// loss scaling without them would only slow it down).
+func (f *trainFlags) setPrecision() error {
+	p, err := f.mixed.precision()
+	if err != nil {
+		return err
+	}
+	if p != cuda.FP32 && strings.TrimSpace(f.device.name) == "cpu" {
+		return usageError{fmt.Errorf("--%s needs a GPU (--device cuda)", p)}
+	}
+	f.device.precision = p
+	return nil
+}
+
+// lossScaler returns the --fp16 loss scaler (nil otherwise). updateFreq is the per-epoch
+// --update-freq list, which sets fairseq's default window.
+func (f *trainFlags) lossScaler(updateFreq []int) (*train.LossScaler, error) {
+	if f.device.precision != cuda.FP16 {
+		return nil, nil
+	}
+	m := &f.mixed
+	window := float64(m.window.v)
+	if !m.window.set {
+		if len(updateFreq) > 1 {
+			return nil, usageError{fmt.Errorf("--fp16-scale-window must be given with a per-epoch --update-freq list (fairseq's rule: the default depends on update-freq)")}
+		}
+		uf := 1
+		if len(updateFreq) == 1 {
+			uf = updateFreq[0]
+		}
+		window = train.DefaultScaleWindow(uf)
+	}
+	sc, err := train.NewLossScaler(train.LossScaleConfig{InitScale: float64(m.initScale), Window: window, Tolerance: m.tolerance,
+		Threshold: m.threshold.v, MinScale: m.minScale})
+	if err != nil {
+		return nil, usageError{err}
+	}
+	return sc, nil
+}
+
+// optInt is an int flag that knows whether it was given (fairseq's default None).
+type optInt struct {
+	v   int
+	set bool
+}
+
+func (o *optInt) String() string {
+	if !o.set {
+		return ""
+	}
+	return strconv.Itoa(o.v)
+}
+
+func (o *optInt) Set(s string) error {
+	v, err := strconv.Atoi(s)
+	if err != nil {
+		return err
+	}
+	o.v, o.set = v, true
+	return nil
+}
+
+func (o *optInt) Type() string { return "int" }
+
+// optFloat is a float flag that knows whether it was given.
+type optFloat struct {
+	v   float64
+	set bool
+}
+
+func (o *optFloat) String() string {
+	if !o.set {
+		return ""
+	}
+	return strconv.FormatFloat(o.v, 'g', -1, 64)
+}
+
+func (o *optFloat) Set(s string) error {
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		return err
+	}
+	o.v, o.set = v, true
+	return nil
+}
+
+func (o *optFloat) Type() string { return "float" }
 
 func (f *trainFlags) register(c *cobra.Command, training bool) {
 	fl := c.Flags()
@@ -106,7 +233,7 @@ func newTrainCmd() *cobra.Command {
 	var f trainFlags
 	c := &cobra.Command{
 		Use:   "train DATA-BIN",
-		Short: "Train a Transformer on a fairseq data-bin as the Clinic fork's fairseq-train does (CPU)",
+		Short: "Train a Transformer on a fairseq data-bin as the Clinic fork's fairseq-train does (CPU or GPU)",
 		Long: `Train with fairseq 0.8 semantics (batching, label-smoothed cross entropy, RAdam/Adam,
 inverse_sqrt/fixed/linear schedules, update-freq, clipping, validation each epoch) and write
 fairseq/Clinic checkpoints (checkpoint_last.pt, checkpoint_best.pt, checkpointN.pt) with
@@ -114,7 +241,12 @@ fairseq's optimizer state (last_optimizer_state, optimizer_history, train_iterat
 both xform and the Clinic fork resume from them; xform's resume is exact (same losses and
 weights as an uninterrupted run). --restore-file also resumes from a fairseq/Clinic
 checkpoint's RAdam/Adam state. Initialisation and dropout use Go's random generators, so
-runs are reproducible but not torch's bit for bit.`,
+runs are reproducible but not torch's bit for bit.
+
+On the GPU, --bf16 or --fp16 round the GEMM operands to 16 bits (fp32 accumulation, fp32
+master weights, LayerNorm, softmax, loss and optimizer); --fp16 adds the fork's dynamic
+loss scaling: an update whose gradients overflow is skipped with fairseq's warning and
+the scale halves, the log lines carry loss_scale, and checkpoints keep the scaler.`,
 		Example: `  xform train data-bin --arch transformer_iwslt_de_en --share-all-embeddings --init adaptive \
     --optimizer radam --adam-betas '(0.9,0.98)' --clip-norm 0 --lr 3e-3 --lr-scheduler inverse_sqrt \
     --warmup-init-lr 1e-7 --warmup-updates 100 --label-smoothing 0.1 --max-tokens 2048 --seed 1111 \
@@ -125,6 +257,7 @@ runs are reproducible but not torch's bit for bit.`,
 		},
 	}
 	f.register(c, true)
+	f.mixed.register(c)
 	f.device.register(c)
 	return c
 }
@@ -217,6 +350,24 @@ func runTrain(ctx context.Context, dir string, f *trainFlags, out io.Writer) err
 	if f.maxTokens <= 0 && f.maxSentences <= 0 {
 		return usageError{fmt.Errorf("set --max-tokens or --max-sentences")}
 	}
+	if err := f.setPrecision(); err != nil {
+		return err
+	}
+	ufs, err := parseFloats(f.updateFreq, "update-freq")
+	if err != nil {
+		return err
+	}
+	var uf []int
+	for _, v := range ufs {
+		if v < 1 || v != math.Trunc(v) {
+			return usageError{fmt.Errorf("--update-freq %q: want positive integers", f.updateFreq)}
+		}
+		uf = append(uf, int(v))
+	}
+	scaler, err := f.lossScaler(uf)
+	if err != nil {
+		return err
+	}
 	init := model.Init(f.initType)
 	switch init {
 	case model.InitDefault, model.InitAdaptive, model.InitDeepNet:
@@ -306,7 +457,7 @@ func runTrain(ctx context.Context, dir string, f *trainFlags, out io.Writer) err
 		return usageError{err}
 	}
 	s := &train.Stepper{Net: net, Opt: opt, Sched: sched, Cfg: train.StepConfig{ClipNorm: f.clip, LabelSmoothing: f.ls,
-		Dropout: drops[0], AttentionDropout: drops[1], ActivationDropout: drops[2], Seed: uint64(f.seed)}}
+		Dropout: drops[0], AttentionDropout: drops[1], ActivationDropout: drops[2], Seed: uint64(f.seed)}, Scaler: scaler}
 	var prog train.Progress
 	if resumed && !f.resetOptimizer {
 		p, st, ok, err := restoreTraining(ck, m, f.optimizer, out)
@@ -322,17 +473,6 @@ func runTrain(ctx context.Context, dir string, f *trainFlags, out io.Writer) err
 		} else {
 			fmt.Fprintf(out, "| %s has no optimizer state: weights restored, optimizer and counters start fresh\n", restore)
 		}
-	}
-	ufs, err := parseFloats(f.updateFreq, "update-freq")
-	if err != nil {
-		return err
-	}
-	var uf []int
-	for _, v := range ufs {
-		if v < 1 || v != math.Trunc(v) {
-			return usageError{fmt.Errorf("--update-freq %q: want positive integers", f.updateFreq)}
-		}
-		uf = append(uf, int(v))
 	}
 	c := m.Config
 	if !f.noSave {

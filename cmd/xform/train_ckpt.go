@@ -157,6 +157,12 @@ func restoreTraining(ck *fairseqpt.Checkpoint, m *model.Model, optimizer string,
 		if st.Best != nil {
 			prog.BestLoss, prog.HaveBest = *st.Best, true
 		}
+		// An fp16 fairseq run's optimizer state has its loss scale; fairseq resumes the
+		// scale alone, with fresh counters, and so does this.
+		if ls := ck.Progress.LossScale; ls != nil {
+			sc := train.FreshScalerState(*ls)
+			prog.LossScaler = &sc
+		}
 	}
 	ost := &train.OptimState{Name: name, Beta1: st.Betas[0], Beta2: st.Betas[1], Eps: st.Eps, WD: st.WeightDecay, Steps: st.Step}
 	for _, p := range m.Config.Expected() {

@@ -21,6 +21,8 @@
 #   DEVICE       cuda, or cpu for a functional dry run of the script with a tiny model [cuda]
 #   CLINIC_UPDATES [100]  TORCH_UPDATES [100]  TORCH_WARMUP [10]  XFORM_UPDATES [30]  XFORM_WARMUP [3]
 #   XFORM_TIME_LIMIT  xform's timed updates stop after this many seconds (at least one runs) [60]
+#   XFORM_PRECISION  xform bench's GEMMs: bf16 (--bf16), fp16 (--fp16, with loss scaling) or fp32 (neither)
+#                [bf16; fp32 with DEVICE=cpu, which has no 16-bit GEMMs]
 #   TORCH_MODES  ["compile-cudagraphs eager compile"]   BUCKETS  static shapes for the compile modes [2]
 #   SKIP_CLINIC=1 SKIP_TORCH=1 SKIP_XFORM=1   leave a part out
 #   XFORM_NODROP=1  also run xform with every dropout 0 (6L only) to show the host-drawn masks' cost [1]
@@ -55,6 +57,12 @@ HEADS=${HEADS:-8}
 DEVICE=${DEVICE:-cuda}
 PREC=fp32
 [ "$DEVICE" = cuda ] && PREC=bf16 CPREC=fp16 || CPREC=fp32
+if [ "$DEVICE" = cuda ]; then XFORM_PRECISION=${XFORM_PRECISION:-bf16}; else XFORM_PRECISION=${XFORM_PRECISION:-fp32}; fi
+case "$XFORM_PRECISION" in
+bf16 | fp16) XPREC=(--"$XFORM_PRECISION") ;;
+fp32) XPREC=() ;;
+*) echo "XFORM_PRECISION=$XFORM_PRECISION: want bf16, fp16 or fp32"; exit 1 ;;
+esac
 XDIMS=(--encoder-embed-dim "$D" --decoder-embed-dim "$D" --encoder-ffn-embed-dim "$FFN" --decoder-ffn-embed-dim "$FFN"
 	--encoder-attention-heads "$HEADS" --decoder-attention-heads "$HEADS")
 mkdir -p "$OUT"
@@ -191,11 +199,11 @@ EOF
 for L in $LAYERS; do
 	if [ "${SKIP_XFORM:-0}" != 1 ]; then
 		xb=("$XFORM" bench --device "$DEVICE" --data "$BIN" --encoder-layers "$L" --decoder-layers "$L" "${XDIMS[@]}" --max-tokens "$MAXTOK"
-			--seed "$SEED" --updates "$XFORM_UPDATES" --warmup "$XFORM_WARMUP" --time-limit "$XFORM_TIME_LIMIT" --json)
-		part "xform_${L}l" "$L" "xform (fp32, $DEVICE)" -- "${xb[@]}" && record "xform_${L}l" "$L" "xform (fp32, $DEVICE)" ok "$W/xform_${L}l.log"
+			--seed "$SEED" --updates "$XFORM_UPDATES" --warmup "$XFORM_WARMUP" --time-limit "$XFORM_TIME_LIMIT" --json ${XPREC[@]+"${XPREC[@]}"})
+		part "xform_${L}l" "$L" "xform ($XFORM_PRECISION, $DEVICE)" -- "${xb[@]}" && record "xform_${L}l" "$L" "xform ($XFORM_PRECISION, $DEVICE)" ok "$W/xform_${L}l.log"
 		if [ "$XFORM_NODROP" = 1 ] && [ "$L" = 6 ]; then
-			part "xform_${L}l_nodrop" "$L" "xform (fp32, $DEVICE, dropout 0)" -- "${xb[@]}" --dropout 0 --attention-dropout 0 --activation-dropout 0 &&
-				record "xform_${L}l_nodrop" "$L" "xform (fp32, $DEVICE, dropout 0)" ok "$W/xform_${L}l_nodrop.log"
+			part "xform_${L}l_nodrop" "$L" "xform ($XFORM_PRECISION, $DEVICE, dropout 0)" -- "${xb[@]}" --dropout 0 --attention-dropout 0 --activation-dropout 0 &&
+				record "xform_${L}l_nodrop" "$L" "xform ($XFORM_PRECISION, $DEVICE, dropout 0)" ok "$W/xform_${L}l_nodrop.log"
 		fi
 	fi
 	if [ "${SKIP_CLINIC:-0}" != 1 ] && [ -n "$CL" ]; then
