@@ -304,7 +304,7 @@ func benchTrain(ctx context.Context, f *benchFlags, init model.Init, errw io.Wri
 	if err != nil {
 		return nil, err
 	}
-	res.Data, res.MaxTokens = desc, f.train.maxTokens
+	res.Data, res.MaxTokens, res.Precision = desc, f.train.maxTokens, f.train.device.precision.String()
 	return res, nil
 }
 

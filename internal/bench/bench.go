@@ -83,6 +83,7 @@ type TrainResult struct {
 	Mode      string    `json:"mode"` // "train"
 	Date      string    `json:"date"` // RFC 3339, UTC
 	Device    string    `json:"device"`
+	Precision string    `json:"precision"` // GEMM operands: fp32, bf16 or fp16
 	Model     ModelInfo `json:"model"`
 	Data      string    `json:"data"`
 	MaxTokens int       `json:"max_tokens"`
@@ -346,8 +347,8 @@ func ProcessRSS() (peak, cur uint64) {
 func (r *TrainResult) WriteText(w io.Writer) error {
 	m := r.Model
 	bw := bufio.NewWriter(w)
-	fmt.Fprintf(bw, "| bench train on %s, %s (%s), %dL-%dL, d %d, FFN %d, %d heads, vocab %d, %d params\n",
-		r.Device, m.Arch, m.Init, m.EncoderLayers, m.DecoderLayers, m.EmbedDim, m.FFNDim, m.Heads, m.Vocab, m.Params)
+	fmt.Fprintf(bw, "| bench train on %s (%s GEMMs), %s (%s), %dL-%dL, d %d, FFN %d, %d heads, vocab %d, %d params\n",
+		r.Device, r.Precision, m.Arch, m.Init, m.EncoderLayers, m.DecoderLayers, m.EmbedDim, m.FFNDim, m.Heads, m.Vocab, m.Params)
 	fmt.Fprintf(bw, "| data %s, max tokens %d, %d warm-up + %d timed updates (%s)\n", r.Data, r.MaxTokens, r.Warmup, r.Updates, r.Date)
 	fmt.Fprintf(bw, "| target tokens/s %.0f | updates/s %.2f | ms/update mean %.1f p50 %.1f (min %.1f, max %.1f) | target tokens/update %.0f\n",
 		r.TargetTokensPerSec, r.UpdatesPerSec, r.MsPerUpdateMean, r.MsPerUpdateP50, r.MsPerUpdateMin, r.MsPerUpdateMax, r.TargetTokensPerUpdate)
