@@ -70,6 +70,8 @@ type Backend struct {
 	ctx       uintptr
 	blasH     uintptr
 	blasFast  uintptr // default-math handle for bf16 (tensor cores), made on first use
+	precision Precision
+	half      *allocation // 16-bit copies of GEMM operands (precision.go), grown on demand
 	info      DeviceInfo
 	arch      string
 	nvrtcVer  string
@@ -91,7 +93,8 @@ type functions struct {
 	copy2d, gatherRows, fillRows, embed, addRows uintptr
 	layernorm, softmax, logSoftmax, activate     uintptr
 	residual, attention, meanHeads               uintptr
-	f32ToBF16, bf16ToF32                         uintptr
+	f32ToBF16, bf16ToF32, f32ToF16, f16ToF32     uintptr
+	castBF16x3, castF16x3                        uintptr
 	train                                        trainFunctions
 	fused                                        fusedFunctions
 }
@@ -103,6 +106,8 @@ func (f *functions) table() map[string]*uintptr {
 		"softmax": &f.softmax, "log_softmax": &f.logSoftmax, "activate": &f.activate,
 		"residual": &f.residual, "attention": &f.attention, "mean_heads": &f.meanHeads,
 		"f32_to_bf16": &f.f32ToBF16, "bf16_to_f32": &f.bf16ToF32,
+		"f32_to_f16": &f.f32ToF16, "f16_to_f32": &f.f16ToF32,
+		"f32_to_bf16_3": &f.castBF16x3, "f32_to_f16_3": &f.castF16x3,
 	}
 	f.train.add(m)
 	f.fused.add(m)
@@ -119,6 +124,9 @@ var (
 // cuBLAS handle. Errors wrap ErrNoDriver, ErrOldDriver, ErrNoDevice or ErrNoLibrary when
 // the machine cannot run it, so callers can fall back to the CPU.
 func New(ctx context.Context, opt Options) (_ *Backend, err error) {
+	if opt.Precision < FP32 || opt.Precision > FP16 {
+		return nil, fmt.Errorf("cuda: unknown GEMM precision %v", opt.Precision)
+	}
 	s := opt.Search
 	if s.Getenv == nil && s.Root == "" {
 		s = DefaultSearch()
@@ -131,7 +139,7 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 		return nil, err
 	}
 	be := &Backend{drv: drv, prm: newParams(), syncCheck: opt.SyncCheck || os.Getenv("XFORM_CUDA_SYNC") == "1",
-		pool: &pool{free: map[uint64][]uint64{}}}
+		pool: &pool{free: map[uint64][]uint64{}}, precision: opt.Precision}
 	if os.Getenv("XFORM_CUDA_PROFILE") == "1" {
 		be.profile = newOpProfile()
 	}
@@ -223,6 +231,9 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 	if be.blasH, err = be.libs.blas.newHandle(); err != nil {
 		return nil, err
 	}
+	if err = be.checkPrecision(); err != nil {
+		return nil, err
+	}
 	// Keep up to a quarter of the device cached; beyond that freed blocks go back.
 	be.pool.limit = be.info.TotalBytes / 4
 	return be, nil
@@ -254,6 +265,7 @@ func (be *Backend) Close() error {
 		return nil
 	}
 	err := be.drv.synchronize()
+	be.dropHalf()
 	be.freeBlocks(be.pool.drain(0))
 	for i, a := range be.scratch {
 		if a != nil {

@@ -65,6 +65,7 @@ const (
 	opT = 1
 
 	cudaR32F  = 0
+	cudaR16F  = 2
 	cudaR16BF = 14
 
 	computeF32         = 68 // CUBLAS_COMPUTE_32F
@@ -101,4 +102,20 @@ func (b *cublas) sgemmRowMajor(h uintptr, transA, transB bool, m, n, k int, alph
 	return b.check("cublasSgemm_v2", call(b.sgemm, h, tb, ta, uintptr(n), uintptr(m), uintptr(k),
 		uintptr(unsafe.Pointer(&alpha)), uintptr(bm), uintptr(ldb), uintptr(a), uintptr(lda),
 		uintptr(unsafe.Pointer(&beta)), uintptr(c), uintptr(ldc)))
+}
+
+// gemmExRowMajor is sgemmRowMajor with A and B of cudaDataType ab (cudaR16BF or
+// cudaR16F), C float32 and float32 accumulation (CUBLAS_COMPUTE_32F, so alpha and beta
+// are float32). On a default-math handle cuBLAS runs it on the tensor cores.
+func (b *cublas) gemmExRowMajor(h uintptr, ab uintptr, transA, transB bool, m, n, k int, alpha float32, a uint64, lda int, bm uint64, ldb int, beta float32, c uint64, ldc int) error {
+	ta, tb := uintptr(opN), uintptr(opN)
+	if transA {
+		ta = opT
+	}
+	if transB {
+		tb = opT
+	}
+	return b.check("cublasGemmEx", call(b.gemmEx, h, tb, ta, uintptr(n), uintptr(m), uintptr(k),
+		uintptr(unsafe.Pointer(&alpha)), uintptr(bm), ab, uintptr(ldb), uintptr(a), ab, uintptr(lda),
+		uintptr(unsafe.Pointer(&beta)), uintptr(c), cudaR32F, uintptr(ldc), computeF32, uintptr(uint32(0xffffffff))))
 }

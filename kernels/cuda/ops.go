@@ -178,12 +178,17 @@ func (be *Backend) GatherRows(dst kernels.Buffer, dStride int, src kernels.Buffe
 	be.elem(be.fn.gatherRows, int64(len(idx))*int64(n))
 }
 
-// Gemm implements kernels.Backend with cublasSgemm in true fp32 (pedantic math).
+// Gemm implements kernels.Backend with cublasSgemm in true fp32 (pedantic math), or
+// on 16-bit operand copies with fp32 accumulation when the Precision says so.
 func (be *Backend) Gemm(transA, transB bool, m, n, k int, alpha float32, a kernels.Buffer, lda int, b kernels.Buffer, ldb int, beta float32, c kernels.Buffer, ldc int) {
 	if m == 0 || n == 0 {
 		return
 	}
 	defer be.enter()()
+	if be.precision != FP32 {
+		be.gemmOp16(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+		return
+	}
 	must(be.libs.blas.sgemmRowMajor(be.blasH, transA, transB, m, n, k, alpha, addr(a), lda, addr(b), ldb, beta, addr(c), ldc))
 	if be.syncCheck {
 		must(be.drv.synchronize())
@@ -193,7 +198,7 @@ func (be *Backend) Gemm(transA, transB bool, m, n, k int, alpha float32, a kerne
 // Linear implements kernels.Backend: the bias is written first and the fp32 product
 // added on top (beta = 1), as torch's addmm does. Against the CPU backend's float64
 // accumulation this differs by fp32 rounding of the k-term sum (about √k·2⁻²⁴
-// relative).
+// relative). With a 16-bit Precision the operands are rounded first (precision.go).
 func (be *Backend) Linear(y, x, w, bias kernels.Buffer, m, n, k int) {
 	if m == 0 || n == 0 {
 		return
@@ -204,6 +209,10 @@ func (be *Backend) Linear(y, x, w, bias kernels.Buffer, m, n, k int) {
 		be.prm.reset().ptr(addr(y)).ptr(addr(bias)).i32(m).i32(n)
 		be.elem(be.fn.fillRows, int64(m)*int64(n))
 		beta = 1
+	}
+	if be.precision != FP32 {
+		be.linear16(y, x, w, m, n, k, beta)
+		return
 	}
 	must(be.libs.blas.sgemmRowMajor(be.blasH, false, true, m, n, k, 1, addr(x), k, addr(w), k, beta, addr(y), n))
 	if be.syncCheck {

@@ -93,18 +93,23 @@ func (be *Backend) colFinish(out kernels.Buffer, part *buffer, chunks, nout, o, 
 }
 
 // LinearBackward implements kernels.Trainer: dx and dw with cuBLAS (pedantic fp32, as
-// the forward), db with the deterministic column sum.
+// the forward, or on 16-bit operands as the Precision says), db with the deterministic
+// column sum of the fp32 dy.
 func (be *Backend) LinearBackward(dx, dw, db, dy, x, w kernels.Buffer, m, n, k int) {
 	if m == 0 {
 		return
 	}
 	defer be.enter()()
 	blas := be.libs.blas
-	if dx != nil {
-		must(blas.sgemmRowMajor(be.blasH, false, false, m, k, n, 1, addr(dy), n, addr(w), k, 0, addr(dx), k))
-	}
-	if dw != nil {
-		must(blas.sgemmRowMajor(be.blasH, true, false, n, k, m, 1, addr(dy), n, addr(x), k, 1, addr(dw), k))
+	if be.precision != FP32 && (dx != nil || dw != nil) {
+		be.linearBackward16(dx, dw, dy, x, w, m, n, k)
+	} else {
+		if dx != nil {
+			must(blas.sgemmRowMajor(be.blasH, false, false, m, k, n, 1, addr(dy), n, addr(w), k, 0, addr(dx), k))
+		}
+		if dw != nil {
+			must(blas.sgemmRowMajor(be.blasH, true, false, n, k, m, 1, addr(dy), n, addr(x), k, 1, addr(dw), k))
+		}
 	}
 	if be.syncCheck && (dx != nil || dw != nil) {
 		must(be.drv.synchronize())

@@ -1,0 +1,169 @@
+package cuda
+
+import (
+	"fmt"
+
+	"github.com/xform-dev/xform/kernels"
+)
+
+// The 16-bit GEMM path (Options.Precision BF16 or FP16). Inputs, weights and outputs
+// stay float32 buffers: just before each product the operands are rounded into a
+// persistent scratch block owned by the Backend (one launch for all operands of the
+// call), and cublasGemmEx multiplies them on the default-math handle with float32 C and
+// CUBLAS_COMPUTE_32F, which is torch.autocast's Linear. The scratch block is reused by
+// every call without synchronisation because every operation runs on the one default
+// stream: a GEMM still queued on the old contents runs before the next cast overwrites
+// them (the reasoning of memory.go's cache).
+
+// Precision is the GEMM precision the Backend was made with.
+func (be *Backend) Precision() Precision { return be.precision }
+
+// checkPrecision makes the tensor-core handle at New (the context is current), so that
+// a machine that cannot run the precision asked fails there with an error rather than
+// at the first GEMM with a panic.
+func (be *Backend) checkPrecision() error {
+	if be.precision == FP32 {
+		return nil
+	}
+	// cuBLAS has no bf16 GEMM before Ampere (CUBLAS_STATUS_ARCH_MISMATCH).
+	if be.precision == BF16 && be.info.Major < 8 {
+		return fmt.Errorf("cuda: bf16 GEMMs need compute capability 8.0 or newer; %s is %d.%d", be.info.Name, be.info.Major, be.info.Minor)
+	}
+	if _, err := be.fastHandle(); err != nil {
+		return fmt.Errorf("cuda: cuBLAS handle for %v GEMMs: %w", be.precision, err)
+	}
+	return nil
+}
+
+// dataType16 is the cudaDataType of the rounded operands.
+func (be *Backend) dataType16() uintptr {
+	if be.precision == FP16 {
+		return cudaR16F
+	}
+	return cudaR16BF
+}
+
+// operand16 is a float32 array of n elements at src to round to 16 bits.
+type operand16 struct {
+	src uint64
+	n   int
+}
+
+// extent is how many elements a row-major rows×cols matrix with leading dimension ld
+// spans, from its first element to its last (0 when it is empty).
+func extent(rows, cols, ld int) int {
+	if rows == 0 || cols == 0 {
+		return 0
+	}
+	return (rows-1)*ld + cols
+}
+
+// halfAlign keeps each copy 256-byte aligned, as cuBLAS's fastest tensor-core kernels
+// want (16 bytes is the minimum they accept).
+const halfAlign = 256
+
+// cast16 rounds the operands into the scratch block in one launch and returns the
+// addresses of the copies, element for element in the same layout (an empty operand
+// gets a valid address with nothing behind it). The caller holds the Backend.
+func (be *Backend) cast16(ops [3]operand16) [3]uint64 {
+	var off [3]uint64
+	total, bytes := int64(0), uint64(0)
+	for i, o := range ops {
+		off[i] = bytes
+		bytes += (uint64(o.n)*2 + halfAlign - 1) / halfAlign * halfAlign
+		total += int64(o.n)
+	}
+	base := be.halfScratch(max(bytes, halfAlign))
+	var dst [3]uint64
+	for i := range dst {
+		dst[i] = base + off[i]
+	}
+	if total == 0 {
+		return dst
+	}
+	fn := be.fn.castBF16x3
+	if be.precision == FP16 {
+		fn = be.fn.castF16x3
+	}
+	be.prm.reset()
+	for i, o := range ops {
+		be.prm.ptr(dst[i]).ptr(o.src).i64(o.n)
+	}
+	be.elem(fn, total)
+	return dst
+}
+
+// halfScratch returns the scratch block, at least bytes long.
+func (be *Backend) halfScratch(bytes uint64) uint64 {
+	if be.half == nil || be.half.bytes < bytes {
+		be.dropHalf()
+		// A quarter more than asked: batches vary in token count, and growing by
+		// a few rows at every step would churn through the allocator.
+		a, err := be.alloc(bytes + bytes/4)
+		if err != nil {
+			panic(err)
+		}
+		be.half = a
+	}
+	return be.half.ptr
+}
+
+// dropHalf hands the scratch block back to the cache of free blocks, at once: no
+// synchronisation is needed, for the one-stream reason above.
+func (be *Backend) dropHalf() {
+	if a := be.half; a != nil {
+		a.cleanup.Stop()
+		be.pool.put(a.ptr, a.bytes)
+		be.half = nil
+	}
+}
+
+// gemm16 is sgemmRowMajor on 16-bit operand copies (addresses from cast16).
+func (be *Backend) gemm16(transA, transB bool, m, n, k int, alpha float32, a uint64, lda int, b uint64, ldb int, beta float32, c uint64, ldc int) {
+	h, err := be.fastHandle()
+	must(err)
+	must(be.libs.blas.gemmExRowMajor(h, be.dataType16(), transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc))
+	if be.syncCheck {
+		must(be.drv.synchronize())
+	}
+}
+
+// gemmOp16 is Gemm in 16 bits: each operand is rounded over its whole strided extent
+// (the gaps between rows too, which cuBLAS never reads), keeping its leading dimension.
+func (be *Backend) gemmOp16(transA, transB bool, m, n, k int, alpha float32, a kernels.Buffer, lda int, b kernels.Buffer, ldb int, beta float32, c kernels.Buffer, ldc int) {
+	ra, ca := m, k
+	if transA {
+		ra, ca = k, m
+	}
+	rb, cb := k, n
+	if transB {
+		rb, cb = n, k
+	}
+	p := be.cast16([3]operand16{{addr(a), extent(ra, ca, lda)}, {addr(b), extent(rb, cb, ldb)}})
+	be.gemm16(transA, transB, m, n, k, alpha, p[0], lda, p[1], ldb, beta, addr(c), ldc)
+}
+
+// linear16 is Linear's product in 16 bits: y = x·wᵀ + beta·y.
+func (be *Backend) linear16(y, x, w kernels.Buffer, m, n, k int, beta float32) {
+	p := be.cast16([3]operand16{{addr(x), m * k}, {addr(w), n * k}})
+	be.gemm16(false, true, m, n, k, 1, p[0], k, p[1], k, beta, addr(y), n)
+}
+
+// linearBackward16 is LinearBackward's two products in 16 bits, dx = dy·w and
+// dw += dyᵀ·x, with dy, w and x rounded in one launch (dy once for both products).
+func (be *Backend) linearBackward16(dx, dw, dy, x, w kernels.Buffer, m, n, k int) {
+	ops := [3]operand16{{addr(dy), m * n}}
+	if dx != nil {
+		ops[1] = operand16{addr(w), n * k}
+	}
+	if dw != nil {
+		ops[2] = operand16{addr(x), m * k}
+	}
+	p := be.cast16(ops)
+	if dx != nil {
+		be.gemm16(false, false, m, k, n, 1, p[0], n, p[1], k, 0, addr(dx), k)
+	}
+	if dw != nil {
+		be.gemm16(true, false, n, k, m, 1, p[0], n, p[2], k, 1, addr(dw), k)
+	}
+}
