@@ -34,21 +34,26 @@ func (be *Backend) stagePadding(a kernels.AttentionArgs) uint64 {
 	return be.stage(slotPad, unsafe.Pointer(&a.KeyPadding[0]), len(a.KeyPadding))
 }
 
-// AttentionForward implements kernels.Trainer with the inference kernel (attention.cu),
-// which stores the per-head probabilities into probs and applies the dropout mask to
-// them before they weight the values.
+// AttentionForward implements kernels.Trainer: attention_tiled for short sequences,
+// else the inference row kernel; both store the per-head probabilities into probs and
+// apply the dropout mask to them before they weight the values.
 func (be *Backend) AttentionForward(out, q, k, v kernels.View, a kernels.AttentionArgs, probs, dropMask kernels.Buffer) {
 	if a.Batch == 0 || a.TQ == 0 || a.Heads == 0 {
 		return
 	}
 	a.KVIndex = nil // not used in training (the interface says so)
 	checkTrainAttention(a, probs, dropMask)
+	tiled := useTiledForward(a)
 	shared := 4 * (a.HeadDim + a.TK)
-	if shared > maxAttnShared {
+	if !tiled && shared > maxAttnShared {
 		panic(fmt.Sprintf("cuda backend: attention over %d keys exceeds the kernel's shared-memory bound", a.TK))
 	}
 	defer be.enter()()
 	padp := be.stagePadding(a)
+	if tiled {
+		be.launchTiledForward(out, q, k, v, a, 0, padp, addr(probs), addr(dropMask))
+		return
+	}
 	be.prm.reset().
 		ptr(viewAddr(out)).i64(out.BatchStride).i64(out.RowStride).
 		ptr(viewAddr(q)).i64(q.BatchStride).i64(q.RowStride).
@@ -61,10 +66,12 @@ func (be *Backend) AttentionForward(out, q, k, v kernels.View, a kernels.Attenti
 	be.run(be.fn.attention, [3]uint32{uint32(a.TQ), uint32(a.Heads), uint32(a.Batch)}, blockAttn, uint32(shared))
 }
 
-// AttentionBackward implements kernels.Trainer in two passes (attention.cu): per query
-// row, dS and dq; per key row, dk and dv. Padding and causal masks need no arguments
-// here: masked keys have probability 0 and both passes skip them, as the CPU does.
-// dS is a double scratch of the probabilities' size.
+// AttentionBackward implements kernels.Trainer: attention_bwd_tiled, one block per
+// (batch, head), when TQ, TK and the head dimension are at most attnTileMax; else two
+// passes of row kernels (attention.cu): per query row, dS and dq; per key row, dk and
+// dv, with dS a double scratch of the probabilities' size. Padding and causal masks
+// need no arguments here: masked keys have probability 0 and every sum skips them, as
+// the CPU does.
 func (be *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v kernels.View, a kernels.AttentionArgs, probs, dropMask kernels.Buffer) {
 	if a.Batch == 0 || a.TQ == 0 || a.Heads == 0 || a.TK == 0 {
 		return
@@ -72,6 +79,10 @@ func (be *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v kernels.View, a k
 	a.KVIndex = nil
 	checkTrainAttention(a, probs, dropMask)
 	defer be.enter()()
+	if useTiledBackward(a) {
+		be.launchTiledBackward(dq, dk, dv, dout, q, k, v, a, addr(probs), addr(dropMask))
+		return
+	}
 	ds := be.newDoubles(a.Batch * a.Heads * a.TQ * a.TK)
 	be.prm.reset().
 		ptr(viewAddr(dq)).i64(dq.BatchStride).i64(dq.RowStride).

@@ -320,14 +320,17 @@ func (be *Backend) Residual(y, x, branch, omega kernels.Buffer, alpha float32, r
 // more (48 KiB less the kernel's static scratch).
 const maxAttnShared = 48*1024 - 512
 
-// Attention implements kernels.Backend. One block per (query row, head, batch); the
-// scores of a row live in shared memory, which bounds TK+HeadDim to about 12k.
+// Attention implements kernels.Backend. Short key sequences (TK, HeadDim ≤ 64, more
+// than one query row) take attention_tiled, a block per (query tile, head, batch);
+// the rest the row kernel, a block per (query row, head, batch), whose row of scores
+// lives in shared memory, which bounds TK+HeadDim to about 12k.
 func (be *Backend) Attention(out, q, k, v kernels.View, a kernels.AttentionArgs) {
 	if a.Batch == 0 || a.TQ == 0 || a.Heads == 0 {
 		return
 	}
+	tiled := useTiledForward(a)
 	shared := 4 * (a.HeadDim + a.TK)
-	if shared > maxAttnShared {
+	if !tiled && shared > maxAttnShared {
 		panic(fmt.Sprintf("cuda backend: attention over %d keys exceeds the kernel's shared-memory bound", a.TK))
 	}
 	if a.Batch > 65535 || a.Heads > 65535 {
@@ -343,28 +346,28 @@ func (be *Backend) Attention(out, q, k, v kernels.View, a kernels.AttentionArgs)
 		padp = be.stage(slotPad, unsafe.Pointer(&a.KeyPadding[0]), len(a.KeyPadding))
 	}
 	var head *buffer
+	var headp uint64
 	if a.Probs != nil {
 		head = be.newBuffer(a.Batch * a.Heads * a.TQ * a.TK)
+		headp = head.dptr()
 	}
-	view := func(w kernels.View) uint64 { return addr(w.Buf) + uint64(w.Off)*4 }
-	be.prm.reset().
-		ptr(view(out)).i64(out.BatchStride).i64(out.RowStride).
-		ptr(view(q)).i64(q.BatchStride).i64(q.RowStride).
-		ptr(view(k)).i64(k.BatchStride).i64(k.RowStride).
-		ptr(view(v)).i64(v.BatchStride).i64(v.RowStride).
-		i32(a.Heads).i32(a.HeadDim).i32(a.TQ).i32(a.TK).f32(a.Scale).
-		ptr(kvp).ptr(padp).i64(a.KeyPadStride).
-		i32(boolInt(a.Causal)).i32(a.QueryOffset)
-	if head != nil {
-		be.prm.ptr(head.dptr())
+	if tiled {
+		be.launchTiledForward(out, q, k, v, a, kvp, padp, headp, 0)
 	} else {
-		be.prm.ptr(0)
+		be.prm.reset().
+			ptr(viewAddr(out)).i64(out.BatchStride).i64(out.RowStride).
+			ptr(viewAddr(q)).i64(q.BatchStride).i64(q.RowStride).
+			ptr(viewAddr(k)).i64(k.BatchStride).i64(k.RowStride).
+			ptr(viewAddr(v)).i64(v.BatchStride).i64(v.RowStride).
+			i32(a.Heads).i32(a.HeadDim).i32(a.TQ).i32(a.TK).f32(a.Scale).
+			ptr(kvp).ptr(padp).i64(a.KeyPadStride).
+			i32(boolInt(a.Causal)).i32(a.QueryOffset).
+			ptr(headp).ptr(0) // no dropout mask at inference
+		be.run(be.fn.attention, [3]uint32{uint32(a.TQ), uint32(a.Heads), uint32(a.Batch)}, blockAttn, uint32(shared))
 	}
-	be.prm.ptr(0) // no dropout mask at inference
-	be.run(be.fn.attention, [3]uint32{uint32(a.TQ), uint32(a.Heads), uint32(a.Batch)}, blockAttn, uint32(shared))
 	if head != nil {
 		n := a.TQ * a.TK
-		be.prm.reset().ptr(addr(a.Probs)).ptr(head.dptr()).i32(a.Batch).i32(a.Heads).i64(n)
+		be.prm.reset().ptr(addr(a.Probs)).ptr(headp).i32(a.Batch).i32(a.Heads).i64(n)
 		be.elem(be.fn.meanHeads, int64(a.Batch)*int64(n))
 	}
 }

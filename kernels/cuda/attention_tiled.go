@@ -1,0 +1,123 @@
+package cuda
+
+import (
+	"fmt"
+	"sync"
+	"weak"
+
+	"github.com/xform-dev/xform/kernels"
+)
+
+// The tiled attention kernels (attention.cu: attention_tiled, attention_bwd_tiled) stage
+// one (batch, head)'s keys and values in shared memory and compute every product matrix
+// with register tiles, for the short sequences of training and encoding; the row
+// kernels (attention, attention_bwd_q/kv) remain for the rest. Both give the CPU
+// backend's bits (the tiled ones also in the two sums the row kernels do as a tree).
+const (
+	attnTileMax     = 64  // AT_MAX: bound on TK, HeadDim and, in the backward, TQ
+	attnTileThreads = 256 // AT_THREADS
+)
+
+// attnTiledOff makes every call take the row kernels, so tests can check both paths
+// against the CPU at the same shapes. Test-only state.
+var attnTiledOff bool
+
+// useTiledForward says whether attention_tiled takes this call. A decode step (one
+// query row) stays on the row kernel: a block per row is the better shape there.
+func useTiledForward(a kernels.AttentionArgs) bool {
+	return !attnTiledOff && a.TQ > 1 && a.TK >= 1 && a.TK <= attnTileMax && a.HeadDim >= 1 && a.HeadDim <= attnTileMax
+}
+
+// useTiledBackward says whether attention_bwd_tiled takes this call: one block holds
+// a (batch, head)'s whole TQ×TK matrix of score gradients.
+func useTiledBackward(a kernels.AttentionArgs) bool {
+	return !attnTiledOff && a.TQ <= attnTileMax && a.TK >= 1 && a.TK <= attnTileMax && a.HeadDim >= 1 && a.HeadDim <= attnTileMax
+}
+
+// attnTiledFns are the tiled kernels of one Backend. They are looked up on first use
+// rather than in functions.table (backend.go), keyed weakly by the Backend so a closed
+// one can still be collected.
+type attnTiledFns struct{ fwd, bwd uintptr }
+
+var attnTiledCache = struct {
+	sync.Mutex
+	m map[weak.Pointer[Backend]]*attnTiledFns
+}{m: map[weak.Pointer[Backend]]*attnTiledFns{}}
+
+// attnTiledKernels are the kernel names the launch code below looks up.
+var attnTiledKernels = [...]string{"attention_tiled", "attention_bwd_tiled"}
+
+// tiledFns returns the tiled kernels, looking them up in the loaded modules the first
+// time. The caller holds the Backend (enter), so the context is current.
+func (be *Backend) tiledFns() *attnTiledFns {
+	key := weak.Make(be)
+	attnTiledCache.Lock()
+	defer attnTiledCache.Unlock()
+	if f := attnTiledCache.m[key]; f != nil {
+		return f
+	}
+	f := &attnTiledFns{}
+	for i, dst := range []*uintptr{&f.fwd, &f.bwd} {
+		name := attnTiledKernels[i]
+		var lastErr error
+		for _, m := range be.mods {
+			p, err := be.drv.function(m, name)
+			if err == nil {
+				*dst = p
+				break
+			}
+			lastErr = err
+		}
+		if *dst == 0 {
+			panic(fmt.Errorf("cuda: kernel %s not found in any module: %w", name, lastErr))
+		}
+	}
+	attnTiledCache.m[key] = f
+	return f
+}
+
+// attnQueryTile is the number of query rows per block of attention_tiled: at most
+// attnTileMax, the rows split evenly over the tiles, and smaller tiles (down to 8 rows)
+// when batch × heads alone would leave SMs idle. It sets only the grid: a row's
+// arithmetic does not depend on its tile.
+func attnQueryTile(a kernels.AttentionArgs, sms int) int {
+	nt := (a.TQ + attnTileMax - 1) / attnTileMax
+	qt := (a.TQ + nt - 1) / nt
+	for qt > 8 && a.Batch*a.Heads*((a.TQ+qt-1)/qt) < 2*max(sms, 1) {
+		qt = (qt + 1) / 2
+	}
+	return qt
+}
+
+// launchTiledForward enqueues attention_tiled; kvp and padp are staged device copies
+// of the KV index and the key padding (0: none), headProbs and dropMask device
+// addresses (0: none). The caller holds the Backend and has checked the grid limits.
+func (be *Backend) launchTiledForward(out, q, k, v kernels.View, a kernels.AttentionArgs, kvp, padp, headProbs, dropMask uint64) {
+	qt := attnQueryTile(a, be.info.SMs)
+	be.prm.reset().
+		ptr(viewAddr(out)).i64(out.BatchStride).i64(out.RowStride).
+		ptr(viewAddr(q)).i64(q.BatchStride).i64(q.RowStride).
+		ptr(viewAddr(k)).i64(k.BatchStride).i64(k.RowStride).
+		ptr(viewAddr(v)).i64(v.BatchStride).i64(v.RowStride).
+		i32(a.Heads).i32(a.HeadDim).i32(a.TQ).i32(a.TK).i32(qt).f32(a.Scale).
+		ptr(kvp).ptr(padp).i64(a.KeyPadStride).
+		i32(boolInt(a.Causal)).i32(a.QueryOffset).
+		ptr(headProbs).ptr(dropMask)
+	grid := [3]uint32{uint32((a.TQ + qt - 1) / qt), uint32(a.Heads), uint32(a.Batch)}
+	be.run(be.tiledFns().fwd, grid, attnTileThreads, 0)
+}
+
+// launchTiledBackward enqueues attention_bwd_tiled, one block per (head, batch).
+func (be *Backend) launchTiledBackward(dq, dk, dv, dout, q, k, v kernels.View, a kernels.AttentionArgs, probs, dropMask uint64) {
+	be.prm.reset().
+		ptr(viewAddr(dq)).i64(dq.BatchStride).i64(dq.RowStride).
+		ptr(viewAddr(dk)).i64(dk.BatchStride).i64(dk.RowStride).
+		ptr(viewAddr(dv)).i64(dv.BatchStride).i64(dv.RowStride).
+		ptr(viewAddr(dout)).i64(dout.BatchStride).i64(dout.RowStride).
+		ptr(viewAddr(q)).i64(q.BatchStride).i64(q.RowStride).
+		ptr(viewAddr(k)).i64(k.BatchStride).i64(k.RowStride).
+		ptr(viewAddr(v)).i64(v.BatchStride).i64(v.RowStride).
+		ptr(probs).ptr(dropMask).
+		i32(a.Heads).i32(a.HeadDim).i32(a.TQ).i32(a.TK).f32(a.Scale)
+	be.run(be.tiledFns().bwd, [3]uint32{1, uint32(a.Heads), uint32(a.Batch)}, attnTileThreads, 0)
+}
