@@ -72,18 +72,32 @@ func sizeClass(n uint64) uint64 {
 	return (n + step - 1) / step * step
 }
 
-func (p *pool) take(class uint64) (uint64, bool) {
+// take returns a cached block for a request of size class class and the block's own
+// class: one of that class, else the smallest cached one up to 1.5 times larger.
+// Training batches change shape from step to step, so exact classes alone missed often
+// and every miss meant cuMemAlloc (and cuMemFree when the cache was full), which
+// synchronise the device.
+func (p *pool) take(class uint64) (uint64, uint64, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	l := p.free[class]
-	if len(l) == 0 {
-		return 0, false
+	got := class
+	if len(p.free[class]) == 0 {
+		got = 0
+		for c, l := range p.free {
+			if len(l) > 0 && c > class && 2*c <= 3*class && (got == 0 || c < got) {
+				got = c
+			}
+		}
+		if got == 0 {
+			return 0, 0, false
+		}
 	}
+	l := p.free[got]
 	ptr := l[len(l)-1]
-	p.free[class] = l[:len(l)-1]
-	p.cached -= class
-	p.grow(class)
-	return ptr, true
+	p.free[got] = l[:len(l)-1]
+	p.cached -= got
+	p.grow(got)
+	return ptr, got, true
 }
 
 func (p *pool) put(ptr, class uint64) {
@@ -119,8 +133,8 @@ func (p *pool) drain(keep uint64) []uint64 {
 // buffers, and tries once more before reporting the size asked and the memory free.
 func (be *Backend) alloc(bytes uint64) (*allocation, error) {
 	class := sizeClass(bytes)
-	if ptr, ok := be.pool.take(class); ok {
-		return be.track(ptr, class), nil
+	if ptr, got, ok := be.pool.take(class); ok {
+		return be.track(ptr, got), nil
 	}
 	be.freeBlocks(be.pool.drain(be.pool.limit))
 	ptr, err := be.drv.memAlloc(class)
