@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/rand/v2"
 
+	"github.com/xform-dev/xform/kernels"
 	"github.com/xform-dev/xform/model"
 )
 
@@ -95,8 +96,17 @@ func (s *Stepper) Step(ctx context.Context, batches []*model.TrainBatch) (StepLo
 			inv = 1 / float64(lg.SampleSize) / scale
 		}
 		c := float32(inv)
-		for _, p := range net.Params() {
-			net.Backend().Scale(p.G, c)
+		if mt, ok := net.Backend().(kernels.MultiTensor); ok {
+			// One launch for every gradient on the GPU, same products as Scale.
+			gs := make([]kernels.Buffer, 0, len(net.Params()))
+			for _, p := range net.Params() {
+				gs = append(gs, p.G)
+			}
+			mt.ScaleAll(gs, c)
+		} else {
+			for _, p := range net.Params() {
+				net.Backend().Scale(p.G, c)
+			}
 		}
 	}
 	if lg.SampleSize > 0 {
