@@ -104,6 +104,16 @@ type Scoper interface {
 	EndScope()
 }
 
+// UninitAllocator is implemented by a backend that can hand out a buffer without
+// clearing it first. On a GPU, clearing is a pass over the memory, and most buffers of a
+// training step are overwritten whole by the operation that follows their allocation.
+type UninitAllocator interface {
+	// AllocUninit returns a buffer of n elements with unspecified contents; the caller
+	// writes every element before reading any. It joins an open Scoper scope as Alloc's
+	// buffers do.
+	AllocUninit(n int) Buffer
+}
+
 // Backend is the set of operations the Transformer needs. Shapes are given explicitly;
 // every matrix is row-major. Methods panic only on programming errors (shape or length
 // mismatches that the caller has already validated); data errors are the caller's to

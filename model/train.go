@@ -300,7 +300,7 @@ func (n *TrainNet) dropout(o *StepOptions, p float64, size int) kernels.Buffer {
 	if !o.Train || p <= 0 {
 		return nil
 	}
-	m := n.be.Alloc(size)
+	m := n.out(size)
 	n.be.DropoutMask(m, p, o.RNG.Uint64())
 	return m
 }
@@ -330,6 +330,16 @@ func varF32(v []float32) float32 {
 	return float32(ss / float64(len(v)))
 }
 
+// out allocates a buffer that the next operation overwrites whole (a Linear output,
+// an input gradient that is set rather than accumulated, ...), so a backend that can
+// skip clearing it does. Buffers that are accumulated into (+=) use Alloc.
+func (n *TrainNet) out(size int) kernels.Buffer {
+	if u, ok := n.be.(kernels.UninitAllocator); ok {
+		return u.AllocUninit(size)
+	}
+	return n.be.Alloc(size)
+}
+
 func (n *TrainNet) host(b kernels.Buffer) []float32 {
 	v := make([]float32, b.Len())
 	n.be.Download(v, b)
@@ -343,14 +353,14 @@ func (n *TrainNet) sublayer(x kernels.Buffer, rows int, l *tlayer, i int, before
 	be, d := n.be, n.d
 	ln := l.ln[i]
 	if before {
-		h := be.Alloc(rows * d)
+		h := n.out(rows * d)
 		be.LayerNorm(h, x, ln.g.w, ln.b.w, rows, d, lnEps)
 		out, bb := branch(h)
-		y := be.Alloc(rows * d)
+		y := n.out(rows * d)
 		be.Residual(y, x, out, nil, 1, rows, d)
 		return y, func(dy kernels.Buffer) kernels.Buffer {
 			dh := bb(dy)
-			dx := be.Alloc(rows * d)
+			dx := n.out(rows * d)
 			be.LayerNormBackward(dx, ln.g.g, ln.b.g, dh, x, ln.g.w, rows, d, lnEps)
 			be.AddTo(dx, dy)
 			return dx
@@ -373,7 +383,7 @@ func (n *TrainNet) sublayer(x kernels.Buffer, rows int, l *tlayer, i int, before
 		}
 		prof.r = float64(float32(math.Sqrt(float64(varF32(xs) + varF32(n.host(out))))))
 	}
-	z, y := be.Alloc(rows*d), be.Alloc(rows*d)
+	z, y := n.out(rows*d), n.out(rows*d)
 	// A backend with the fused residual+LayerNorm gets the same bits in fewer
 	// launches; its backward adds dω before the branch's backward instead of after,
 	// which nothing else reads in between.
@@ -385,7 +395,7 @@ func (n *TrainNet) sublayer(x kernels.Buffer, rows int, l *tlayer, i int, before
 		be.LayerNorm(y, z, ln.g.w, ln.b.w, rows, d, lnEps)
 	}
 	return y, func(dy kernels.Buffer) kernels.Buffer {
-		dz, dom := be.Alloc(rows*d), domega
+		dz, dom := n.out(rows*d), domega
 		if fused {
 			rn.ResidualLayerNormBackward(dz, ln.g.g, ln.b.g, domega, dy, z, x, ln.g.w, alpha, rows, d, lnEps)
 			dom = nil // done above
@@ -407,7 +417,7 @@ func (n *TrainNet) withDropout(o *StepOptions, out kernels.Buffer, bb back) (ker
 	be := n.be
 	be.Mul(out, out, mask)
 	return out, func(dy kernels.Buffer) kernels.Buffer {
-		g := be.Alloc(dy.Len())
+		g := n.out(dy.Len())
 		be.Mul(g, dy, mask)
 		return bb(g)
 	}
@@ -420,7 +430,7 @@ func (n *TrainNet) headScale(heads int) float32 {
 // selfAttn is the self-attention branch over B sequences of T rows.
 func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T int, pad []bool, causal bool) (kernels.Buffer, back) {
 	be, d, rows := n.be, n.d, B*T
-	qkv := be.Alloc(rows * 3 * d)
+	qkv := n.out(rows * 3 * d)
 	be.Linear(qkv, h, a.qkv.w.w, a.qkv.b.w, rows, 3*d, d)
 	args := kernels.AttentionArgs{Batch: B, Heads: a.heads, HeadDim: d / a.heads, TQ: T, TK: T, Scale: n.headScale(a.heads),
 		KeyPadding: pad, KeyPadStride: T, Causal: causal}
@@ -429,18 +439,18 @@ func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T int
 	view := func(b kernels.Buffer, off int) kernels.View {
 		return kernels.View{Buf: b, Off: off, BatchStride: T * 3 * d, RowStride: 3 * d}
 	}
-	ctxv := be.Alloc(rows * d)
+	ctxv := n.out(rows * d)
 	cv := kernels.View{Buf: ctxv, BatchStride: T * d, RowStride: d}
 	be.AttentionForward(cv, view(qkv, 0), view(qkv, d), view(qkv, 2*d), args, probs, mask)
-	out := be.Alloc(rows * d)
+	out := n.out(rows * d)
 	be.Linear(out, ctxv, a.o.w.w, a.o.b.w, rows, d, d)
 	return n.withDropout(o, out, func(dout kernels.Buffer) kernels.Buffer {
-		dctx := be.Alloc(rows * d)
+		dctx := n.out(rows * d)
 		be.LinearBackward(dctx, a.o.w.g, a.o.b.g, dout, ctxv, a.o.w.w, rows, d, d)
 		dqkv := be.Alloc(rows * 3 * d)
 		be.AttentionBackward(view(dqkv, 0), view(dqkv, d), view(dqkv, 2*d), kernels.View{Buf: dctx, BatchStride: T * d, RowStride: d},
 			view(qkv, 0), view(qkv, d), view(qkv, 2*d), args, probs, mask)
-		dh := be.Alloc(rows * d)
+		dh := n.out(rows * d)
 		be.LinearBackward(dh, a.qkv.w.g, a.qkv.b.g, dqkv, h, a.qkv.w.w, rows, 3*d, d)
 		return dh
 	})
@@ -452,9 +462,9 @@ func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T in
 	be, d, rows := n.be, n.d, B*T
 	wq, bq := be.Slice(a.qkv.w.w, 0, d*d), be.Slice(a.qkv.b.w, 0, d)
 	wkv, bkv := be.Slice(a.qkv.w.w, d*d, 2*d*d), be.Slice(a.qkv.b.w, d, 2*d)
-	q := be.Alloc(rows * d)
+	q := n.out(rows * d)
 	be.Linear(q, h, wq, bq, rows, d, d)
-	kv := be.Alloc(B * S * 2 * d)
+	kv := n.out(B * S * 2 * d)
 	be.Linear(kv, enc, wkv, bkv, B*S, 2*d, d)
 	args := kernels.AttentionArgs{Batch: B, Heads: a.heads, HeadDim: d / a.heads, TQ: T, TK: S, Scale: n.headScale(a.heads),
 		KeyPadding: encPad, KeyPadStride: S}
@@ -464,19 +474,19 @@ func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T in
 	kvv := func(b kernels.Buffer, off int) kernels.View {
 		return kernels.View{Buf: b, Off: off, BatchStride: S * 2 * d, RowStride: 2 * d}
 	}
-	ctxv := be.Alloc(rows * d)
+	ctxv := n.out(rows * d)
 	be.AttentionForward(qv(ctxv), qv(q), kvv(kv, 0), kvv(kv, d), args, probs, mask)
-	out := be.Alloc(rows * d)
+	out := n.out(rows * d)
 	be.Linear(out, ctxv, a.o.w.w, a.o.b.w, rows, d, d)
 	return n.withDropout(o, out, func(dout kernels.Buffer) kernels.Buffer {
-		dctx := be.Alloc(rows * d)
+		dctx := n.out(rows * d)
 		be.LinearBackward(dctx, a.o.w.g, a.o.b.g, dout, ctxv, a.o.w.w, rows, d, d)
 		dq := be.Alloc(rows * d)
 		dkv := be.Alloc(B * S * 2 * d)
 		be.AttentionBackward(qv(dq), kvv(dkv, 0), kvv(dkv, d), qv(dctx), qv(q), kvv(kv, 0), kvv(kv, d), args, probs, mask)
-		dh := be.Alloc(rows * d)
+		dh := n.out(rows * d)
 		be.LinearBackward(dh, be.Slice(a.qkv.w.g, 0, d*d), be.Slice(a.qkv.b.g, 0, d), dq, h, wq, rows, d, d)
-		de := be.Alloc(B * S * d)
+		de := n.out(B * S * d)
 		be.LinearBackward(de, be.Slice(a.qkv.w.g, d*d, 2*d*d), be.Slice(a.qkv.b.g, d, 2*d), dkv, enc, wkv, B*S, 2*d, d)
 		be.AddTo(dEnc, de)
 		return dh
@@ -486,24 +496,24 @@ func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T in
 // ffn is the feed-forward branch fc2(Drop_act(act(fc1 h))).
 func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h kernels.Buffer, rows int) (kernels.Buffer, back) {
 	be, d, F := n.be, n.d, l.ffn
-	pre := be.Alloc(rows * F)
+	pre := n.out(rows * F)
 	be.Linear(pre, h, l.fc1.w.w, l.fc1.b.w, rows, F, d)
-	a := be.Alloc(rows * F)
+	a := n.out(rows * F)
 	be.Activate(a, pre, n.act)
 	mask := n.dropout(o, o.ActivationDropout, rows*F)
 	if mask != nil {
 		be.Mul(a, a, mask)
 	}
-	out := be.Alloc(rows * d)
+	out := n.out(rows * d)
 	be.Linear(out, a, l.fc2.w.w, l.fc2.b.w, rows, d, F)
 	return n.withDropout(o, out, func(dout kernels.Buffer) kernels.Buffer {
-		da := be.Alloc(rows * F)
+		da := n.out(rows * F)
 		be.LinearBackward(da, l.fc2.w.g, l.fc2.b.g, dout, a, l.fc2.w.w, rows, d, F)
 		if mask != nil {
 			be.Mul(da, da, mask)
 		}
 		be.ActivateBackward(da, da, pre, n.act)
-		dh := be.Alloc(rows * d)
+		dh := n.out(rows * d)
 		be.LinearBackward(dh, l.fc1.w.g, l.fc1.b.g, da, h, l.fc1.w.w, rows, F, d)
 		return dh
 	})
@@ -513,7 +523,7 @@ func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h kernels.Buffer, rows int) (k
 func (n *TrainNet) embed(o *StepOptions, table, pos *tparam, ids []int32, B, T int) (kernels.Buffer, back) {
 	be, d, rows := n.be, n.d, B*T
 	p := positionIDs(ids, B, T)
-	x := be.Alloc(rows * d)
+	x := n.out(rows * d)
 	be.Embed(x, table.w, ids, d, n.embedScale)
 	be.AddRows(x, pos.w, p, d)
 	mask := n.dropout(o, o.Dropout, rows*d)
@@ -523,7 +533,7 @@ func (n *TrainNet) embed(o *StepOptions, table, pos *tparam, ids []int32, B, T i
 	return x, func(dy kernels.Buffer) kernels.Buffer {
 		g := dy
 		if mask != nil {
-			g = be.Alloc(dy.Len())
+			g = n.out(dy.Len())
 			be.Mul(g, dy, mask)
 		}
 		be.EmbedBackward(table.g, g, ids, d, n.embedScale, Pad)
@@ -612,11 +622,11 @@ func (n *TrainNet) Step(ctx context.Context, b *TrainBatch, o StepOptions) (Step
 		encBacks = append(encBacks, bk)
 	}
 	if n.encLN != nil {
-		y := be.Alloc(encRows * d)
+		y := n.out(encRows * d)
 		be.LayerNorm(y, x, n.encLN.g.w, n.encLN.b.w, encRows, d, lnEps)
 		xin, ln := x, n.encLN
 		encBacks = append(encBacks, func(dy kernels.Buffer) kernels.Buffer {
-			dx := be.Alloc(encRows * d)
+			dx := n.out(encRows * d)
 			be.LayerNormBackward(dx, ln.g.g, ln.b.g, dy, xin, ln.g.w, encRows, d, lnEps)
 			return dx
 		})
@@ -651,22 +661,22 @@ func (n *TrainNet) Step(ctx context.Context, b *TrainBatch, o StepOptions) (Step
 		backs = append(backs, bk)
 	}
 	if n.decLN != nil {
-		z := be.Alloc(rows * d)
+		z := n.out(rows * d)
 		be.LayerNorm(z, y, n.decLN.g.w, n.decLN.b.w, rows, d, lnEps)
 		yin, ln := y, n.decLN
 		backs = append(backs, func(dy kernels.Buffer) kernels.Buffer {
-			dx := be.Alloc(rows * d)
+			dx := n.out(rows * d)
 			be.LayerNormBackward(dx, ln.g.g, ln.b.g, dy, yin, ln.g.w, rows, d, lnEps)
 			return dx
 		})
 		y = z
 	}
 	V := n.cfg.TgtVocab
-	logits := be.Alloc(rows * V)
+	logits := n.out(rows * V)
 	be.Linear(logits, y, n.outProj.w, nil, rows, V, d)
 	var dlogits kernels.Buffer
 	if o.Backward {
-		dlogits = be.Alloc(rows * V)
+		dlogits = n.out(rows * V)
 	}
 	loss, nll := be.LabelSmoothedLoss(dlogits, logits, b.Target, rows, V, float32(o.LabelSmoothing), Pad, o.gradScale())
 	res := StepResult{Loss: loss, NLL: nll, NSentences: B}
@@ -681,7 +691,7 @@ func (n *TrainNet) Step(ctx context.Context, b *TrainBatch, o StepOptions) (Step
 	if !o.Backward {
 		return res, nil
 	}
-	g := be.Alloc(rows * d)
+	g := n.out(rows * d)
 	be.LinearBackward(g, n.outProj.g, nil, dlogits, y, n.outProj.w, rows, V, d)
 	for i := len(backs) - 1; i >= 0; i-- {
 		if err := ctx.Err(); err != nil {

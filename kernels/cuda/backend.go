@@ -22,6 +22,9 @@ type Options struct {
 	// by the operation that caused it (slow; for tests and debugging). The environment
 	// variable XFORM_CUDA_SYNC=1 turns it on too.
 	SyncCheck bool
+	// PoisonUninit fills every AllocUninit buffer with NaN, so that an element its
+	// caller fails to write shows up in the results (tests; XFORM_CUDA_POISON=1 too).
+	PoisonUninit bool
 	// Precision selects the operand type of the GEMMs in Linear, Gemm and
 	// LinearBackward (see Precision). Everything else stays float32.
 	Precision Precision
@@ -83,6 +86,7 @@ type Backend struct {
 	scratch   [numSlots]*allocation // host-argument staging, one block per slot* constant
 	compiled  int                   // programs compiled now (not from the cache)
 	syncCheck bool
+	poison    bool
 	profile   *opProfile      // XFORM_CUDA_PROFILE=1; printed to stderr by Close
 	scopes    [][]*allocation // kernels.Scoper: allocations of each open scope
 	closed    bool
@@ -140,6 +144,7 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 	}
 	be := &Backend{drv: drv, prm: newParams(), syncCheck: opt.SyncCheck || os.Getenv("XFORM_CUDA_SYNC") == "1",
 		pool: &pool{free: map[uint64][]uint64{}}, precision: opt.Precision}
+	be.poison = opt.PoisonUninit || os.Getenv("XFORM_CUDA_POISON") == "1"
 	if os.Getenv("XFORM_CUDA_PROFILE") == "1" {
 		be.profile = newOpProfile()
 	}

@@ -37,7 +37,9 @@ var (
 
 func TestMain(m *testing.M) {
 	start := time.Now()
-	testGPU, testGPUErr = New(context.Background(), Options{SyncCheck: true, CacheDir: os.Getenv("XFORM_CUDA_TEST_CACHE")})
+	// PoisonUninit: every test that trains through model.TrainNet also checks that each
+	// buffer it takes uncleared is written whole before it is read.
+	testGPU, testGPUErr = New(context.Background(), Options{SyncCheck: true, PoisonUninit: true, CacheDir: os.Getenv("XFORM_CUDA_TEST_CACHE")})
 	if testGPU != nil {
 		fmt.Fprintf(os.Stderr, "cuda tests: %s (%s, %s), %d programs compiled, New took %v\n",
 			testGPU.info.Name, testGPU.arch, "nvrtc "+testGPU.nvrtcVer, testGPU.compiled, time.Since(start).Round(time.Millisecond))

@@ -125,6 +125,16 @@ func (be *Backend) Alloc(n int) kernels.Buffer {
 	return b
 }
 
+// AllocUninit implements kernels.UninitAllocator: Alloc without the memset.
+func (be *Backend) AllocUninit(n int) kernels.Buffer {
+	defer be.enter()()
+	b := be.scoped(be.newBuffer(n))
+	if be.poison && n > 0 {
+		must(be.drv.memsetD32(b.dptr(), 0x7fc00000, uint64(n))) // float32 quiet NaN
+	}
+	return b
+}
+
 // Upload implements kernels.Backend.
 func (be *Backend) Upload(v []float32) kernels.Buffer {
 	defer be.enter()()
