@@ -457,7 +457,8 @@ def main(argv=None):
     torch.manual_seed(a.seed)
     np.random.seed(a.seed)
     if dev.type == 'cuda':
-        torch.cuda.set_device(dev)
+        # torch 2.11 refuses set_device('cuda') without an index
+        torch.cuda.set_device(dev.index if dev.index is not None else 0)
 
     # Data
     t0 = time.time()
