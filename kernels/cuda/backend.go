@@ -75,6 +75,7 @@ type Backend struct {
 	blasFast  uintptr // default-math handle for bf16 (tensor cores), made on first use
 	precision Precision
 	half      *allocation // 16-bit copies of GEMM operands (precision.go), grown on demand
+	lt        ltState     // cuBLASLt plans for the 16-bit Linear (cublaslt.go), made on first use
 	info      DeviceInfo
 	arch      string
 	nvrtcVer  string
@@ -271,6 +272,7 @@ func (be *Backend) Close() error {
 	}
 	err := be.drv.synchronize()
 	be.dropHalf()
+	be.closeLt()
 	be.freeBlocks(be.pool.drain(0))
 	for i, a := range be.scratch {
 		if a != nil {

@@ -1,15 +1,18 @@
 package cuda
 
 import (
+	"math"
 	"math/rand/v2"
 	"testing"
 )
 
 // TestTrainingShapeTiming logs the device time per call of Linear and LinearBackward at
 // the GEMM shapes of a 6L-6L transformer_wmt_en_de training step (~6000 target tokens,
-// d 512, FFN 2048, 24k vocabulary), fp32 and bf16, and of bf16's parts (operand rounding,
-// the GEMM alone, the bias write), so the step's GEMM time can be compared with
-// cuBLAS's rate. It only measures; skipped with -short.
+// d 512, FFN 2048, 24k vocabulary), fp32 and bf16 (through cuBLASLt with the bias
+// epilogue, and with cuBLASLt turned off: GemmEx, bias written first), and of bf16's
+// parts (operand rounding, the GemmEx alone, the bias write, the cuBLASLt matmul with
+// its epilogue alone), so the step's GEMM time can be compared with cuBLAS's rate. It
+// only measures; skipped with -short.
 func TestTrainingShapeTiming(t *testing.T) {
 	if testing.Short() {
 		t.Skip("timing")
@@ -17,7 +20,7 @@ func TestTrainingShapeTiming(t *testing.T) {
 	be := gpu(t)
 	old, oldSync := be.precision, be.syncCheck
 	be.syncCheck = false
-	defer func() { be.precision, be.syncCheck = old, oldSync }()
+	defer func() { be.precision, be.syncCheck, be.lt.off = old, oldSync, false }()
 	if _, err := func() (uintptr, error) { defer be.enter()(); return be.fastHandle() }(); err != nil {
 		t.Fatal(err)
 	}
@@ -58,13 +61,18 @@ func TestTrainingShapeTiming(t *testing.T) {
 			bias, db = nil, nil
 		}
 		flop := 2 * float64(m) * float64(s.n) * float64(s.k)
-		for _, p := range []Precision{FP32, BF16} {
-			be.precision = p
+		for _, c := range []struct {
+			p     Precision
+			noLt  bool
+			label string
+		}{{FP32, false, "fp32"}, {BF16, false, "bf16 Lt"}, {BF16, true, "bf16 GemmEx"}} {
+			be.precision, be.lt.off = c.p, c.noLt
 			fwd := timeIt(20, func() { be.Linear(y, x, w, bias, m, s.n, s.k) })
 			bwd := timeIt(20, func() { be.LinearBackward(dx, dw, db, y, x, w, m, s.n, s.k) })
-			t.Logf("%-8s %d×%d×%d %s: Linear %7.1f µs (%5.1f TFLOP/s)  LinearBackward %7.1f µs (%5.1f TFLOP/s)",
-				s.name, m, s.n, s.k, p, fwd, flop/fwd/1e6, bwd, 2*flop/bwd/1e6)
+			t.Logf("%-8s %d×%d×%d %-11s: Linear %7.1f µs (%5.1f TFLOP/s)  LinearBackward %7.1f µs (%5.1f TFLOP/s)",
+				s.name, m, s.n, s.k, c.label, fwd, flop/fwd/1e6, bwd, 2*flop/bwd/1e6)
 		}
+		be.lt.off = false
 		be.precision = BF16
 		cast := timeIt(20, func() {
 			defer be.enter()()
@@ -81,7 +89,20 @@ func TestTrainingShapeTiming(t *testing.T) {
 			be.prm.reset().ptr(addr(y)).ptr(addr(x)).i32(m).i32(s.n)
 			be.elem(be.fn.fillRows, int64(m)*int64(s.n))
 		})
-		t.Logf("%-8s bf16 parts: cast %6.1f µs, GemmEx (fp32 C, beta 1) %6.1f µs (%5.1f TFLOP/s), bias fill %6.1f µs",
-			s.name, cast, gemm, flop/gemm/1e6, fill)
+		var plan *ltPlan
+		func() {
+			defer be.enter()()
+			plan = be.ltPlanFor(false, true, m, s.n, s.k, s.k, s.k, s.n, addr(y), addr(bias))
+		}()
+		lt := math.NaN()
+		if plan != nil {
+			lt = timeIt(20, func() {
+				defer be.enter()()
+				be.ltRun(plan, p[0], p[1], 0, addr(y), addr(bias))
+			})
+		}
+		t.Logf("%-8s bf16 parts: cast %6.1f µs, GemmEx (fp32 C, beta 1) %6.1f µs (%5.1f TFLOP/s), bias fill %6.1f µs, cuBLASLt (epilogue %v, beta 0) %6.1f µs (%5.1f TFLOP/s)",
+			s.name, cast, gemm, flop/gemm/1e6, fill, s.hasBias, lt, flop/lt/1e6)
 	}
+	t.Log(be.LtStatus())
 }

@@ -208,21 +208,22 @@ func (be *Backend) Gemm(transA, transB bool, m, n, k int, alpha float32, a kerne
 // Linear implements kernels.Backend: the bias is written first and the fp32 product
 // added on top (beta = 1), as torch's addmm does. Against the CPU backend's float64
 // accumulation this differs by fp32 rounding of the k-term sum (about √k·2⁻²⁴
-// relative). With a 16-bit Precision the operands are rounded first (precision.go).
+// relative). With a 16-bit Precision the operands are rounded first and cuBLASLt adds
+// the bias in the GEMM's epilogue (precision.go, cublaslt.go).
 func (be *Backend) Linear(y, x, w, bias kernels.Buffer, m, n, k int) {
 	if m == 0 || n == 0 {
 		return
 	}
 	defer be.enter()()
+	if be.precision != FP32 {
+		be.linear16(y, x, w, bias, m, n, k)
+		return
+	}
 	beta := float32(0)
 	if bias != nil {
 		be.prm.reset().ptr(addr(y)).ptr(addr(bias)).i32(m).i32(n)
 		be.elem(be.fn.fillRows, int64(m)*int64(n))
 		beta = 1
-	}
-	if be.precision != FP32 {
-		be.linear16(y, x, w, m, n, k, beta)
-		return
 	}
 	must(be.libs.blas.sgemmRowMajor(be.blasH, false, true, m, n, k, 1, addr(x), k, addr(w), k, beta, addr(y), n))
 	if be.syncCheck {

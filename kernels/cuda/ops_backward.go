@@ -93,8 +93,9 @@ func (be *Backend) colFinish(out kernels.Buffer, part *buffer, chunks, nout, o, 
 }
 
 // LinearBackward implements kernels.Trainer: dx and dw with cuBLAS (pedantic fp32, as
-// the forward, or on 16-bit operands as the Precision says), db with the deterministic
-// column sum of the fp32 dy.
+// the forward, or on 16-bit operands through cuBLASLt as the Precision says), db with
+// the deterministic column sum of the fp32 dy, added to db (cuBLASLt's BGRADB epilogue
+// would overwrite db and sum the 16-bit copy of dy instead).
 func (be *Backend) LinearBackward(dx, dw, db, dy, x, w kernels.Buffer, m, n, k int) {
 	if m == 0 {
 		return

@@ -10,7 +10,9 @@ import (
 // stay float32 buffers: just before each product the operands are rounded into a
 // persistent scratch block owned by the Backend (one launch for all operands of the
 // call), and cublasGemmEx multiplies them on the default-math handle with float32 C and
-// CUBLAS_COMPUTE_32F, which is torch.autocast's Linear. The scratch block is reused by
+// CUBLAS_COMPUTE_32F, which is torch.autocast's Linear; Linear and LinearBackward do the
+// same through cuBLASLt with a plan per shape and the bias in the epilogue
+// (cublaslt.go), GemmEx being their fallback. The scratch block is reused by
 // every call without synchronisation because every operation runs on the one default
 // stream: a GEMM still queued on the old contents runs before the next cast overwrites
 // them (the reasoning of memory.go's cache).
@@ -59,7 +61,7 @@ func extent(rows, cols, ld int) int {
 }
 
 // halfAlign keeps each copy 256-byte aligned, as cuBLAS's fastest tensor-core kernels
-// want (16 bytes is the minimum they accept).
+// want (16 bytes is the minimum they accept); cuBLASLt plans are chosen for it.
 const halfAlign = 256
 
 // cast16 rounds the operands into the scratch block in one launch and returns the
@@ -143,27 +145,52 @@ func (be *Backend) gemmOp16(transA, transB bool, m, n, k int, alpha float32, a k
 	be.gemm16(transA, transB, m, n, k, alpha, p[0], lda, p[1], ldb, beta, addr(c), ldc)
 }
 
-// linear16 is Linear's product in 16 bits: y = x·wᵀ + beta·y.
-func (be *Backend) linear16(y, x, w kernels.Buffer, m, n, k int, beta float32) {
+// linear16 is Linear in 16 bits: y = x·wᵀ + bias. Through cuBLASLt the bias comes
+// from the epilogue with beta = 0, so y is written once and never read; on the GemmEx
+// path it is written first and the product added with beta = 1, as in fp32.
+func (be *Backend) linear16(y, x, w, bias kernels.Buffer, m, n, k int) {
+	plan := be.ltPlanFor(false, true, m, n, k, k, k, n, addr(y), addr(bias))
 	p := be.cast16([3]operand16{{addr(x), m * k}, {addr(w), n * k}})
-	be.gemm16(false, true, m, n, k, 1, p[0], k, p[1], k, beta, addr(y), n)
+	be.product16(plan, false, true, m, n, k, p[0], k, p[1], k, 0, addr(y), n, addr(bias))
+}
+
+// product16 is c = op(a)·op(b) + beta·c (+ bias on each row, only for a c of n
+// contiguous columns with beta = 0) on 16-bit copies: through cuBLASLt when plan is
+// not nil and cuBLASLt takes it, else with GemmEx, the bias then written first.
+func (be *Backend) product16(plan *ltPlan, transA, transB bool, m, n, k int, a uint64, lda int, b uint64, ldb int, beta float32, c uint64, ldc int, bias uint64) {
+	if plan != nil && be.ltRun(plan, a, b, beta, c, bias) {
+		return
+	}
+	if bias != 0 {
+		be.prm.reset().ptr(c).ptr(bias).i32(m).i32(n)
+		be.elem(be.fn.fillRows, int64(m)*int64(n))
+		beta = 1
+	}
+	be.gemm16(transA, transB, m, n, k, 1, a, lda, b, ldb, beta, c, ldc)
 }
 
 // linearBackward16 is LinearBackward's two products in 16 bits, dx = dy·w and
-// dw += dyᵀ·x, with dy, w and x rounded in one launch (dy once for both products).
+// dw += dyᵀ·x, with dy, w and x rounded in one launch (dy once for both products),
+// each through cuBLASLt when it has a plan for the shape. db is not fused
+// (CUBLASLT_EPILOGUE_BGRADB): it would sum the 16-bit copy of dy, and it overwrites;
+// the caller keeps the fp32 column sum, which accumulates.
 func (be *Backend) linearBackward16(dx, dw, dy, x, w kernels.Buffer, m, n, k int) {
 	ops := [3]operand16{{addr(dy), m * n}}
+	var pdx, pdw *ltPlan
 	if dx != nil {
 		ops[1] = operand16{addr(w), n * k}
+		pdx = be.ltPlanFor(false, false, m, k, n, n, k, k, addr(dx), 0)
 	}
 	if dw != nil {
 		ops[2] = operand16{addr(x), m * k}
+		// This lookup cannot evict pdx: eviction takes the least recently used plan.
+		pdw = be.ltPlanFor(true, false, n, k, m, n, k, k, addr(dw), 0)
 	}
 	p := be.cast16(ops)
 	if dx != nil {
-		be.gemm16(false, false, m, k, n, 1, p[0], n, p[1], k, 0, addr(dx), k)
+		be.product16(pdx, false, false, m, k, n, p[0], n, p[1], k, 0, addr(dx), k, 0)
 	}
 	if dw != nil {
-		be.gemm16(true, false, n, k, m, 1, p[0], n, p[2], k, 1, addr(dw), k)
+		be.product16(pdw, true, false, n, k, m, p[0], n, p[2], k, 1, addr(dw), k, 0)
 	}
 }

@@ -1,0 +1,503 @@
+package cuda
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"unsafe"
+
+	"github.com/ebitengine/purego"
+)
+
+// cuBLASLt for the 16-bit Linear and LinearBackward (precision.go). cublasGemmEx asks
+// cuBLASLt's heuristic again at every call and has no bias epilogue, so a biased
+// Linear cost a fill_rows launch plus a GEMM with beta = 1 that reads y back (at the
+// out-projection's shape the read alone costs as much as the write). Here each product
+// shape gets its matmul descriptor, layouts and algorithm once, and the bias is added
+// by the GEMM's epilogue (CUBLASLT_EPILOGUE_BIAS, beta = 0): y is written once and
+// never read. Anything cuBLASLt cannot do (library or symbol missing, no algorithm for
+// a shape, a refusal at run time) falls back to GemmEx for that shape or for the whole
+// Backend, and the first reason is kept for LtStatus.
+//
+// The enum values below are cublasLt.h's (CUDA 11 to 13 agree on every one used here;
+// the header's values are part of cuBLASLt's ABI).
+
+// cublasLt holds the cuBLASLt entry points used.
+type cublasLt struct {
+	create, destroy                      uintptr
+	descCreate, descSetAttr, descDestroy uintptr
+	layoutCreate, layoutDestroy          uintptr
+	prefCreate, prefSetAttr, prefDestroy uintptr
+	heuristic, matmul                    uintptr
+}
+
+const (
+	ltDescTransA      = 3  // CUBLASLT_MATMUL_DESC_TRANSA: int32 cublasOperation_t
+	ltDescTransB      = 4  // CUBLASLT_MATMUL_DESC_TRANSB: int32
+	ltDescEpilogue    = 7  // CUBLASLT_MATMUL_DESC_EPILOGUE: uint32 cublasLtEpilogue_t
+	ltDescBiasPointer = 8  // CUBLASLT_MATMUL_DESC_BIAS_POINTER: device pointer
+	ltDescBiasType    = 26 // CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE: int32 cudaDataType
+
+	ltPrefMaxWorkspace = 1 // CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES: uint64
+	ltPrefAlignA       = 5 // CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES: uint32; B, C, D follow
+	ltPrefAlignB       = 6
+	ltPrefAlignC       = 7
+	ltPrefAlignD       = 8
+
+	ltEpiDefault = 1 // CUBLASLT_EPILOGUE_DEFAULT
+	ltEpiBias    = 4 // CUBLASLT_EPILOGUE_BIAS: D += bias, one value per row of D
+	// CUBLASLT_EPILOGUE_BGRADB (512) would give db from the GEMM dw = dyᵀ·x, but it
+	// sums the 16-bit copy of dy and writes instead of accumulating; db stays the fp32
+	// column sum (ops_backward.go).
+
+	// ltWorkspaceBytes is the workspace offered to every algorithm (split-K and
+	// stream-K kernels want some; 32 MiB is the size cuBLAS recommends on Hopper).
+	ltWorkspaceBytes = 32 << 20
+	// ltMaxPlans bounds the cache of plans: training batches vary m from step to
+	// step, and every m is its own layout.
+	ltMaxPlans = 256
+	// rtldNoload is glibc's RTLD_NOLOAD: dlopen only finds a library already loaded.
+	rtldNoload = 0x4
+)
+
+// ltHeuristicResult is cublasLtMatmulHeuristicResult_t: the algorithm (an opaque
+// cublasLtMatmulAlgo_t, 8 uint64), the workspace it needs, its status and wave count.
+type ltHeuristicResult struct {
+	algo          [8]uint64
+	workspaceSize uint64
+	state         int32
+	wavesCount    float32
+	reserved      [4]int32
+}
+
+// loadCublasLt binds cuBLASLt's entry points in the copy loadLibs opened (globally,
+// before cuBLAS): dlopen by soname with RTLD_NOLOAD finds that copy and never loads
+// another. blasPath orders the sonames so that cuBLAS's own major comes first.
+func loadCublasLt(blasPath string) (*cublasLt, error) {
+	names := append([]string(nil), libCublasLt.Names...)
+	for i, n := range names {
+		if strings.HasSuffix(blasPath, n[strings.LastIndex(n, ".so."):]) {
+			names[0], names[i] = names[i], names[0]
+			break
+		}
+	}
+	var h uintptr
+	var why []string
+	for _, n := range names {
+		p, err := purego.Dlopen(n, purego.RTLD_NOW|purego.RTLD_GLOBAL|rtldNoload)
+		if err == nil {
+			h = p
+			break
+		}
+		why = append(why, err.Error())
+	}
+	if h == 0 {
+		return nil, fmt.Errorf("%w: cuBLASLt is not loaded (%s)", ErrNoLibrary, strings.Join(why, "; "))
+	}
+	l := &cublasLt{}
+	err := bind(h, "libcublasLt", []symbol{
+		{"cublasLtCreate", &l.create}, {"cublasLtDestroy", &l.destroy},
+		{"cublasLtMatmulDescCreate", &l.descCreate}, {"cublasLtMatmulDescSetAttribute", &l.descSetAttr},
+		{"cublasLtMatmulDescDestroy", &l.descDestroy},
+		{"cublasLtMatrixLayoutCreate", &l.layoutCreate}, {"cublasLtMatrixLayoutDestroy", &l.layoutDestroy},
+		{"cublasLtMatmulPreferenceCreate", &l.prefCreate}, {"cublasLtMatmulPreferenceSetAttribute", &l.prefSetAttr},
+		{"cublasLtMatmulPreferenceDestroy", &l.prefDestroy},
+		{"cublasLtMatmulAlgoGetHeuristic", &l.heuristic}, {"cublasLtMatmul", &l.matmul},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNoLibrary, err)
+	}
+	return l, nil
+}
+
+// ltCheck turns a cublasStatus_t into an error (cuBLASLt shares cuBLAS's codes).
+func ltCheck(op string, r int32) error {
+	if r == 0 {
+		return nil
+	}
+	name := cublasStatus[r]
+	if name == "" {
+		name = fmt.Sprintf("cublasStatus(%d)", r)
+	}
+	return &Error{Lib: "cublas", Op: op, Code: int(r), Name: name}
+}
+
+// ltRefusal reports whether err is cuBLASLt declining a configuration (the GemmEx
+// path can still do it) rather than a failure of the device.
+func ltRefusal(err error) bool {
+	var e *Error
+	if !errors.As(err, &e) {
+		return false
+	}
+	switch e.Code {
+	case 7, 8, 15: // INVALID_VALUE, ARCH_MISMATCH, NOT_SUPPORTED
+		return true
+	}
+	return false
+}
+
+func (l *cublasLt) setDesc(desc uintptr, attr int, p unsafe.Pointer, size uintptr) error {
+	return ltCheck("cublasLtMatmulDescSetAttribute", call(l.descSetAttr, desc, uintptr(attr), uintptr(p), size))
+}
+
+func (l *cublasLt) setPref(pref uintptr, attr int, p unsafe.Pointer, size uintptr) error {
+	return ltCheck("cublasLtMatmulPreferenceSetAttribute", call(l.prefSetAttr, pref, uintptr(attr), uintptr(p), size))
+}
+
+func (l *cublasLt) newLayout(dtype uintptr, rows, cols, ld int) (uintptr, error) {
+	var h uintptr
+	err := ltCheck("cublasLtMatrixLayoutCreate", call(l.layoutCreate, uintptr(unsafe.Pointer(&h)), dtype,
+		uintptr(rows), uintptr(cols), uintptr(ld)))
+	return h, err
+}
+
+// ltShape is a row-major product C[m,n] = op(A)·op(B) as cuBLASLt's column-major one.
+// A row-major matrix is its transpose in column-major, so cuBLASLt computes
+// Cᵀ = op(B)ᵀ·op(A)ᵀ: its A is the caller's B and its B the caller's A, each laid out
+// as stored (rows, columns, leading dimension in column-major terms), and D = C is
+// n×m with the caller's ldc (as sgemmRowMajor does for cuBLAS).
+type ltShape struct {
+	opA, opB            int32
+	aRows, aCols, aLD   int // cuBLASLt's A: the caller's B
+	bRows, bCols, bLD   int // cuBLASLt's B: the caller's A
+	cRows, cCols, cLD   int
+	gemmM, gemmN, gemmK int // cuBLASLt's m, n, k
+}
+
+func ltColMajor(transA, transB bool, m, n, k, lda, ldb, ldc int) ltShape {
+	s := ltShape{opA: opN, opB: opN, aLD: ldb, bLD: lda, cRows: n, cCols: m, cLD: ldc, gemmM: n, gemmN: m, gemmK: k}
+	// The caller's B is k×n after its op; stored row-major k×n (ldb) it is n×k
+	// column-major, to be transposed; stored n×k it is k×n column-major, as is.
+	s.aRows, s.aCols = n, k
+	if transB {
+		s.opA = opT
+		s.aRows, s.aCols = k, n
+	}
+	// The caller's A is m×k after its op, likewise.
+	s.bRows, s.bCols = k, m
+	if transA {
+		s.opB = opT
+		s.bRows, s.bCols = m, k
+	}
+	return s
+}
+
+// ltKey is everything a plan depends on: the product, the operand type, the epilogue
+// and the alignment classes of the pointers the heuristic was told about.
+type ltKey struct {
+	transA, transB         bool
+	m, n, k, lda, ldb, ldc int
+	dtype                  uintptr
+	epilogue               uint32
+	alignAB, alignC, align uint32 // align: the bias pointer's class (0 without a bias)
+}
+
+// ltPlan is a product shape's descriptor, layouts and algorithm.
+type ltPlan struct {
+	desc, a, b, c uintptr
+	algo          [8]uint64
+	used          uint64 // ltState.clock at the last use
+	none          bool   // cuBLASLt cannot do this key: GemmEx
+}
+
+// ltState is the Backend's cuBLASLt: made at the first 16-bit Linear, released by Close.
+type ltState struct {
+	off    bool  // tests: always GemmEx
+	tried  bool  // init ran (err says how it went)
+	err    error // why cuBLASLt is not used at all (nil once it is)
+	lib    *cublasLt
+	handle uintptr
+	ws     uint64 // workspace block (0 if it could not be allocated)
+	wsSize uint64
+	plans  map[ltKey]*ltPlan
+	clock  uint64
+	calls  int   // matmuls run through cuBLASLt
+	falls  int   // keys that fell back to GemmEx
+	first  error // the first reason anything fell back
+}
+
+// alignOf is the largest power of two dividing the address, up to 256 bytes (what
+// cuBLASLt's alignment preferences distinguish).
+func alignOf(p uint64) uint32 {
+	if p == 0 {
+		return 256
+	}
+	return uint32(min(p&-p, 256))
+}
+
+// ltNote keeps the first reason for a fallback; XFORM_CUDA_DEBUG=1 also prints it, once
+// per Backend, so a run can be told which path its GEMMs take without a per-call line.
+func (be *Backend) ltNote(err error) {
+	s := &be.lt
+	s.falls++
+	if s.first != nil {
+		return
+	}
+	s.first = err
+	if os.Getenv("XFORM_CUDA_DEBUG") == "1" {
+		fmt.Fprintf(os.Stderr, "cuda: 16-bit GEMMs fall back to cublasGemmEx: %v\n", err)
+	}
+}
+
+// LtStatus says whether the 16-bit Linear and LinearBackward run through cuBLASLt: how
+// many product shapes are planned and matmuls were run, and the first reason anything
+// fell back to cublasGemmEx (for logs and debugging; XFORM_CUDA_DEBUG=1 prints that
+// reason when it happens).
+func (be *Backend) LtStatus() string {
+	be.mu.Lock()
+	defer be.mu.Unlock()
+	s := &be.lt
+	switch {
+	case be.precision == FP32:
+		return "cuBLASLt unused: fp32 GEMMs use cublasSgemm"
+	case s.off:
+		return "cuBLASLt turned off"
+	case !s.tried:
+		return "cuBLASLt not used yet"
+	case s.err != nil:
+		return fmt.Sprintf("cuBLASLt unused: %v", s.err)
+	}
+	msg := fmt.Sprintf("cuBLASLt: %d plans, %d matmuls, workspace %s", len(s.plans), s.calls, fmtBytes(s.wsSize))
+	if s.first != nil {
+		msg += fmt.Sprintf("; %d fallbacks to GemmEx, first: %v", s.falls, s.first)
+	}
+	return msg
+}
+
+// ltReady makes the handle and the workspace at the first use (the caller holds the
+// Backend); false when cuBLASLt is not to be used.
+func (be *Backend) ltReady() bool {
+	s := &be.lt
+	if s.off {
+		return false
+	}
+	if !s.tried {
+		s.tried = true
+		if s.err = be.ltInit(); s.err != nil {
+			be.ltNote(s.err)
+		}
+	}
+	return s.err == nil
+}
+
+func (be *Backend) ltInit() error {
+	if os.Getenv("XFORM_CUDA_LT") == "0" {
+		return errors.New("cuBLASLt turned off by XFORM_CUDA_LT=0")
+	}
+	lib, err := loadCublasLt(be.libs.blas.path)
+	if err != nil {
+		return err
+	}
+	var h uintptr
+	if err := ltCheck("cublasLtCreate", call(lib.create, uintptr(unsafe.Pointer(&h)))); err != nil {
+		return err
+	}
+	s := &be.lt
+	s.lib, s.handle, s.plans = lib, h, map[ltKey]*ltPlan{}
+	// Without a workspace cuBLASLt still has algorithms, only fewer; so a failed
+	// allocation is not a reason to give up.
+	if p, err := be.drv.memAlloc(ltWorkspaceBytes); err == nil {
+		s.ws, s.wsSize = p, ltWorkspaceBytes
+	}
+	return nil
+}
+
+// ltPlanFor returns the plan of a row-major product of 16-bit copies (256-byte
+// aligned, from cast16) into fp32 c, with the bias epilogue when bias is not 0; nil
+// when the GemmEx path must do it. The caller holds the Backend.
+func (be *Backend) ltPlanFor(transA, transB bool, m, n, k, lda, ldb, ldc int, c, bias uint64) *ltPlan {
+	if m == 0 || n == 0 || k == 0 || !be.ltReady() {
+		return nil
+	}
+	key := ltKey{transA: transA, transB: transB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc,
+		dtype: be.dataType16(), epilogue: ltEpiDefault, alignAB: halfAlign, alignC: alignOf(c)}
+	if bias != 0 {
+		key.epilogue, key.align = ltEpiBias, alignOf(bias)
+	}
+	s := &be.lt
+	s.clock++
+	p := s.plans[key]
+	if p == nil {
+		if len(s.plans) >= ltMaxPlans {
+			be.ltEvict()
+		}
+		var err error
+		if p, err = be.ltNewPlan(key, bias); err != nil {
+			be.ltNote(fmt.Errorf("%d×%d×%d (transposes %v %v, epilogue %d): %w", m, n, k, transA, transB, key.epilogue, err))
+			p = &ltPlan{none: true}
+		}
+		s.plans[key] = p
+	}
+	p.used = s.clock
+	if p.none {
+		return nil
+	}
+	return p
+}
+
+// ltNewPlan makes the descriptor and layouts of key and asks the heuristic for its
+// best algorithm within the workspace and the pointers' alignment.
+func (be *Backend) ltNewPlan(key ltKey, bias uint64) (_ *ltPlan, err error) {
+	s := &be.lt
+	l := s.lib
+	p := &ltPlan{}
+	defer func() {
+		if err != nil {
+			be.ltDestroy(p)
+		}
+	}()
+	sh := ltColMajor(key.transA, key.transB, key.m, key.n, key.k, key.lda, key.ldb, key.ldc)
+	if err := ltCheck("cublasLtMatmulDescCreate", call(l.descCreate, uintptr(unsafe.Pointer(&p.desc)), computeF32, cudaR32F)); err != nil {
+		return nil, err
+	}
+	epi := key.epilogue
+	for _, a := range []struct {
+		attr int
+		p    unsafe.Pointer
+		size uintptr
+	}{
+		{ltDescTransA, unsafe.Pointer(&sh.opA), 4},
+		{ltDescTransB, unsafe.Pointer(&sh.opB), 4},
+		{ltDescEpilogue, unsafe.Pointer(&epi), 4},
+	} {
+		if err := l.setDesc(p.desc, a.attr, a.p, a.size); err != nil {
+			return nil, err
+		}
+	}
+	if epi == ltEpiBias {
+		// fp32 bias, as D; the heuristic reads the pointer's alignment from it.
+		bt := int32(cudaR32F)
+		if err := l.setDesc(p.desc, ltDescBiasType, unsafe.Pointer(&bt), 4); err != nil {
+			return nil, err
+		}
+		if err := l.setDesc(p.desc, ltDescBiasPointer, unsafe.Pointer(&bias), 8); err != nil {
+			return nil, err
+		}
+	}
+	if p.a, err = l.newLayout(key.dtype, sh.aRows, sh.aCols, sh.aLD); err != nil {
+		return nil, err
+	}
+	if p.b, err = l.newLayout(key.dtype, sh.bRows, sh.bCols, sh.bLD); err != nil {
+		return nil, err
+	}
+	if p.c, err = l.newLayout(cudaR32F, sh.cRows, sh.cCols, sh.cLD); err != nil {
+		return nil, err
+	}
+	var pref uintptr
+	if err := ltCheck("cublasLtMatmulPreferenceCreate", call(l.prefCreate, uintptr(unsafe.Pointer(&pref)))); err != nil {
+		return nil, err
+	}
+	defer call(l.prefDestroy, pref)
+	ws := s.wsSize
+	if err := l.setPref(pref, ltPrefMaxWorkspace, unsafe.Pointer(&ws), 8); err != nil {
+		return nil, err
+	}
+	// The defaults assume 256-byte aligned matrices; a Slice of a buffer can start on
+	// any float, and an algorithm chosen for 256 bytes would fault on it.
+	for _, a := range []struct {
+		attr  int
+		align uint32
+	}{{ltPrefAlignA, key.alignAB}, {ltPrefAlignB, key.alignAB}, {ltPrefAlignC, key.alignC}, {ltPrefAlignD, key.alignC}} {
+		v := a.align
+		if err := l.setPref(pref, a.attr, unsafe.Pointer(&v), 4); err != nil {
+			return nil, err
+		}
+	}
+	var res ltHeuristicResult
+	var got int32
+	if err := ltCheck("cublasLtMatmulAlgoGetHeuristic", call(l.heuristic, s.handle, p.desc, p.a, p.b, p.c, p.c, pref,
+		1, uintptr(unsafe.Pointer(&res)), uintptr(unsafe.Pointer(&got)))); err != nil {
+		return nil, err
+	}
+	if got < 1 || res.state != 0 || res.workspaceSize > s.wsSize {
+		return nil, fmt.Errorf("cuBLASLt heuristic returned no algorithm (%d results, state %d)", got, res.state)
+	}
+	p.algo = res.algo
+	return p, nil
+}
+
+// ltRun computes c = a·b (row-major, as planned) + beta·c, plus the bias through the
+// epilogue when the plan has it. false when cuBLASLt refused at run time: the plan is
+// then marked for GemmEx and the caller does the product there.
+func (be *Backend) ltRun(p *ltPlan, a, b uint64, beta float32, c, bias uint64) bool {
+	s := &be.lt
+	l := s.lib
+	if bias != 0 {
+		// The descriptor is read when the matmul is enqueued, so pointing the cached
+		// one at this call's bias cannot change work already queued.
+		must(l.setDesc(p.desc, ltDescBiasPointer, unsafe.Pointer(&bias), 8))
+	}
+	alpha := float32(1)
+	err := ltCheck("cublasLtMatmul", call(l.matmul, s.handle, p.desc, uintptr(unsafe.Pointer(&alpha)),
+		uintptr(b), p.a, uintptr(a), p.b, uintptr(unsafe.Pointer(&beta)), uintptr(c), p.c, uintptr(c), p.c,
+		uintptr(unsafe.Pointer(&p.algo)), uintptr(s.ws), uintptr(s.wsSize), 0))
+	if err != nil {
+		if !ltRefusal(err) {
+			panic(err)
+		}
+		be.ltDestroy(p)
+		*p = ltPlan{none: true, used: p.used}
+		be.ltNote(err)
+		return false
+	}
+	s.calls++
+	if be.syncCheck {
+		must(be.drv.synchronize())
+	}
+	return true
+}
+
+// ltEvict drops the least recently used plan (a miss already pays for a heuristic
+// call, so the linear scan is cheap beside it).
+func (be *Backend) ltEvict() {
+	s := &be.lt
+	var oldest ltKey
+	first := true
+	for k, p := range s.plans {
+		if first || p.used < s.plans[oldest].used {
+			oldest, first = k, false
+		}
+	}
+	if !first {
+		be.ltDestroy(s.plans[oldest])
+		delete(s.plans, oldest)
+	}
+}
+
+// ltDestroy frees a plan's descriptors (host objects: no work in flight uses them).
+func (be *Backend) ltDestroy(p *ltPlan) {
+	l := be.lt.lib
+	for _, h := range []*uintptr{&p.a, &p.b, &p.c} {
+		if *h != 0 {
+			call(l.layoutDestroy, *h)
+			*h = 0
+		}
+	}
+	if p.desc != 0 {
+		call(l.descDestroy, p.desc)
+		p.desc = 0
+	}
+}
+
+// closeLt releases the plans, the handle and the workspace (Close, after it has
+// synchronised).
+func (be *Backend) closeLt() {
+	s := &be.lt
+	if s.lib == nil {
+		return
+	}
+	for k, p := range s.plans {
+		be.ltDestroy(p)
+		delete(s.plans, k)
+	}
+	if s.handle != 0 {
+		call(s.lib.destroy, s.handle)
+		s.handle = 0
+	}
+	if s.ws != 0 {
+		_ = be.drv.memFree(s.ws)
+		s.ws, s.wsSize = 0, 0
+	}
+	s.err = errors.New("closed")
+}
