@@ -34,10 +34,14 @@ func (be *Backend) stagePadding(a kernels.AttentionArgs) uint64 {
 	return be.stage(slotPad, unsafe.Pointer(&a.KeyPadding[0]), len(a.KeyPadding))
 }
 
-// AttentionForward implements kernels.Trainer: attention_tiled for short sequences,
-// else the inference row kernel; both store the per-head probabilities into probs and
-// apply the dropout mask to them before they weight the values.
+// AttentionForward implements kernels.Trainer. In the 16-bit precisions, the float
+// kernels of attention_fast.go where the shape allows; else attention_tiled for short
+// sequences, else the inference row kernel. All store the per-head probabilities into
+// probs and apply the dropout mask to them before they weight the values.
 func (be *Backend) AttentionForward(out, q, k, v kernels.View, a kernels.AttentionArgs, probs, dropMask kernels.Buffer) {
+	if be.precision != FP32 && be.attentionForwardFast(out, q, k, v, a, probs, dropMask) {
+		return
+	}
 	if a.Batch == 0 || a.TQ == 0 || a.Heads == 0 {
 		return
 	}
@@ -66,13 +70,17 @@ func (be *Backend) AttentionForward(out, q, k, v kernels.View, a kernels.Attenti
 	be.run(be.fn.attention, [3]uint32{uint32(a.TQ), uint32(a.Heads), uint32(a.Batch)}, blockAttn, uint32(shared))
 }
 
-// AttentionBackward implements kernels.Trainer: attention_bwd_tiled, one block per
-// (batch, head), when TQ, TK and the head dimension are at most attnTileMax; else two
+// AttentionBackward implements kernels.Trainer. In the 16-bit precisions, the float
+// kernel of attention_fast.go where the shape allows; else attention_bwd_tiled, one
+// block per (batch, head), when TQ, TK and the head dimension are at most attnTileMax; else two
 // passes of row kernels (attention.cu): per query row, dS and dq; per key row, dk and
 // dv, with dS a double scratch of the probabilities' size. Padding and causal masks
 // need no arguments here: masked keys have probability 0 and every sum skips them, as
 // the CPU does.
 func (be *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v kernels.View, a kernels.AttentionArgs, probs, dropMask kernels.Buffer) {
+	if be.precision != FP32 && be.attentionBackwardFast(dq, dk, dv, dout, q, k, v, a, probs, dropMask) {
+		return
+	}
 	if a.Batch == 0 || a.TQ == 0 || a.Heads == 0 || a.TK == 0 {
 		return
 	}

@@ -331,12 +331,17 @@ func (be *Backend) Residual(y, x, branch, omega kernels.Buffer, alpha float32, r
 // more (48 KiB less the kernel's static scratch).
 const maxAttnShared = 48*1024 - 512
 
-// Attention implements kernels.Backend. Short key sequences (TK, HeadDim ≤ 64, more
-// than one query row) take attention_tiled, a block per (query tile, head, batch);
-// the rest the row kernel, a block per (query row, head, batch), whose row of scores
-// lives in shared memory, which bounds TK+HeadDim to about 12k.
+// Attention implements kernels.Backend. In the 16-bit precisions, the float kernel of
+// attention_fast.go takes TK ≤ 128 and HeadDim ≤ 64 (decode steps included). Otherwise
+// short key sequences (TK, HeadDim ≤ 64, more than one query row) take
+// attention_tiled, a block per (query tile, head, batch); the rest the row kernel, a
+// block per (query row, head, batch), whose row of scores lives in shared memory,
+// which bounds TK+HeadDim to about 12k.
 func (be *Backend) Attention(out, q, k, v kernels.View, a kernels.AttentionArgs) {
 	if a.Batch == 0 || a.TQ == 0 || a.Heads == 0 {
+		return
+	}
+	if be.precision != FP32 && be.attentionFast(out, q, k, v, a) {
 		return
 	}
 	tiled := useTiledForward(a)
