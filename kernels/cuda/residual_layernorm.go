@@ -22,6 +22,10 @@ func (be *Backend) ResidualLayerNorm(z, y, x, branch, omega kernels.Buffer, alph
 	if rows == 0 || dim == 0 {
 		return
 	}
+	if be.precision != FP32 && lnFastDim(dim) {
+		be.residualLayerNormFast(z, y, x, branch, omega, alpha, gamma, beta, rows, dim, eps)
+		return
+	}
 	defer be.enter()()
 	be.prm.reset().ptr(addr(z)).ptr(addr(y)).ptr(addr(x)).ptr(addr(branch)).ptr(addr(omega)).f32(alpha).
 		ptr(addr(gamma)).ptr(addr(beta)).i32(rows).i32(dim).f32(eps)
@@ -38,6 +42,10 @@ func (be *Backend) ResidualLayerNormBackward(dz, dgamma, dbeta, domega, dy, z, x
 	}
 	wantCols := dgamma != nil || dbeta != nil || domega != nil
 	if dz == nil && !wantCols {
+		return
+	}
+	if be.precision != FP32 && lnFastDim(dim) {
+		be.residualLayerNormBackwardFast(dz, dgamma, dbeta, domega, dy, z, x, gamma, alpha, rows, dim, eps)
 		return
 	}
 	defer be.enter()()
