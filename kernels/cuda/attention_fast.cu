@@ -46,12 +46,54 @@ __device__ __forceinline__ float af_warp_max(float v) {
     return v;
 }
 
-// af_stage copies rows [0, rows) × columns [0, cols) of a global matrix (row stride rs)
+// af_copy copies rows [0, rows) × columns [0, cols) of a global matrix (row stride rs)
 // into shared memory with row stride ld, scaled by s, writing zeros in columns
-// [cols, cols4) and rows [rows, rows4): the padding the float4 loops read.
-__device__ __forceinline__ void af_stage(float* dst, int ld, const float* src, long long rs,
-                                         int rows, int rows4, int cols, int cols4, float s, bool scaled) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+// [cols, cols4) and rows [rows, rows4): the padding the float4 loops read. Threads t of
+// nt (the block, or the lanes of one warp) share the work. When the columns and every
+// row start allow it (cols a multiple of 4, 16-byte aligned rows) it moves float4s, four
+// loads in flight per thread before their stores: the tiles are a few KiB, so the time
+// is load latency, and the scalar loop put one load in flight per thread per trip.
+// Either path stores the same values (x·s per element).
+__device__ __forceinline__ void af_copy(float* dst, int ld, const float* src, long long rs,
+                                        int rows, int rows4, int cols, int cols4, float s, bool scaled,
+                                        int t, int nt) {
+    const bool vec = (cols & 3) == 0 && cols4 == cols && (ld & 3) == 0 &&
+                     ((reinterpret_cast<unsigned long long>(src) | reinterpret_cast<unsigned long long>(dst) |
+                       (unsigned long long)(rs * 4)) & 15ull) == 0;
+    if (vec) {
+        const int n4 = cols >> 2, tot = rows4 * n4;
+        for (int e0 = t; e0 < tot; e0 += 4 * nt) {
+            float4 x[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const int e = e0 + u * nt;
+                x[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                if (e < tot) {
+                    const int r = e / n4, c = e - r * n4;
+                    if (r < rows) {
+                        float4 y = __ldg(reinterpret_cast<const float4*>(src + (long long)r * rs) + c);
+                        if (scaled) {
+                            y.x = y.x * s;
+                            y.y = y.y * s;
+                            y.z = y.z * s;
+                            y.w = y.w * s;
+                        }
+                        x[u] = y;
+                    }
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const int e = e0 + u * nt;
+                if (e < tot) {
+                    const int r = e / n4, c = e - r * n4;
+                    reinterpret_cast<float4*>(dst + r * ld)[c] = x[u];
+                }
+            }
+        }
+        return;
+    }
+    const int lane = t & 31, warp = t >> 5, nw = max(nt >> 5, 1);
     for (int r = warp; r < rows4; r += nw) {
         for (int c = lane; c < cols4; c += 32) {
             float x = 0.0f;
@@ -64,18 +106,28 @@ __device__ __forceinline__ void af_stage(float* dst, int ld, const float* src, l
     }
 }
 
+// af_stage is af_copy by the whole block.
+__device__ __forceinline__ void af_stage(float* dst, int ld, const float* src, long long rs,
+                                         int rows, int rows4, int cols, int cols4, float s, bool scaled) {
+    af_copy(dst, ld, src, rs, rows, rows4, cols, cols4, s, scaled, threadIdx.x, blockDim.x);
+}
+
 // ---------------------------------------------------------------------------------------
 // Forward. Block (x, h, b) of W = blockDim.x/32 warps takes query rows
 // [x·W·AF_R, (x+1)·W·AF_R); warp w rows i0 = x·W·AF_R + w·AF_R … i0 + AF_R − 1.
 // Shared memory: kv [TK4][ldk] (keys, then values), then per warp AF_R rows of lds
 // floats (its scaled queries, then its probabilities after dropout), lds ≥ max(D4, TK4).
+// When the launch code finds room for a second [TK4][ldk] tile within 48 KiB, it passes
+// its offset vOff (floats) and the values are staged there with the keys in step 1, so
+// their loads overlap instead of waiting behind the softmax; vOff = 0: values over keys.
 //  1. keys staged by the block, each warp's scaled queries by the warp; scores: lane holds
 //     keys j = lane + 32·c, s[r][c] = Σ_d qs[i_r][d]·k[j][d] (float4 loads: query rows
 //     broadcast, key rows one per lane).
 //  2. mask (padding, causal), softmax per row with warp shuffles, probabilities stored
 //     (headProbs, coalesced), then multiplied by the dropout mask.
-//  3. values staged over the keys; out[i][d] = Σ_j p[i][j]·v[j][d], lane owning d = lane
-//     and lane + 32, four keys per step (one float4 broadcast of p per row).
+//  3. values staged over the keys (or, with vOff, in step 1 beside them);
+//     out[i][d] = Σ_j p[i][j]·v[j][d], lane owning d = lane and lane + 32, four keys per
+//     step (one float4 broadcast of p per row).
 // ---------------------------------------------------------------------------------------
 template <int NC>
 __device__ __forceinline__ void af_fwd(
@@ -85,12 +137,13 @@ __device__ __forceinline__ void af_fwd(
     const float* v, long long vBS, long long vRS,
     int H, int D, int TQ, int TK, int ldk, int lds, float scale,
     const int* kvIndex, const unsigned char* pad, long long padStride,
-    int causal, int queryOffset, float* headProbs, const float* dropMask) {
+    int causal, int queryOffset, float* headProbs, const float* dropMask, int vOff) {
     extern __shared__ float4 af_smem4[];
     float* kv = reinterpret_cast<float*>(af_smem4);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     const int D4 = (D + 3) & ~3, TK4 = (TK + 3) & ~3;
     float* qp = kv + TK4 * ldk + warp * (AF_R * lds);
+    float* vt = kv + vOff;
     const int h = blockIdx.y, b = blockIdx.z;
     const int i0 = (blockIdx.x * nw + warp) * AF_R;
     const int nr = max(0, min(AF_R, TQ - i0));  // this warp's rows: uniform over the warp
@@ -103,10 +156,8 @@ __device__ __forceinline__ void af_fwd(
 
     // 1. scores
     af_stage(kv, ldk, kbp, kRS, TK, TK, D, D4, 1.0f, false);
-    for (int e = lane; e < AF_R * D4; e += 32) {
-        const int r = e / D4, d = e - r * D4;
-        qp[r * lds + d] = (r < nr && d < D) ? __ldg(qbp + (long long)r * qRS + d) * scale : 0.0f;
-    }
+    if (vOff) af_stage(vt, ldk, vbp, vRS, TK, TK4, D, D, 1.0f, false);
+    af_copy(qp, lds, qbp, qRS, nr, AF_R, D, D4, scale, true, lane, 32);
     __syncthreads();
 
     float s[AF_R][NC];
@@ -141,6 +192,26 @@ __device__ __forceinline__ void af_fwd(
         }
     }
 
+    // The key padding and the dropout mask of all AF_R rows are loaded here, together:
+    // inside the softmax each row's loads would wait behind the previous row's shuffles
+    // and stores. (Loaded before the scores they would hold AF_R·NC more registers
+    // through them.)
+    float dm[AF_R][NC];
+    bool padded[NC];  // the key padding, the same for every row
+#pragma unroll
+    for (int c = 0; c < NC; c++) {
+        const int j = lane + 32 * c;
+        padded[c] = pr && j < TK && __ldg(pr + j) != 0;
+    }
+    const long long rowOff0 = (((long long)b * H + h) * TQ + i0) * TK;
+#pragma unroll
+    for (int r = 0; r < AF_R; r++)
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            const int j = lane + 32 * c;
+            dm[r][c] = (dropMask && r < nr && j < TK) ? __ldg(dropMask + rowOff0 + (long long)r * TK + j) : 0.0f;
+        }
+
     // 2. softmax; s becomes the probabilities after dropout (0 on rows past nr and keys
     // past TK).
 #pragma unroll
@@ -153,7 +224,7 @@ __device__ __forceinline__ void af_fwd(
 #pragma unroll
             for (int c = 0; c < NC; c++) {
                 const int j = lane + 32 * c;
-                const bool keep = j <= last && !(pr && pr[j]);
+                const bool keep = j <= last && !padded[c];
                 s[r][c] = keep ? s[r][c] : -XF_INF;
                 m = fmaxf(m, s[r][c]);
             }
@@ -176,7 +247,7 @@ __device__ __forceinline__ void af_fwd(
                 if (j < TK) {
                     p = s[r][c] * inv;
                     if (headProbs) headProbs[rowOff + j] = p;
-                    if (dropMask) p = p * __ldg(dropMask + rowOff + j);
+                    if (dropMask) p = p * dm[r][c];
                 }
                 s[r][c] = p;
             }
@@ -188,7 +259,7 @@ __device__ __forceinline__ void af_fwd(
     __syncthreads();  // every warp is done with the keys (and its own query rows)
 
     // 3. output
-    af_stage(kv, ldk, vbp, vRS, TK, TK4, D, D, 1.0f, false);
+    if (!vOff) af_stage(vt, ldk, vbp, vRS, TK, TK4, D, D, 1.0f, false);
 #pragma unroll
     for (int r = 0; r < AF_R; r++)
 #pragma unroll
@@ -208,8 +279,8 @@ __device__ __forceinline__ void af_fwd(
             float v0[4], v1[4];
 #pragma unroll
             for (int t = 0; t < 4; t++) {
-                v0[t] = kv[(j4 + t) * ldk + dl0];
-                v1[t] = kv[(j4 + t) * ldk + dl1];
+                v0[t] = vt[(j4 + t) * ldk + dl0];
+                v1[t] = vt[(j4 + t) * ldk + dl1];
             }
 #pragma unroll
             for (int r = 0; r < AF_R; r++) {
@@ -241,9 +312,9 @@ __device__ __forceinline__ void af_fwd(
         const float* k, long long kBS, long long kRS, const float* v, long long vBS, long long vRS,  \
         int H, int D, int TQ, int TK, int ldk, int lds, float scale, const int* kvIndex,            \
         const unsigned char* pad, long long padStride, int causal, int queryOffset,                 \
-        float* headProbs, const float* dropMask) {                                                  \
+        float* headProbs, const float* dropMask, int vOff) {                                        \
         af_fwd<NC>(out, oBS, oRS, q, qBS, qRS, k, kBS, kRS, v, vBS, vRS, H, D, TQ, TK, ldk, lds,    \
-                   scale, kvIndex, pad, padStride, causal, queryOffset, headProbs, dropMask);       \
+                   scale, kvIndex, pad, padStride, causal, queryOffset, headProbs, dropMask, vOff); \
     }
 AF_FWD(1)
 AF_FWD(2)
@@ -326,12 +397,24 @@ __device__ __forceinline__ void af_cols_by_i(float (&a0)[AF_R], float (&a1)[AF_R
 __device__ __forceinline__ void af_add_rows(float* g, long long rs, int r0, int n, int D,
                                             const float (&a0)[AF_R], const float (&a1)[AF_R], float s) {
     const int lane = threadIdx.x & 31;
+    // Every load before any store: the rows are distinct, but the compiler cannot know
+    // that (rs is a run-time value) and would otherwise wait out each load in turn.
+    float g0[AF_R], g1[AF_R];
+#pragma unroll
+    for (int t = 0; t < AF_R; t++) {
+        g0[t] = g1[t] = 0.0f;
+        if (r0 + t < n) {
+            const float* row = g + (long long)(r0 + t) * rs;
+            if (lane < D) g0[t] = row[lane];
+            if (lane + 32 < D) g1[t] = row[lane + 32];
+        }
+    }
 #pragma unroll
     for (int t = 0; t < AF_R; t++) {
         if (r0 + t < n) {
             float* row = g + (long long)(r0 + t) * rs;
-            if (lane < D) row[lane] = row[lane] + a0[t] * s;
-            if (lane + 32 < D) row[lane + 32] = row[lane + 32] + a1[t] * s;
+            if (lane < D) row[lane] = g0[t] + a0[t] * s;
+            if (lane + 32 < D) row[lane + 32] = g1[t] + a1[t] * s;
         }
     }
 }
@@ -396,6 +479,18 @@ __device__ __forceinline__ void af_bwd(
                     }
                 }
             }
+            // The AF_R rows' probabilities and mask, loaded together: inside the row loop
+            // each row's loads would wait behind the previous row's shuffles.
+            float pr[AF_R][NC], mr[AF_R][NC];
+#pragma unroll
+            for (int r = 0; r < AF_R; r++)
+#pragma unroll
+                for (int c = 0; c < NC; c++) {
+                    const int i = i0 + r, j = lane + 32 * c;
+                    const bool in = i < TQ && j < TK;
+                    pr[r][c] = in ? __ldg(P + (long long)i * TK + j) : 0.0f;
+                    mr[r][c] = (in && Mk) ? __ldg(Mk + (long long)i * TK + j) : 1.0f;
+                }
 #pragma unroll
             for (int r = 0; r < AF_R; r++) {
                 const int i = i0 + r;
@@ -407,8 +502,8 @@ __device__ __forceinline__ void af_bwd(
                         const int j = lane + 32 * c;
                         p[c] = 0.0f;
                         if (j < TK) {
-                            p[c] = __ldg(P + (long long)i * TK + j);
-                            if (Mk) s[r][c] = s[r][c] * __ldg(Mk + (long long)i * TK + j);
+                            p[c] = pr[r][c];
+                            if (Mk) s[r][c] = s[r][c] * mr[r][c];
                             if (p[c] != 0.0f) dot = fmaf(s[r][c], p[c], dot);
                         }
                     }
@@ -449,14 +544,23 @@ __device__ __forceinline__ void af_bwd(
     __syncthreads();  // ds is no longer read
 
     // C. dv
-    for (int i = warp; i < TQ; i += nw) {
-        for (int j = lane; j < TK4; j += 32) {
-            float pm = 0.0f;
-            if (j < TK) {
-                pm = __ldg(P + (long long)i * TK + j);
-                if (Mk) pm = pm * __ldg(Mk + (long long)i * TK + j);
+    // Four elements per thread in flight before their stores (as af_copy).
+    {
+        const int tot = TQ * TK4;
+        for (int e0 = threadIdx.x; e0 < tot; e0 += 4 * blockDim.x) {
+            float pv[4], mv[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const int e = e0 + u * blockDim.x, i = e / TK4, j = e - i * TK4;
+                const bool in = e < tot && j < TK;
+                pv[u] = in ? __ldg(P + (long long)i * TK + j) : 0.0f;
+                mv[u] = (in && Mk) ? __ldg(Mk + (long long)i * TK + j) : 1.0f;
             }
-            Z[i * TK4 + j] = pm;
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const int e = e0 + u * blockDim.x;
+                if (e < tot) Z[e] = Mk ? pv[u] * mv[u] : pv[u];
+            }
         }
     }
     __syncthreads();
