@@ -47,7 +47,7 @@ func (be *Backend) AttentionForward(out, q, k, v kernels.View, a kernels.Attenti
 	}
 	a.KVIndex = nil // not used in training (the interface says so)
 	checkTrainAttention(a, probs, dropMask)
-	tiled := useTiledForward(a)
+	tiled := be.useTiledForward(a)
 	shared := 4 * (a.HeadDim + a.TK)
 	if !tiled && shared > maxAttnShared {
 		panic(fmt.Sprintf("cuda backend: attention over %d keys exceeds the kernel's shared-memory bound", a.TK))
@@ -87,7 +87,7 @@ func (be *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v kernels.View, a k
 	a.KVIndex = nil
 	checkTrainAttention(a, probs, dropMask)
 	defer be.enter()()
-	if useTiledBackward(a) {
+	if be.useTiledBackward(a) {
 		be.launchTiledBackward(dq, dk, dv, dout, q, k, v, a, addr(probs), addr(dropMask))
 		return
 	}

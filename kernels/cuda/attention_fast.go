@@ -2,8 +2,6 @@ package cuda
 
 import (
 	"fmt"
-	"sync"
-	"weak"
 
 	"github.com/xform-dev/xform/kernels"
 )
@@ -33,24 +31,16 @@ var afKernels = [...]string{
 }
 
 // attnFastFns are one Backend's fast kernels and what it has told the driver about
-// them. Looked up on first use, keyed weakly by the Backend (as attnTiledFns).
+// them, looked up on first use and kept in the Backend (lazyKernels).
 type attnFastFns struct {
 	fwd, bwd  [4]uintptr
 	optinMax  int    // the device's bound on dynamic shared memory per block, opted in
 	bwdShared [4]int // dynamic shared memory each backward kernel is allowed beyond afShared
 }
 
-var attnFastCache = struct {
-	sync.Mutex
-	m map[weak.Pointer[Backend]]*attnFastFns
-}{m: map[weak.Pointer[Backend]]*attnFastFns{}}
-
 // fastFns returns the fast kernels. The caller holds the Backend (enter).
 func (be *Backend) fastFns() *attnFastFns {
-	key := weak.Make(be)
-	attnFastCache.Lock()
-	defer attnFastCache.Unlock()
-	if f := attnFastCache.m[key]; f != nil {
+	if f := be.lazy.fastAttn; f != nil {
 		return f
 	}
 	f := &attnFastFns{}
@@ -76,7 +66,7 @@ func (be *Backend) fastFns() *attnFastFns {
 		panic(fmt.Errorf("cuda: shared memory bound of the device: %w", err))
 	}
 	f.optinMax = max(optin, afShared)
-	attnFastCache.m[key] = f
+	be.lazy.fastAttn = f
 	return f
 }
 

@@ -2,8 +2,6 @@ package cuda
 
 import (
 	"fmt"
-	"sync"
-	"weak"
 
 	"github.com/xform-dev/xform/kernels"
 )
@@ -18,31 +16,22 @@ const (
 	attnTileThreads = 256 // AT_THREADS
 )
 
-// attnTiledOff makes every call take the row kernels, so tests can check both paths
-// against the CPU at the same shapes. Test-only state.
-var attnTiledOff bool
-
 // useTiledForward says whether attention_tiled takes this call. A decode step (one
 // query row) stays on the row kernel: a block per row is the better shape there.
-func useTiledForward(a kernels.AttentionArgs) bool {
-	return !attnTiledOff && a.TQ > 1 && a.TK >= 1 && a.TK <= attnTileMax && a.HeadDim >= 1 && a.HeadDim <= attnTileMax
+// Backend.tiledOff (tests) sends every call to the row kernels.
+func (be *Backend) useTiledForward(a kernels.AttentionArgs) bool {
+	return !be.tiledOff && a.TQ > 1 && a.TK >= 1 && a.TK <= attnTileMax && a.HeadDim >= 1 && a.HeadDim <= attnTileMax
 }
 
 // useTiledBackward says whether attention_bwd_tiled takes this call: one block holds
 // a (batch, head)'s whole TQ×TK matrix of score gradients.
-func useTiledBackward(a kernels.AttentionArgs) bool {
-	return !attnTiledOff && a.TQ <= attnTileMax && a.TK >= 1 && a.TK <= attnTileMax && a.HeadDim >= 1 && a.HeadDim <= attnTileMax
+func (be *Backend) useTiledBackward(a kernels.AttentionArgs) bool {
+	return !be.tiledOff && a.TQ <= attnTileMax && a.TK >= 1 && a.TK <= attnTileMax && a.HeadDim >= 1 && a.HeadDim <= attnTileMax
 }
 
-// attnTiledFns are the tiled kernels of one Backend. They are looked up on first use
-// rather than in functions.table (backend.go), keyed weakly by the Backend so a closed
-// one can still be collected.
+// attnTiledFns are the tiled kernels of one Backend, looked up in its modules on first
+// use and kept in the Backend (lazyKernels).
 type attnTiledFns struct{ fwd, bwd uintptr }
-
-var attnTiledCache = struct {
-	sync.Mutex
-	m map[weak.Pointer[Backend]]*attnTiledFns
-}{m: map[weak.Pointer[Backend]]*attnTiledFns{}}
 
 // attnTiledKernels are the kernel names the launch code below looks up.
 var attnTiledKernels = [...]string{"attention_tiled", "attention_bwd_tiled"}
@@ -50,10 +39,7 @@ var attnTiledKernels = [...]string{"attention_tiled", "attention_bwd_tiled"}
 // tiledFns returns the tiled kernels, looking them up in the loaded modules the first
 // time. The caller holds the Backend (enter), so the context is current.
 func (be *Backend) tiledFns() *attnTiledFns {
-	key := weak.Make(be)
-	attnTiledCache.Lock()
-	defer attnTiledCache.Unlock()
-	if f := attnTiledCache.m[key]; f != nil {
+	if f := be.lazy.tiled; f != nil {
 		return f
 	}
 	f := &attnTiledFns{}
@@ -72,7 +58,7 @@ func (be *Backend) tiledFns() *attnTiledFns {
 			panic(fmt.Errorf("cuda: kernel %s not found in any module: %w", name, lastErr))
 		}
 	}
-	attnTiledCache.m[key] = f
+	be.lazy.tiled = f
 	return f
 }
 

@@ -90,7 +90,18 @@ type Backend struct {
 	poison    bool
 	profile   *opProfile      // XFORM_CUDA_PROFILE=1; printed to stderr by Close
 	scopes    [][]*allocation // kernels.Scoper: allocations of each open scope
+	lazy      lazyKernels
+	tiledOff  bool // tests: attention takes the row kernels even where the tiled ones fit
 	closed    bool
+}
+
+// lazyKernels are kernel sets looked up in the modules on their first launch (under the
+// Backend's lock) rather than in New: the attention and LayerNorm variants chosen by
+// shape and precision.
+type lazyKernels struct {
+	tiled    *attnTiledFns
+	fastAttn *attnFastFns
+	lnFast   *lnFastFns
 }
 
 // functions are the kernels looked up after loading the modules.

@@ -115,9 +115,13 @@ func (tc attnCase) views() attnViews {
 
 // withPath runs f with the tiled kernels allowed (tiled) or forced off.
 func withPath(tiled bool, f func()) {
-	old := attnTiledOff
-	attnTiledOff = !tiled
-	defer func() { attnTiledOff = old }()
+	if testGPU == nil {
+		f()
+		return
+	}
+	old := testGPU.tiledOff
+	testGPU.tiledOff = !tiled
+	defer func() { testGPU.tiledOff = old }()
 	f()
 }
 
@@ -138,8 +142,8 @@ func TestAttentionTrainShapes(t *testing.T) {
 			t.Run(fmt.Sprintf("%s/tiled=%v", tc.name, tiled), func(t *testing.T) {
 				p := newPair(t, 41)
 				a := tc.args(p)
-				exactF := tiled && useTiledForward(a)
-				exactB := tiled && useTiledBackward(a)
+				exactF := tiled && testGPU.useTiledForward(a)
+				exactB := tiled && testGPU.useTiledBackward(a)
 				t.Logf("tiled forward %v, tiled backward %v", exactF, exactB)
 				limit := func(exact bool) float64 {
 					if exact {
@@ -239,7 +243,7 @@ func TestAttentionInferenceShapes(t *testing.T) {
 						a.KVIndex = append(a.KVIndex, int32(b*tc.kvb/tc.B))
 					}
 				}
-				exact := tiled && useTiledForward(a)
+				exact := tiled && testGPU.useTiledForward(a)
 				t.Logf("tiled %v", exact)
 				limit := 1e-6
 				if exact {

@@ -2,8 +2,6 @@ package cuda
 
 import (
 	"fmt"
-	"sync"
-	"weak"
 
 	"github.com/xform-dev/xform/kernels"
 )
@@ -23,17 +21,12 @@ const (
 // lfNCs are the instantiated columns-per-lane counts, each with a forward and a backward.
 var lfNCs = [...]int{1, 2, 4, 8, 16, 32}
 
-// lnFastFns are one Backend's float LayerNorm kernels, looked up on first use and keyed
-// weakly by the Backend (as attnFastFns).
+// lnFastFns are one Backend's float LayerNorm kernels, looked up on first use and kept
+// in the Backend (lazyKernels).
 type lnFastFns struct {
 	fwd, bwd [len(lfNCs)]uintptr
 	finish   uintptr
 }
-
-var lnFastCache = struct {
-	sync.Mutex
-	m map[weak.Pointer[Backend]]*lnFastFns
-}{m: map[weak.Pointer[Backend]]*lnFastFns{}}
 
 // lnFastFunction finds a kernel by name in any of the Backend's modules.
 func (be *Backend) lnFastFunction(name string) uintptr {
@@ -50,10 +43,7 @@ func (be *Backend) lnFastFunction(name string) uintptr {
 
 // lnFns returns the float LayerNorm kernels. The caller holds the Backend (enter).
 func (be *Backend) lnFns() *lnFastFns {
-	key := weak.Make(be)
-	lnFastCache.Lock()
-	defer lnFastCache.Unlock()
-	if f := lnFastCache.m[key]; f != nil {
+	if f := be.lazy.lnFast; f != nil {
 		return f
 	}
 	f := &lnFastFns{finish: be.lnFastFunction("layernorm_fast_bwd_finish")}
@@ -61,7 +51,7 @@ func (be *Backend) lnFns() *lnFastFns {
 		f.fwd[i] = be.lnFastFunction(fmt.Sprintf("layernorm_fast_fwd%d", nc))
 		f.bwd[i] = be.lnFastFunction(fmt.Sprintf("layernorm_fast_bwd%d", nc))
 	}
-	lnFastCache.m[key] = f
+	be.lazy.lnFast = f
 	return f
 }
 

@@ -344,7 +344,7 @@ func (be *Backend) Attention(out, q, k, v kernels.View, a kernels.AttentionArgs)
 	if be.precision != FP32 && be.attentionFast(out, q, k, v, a) {
 		return
 	}
-	tiled := useTiledForward(a)
+	tiled := be.useTiledForward(a)
 	shared := 4 * (a.HeadDim + a.TK)
 	if !tiled && shared > maxAttnShared {
 		panic(fmt.Sprintf("cuda backend: attention over %d keys exceeds the kernel's shared-memory bound", a.TK))
