@@ -59,10 +59,7 @@ func (be *Backend) AttentionForward(out, q, k, v kernels.View, a kernels.Attenti
 		return
 	}
 	be.prm.reset().
-		ptr(viewAddr(out)).i64(out.BatchStride).i64(out.RowStride).
-		ptr(viewAddr(q)).i64(q.BatchStride).i64(q.RowStride).
-		ptr(viewAddr(k)).i64(k.BatchStride).i64(k.RowStride).
-		ptr(viewAddr(v)).i64(v.BatchStride).i64(v.RowStride).
+		views(out, q, k, v).
 		i32(a.Heads).i32(a.HeadDim).i32(a.TQ).i32(a.TK).f32(a.Scale).
 		ptr(0).ptr(padp).i64(a.KeyPadStride).
 		i32(boolInt(a.Causal)).i32(a.QueryOffset).
@@ -93,10 +90,7 @@ func (be *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v kernels.View, a k
 	}
 	ds := be.newDoubles(a.Batch * a.Heads * a.TQ * a.TK)
 	be.prm.reset().
-		ptr(viewAddr(dq)).i64(dq.BatchStride).i64(dq.RowStride).
-		ptr(viewAddr(dout)).i64(dout.BatchStride).i64(dout.RowStride).
-		ptr(viewAddr(k)).i64(k.BatchStride).i64(k.RowStride).
-		ptr(viewAddr(v)).i64(v.BatchStride).i64(v.RowStride).
+		views(dq, dout, k, v).
 		ptr(addr(probs)).ptr(addr(dropMask)).ptr(ds.dptr()).
 		i32(a.Heads).i32(a.HeadDim).i32(a.TQ).i32(a.TK).f32(a.Scale)
 	be.run(be.fn.train.attentionBwdQ, [3]uint32{uint32(a.TQ), uint32(a.Heads), uint32(a.Batch)}, blockAttn, 0)
@@ -104,10 +98,7 @@ func (be *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v kernels.View, a k
 	// 32 (at most blockAttn; larger heads loop).
 	block := uint32(min(max((a.HeadDim+31)/32*32, 32), blockAttn))
 	be.prm.reset().
-		ptr(viewAddr(dk)).i64(dk.BatchStride).i64(dk.RowStride).
-		ptr(viewAddr(dv)).i64(dv.BatchStride).i64(dv.RowStride).
-		ptr(viewAddr(q)).i64(q.BatchStride).i64(q.RowStride).
-		ptr(viewAddr(dout)).i64(dout.BatchStride).i64(dout.RowStride).
+		views(dk, dv, q, dout).
 		ptr(addr(probs)).ptr(addr(dropMask)).ptr(ds.dptr()).
 		i32(a.Heads).i32(a.HeadDim).i32(a.TQ).i32(a.TK).f32(a.Scale)
 	be.run(be.fn.train.attentionBwdKV, [3]uint32{uint32(a.TK), uint32(a.Heads), uint32(a.Batch)}, block, 0)

@@ -46,18 +46,7 @@ func (be *Backend) fastFns() *attnFastFns {
 	f := &attnFastFns{}
 	var dst [len(afKernels)]uintptr
 	for i, name := range afKernels {
-		var lastErr error
-		for _, m := range be.mods {
-			p, err := be.drv.function(m, name)
-			if err == nil {
-				dst[i] = p
-				break
-			}
-			lastErr = err
-		}
-		if dst[i] == 0 {
-			panic(fmt.Errorf("cuda: kernel %s not found in any module: %w", name, lastErr))
-		}
+		dst[i] = be.kernel(name)
 	}
 	copy(f.fwd[:], dst[:4])
 	copy(f.bwd[:], dst[4:])
@@ -153,10 +142,7 @@ func afBackwardShared(a kernels.AttentionArgs) (ldk, bytes int) {
 func (be *Backend) launchFastForward(out, q, k, v kernels.View, a kernels.AttentionArgs, kvp, padp, headProbs, dropMask uint64) {
 	p := planFastForward(a, be.info.SMs)
 	be.prm.reset().
-		ptr(viewAddr(out)).i64(out.BatchStride).i64(out.RowStride).
-		ptr(viewAddr(q)).i64(q.BatchStride).i64(q.RowStride).
-		ptr(viewAddr(k)).i64(k.BatchStride).i64(k.RowStride).
-		ptr(viewAddr(v)).i64(v.BatchStride).i64(v.RowStride).
+		views(out, q, k, v).
 		i32(a.Heads).i32(a.HeadDim).i32(a.TQ).i32(a.TK).i32(p.ldk).i32(p.lds).f32(a.Scale).
 		ptr(kvp).ptr(padp).i64(a.KeyPadStride).
 		i32(boolInt(a.Causal)).i32(a.QueryOffset).
@@ -204,13 +190,7 @@ func (be *Backend) attentionBackwardFast(dq, dk, dv, dout, q, k, v kernels.View,
 		f.bwdShared[nc-1] = f.optinMax
 	}
 	be.prm.reset().
-		ptr(viewAddr(dq)).i64(dq.BatchStride).i64(dq.RowStride).
-		ptr(viewAddr(dk)).i64(dk.BatchStride).i64(dk.RowStride).
-		ptr(viewAddr(dv)).i64(dv.BatchStride).i64(dv.RowStride).
-		ptr(viewAddr(dout)).i64(dout.BatchStride).i64(dout.RowStride).
-		ptr(viewAddr(q)).i64(q.BatchStride).i64(q.RowStride).
-		ptr(viewAddr(k)).i64(k.BatchStride).i64(k.RowStride).
-		ptr(viewAddr(v)).i64(v.BatchStride).i64(v.RowStride).
+		views(dq, dk, dv, dout, q, k, v).
 		ptr(addr(probs)).ptr(addr(dropMask)).
 		i32(a.Heads).i32(a.HeadDim).i32(a.TQ).i32(a.TK).i32(ldk).f32(a.Scale)
 	be.run(fn, [3]uint32{1, uint32(a.Heads), uint32(a.Batch)}, afThreads, uint32(shared))

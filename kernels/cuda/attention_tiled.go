@@ -1,8 +1,6 @@
 package cuda
 
 import (
-	"fmt"
-
 	"github.com/xform-dev/xform/kernels"
 )
 
@@ -42,22 +40,7 @@ func (be *Backend) tiledFns() *attnTiledFns {
 	if f := be.lazy.tiled; f != nil {
 		return f
 	}
-	f := &attnTiledFns{}
-	for i, dst := range []*uintptr{&f.fwd, &f.bwd} {
-		name := attnTiledKernels[i]
-		var lastErr error
-		for _, m := range be.mods {
-			p, err := be.drv.function(m, name)
-			if err == nil {
-				*dst = p
-				break
-			}
-			lastErr = err
-		}
-		if *dst == 0 {
-			panic(fmt.Errorf("cuda: kernel %s not found in any module: %w", name, lastErr))
-		}
-	}
+	f := &attnTiledFns{fwd: be.kernel(attnTiledKernels[0]), bwd: be.kernel(attnTiledKernels[1])}
 	be.lazy.tiled = f
 	return f
 }
@@ -81,10 +64,7 @@ func attnQueryTile(a kernels.AttentionArgs, sms int) int {
 func (be *Backend) launchTiledForward(out, q, k, v kernels.View, a kernels.AttentionArgs, kvp, padp, headProbs, dropMask uint64) {
 	qt := attnQueryTile(a, be.info.SMs)
 	be.prm.reset().
-		ptr(viewAddr(out)).i64(out.BatchStride).i64(out.RowStride).
-		ptr(viewAddr(q)).i64(q.BatchStride).i64(q.RowStride).
-		ptr(viewAddr(k)).i64(k.BatchStride).i64(k.RowStride).
-		ptr(viewAddr(v)).i64(v.BatchStride).i64(v.RowStride).
+		views(out, q, k, v).
 		i32(a.Heads).i32(a.HeadDim).i32(a.TQ).i32(a.TK).i32(qt).f32(a.Scale).
 		ptr(kvp).ptr(padp).i64(a.KeyPadStride).
 		i32(boolInt(a.Causal)).i32(a.QueryOffset).
@@ -96,13 +76,7 @@ func (be *Backend) launchTiledForward(out, q, k, v kernels.View, a kernels.Atten
 // launchTiledBackward enqueues attention_bwd_tiled, one block per (head, batch).
 func (be *Backend) launchTiledBackward(dq, dk, dv, dout, q, k, v kernels.View, a kernels.AttentionArgs, probs, dropMask uint64) {
 	be.prm.reset().
-		ptr(viewAddr(dq)).i64(dq.BatchStride).i64(dq.RowStride).
-		ptr(viewAddr(dk)).i64(dk.BatchStride).i64(dk.RowStride).
-		ptr(viewAddr(dv)).i64(dv.BatchStride).i64(dv.RowStride).
-		ptr(viewAddr(dout)).i64(dout.BatchStride).i64(dout.RowStride).
-		ptr(viewAddr(q)).i64(q.BatchStride).i64(q.RowStride).
-		ptr(viewAddr(k)).i64(k.BatchStride).i64(k.RowStride).
-		ptr(viewAddr(v)).i64(v.BatchStride).i64(v.RowStride).
+		views(dq, dk, dv, dout, q, k, v).
 		ptr(probs).ptr(dropMask).
 		i32(a.Heads).i32(a.HeadDim).i32(a.TQ).i32(a.TK).f32(a.Scale)
 	be.run(be.tiledFns().bwd, [3]uint32{1, uint32(a.Heads), uint32(a.Batch)}, attnTileThreads, 0)

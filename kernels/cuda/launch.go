@@ -1,6 +1,10 @@
 package cuda
 
 import (
+	"fmt"
+
+	"github.com/xform-dev/xform/kernels"
+
 	"math"
 	"unsafe"
 )
@@ -41,6 +45,15 @@ func (p *params) i64(v int) *params     { return p.u64(uint64(int64(v))) }
 func (p *params) i32(v int) *params     { return p.u64(uint64(uint32(int32(v)))) }
 func (p *params) f32(v float32) *params { return p.u64(uint64(math.Float32bits(v))) }
 
+// views appends each view as the kernels take a strided operand: its first element's
+// address, then its batch and row strides (elements).
+func (p *params) views(vs ...kernels.View) *params {
+	for _, v := range vs {
+		p.ptr(viewAddr(v)).i64(v.BatchStride).i64(v.RowStride)
+	}
+	return p
+}
+
 // grid1D picks a grid for a grid-stride elementwise kernel over n items with block
 // threads: enough blocks to fill the device a few times over, never more than needed.
 func grid1D(n int64, block, sms int) uint32 {
@@ -64,6 +77,20 @@ func (d *driver) loadModule(image []byte) (uintptr, error) {
 	var m uintptr
 	err := d.check("cuModuleLoadData", call(d.cuModuleLoadData, uintptr(unsafe.Pointer(&m)), uintptr(unsafe.Pointer(&image[0]))))
 	return m, err
+}
+
+// kernel finds a kernel by name in any of the Backend's modules (for the kernel sets
+// looked up on first use, lazyKernels). The caller holds the Backend.
+func (be *Backend) kernel(name string) uintptr {
+	var lastErr error
+	for _, m := range be.mods {
+		p, err := be.drv.function(m, name)
+		if err == nil {
+			return p
+		}
+		lastErr = err
+	}
+	panic(fmt.Errorf("cuda: kernel %s not found in any module: %w", name, lastErr))
 }
 
 func (d *driver) function(mod uintptr, name string) (uintptr, error) {

@@ -28,28 +28,15 @@ type lnFastFns struct {
 	finish   uintptr
 }
 
-// lnFastFunction finds a kernel by name in any of the Backend's modules.
-func (be *Backend) lnFastFunction(name string) uintptr {
-	var lastErr error
-	for _, m := range be.mods {
-		p, err := be.drv.function(m, name)
-		if err == nil {
-			return p
-		}
-		lastErr = err
-	}
-	panic(fmt.Errorf("cuda: kernel %s not found in any module: %w", name, lastErr))
-}
-
 // lnFns returns the float LayerNorm kernels. The caller holds the Backend (enter).
 func (be *Backend) lnFns() *lnFastFns {
 	if f := be.lazy.lnFast; f != nil {
 		return f
 	}
-	f := &lnFastFns{finish: be.lnFastFunction("layernorm_fast_bwd_finish")}
+	f := &lnFastFns{finish: be.kernel("layernorm_fast_bwd_finish")}
 	for i, nc := range lfNCs {
-		f.fwd[i] = be.lnFastFunction(fmt.Sprintf("layernorm_fast_fwd%d", nc))
-		f.bwd[i] = be.lnFastFunction(fmt.Sprintf("layernorm_fast_bwd%d", nc))
+		f.fwd[i] = be.kernel(fmt.Sprintf("layernorm_fast_fwd%d", nc))
+		f.bwd[i] = be.kernel(fmt.Sprintf("layernorm_fast_bwd%d", nc))
 	}
 	be.lazy.lnFast = f
 	return f

@@ -371,10 +371,7 @@ func (be *Backend) Attention(out, q, k, v kernels.View, a kernels.AttentionArgs)
 		be.launchTiledForward(out, q, k, v, a, kvp, padp, headp, 0)
 	} else {
 		be.prm.reset().
-			ptr(viewAddr(out)).i64(out.BatchStride).i64(out.RowStride).
-			ptr(viewAddr(q)).i64(q.BatchStride).i64(q.RowStride).
-			ptr(viewAddr(k)).i64(k.BatchStride).i64(k.RowStride).
-			ptr(viewAddr(v)).i64(v.BatchStride).i64(v.RowStride).
+			views(out, q, k, v).
 			i32(a.Heads).i32(a.HeadDim).i32(a.TQ).i32(a.TK).f32(a.Scale).
 			ptr(kvp).ptr(padp).i64(a.KeyPadStride).
 			i32(boolInt(a.Causal)).i32(a.QueryOffset).

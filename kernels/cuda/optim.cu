@@ -10,22 +10,30 @@
 // rounded float sqrt.
 #include "xform.cuh"
 
+// adam_elem updates element i (one kernel body for the per-parameter and the list kernel,
+// so both give the same bits).
+__device__ __forceinline__ void adam_elem(float* p, const float* g, float* m, float* v, long long i, float beta1,
+                                          float beta2, float omb1, float omb2, float eps, float decay, float step,
+                                          int update) {
+    float gi = g[i];
+    float vi = v[i] * beta2 + omb2 * gi * gi;
+    float mi = m[i] * beta1 + omb1 * gi;
+    v[i] = vi;
+    m[i] = mi;
+    float x = p[i];
+    if (decay != 0.0f) x = x + decay * x;
+    if (update) {
+        float den = (float)sqrt((double)vi) + eps;
+        x = x + -step * (mi / den);
+    }
+    p[i] = x;
+}
+
 extern "C" __global__ void adam_step(float* p, const float* g, float* m, float* v, long long n, float beta1,
                                      float beta2, float omb1, float omb2, float eps, float decay, float step,
                                      int update) {
     for (long long i = xf_tid(); i < n; i += xf_stride()) {
-        float gi = g[i];
-        float vi = v[i] * beta2 + omb2 * gi * gi;
-        float mi = m[i] * beta1 + omb1 * gi;
-        v[i] = vi;
-        m[i] = mi;
-        float x = p[i];
-        if (decay != 0.0f) x = x + decay * x;
-        if (update) {
-            float den = (float)sqrt((double)vi) + eps;
-            x = x + -step * (mi / den);
-        }
-        p[i] = x;
+        adam_elem(p, g, m, v, i, beta1, beta2, omb1, omb2, eps, decay, step, update);
     }
 }
 
@@ -42,18 +50,7 @@ extern "C" __global__ void adam_list(const unsigned long long* desc, int nbuf, f
         float* v = (float*)desc[3 * nbuf + k];
         long long n = (long long)desc[4 * nbuf + k];
         for (long long i = xf_tid(); i < n; i += xf_stride()) {
-            float gi = g[i];
-            float vi = v[i] * beta2 + omb2 * gi * gi;
-            float mi = m[i] * beta1 + omb1 * gi;
-            v[i] = vi;
-            m[i] = mi;
-            float x = p[i];
-            if (decay != 0.0f) x = x + decay * x;
-            if (update) {
-                float den = (float)sqrt((double)vi) + eps;
-                x = x + -step * (mi / den);
-            }
-            p[i] = x;
+            adam_elem(p, g, m, v, i, beta1, beta2, omb1, omb2, eps, decay, step, update);
         }
     }
 }
