@@ -329,30 +329,7 @@ func TestAttentionFastTiming(t *testing.T) {
 		{name: "cross", B: 200, H: 8, D: 64, TQ: 41, TK: 41, cross: true, pad: true, left: true, drop: true, minLen: 20},
 		{name: "self T100", B: 80, H: 8, D: 64, TQ: 100, TK: 100, pad: true, left: true, drop: true, minLen: 50},
 	} {
-		p := newPair(t, 47)
-		a := tc.args(p)
-		vw := tc.views()
-		d := tc.H * tc.D
-		np := tc.B * tc.H * tc.TQ * tc.TK
-		qb := be.Upload(randVec(p.r, vw.qn))
-		kvb := qb
-		if tc.cross {
-			kvb = be.Upload(randVec(p.r, vw.kvn))
-		}
-		probs, mask := be.Alloc(np), be.Alloc(np)
-		be.DropoutMask(mask, 0.1, 1)
-		out, dout := be.Alloc(tc.B*tc.TQ*d), be.Upload(randVec(p.r, tc.B*tc.TQ*d))
-		dqb := be.Alloc(vw.qn)
-		dkvb := dqb
-		if tc.cross {
-			dkvb = be.Alloc(vw.kvn)
-		}
-		ov := kernels.View{Buf: out, BatchStride: tc.TQ * d, RowStride: d}
-		gv := kernels.View{Buf: dout, BatchStride: tc.TQ * d, RowStride: d}
-		fwd := func() { be.AttentionForward(ov, vw.q(qb), vw.k(kvb), vw.v(kvb), a, probs, mask) }
-		bwd := func() {
-			be.AttentionBackward(vw.q(dqb), vw.k(dkvb), vw.v(dkvb), gv, vw.q(qb), vw.k(kvb), vw.v(kvb), a, probs, mask)
-		}
+		fwd, bwd := attnTimingCalls(t, be, tc)
 		for _, prec := range []Precision{BF16, FP32} {
 			t.Run(fmt.Sprintf("%s/%v", tc.name, prec), func(t *testing.T) {
 				withPrecision(t, prec)

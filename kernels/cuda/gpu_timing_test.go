@@ -24,29 +24,8 @@ func TestTrainingShapeTiming(t *testing.T) {
 	if _, err := func() (uintptr, error) { defer be.enter()(); return be.fastHandle() }(); err != nil {
 		t.Fatal(err)
 	}
-	timeIt := func(iters int, f func()) float64 {
-		f() // warm-up: cuBLAS loads its kernels lazily
-		var start, stop uintptr
-		func() {
-			defer be.enter()()
-			var err error
-			start, err = be.drv.newEvent()
-			must(err)
-			stop, err = be.drv.newEvent()
-			must(err)
-			must(be.drv.record(start))
-		}()
-		for i := 0; i < iters; i++ {
-			f()
-		}
-		defer be.enter()()
-		defer be.drv.destroyEvent(start)
-		defer be.drv.destroyEvent(stop)
-		must(be.drv.record(stop))
-		ms, err := be.drv.elapsed(start, stop)
-		must(err)
-		return float64(ms) * 1e3 / float64(iters)
-	}
+	// µs per call on the device (timeDevice: events around n calls after a warm-up).
+	timeIt := func(iters int, f func()) float64 { return timeDevice(t, be, iters, f).Seconds() * 1e6 }
 	const m = 6000
 	r := rand.New(rand.NewPCG(1, 2))
 	for _, s := range []struct {
