@@ -25,7 +25,7 @@
 #                [bf16; fp32 with DEVICE=cpu, which has no 16-bit GEMMs]
 #   TORCH_MODES  ["compile-cudagraphs eager compile"]   BUCKETS  static shapes for the compile modes [2]
 #   SKIP_CLINIC=1 SKIP_TORCH=1 SKIP_XFORM=1   leave a part out
-#   XFORM_NODROP=1  also run xform with every dropout 0 (6L only) to show the host-drawn masks' cost [1]
+#   XFORM_NODROP=1  also run xform with every dropout 0 (6L only) to show what dropout costs [1]
 #   BUDGET       seconds for the whole script; parts that would start later are skipped [470]
 #   PART_TIMEOUT seconds one part may take [180]
 # Two invocations (LAYERS=6, then LAYERS=18) measure everything if one does not fit the budget.
