@@ -3,6 +3,7 @@ package model
 import (
 	"context"
 	"fmt"
+	"github.com/xform-dev/xform/kernels"
 	"math"
 	"sort"
 )
@@ -47,6 +48,13 @@ type SearchState interface {
 // §6.2) on a [B, S] left-padded source batch and returns, per sentence, up to NBest
 // hypotheses sorted by score (best first).
 func (r *Runner) Generate(ctx context.Context, src []int32, B, S int, opt BeamOptions) ([][]Hypothesis, error) {
+	if sc, ok := r.be.(kernels.Scoper); ok {
+		// The batch's encoder output, caches and step buffers are dead once the
+		// hypotheses (host values) are returned: free them now, not when the collector
+		// runs (see kernels.Scoper).
+		sc.BeginScope()
+		defer sc.EndScope()
+	}
 	return Search(ctx, func(beam, maxLen int) (SearchState, error) {
 		enc, err := r.Encode(ctx, src, B, S, nil)
 		if err != nil {
