@@ -31,3 +31,13 @@ type ResidualNormer interface {
 	// ResidualBackward(dx, nil, dz, x, omega, alpha, rows, dim).
 	ResidualLayerNormBackward(dz, dgamma, dbeta, domega, dy, z, x, gamma Buffer, alpha float32, rows, dim int, eps float32)
 }
+
+// DropoutApplier is implemented by a Trainer that can apply a dropout mask without
+// storing it. ApplyDropout(y, x, p, seed) sets y = x⊙mask where mask is what
+// DropoutMask(mask, p, seed) would hold, with the same bits as DropoutMask followed by
+// Mul (y may alias x). The backward of dropout is the same call on the gradient with
+// the same seed, so the mask is never kept: a training step saves one float32 per
+// dropped element of memory and two passes over it.
+type DropoutApplier interface {
+	ApplyDropout(y, x Buffer, p float64, seed uint64)
+}

@@ -305,6 +305,37 @@ func (n *TrainNet) dropout(o *StepOptions, p float64, size int) kernels.Buffer {
 	return m
 }
 
+// drop is the dropout of one forward value, applied again to its gradient in the
+// backward: a stored mask, or, on a backend that applies masks without storing them
+// (kernels.DropoutApplier), the seed that draws the same mask again. Either way the
+// seed is the same draw from o.RNG, so both give the same bits.
+type drop struct {
+	mask kernels.Buffer
+	ap   kernels.DropoutApplier
+	p    float64
+	seed uint64
+}
+
+// newDrop returns the dropout of a value of size elements, or nil when it is off.
+func (n *TrainNet) newDrop(o *StepOptions, p float64, size int) *drop {
+	if !o.Train || p <= 0 {
+		return nil
+	}
+	if ap, ok := n.be.(kernels.DropoutApplier); ok {
+		return &drop{ap: ap, p: p, seed: o.RNG.Uint64()}
+	}
+	return &drop{mask: n.dropout(o, p, size)}
+}
+
+// apply sets y = x⊙mask (y may alias x).
+func (d *drop) apply(be kernels.Trainer, y, x kernels.Buffer) {
+	if d.ap != nil {
+		d.ap.ApplyDropout(y, x, d.p, d.seed)
+		return
+	}
+	be.Mul(y, x, d.mask)
+}
+
 // back maps the gradient of a forward value to the gradient of its input.
 type back func(dy kernels.Buffer) kernels.Buffer
 
@@ -410,15 +441,15 @@ func (n *TrainNet) sublayer(x kernels.Buffer, rows int, l *tlayer, i int, before
 
 // withDropout applies residual dropout to a branch output.
 func (n *TrainNet) withDropout(o *StepOptions, out kernels.Buffer, bb back) (kernels.Buffer, back) {
-	mask := n.dropout(o, o.Dropout, out.Len())
-	if mask == nil {
+	dr := n.newDrop(o, o.Dropout, out.Len())
+	if dr == nil {
 		return out, bb
 	}
 	be := n.be
-	be.Mul(out, out, mask)
+	dr.apply(be, out, out)
 	return out, func(dy kernels.Buffer) kernels.Buffer {
 		g := n.out(dy.Len())
-		be.Mul(g, dy, mask)
+		dr.apply(be, g, dy)
 		return bb(g)
 	}
 }
@@ -500,17 +531,17 @@ func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h kernels.Buffer, rows int) (k
 	be.Linear(pre, h, l.fc1.w.w, l.fc1.b.w, rows, F, d)
 	a := n.out(rows * F)
 	be.Activate(a, pre, n.act)
-	mask := n.dropout(o, o.ActivationDropout, rows*F)
-	if mask != nil {
-		be.Mul(a, a, mask)
+	dr := n.newDrop(o, o.ActivationDropout, rows*F)
+	if dr != nil {
+		dr.apply(be, a, a)
 	}
 	out := n.out(rows * d)
 	be.Linear(out, a, l.fc2.w.w, l.fc2.b.w, rows, d, F)
 	return n.withDropout(o, out, func(dout kernels.Buffer) kernels.Buffer {
 		da := n.out(rows * F)
 		be.LinearBackward(da, l.fc2.w.g, l.fc2.b.g, dout, a, l.fc2.w.w, rows, d, F)
-		if mask != nil {
-			be.Mul(da, da, mask)
+		if dr != nil {
+			dr.apply(be, da, da)
 		}
 		be.ActivateBackward(da, da, pre, n.act)
 		dh := n.out(rows * d)
@@ -526,15 +557,15 @@ func (n *TrainNet) embed(o *StepOptions, table, pos *tparam, ids []int32, B, T i
 	x := n.out(rows * d)
 	be.Embed(x, table.w, ids, d, n.embedScale)
 	be.AddRows(x, pos.w, p, d)
-	mask := n.dropout(o, o.Dropout, rows*d)
-	if mask != nil {
-		be.Mul(x, x, mask)
+	dr := n.newDrop(o, o.Dropout, rows*d)
+	if dr != nil {
+		dr.apply(be, x, x)
 	}
 	return x, func(dy kernels.Buffer) kernels.Buffer {
 		g := dy
-		if mask != nil {
+		if dr != nil {
 			g = n.out(dy.Len())
-			be.Mul(g, dy, mask)
+			dr.apply(be, g, dy)
 		}
 		be.EmbedBackward(table.g, g, ids, d, n.embedScale, Pad)
 		if pos.g != nil {

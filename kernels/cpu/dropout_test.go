@@ -154,3 +154,31 @@ func TestDropoutMaskEdges(t *testing.T) {
 	}
 	be.DropoutMask(be.Alloc(0), 0.1, 3) // empty: nothing to do, no panic
 }
+
+// ApplyDropout is DropoutMask followed by Mul, bit for bit, in place or not, with
+// negative and non-finite inputs (x·0 keeps −0 and turns Inf into NaN as Mul does).
+func TestApplyDropoutEqualsMaskThenMul(t *testing.T) {
+	be := New(3)
+	x := make([]float32, 10007)
+	for i := range x {
+		x[i] = float32(i%17) - 8.5
+	}
+	x[3] = float32(math.Inf(-1))
+	for _, p := range []float64{0, 0.1, 0.5, 1} {
+		xb := be.Upload(x)
+		mask, want, got := be.Alloc(len(x)), be.Alloc(len(x)), be.Alloc(len(x))
+		be.DropoutMask(mask, p, 42)
+		be.Mul(want, xb, mask)
+		be.ApplyDropout(got, xb, p, 42)
+		be.ApplyDropout(xb, xb, p, 42)
+		w, g, in := make([]float32, len(x)), make([]float32, len(x)), make([]float32, len(x))
+		be.Download(w, want)
+		be.Download(g, got)
+		be.Download(in, xb)
+		for i := range w {
+			if math.Float32bits(g[i]) != math.Float32bits(w[i]) || math.Float32bits(in[i]) != math.Float32bits(w[i]) {
+				t.Fatalf("p %g element %d: ApplyDropout %v, in place %v, DropoutMask+Mul %v", p, i, g[i], in[i], w[i])
+			}
+		}
+	}
+}

@@ -6,14 +6,25 @@
 // kernels.DropoutScale), so every element equals the CPU backend's bit for bit.
 #include "xform.cuh"
 
-// m[i] = keep when (hash(seed, i) >> 40) >= threshold, else 0, for i < n.
+// dropout_elem is mask element i: keep when (hash(seed, i) >> 40) >= threshold, else 0.
+__device__ __forceinline__ float dropout_elem(unsigned long long seed, long long i, unsigned long long threshold,
+                                              float keep) {
+    unsigned long long z = seed + ((unsigned long long)i + 1ull) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (z >> 40) >= threshold ? keep : 0.0f;
+}
+
+// m[i] = the mask element, for i < n.
 extern "C" __global__ void dropout_mask(float* m, unsigned long long seed, unsigned long long threshold,
                                         float keep, long long n) {
-    for (long long i = xf_tid(); i < n; i += xf_stride()) {
-        unsigned long long z = seed + ((unsigned long long)i + 1ull) * 0x9E3779B97F4A7C15ull;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        z ^= z >> 31;
-        m[i] = (z >> 40) >= threshold ? keep : 0.0f;
-    }
+    for (long long i = xf_tid(); i < n; i += xf_stride()) m[i] = dropout_elem(seed, i, threshold, keep);
+}
+
+// y[i] = x[i] · mask element i (the product mul computes, the mask never stored); y may
+// alias x.
+extern "C" __global__ void dropout_apply(float* y, const float* x, unsigned long long seed,
+                                         unsigned long long threshold, float keep, long long n) {
+    for (long long i = xf_tid(); i < n; i += xf_stride()) y[i] = x[i] * dropout_elem(seed, i, threshold, keep);
 }

@@ -1,6 +1,10 @@
 package cuda
 
-import "github.com/xform-dev/xform/kernels"
+import (
+	"fmt"
+
+	"github.com/xform-dev/xform/kernels"
+)
 
 // DropoutMask implements kernels.Trainer with one grid-stride kernel: the mask is
 // drawn where it is used instead of drawn on the host and uploaded. The threshold and
@@ -16,3 +20,21 @@ func (be *Backend) DropoutMask(mask kernels.Buffer, p float64, seed uint64) {
 	be.prm.reset().ptr(addr(mask)).u64(seed).u64(t).f32(keep).i64(n)
 	be.elem(be.fn.train.dropoutMask, int64(n))
 }
+
+// ApplyDropout implements kernels.DropoutApplier: dropout_mask's element times x, in
+// one pass, nothing stored.
+func (be *Backend) ApplyDropout(y, x kernels.Buffer, p float64, seed uint64) {
+	n := dev(y).n
+	if dev(x).n != n {
+		panic(fmt.Sprintf("cuda backend: ApplyDropout of %d elements into %d", dev(x).n, n))
+	}
+	t, keep := kernels.DropoutThreshold(p), kernels.DropoutScale(p)
+	if n == 0 {
+		return
+	}
+	defer be.enter()()
+	be.prm.reset().ptr(addr(y)).ptr(addr(x)).u64(seed).u64(t).f32(keep).i64(n)
+	be.elem(be.fn.train.dropoutApply, int64(n))
+}
+
+var _ kernels.DropoutApplier = (*Backend)(nil)

@@ -62,3 +62,31 @@ func TestDropoutMaskSlice(t *testing.T) {
 		}
 	}
 }
+
+// ApplyDropout on the GPU equals the CPU backend's bit for bit, in place and not, and
+// equals DropoutMask followed by Mul on the GPU itself (its contract), including the
+// signs of zero and non-finite inputs, which x·0 keeps (−x·0 = −0, Inf·0 = NaN).
+func TestApplyDropout(t *testing.T) {
+	p := newPair(t, 33)
+	for _, n := range []int{1, 7, 4097, 1<<20 + 1} {
+		for _, prob := range []float64{0, 0.1, 0.3, 1} {
+			x := randVec(p.r, n)
+			x[0] = float32(math.Inf(1))
+			if n > 1 {
+				x[1] = -x[n-1]
+			}
+			name := fmt.Sprintf("n %d p %g", n, prob)
+			xg, xc := p.up(x)
+			yg, yc := p.g.Alloc(n), p.c.Alloc(n)
+			p.g.ApplyDropout(yg, xg, prob, 99)
+			p.c.ApplyDropout(yc, xc, prob, 99)
+			checkExact(t, name, down(p.g, yg), down(p.c, yc))
+			mask, via := p.g.Alloc(n), p.g.Alloc(n)
+			p.g.DropoutMask(mask, prob, 99)
+			p.g.Mul(via, xg, mask)
+			checkExact(t, name+" vs DropoutMask+Mul", down(p.g, yg), down(p.g, via))
+			p.g.ApplyDropout(xg, xg, prob, 99) // in place
+			checkExact(t, name+" in place", down(p.g, xg), down(p.c, yc))
+		}
+	}
+}

@@ -25,7 +25,7 @@ type trainFunctions struct {
 	layernormBwd, residualBwd, activateBwd, embedBwd           uintptr
 	attentionBwdQ, attentionBwdKV                              uintptr
 	lsLoss, adamStep                                           uintptr
-	dropoutMask                                                uintptr
+	dropoutMask, dropoutApply                                  uintptr
 }
 
 func (f *trainFunctions) add(m map[string]*uintptr) {
@@ -36,7 +36,7 @@ func (f *trainFunctions) add(m map[string]*uintptr) {
 		"mul": &f.mul, "add_to": &f.addTo, "scale": &f.scale,
 		"layernorm_bwd": &f.layernormBwd, "residual_bwd": &f.residualBwd, "activate_bwd": &f.activateBwd,
 		"embed_bwd": &f.embedBwd, "attention_bwd_q": &f.attentionBwdQ, "attention_bwd_kv": &f.attentionBwdKV,
-		"ls_loss": &f.lsLoss, "adam_step": &f.adamStep, "dropout_mask": &f.dropoutMask,
+		"ls_loss": &f.lsLoss, "adam_step": &f.adamStep, "dropout_mask": &f.dropoutMask, "dropout_apply": &f.dropoutApply,
 	} {
 		m[name] = p
 	}
