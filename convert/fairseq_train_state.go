@@ -16,11 +16,19 @@ import (
 // JSON string). fairseq's loader reads only the extra_state keys it knows.
 const XformProgressKey = "xform_progress"
 
+// FP16OptimizerName is the class name of the fork's --fp16 optimizer wrapper. Its state
+// is the wrapped optimizer's for one flat fp32 parameter (every parameter, in parameters()
+// order, concatenated) plus 'loss_scale'; fairseq resumes it only with --fp16.
+const FP16OptimizerName = "FP16Optimizer"
+
 // TrainingState is what a fairseq checkpoint records of training besides the weights
 // (clinic-spec §3.1, §3.3): the optimizer's state in fairseq's layout, the optimizer
 // history entry the trainer checks on resume, and extra_state's iterator position.
 type TrainingState struct {
-	OptimizerName string // FairseqRAdam or FairseqAdam: fairseq resumes only into the same class
+	// OptimizerName is the optimizer_history class name, which fairseq's resume insists on:
+	// FairseqRAdam or FairseqAdam (per-parameter state), or FP16OptimizerName, which also
+	// selects the flat layout when writing.
+	OptimizerName string
 	CriterionName string // LabelSmoothedCrossEntropyCriterion
 	LR            float64
 	Betas         [2]float64
@@ -35,6 +43,11 @@ type TrainingState struct {
 	// and the batches taken from it.
 	Epoch, IterationsInEpoch int
 	ValLoss, Best            *float64
+	// LossScale is last_optimizer_state['loss_scale'] (fairseq's fp16 wrappers), nil when
+	// absent. LossScaleInt writes it as a Python int: the fork keeps --fp16-init-scale's
+	// int until the scale first changes.
+	LossScale    *float64
+	LossScaleInt bool
 	// XformProgress is extra_state[XformProgressKey], empty when absent.
 	XformProgress string
 }
@@ -130,13 +143,33 @@ func putTrainingState(root *types.Dict, m *model.Model, layout stateLayout, src 
 	}
 	state := types.NewOrderedDict()
 	ids := types.NewList()
-	for i, p := range params {
+	if st.OptimizerName == FP16OptimizerName {
+		// FP16Optimizer builds its fp32 copy by concatenating each parameter's flattened
+		// data in parameters() order, and torch numbers that single parameter 0.
+		flat := func(canon []float32) *tensor.Tensor {
+			v := make([]float32, 0, total)
+			for _, p := range params {
+				for _, s := range p.Src {
+					v = append(v, canon[s])
+				}
+			}
+			return tensor.FromF32([]int{len(v)}, v)
+		}
 		ps := types.NewOrderedDict()
 		ps.Set("step", st.Step)
-		ps.Set("exp_avg", gather(p, m1))
-		ps.Set("exp_avg_sq", gather(p, m2))
-		state.Set(i, ps)
-		ids.Append(i)
+		ps.Set("exp_avg", flat(m1))
+		ps.Set("exp_avg_sq", flat(m2))
+		state.Set(0, ps)
+		ids.Append(0)
+	} else {
+		for i, p := range params {
+			ps := types.NewOrderedDict()
+			ps.Set("step", st.Step)
+			ps.Set("exp_avg", gather(p, m1))
+			ps.Set("exp_avg_sq", gather(p, m2))
+			state.Set(i, ps)
+			ids.Append(i)
+		}
 	}
 	group := types.NewOrderedDict()
 	group.Set("lr", st.LR)
@@ -148,6 +181,15 @@ func putTrainingState(root *types.Dict, m *model.Model, layout stateLayout, src 
 	opt := types.NewOrderedDict()
 	opt.Set("state", state)
 	opt.Set("param_groups", types.NewListFromSlice([]interface{}{group}))
+	if st.LossScale != nil {
+		if st.LossScaleInt && *st.LossScale == math.Trunc(*st.LossScale) && math.Abs(*st.LossScale) < 1<<53 {
+			opt.Set("loss_scale", int(*st.LossScale))
+		} else {
+			opt.Set("loss_scale", *st.LossScale)
+		}
+	} else if st.OptimizerName == FP16OptimizerName {
+		return fmt.Errorf("convert: training state: %s without a loss scale", FP16OptimizerName)
+	}
 
 	optional := func(v *float64) interface{} {
 		if v == nil {
@@ -194,7 +236,8 @@ func putTrainingState(root *types.Dict, m *model.Model, layout stateLayout, src 
 // ReadTrainingState reads the training state of a fairseq checkpoint whose weights are
 // m (as imported from it). It returns nil without last_optimizer_state. Per-parameter
 // state (FairseqRAdam, FairseqAdam, MemoryEfficientFP16Optimizer) and FP16Optimizer's one
-// flat parameter are both mapped back onto m's canonical parameters.
+// flat parameter are both mapped back onto m's canonical parameters; the flat one must
+// hold exactly the model's parameters. The fp16 wrappers' loss_scale is LossScale.
 func ReadTrainingState(ck *fairseqpt.Checkpoint, m *model.Model) (*TrainingState, error) {
 	root := ck.Root
 	ov, ok := fairseqpt.DictGet(root, "last_optimizer_state")
@@ -244,6 +287,13 @@ func ReadTrainingState(ck *fairseqpt.Checkpoint, m *model.Model) (*TrainingState
 			}
 		}
 	}
+	histName := ""
+	if hv, ok := fairseqpt.DictGet(root, "optimizer_history"); ok {
+		if l, ok := hv.(*types.List); ok && l.Len() > 0 {
+			histName, _ = getString(l.Get(l.Len()-1), "optimizer_name")
+		}
+	}
+	flatLayout := histName == FP16OptimizerName || (len(order) == 1 && len(params) > 1)
 	// The state of parameter k of parameters() is state[params[k]].
 	read := func(key, field string, want int) ([]float32, error) {
 		ps, ok := byKey[key]
@@ -256,6 +306,9 @@ func ReadTrainingState(ck *fairseqpt.Checkpoint, m *model.Model) (*TrainingState
 			return nil, fail("parameter %s has no %s tensor", key, field)
 		}
 		if t.Numel() != want {
+			if flatLayout {
+				return nil, fail("%s's flat %s has %d elements, the model's %d parameters hold %d", FP16OptimizerName, field, t.Numel(), len(params), want)
+			}
 			return nil, fail("%s of parameter %s has %d elements, the model's parameter %d", field, key, t.Numel(), want)
 		}
 		mt, err := t.Materialize()
@@ -273,7 +326,9 @@ func ReadTrainingState(ck *fairseqpt.Checkpoint, m *model.Model) (*TrainingState
 	flat2 := make([]float32, total)
 	var firstKey string
 	switch {
-	case len(order) == len(params):
+	case flatLayout && len(order) != 1:
+		return nil, fail("%s state with %d parameters in the param group, want its one flat parameter", FP16OptimizerName, len(order))
+	case len(order) == len(params) && !flatLayout:
 		firstKey = order[0]
 		for k, p := range params {
 			a, err := read(order[k], "exp_avg", len(p.Src))
@@ -288,7 +343,7 @@ func ReadTrainingState(ck *fairseqpt.Checkpoint, m *model.Model) (*TrainingState
 				flat1[s], flat2[s] = a[j], b[j]
 			}
 		}
-	case len(order) == 1: // FP16Optimizer: one flat fp32 copy of every parameter in order
+	case flatLayout: // FP16Optimizer: one flat fp32 copy of every parameter in order
 		firstKey = order[0]
 		a, err := read(order[0], "exp_avg", int(total))
 		if err != nil {
@@ -325,6 +380,15 @@ func ReadTrainingState(ck *fairseqpt.Checkpoint, m *model.Model) (*TrainingState
 			st.OptimizerName, _ = getString(last, "optimizer_name")
 			st.CriterionName, _ = getString(last, "criterion_name")
 			st.NumUpdates = int(number(last, "num_updates"))
+		}
+	}
+	if lv, ok := fairseqpt.DictGet(ov, "loss_scale"); ok && lv != nil {
+		if f := toFloat(lv); !math.IsNaN(f) {
+			st.LossScale = &f
+			_, st.LossScaleInt = lv.(int)
+			if _, ok := lv.(int64); ok {
+				st.LossScaleInt = true
+			}
 		}
 	}
 	if ev, ok := fairseqpt.DictGet(root, "extra_state"); ok {

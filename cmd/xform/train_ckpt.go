@@ -46,6 +46,13 @@ func (cs *checkpointSaver) save(paths []string, snap *train.Snapshot) error {
 	for _, p := range o.Params {
 		st.ExpAvg[p.Name], st.ExpAvgSq[p.Name] = p.ExpAvg, p.ExpAvgSq
 	}
+	// Only --fp16 has a loss scaler. The fork's --fp16 resumes only FP16Optimizer state
+	// (one flat fp32 parameter and the loss scale), so such a run writes that layout;
+	// the scaler's counters stay in xform_progress, which fairseq does not keep.
+	if sc := snap.Progress.LossScaler; sc != nil {
+		scale := sc.Scale
+		st.OptimizerName, st.LossScale, st.LossScaleInt = convert.FP16OptimizerName, &scale, sc.PyInt
+	}
 	if !math.IsNaN(snap.ValLoss) {
 		v := snap.ValLoss
 		st.ValLoss = &v
@@ -145,7 +152,15 @@ func restoreTraining(ck *fairseqpt.Checkpoint, m *model.Model, optimizer string,
 			name = k
 		}
 	}
-	if name == "" {
+	switch {
+	case st.OptimizerName == convert.FP16OptimizerName:
+		// fairseq records the wrapper, not the optimizer inside it (nor does it check it);
+		// xform's own --fp16 checkpoints need no remark.
+		if st.XformProgress != "" {
+			break
+		}
+		fmt.Fprintf(out, "| %s has %s state (an --fp16 run): its Adam moments continue as %s's\n", ck.Path, st.OptimizerName, optimizer)
+	case name == "":
 		fmt.Fprintf(out, "| %s has %s state: its Adam moments are used as %s's\n", ck.Path, st.OptimizerName, optimizer)
 	}
 	if st.XformProgress != "" {
@@ -159,8 +174,9 @@ func restoreTraining(ck *fairseqpt.Checkpoint, m *model.Model, optimizer string,
 		}
 		// An fp16 fairseq run's optimizer state has its loss scale; fairseq resumes the
 		// scale alone, with fresh counters, and so does this.
-		if ls := ck.Progress.LossScale; ls != nil {
+		if ls := st.LossScale; ls != nil {
 			sc := train.FreshScalerState(*ls)
+			sc.PyInt = st.LossScaleInt
 			prog.LossScaler = &sc
 		}
 	}
