@@ -8,29 +8,9 @@ import (
 // so the summation order, depends on the buffers alone, never on the device.
 const sumsqBlocks = 256
 
-// stageList uploads the descriptors of xs (device addresses, then lengths) for the
-// list kernels of reduce.cu and returns their address and count (empty buffers left
-// out).
-func (be *Backend) stageList(xs []kernels.Buffer) (uint64, int) {
-	var ptrs, lens []uint64
-	for _, x := range xs {
-		b := dev(x)
-		if b == nil || b.n == 0 {
-			continue
-		}
-		ptrs = append(ptrs, b.dptr())
-		lens = append(lens, uint64(b.n))
-	}
-	if len(ptrs) == 0 {
-		return 0, 0
-	}
-	desc := append(ptrs, lens...)
-	var words []int32
-	for _, d := range desc {
-		words = append(words, int32(uint32(d)), int32(uint32(d>>32))) // little-endian uint64
-	}
-	return be.stageInts(slotList, words), len(ptrs)
-}
+// stageList uploads the descriptors of xs for the list kernels of reduce.cu and
+// optim.cu (see stageLists).
+func (be *Backend) stageList(xs []kernels.Buffer) (uint64, int) { return be.stageLists(xs) }
 
 // SumSquares implements kernels.Trainer (one buffer of SumSquaresAll).
 func (be *Backend) SumSquares(x kernels.Buffer) float64 {
@@ -84,10 +64,21 @@ func (be *Backend) AdamStep(p, g, m, v kernels.Buffer, s kernels.OptimStep) {
 	be.elem(be.fn.train.adamStep, int64(n))
 }
 
-// stageLists uploads the descriptors of parallel lists of equally long buffers: the
-// addresses of lists[0], then lists[1], …, then the lengths (taken from lists[0]), for
-// the list kernels. Empty buffers are left out; it returns the address and the count.
+// stageLists uploads the descriptors of parallel lists of equally long buffers for the
+// list kernels (listDescriptor) and returns their device address and the count.
 func (be *Backend) stageLists(lists ...[]kernels.Buffer) (uint64, int) {
+	words, n := listDescriptor(lists...)
+	if n == 0 {
+		return 0, 0
+	}
+	return be.stageInts(slotList, words), n
+}
+
+// listDescriptor lays out what the list kernels read: the device addresses of lists[0],
+// then of lists[1], …, then the lengths (taken from lists[0]), each a little-endian
+// uint64 as two int32 words. Empty buffers are left out; it returns the words and the
+// count of buffers kept. Buffers at the same index must have the same length.
+func listDescriptor(lists ...[]kernels.Buffer) ([]int32, int) {
 	var keep []int
 	for i, x := range lists[0] {
 		if b := dev(x); b != nil && b.n > 0 {
@@ -100,7 +91,7 @@ func (be *Backend) stageLists(lists ...[]kernels.Buffer) (uint64, int) {
 		}
 	}
 	if len(keep) == 0 {
-		return 0, 0
+		return nil, 0
 	}
 	words := make([]int32, 0, 2*(len(lists)+1)*len(keep))
 	put := func(d uint64) { words = append(words, int32(uint32(d)), int32(uint32(d>>32))) }
@@ -112,7 +103,7 @@ func (be *Backend) stageLists(lists ...[]kernels.Buffer) (uint64, int) {
 	for _, i := range keep {
 		put(uint64(dev(lists[0][i]).n))
 	}
-	return be.stageInts(slotList, words), len(keep)
+	return words, len(keep)
 }
 
 // listElems is the launch size of a list kernel: its longest buffer.
