@@ -3,7 +3,7 @@ GO      ?= go
 BIN     ?= bin/xform
 PKGS    := ./...
 
-.PHONY: build build-onnx static test test-onnx vet fmt-check demo fuzz bench clean
+.PHONY: build build-onnx static test test-onnx vet fmt-check demo fuzz bench clean gpu-bundle
 
 build:
 	$(GO) build -o $(BIN) ./cmd/xform
@@ -15,6 +15,16 @@ build-onnx:
 # A fully static binary (no cgo): what runs on the GPU machine and any Linux box.
 static:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/xform
+
+# Binaries for the GPU machine (no Go there): xform and the GPU test binaries, static and
+# xz-compressed into .device/ (the device tool carries at most 64 MiB); tools/gpu/run_checks.sh
+# runs them there.
+gpu-bundle:
+	mkdir -p .device
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o .device/xform ./cmd/xform
+	CGO_ENABLED=0 $(GO) test -c -ldflags='-s -w' -o .device/cudatest ./kernels/cuda
+	CGO_ENABLED=0 $(GO) test -c -ldflags='-s -w' -o .device/clitest ./cmd/xform
+	cd .device && for f in xform cudatest clitest; do xz -T0 -9 -f $$f; done
 
 vet:
 	$(GO) vet $(PKGS)
