@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/xform-dev/xform/bleu"
+	"github.com/xform-dev/xform/internal/pyfmt"
 	"github.com/xform-dev/xform/model"
 	"github.com/xform-dev/xform/train/data"
 )
@@ -148,7 +149,7 @@ func Run(ctx context.Context, r Translator, sp *Split, opt Options, out, warn io
 			for j, h := range hyps[k] {
 				hypStr := sp.TgtDict.String(h.Tokens, opt.RemoveBPE, false)
 				if !opt.Quiet {
-					fmt.Fprintf(out, "H-%d\t%s\t%s\n", id, PyFloat(float64(h.Score)), hypStr)
+					fmt.Fprintf(out, "H-%d\t%s\t%s\n", id, pyfmt.Float(float64(h.Score)), hypStr)
 					fmt.Fprintf(out, "P-%d\t%s\n", id, positional(h.PositionalScores))
 				}
 				if sc != nil && j == 0 {

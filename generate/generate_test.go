@@ -12,20 +12,6 @@ import (
 	"github.com/xform-dev/xform/model"
 )
 
-func TestPyFloat(t *testing.T) {
-	for _, tc := range []struct {
-		in   float64
-		want string
-	}{
-		{float64(float32(-1.4694700241088867)), "-1.4694700241088867"},
-		{-1, "-1.0"}, {0, "0.0"}, {-5e-05, "-5e-05"}, {1.5e-7, "1.5e-07"}, {1e16, "1e+16"}, {123.25, "123.25"},
-	} {
-		if got := PyFloat(tc.in); got != tc.want {
-			t.Errorf("PyFloat(%v) = %q, want %q", tc.in, got, tc.want)
-		}
-	}
-}
-
 func TestBatchBySize(t *testing.T) {
 	lens := []int{5, 5, 6, 7, 7, 8, 9, 9, 9, 10}
 	idx := make([]int, len(lens))

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 
 	"github.com/xform-dev/xform/internal/npy"
+	"github.com/xform-dev/xform/internal/pyfmt"
 	"github.com/xform-dev/xform/model"
 	"github.com/xform-dev/xform/train/data"
 )
@@ -65,7 +66,7 @@ func InteractiveFrom(ctx context.Context, r *model.Runner, sp *Split, first int,
 		id := first + i
 		fmt.Fprintf(out, "S-%d\t%s\n", id, sp.SrcDict.String(sp.Src[i], opt.RemoveBPE, false))
 		for _, h := range hs {
-			fmt.Fprintf(out, "H-%d\t%s\t%s\n", id, PyFloat(float64(h.Score)), sp.TgtDict.String(h.Tokens, opt.RemoveBPE, false))
+			fmt.Fprintf(out, "H-%d\t%s\t%s\n", id, pyfmt.Float(float64(h.Score)), sp.TgtDict.String(h.Tokens, opt.RemoveBPE, false))
 			fmt.Fprintf(out, "P-%d\t%s\n", id, positional(h.PositionalScores))
 		}
 	}

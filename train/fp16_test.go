@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/xform-dev/xform/generate"
+	"github.com/xform-dev/xform/internal/pyfmt"
 	"github.com/xform-dev/xform/kernels"
 	"github.com/xform-dev/xform/kernels/cpu"
 	"github.com/xform-dev/xform/model"
@@ -200,7 +201,7 @@ func TestLossScalingOverflowSkipsUpdate(t *testing.T) {
 		if sc.Scale() != scale/2 || lg.LossScale != scale/2 {
 			t.Errorf("batch %d overflowed: scale %g → %g (logged %g), want halved", k+1, scale, sc.Scale(), lg.LossScale)
 		}
-		want := fmt.Sprintf("| WARNING: overflow detected, setting loss scale to: %s\n", train.PyFloat(scale/2))
+		want := fmt.Sprintf("| WARNING: overflow detected, setting loss scale to: %s\n", pyfmt.Float(scale/2))
 		if log.String() != want {
 			t.Errorf("batch %d: log %q, want %q", k+1, log.String(), want)
 		}

@@ -4,7 +4,8 @@ import (
 	"fmt"
 	"math"
 	"strconv"
-	"strings"
+
+	"github.com/xform-dev/xform/internal/pyfmt"
 )
 
 // LossScaleConfig holds fairseq's --fp16 loss-scaling flags.
@@ -121,7 +122,7 @@ func (s *LossScaler) String() string {
 	if s.state.PyInt && math.Abs(s.state.Scale) < 1<<53 {
 		return strconv.FormatFloat(s.state.Scale, 'f', 0, 64)
 	}
-	return PyFloat(s.state.Scale)
+	return pyfmt.Float(s.state.Scale)
 }
 
 // MinLossScaleError is the fork's FloatingPointError: an overflow left the loss scale
@@ -130,34 +131,5 @@ type MinLossScaleError struct{ Min float64 }
 
 func (e *MinLossScaleError) Error() string {
 	return fmt.Sprintf("FloatingPointError: Minimum loss scale reached (%s). Your loss is probably exploding. "+
-		"Try lowering the learning rate, using gradient clipping or increasing the batch size.", PyFloat(e.Min))
-}
-
-// PyFloat formats v as Python's repr/str of a float: the shortest round-trip digits,
-// positional for exponents -4..15 (with ".0" for whole numbers), else scientific with
-// at least two exponent digits.
-func PyFloat(v float64) string {
-	switch {
-	case math.IsNaN(v):
-		return "nan"
-	case math.IsInf(v, 1):
-		return "inf"
-	case math.IsInf(v, -1):
-		return "-inf"
-	case v == 0:
-		if math.Signbit(v) {
-			return "-0.0"
-		}
-		return "0.0"
-	}
-	e := strconv.FormatFloat(v, 'e', -1, 64)
-	exp, _ := strconv.Atoi(e[strings.IndexByte(e, 'e')+1:])
-	if exp < -4 || exp >= 16 {
-		return e // Go writes e-05 / e+16 as Python does
-	}
-	s := strconv.FormatFloat(v, 'f', -1, 64)
-	if !strings.ContainsAny(s, ".") {
-		s += ".0"
-	}
-	return s
+		"Try lowering the learning rate, using gradient clipping or increasing the batch size.", pyfmt.Float(e.Min))
 }

@@ -155,13 +155,3 @@ func TestLossScalerMinimum(t *testing.T) {
 		t.Errorf("error text\n%q\nwant\n%q", got, want)
 	}
 }
-
-// Python's float str, which the fork's messages use.
-func TestPyFloat(t *testing.T) {
-	for v, want := range map[float64]string{1e-4: "0.0001", 1e-5: "1e-05", 64: "64.0", 0.5: "0.5", 1 << 30: "1073741824.0",
-		1e16: "1e+16", 1.5e16: "1.5e+16", 9999999999999998: "9999999999999998.0", 6.103515625e-05: "6.103515625e-05"} {
-		if got := train.PyFloat(v); got != want {
-			t.Errorf("PyFloat(%g) = %q, want %q", v, got, want)
-		}
-	}
-}
