@@ -36,7 +36,10 @@ var cublasStatus = map[int32]string{
 	14: "CUBLAS_STATUS_INTERNAL_ERROR", 15: "CUBLAS_STATUS_NOT_SUPPORTED", 16: "CUBLAS_STATUS_LICENSE_ERROR",
 }
 
-func (b *cublas) check(op string, r int32) error {
+func (b *cublas) check(op string, r int32) error { return blasError(op, r) }
+
+// blasError turns a cublasStatus_t (cuBLAS's and cuBLASLt's) into an error naming op.
+func blasError(op string, r int32) error {
 	if r == 0 {
 		return nil
 	}

@@ -112,16 +112,7 @@ func loadCublasLt(blasPath string) (*cublasLt, error) {
 }
 
 // ltCheck turns a cublasStatus_t into an error (cuBLASLt shares cuBLAS's codes).
-func ltCheck(op string, r int32) error {
-	if r == 0 {
-		return nil
-	}
-	name := cublasStatus[r]
-	if name == "" {
-		name = fmt.Sprintf("cublasStatus(%d)", r)
-	}
-	return &Error{Lib: "cublas", Op: op, Code: int(r), Name: name}
-}
+func ltCheck(op string, r int32) error { return blasError(op, r) }
 
 // ltRefusal reports whether err is cuBLASLt declining a configuration (the GemmEx
 // path can still do it) rather than a failure of the device.
