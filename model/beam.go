@@ -3,9 +3,13 @@ package model
 import (
 	"context"
 	"fmt"
-	"github.com/xform-dev/xform/kernels"
 	"math"
+	"runtime"
 	"sort"
+	"sync"
+	"sync/atomic"
+
+	"github.com/xform-dev/xform/kernels"
 )
 
 // BeamOptions are fairseq-generate's search flags (clinic-spec §6.1).
@@ -133,14 +137,20 @@ type beamState struct {
 	scores          [][]float32 // per row: running sums after each step
 	active          []int       // batch position -> original sentence
 	finalized       [][]Hypothesis
-	cand            []candidate
-	// Buffers reused across steps: the summed scores of one sentence, the candidates
-	// of every sentence, the decoder input, and row slices freed by the last step.
-	sum       []float32
+	// Buffers reused across steps: per worker the summed scores of one sentence and
+	// its top-k, the candidates of every sentence, the decoder input, and row slices
+	// freed by the last step.
+	work      []*selectBuf
 	cands     [][]candidate
 	last      []int32
 	freeTok   [][]int32
 	freeScore [][]float32
+}
+
+// selectBuf is one worker's scratch for the candidate search of a sentence.
+type selectBuf struct {
+	sum  []float32
+	cand []candidate
 }
 
 type candidate struct {
@@ -213,16 +223,26 @@ func (bs *beamState) advance(step int, lp []float32, lenpen float64) ([]int32, b
 	}
 	nb := len(bs.active)
 	cands := bs.cands[:nb]
-	if step > 0 && bs.sum == nil {
-		bs.sum = make([]float32, beam*V)
+	// Sentences are independent: their scores are summed and searched on up to
+	// GOMAXPROCS goroutines (a 32k vocabulary makes this a pass over beam·V floats per
+	// sentence), each with its own buffers; cands[b] is written by one goroutine only.
+	workers := min(runtime.GOMAXPROCS(0), nb)
+	if nb*beam*V < 1<<16 {
+		workers = 1
 	}
-	sum := bs.sum
-	for b := 0; b < nb; b++ {
+	for len(bs.work) < workers {
+		bs.work = append(bs.work, &selectBuf{})
+	}
+	one := func(b int, w *selectBuf) {
 		var vals []float32
 		if step == 0 {
 			// All beams are identical at the first step: only beam 0 is searched.
 			vals = lp[b*beam*V : b*beam*V+V]
 		} else {
+			if w.sum == nil {
+				w.sum = make([]float32, beam*V)
+			}
+			sum := w.sum
 			for j := 0; j < beam; j++ {
 				prev := bs.scores[b*beam+j][step-1]
 				row := lp[(b*beam+j)*V : (b*beam+j+1)*V]
@@ -232,8 +252,24 @@ func (bs *beamState) advance(step int, lp []float32, lenpen float64) ([]int32, b
 			}
 			vals = sum
 		}
-		bs.cand = topK(bs.cand, vals, k)
-		cands[b] = append(cands[b][:0], bs.cand...)
+		w.cand = topK(w.cand, vals, k)
+		cands[b] = append(cands[b][:0], w.cand...)
+	}
+	if workers == 1 {
+		for b := 0; b < nb; b++ {
+			one(b, bs.work[0])
+		}
+	} else {
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for _, w := range bs.work[:workers] {
+			wg.Go(func() {
+				for b := int(next.Add(1)) - 1; b < nb; b = int(next.Add(1)) - 1 {
+					one(b, w)
+				}
+			})
+		}
+		wg.Wait()
 	}
 	// Finalise EOS candidates among the first beam of each sentence.
 	var finished []bool

@@ -23,7 +23,7 @@ type DecodeState struct {
 	spareKV []int32 // reordering target for kvIndex
 	selfK   []kernels.Buffer
 	selfV   []kernels.Buffer
-	spareK  []kernels.Buffer // double buffers for reordering
+	spareK  []kernels.Buffer // double buffers for reordering (nil with a rowPermuter)
 	spareV  []kernels.Buffer
 	cross   []kernels.Buffer // per layer [B, S, 2d]
 	ws      *workspace
@@ -43,25 +43,50 @@ func (r *Runner) NewDecodeState(enc *EncoderOut, rowsPerSentence, maxLen int) (*
 	be, d := r.be, r.d
 	n := enc.B * rowsPerSentence
 	// Most hypotheses end long before maxLen, so the self-attention cache starts small
-	// and doubles when full.
-	s := &DecodeState{r: r, enc: enc, n: n, maxLen: maxLen, cap: min(maxLen, 16), kvIndex: make([]int32, n)}
+	// and doubles when full. With in-place reordering (no double buffers) 32 positions
+	// take the memory that 16 take otherwise and cover most sentences without a grow
+	// (a copy of every cache).
+	first := 16
+	if _, ok := be.(rowPermuter); ok {
+		first = 32
+	}
+	s := &DecodeState{r: r, enc: enc, n: n, maxLen: maxLen, cap: min(maxLen, first), kvIndex: make([]int32, n)}
 	for i := range s.kvIndex {
 		s.kvIndex[i] = int32(i / rowsPerSentence)
 	}
 	for li := range r.dec {
 		s.selfK = append(s.selfK, be.Alloc(n*s.cap*d))
 		s.selfV = append(s.selfV, be.Alloc(n*s.cap*d))
-		s.spareK = append(s.spareK, be.Alloc(n*s.cap*d))
-		s.spareV = append(s.spareV, be.Alloc(n*s.cap*d))
+		if _, ok := be.(rowPermuter); !ok {
+			s.spareK = append(s.spareK, be.Alloc(n*s.cap*d))
+			s.spareV = append(s.spareV, be.Alloc(n*s.cap*d))
+		}
 		s.cross = append(s.cross, r.crossKV(&r.dec[li].cross, enc))
 	}
 	s.ws = newWorkspace(be, n, d, maxFFN(r.dec))
 	s.x = be.Alloc(n * d)
 	s.logits = be.Alloc(n * r.cfg.TgtVocab)
 	s.lprobs = be.Alloc(n * r.cfg.TgtVocab)
-	s.host = make([]float32, n*r.cfg.TgtVocab)
+	if _, ok := be.(hostViewer); !ok {
+		s.host = make([]float32, n*r.cfg.TgtVocab)
+	}
 	s.pos = make([]int32, n)
 	return s, nil
+}
+
+// rowPermuter is implemented by a backend that reorders rows in place (the CPU one):
+// the caches then need no second copy, and rows that stay put are not copied.
+type rowPermuter interface {
+	// PermuteRows makes row i of every buffer hold the first n elements of old row
+	// idx[i] (rows have stride elements); rows from len(idx) on become unspecified.
+	PermuteRows(bufs []kernels.Buffer, stride int, idx []int32, n int)
+}
+
+// hostViewer is implemented by a backend whose buffers are host memory (the CPU one):
+// Step then hands out the log-probabilities buffer itself, which the next Step
+// overwrites anyway, instead of a copy.
+type hostViewer interface {
+	HostView(b kernels.Buffer) []float32
 }
 
 // Rows returns the number of rows now decoded.
@@ -75,14 +100,12 @@ func (s *DecodeState) Reorder(idx []int32) error {
 			return fmt.Errorf("%w: reorder index %d outside %d rows", ErrInput, j, s.n)
 		}
 	}
-	be, d := s.r.be, s.r.d
-	stride := s.cap * d
-	used := s.step * d
-	for li := range s.selfK {
-		be.GatherRows(s.spareK[li], stride, s.selfK[li], stride, idx, used)
-		be.GatherRows(s.spareV[li], stride, s.selfV[li], stride, idx, used)
-		s.selfK[li], s.spareK[li] = s.spareK[li], s.selfK[li]
-		s.selfV[li], s.spareV[li] = s.spareV[li], s.selfV[li]
+	stride := s.cap * s.r.d
+	used := s.step * s.r.d
+	if p, ok := s.r.be.(rowPermuter); ok {
+		p.PermuteRows(append(append([]kernels.Buffer(nil), s.selfK...), s.selfV...), stride, idx, used)
+	} else {
+		s.gatherCaches(idx, stride, used)
 	}
 	kv := s.spareKV[:0]
 	for _, j := range idx {
@@ -91,6 +114,18 @@ func (s *DecodeState) Reorder(idx []int32) error {
 	s.kvIndex, s.spareKV = kv, s.kvIndex
 	s.n = len(idx)
 	return nil
+}
+
+// gatherCaches reorders the caches through the spare buffers (backends without
+// PermuteRows).
+func (s *DecodeState) gatherCaches(idx []int32, stride, used int) {
+	be := s.r.be
+	for li := range s.selfK {
+		be.GatherRows(s.spareK[li], stride, s.selfK[li], stride, idx, used)
+		be.GatherRows(s.spareV[li], stride, s.selfV[li], stride, idx, used)
+		s.selfK[li], s.spareK[li] = s.spareK[li], s.selfK[li]
+		s.selfV[li], s.spareV[li] = s.spareV[li], s.selfV[li]
+	}
 }
 
 // Step feeds tokens (one per row, the newest token of each hypothesis; the first step
@@ -154,8 +189,13 @@ func (s *DecodeState) Step(ctx context.Context, tokens []int32) ([]float32, erro
 	be.Linear(logits, x, r.outProj, nil, n, V, d)
 	lp := be.Slice(s.lprobs, 0, n*V)
 	be.LogSoftmax(lp, logits, n, V)
-	host := s.host[:n*V]
-	be.Download(host, lp)
+	var host []float32
+	if hv, ok := be.(hostViewer); ok {
+		host = hv.HostView(lp)
+	} else {
+		host = s.host[:n*V]
+		be.Download(host, lp)
+	}
 	s.step++
 	return host, nil
 }
@@ -171,8 +211,10 @@ func (s *DecodeState) grow() {
 			be.Copy2D(nb, 0, nc*d, *p, 0, s.cap*d, rows, s.step*d)
 			*p = nb
 		}
-		s.spareK[li] = be.Alloc(rows * nc * d)
-		s.spareV[li] = be.Alloc(rows * nc * d)
+		if s.spareK != nil {
+			s.spareK[li] = be.Alloc(rows * nc * d)
+			s.spareV[li] = be.Alloc(rows * nc * d)
+		}
 	}
 	s.cap = nc
 }

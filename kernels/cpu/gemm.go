@@ -14,8 +14,8 @@ import (
 // one first (see Gemm).
 //
 // Blocking: x is cut into row blocks that fit in L2 (mc rows × k); each worker owns a
-// range of w rows and walks it 4 rows at a time, splitting k into kc-long chunks so
-// that the 4 w rows of a chunk (4·kc floats) stay in L1 while every x row group of the
+// range of w rows and walks it tileN (8) rows at a time, splitting k into kc-long chunks so
+// that the 8 w rows of a chunk (8·kc floats) stay in L1 while every x row group of the
 // block streams past them.
 //
 // Accuracy: the AVX2 kernel accumulates float32 FMAs in 8 lanes per output, so one
@@ -23,10 +23,10 @@ import (
 // the result (plus bias) is rounded to float32 once.
 
 const (
-	// kcChunk is the k length of one kernel call: 512 keeps the 4 w rows (8 KiB) in L1
+	// kcChunk is the k length of one kernel call: 512 keeps the 8 w rows (16 KiB) in L1
 	// and float32 chains at 64 products.
 	kcChunk = 512
-	// l2Bytes bounds the x row block re-read for every 4 w rows.
+	// l2Bytes bounds the x row block re-read for every 8 w rows.
 	l2Bytes = 384 << 10
 	// serialFlops is the size (m·n·k) below which goroutines cost more than they save.
 	serialFlops = 1 << 16
@@ -103,7 +103,7 @@ func blockRows(m, k int) int {
 func roundUp(v, to int) int { return (v + to - 1) / to * to }
 
 // ntScratch is one worker's state across the blocks it computes: acc holds the
-// float64 sums of one 4-column strip of a block, xs and ws the kernel's row pointers
+// float64 sums of one tileN-column strip of a block, xs and ws the kernel's row pointers
 // (kept here because arrays passed to the kernel through a func value escape, which
 // would cost two heap allocations per block).
 type ntScratch struct {
@@ -160,22 +160,34 @@ func ntTail(p *ntArgs, i0, rows, j, cols, from int, acc []float64) {
 
 // ntStore scales, adds beta·c and the bias in float64 and rounds once.
 func ntStore(p *ntArgs, i0, rows, j, cols int, acc []float64) {
-	if p.alpha == 1 && p.beta == 0 && cols == tileN {
-		// Linear's case: no scaling, no c to read, a whole strip.
-		if p.bias == nil {
+	if p.alpha == 1 && p.beta == 0 {
+		// Linear's case: no scaling, no c to read.
+		if cols == tileN && p.bias != nil {
+			// The common case of a whole strip with a bias, on fixed-size arrays (no
+			// bounds checks in the loop).
+			b := (*[tileN]float32)(p.bias[j:])
 			for r := range rows {
 				cr := (*[tileN]float32)(p.c[(i0+r)*p.ldc+j:])
 				a := (*[tileN]float64)(acc[r*tileN:])
-				cr[0], cr[1], cr[2], cr[3] = float32(a[0]), float32(a[1]), float32(a[2]), float32(a[3])
+				for c := range cr {
+					cr[c] = float32(a[c] + float64(b[c]))
+				}
 			}
 			return
 		}
-		b := (*[tileN]float32)(p.bias[j:])
-		b0, b1, b2, b3 := float64(b[0]), float64(b[1]), float64(b[2]), float64(b[3])
 		for r := range rows {
-			cr := (*[tileN]float32)(p.c[(i0+r)*p.ldc+j:])
-			a := (*[tileN]float64)(acc[r*tileN:])
-			cr[0], cr[1], cr[2], cr[3] = float32(a[0]+b0), float32(a[1]+b1), float32(a[2]+b2), float32(a[3]+b3)
+			cr := p.c[(i0+r)*p.ldc+j:][:cols]
+			a := acc[r*tileN:][:cols]
+			if p.bias == nil {
+				for c := range cr {
+					cr[c] = float32(a[c])
+				}
+				continue
+			}
+			b := p.bias[j:][:cols]
+			for c := range cr {
+				cr[c] = float32(a[c] + float64(b[c]))
+			}
 		}
 		return
 	}

@@ -2,30 +2,51 @@ package cpu
 
 import "unsafe"
 
-// A tileKernel computes one 3×4 output tile of x·wᵀ over n elements of k:
-// acc[4r+c] += Σ_{l<n} x[r][l]·w[c][l], where x[r] and w[c] point at the first element of
+// A tileKernel computes one 3×8 output tile of x·wᵀ over n elements of k:
+// acc[8r+c] += Σ_{l<n} x[r][l]·w[c][l], where x[r] and w[c] point at the first element of
 // each row's slice. n is a multiple of step; the driver does the remaining k%step in
 // float64 itself. Row pointers may repeat (edge tiles duplicate the last row and drop
 // the extra outputs), so a kernel must not assume distinct rows.
 type tileKernel struct {
 	name string
-	fn   func(x *[3]*float32, w *[4]*float32, n int, acc *[12]float64)
+	fn   func(x *[tileM]*float32, w *[tileN]*float32, n int, acc *[tileM * tileN]float64)
 	step int
 }
 
-// Tile shape shared by all kernels: 3 rows of x by 4 rows of w (12 accumulators, the
-// most that fit the 16 ymm registers with 3 x vectors and 1 w vector live).
+// Tile shape shared by all kernels: 3 rows of x by 8 rows of w. The AVX-512VL kernel
+// holds the 24 accumulators in its 32 ymm registers; kernels built on a 3×4 core (12
+// accumulators, the most that fit 16 ymm registers with 3 x vectors and 1 w vector
+// live) run it on each half of the columns.
 const (
 	tileM = 3
-	tileN = 4
+	tileN = 8
 )
 
 // genericKernel runs anywhere. Scalar Go is as fast in float64 as in float32 (no
 // SIMD either way), so it accumulates in float64: exact products, no float32 chains.
-var genericKernel = tileKernel{name: "generic", fn: dot3x4Generic, step: 1}
+var genericKernel = tileKernel{name: "generic", fn: dot3x8Generic, step: 1}
 
 // defaultKernel is chosen once from the CPU's features and never changes.
 var defaultKernel = bestKernel()
+
+// dot3x8Generic is dot3x4Generic on each half of the columns.
+func dot3x8Generic(x *[tileM]*float32, w *[tileN]*float32, n int, acc *[tileM * tileN]float64) {
+	for h := 0; h < 2; h++ {
+		var t [12]float64
+		dot3x4Generic(x, (*[4]*float32)(w[4*h:]), n, &t)
+		addHalf(acc, &t, h)
+	}
+}
+
+// addHalf adds a 3×4 tile's sums (each the kernel's sum of one chunk, added to zero:
+// the same value) into columns 4h..4h+3 of a 3×8 tile.
+func addHalf(acc *[tileM * tileN]float64, t *[12]float64, h int) {
+	for r := range tileM {
+		for c := range 4 {
+			acc[tileN*r+4*h+c] += t[4*r+c]
+		}
+	}
+}
 
 func dot3x4Generic(x *[3]*float32, w *[4]*float32, n int, acc *[12]float64) {
 	if n == 0 {

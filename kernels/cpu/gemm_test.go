@@ -39,12 +39,16 @@ func refGemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda i
 	return want, scale
 }
 
+// extraTestKernels are the CPU's kernels other than the default and the portable one
+// (the AVX2 kernel where AVX-512VL is the default); set by architecture test files.
+var extraTestKernels []tileKernel
+
 // testKernels returns every tile kernel this CPU can run, the portable one included.
 func testKernels() []tileKernel {
 	if defaultKernel.name == genericKernel.name {
 		return []tileKernel{genericKernel}
 	}
-	return []tileKernel{defaultKernel, genericKernel}
+	return append([]tileKernel{defaultKernel, genericKernel}, extraTestKernels...)
 }
 
 func TestGemmMatchesFloat64(t *testing.T) {
