@@ -21,6 +21,9 @@ type BeamOptions struct {
 	LenPenalty float64 // --lenpen (1)
 	UnkPenalty float64 // --unkpen (0)
 	NBest      int     // --nbest (1)
+	// Workers bounds the goroutines that search the candidates of a batch's sentences
+	// in parallel (0 = GOMAXPROCS); the CLI passes --threads. Results do not depend on it.
+	Workers int
 }
 
 // DefaultBeamOptions returns fairseq's defaults.
@@ -85,6 +88,7 @@ func Search(ctx context.Context, newState func(beam, maxLen int) (SearchState, e
 		return nil, err
 	}
 	bs := newBeamState(B, beam, maxLen, V)
+	bs.workers = opt.Workers
 	negInf := float32(math.Inf(-1))
 	unkpen := float32(opt.UnkPenalty)
 	var reorder []int32
@@ -133,6 +137,7 @@ func Search(ctx context.Context, newState func(beam, maxLen int) (SearchState, e
 // being decoded; rows are sentence-major, beam rows per sentence.
 type beamState struct {
 	beam, maxLen, V int
+	workers         int         // BeamOptions.Workers
 	tokens          [][]int32   // per row: EOS then the generated tokens
 	scores          [][]float32 // per row: running sums after each step
 	active          []int       // batch position -> original sentence
@@ -224,9 +229,13 @@ func (bs *beamState) advance(step int, lp []float32, lenpen float64) ([]int32, b
 	nb := len(bs.active)
 	cands := bs.cands[:nb]
 	// Sentences are independent: their scores are summed and searched on up to
-	// GOMAXPROCS goroutines (a 32k vocabulary makes this a pass over beam·V floats per
+	// opt.Workers (GOMAXPROCS) goroutines (a 32k vocabulary makes this a pass over beam·V floats per
 	// sentence), each with its own buffers; cands[b] is written by one goroutine only.
-	workers := min(runtime.GOMAXPROCS(0), nb)
+	workers := runtime.GOMAXPROCS(0)
+	if bs.workers > 0 {
+		workers = bs.workers
+	}
+	workers = min(workers, nb)
 	if nb*beam*V < 1<<16 {
 		workers = 1
 	}

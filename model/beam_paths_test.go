@@ -30,29 +30,41 @@ func TestBeamSearchBackendPaths(t *testing.T) {
 	B, S := 4, 5
 	opt := model.DefaultBeamOptions()
 	opt.Beam, opt.NBest, opt.MinLen, opt.MaxLenB = 3, 3, 36, 40
-	var got [2][][]model.Hypothesis
-	for i, be := range []kernels.Backend{cpu.New(2), plainBackend{cpu.New(2)}} {
+	// The in-place path with the default candidate-search workers, with one and with
+	// three, against the gather path.
+	var got [4][][]model.Hypothesis
+	for i, be := range []kernels.Backend{plainBackend{cpu.New(2)}, cpu.New(2), cpu.New(2), cpu.New(2)} {
 		r, err := model.NewRunner(m, be)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got[i], err = r.Generate(context.Background(), src, B, S, opt); err != nil {
+		o := opt
+		o.Workers = []int{0, 0, 1, 3}[i]
+		if got[i], err = r.Generate(context.Background(), src, B, S, o); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for s := range B {
-		a, b := got[0][s], got[1][s]
+	for k := 1; k < len(got); k++ {
+		compareHyps(t, opt.MinLen, got[k], got[0])
+	}
+}
+
+// compareHyps requires the same hypotheses, scores and positional scores to the bit.
+func compareHyps(t *testing.T, minLen int, a0, b0 [][]model.Hypothesis) {
+	t.Helper()
+	for s := range b0 {
+		a, b := a0[s], b0[s]
 		if len(a) != len(b) {
 			t.Fatalf("sentence %d: %d vs %d hypotheses", s, len(a), len(b))
 		}
 		for h := range a {
-			if len(a[h].Tokens) < opt.MinLen {
-				t.Fatalf("sentence %d hypothesis %d: %d tokens, min-len %d", s, h, len(a[h].Tokens), opt.MinLen)
+			if len(a[h].Tokens) < minLen {
+				t.Fatalf("sentence %d hypothesis %d: %d tokens, min-len %d", s, h, len(a[h].Tokens), minLen)
 			}
 			same := slices.Equal(a[h].Tokens, b[h].Tokens) && math.Float32bits(a[h].Score) == math.Float32bits(b[h].Score) &&
 				slices.EqualFunc(a[h].PositionalScores, b[h].PositionalScores, func(x, y float32) bool { return math.Float32bits(x) == math.Float32bits(y) })
 			if !same {
-				t.Fatalf("sentence %d hypothesis %d differs:\n in place %v %v\n gathered %v %v", s, h, a[h].Tokens, a[h].Score, b[h].Tokens, b[h].Score)
+				t.Fatalf("sentence %d hypothesis %d differs:\n got %v %v\n gathered %v %v", s, h, a[h].Tokens, a[h].Score, b[h].Tokens, b[h].Score)
 			}
 		}
 	}

@@ -57,7 +57,7 @@ func (g *genFlags) register(c *cobra.Command, withSubset bool) {
 
 func (g *genFlags) options() generate.Options {
 	s := model.BeamOptions{Beam: g.beam, MaxLenA: g.maxLenA, MaxLenB: g.maxLenB, MinLen: g.minLen,
-		LenPenalty: g.lenpen, UnkPenalty: g.unkpen, NBest: g.nbest}
+		LenPenalty: g.lenpen, UnkPenalty: g.unkpen, NBest: g.nbest, Workers: g.threads}
 	return generate.Options{Subset: g.subset, Search: s, BatchSize: g.batchSize, MaxTokens: g.maxTokens,
 		RequiredBatchSizeMultiple: 8, Seed: uint32(g.seed), RemoveBPE: g.removeBPE, Quiet: g.quiet}
 }
