@@ -439,6 +439,18 @@ func (n *TrainNet) sublayer(x kernels.Buffer, rows int, l *tlayer, i int, before
 	}
 }
 
+// layerNorm is a stack's final LayerNorm (Pre-LN) of x [rows, d] and its backward.
+func (n *TrainNet) layerNorm(ln *tnorm, x kernels.Buffer, rows int) (kernels.Buffer, back) {
+	be, d := n.be, n.d
+	y := n.out(rows * d)
+	be.LayerNorm(y, x, ln.g.w, ln.b.w, rows, d, lnEps)
+	return y, func(dy kernels.Buffer) kernels.Buffer {
+		dx := n.out(rows * d)
+		be.LayerNormBackward(dx, ln.g.g, ln.b.g, dy, x, ln.g.w, rows, d, lnEps)
+		return dx
+	}
+}
+
 // withDropout applies residual dropout to a branch output.
 func (n *TrainNet) withDropout(o *StepOptions, out kernels.Buffer, bb back) (kernels.Buffer, back) {
 	dr := n.newDrop(o, o.Dropout, out.Len())
@@ -653,15 +665,9 @@ func (n *TrainNet) Step(ctx context.Context, b *TrainBatch, o StepOptions) (Step
 		encBacks = append(encBacks, bk)
 	}
 	if n.encLN != nil {
-		y := n.out(encRows * d)
-		be.LayerNorm(y, x, n.encLN.g.w, n.encLN.b.w, encRows, d, lnEps)
-		xin, ln := x, n.encLN
-		encBacks = append(encBacks, func(dy kernels.Buffer) kernels.Buffer {
-			dx := n.out(encRows * d)
-			be.LayerNormBackward(dx, ln.g.g, ln.b.g, dy, xin, ln.g.w, encRows, d, lnEps)
-			return dx
-		})
-		x = y
+		var bk back
+		x, bk = n.layerNorm(n.encLN, x, encRows)
+		encBacks = append(encBacks, bk)
 	}
 	enc := x
 	dEnc := be.Alloc(encRows * d)
@@ -692,15 +698,9 @@ func (n *TrainNet) Step(ctx context.Context, b *TrainBatch, o StepOptions) (Step
 		backs = append(backs, bk)
 	}
 	if n.decLN != nil {
-		z := n.out(rows * d)
-		be.LayerNorm(z, y, n.decLN.g.w, n.decLN.b.w, rows, d, lnEps)
-		yin, ln := y, n.decLN
-		backs = append(backs, func(dy kernels.Buffer) kernels.Buffer {
-			dx := n.out(rows * d)
-			be.LayerNormBackward(dx, ln.g.g, ln.b.g, dy, yin, ln.g.w, rows, d, lnEps)
-			return dx
-		})
-		y = z
+		var bk back
+		y, bk = n.layerNorm(n.decLN, y, rows)
+		backs = append(backs, bk)
 	}
 	V := n.cfg.TgtVocab
 	logits := n.out(rows * V)
