@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -40,7 +41,7 @@ func TestSyntheticMatchesPython(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
-		if !equal(sl, c.srcLens) || !equal(tl, c.tgtLens) || !equal(first, c.firstSrc) {
+		if !slices.Equal(sl, c.srcLens) || !slices.Equal(tl, c.tgtLens) || !slices.Equal(first, c.firstSrc) {
 			t.Errorf("%+v: lengths %v %v, first source %v; want %v %v %v", c.cfg, sl, tl, first, c.srcLens, c.tgtLens, c.firstSrc)
 		}
 	}
@@ -82,22 +83,10 @@ func TestSyntheticMatchesPython(t *testing.T) {
 		t.Fatal(err)
 	}
 	ep := train.EpochOrder(frozen, 1111, 1)
-	if len(frozen) != 80 || !equal(frozen[0][:5], []int{1703, 1370, 466, 674, 1163}) || !equal(frozen[79][:3], []int{1720, 1947, 1254}) ||
-		!equal(ep[0][:5], []int{480, 1103, 302, 1243, 1713}) || !equal(ep[1][:3], []int{753, 1806, 697}) {
+	if len(frozen) != 80 || !slices.Equal(frozen[0][:5], []int{1703, 1370, 466, 674, 1163}) || !slices.Equal(frozen[79][:3], []int{1720, 1947, 1254}) ||
+		!slices.Equal(ep[0][:5], []int{480, 1103, 302, 1243, 1713}) || !slices.Equal(ep[1][:3], []int{753, 1806, 697}) {
 		t.Errorf("batches differ from the script's: %d, %v, %v, %v, %v", len(frozen), frozen[0][:5], frozen[79][:3], ep[0][:5], ep[1][:3])
 	}
-}
-
-func equal(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // Synthetic equals xform preprocess of WriteText's output: same dictionary, same ids.
@@ -134,22 +123,10 @@ func TestSyntheticEqualsPreprocessedText(t *testing.T) {
 		t.Fatalf("dictionaries differ: %d vs %d symbols", got.SrcDict.Len(), want.SrcDict.Len())
 	}
 	for p := range want.Src {
-		if !equal32(got.Src[p], want.Src[p]) || !equal32(got.Tgt[p], want.Tgt[p]) {
+		if !slices.Equal(got.Src[p], want.Src[p]) || !slices.Equal(got.Tgt[p], want.Tgt[p]) {
 			t.Fatalf("pair %d differs:\n%v %v\n%v %v", p, got.Src[p], got.Tgt[p], want.Src[p], want.Tgt[p])
 		}
 	}
-}
-
-func equal32(a, b []int32) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func TestSynthConfigErrors(t *testing.T) {
