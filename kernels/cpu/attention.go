@@ -57,17 +57,7 @@ func (be *Backend) Attention(out, q, k, v kernels.View, a kernels.AttentionArgs)
 						m = s
 					}
 				}
-				// softmax; an all-masked row gives NaN as in torch (m = −inf).
-				var sum float64
-				for j, s := range scores {
-					e := math.Exp(float64(s - m))
-					if m == negInf {
-						e = math.NaN()
-					}
-					scores[j] = float32(e)
-					sum += e
-				}
-				inv := 1 / sum
+				inv := expRow(scores, m)
 				clear(acc)
 				for j, e := range scores {
 					pj := float32(float64(e) * inv)
@@ -101,4 +91,22 @@ func (be *Backend) Attention(out, q, k, v kernels.View, a kernels.AttentionArgs)
 			}
 		}
 	}
+}
+
+// expRow is the softmax's exponent pass over a row of scores with maximum m: scores[j]
+// becomes exp(s_j − m) rounded to float32 and the reciprocal of their float64 sum is
+// returned; an all-masked row (m = −inf) gives NaN, as torch does. The inference and
+// the training attention share it, so their probabilities are the same bits.
+func expRow(scores []float32, m float32) float64 {
+	allMasked := math.IsInf(float64(m), -1)
+	var sum float64
+	for j, s := range scores {
+		e := math.Exp(float64(s - m))
+		if allMasked {
+			e = math.NaN()
+		}
+		scores[j] = float32(e)
+		sum += e
+	}
+	return 1 / sum
 }

@@ -49,16 +49,7 @@ func (be *Backend) AttentionForward(out, q, k, v kernels.View, a kernels.Attenti
 					scores[j] = s
 					m = max(m, s)
 				}
-				var sum float64
-				for j, s := range scores {
-					e := math.Exp(float64(s - m))
-					if m == negInf {
-						e = math.NaN()
-					}
-					scores[j] = float32(e)
-					sum += e
-				}
-				inv := 1 / sum
+				inv := expRow(scores, m)
 				clear(acc)
 				var mrow []float32
 				if md != nil {
