@@ -359,23 +359,19 @@ func (bs *beamState) advance(step int, lp []float32, lenpen float64) ([]int32, b
 }
 
 // newTokens returns a row token slice of length n (capacity maxLen+2), reusing a freed one.
-func (bs *beamState) newTokens(n int) []int32 {
-	if k := len(bs.freeTok); k > 0 {
-		t := bs.freeTok[k-1][:n]
-		bs.freeTok = bs.freeTok[:k-1]
-		return t
-	}
-	return make([]int32, n, bs.maxLen+2)
-}
+func (bs *beamState) newTokens(n int) []int32 { return reuse(&bs.freeTok, n, bs.maxLen+2) }
 
 // newScores returns a row score slice of length n (capacity maxLen+1), reusing a freed one.
-func (bs *beamState) newScores(n int) []float32 {
-	if k := len(bs.freeScore); k > 0 {
-		s := bs.freeScore[k-1][:n]
-		bs.freeScore = bs.freeScore[:k-1]
-		return s
+func (bs *beamState) newScores(n int) []float32 { return reuse(&bs.freeScore, n, bs.maxLen+1) }
+
+// reuse pops a slice from free resliced to n, or makes one of capacity c.
+func reuse[T any](free *[][]T, n, c int) []T {
+	if k := len(*free); k > 0 {
+		v := (*free)[k-1][:n]
+		*free = (*free)[:k-1]
+		return v
 	}
-	return make([]float32, n, bs.maxLen+1)
+	return make([]T, n, c)
 }
 
 // hypothesis builds the finished hypothesis of row ending in EOS at step with running
