@@ -22,12 +22,18 @@ type BatchConfig struct {
 	MaxSourcePos   int    // model max_source_positions
 	MaxTargetPos   int    // model max_target_positions
 	SkipInvalidAll bool   // drop too-long pairs with a warning (fairseq does so for train)
+	// Buckets > 0 selects bucket batching (--batching bucket --buckets N) instead of
+	// fairseq's: static [B_L, L] shapes for CUDA graphs, the batches of
+	// tools/bench/torch_competitor.py's compile modes (BucketBatches; collate them with
+	// Collator). Not fairseq's batching: pairs are grouped by length bucket, not sorted.
+	Buckets int
 }
 
 // Batches orders a split as fairseq 0.8 does (clinic-spec §4.9: numpy-seeded
 // permutation, stable sorts by target then source length), drops pairs longer than the
 // model accepts when cfg.SkipInvalidAll is set (and fails otherwise) and groups the rest
-// greedily by max tokens. The result is fairseq's frozen batch list.
+// greedily by max tokens. The result is fairseq's frozen batch list. With cfg.Buckets it
+// is bucket batching's list instead (BucketBatches, pairs over the max positions left out).
 func Batches(sp *generate.Split, cfg BatchConfig) (batches [][]int, dropped []int, err error) {
 	if len(sp.Src) == 0 {
 		return nil, nil, fmt.Errorf("%w: the split is empty", ErrData)
@@ -44,6 +50,9 @@ func Batches(sp *generate.Split, cfg BatchConfig) (batches [][]int, dropped []in
 		if tgtLens[i] == 0 || sp.Tgt[i][tgtLens[i]-1] != data.EOS {
 			return nil, nil, fmt.Errorf("%w: target sentence %d does not end in </s>", ErrData, i)
 		}
+	}
+	if cfg.Buckets > 0 {
+		return bucketSplit(srcLens, tgtLens, cfg)
 	}
 	idx := generate.OrderedIndices(srcLens, tgtLens, cfg.Seed)
 	idx, dropped = generate.FilterBySize(idx, srcLens, tgtLens, cfg.MaxSourcePos, cfg.MaxTargetPos)

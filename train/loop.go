@@ -230,6 +230,10 @@ func Run(ctx context.Context, s *Stepper, d *Data, cfg RunConfig, prog Progress)
 	if err != nil {
 		return prog, fmt.Errorf("train split: %w", err)
 	}
+	collate, err := cfg.Batch.Collator(d.Train)
+	if err != nil {
+		return prog, fmt.Errorf("train split: %w", err)
+	}
 	if len(dropped) > 0 {
 		fmt.Fprintf(out, "| WARNING: %d samples have invalid sizes and will be skipped, max_positions=(%d, %d), first few sample ids=%v\n",
 			len(dropped), cfg.Batch.MaxSourcePos, cfg.Batch.MaxTargetPos, dropped[:min(10, len(dropped))])
@@ -237,7 +241,8 @@ func Run(ctx context.Context, s *Stepper, d *Data, cfg RunConfig, prog Progress)
 	var valid []*model.TrainBatch
 	if !cfg.NoValidate {
 		vcfg := cfg.Batch
-		vcfg.SkipInvalidAll = false
+		// Validation keeps fairseq's batching: bucket batching drops incomplete batches.
+		vcfg.SkipInvalidAll, vcfg.Buckets = false, 0
 		vb, _, err := Batches(d.Valid, vcfg)
 		if err != nil {
 			return prog, fmt.Errorf("%s split: %w", cfg.ValidSubset, err)
@@ -297,7 +302,10 @@ func Run(ctx context.Context, s *Stepper, d *Data, cfg RunConfig, prog Progress)
 			}
 			var group []*model.TrainBatch
 			for _, b := range order[i*uf : min((i+1)*uf, len(order))] {
-				tb, _ := Collate(b, d.Train)
+				tb, err := collate(b)
+				if err != nil {
+					return prog, fmt.Errorf("epoch %d: %w", epoch, err)
+				}
 				group = append(group, tb)
 			}
 			t0 := time.Now()

@@ -54,6 +54,16 @@ shared embeddings, Admin (--init adaptive: ω profiled on the first batch, untim
 RAdam (0.9, 0.98), lr 0.001 with 8000 warm-up updates, label smoothing 0.1, dropout,
 attention and ReLU dropout 0.1, max tokens 8192. Batches are collated before timing.
 
+--batching fairseq (default) steps on xform train's batches (fairseq 0.8's, also the
+Clinic fork's and the competitor's eager mode's). --batching bucket --buckets N steps on
+the batches of tools/bench/torch_competitor.py's compile modes (its --buckets, default
+3): a few static [B_L, L] shapes, padded, which CUDA graphs need; not fairseq's batching
+(xform train --help describes it). The warm-up then starts, as the competitor's compile
+modes do, with the first batch of each bucket 3 times (counted in warmup_updates), so
+the timed updates are the same batches as the competitor's. Padding is neither counted
+as tokens nor as FLOPs, so it costs throughput honestly; the share of pad slots is
+reported (padding_fraction, as the competitor's).
+
 MFU = model FLOPs / time / --peak-tflops (790: the H200's measured bf16 GEMM rate). Model
 FLOPs count the GEMMs and attention products of the non-pad tokens, 2 per multiply-add,
 times 3 for forward+backward (docs/benchmarks.md has the formula; about 366 MFLOP per
@@ -70,6 +80,7 @@ shape or --path CHECKPOINT, after translating --gen-warmup sentences untimed.
 pairs, DIR/valid.{src,tgt} with --valid-pairs) for xform preprocess and exits.`,
 		Example: `  xform bench --device cuda --encoder-layers 6 --decoder-layers 6 --updates 100 --warmup 10
   xform bench --device cuda --data data-bin --encoder-layers 18 --decoder-layers 18 --json
+  xform bench --device cuda --bf16 --data data-bin --batching bucket --buckets 2 --json
   xform bench --mode generate --device cuda --path ckpt/checkpoint_best.pt --data data-bin --beam 4
   xform bench --write-text corpus --pairs 20000 && xform preprocess -s src -t tgt \
       --trainpref corpus/train --validpref corpus/valid --destdir data-bin --joined-dictionary`,
@@ -126,6 +137,7 @@ pairs, DIR/valid.{src,tgt} with --valid-pairs) for xform preprocess and exits.`,
 	fl.BoolVar(&f.jsonOut, "json", false, "print the result as one JSON object")
 	fl.BoolVar(&f.verbose, "verbose", false, "one line per training update on stderr")
 	f.train.device.register(c)
+	f.train.batching.register(c)
 	return c
 }
 
@@ -151,6 +163,9 @@ func runBench(ctx context.Context, f *benchFlags, out, errw io.Writer) error {
 		return err
 	}
 	if _, err := f.train.lossScaler([]int{1}); err != nil { // the flags' errors before any work
+		return err
+	}
+	if _, err := f.train.batching.count(f.train.maxTokens, f.train.maxSentences); err != nil {
 		return err
 	}
 	var res interface{ WriteText(io.Writer) error }
@@ -260,8 +275,13 @@ func benchTrain(ctx context.Context, f *benchFlags, init model.Init, errw io.Wri
 	if err != nil {
 		return nil, err
 	}
+	buckets, err := f.train.batching.count(f.train.maxTokens, f.train.maxSentences)
+	if err != nil {
+		return nil, err
+	}
 	bcfg := train.BatchConfig{MaxTokens: f.train.maxTokens, MaxSentences: f.train.maxSentences, Multiple: f.train.mult,
-		Seed: uint32(f.train.seed), MaxSourcePos: c.MaxSourcePositions, MaxTargetPos: c.MaxTargetPositions, SkipInvalidAll: true}
+		Seed: uint32(f.train.seed), MaxSourcePos: c.MaxSourcePositions, MaxTargetPos: c.MaxTargetPositions, SkipInvalidAll: true,
+		Buckets: buckets}
 	if init == model.InitAdaptive {
 		tf := f.train
 		tf.noSave, tf.profileFile = true, ""
@@ -296,7 +316,20 @@ func benchTrain(ctx context.Context, f *benchFlags, init model.Init, errw io.Wri
 	if err != nil {
 		return nil, err
 	}
-	o := bench.TrainOptions{Warmup: f.warmup, Updates: f.updates, MaxSeconds: f.maxSeconds, PeakTFLOPs: f.peak, Hooks: hooks(be)}
+	// Every static shape once (three times, as the competitor) before the --warmup
+	// updates, so that the timed updates are the competitor's and meet no new shape.
+	shapes, err := bench.ShapeWarmup(ctx, sp, bcfg, 3)
+	if err != nil {
+		return nil, err
+	}
+	batches = append(shapes, batches...)
+	lengths := []int{}
+	if buckets > 0 {
+		if lengths, err = train.SplitBucketEdges(sp, bcfg); err != nil {
+			return nil, err
+		}
+	}
+	o := bench.TrainOptions{Warmup: len(shapes) + f.warmup, Updates: f.updates, MaxSeconds: f.maxSeconds, PeakTFLOPs: f.peak, Hooks: hooks(be)}
 	if f.verbose {
 		o.Progress = errw
 	}
@@ -305,6 +338,7 @@ func benchTrain(ctx context.Context, f *benchFlags, init model.Init, errw io.Wri
 		return nil, err
 	}
 	res.Data, res.MaxTokens, res.Precision = desc, f.train.maxTokens, f.train.device.precision.String()
+	res.Batching, res.BucketLengths = f.train.batching.mode, lengths
 	return res, nil
 }
 

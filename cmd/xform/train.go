@@ -39,6 +39,40 @@ type trainFlags struct {
 	pauseBeforeRename                                                                         int
 	device                                                                                    deviceFlag // --device (train only)
 	mixed                                                                                     mixedFlags
+	batching                                                                                  batchingFlags
+}
+
+// batchingFlags choose between fairseq's batching and bucket batching (xform train and
+// xform bench; the names and defaults of tools/bench/torch_competitor.py's flags).
+type batchingFlags struct {
+	mode    string
+	buckets int
+}
+
+func (b *batchingFlags) register(c *cobra.Command) {
+	fl := c.Flags()
+	fl.StringVar(&b.mode, "batching", "fairseq", "fairseq (fairseq 0.8's batches) or bucket (static [B, L] shapes for CUDA graphs: not fairseq's batching, see --help)")
+	fl.IntVar(&b.buckets, "buckets", 3, "--batching bucket: number of length buckets (static shapes)")
+}
+
+// count returns train.BatchConfig.Buckets for the flags: 0 for fairseq's batching.
+func (b *batchingFlags) count(maxTokens, maxSentences int) (int, error) {
+	switch b.mode {
+	case "fairseq":
+		return 0, nil
+	case "bucket":
+	default:
+		return 0, usageError{fmt.Errorf("--batching %q: want fairseq or bucket", b.mode)}
+	}
+	switch {
+	case b.buckets < 1:
+		return 0, usageError{fmt.Errorf("--buckets %d: want at least 1", b.buckets)}
+	case maxTokens <= 0:
+		return 0, usageError{fmt.Errorf("--batching bucket sizes batches by --max-tokens; set it")}
+	case maxSentences > 0:
+		return 0, usageError{fmt.Errorf("--batching bucket sizes batches by --max-tokens alone; --max-sentences is not supported with it")}
+	}
+	return b.buckets, nil
 }
 
 // mixedFlags are fairseq's mixed-precision flags (options.py of fairseq 0.8 / the Clinic
@@ -246,11 +280,23 @@ runs are reproducible but not torch's bit for bit.
 On the GPU, --bf16 or --fp16 round the GEMM operands to 16 bits (fp32 accumulation, fp32
 master weights, LayerNorm, softmax, loss and optimizer); --fp16 adds the fork's dynamic
 loss scaling: an update whose gradients overflow is skipped with fairseq's warning and
-the scale halves, the log lines carry loss_scale, and checkpoints keep the scaler.`,
+the scale halves, the log lines carry loss_scale, and checkpoints keep the scaler.
+
+--batching bucket --buckets N is not fairseq's batching: it gives a few static batch
+shapes, which CUDA graphs need. The pairs are split into N buckets by max(source,
+target) length (edges spread evenly between the shortest and the longest pair); each
+bucket's pairs, in seeded random order, are cut into batches of B_L pairs, B_L =
+⌊max-tokens/L⌋ rounded down to a multiple of --required-batch-size-multiple (at least
+one multiple), every batch padded to [B_L, L] (pad tokens: the loss is the same as
+unpadded), and each bucket's last incomplete batch is dropped from every epoch. These
+are the batches of tools/bench/torch_competitor.py's compile modes. Validation keeps
+fairseq's batching; resume with the batching the run started with.`,
 		Example: `  xform train data-bin --arch transformer_iwslt_de_en --share-all-embeddings --init adaptive \
     --optimizer radam --adam-betas '(0.9,0.98)' --clip-norm 0 --lr 3e-3 --lr-scheduler inverse_sqrt \
     --warmup-init-lr 1e-7 --warmup-updates 100 --label-smoothing 0.1 --max-tokens 2048 --seed 1111 \
-    --max-update 1000 --save-dir ckpt`,
+    --max-update 1000 --save-dir ckpt
+  xform train data-bin --device cuda --bf16 --arch transformer_wmt_en_de --share-all-embeddings \
+    --max-tokens 8192 --batching bucket --buckets 3 --max-update 1000 --save-dir ckpt`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runTrain(cmd.Context(), args[0], &f, cmd.OutOrStdout())
@@ -259,6 +305,7 @@ the scale halves, the log lines carry loss_scale, and checkpoints keep the scale
 	f.register(c, true)
 	f.mixed.register(c)
 	f.device.register(c)
+	f.batching.register(c)
 	return c
 }
 
@@ -353,6 +400,10 @@ func runTrain(ctx context.Context, dir string, f *trainFlags, out io.Writer) err
 	if err := f.setPrecision(); err != nil {
 		return err
 	}
+	buckets, err := f.batching.count(f.maxTokens, f.maxSentences)
+	if err != nil {
+		return err
+	}
 	ufs, err := parseFloats(f.updateFreq, "update-freq")
 	if err != nil {
 		return err
@@ -422,7 +473,7 @@ func runTrain(ctx context.Context, dir string, f *trainFlags, out io.Writer) err
 		return err
 	}
 	bcfg := train.BatchConfig{MaxTokens: f.maxTokens, MaxSentences: f.maxSentences, Multiple: f.mult, Seed: uint32(f.seed),
-		MaxSourcePos: m.Config.MaxSourcePositions, MaxTargetPos: m.Config.MaxTargetPositions, SkipInvalidAll: true}
+		MaxSourcePos: m.Config.MaxSourcePositions, MaxTargetPos: m.Config.MaxTargetPositions, SkipInvalidAll: true, Buckets: buckets}
 	if !resumed && init == model.InitAdaptive {
 		if m, err = adminInit(ctx, m, d, bcfg, f, drops, be, out); err != nil {
 			return err
@@ -481,6 +532,13 @@ func runTrain(ctx context.Context, dir string, f *trainFlags, out io.Writer) err
 	fmt.Fprintf(out, "| model %s (%s, %d+%d layers, d %d), criterion LabelSmoothedCrossEntropyCriterion\n", c.Arch, c.Init, c.EncoderLayers, c.DecoderLayers, c.EncoderEmbedDim)
 	fmt.Fprintf(out, "| num. model params: %d (num. trained: %d)\n", m.NumParams(), m.NumParams())
 	fmt.Fprintf(out, "| training on %s, max tokens %d, max sentences %d\n", be.Name(), f.maxTokens, f.maxSentences)
+	if buckets > 0 {
+		edges, err := train.SplitBucketEdges(d.Train, bcfg)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "| bucket batching (not fairseq's): static shapes, lengths %v\n", edges)
+	}
 	keep := f.keepLastEpochs
 	if keep < 0 {
 		keep = 0

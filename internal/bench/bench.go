@@ -87,8 +87,13 @@ type TrainResult struct {
 	Model     ModelInfo `json:"model"`
 	Data      string    `json:"data"`
 	MaxTokens int       `json:"max_tokens"`
-	Warmup    int       `json:"warmup_updates"`
-	Updates   int       `json:"updates"`
+	// Batching is "fairseq" (fairseq 0.8's batches, as xform train) or "bucket" (static
+	// [B_L, L] shapes, tools/bench/torch_competitor.py's compile modes); BucketLengths are
+	// the bucket edges L (empty for fairseq's batching). Both under the competitor's keys.
+	Batching      string `json:"batching"`
+	BucketLengths []int  `json:"bucket_lengths"`
+	Warmup        int    `json:"warmup_updates"`
+	Updates       int    `json:"updates"`
 
 	TargetTokens int     `json:"target_tokens"`
 	SourceTokens int     `json:"source_tokens"`
@@ -102,6 +107,9 @@ type TrainResult struct {
 	MsPerUpdateMin        float64 `json:"ms_per_update_min"`
 	MsPerUpdateMax        float64 `json:"ms_per_update_max"`
 	TargetTokensPerUpdate float64 `json:"target_tokens_per_update"`
+	// PaddingFraction is the share of the timed batches' source and target slots (B·S +
+	// B·T) holding pad tokens, as the competitor's padding_fraction counts it.
+	PaddingFraction float64 `json:"padding_fraction"`
 
 	FLOPsPerTargetToken float64 `json:"flops_per_target_token"` // TrainFLOPs over the timed updates / their target tokens
 	SixNPerTargetToken  float64 `json:"six_n_per_target_token"` // 6·params, the usual rough figure, for comparison
@@ -133,7 +141,7 @@ func Train(ctx context.Context, s *train.Stepper, batches []*model.TrainBatch, o
 	res := &TrainResult{Mode: "train", Date: time.Now().UTC().Format(time.RFC3339), Device: s.Net.Backend().Name(),
 		Model: Info(s.Net.Model()), Warmup: opt.Warmup, Updates: opt.Updates, PeakTFLOPs: peak}
 	var times []float64
-	var flops float64
+	var flops, slots float64
 	for i := 0; i < opt.Warmup+opt.Updates; i++ {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -170,6 +178,7 @@ func Train(ctx context.Context, s *train.Stepper, batches []*model.TrainBatch, o
 		res.Sentences += lg.NSentences
 		res.SourceTokens += countNonPad(b.Src)
 		flops += TrainFLOPs(c, b)
+		slots += float64(b.B * (b.S + b.T))
 		if opt.MaxSeconds > 0 && res.Seconds >= opt.MaxSeconds {
 			break
 		}
@@ -183,6 +192,7 @@ func Train(ctx context.Context, s *train.Stepper, batches []*model.TrainBatch, o
 	res.MsPerUpdateP50 = 1e3 * median(sorted)
 	res.MsPerUpdateMin, res.MsPerUpdateMax = 1e3*sorted[0], 1e3*sorted[len(sorted)-1]
 	res.TargetTokensPerUpdate = float64(res.TargetTokens) / n
+	res.PaddingFraction = 1 - float64(res.TargetTokens+res.SourceTokens)/max(slots, 1)
 	if res.TargetTokens > 0 {
 		res.FLOPsPerTargetToken = flops / float64(res.TargetTokens)
 	}
@@ -269,10 +279,16 @@ func Generate(ctx context.Context, r *model.Runner, m *model.Model, sp *generate
 }
 
 // TrainBatches returns the first n training batches xform train would run on sp with
-// cfg (fairseq's frozen batches in the seeded order of epoch 1, then epoch 2, …),
-// collated, with the number of frozen batches per epoch.
+// cfg (the frozen batches in the seeded order of epoch 1, then epoch 2, …; fairseq's, or
+// bucket batching's with cfg.Buckets), collated as xform train collates them (with
+// cfg.Buckets: to their bucket's static shape), with the number of frozen batches per
+// epoch.
 func TrainBatches(ctx context.Context, sp *generate.Split, cfg train.BatchConfig, n int) ([]*model.TrainBatch, int, error) {
 	frozen, _, err := train.Batches(sp, cfg)
+	if err != nil {
+		return nil, 0, fmt.Errorf("bench: %w", err)
+	}
+	collate, err := cfg.Collator(sp)
 	if err != nil {
 		return nil, 0, fmt.Errorf("bench: %w", err)
 	}
@@ -285,11 +301,52 @@ func TrainBatches(ctx context.Context, sp *generate.Split, cfg train.BatchConfig
 			if err := ctx.Err(); err != nil {
 				return nil, 0, err
 			}
-			tb, _ := train.Collate(b, sp)
+			tb, err := collate(b)
+			if err != nil {
+				return nil, 0, fmt.Errorf("bench: %w", err)
+			}
 			out = append(out, tb)
 		}
 	}
 	return out, len(frozen), nil
+}
+
+// ShapeWarmup returns what tools/bench/torch_competitor.py's compile modes run before
+// their --warmup updates: per bucket edge, the first frozen batch of that bucket (in
+// bucket order, not epoch order) repeated times, so that every static shape has been
+// seen (compiled, recorded as a CUDA graph) before timing starts. Buckets with no batch
+// add nothing; fairseq's batching (cfg.Buckets 0) gets none.
+func ShapeWarmup(ctx context.Context, sp *generate.Split, cfg train.BatchConfig, times int) ([]*model.TrainBatch, error) {
+	if cfg.Buckets <= 0 || times <= 0 {
+		return nil, nil
+	}
+	frozen, _, err := train.Batches(sp, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	collate, err := cfg.Collator(sp)
+	if err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	var out []*model.TrainBatch
+	seen := map[int]bool{}
+	for _, b := range frozen {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		tb, err := collate(b)
+		if err != nil {
+			return nil, fmt.Errorf("bench: %w", err)
+		}
+		if seen[tb.S] { // S = T = L: the shape names the bucket
+			continue
+		}
+		seen[tb.S] = true
+		for range times {
+			out = append(out, tb)
+		}
+	}
+	return out, nil
 }
 
 func median(sorted []float64) float64 {
@@ -349,9 +406,17 @@ func (r *TrainResult) WriteText(w io.Writer) error {
 	bw := bufio.NewWriter(w)
 	fmt.Fprintf(bw, "| bench train on %s (%s GEMMs), %s (%s), %dL-%dL, d %d, FFN %d, %d heads, vocab %d, %d params\n",
 		r.Device, r.Precision, m.Arch, m.Init, m.EncoderLayers, m.DecoderLayers, m.EmbedDim, m.FFNDim, m.Heads, m.Vocab, m.Params)
-	fmt.Fprintf(bw, "| data %s, max tokens %d, %d warm-up + %d timed updates (%s)\n", r.Data, r.MaxTokens, r.Warmup, r.Updates, r.Date)
-	fmt.Fprintf(bw, "| target tokens/s %.0f | updates/s %.2f | ms/update mean %.1f p50 %.1f (min %.1f, max %.1f) | target tokens/update %.0f\n",
-		r.TargetTokensPerSec, r.UpdatesPerSec, r.MsPerUpdateMean, r.MsPerUpdateP50, r.MsPerUpdateMin, r.MsPerUpdateMax, r.TargetTokensPerUpdate)
+	batching := r.Batching
+	if batching == "" {
+		batching = "fairseq"
+	}
+	if len(r.BucketLengths) > 0 {
+		batching += fmt.Sprintf(" (lengths %v)", r.BucketLengths)
+	}
+	fmt.Fprintf(bw, "| data %s, max tokens %d, %s batching, %d warm-up + %d timed updates (%s)\n", r.Data, r.MaxTokens, batching, r.Warmup, r.Updates, r.Date)
+	fmt.Fprintf(bw, "| target tokens/s %.0f | updates/s %.2f | ms/update mean %.1f p50 %.1f (min %.1f, max %.1f) | target tokens/update %.0f | padding %.1f%%\n",
+		r.TargetTokensPerSec, r.UpdatesPerSec, r.MsPerUpdateMean, r.MsPerUpdateP50, r.MsPerUpdateMin, r.MsPerUpdateMax, r.TargetTokensPerUpdate,
+		100*r.PaddingFraction)
 	fmt.Fprintf(bw, "| model FLOPs %.1f MFLOP/target token (6N = %.1f) | %.2f TFLOP/s | MFU %.2f%% of %.0f TFLOP/s\n",
 		r.FLOPsPerTargetToken/1e6, r.SixNPerTargetToken/1e6, r.ModelTFLOPsPerSec, 100*r.MFU, r.PeakTFLOPs)
 	fmt.Fprintf(bw, "| loss %.3f -> %.3f bits | %s\n", r.FirstLoss, r.LastLoss, r.Memory.text())

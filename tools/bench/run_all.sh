@@ -26,6 +26,8 @@
 #   TORCH_MODES  ["compile-cudagraphs eager compile"]   BUCKETS  static shapes for the compile modes [2]
 #   SKIP_CLINIC=1 SKIP_TORCH=1 SKIP_XFORM=1   leave a part out
 #   XFORM_NODROP=1  also run xform with every dropout 0 (6L only) to show what dropout costs [1]
+#   XFORM_BUCKET=1  also run xform with --batching bucket --buckets $BUCKETS: the compile modes' batches
+#                (static padded shapes), so that row compares like with like with them [1]
 #   BUDGET       seconds for the whole script; parts that would start later are skipped [470]
 #   PART_TIMEOUT seconds one part may take [180]
 # Two invocations (LAYERS=6, then LAYERS=18) measure everything if one does not fit the budget.
@@ -51,6 +53,7 @@ BUCKETS=${BUCKETS:-2}
 BUDGET=${BUDGET:-470}
 PART_TIMEOUT=${PART_TIMEOUT:-180}
 XFORM_NODROP=${XFORM_NODROP:-1}
+XFORM_BUCKET=${XFORM_BUCKET:-1}
 D=${D:-512}
 FFN=${FFN:-2048}
 HEADS=${HEADS:-8}
@@ -204,6 +207,12 @@ for L in $LAYERS; do
 		if [ "$XFORM_NODROP" = 1 ] && [ "$L" = 6 ]; then
 			part "xform_${L}l_nodrop" "$L" "xform ($XFORM_PRECISION, $DEVICE, dropout 0)" -- "${xb[@]}" --dropout 0 --attention-dropout 0 --activation-dropout 0 &&
 				record "xform_${L}l_nodrop" "$L" "xform ($XFORM_PRECISION, $DEVICE, dropout 0)" ok "$W/xform_${L}l_nodrop.log"
+		fi
+		if [ "$XFORM_BUCKET" = 1 ]; then
+			# the batches of the competitor's compile modes (same --buckets), for a like-with-like row against them
+			xbf="xform ($XFORM_PRECISION, $DEVICE, bucket batching as the compile modes, $BUCKETS buckets)"
+			part "xform_${L}l_bucket" "$L" "$xbf" -- "${xb[@]}" --batching bucket --buckets "$BUCKETS" &&
+				record "xform_${L}l_bucket" "$L" "$xbf" ok "$W/xform_${L}l_bucket.log"
 		fi
 	fi
 	if [ "${SKIP_CLINIC:-0}" != 1 ] && [ -n "$CL" ]; then
