@@ -630,7 +630,7 @@ func (n *TrainNet) Step(ctx context.Context, b *TrainBatch, o StepOptions) (Step
 	if mr := maxRank(positionIDs(b.Prev, b.B, b.T)); mr > n.cfg.MaxTargetPositions {
 		return StepResult{}, fmt.Errorf("%w: target of %d tokens exceeds max_target_positions %d", ErrInput, mr, n.cfg.MaxTargetPositions)
 	}
-	be, d := n.be, n.d
+	be := n.be
 	if sc, ok := be.(kernels.Scoper); ok {
 		// Every buffer of the step is dead when it returns (results are host values,
 		// gradients accumulate into buffers made before it).
@@ -638,11 +638,49 @@ func (n *TrainNet) Step(ctx context.Context, b *TrainBatch, o StepOptions) (Step
 		defer sc.EndScope()
 	}
 	B, S, T := b.B, b.S, b.T
-	var backs []back
 	var profEnc, profDec *profiler
 	if o.Profile {
 		profEnc, profDec = &profiler{r: 1}, &profiler{r: 1}
 	}
+	res := StepResult{NSentences: B}
+	for _, t := range b.Target {
+		if t != Pad {
+			res.NTokens++
+		}
+	}
+	var readLoss func() (float64, float64)
+	run := func() error {
+		var err error
+		readLoss, err = n.stepWork(ctx, b, &o, profEnc, profDec)
+		return err
+	}
+	var err error
+	if g, ok := be.(kernels.StepGrapher); ok && !o.Profile {
+		// The profiling stage reads activations back mid-step; everything else the
+		// step queues depends on the shapes and flags in the key alone.
+		key := fmt.Sprintf("train B%d S%d T%d train=%v backward=%v dropout=%v/%v/%v", B, S, T, o.Train, o.Backward,
+			o.Dropout > 0, o.AttentionDropout > 0, o.ActivationDropout > 0)
+		err = g.Graphed(key, run)
+	} else {
+		err = run()
+	}
+	if err != nil {
+		return StepResult{}, err
+	}
+	res.Loss, res.NLL = readLoss()
+	if o.Profile {
+		res.ProfileEncoder, res.ProfileDecoder = profEnc.out, profDec.out
+	}
+	return res, nil
+}
+
+// stepWork queues the forward (and backward) of Step and returns the reader of the
+// loss sums.
+func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions, profEnc, profDec *profiler) (func() (float64, float64), error) {
+	o := *op
+	be, d := n.be, n.d
+	B, S, T := b.B, b.S, b.T
+	var backs []back
 
 	// Encoder.
 	encRows := B * S
@@ -651,7 +689,7 @@ func (n *TrainNet) Step(ctx context.Context, b *TrainBatch, o StepOptions) (Step
 	encPad := padMask(b.Src)
 	for li := range n.enc {
 		if err := ctx.Err(); err != nil {
-			return StepResult{}, err
+			return nil, err
 		}
 		l := &n.enc[li]
 		var bk back
@@ -679,7 +717,7 @@ func (n *TrainNet) Step(ctx context.Context, b *TrainBatch, o StepOptions) (Step
 	decPad := padMask(b.Prev)
 	for li := range n.dec {
 		if err := ctx.Err(); err != nil {
-			return StepResult{}, err
+			return nil, err
 		}
 		l := &n.dec[li]
 		before := n.cfg.DecoderNormalizeBefore
@@ -709,24 +747,21 @@ func (n *TrainNet) Step(ctx context.Context, b *TrainBatch, o StepOptions) (Step
 	if o.Backward {
 		dlogits = n.out(rows * V)
 	}
-	loss, nll := be.LabelSmoothedLoss(dlogits, logits, b.Target, rows, V, float32(o.LabelSmoothing), Pad, o.gradScale())
-	res := StepResult{Loss: loss, NLL: nll, NSentences: B}
-	for _, t := range b.Target {
-		if t != Pad {
-			res.NTokens++
-		}
-	}
-	if o.Profile {
-		res.ProfileEncoder, res.ProfileDecoder = profEnc.out, profDec.out
+	var readLoss func() (float64, float64)
+	if dl, ok := be.(kernels.DeferredLosser); ok {
+		readLoss = dl.LabelSmoothedLossDeferred(dlogits, logits, b.Target, rows, V, float32(o.LabelSmoothing), Pad, o.gradScale())
+	} else {
+		loss, nll := be.LabelSmoothedLoss(dlogits, logits, b.Target, rows, V, float32(o.LabelSmoothing), Pad, o.gradScale())
+		readLoss = func() (float64, float64) { return loss, nll }
 	}
 	if !o.Backward {
-		return res, nil
+		return readLoss, nil
 	}
 	g := n.out(rows * d)
 	be.LinearBackward(g, n.outProj.g, nil, dlogits, y, n.outProj.w, rows, V, d)
 	for i := len(backs) - 1; i >= 0; i-- {
 		if err := ctx.Err(); err != nil {
-			return StepResult{}, err
+			return nil, err
 		}
 		g = backs[i](g)
 	}
@@ -734,5 +769,5 @@ func (n *TrainNet) Step(ctx context.Context, b *TrainBatch, o StepOptions) (Step
 	for i := len(encBacks) - 1; i >= 0; i-- {
 		g = encBacks[i](g)
 	}
-	return res, nil
+	return readLoss, nil
 }

@@ -26,6 +26,14 @@ type deviceFlag struct {
 	// precision is the GPU's GEMM precision (--fp16, --bf16); anything but FP32
 	// refuses the CPU, explicit or fallen back to.
 	precision cuda.Precision
+	// graphs is --cuda-graphs (training commands): record each batch shape's training
+	// step as a CUDA graph and replay it.
+	graphs bool
+}
+
+// registerGraphs adds --cuda-graphs to a training command.
+func (d *deviceFlag) registerGraphs(c *cobra.Command) {
+	c.Flags().BoolVar(&d.graphs, "cuda-graphs", false, "GPU: record the training step of each batch shape as a CUDA graph and replay it (same results, less launch overhead; pays off when shapes repeat, e.g. --batching bucket)")
 }
 
 // register adds --device to c and wraps c.RunE so that the GPU is released when the
@@ -81,7 +89,7 @@ func (d *deviceFlag) backend(threads int, opts ...cpu.Option) (kernels.Backend, 
 	if d.gpu != nil {
 		return d.gpu, nil
 	}
-	g, err := cuda.New(ctx, cuda.Options{Ordinal: ordinal, Precision: d.precision})
+	g, err := cuda.New(ctx, cuda.Options{Ordinal: ordinal, Precision: d.precision, Graphs: d.graphs})
 	if err == nil {
 		d.gpu = g
 		return g, nil

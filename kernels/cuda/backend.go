@@ -28,6 +28,9 @@ type Options struct {
 	// Precision selects the operand type of the GEMMs in Linear, Gemm and
 	// LinearBackward (see Precision). Everything else stays float32.
 	Precision Precision
+	// Graphs makes Graphed (kernels.StepGrapher) record and replay CUDA graphs; off,
+	// it runs its function eagerly. XFORM_CUDA_GRAPHS=1 or 0 overrides it.
+	Graphs bool
 }
 
 // Precision is the operand type of the backend's GEMMs. Inputs, weights and outputs
@@ -92,6 +95,8 @@ type Backend struct {
 	scopes    [][]*allocation // kernels.Scoper: allocations of each open scope
 	lazy      lazyKernels
 	tiledOff  bool // tests: attention takes the row kernels even where the tiled ones fit
+	graph     graphState
+	blasWS    uint64 // cuBLAS workspace while capturing (graphs.go)
 	closed    bool
 }
 
@@ -253,6 +258,7 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 	}
 	// Keep up to a quarter of the device cached; beyond that freed blocks go back.
 	be.pool.limit = be.info.TotalBytes / 4
+	be.initGraphs(opt.Graphs)
 	return be, nil
 }
 
@@ -282,6 +288,10 @@ func (be *Backend) Close() error {
 		return nil
 	}
 	err := be.drv.synchronize()
+	be.closeGraphs()
+	if be.blasWS != 0 {
+		_ = be.drv.memFree(be.blasWS)
+	}
 	be.dropHalf()
 	be.closeLt()
 	be.freeBlocks(be.pool.drain(0))
@@ -345,6 +355,7 @@ func (be *Backend) Name() string { return fmt.Sprintf("cuda:%d", be.info.Ordinal
 // Synchronize waits for all queued work and reports an asynchronous fault, if any.
 func (be *Backend) Synchronize() error {
 	defer be.enter()()
+	be.notGraphed("Synchronize")
 	return be.drv.synchronize()
 }
 
@@ -389,7 +400,8 @@ func (be *Backend) ResetPeakMemory() {
 	be.pool.peakLive, be.pool.peakHeld = be.pool.live, be.pool.live+be.pool.cached
 }
 
-// Guard recovers a panic raised by a Backend method (a *Error or *OOMError) into *err,
+// Guard recovers a panic raised by a Backend method (a *Error, *OOMError, *CompileError
+// or *GraphError) into *err,
 // for callers that want an error rather than a crash: defer cuda.Guard(&err).
 // Other panics are re-raised.
 func Guard(err *error) {
@@ -403,6 +415,8 @@ func Guard(err *error) {
 	case *OOMError:
 		*err = e
 	case *CompileError:
+		*err = e
+	case *GraphError:
 		*err = e
 	default:
 		panic(r)

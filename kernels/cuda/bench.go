@@ -108,6 +108,9 @@ func (be *Backend) fastHandle() (uintptr, error) {
 		return 0, err
 	}
 	be.blasFast = h
+	if be.graph.mode == graphCapture {
+		be.blasStreams(be.graph.stream)
+	}
 	return h, nil
 }
 

@@ -2,7 +2,10 @@ package cuda
 
 import (
 	"fmt"
+	"math"
 	"unsafe"
+
+	"github.com/ebitengine/purego"
 )
 
 // cublas holds the cuBLAS entry points used.
@@ -10,6 +13,9 @@ type cublas struct {
 	path                                    string
 	create, destroy, setStream, setMathMode uintptr
 	sgemm, gemmEx, getProperty              uintptr
+	// setWorkspace (cublasSetWorkspace_v2, cuBLAS 11.2+) gives a handle memory of its
+	// own, so that calls captured into a CUDA graph never allocate; 0 when absent.
+	setWorkspace uintptr
 }
 
 func loadCublas(path string) (*cublas, error) {
@@ -26,6 +32,9 @@ func loadCublas(path string) (*cublas, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoLibrary, err)
+	}
+	if a, err := purego.Dlsym(h, "cublasSetWorkspace_v2"); err == nil {
+		b.setWorkspace = a
 	}
 	return b, nil
 }
@@ -121,4 +130,22 @@ func (b *cublas) gemmExRowMajor(h uintptr, ab uintptr, transA, transB bool, m, n
 	return b.check("cublasGemmEx", call(b.gemmEx, h, tb, ta, uintptr(n), uintptr(m), uintptr(k),
 		uintptr(unsafe.Pointer(&alpha)), uintptr(bm), ab, uintptr(ldb), uintptr(a), ab, uintptr(lda),
 		uintptr(unsafe.Pointer(&beta)), uintptr(c), cudaR32F, uintptr(ldc), computeF32, uintptr(uint32(0xffffffff))))
+}
+
+// sgemm is sgemmRowMajor on the fp32 handle, recorded in a graphed step.
+func (be *Backend) sgemm(transA, transB bool, m, n, k int, alpha float32, a uint64, lda int, b uint64, ldb int, beta float32, c uint64, ldc int) {
+	be.blasCall([]uint64{1, b2u(transA), b2u(transB), uint64(m), uint64(n), uint64(k), uint64(math.Float32bits(alpha)), a, uint64(lda), b, uint64(ldb), uint64(math.Float32bits(beta)), c, uint64(ldc)},
+		func(uintptr) error {
+			return be.libs.blas.sgemmRowMajor(be.blasH, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+		})
+	if be.syncCheck {
+		must(be.drv.synchronize())
+	}
+}
+
+func b2u(b bool) uint64 {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -3,6 +3,7 @@ package cuda
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"strings"
 	"unsafe"
@@ -420,9 +421,17 @@ func (be *Backend) ltRun(p *ltPlan, a, b uint64, beta float32, c, bias uint64) b
 		must(l.setDesc(p.desc, ltDescBiasPointer, unsafe.Pointer(&bias), 8))
 	}
 	alpha := float32(1)
-	err := ltCheck("cublasLtMatmul", call(l.matmul, s.handle, p.desc, uintptr(unsafe.Pointer(&alpha)),
-		uintptr(b), p.a, uintptr(a), p.b, uintptr(unsafe.Pointer(&beta)), uintptr(c), p.c, uintptr(c), p.c,
-		uintptr(unsafe.Pointer(&p.algo)), uintptr(s.ws), uintptr(s.wsSize), 0))
+	var err error
+	be.blasCall([]uint64{3, uint64(p.desc), a, b, uint64(math.Float32bits(beta)), c, bias},
+		func(stream uintptr) error {
+			err = ltCheck("cublasLtMatmul", call(l.matmul, s.handle, p.desc, uintptr(unsafe.Pointer(&alpha)),
+				uintptr(b), p.a, uintptr(a), p.b, uintptr(unsafe.Pointer(&beta)), uintptr(c), p.c, uintptr(c), p.c,
+				uintptr(unsafe.Pointer(&p.algo)), uintptr(s.ws), uintptr(s.wsSize), stream))
+			if err != nil && ltRefusal(err) {
+				return nil // handled below: the plan falls back to GemmEx
+			}
+			return err
+		})
 	if err != nil {
 		if !ltRefusal(err) {
 			panic(err)

@@ -24,7 +24,8 @@ const (
 // driver holds the entry points of libcuda. The suffixed names are the 64-bit-size
 // versions of cuda.h (the plain names are the old 32-bit interface).
 type driver struct {
-	path string
+	path   string
+	handle uintptr // the dlopen handle, for entry points bound later (graphs.go)
 
 	cuInit, cuDriverGetVersion, cuGetErrorName, cuGetErrorString     uintptr
 	cuDeviceGetCount, cuDeviceGet, cuDeviceGetName, cuDeviceTotalMem uintptr
@@ -90,7 +91,7 @@ func loadDriver(s Search) (*driver, error) {
 			}
 			continue
 		}
-		d := &driver{path: c}
+		d := &driver{path: c, handle: h}
 		if err := bind(h, soname, d.symbols()); err != nil {
 			return nil, fmt.Errorf("%w: %s: %v", ErrOldDriver, c, err)
 		}

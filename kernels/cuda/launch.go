@@ -65,12 +65,13 @@ func grid1D(n int64, block, sms int) uint32 {
 	return uint32(min(g, limit))
 }
 
-// launch enqueues fn on the default stream with the packed parameters.
-func (d *driver) launch(fn uintptr, grid [3]uint32, block [3]uint32, shared uint32, p *params) error {
+// launch enqueues fn on stream (0: the legacy default stream) with the packed
+// parameters.
+func (d *driver) launch(fn uintptr, grid [3]uint32, block [3]uint32, shared uint32, p *params, stream uintptr) error {
 	return d.check("cuLaunchKernel", call(d.cuLaunchKernel, fn,
 		uintptr(grid[0]), uintptr(grid[1]), uintptr(grid[2]),
 		uintptr(block[0]), uintptr(block[1]), uintptr(block[2]),
-		uintptr(shared), 0, uintptr(unsafe.Pointer(&p.ptrs[0])), 0))
+		uintptr(shared), stream, uintptr(unsafe.Pointer(&p.ptrs[0])), 0))
 }
 
 func (d *driver) loadModule(image []byte) (uintptr, error) {

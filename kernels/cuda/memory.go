@@ -23,6 +23,7 @@ type allocation struct {
 	ptr     uint64
 	bytes   uint64
 	cleanup runtime.Cleanup
+	arena   bool // part of the graph arena (graphs.go), not a pool block
 }
 
 // buffer is the kernels.Buffer of this backend: n float32 elements from element off of
@@ -132,6 +133,9 @@ func (p *pool) drain(keep uint64) []uint64 {
 // thread). On out-of-memory it frees the cache, lets the collector return dead
 // buffers, and tries once more before reporting the size asked and the memory free.
 func (be *Backend) alloc(bytes uint64) (*allocation, error) {
+	if be.graph.mode != graphOff {
+		return be.arenaAlloc(bytes), nil
+	}
 	class := sizeClass(bytes)
 	if ptr, got, ok := be.pool.take(class); ok {
 		return be.track(ptr, got), nil
@@ -189,6 +193,10 @@ func (be *Backend) EndScope() {
 	be.scopes = be.scopes[:len(be.scopes)-1]
 	for _, a := range top {
 		if a.ptr == 0 {
+			continue
+		}
+		if a.arena {
+			a.ptr = 0
 			continue
 		}
 		a.cleanup.Stop()

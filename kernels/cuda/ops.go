@@ -45,10 +45,7 @@ func must(err error) {
 
 // run launches a kernel whose parameters are in be.prm.
 func (be *Backend) run(fn uintptr, grid [3]uint32, block uint32, shared uint32) {
-	must(be.drv.launch(fn, grid, [3]uint32{block, 1, 1}, shared, be.prm))
-	if be.syncCheck {
-		must(be.drv.synchronize())
-	}
+	be.launchKernel(fn, grid, [3]uint32{block, 1, 1}, shared)
 }
 
 // elem launches fn over n items with a grid-stride 1-D grid.
@@ -65,8 +62,19 @@ func (be *Backend) rowsGrid(rows int) [3]uint32 {
 // device address. The copy is ordered on the default stream after every kernel queued
 // before it, so overwriting the block that an earlier kernel reads is safe.
 func (be *Backend) stage(slot int, p unsafe.Pointer, bytes int) uint64 {
+	return be.stageCap(slot, p, bytes, bytes)
+}
+
+// stageCap is stage for data whose length varies between steps of the same shape (a
+// graphed step reserves capacity bytes for it; see upload).
+func (be *Backend) stageCap(slot int, p unsafe.Pointer, bytes, capacity int) uint64 {
 	if bytes == 0 {
 		return 0
+	}
+	if be.graph.mode != graphOff {
+		a := be.arenaAlloc(uint64(max(bytes, capacity)))
+		be.upload(a.ptr, p, bytes, capacity)
+		return a.ptr
 	}
 	a := be.scratch[slot]
 	if a == nil || a.bytes < uint64(bytes) {
@@ -120,7 +128,7 @@ func (be *Backend) Alloc(n int) kernels.Buffer {
 	defer be.enter()()
 	b := be.scoped(be.newBuffer(n))
 	if n > 0 {
-		must(be.drv.memsetD32(b.dptr(), 0, uint64(n)))
+		be.memset32(b.dptr(), 0, uint64(n))
 	}
 	return b
 }
@@ -130,7 +138,7 @@ func (be *Backend) AllocUninit(n int) kernels.Buffer {
 	defer be.enter()()
 	b := be.scoped(be.newBuffer(n))
 	if be.poison && n > 0 {
-		must(be.drv.memsetD32(b.dptr(), 0x7fc00000, uint64(n))) // float32 quiet NaN
+		be.memset32(b.dptr(), 0x7fc00000, uint64(n)) // float32 quiet NaN
 	}
 	return b
 }
@@ -140,7 +148,7 @@ func (be *Backend) Upload(v []float32) kernels.Buffer {
 	defer be.enter()()
 	b := be.scoped(be.newBuffer(len(v)))
 	if len(v) > 0 {
-		must(be.drv.htodQueued(b.dptr(), unsafe.Pointer(&v[0]), uint64(4*len(v))))
+		be.upload(b.dptr(), unsafe.Pointer(&v[0]), 4*len(v), 4*len(v))
 	}
 	return b
 }
@@ -155,6 +163,7 @@ func (be *Backend) Download(dst []float32, b kernels.Buffer) {
 		return
 	}
 	defer be.enter()()
+	be.notGraphed("Download")
 	must(be.drv.dtoh(unsafe.Pointer(&dst[0]), x.dptr(), uint64(4*len(dst))))
 }
 
@@ -199,10 +208,7 @@ func (be *Backend) Gemm(transA, transB bool, m, n, k int, alpha float32, a kerne
 		be.gemmOp16(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 		return
 	}
-	must(be.libs.blas.sgemmRowMajor(be.blasH, transA, transB, m, n, k, alpha, addr(a), lda, addr(b), ldb, beta, addr(c), ldc))
-	if be.syncCheck {
-		must(be.drv.synchronize())
-	}
+	be.sgemm(transA, transB, m, n, k, alpha, addr(a), lda, addr(b), ldb, beta, addr(c), ldc)
 }
 
 // Linear implements kernels.Backend: the bias is written first and the fp32 product
@@ -225,10 +231,7 @@ func (be *Backend) Linear(y, x, w, bias kernels.Buffer, m, n, k int) {
 		be.elem(be.fn.fillRows, int64(m)*int64(n))
 		beta = 1
 	}
-	must(be.libs.blas.sgemmRowMajor(be.blasH, false, true, m, n, k, 1, addr(x), k, addr(w), k, beta, addr(y), n))
-	if be.syncCheck {
-		must(be.drv.synchronize())
-	}
+	be.sgemm(false, true, m, n, k, 1, addr(x), k, addr(w), k, beta, addr(y), n)
 }
 
 // LayerNorm implements kernels.Backend.
@@ -281,7 +284,7 @@ func (be *Backend) Activate(y, x kernels.Buffer, act kernels.Activation) {
 	case kernels.Linear:
 		if xb.dptr() != yb.dptr() && xb.n > 0 {
 			defer be.enter()()
-			must(be.drv.dtod(yb.dptr(), xb.dptr(), uint64(4*xb.n)))
+			be.copyDtoD(yb.dptr(), xb.dptr(), uint64(4*xb.n))
 		}
 		return
 	default:

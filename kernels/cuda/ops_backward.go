@@ -46,10 +46,7 @@ func (p *params) f64(v float64) *params { return p.u64(math.Float64bits(v)) }
 
 // runBlock launches fn with a multi-dimensional block (run's blocks are 1-D).
 func (be *Backend) runBlock(fn uintptr, grid, block [3]uint32, shared uint32) {
-	must(be.drv.launch(fn, grid, block, shared, be.prm))
-	if be.syncCheck {
-		must(be.drv.synchronize())
-	}
+	be.launchKernel(fn, grid, block, shared)
 }
 
 // newDoubles allocates scratch for n float64 values (the pool hands back a block
@@ -101,19 +98,15 @@ func (be *Backend) LinearBackward(dx, dw, db, dy, x, w kernels.Buffer, m, n, k i
 		return
 	}
 	defer be.enter()()
-	blas := be.libs.blas
 	if be.precision != FP32 && (dx != nil || dw != nil) {
 		be.linearBackward16(dx, dw, dy, x, w, m, n, k)
 	} else {
 		if dx != nil {
-			must(blas.sgemmRowMajor(be.blasH, false, false, m, k, n, 1, addr(dy), n, addr(w), k, 0, addr(dx), k))
+			be.sgemm(false, false, m, k, n, 1, addr(dy), n, addr(w), k, 0, addr(dx), k)
 		}
 		if dw != nil {
-			must(blas.sgemmRowMajor(be.blasH, true, false, n, k, m, 1, addr(dy), n, addr(x), k, 1, addr(dw), k))
+			be.sgemm(true, false, n, k, m, 1, addr(dy), n, addr(x), k, 1, addr(dw), k)
 		}
-	}
-	if be.syncCheck && (dx != nil || dw != nil) {
-		must(be.drv.synchronize())
 	}
 	if db != nil && n > 0 {
 		part, chunks, nout := be.colReduce(0, addr(dy), 0, 0, m, n)
@@ -207,7 +200,7 @@ func (be *Backend) ActivateBackward(dx, dy, x kernels.Buffer, act kernels.Activa
 	defer be.enter()()
 	if kind < 0 {
 		if addr(dx) != addr(dy) {
-			must(be.drv.dtod(addr(dx), addr(dy), uint64(4*n)))
+			be.copyDtoD(addr(dx), addr(dy), uint64(4*n))
 		}
 		return
 	}
@@ -246,11 +239,13 @@ func (be *Backend) EmbedBackward(dtable, dy kernels.Buffer, ids []int32, dim int
 		return
 	}
 	csr, nu := embedCSR(ids, skip)
-	if nu == 0 {
-		return
-	}
 	defer be.enter()()
-	p := be.stageInts(slotCSR, csr)
+	if nu == 0 && be.graph.mode == graphOff {
+		return // a graphed step keeps the launch (with nothing to do) so its operations repeat
+	}
+	// The grouping's length depends on how many distinct ids there are; a graphed
+	// step reserves the most it can be (offsets, ids, rows: 2·len(ids)+1).
+	p := be.stageCap(slotCSR, unsafe.Pointer(&csr[0]), 4*len(csr), 4*(2*len(ids)+1))
 	be.prm.reset().ptr(addr(dtable)).ptr(addr(dy)).ptr(p).i32(nu).i32(dim).f32(scale)
 	be.elem(be.fn.train.embedBwd, int64(nu)*int64(dim))
 }
@@ -284,7 +279,7 @@ func (be *Backend) Fill(x kernels.Buffer, v float32) {
 		return
 	}
 	defer be.enter()()
-	must(be.drv.memsetD32(addr(x), math.Float32bits(v), uint64(n)))
+	be.memset32(addr(x), math.Float32bits(v), uint64(n))
 }
 
 // Scale implements kernels.Trainer.
@@ -301,6 +296,7 @@ func (be *Backend) Scale(x kernels.Buffer, a float32) {
 // readDoubles copies n float64 values from device scratch to the host (waiting for
 // the work that writes them).
 func (be *Backend) readDoubles(b *buffer, n int) []float64 {
+	be.notGraphed("a read of device results")
 	out := make([]float64, n)
 	must(be.drv.dtoh(unsafe.Pointer(&out[0]), b.dptr(), uint64(8*n)))
 	return out

@@ -2,6 +2,7 @@ package cuda
 
 import (
 	"fmt"
+	"math"
 
 	"github.com/xform-dev/xform/kernels"
 )
@@ -97,6 +98,11 @@ func (be *Backend) cast16(ops [3]operand16) [3]uint64 {
 
 // halfScratch returns the scratch block, at least bytes long.
 func (be *Backend) halfScratch(bytes uint64) uint64 {
+	if be.graph.mode != graphOff {
+		// A graphed step's addresses must repeat; the cached block may be regrown
+		// or handed back between steps.
+		return be.arenaAlloc(bytes).ptr
+	}
 	if be.half == nil || be.half.bytes < bytes {
 		be.dropHalf()
 		// A quarter more than asked: batches vary in token count, and growing by
@@ -124,7 +130,10 @@ func (be *Backend) dropHalf() {
 func (be *Backend) gemm16(transA, transB bool, m, n, k int, alpha float32, a uint64, lda int, b uint64, ldb int, beta float32, c uint64, ldc int) {
 	h, err := be.fastHandle()
 	must(err)
-	must(be.libs.blas.gemmExRowMajor(h, be.dataType16(), transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc))
+	be.blasCall([]uint64{2, b2u(transA), b2u(transB), uint64(m), uint64(n), uint64(k), uint64(math.Float32bits(alpha)), a, uint64(lda), b, uint64(ldb), uint64(math.Float32bits(beta)), c, uint64(ldc)},
+		func(uintptr) error {
+			return be.libs.blas.gemmExRowMajor(h, be.dataType16(), transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+		})
 	if be.syncCheck {
 		must(be.drv.synchronize())
 	}
