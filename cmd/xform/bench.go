@@ -137,6 +137,7 @@ pairs, DIR/valid.{src,tgt} with --valid-pairs) for xform preprocess and exits.`,
 	fl.BoolVar(&f.jsonOut, "json", false, "print the result as one JSON object")
 	fl.BoolVar(&f.verbose, "verbose", false, "one line per training update on stderr")
 	f.train.device.register(c)
+	f.train.device.registerGraphs(c)
 	f.train.batching.register(c)
 	return c
 }
@@ -339,6 +340,11 @@ func benchTrain(ctx context.Context, f *benchFlags, init model.Init, errw io.Wri
 	}
 	res.Data, res.MaxTokens, res.Precision = desc, f.train.maxTokens, f.train.device.precision.String()
 	res.Batching, res.BucketLengths = f.train.batching.mode, lengths
+	if g, ok := be.(*cuda.Backend); ok && g.GraphsEnabled() {
+		st := g.GraphStats()
+		res.Graphs = &bench.GraphUse{Eager: st.Eager, Captures: st.Captures, Replays: st.Replays, Divergences: st.Divergences,
+			NodeUpdates: st.NodeUpdates, ArenaBytes: st.ArenaBytes}
+	}
 	return res, nil
 }
 

@@ -305,6 +305,7 @@ fairseq's batching; resume with the batching the run started with.`,
 	f.register(c, true)
 	f.mixed.register(c)
 	f.device.register(c)
+	f.device.registerGraphs(c)
 	f.batching.register(c)
 	return c
 }

@@ -92,8 +92,10 @@ type TrainResult struct {
 	// the bucket edges L (empty for fairseq's batching). Both under the competitor's keys.
 	Batching      string `json:"batching"`
 	BucketLengths []int  `json:"bucket_lengths"`
-	Warmup        int    `json:"warmup_updates"`
-	Updates       int    `json:"updates"`
+	// Graphs says how the CUDA graphs of the training step were used (nil: off).
+	Graphs  *GraphUse `json:"cuda_graphs,omitempty"`
+	Warmup  int       `json:"warmup_updates"`
+	Updates int       `json:"updates"`
 
 	TargetTokens int     `json:"target_tokens"`
 	SourceTokens int     `json:"source_tokens"`
@@ -400,6 +402,18 @@ func ProcessRSS() (peak, cur uint64) {
 	return peak, cur
 }
 
+// GraphUse counts the training steps run eagerly, captured and replayed as CUDA graphs
+// (whole run, warm-up included), the replays that diverged from their capture, the
+// kernel nodes updated before replays, and the device arena the graphed steps use.
+type GraphUse struct {
+	Eager       int    `json:"eager"`
+	Captures    int    `json:"captures"`
+	Replays     int    `json:"replays"`
+	Divergences int    `json:"divergences"`
+	NodeUpdates int    `json:"node_updates"`
+	ArenaBytes  uint64 `json:"arena_bytes"`
+}
+
 // WriteText prints r for people.
 func (r *TrainResult) WriteText(w io.Writer) error {
 	m := r.Model
@@ -420,6 +434,10 @@ func (r *TrainResult) WriteText(w io.Writer) error {
 	fmt.Fprintf(bw, "| model FLOPs %.1f MFLOP/target token (6N = %.1f) | %.2f TFLOP/s | MFU %.2f%% of %.0f TFLOP/s\n",
 		r.FLOPsPerTargetToken/1e6, r.SixNPerTargetToken/1e6, r.ModelTFLOPsPerSec, 100*r.MFU, r.PeakTFLOPs)
 	fmt.Fprintf(bw, "| loss %.3f -> %.3f bits | %s\n", r.FirstLoss, r.LastLoss, r.Memory.text())
+	if g := r.Graphs; g != nil {
+		fmt.Fprintf(bw, "| CUDA graphs: %d steps eager, %d captured, %d replayed (%d diverged), %d kernel nodes updated, arena %s\n",
+			g.Eager, g.Captures, g.Replays, g.Divergences, g.NodeUpdates, gib(g.ArenaBytes))
+	}
 	return bw.Flush()
 }
 
