@@ -183,6 +183,10 @@ type ltKey struct {
 	dtype                  uintptr
 	epilogue               uint32
 	alignAB, alignC, align uint32 // align: the bias pointer's class (0 without a bias)
+	// The epilogue's auxiliary matrix (linear_act.go): its pointer's alignment class
+	// and leading dimension (0 without one).
+	alignAux uint32
+	auxLD    int
 }
 
 // ltPlan is a product shape's descriptor, layouts and algorithm.
@@ -299,13 +303,27 @@ func (be *Backend) ltInit() error {
 // aligned, from cast16) into fp32 c, with the bias epilogue when bias is not 0; nil
 // when the GemmEx path must do it. The caller holds the Backend.
 func (be *Backend) ltPlanFor(transA, transB bool, m, n, k, lda, ldb, ldc int, c, bias uint64) *ltPlan {
+	epi := uint32(ltEpiDefault)
+	if bias != 0 {
+		epi = ltEpiBias
+	}
+	return be.ltPlanEpi(transA, transB, m, n, k, lda, ldb, ldc, c, epi, bias, 0, 0)
+}
+
+// ltPlanEpi is ltPlanFor with any epilogue: bias is the epilogue's bias (or bias
+// gradient) vector, aux its auxiliary matrix with leading dimension auxLD (0 when the
+// epilogue has none).
+func (be *Backend) ltPlanEpi(transA, transB bool, m, n, k, lda, ldb, ldc int, c uint64, epi uint32, bias, aux uint64, auxLD int) *ltPlan {
 	if m == 0 || n == 0 || k == 0 || !be.ltReady() {
 		return nil
 	}
 	key := ltKey{transA: transA, transB: transB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc,
-		dtype: be.dataType16(), epilogue: ltEpiDefault, alignAB: halfAlign, alignC: alignOf(c)}
+		dtype: be.dataType16(), epilogue: epi, alignAB: halfAlign, alignC: alignOf(c)}
 	if bias != 0 {
-		key.epilogue, key.align = ltEpiBias, alignOf(bias)
+		key.align = alignOf(bias)
+	}
+	if aux != 0 {
+		key.alignAux, key.auxLD = alignOf(aux), auxLD
 	}
 	s := &be.lt
 	s.clock++
@@ -315,7 +333,7 @@ func (be *Backend) ltPlanFor(transA, transB bool, m, n, k, lda, ldb, ldc int, c,
 			be.ltEvict()
 		}
 		var err error
-		if p, err = be.ltNewPlan(key, bias); err != nil {
+		if p, err = be.ltNewPlan(key, bias, aux); err != nil {
 			be.ltNote(fmt.Errorf("%d×%d×%d (transposes %v %v, epilogue %d): %w", m, n, k, transA, transB, key.epilogue, err))
 			p = &ltPlan{none: true}
 		}
@@ -330,7 +348,7 @@ func (be *Backend) ltPlanFor(transA, transB bool, m, n, k, lda, ldb, ldc int, c,
 
 // ltNewPlan makes the descriptor and layouts of key and asks the heuristic for its
 // best algorithm within the workspace and the pointers' alignment.
-func (be *Backend) ltNewPlan(key ltKey, bias uint64) (_ *ltPlan, err error) {
+func (be *Backend) ltNewPlan(key ltKey, bias, aux uint64) (_ *ltPlan, err error) {
 	s := &be.lt
 	l := s.lib
 	p := &ltPlan{}
@@ -357,13 +375,23 @@ func (be *Backend) ltNewPlan(key ltKey, bias uint64) (_ *ltPlan, err error) {
 			return nil, err
 		}
 	}
-	if epi == ltEpiBias {
-		// fp32 bias, as D; the heuristic reads the pointer's alignment from it.
+	if epi&(ltEpiFlagBias|ltEpiFlagBGrad) != 0 {
+		// fp32 bias (or bias gradient), as D; the heuristic reads the pointer's
+		// alignment from it.
 		bt := int32(cudaR32F)
 		if err := l.setDesc(p.desc, ltDescBiasType, unsafe.Pointer(&bt), 4); err != nil {
 			return nil, err
 		}
 		if err := l.setDesc(p.desc, ltDescBiasPointer, unsafe.Pointer(&bias), 8); err != nil {
+			return nil, err
+		}
+	}
+	if epi&ltEpiFlagAux != 0 {
+		ld := int64(key.auxLD)
+		if err := l.setDesc(p.desc, ltDescAuxLD, unsafe.Pointer(&ld), 8); err != nil {
+			return nil, err
+		}
+		if err := l.setDesc(p.desc, ltDescAuxPointer, unsafe.Pointer(&aux), 8); err != nil {
 			return nil, err
 		}
 	}
