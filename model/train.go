@@ -539,9 +539,24 @@ func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T in
 // ffn is the feed-forward branch fc2(Drop_act(act(fc1 h))).
 func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h kernels.Buffer, rows int) (kernels.Buffer, back) {
 	be, d, F := n.be, n.d, l.ffn
+	a := n.out(rows * F)
+	// The fused path has no place for the activation dropout (it sits between act and
+	// fc2, inside the fused backward), so it is taken only when that dropout is off.
+	if la, ok := be.(kernels.LinearActivator); ok && (!o.Train || o.ActivationDropout <= 0) {
+		if aux, ok := la.LinearAct(a, h, l.fc1.w.w, l.fc1.b.w, rows, F, d, n.act); ok {
+			out := n.out(rows * d)
+			be.Linear(out, a, l.fc2.w.w, l.fc2.b.w, rows, d, F)
+			return n.withDropout(o, out, func(dout kernels.Buffer) kernels.Buffer {
+				dpre := n.out(rows * F)
+				la.LinearActBackward(dpre, l.fc2.w.g, l.fc2.b.g, l.fc1.b.g, dout, a, l.fc2.w.w, aux, rows, d, F, n.act)
+				dh := n.out(rows * d)
+				be.LinearBackward(dh, l.fc1.w.g, nil, dpre, h, l.fc1.w.w, rows, F, d)
+				return dh
+			})
+		}
+	}
 	pre := n.out(rows * F)
 	be.Linear(pre, h, l.fc1.w.w, l.fc1.b.w, rows, F, d)
-	a := n.out(rows * F)
 	be.Activate(a, pre, n.act)
 	dr := n.newDrop(o, o.ActivationDropout, rows*F)
 	if dr != nil {

@@ -162,8 +162,12 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 	be := &Backend{drv: drv, prm: newParams(), syncCheck: opt.SyncCheck || os.Getenv("XFORM_CUDA_SYNC") == "1",
 		pool: &pool{free: map[uint64][]uint64{}}, precision: opt.Precision}
 	be.poison = opt.PoisonUninit || os.Getenv("XFORM_CUDA_POISON") == "1"
-	if os.Getenv("XFORM_CUDA_PROFILE") == "1" {
+	switch os.Getenv("XFORM_CUDA_PROFILE") {
+	case "1":
 		be.profile = newOpProfile()
+	case "gpu":
+		be.profile = newOpProfile()
+		be.profile.drv, be.profile.gpu = drv, true
 	}
 	var fail func(error)
 	probe := &Report{}
@@ -325,15 +329,23 @@ func (be *Backend) enter() func() {
 		panic(err)
 	}
 	if be.profile != nil {
-		be.profile.begin(2)
+		if be.profile.gpu {
+			be.profile.beginGPU(3)
+		} else {
+			be.profile.begin(2)
+		}
 	}
 	return be.leave
 }
 
 func (be *Backend) leave() {
 	if be.profile != nil && !be.closed {
-		_ = be.drv.synchronize()
-		be.profile.end()
+		if be.profile.gpu {
+			be.profile.endGPU()
+		} else {
+			_ = be.drv.synchronize()
+			be.profile.end()
+		}
 	}
 	runtime.UnlockOSThread()
 	be.mu.Unlock()

@@ -9,16 +9,32 @@ import (
 	"time"
 )
 
-// opProfile attributes wall time to Backend methods by synchronising the device when
-// each method returns (XFORM_CUDA_PROFILE=1). Synchronising removes the overlap of host
-// and device, so the total is larger than an unprofiled run; what it shows is where the
-// device (or, for cheap ops, the host) spends each step, which is what decides the next
-// kernel to fuse. It is off by default and costs nothing then.
+// opProfile attributes time to Backend methods, off by default (costs nothing then).
+//
+// XFORM_CUDA_PROFILE=1 synchronises the device when each method returns and charges
+// the wall time. That removes the overlap of host and device, so the total is larger
+// than an unprofiled run, and each short method carries a synchronisation's latency.
+//
+// XFORM_CUDA_PROFILE=gpu records an event before and after each method's work instead,
+// without synchronising, and charges the device time between them: what each method
+// costs the GPU when the queue is full (when the GPU waits for the host, the wait is
+// charged to the method it waited for).
 type opProfile struct {
 	names map[uintptr]string
 	stats map[string]*opStat
 	start time.Time
 	name  string
+	// Event mode.
+	drv     *driver
+	gpu     bool
+	free    []uintptr
+	pending []pendingOp
+	began   uintptr
+}
+
+type pendingOp struct {
+	name       string
+	start, end uintptr
 }
 
 type opStat struct {
@@ -28,6 +44,53 @@ type opStat struct {
 
 func newOpProfile() *opProfile {
 	return &opProfile{names: map[uintptr]string{}, stats: map[string]*opStat{}}
+}
+
+// event returns an event from the pool (a new one when it is empty).
+func (p *opProfile) event() uintptr {
+	if n := len(p.free); n > 0 {
+		e := p.free[n-1]
+		p.free = p.free[:n-1]
+		return e
+	}
+	e, err := p.drv.newEvent()
+	must(err)
+	return e
+}
+
+// beginGPU records the method's start event on the legacy stream.
+func (p *opProfile) beginGPU(skip int) {
+	p.begin(skip + 1)
+	p.began = p.event()
+	must(p.drv.record(p.began))
+}
+
+// endGPU records the end event; every 1024 methods the device is synchronised and the
+// elapsed times are charged (not per method: that would be XFORM_CUDA_PROFILE=1).
+func (p *opProfile) endGPU() {
+	e := p.event()
+	must(p.drv.record(e))
+	p.pending = append(p.pending, pendingOp{name: p.name, start: p.began, end: e})
+	if len(p.pending) >= 1024 {
+		p.flush()
+	}
+}
+
+// flush charges the pending methods' device times (waits for the last of them).
+func (p *opProfile) flush() {
+	for _, o := range p.pending {
+		ms, err := p.drv.elapsed(o.start, o.end)
+		must(err)
+		s := p.stats[o.name]
+		if s == nil {
+			s = &opStat{}
+			p.stats[o.name] = s
+		}
+		s.calls++
+		s.total += time.Duration(float64(ms) * 1e6)
+		p.free = append(p.free, o.start, o.end)
+	}
+	p.pending = p.pending[:0]
 }
 
 // begin records the calling Backend method (skip frames above enter) and the time.
@@ -75,7 +138,11 @@ func (p *opProfile) write(w io.Writer) {
 		total += s.total
 	}
 	sort.Slice(rows, func(i, j int) bool { return rows[i].s.total > rows[j].s.total })
-	fmt.Fprintf(w, "cuda profile (synchronised after every call): %.3f s in %d methods\n", total.Seconds(), len(rows))
+	how := "synchronised after every call"
+	if p.gpu {
+		how = "device time between events around every call"
+	}
+	fmt.Fprintf(w, "cuda profile (%s): %.3f s in %d methods\n", how, total.Seconds(), len(rows))
 	for _, r := range rows {
 		fmt.Fprintf(w, "  %-28s %8d calls %10.3f ms %6.1f%% %9.1f µs/call\n", r.name, r.s.calls,
 			r.s.total.Seconds()*1e3, 100*r.s.total.Seconds()/total.Seconds(), r.s.total.Seconds()*1e6/float64(r.s.calls))
