@@ -80,3 +80,36 @@ type LinearActivator interface {
 	// must not alias dy, a or aux. It cannot fail once LinearAct has succeeded.
 	LinearActBackward(dpre, dw2, db2, db1, dy, a, w2, aux Buffer, m, n, k int, act Activation)
 }
+
+// FlashAttention is implemented by a Trainer that can run training attention without
+// storing the [Batch, Heads, TQ, TK] probabilities: the forward keeps one float32 per
+// query row (the log-sum-exp of its scaled, masked scores) and the backward recomputes
+// the probabilities from it, and the dropout mask is drawn from its seed where it is
+// used, never stored. At long sequences the probabilities and the mask are most of a
+// training step's memory and traffic (T = 512, 12 sentences, 8 heads: 100 MB each per
+// attention call).
+//
+// Semantics are those of AttentionForward and AttentionBackward with probs stored and
+// dropMask holding what DropoutMask(dropMask, dropP, dropSeed) draws for a buffer of
+// Batch·Heads·TQ·TK elements (element ((b·Heads+h)·TQ+i)·TK+j masks probability (b, h,
+// i, j)), so a seed gives the same dropout on either path; dropP ≤ 0 is no dropout.
+// Results equal that path up to the float rounding the backend documents (a different
+// summation order), not bit for bit. A query row whose every key is masked gives a NaN
+// output row and NaN gradients where the stored-probabilities path gives them.
+//
+// Both methods return false, having done nothing, when the backend does not take the
+// call (precision, head dimension, device limits); the caller then takes the
+// stored-probabilities path. The answer depends on the backend's configuration and on
+// a's shape alone, and AttentionBackwardLSE accepts every call whose forward
+// AttentionForwardLSE accepted. KVIndex and Probs of a are not used.
+type FlashAttention interface {
+	// AttentionForwardLSE writes out as AttentionForward does and lse, Batch·Heads·TQ
+	// float32 laid out [Batch, Heads, TQ], the log-sum-exp of each row's scaled, masked
+	// scores over the keys it sees (before dropout; NaN for a row that sees none).
+	AttentionForwardLSE(out, q, k, v View, a AttentionArgs, lse Buffer, dropP float64, dropSeed uint64) bool
+	// AttentionBackwardLSE accumulates the gradients of q, k and v (+=) from dout as
+	// AttentionBackward does, given the forward's inputs, its output out and the lse it
+	// wrote, with the same dropP and dropSeed. dq, dk and dv may be column views of one
+	// buffer (disjoint elements).
+	AttentionBackwardLSE(dq, dk, dv, dout, q, k, v, out View, a AttentionArgs, lse Buffer, dropP float64, dropSeed uint64) bool
+}

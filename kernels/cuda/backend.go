@@ -107,6 +107,7 @@ type lazyKernels struct {
 	tiled    *attnTiledFns
 	fastAttn *attnFastFns
 	lnFast   *lnFastFns
+	flash    *attnFlashFns
 }
 
 // functions are the kernels looked up after loading the modules.
