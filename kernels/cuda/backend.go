@@ -96,8 +96,11 @@ type Backend struct {
 	lazy      lazyKernels
 	tiledOff  bool // tests: attention takes the row kernels even where the tiled ones fit
 	graph     graphState
-	blasWS    uint64 // cuBLAS workspace while capturing (graphs.go)
-	closed    bool
+	// kernelNames maps kernels to their names for XFORM_CUDA_PROFILE=gpu (profile.go);
+	// the lazily looked-up ones are added by kernel.
+	kernelNames map[uintptr]string
+	blasWS      uint64 // cuBLAS workspace while capturing (graphs.go)
+	closed      bool
 }
 
 // lazyKernels are kernel sets looked up in the modules on their first launch (under the
@@ -309,6 +312,9 @@ func (be *Backend) Close() error {
 	be.release()
 	be.closed = true
 	if be.profile != nil {
+		if be.profile.gpu {
+			be.profile.flush()
+		}
 		be.profile.write(os.Stderr)
 	}
 	return err
@@ -329,24 +335,16 @@ func (be *Backend) enter() func() {
 		be.mu.Unlock()
 		panic(err)
 	}
-	if be.profile != nil {
-		if be.profile.gpu {
-			be.profile.beginGPU(3)
-		} else {
-			be.profile.begin(2)
-		}
+	if be.profile != nil && !be.profile.gpu {
+		be.profile.begin(2)
 	}
 	return be.leave
 }
 
 func (be *Backend) leave() {
-	if be.profile != nil && !be.closed {
-		if be.profile.gpu {
-			be.profile.endGPU()
-		} else {
-			_ = be.drv.synchronize()
-			be.profile.end()
-		}
+	if be.profile != nil && !be.profile.gpu && !be.closed {
+		_ = be.drv.synchronize()
+		be.profile.end()
 	}
 	runtime.UnlockOSThread()
 	be.mu.Unlock()

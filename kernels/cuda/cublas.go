@@ -134,7 +134,7 @@ func (b *cublas) gemmExRowMajor(h uintptr, ab uintptr, transA, transB bool, m, n
 
 // sgemm is sgemmRowMajor on the fp32 handle, recorded in a graphed step.
 func (be *Backend) sgemm(transA, transB bool, m, n, k int, alpha float32, a uint64, lda int, b uint64, ldb int, beta float32, c uint64, ldc int) {
-	be.blasCall([]uint64{1, b2u(transA), b2u(transB), uint64(m), uint64(n), uint64(k), uint64(math.Float32bits(alpha)), a, uint64(lda), b, uint64(ldb), uint64(math.Float32bits(beta)), c, uint64(ldc)},
+	be.blasCall("cublasSgemm", []uint64{1, b2u(transA), b2u(transB), uint64(m), uint64(n), uint64(k), uint64(math.Float32bits(alpha)), a, uint64(lda), b, uint64(ldb), uint64(math.Float32bits(beta)), c, uint64(ldc)},
 		func(uintptr) error {
 			return be.libs.blas.sgemmRowMajor(be.blasH, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 		})

@@ -195,6 +195,7 @@ type ltPlan struct {
 	algo          [8]uint64
 	used          uint64 // ltState.clock at the last use
 	none          bool   // cuBLASLt cannot do this key: GemmEx
+	name          string // for XFORM_CUDA_PROFILE=gpu: shape and epilogue
 }
 
 // ltState is the Backend's cuBLASLt: made at the first 16-bit Linear, released by Close.
@@ -333,7 +334,10 @@ func (be *Backend) ltPlanEpi(transA, transB bool, m, n, k, lda, ldb, ldc int, c 
 			be.ltEvict()
 		}
 		var err error
-		if p, err = be.ltNewPlan(key, bias, aux); err != nil {
+		if p, err = be.ltNewPlan(key, bias, aux); err == nil {
+			p.name = fmt.Sprintf("cublasLt %dx%dx%d t%v%v epi%d", m, n, k, b2u(transA), b2u(transB), epi)
+		}
+		if err != nil {
 			be.ltNote(fmt.Errorf("%d×%d×%d (transposes %v %v, epilogue %d): %w", m, n, k, transA, transB, key.epilogue, err))
 			p = &ltPlan{none: true}
 		}
@@ -450,7 +454,7 @@ func (be *Backend) ltRun(p *ltPlan, a, b uint64, beta float32, c, bias uint64) b
 	}
 	alpha := float32(1)
 	var err error
-	be.blasCall([]uint64{3, uint64(p.desc), a, b, uint64(math.Float32bits(beta)), c, bias},
+	be.blasCall(p.name, []uint64{3, uint64(p.desc), a, b, uint64(math.Float32bits(beta)), c, bias},
 		func(stream uintptr) error {
 			err = ltCheck("cublasLtMatmul", call(l.matmul, s.handle, p.desc, uintptr(unsafe.Pointer(&alpha)),
 				uintptr(b), p.a, uintptr(a), p.b, uintptr(unsafe.Pointer(&beta)), uintptr(c), p.c, uintptr(c), p.c,

@@ -509,6 +509,10 @@ func (be *Backend) launchKernel(fn uintptr, grid, block [3]uint32, shared uint32
 	g := &be.graph
 	switch g.mode {
 	case graphOff:
+		if pr := be.profile; pr != nil && pr.gpu {
+			pr.opBegin(be.kernelName(fn))
+			defer pr.opEnd()
+		}
 		must(be.drv.launch(fn, grid, block, shared, be.prm, 0))
 		if be.syncCheck {
 			must(be.drv.synchronize())
@@ -564,6 +568,10 @@ func (be *Backend) recorded(k opKind, sig []uint64, do func(stream uintptr) erro
 
 // memset32 sets n 32-bit words at p to v, in stream order.
 func (be *Backend) memset32(p uint64, v uint32, n uint64) {
+	if pr := be.profile; pr != nil && pr.gpu {
+		pr.opBegin("memset")
+		defer pr.opEnd()
+	}
 	if be.graph.mode == graphOff {
 		must(be.drv.memsetD32(p, v, n))
 		return
@@ -586,7 +594,11 @@ func (be *Backend) copyDtoD(dst, src, bytes uint64) {
 
 // blasCall runs a cuBLAS/cuBLASLt call on handle h (0 for cuBLASLt, whose stream is
 // an argument) with signature sig.
-func (be *Backend) blasCall(sig []uint64, do func(stream uintptr) error) {
+func (be *Backend) blasCall(name string, sig []uint64, do func(stream uintptr) error) {
+	if pr := be.profile; pr != nil && pr.gpu {
+		pr.opBegin(name)
+		defer pr.opEnd()
+	}
 	be.recorded(opBlas, sig, do)
 }
 

@@ -87,6 +87,10 @@ func (be *Backend) kernel(name string) uintptr {
 	for _, m := range be.mods {
 		p, err := be.drv.function(m, name)
 		if err == nil {
+			if be.profile != nil {
+				be.kernelName(p) // fills the map
+				be.kernelNames[p] = name
+			}
 			return p
 		}
 		lastErr = err

@@ -130,7 +130,7 @@ func (be *Backend) dropHalf() {
 func (be *Backend) gemm16(transA, transB bool, m, n, k int, alpha float32, a uint64, lda int, b uint64, ldb int, beta float32, c uint64, ldc int) {
 	h, err := be.fastHandle()
 	must(err)
-	be.blasCall([]uint64{2, b2u(transA), b2u(transB), uint64(m), uint64(n), uint64(k), uint64(math.Float32bits(alpha)), a, uint64(lda), b, uint64(ldb), uint64(math.Float32bits(beta)), c, uint64(ldc)},
+	be.blasCall("cublasGemmEx", []uint64{2, b2u(transA), b2u(transB), uint64(m), uint64(n), uint64(k), uint64(math.Float32bits(alpha)), a, uint64(lda), b, uint64(ldb), uint64(math.Float32bits(beta)), c, uint64(ldc)},
 		func(uintptr) error {
 			return be.libs.blas.gemmExRowMajor(h, be.dataType16(), transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 		})

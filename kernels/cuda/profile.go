@@ -15,10 +15,11 @@ import (
 // the wall time. That removes the overlap of host and device, so the total is larger
 // than an unprofiled run, and each short method carries a synchronisation's latency.
 //
-// XFORM_CUDA_PROFILE=gpu records an event before and after each method's work instead,
-// without synchronising, and charges the device time between them: what each method
-// costs the GPU when the queue is full (when the GPU waits for the host, the wait is
-// charged to the method it waited for).
+// XFORM_CUDA_PROFILE=gpu records an event before and after each kernel launch, cuBLAS
+// call and memset instead, without synchronising, and charges the device time between
+// them to the kernel's name (GEMMs: their shape): what each costs the GPU when the queue
+// is full (when the GPU waits for the host, the wait is charged to the operation it
+// waited for).
 type opProfile struct {
 	names map[uintptr]string
 	stats map[string]*opStat
@@ -58,16 +59,16 @@ func (p *opProfile) event() uintptr {
 	return e
 }
 
-// beginGPU records the method's start event on the legacy stream.
-func (p *opProfile) beginGPU(skip int) {
-	p.begin(skip + 1)
+// opBegin records an operation's start event on the legacy stream.
+func (p *opProfile) opBegin(name string) {
+	p.name = name
 	p.began = p.event()
 	must(p.drv.record(p.began))
 }
 
-// endGPU records the end event; every 1024 methods the device is synchronised and the
-// elapsed times are charged (not per method: that would be XFORM_CUDA_PROFILE=1).
-func (p *opProfile) endGPU() {
+// opEnd records the end event; every 1024 operations the device is synchronised and the
+// elapsed times are charged (not per operation: that would be XFORM_CUDA_PROFILE=1).
+func (p *opProfile) opEnd() {
 	e := p.event()
 	must(p.drv.record(e))
 	p.pending = append(p.pending, pendingOp{name: p.name, start: p.began, end: e})
@@ -142,9 +143,23 @@ func (p *opProfile) write(w io.Writer) {
 	if p.gpu {
 		how = "device time between events around every call"
 	}
-	fmt.Fprintf(w, "cuda profile (%s): %.3f s in %d methods\n", how, total.Seconds(), len(rows))
+	fmt.Fprintf(w, "cuda profile (%s): %.3f s in %d kinds\n", how, total.Seconds(), len(rows))
 	for _, r := range rows {
 		fmt.Fprintf(w, "  %-28s %8d calls %10.3f ms %6.1f%% %9.1f µs/call\n", r.name, r.s.calls,
 			r.s.total.Seconds()*1e3, 100*r.s.total.Seconds()/total.Seconds(), r.s.total.Seconds()*1e6/float64(r.s.calls))
 	}
+}
+
+// kernelName names a kernel for the profile (the caller holds the Backend).
+func (be *Backend) kernelName(fn uintptr) string {
+	if be.kernelNames == nil {
+		be.kernelNames = map[uintptr]string{}
+		for name, p := range be.fn.table() {
+			be.kernelNames[*p] = name
+		}
+	}
+	if n, ok := be.kernelNames[fn]; ok {
+		return n
+	}
+	return fmt.Sprintf("kernel %#x", fn)
 }
