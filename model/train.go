@@ -470,6 +470,42 @@ func (n *TrainNet) headScale(heads int) float32 {
 	return float32(math.Pow(float64(n.d/heads), -0.5))
 }
 
+// attention runs training attention into out and returns its backward, which
+// accumulates into dq, dk, dv from dout. A backend with kernels.FlashAttention that
+// takes the call keeps one float per query row (lse) instead of the [B, H, TQ, TK]
+// probabilities and draws the dropout mask again from its seed in the backward; other
+// backends, and calls it declines, store the probabilities and the mask. The seed is
+// the one o.RNG draw n.dropout makes, at the same point of the step, so both paths
+// drop the same elements and a run's later draws do not move.
+func (n *TrainNet) attention(o *StepOptions, args kernels.AttentionArgs, out, q, k, v kernels.View) func(dq, dk, dv, dout kernels.View) {
+	be := n.be
+	var p float64
+	var seed uint64
+	if o.Train && o.AttentionDropout > 0 {
+		p, seed = o.AttentionDropout, o.RNG.Uint64()
+	}
+	if fa, ok := be.(kernels.FlashAttention); ok {
+		lse := n.out(args.Batch * args.Heads * args.TQ)
+		if fa.AttentionForwardLSE(out, q, k, v, args, lse, p, seed) {
+			return func(dq, dk, dv, dout kernels.View) {
+				if !fa.AttentionBackwardLSE(dq, dk, dv, dout, q, k, v, out, args, lse, p, seed) {
+					panic("model: flash attention backward declined a call its forward took")
+				}
+			}
+		}
+	}
+	probs := be.Alloc(args.Batch * args.Heads * args.TQ * args.TK)
+	var mask kernels.Buffer
+	if p > 0 {
+		mask = n.out(probs.Len())
+		be.DropoutMask(mask, p, seed)
+	}
+	be.AttentionForward(out, q, k, v, args, probs, mask)
+	return func(dq, dk, dv, dout kernels.View) {
+		be.AttentionBackward(dq, dk, dv, dout, q, k, v, args, probs, mask)
+	}
+}
+
 // selfAttn is the self-attention branch over B sequences of T rows.
 func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T int, pad []bool, causal bool) (kernels.Buffer, back) {
 	be, d, rows := n.be, n.d, B*T
@@ -477,22 +513,19 @@ func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T int
 	be.Linear(qkv, h, a.qkv.w.w, a.qkv.b.w, rows, 3*d, d)
 	args := kernels.AttentionArgs{Batch: B, Heads: a.heads, HeadDim: d / a.heads, TQ: T, TK: T, Scale: n.headScale(a.heads),
 		KeyPadding: pad, KeyPadStride: T, Causal: causal}
-	probs := be.Alloc(B * a.heads * T * T)
-	mask := n.dropout(o, o.AttentionDropout, probs.Len())
 	view := func(b kernels.Buffer, off int) kernels.View {
 		return kernels.View{Buf: b, Off: off, BatchStride: T * 3 * d, RowStride: 3 * d}
 	}
 	ctxv := n.out(rows * d)
 	cv := kernels.View{Buf: ctxv, BatchStride: T * d, RowStride: d}
-	be.AttentionForward(cv, view(qkv, 0), view(qkv, d), view(qkv, 2*d), args, probs, mask)
+	attnBack := n.attention(o, args, cv, view(qkv, 0), view(qkv, d), view(qkv, 2*d))
 	out := n.out(rows * d)
 	be.Linear(out, ctxv, a.o.w.w, a.o.b.w, rows, d, d)
 	return n.withDropout(o, out, func(dout kernels.Buffer) kernels.Buffer {
 		dctx := n.out(rows * d)
 		be.LinearBackward(dctx, a.o.w.g, a.o.b.g, dout, ctxv, a.o.w.w, rows, d, d)
 		dqkv := be.Alloc(rows * 3 * d)
-		be.AttentionBackward(view(dqkv, 0), view(dqkv, d), view(dqkv, 2*d), kernels.View{Buf: dctx, BatchStride: T * d, RowStride: d},
-			view(qkv, 0), view(qkv, d), view(qkv, 2*d), args, probs, mask)
+		attnBack(view(dqkv, 0), view(dqkv, d), view(dqkv, 2*d), kernels.View{Buf: dctx, BatchStride: T * d, RowStride: d})
 		dh := n.out(rows * d)
 		be.LinearBackward(dh, a.qkv.w.g, a.qkv.b.g, dqkv, h, a.qkv.w.w, rows, 3*d, d)
 		return dh
@@ -511,14 +544,12 @@ func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T in
 	be.Linear(kv, enc, wkv, bkv, B*S, 2*d, d)
 	args := kernels.AttentionArgs{Batch: B, Heads: a.heads, HeadDim: d / a.heads, TQ: T, TK: S, Scale: n.headScale(a.heads),
 		KeyPadding: encPad, KeyPadStride: S}
-	probs := be.Alloc(B * a.heads * T * S)
-	mask := n.dropout(o, o.AttentionDropout, probs.Len())
 	qv := func(b kernels.Buffer) kernels.View { return kernels.View{Buf: b, BatchStride: T * d, RowStride: d} }
 	kvv := func(b kernels.Buffer, off int) kernels.View {
 		return kernels.View{Buf: b, Off: off, BatchStride: S * 2 * d, RowStride: 2 * d}
 	}
 	ctxv := n.out(rows * d)
-	be.AttentionForward(qv(ctxv), qv(q), kvv(kv, 0), kvv(kv, d), args, probs, mask)
+	attnBack := n.attention(o, args, qv(ctxv), qv(q), kvv(kv, 0), kvv(kv, d))
 	out := n.out(rows * d)
 	be.Linear(out, ctxv, a.o.w.w, a.o.b.w, rows, d, d)
 	return n.withDropout(o, out, func(dout kernels.Buffer) kernels.Buffer {
@@ -526,7 +557,7 @@ func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T in
 		be.LinearBackward(dctx, a.o.w.g, a.o.b.g, dout, ctxv, a.o.w.w, rows, d, d)
 		dq := be.Alloc(rows * d)
 		dkv := be.Alloc(B * S * 2 * d)
-		be.AttentionBackward(qv(dq), kvv(dkv, 0), kvv(dkv, d), qv(dctx), qv(q), kvv(kv, 0), kvv(kv, d), args, probs, mask)
+		attnBack(qv(dq), kvv(dkv, 0), kvv(dkv, d), qv(dctx))
 		dh := n.out(rows * d)
 		be.LinearBackward(dh, be.Slice(a.qkv.w.g, 0, d*d), be.Slice(a.qkv.b.g, 0, d), dq, h, wq, rows, d, d)
 		de := n.out(B * S * d)

@@ -95,7 +95,10 @@ type Backend struct {
 	scopes    [][]*allocation // kernels.Scoper: allocations of each open scope
 	lazy      lazyKernels
 	tiledOff  bool // tests: attention takes the row kernels even where the tiled ones fit
-	graph     graphState
+	// flashAlways: tests: flash attention also where the stored-probability kernels
+	// are used because they are faster (attention_flash.go).
+	flashAlways bool
+	graph       graphState
 	// kernelNames maps kernels to their names for XFORM_CUDA_PROFILE=gpu (profile.go);
 	// the lazily looked-up ones are added by kernel.
 	kernelNames map[uintptr]string

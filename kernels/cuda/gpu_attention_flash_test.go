@@ -106,6 +106,8 @@ func TestAttentionFlashAllMasked(t *testing.T) {
 // calls without keys are declined, empty calls are taken with nothing to do.
 func TestAttentionFlashDeclines(t *testing.T) {
 	g := gpu(t)
+	g.flashAlways = true
+	defer func() { g.flashAlways = false }()
 	lse := g.Alloc(64)
 	v := kernels.View{Buf: g.Alloc(4096), BatchStride: 64, RowStride: 64}
 	for _, c := range []struct {
@@ -186,6 +188,8 @@ func increment(got, start []float32) []float32 {
 // path on the CPU with the mask DropoutMask draws from the same seed, and compares out,
 // lse and the gradient increments.
 func checkFlash(t *testing.T, p *pair, tc attnCase, a kernels.AttentionArgs, dropP float64) {
+	p.g.flashAlways = true // the bench shapes too, where the model takes the stored-probability kernels
+	defer func() { p.g.flashAlways = false }()
 	t.Helper()
 	const seed = 0x5eed_f1a5
 	vw := tc.views()
@@ -251,6 +255,8 @@ func TestAttentionFlashTiming(t *testing.T) {
 		t.Skip("timing only")
 	}
 	be := gpu(t)
+	be.flashAlways = true
+	defer func() { be.flashAlways = false }()
 	for _, tc := range []attnCase{
 		{name: "encoder self", B: 200, H: 8, D: 64, TQ: 41, TK: 41, pad: true, left: true, drop: true, minLen: 20},
 		{name: "decoder self causal", B: 200, H: 8, D: 64, TQ: 41, TK: 41, causal: true, pad: true, drop: true, minLen: 20},
