@@ -65,26 +65,42 @@ extern "C" __global__ void f16_to_f32(float* y, const unsigned short* x, long lo
 
 // Up to three arrays converted in one launch (the operands of one GEMM, or dy, w and x
 // of LinearBackward): every launch costs ~5 µs of host time, more than converting a
-// Linear's operands takes on the device. Element i of the concatenation x0‖x1‖x2 goes
-// to the same place of y0‖y1‖y2; an array with n = 0 is skipped (its pointers unused).
+// Linear's operands takes on the device. Each thread converts its share of each array
+// in turn (an array with n = 0 is skipped, its pointers unused), four elements at a
+// time — one 16-byte load, one 8-byte store — when the array's source and destination
+// are aligned for it, else one at a time; each element is rounded by the same function
+// either way, so the bits do not depend on the path.
+template <bool kHalf>
+__device__ __forceinline__ unsigned short xf_cast1(float x) {
+    return kHalf ? xf_f32_to_f16(x) : xf_f32_to_bf16(x);
+}
+
+template <bool kHalf>
+__device__ __forceinline__ void xf_cast_array(unsigned short* y, const float* x, long long n) {
+    long long tid = xf_tid(), stride = xf_stride(), start = 0;
+    if ((((unsigned long long)x & 15ull) | ((unsigned long long)y & 7ull)) == 0ull) {
+        long long n4 = n >> 2;
+        const float4* x4 = (const float4*)x;
+        uint2* y4 = (uint2*)y;
+        for (long long i = tid; i < n4; i += stride) {
+            float4 v = x4[i];
+            uint2 o;
+            o.x = (unsigned int)xf_cast1<kHalf>(v.x) | ((unsigned int)xf_cast1<kHalf>(v.y) << 16);
+            o.y = (unsigned int)xf_cast1<kHalf>(v.z) | ((unsigned int)xf_cast1<kHalf>(v.w) << 16);
+            y4[i] = o;
+        }
+        start = n4 << 2;
+    }
+    for (long long i = start + tid; i < n; i += stride) y[i] = xf_cast1<kHalf>(x[i]);
+}
+
 template <bool kHalf>
 __device__ __forceinline__ void xf_cast3(unsigned short* y0, const float* x0, long long n0,
                                          unsigned short* y1, const float* x1, long long n1,
                                          unsigned short* y2, const float* x2, long long n2) {
-    long long n01 = n0 + n1, n = n01 + n2;
-    for (long long i = xf_tid(); i < n; i += xf_stride()) {
-        unsigned short* y;
-        const float* x;
-        long long j;
-        if (i < n0) {
-            y = y0; x = x0; j = i;
-        } else if (i < n01) {
-            y = y1; x = x1; j = i - n0;
-        } else {
-            y = y2; x = x2; j = i - n01;
-        }
-        y[j] = kHalf ? xf_f32_to_f16(x[j]) : xf_f32_to_bf16(x[j]);
-    }
+    if (n0 > 0) xf_cast_array<kHalf>(y0, x0, n0);
+    if (n1 > 0) xf_cast_array<kHalf>(y1, x1, n1);
+    if (n2 > 0) xf_cast_array<kHalf>(y2, x2, n2);
 }
 
 extern "C" __global__ void f32_to_bf16_3(unsigned short* y0, const float* x0, long long n0,

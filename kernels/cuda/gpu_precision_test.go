@@ -222,6 +222,24 @@ func TestCast16(t *testing.T) {
 				}
 				checkExact(t, fmt.Sprintf("array %d", i), down(g, outs[i]), want)
 			}
+			// A source 4 bytes off a 16-byte boundary takes the one-element path for the
+			// whole array (the others took the four-element one for all but their tails).
+			odd := g.Alloc(len(v[0]) - 1)
+			func() {
+				defer g.enter()()
+				p := g.cast16([3]operand16{{addr(bufs[0]) + 4, len(v[0]) - 1}})
+				back := g.fn.bf16ToF32
+				if ft.prec == FP16 {
+					back = g.fn.f16ToF32
+				}
+				g.prm.reset().ptr(addr(odd)).ptr(p[0]).i64(len(v[0]) - 1)
+				g.elem(back, int64(len(v[0])-1))
+			}()
+			want := make([]float32, len(v[0])-1)
+			for j, f := range v[0][1:] {
+				want[j] = ft.round16(f)
+			}
+			checkExact(t, "misaligned array", down(g, odd), want)
 		})
 	}
 }
