@@ -344,6 +344,9 @@ func benchTrain(ctx context.Context, f *benchFlags, init model.Init, errw io.Wri
 		st := g.GraphStats()
 		res.Graphs = &bench.GraphUse{Eager: st.Eager, Captures: st.Captures, Replays: st.Replays, Divergences: st.Divergences,
 			NodeUpdates: st.NodeUpdates, ArenaBytes: st.ArenaBytes}
+		if st.Replays > 0 {
+			res.Graphs.ReplayHostMs = st.ReplayHost.Seconds() * 1e3 / float64(st.Replays)
+		}
 	}
 	return res, nil
 }

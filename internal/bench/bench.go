@@ -412,6 +412,8 @@ type GraphUse struct {
 	Divergences int    `json:"divergences"`
 	NodeUpdates int    `json:"node_updates"`
 	ArenaBytes  uint64 `json:"arena_bytes"`
+	// ReplayHostMs is the host time per replay (dry run, node updates, launch).
+	ReplayHostMs float64 `json:"replay_host_ms"`
 }
 
 // WriteText prints r for people.
@@ -435,8 +437,8 @@ func (r *TrainResult) WriteText(w io.Writer) error {
 		r.FLOPsPerTargetToken/1e6, r.SixNPerTargetToken/1e6, r.ModelTFLOPsPerSec, 100*r.MFU, r.PeakTFLOPs)
 	fmt.Fprintf(bw, "| loss %.3f -> %.3f bits | %s\n", r.FirstLoss, r.LastLoss, r.Memory.text())
 	if g := r.Graphs; g != nil {
-		fmt.Fprintf(bw, "| CUDA graphs: %d steps eager, %d captured, %d replayed (%d diverged), %d kernel nodes updated, arena %s\n",
-			g.Eager, g.Captures, g.Replays, g.Divergences, g.NodeUpdates, gib(g.ArenaBytes))
+		fmt.Fprintf(bw, "| CUDA graphs: %d steps eager, %d captured, %d replayed (%d diverged, host %.2f ms each), %d kernel nodes updated, arena %s\n",
+			g.Eager, g.Captures, g.Replays, g.Divergences, g.ReplayHostMs, g.NodeUpdates, gib(g.ArenaBytes))
 	}
 	return bw.Flush()
 }

@@ -27,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 	"unsafe"
 
 	"github.com/ebitengine/purego"
@@ -206,6 +207,9 @@ type GraphStats struct {
 	Eager, Captures, Replays, Divergences int
 	NodeUpdates                           int
 	ArenaBytes, PinnedBytes               uint64
+	// ReplayHost is the host time of the replays: the dry run of the step, the node
+	// updates and the launch call (what the host spends per step instead of launching).
+	ReplayHost time.Duration
 }
 
 // GraphStats reports the counts so far.
@@ -350,6 +354,7 @@ func callCatching(f func() error) (err error, panicked any) {
 // eagerly (nothing of the dry run reached the GPU).
 func (be *Backend) replay(sg *stepGraph, f func() error, unlock func()) error {
 	g := &be.graph
+	start := time.Now()
 	g.mode, g.cur = graphReplay, sg
 	unlock()
 	ferr, fpanic := callCatching(f)
@@ -403,6 +408,7 @@ func (be *Backend) replay(sg *stepGraph, f func() error, unlock func()) error {
 	sg.replays++
 	g.stats.Replays++
 	be.launchGraph(sg)
+	g.stats.ReplayHost += time.Since(start)
 	return nil
 }
 
