@@ -48,9 +48,10 @@ const (
 
 	ltEpiDefault = 1 // CUBLASLT_EPILOGUE_DEFAULT
 	ltEpiBias    = 4 // CUBLASLT_EPILOGUE_BIAS: D += bias, one value per row of D
-	// CUBLASLT_EPILOGUE_BGRADB (512) would give db from the GEMM dw = dyᵀ·x, but it
-	// sums the 16-bit copy of dy and writes instead of accumulating; db stays the fp32
-	// column sum (ops_backward.go).
+	// CUBLASLT_EPILOGUE_BGRADB: the bias gradient of B, its sum over the GEMM's k, one
+	// value per column of D, written (not accumulated) to the bias pointer in the bias
+	// type. Its own bit, outside ltEpiFlagBias/ltEpiFlagBGrad (linear_act.go).
+	ltEpiBGradB = 512
 
 	// ltWorkspaceBytes is the workspace offered to every algorithm (split-K and
 	// stream-K kernels want some; 32 MiB is the size cuBLAS recommends on Hopper).
@@ -379,7 +380,7 @@ func (be *Backend) ltNewPlan(key ltKey, bias, aux uint64) (_ *ltPlan, err error)
 			return nil, err
 		}
 	}
-	if epi&(ltEpiFlagBias|ltEpiFlagBGrad) != 0 {
+	if epi&(ltEpiFlagBias|ltEpiFlagBGrad|ltEpiBGradB) != 0 {
 		// fp32 bias (or bias gradient), as D; the heuristic reads the pointer's
 		// alignment from it.
 		bt := int32(cudaR32F)

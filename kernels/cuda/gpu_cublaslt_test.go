@@ -198,22 +198,12 @@ func TestLtLinearBackward16(t *testing.T) {
 					checkClose(t, "dw vs rounded operands", got, tightW, tolFor(m))
 					checkBound(t, "dw", got, exactW, boundW)
 
-					sum := make([]float64, n)
-					for i := 0; i < m; i++ {
-						for j := 0; j < n; j++ {
-							sum[j] += float64(dy[i*n+j])
-						}
-					}
-					// db is the fp32 column sum, as in TestLinearBackward16: 1e-6.
-					dbRef := func(times float64) []float32 {
-						v := make([]float32, n)
-						for j := range v {
-							v[j] = float32(float64(db0[j]) + times*sum[j])
-						}
-						return v
-					}
+					// db: the BGRADB epilogue's sum of the 16-bit dy, or the fp32 column
+					// sum where cuBLASLt has no BGRADB for the shape (dbWant,
+					// gpu_bgrad_test.go).
 					if hasDB {
-						checkClose(t, "db", down(g, gdb), dbRef(1), 1e-6)
+						want, tol := dbWant(g, ft, dy, db0, m, n, k, 1)
+						checkClose(t, "db", down(g, gdb), want, tol)
 					}
 
 					// A second call accumulates again: dw0 + 2·P, db0 + 2·Σdy; dx is
@@ -226,7 +216,8 @@ func TestLtLinearBackward16(t *testing.T) {
 					}
 					checkClose(t, "dw after two calls", pickRows(down(g, gdw), k, wr), twice, tolFor(m))
 					if hasDB {
-						checkClose(t, "db after two calls", down(g, gdb), dbRef(2), 1e-6)
+						want, tol := dbWant(g, ft, dy, db0, m, n, k, 2)
+						checkClose(t, "db after two calls", down(g, gdb), want, tol)
 					}
 				})
 			}

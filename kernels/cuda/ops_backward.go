@@ -90,16 +90,18 @@ func (be *Backend) colFinish(out kernels.Buffer, part *buffer, chunks, nout, o, 
 }
 
 // LinearBackward implements kernels.Trainer: dx and dw with cuBLAS (pedantic fp32, as
-// the forward, or on 16-bit operands through cuBLASLt as the Precision says), db with
-// the deterministic column sum of the fp32 dy, added to db (cuBLASLt's BGRADB epilogue
-// would overwrite db and sum the 16-bit copy of dy instead).
+// the forward, or on 16-bit operands through cuBLASLt as the Precision says). db is
+// added to: in FP32 the deterministic column sum of the fp32 dy (the CPU's bits); in
+// BF16/FP16 the sum of the 16-bit dy from the dw product's BGRADB epilogue when
+// cuBLASLt has it for the shape (see linearBackward16), else that column sum.
 func (be *Backend) LinearBackward(dx, dw, db, dy, x, w kernels.Buffer, m, n, k int) {
 	if m == 0 {
 		return
 	}
 	defer be.enter()()
+	dbDone := false
 	if be.precision != FP32 && (dx != nil || dw != nil) {
-		be.linearBackward16(dx, dw, dy, x, w, m, n, k)
+		dbDone = be.linearBackward16(dx, dw, db, dy, x, w, m, n, k)
 	} else {
 		if dx != nil {
 			be.sgemm(false, false, m, k, n, 1, addr(dy), n, addr(w), k, 0, addr(dx), k)
@@ -108,7 +110,7 @@ func (be *Backend) LinearBackward(dx, dw, db, dy, x, w kernels.Buffer, m, n, k i
 			be.sgemm(true, false, n, k, m, 1, addr(dy), n, addr(x), k, 1, addr(dw), k)
 		}
 	}
-	if db != nil && n > 0 {
+	if db != nil && n > 0 && !dbDone {
 		part, chunks, nout := be.colReduce(0, addr(dy), 0, 0, m, n)
 		be.colFinish(db, part, chunks, nout, 0, n, 1)
 	}

@@ -178,28 +178,68 @@ func (be *Backend) product16(plan *ltPlan, transA, transB bool, m, n, k int, a u
 	be.gemm16(transA, transB, m, n, k, 1, a, lda, b, ldb, beta, c, ldc)
 }
 
+// linearBGradOff makes linearBackward16 leave db to the caller's column sum, for the
+// tests and timing logs that compare the two paths.
+var linearBGradOff bool
+
 // linearBackward16 is LinearBackward's two products in 16 bits, dx = dy·w and
 // dw += dyᵀ·x, with dy, w and x rounded in one launch (dy once for both products),
-// each through cuBLASLt when it has a plan for the shape. db is not fused
-// (CUBLASLT_EPILOGUE_BGRADB): it would sum the 16-bit copy of dy, and it overwrites;
-// the caller keeps the fp32 column sum, which accumulates.
-func (be *Backend) linearBackward16(dx, dw, dy, x, w kernels.Buffer, m, n, k int) {
+// each through cuBLASLt when it has a plan for the shape; it reports whether it also
+// added db (false: the caller's fp32 column sum must).
+//
+// db comes from the dw product's CUBLASLT_EPILOGUE_BGRADB. In cuBLASLt's column-major
+// terms (ltColMajor) that product is D = A·op(B): A the 16-bit x as stored (k×m), B
+// the 16-bit dy as stored (n×m) with op = T, D = dw seen as k×n, the GEMM's k our m.
+// BGRADB reduces op(B) over the GEMM's k, one value per column of D: Σ_rows dy for
+// each of our n outputs, taken while dy's tiles pass through the GEMM instead of in a
+// separate pass over the fp32 dy (col_partial + col_finish).
+// It sums the 16-bit copy of dy in float32, in cuBLASLt's order, each term off by at
+// most the unit roundoff (2⁻⁸ bf16, 2⁻¹¹ fp16): db is no longer the fp32 column sum
+// in these modes. torch.autocast sums 16-bit terms too: its Linear runs on 16-bit
+// operands, so its output gradient dy is bf16/fp16, and the bias gradient is that
+// tensor's column sum (even rounded to 16 bits before the cast back to the fp32
+// parameter, which this is not). The epilogue writes its vector rather than
+// accumulating (beta applies to D only), so it goes to a scratch vector that one
+// add_to launch adds into db. The column sum remains for shapes cuBLASLt has no BGRADB
+// algorithm for, a refusal at run time, and calls without dw.
+func (be *Backend) linearBackward16(dx, dw, db, dy, x, w kernels.Buffer, m, n, k int) bool {
 	ops := [3]operand16{{addr(dy), m * n}}
 	var pdx, pdw *ltPlan
 	if dx != nil {
 		ops[1] = operand16{addr(w), n * k}
 		pdx = be.ltPlanFor(false, false, m, k, n, n, k, k, addr(dx), 0)
 	}
+	var grad *buffer
 	if dw != nil {
 		ops[2] = operand16{addr(x), m * k}
-		// This lookup cannot evict pdx: eviction takes the least recently used plan.
-		pdw = be.ltPlanFor(true, false, n, k, m, n, k, k, addr(dw), 0)
+		// These lookups cannot evict pdx: eviction takes the least recently used plan.
+		if db != nil && n > 0 && !linearBGradOff {
+			// Scoped like the step's other buffers; a fresh block is 256-byte aligned.
+			grad = be.scoped(be.newBuffer(n))
+			pdw = be.ltPlanEpi(true, false, n, k, m, n, k, k, addr(dw), ltEpiBGradB, grad.dptr(), 0, 0)
+		}
+		if pdw == nil {
+			grad = nil
+			pdw = be.ltPlanFor(true, false, n, k, m, n, k, k, addr(dw), 0)
+		}
 	}
 	p := be.cast16(ops)
 	if dx != nil {
 		be.product16(pdx, false, false, m, k, n, p[0], n, p[1], k, 0, addr(dx), k, 0)
 	}
-	if dw != nil {
-		be.product16(pdw, true, false, n, k, m, p[0], n, p[2], k, 1, addr(dw), k, 0)
+	if dw == nil {
+		return false
 	}
+	if grad != nil {
+		if be.ltRun(pdw, p[0], p[2], 1, addr(dw), grad.dptr()) {
+			be.prm.reset().ptr(addr(db)).ptr(grad.dptr()).i64(n)
+			be.elem(be.fn.train.addTo, int64(n))
+			return true
+		}
+		// Refused at run time (ltRun marked the plan for GemmEx): the plain product,
+		// and the caller's column sum.
+		pdw = be.ltPlanFor(true, false, n, k, m, n, k, k, addr(dw), 0)
+	}
+	be.product16(pdw, true, false, n, k, m, p[0], n, p[2], k, 1, addr(dw), k, 0)
+	return false
 }
