@@ -113,3 +113,36 @@ type FlashAttention interface {
 	// buffer (disjoint elements).
 	AttentionBackwardLSE(dq, dk, dv, dout, q, k, v, out View, a AttentionArgs, lse Buffer, dropP float64, dropSeed uint64) bool
 }
+
+// DropoutResidualNormer is implemented by a backend that can fold the residual dropout
+// of a Post-LN / Admin sub-layer into its fused residual + LayerNorm: the forward
+// drops elements of the branch output as it reads it, and the backward writes the
+// branch's output gradient with the same mask applied, so neither direction spends a
+// pass over memory on the dropout (ApplyDropout's forward pass reads and writes the
+// branch output, its backward pass reads dz and writes the branch gradient).
+//
+// The mask is ApplyDropout's for the [rows, dim] branch buffer: element r·dim + j is
+// kept, scaled by DropoutScale(p), when DropoutKeep(seed, r·dim + j,
+// DropoutThreshold(p)), else zeroed. The results are the same bits as the unfused
+// sequence on the same backend and precision, for any p (p ≤ 0 multiplies by 1 as
+// ApplyDropout does).
+type DropoutResidualNormer interface {
+	// ResidualLayerNormDropout equals
+	//
+	//	ApplyDropout(d, branch, p, seed)
+	//	ResidualLayerNorm(z, y, x, d, omega, alpha, gamma, beta, rows, dim, eps)
+	//
+	// for a scratch d: branch is only read. Aliasing as ResidualLayerNorm allows.
+	ResidualLayerNormDropout(z, y, x, branch, omega Buffer, alpha float32, gamma, beta Buffer, rows, dim int, eps float32, p float64, seed uint64)
+
+	// ResidualLayerNormBackwardDropout equals
+	//
+	//	ResidualLayerNormBackward(dz, dgamma, dbeta, domega, dy, z, x, gamma, alpha, rows, dim, eps)
+	//	ApplyDropout(dbranch, dz, p, seed)
+	//
+	// so dz is the gradient of z (what the residual's ResidualBackward reads) and
+	// dbranch, overwritten, is the gradient of the branch output before its dropout.
+	// dz or dbranch may be nil when not wanted; they must be distinct buffers, either
+	// may alias dy, neither z or x.
+	ResidualLayerNormBackwardDropout(dz, dbranch, dgamma, dbeta, domega, dy, z, x, gamma Buffer, alpha float32, rows, dim int, eps float32, p float64, seed uint64)
+}

@@ -16,10 +16,35 @@
 //    warp, then the warps of a block in warp order through shared memory, one partial
 //    per block, and the finishing kernel adds the partials in a fixed tree. No atomics:
 //    the result depends on the shape and the grid only.
+//
+// The _drop variants (kernels.DropoutResidualNormer) fold in the residual dropout: the
+// forward multiplies each branch element by its mask element as it loads it, the
+// backward also writes dbranch = dz · mask. Each product is the float dropout_apply
+// forms (dropout.cu), rounded before it is used, so the bits are those of
+// dropout_apply followed by the plain float kernels.
 #include "xform.cuh"
 
 #define LF_WARPS 8  // warps (rows in flight) per block
 #define LF_THREADS (LF_WARPS * 32)
+
+// lf_mask is element i of the dropout mask: dropout.cu's dropout_elem
+// (kernels.DropoutHash), repeated because each .cu is its own NVRTC program and only
+// xform.cuh is shared. threshold 0 (p ≤ 0) keeps every element without the hash.
+__device__ __forceinline__ float lf_mask(unsigned long long seed, long long i, unsigned long long threshold,
+                                         float keep) {
+    if (threshold == 0ull) return keep;
+    unsigned long long z = seed + ((unsigned long long)i + 1ull) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (z >> 40) >= threshold ? keep : 0.0f;
+}
+
+// lf_drop is the dropout of one fused call (unused when DROP is false).
+struct lf_drop {
+    unsigned long long seed, threshold;
+    float keep;
+};
 
 __device__ __forceinline__ float lf_warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -48,10 +73,11 @@ __device__ __forceinline__ void lf_stats(const float (&v)[NC], int lane, int dim
 // layernorm_fast_fwd<NC>: z = alpha·(x⊙omega) + branch (z may be null),
 // y = LN(z)·γ + β, for dim ≤ 32·NC. Each lane reads all its elements before writing
 // any, and only it touches them, so y may alias x or branch and z may alias x or branch.
-template <int NC>
+// With DROP, branch element o + j is multiplied by its mask element as it is loaded.
+template <int NC, bool DROP>
 __device__ __forceinline__ void lf_fwd(float* z, float* y, const float* x, const float* branch,
                                        const float* omega, float alpha, const float* gamma, const float* beta,
-                                       int rows, int dim, float eps) {
+                                       int rows, int dim, float eps, lf_drop dr) {
     const int lane = threadIdx.x & 31;
     const long long warps = (long long)gridDim.x * LF_WARPS;
     for (long long r = (long long)blockIdx.x * LF_WARPS + (threadIdx.x >> 5); r < rows; r += warps) {
@@ -64,7 +90,9 @@ __device__ __forceinline__ void lf_fwd(float* z, float* y, const float* x, const
             if (j < dim) {
                 float t = x[o + j];
                 if (omega) t = t * omega[j];
-                v[c] = t * alpha + branch[o + j];
+                float b = branch[o + j];
+                if (DROP) b = b * lf_mask(dr.seed, o + j, dr.threshold, dr.keep);
+                v[c] = t * alpha + b;
             }
         }
         float mean, rstd;
@@ -84,10 +112,11 @@ __device__ __forceinline__ void lf_fwd(float* z, float* y, const float* x, const
 // does), x̂ = (z − mean)·rstd, gy = dy·γ, a = Σgy/dim, b = Σgy·x̂/dim and
 // dz = rstd·(gy − a − x̂·b), written when dz is not null (dz may alias dy: a lane reads
 // its dy before writing its dz). part[blockIdx.x] gets the block's column sums
-// [Σ dy·x̂ | Σ dy | Σ x·dz] (3·dim floats; the third is 0 when x is null).
-template <int NC>
-__device__ __forceinline__ void lf_bwd(float* part, float* dz, const float* dy, const float* z, const float* x,
-                                       const float* gamma, int rows, int dim, float eps) {
+// [Σ dy·x̂ | Σ dy | Σ x·dz] (3·dim floats; the third is 0 when x is null). With DROP,
+// dbranch = dz · mask is written too when not null (it may alias dy, as dz may).
+template <int NC, bool DROP>
+__device__ __forceinline__ void lf_bwd(float* part, float* dz, float* dbranch, const float* dy, const float* z,
+                                       const float* x, const float* gamma, int rows, int dim, float eps, lf_drop dr) {
     __shared__ float red[3 * 32 * NC];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     float pg[NC], pb[NC], pw[NC], g[NC];
@@ -128,6 +157,7 @@ __device__ __forceinline__ void lf_bwd(float* part, float* dz, const float* dy, 
                 const float dzv = rstd * (d[c] * g[c] - a - v[c] * b);
                 if (x) pw[c] += x[o + j] * dzv;
                 if (dz) dz[o + j] = dzv;
+                if (DROP && dbranch) dbranch[o + j] = dzv * lf_mask(dr.seed, o + j, dr.threshold, dr.keep);
             }
         }
     }
@@ -160,12 +190,24 @@ __device__ __forceinline__ void lf_bwd(float* part, float* dz, const float* dy, 
     extern "C" __global__ void __launch_bounds__(LF_THREADS) layernorm_fast_fwd##NC(                                \
         float* z, float* y, const float* x, const float* branch, const float* omega, float alpha,                 \
         const float* gamma, const float* beta, int rows, int dim, float eps) {                                    \
-        lf_fwd<NC>(z, y, x, branch, omega, alpha, gamma, beta, rows, dim, eps);                                   \
+        lf_fwd<NC, false>(z, y, x, branch, omega, alpha, gamma, beta, rows, dim, eps, lf_drop{0ull, 0ull, 1.f});   \
     }                                                                                                              \
     extern "C" __global__ void __launch_bounds__(LF_THREADS) layernorm_fast_bwd##NC(                                \
         float* part, float* dz, const float* dy, const float* z, const float* x, const float* gamma, int rows,     \
         int dim, float eps) {                                                                                      \
-        lf_bwd<NC>(part, dz, dy, z, x, gamma, rows, dim, eps);                                                     \
+        lf_bwd<NC, false>(part, dz, nullptr, dy, z, x, gamma, rows, dim, eps, lf_drop{0ull, 0ull, 1.f});           \
+    }                                                                                                              \
+    extern "C" __global__ void __launch_bounds__(LF_THREADS) layernorm_fast_fwd_drop##NC(                           \
+        float* z, float* y, const float* x, const float* branch, const float* omega, float alpha,                 \
+        const float* gamma, const float* beta, int rows, int dim, float eps, unsigned long long seed,             \
+        unsigned long long threshold, float keep) {                                                                \
+        lf_fwd<NC, true>(z, y, x, branch, omega, alpha, gamma, beta, rows, dim, eps, lf_drop{seed, threshold, keep}); \
+    }                                                                                                              \
+    extern "C" __global__ void __launch_bounds__(LF_THREADS) layernorm_fast_bwd_drop##NC(                           \
+        float* part, float* dz, float* dbranch, const float* dy, const float* z, const float* x,                  \
+        const float* gamma, int rows, int dim, float eps, unsigned long long seed, unsigned long long threshold,   \
+        float keep) {                                                                                              \
+        lf_bwd<NC, true>(part, dz, dbranch, dy, z, x, gamma, rows, dim, eps, lf_drop{seed, threshold, keep});     \
     }
 
 LF_INSTANCE(1)

@@ -12,14 +12,44 @@
 // in y order) and col_finish (chunks added in order, rounded once, then accumulated).
 // Only where values come from changes: dz is recomputed from the saved row statistics
 // by the thread that sums its column, so it is never read back from memory.
+//
+// The _drop variants (kernels.DropoutResidualNormer) also apply the residual dropout:
+// the forward multiplies each branch element by its mask element as it reads it, the
+// backward writes dbranch = dz · mask beside dz. The mask element is dropout.cu's
+// dropout_elem (the product dropout_apply forms, rounded to float before the sum, as
+// when it is read back from memory), so the bits are those of dropout_apply followed
+// by the plain kernels.
 #include "xform.cuh"
 
-// resln_sum is element i (column j) of the residual sum, as residual.cu computes it.
+// resln_mask is element i of the dropout mask: dropout.cu's dropout_elem
+// (kernels.DropoutHash), repeated because each .cu is its own NVRTC program and only
+// xform.cuh is shared. threshold 0 (p ≤ 0) keeps every element without the hash.
+__device__ __forceinline__ float resln_mask(unsigned long long seed, long long i, unsigned long long threshold,
+                                            float keep) {
+    if (threshold == 0ull) return keep;
+    unsigned long long z = seed + ((unsigned long long)i + 1ull) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (z >> 40) >= threshold ? keep : 0.0f;
+}
+
+// resln_drop is the dropout of one fused call (unused when DROP is false).
+struct resln_drop {
+    unsigned long long seed, threshold;
+    float keep;
+};
+
+// resln_sum is element i (column j) of the residual sum, as residual.cu computes it,
+// with branch element i first multiplied by its mask element when DROP.
+template <bool DROP>
 __device__ __forceinline__ float resln_sum(const float* x, const float* branch, const float* omega, float alpha,
-                                           long long i, int j) {
+                                           long long i, int j, resln_drop dr) {
     float v = x[i];
     if (omega) v = v * omega[j];
-    return v * alpha + branch[i];
+    float b = branch[i];
+    if (DROP) b = b * resln_mask(dr.seed, i, dr.threshold, dr.keep);
+    return v * alpha + b;
 }
 
 // residual_layernorm: z = alpha·(x⊙omega) + branch (z may be null), y = LN(z)·γ + β.
@@ -27,32 +57,50 @@ __device__ __forceinline__ float resln_sum(const float* x, const float* branch, 
 // written by one thread only, reads first, so y may alias x or branch and z may alias
 // x or branch: once z is written the later passes read z, otherwise they recompute the
 // sum from x and branch, which nothing has overwritten yet.
-extern "C" __global__ void residual_layernorm(float* z, float* y, const float* x, const float* branch,
-                                              const float* omega, float alpha, const float* gamma,
-                                              const float* beta, int rows, int dim, float eps) {
+// With DROP, branch is read through the mask (z = alpha·(x⊙omega) + drop(branch)).
+template <bool DROP>
+__device__ __forceinline__ void resln_fwd(float* z, float* y, const float* x, const float* branch, const float* omega,
+                                          float alpha, const float* gamma, const float* beta, int rows, int dim,
+                                          float eps, resln_drop dr) {
     __shared__ double scratch[32];
     for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
         const long long o = r * dim;
         double s = 0;
         for (int j = threadIdx.x; j < dim; j += blockDim.x) {
-            float v = resln_sum(x, branch, omega, alpha, o + j, j);
+            float v = resln_sum<DROP>(x, branch, omega, alpha, o + j, j, dr);
             if (z) z[o + j] = v;
             s += (double)v;
         }
         double mean = xf_block_sum(s, scratch) / dim;
         double ss = 0;
         for (int j = threadIdx.x; j < dim; j += blockDim.x) {
-            float v = z ? z[o + j] : resln_sum(x, branch, omega, alpha, o + j, j);
+            float v = z ? z[o + j] : resln_sum<DROP>(x, branch, omega, alpha, o + j, j, dr);
             double d = (double)v - mean;
             ss += d * d;
         }
         double rstd = 1.0 / sqrt(xf_block_sum(ss, scratch) / dim + (double)eps);
         for (int j = threadIdx.x; j < dim; j += blockDim.x) {
-            float v = z ? z[o + j] : resln_sum(x, branch, omega, alpha, o + j, j);
+            float v = z ? z[o + j] : resln_sum<DROP>(x, branch, omega, alpha, o + j, j, dr);
             float n = (float)(((double)v - mean) * rstd);
             y[o + j] = n * gamma[j] + beta[j];
         }
     }
+}
+
+extern "C" __global__ void residual_layernorm(float* z, float* y, const float* x, const float* branch,
+                                              const float* omega, float alpha, const float* gamma,
+                                              const float* beta, int rows, int dim, float eps) {
+    resln_fwd<false>(z, y, x, branch, omega, alpha, gamma, beta, rows, dim, eps, resln_drop{0ull, 0ull, 1.f});
+}
+
+// residual_layernorm_drop: residual_layernorm with branch element i multiplied by mask
+// element i (seed, threshold and keep as dropout_apply takes them).
+extern "C" __global__ void residual_layernorm_drop(float* z, float* y, const float* x, const float* branch,
+                                                   const float* omega, float alpha, const float* gamma,
+                                                   const float* beta, int rows, int dim, float eps,
+                                                   unsigned long long seed, unsigned long long threshold,
+                                                   float keep) {
+    resln_fwd<true>(z, y, x, branch, omega, alpha, gamma, beta, rows, dim, eps, resln_drop{seed, threshold, keep});
 }
 
 // residual_layernorm_bwd_rows: per row of z, stats[4r..4r+4) = [mean, rstd, a, b] with
@@ -100,10 +148,13 @@ extern "C" __global__ void residual_layernorm_bwd_rows(double* stats, const floa
 //   part[c][1][j]: Σ dy     (dβ, mode 2)
 //   part[c][2][j]: Σ x·dz   (dω before α, mode 1 with a = x, b = dz; skipped when x is
 //                            null, leaving 0)
-// with dz the rounded float, as ResidualBackward reads it from memory.
-extern "C" __global__ void residual_layernorm_bwd_cols(double* part, float* dz, const double* stats,
-                                                       const float* dy, const float* z, const float* x,
-                                                       const float* gamma, int rows, int cols, int rowsPer) {
+// with dz the rounded float, as ResidualBackward reads it from memory. With DROP it
+// also writes dbranch = dz · mask (when not null; it may alias dy as dz may), the
+// product dropout_apply forms from dz in memory.
+template <bool DROP>
+__device__ __forceinline__ void resln_bwd_cols(double* part, float* dz, float* dbranch, const double* stats,
+                                               const float* dy, const float* z, const float* x, const float* gamma,
+                                               int rows, int cols, int rowsPer, resln_drop dr) {
     __shared__ double red[3][8][33];
     const int tx = threadIdx.x, ty = threadIdx.y;
     const int j = blockIdx.x * 32 + tx;
@@ -123,6 +174,7 @@ extern "C" __global__ void residual_layernorm_bwd_cols(double* part, float* dz, 
             const float d = (float)(rstd * (gy - st[2] - xh * st[3]));
             if (x) s2 += (double)x[o] * (double)d;
             if (dz) dz[o] = d;
+            if (DROP && dbranch) dbranch[o] = d * resln_mask(dr.seed, o, dr.threshold, dr.keep);
             s0 += dyv * xh;
             s1 += dyv;
         }
@@ -143,6 +195,23 @@ extern "C" __global__ void residual_layernorm_bwd_cols(double* part, float* dz, 
         pc[cols + j] = t1;
         pc[2 * (long long)cols + j] = t2;
     }
+}
+
+extern "C" __global__ void residual_layernorm_bwd_cols(double* part, float* dz, const double* stats,
+                                                       const float* dy, const float* z, const float* x,
+                                                       const float* gamma, int rows, int cols, int rowsPer) {
+    resln_bwd_cols<false>(part, dz, nullptr, stats, dy, z, x, gamma, rows, cols, rowsPer, resln_drop{0ull, 0ull, 1.f});
+}
+
+// residual_layernorm_bwd_cols_drop: residual_layernorm_bwd_cols that also writes
+// dbranch = dz · mask (see resln_bwd_cols).
+extern "C" __global__ void residual_layernorm_bwd_cols_drop(double* part, float* dz, float* dbranch,
+                                                            const double* stats, const float* dy, const float* z,
+                                                            const float* x, const float* gamma, int rows, int cols,
+                                                            int rowsPer, unsigned long long seed,
+                                                            unsigned long long threshold, float keep) {
+    resln_bwd_cols<true>(part, dz, dbranch, stats, dy, z, x, gamma, rows, cols, rowsPer,
+                         resln_drop{seed, threshold, keep});
 }
 
 // resln_finish is col_finish for output o of the three: the chunks in order, times

@@ -2,34 +2,71 @@ package cuda
 
 import "github.com/xform-dev/xform/kernels"
 
-var _ kernels.ResidualNormer = (*Backend)(nil)
+var (
+	_ kernels.ResidualNormer        = (*Backend)(nil)
+	_ kernels.DropoutResidualNormer = (*Backend)(nil)
+)
 
 // fusedFunctions are the kernels of residual_layernorm.cu.
 type fusedFunctions struct {
-	resln, reslnBwdRows, reslnBwdCols, reslnBwdFinish uintptr
+	resln, reslnDrop, reslnBwdRows, reslnBwdCols, reslnBwdColsDrop, reslnBwdFinish uintptr
 }
 
 func (f *fusedFunctions) add(m map[string]*uintptr) {
 	m["residual_layernorm"] = &f.resln
+	m["residual_layernorm_drop"] = &f.reslnDrop
 	m["residual_layernorm_bwd_rows"] = &f.reslnBwdRows
 	m["residual_layernorm_bwd_cols"] = &f.reslnBwdCols
+	m["residual_layernorm_bwd_cols_drop"] = &f.reslnBwdColsDrop
 	m["residual_layernorm_bwd_finish"] = &f.reslnBwdFinish
+}
+
+// resDrop is the residual dropout a fused call folds in, as the _drop kernels take it:
+// the seed, and the threshold and scale computed by the functions ApplyDropout uses,
+// so the mask is dropout_apply's. nil: no dropout (the plain kernels).
+type resDrop struct {
+	seed, threshold uint64
+	keep            float32
+}
+
+func newResDrop(p float64, seed uint64) *resDrop {
+	return &resDrop{seed: seed, threshold: kernels.DropoutThreshold(p), keep: kernels.DropoutScale(p)}
+}
+
+// args appends the kernels' three trailing dropout arguments.
+func (d *resDrop) args(p *params) {
+	p.u64(d.seed).u64(d.threshold).f32(d.keep)
 }
 
 // ResidualLayerNorm implements kernels.ResidualNormer in one launch, with Residual's
 // and LayerNorm's arithmetic and LayerNorm's launch shape, so the bits are theirs.
 func (be *Backend) ResidualLayerNorm(z, y, x, branch, omega kernels.Buffer, alpha float32, gamma, beta kernels.Buffer, rows, dim int, eps float32) {
+	be.residualLayerNorm(z, y, x, branch, omega, alpha, gamma, beta, rows, dim, eps, nil)
+}
+
+// ResidualLayerNormDropout implements kernels.DropoutResidualNormer: ResidualLayerNorm's
+// launch, its kernel reading the branch through the mask.
+func (be *Backend) ResidualLayerNormDropout(z, y, x, branch, omega kernels.Buffer, alpha float32, gamma, beta kernels.Buffer, rows, dim int, eps float32, p float64, seed uint64) {
+	be.residualLayerNorm(z, y, x, branch, omega, alpha, gamma, beta, rows, dim, eps, newResDrop(p, seed))
+}
+
+func (be *Backend) residualLayerNorm(z, y, x, branch, omega kernels.Buffer, alpha float32, gamma, beta kernels.Buffer, rows, dim int, eps float32, dr *resDrop) {
 	if rows == 0 || dim == 0 {
 		return
 	}
 	if be.precision != FP32 && lnFastDim(dim) {
-		be.residualLayerNormFast(z, y, x, branch, omega, alpha, gamma, beta, rows, dim, eps)
+		be.residualLayerNormFast(z, y, x, branch, omega, alpha, gamma, beta, rows, dim, eps, dr)
 		return
 	}
 	defer be.enter()()
 	be.prm.reset().ptr(addr(z)).ptr(addr(y)).ptr(addr(x)).ptr(addr(branch)).ptr(addr(omega)).f32(alpha).
 		ptr(addr(gamma)).ptr(addr(beta)).i32(rows).i32(dim).f32(eps)
-	be.run(be.fn.fused.resln, be.rowsGrid(rows), blockRow, 0)
+	fn := be.fn.fused.resln
+	if dr != nil {
+		dr.args(be.prm)
+		fn = be.fn.fused.reslnDrop
+	}
+	be.run(fn, be.rowsGrid(rows), blockRow, 0)
 }
 
 // ResidualLayerNormBackward implements kernels.ResidualNormer in three launches: the
@@ -37,15 +74,26 @@ func (be *Backend) ResidualLayerNorm(z, y, x, branch, omega kernels.Buffer, alph
 // that writes dz and the dγ, dβ and dω partials on colReduce's chunks, and one finish
 // for the three. Unfused, LayerNormBackward and ResidualBackward's dω take six.
 func (be *Backend) ResidualLayerNormBackward(dz, dgamma, dbeta, domega, dy, z, x, gamma kernels.Buffer, alpha float32, rows, dim int, eps float32) {
+	be.residualLayerNormBackward(dz, nil, dgamma, dbeta, domega, dy, z, x, gamma, alpha, rows, dim, eps, nil)
+}
+
+// ResidualLayerNormBackwardDropout implements kernels.DropoutResidualNormer:
+// ResidualLayerNormBackward's launches, the column pass also writing dbranch.
+func (be *Backend) ResidualLayerNormBackwardDropout(dz, dbranch, dgamma, dbeta, domega, dy, z, x, gamma kernels.Buffer, alpha float32, rows, dim int, eps float32, p float64, seed uint64) {
+	be.residualLayerNormBackward(dz, dbranch, dgamma, dbeta, domega, dy, z, x, gamma, alpha, rows, dim, eps, newResDrop(p, seed))
+}
+
+// residualLayerNormBackward: dbranch is written only when dr is not nil.
+func (be *Backend) residualLayerNormBackward(dz, dbranch, dgamma, dbeta, domega, dy, z, x, gamma kernels.Buffer, alpha float32, rows, dim int, eps float32, dr *resDrop) {
 	if rows == 0 || dim == 0 {
 		return
 	}
 	wantCols := dgamma != nil || dbeta != nil || domega != nil
-	if dz == nil && !wantCols {
+	if dz == nil && dbranch == nil && !wantCols {
 		return
 	}
 	if be.precision != FP32 && lnFastDim(dim) {
-		be.residualLayerNormBackwardFast(dz, dgamma, dbeta, domega, dy, z, x, gamma, alpha, rows, dim, eps)
+		be.residualLayerNormBackwardFast(dz, dbranch, dgamma, dbeta, domega, dy, z, x, gamma, alpha, rows, dim, eps, dr)
 		return
 	}
 	defer be.enter()()
@@ -59,9 +107,17 @@ func (be *Backend) ResidualLayerNormBackward(dz, dgamma, dbeta, domega, dy, z, x
 	if domega != nil {
 		xp = addr(x)
 	}
-	be.prm.reset().ptr(part.dptr()).ptr(addr(dz)).ptr(stats.dptr()).ptr(addr(dy)).ptr(addr(z)).ptr(xp).ptr(addr(gamma)).
-		i32(rows).i32(dim).i32(per)
-	be.runBlock(be.fn.fused.reslnBwdCols, [3]uint32{uint32((dim + 31) / 32), uint32(chunks), 1}, [3]uint32{32, 8, 1}, 0)
+	fn := be.fn.fused.reslnBwdCols
+	be.prm.reset().ptr(part.dptr()).ptr(addr(dz))
+	if dr != nil {
+		fn = be.fn.fused.reslnBwdColsDrop
+		be.prm.ptr(addr(dbranch))
+	}
+	be.prm.ptr(stats.dptr()).ptr(addr(dy)).ptr(addr(z)).ptr(xp).ptr(addr(gamma)).i32(rows).i32(dim).i32(per)
+	if dr != nil {
+		dr.args(be.prm)
+	}
+	be.runBlock(fn, [3]uint32{uint32((dim + 31) / 32), uint32(chunks), 1}, [3]uint32{32, 8, 1}, 0)
 
 	if wantCols {
 		be.prm.reset().ptr(addr(dgamma)).ptr(addr(dbeta)).ptr(addr(domega)).ptr(part.dptr()).i32(chunks).i32(dim).

@@ -1,0 +1,87 @@
+package model_test
+
+import (
+	"context"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/xform-dev/xform/kernels"
+	"github.com/xform-dev/xform/kernels/cpu"
+	"github.com/xform-dev/xform/model"
+)
+
+// noResidualDropoutFusion is the CPU backend without kernels.DropoutResidualNormer:
+// the model then applies the residual dropout with ApplyDropout around the fused
+// residual+LayerNorm instead of inside it.
+type noResidualDropoutFusion struct {
+	kernels.Trainer
+	kernels.ResidualNormer
+	kernels.DropoutApplier
+}
+
+// Residual dropout inside the fused residual+LayerNorm gives the same bits as the
+// separate passes: losses, every gradient after two accumulated steps with all three
+// dropouts on, Admin's profiling ratios (a profiling step keeps the separate pass),
+// and the RNG's next draw (the seeds are drawn in the same order).
+func TestDropoutResidualNormerSameBits(t *testing.T) {
+	if _, ok := kernels.Backend(cpu.New(1)).(kernels.DropoutResidualNormer); !ok {
+		t.Fatal("the CPU backend does not implement kernels.DropoutResidualNormer")
+	}
+	for name, c := range trainConfigs() {
+		t.Run(name, func(t *testing.T) {
+			m := trainTestModel(c, 17)
+			type result struct {
+				res   []model.StepResult
+				grads [][]float32
+				next  uint64
+			}
+			run := func(be kernels.Trainer) result {
+				net, err := model.NewTrainNet(m, be)
+				if err != nil {
+					t.Fatal(err)
+				}
+				rng := rand.New(rand.NewPCG(7, 7))
+				var r result
+				for range 2 {
+					res, err := net.Step(context.Background(), trainTestBatch(), model.StepOptions{LabelSmoothing: 0.1, Backward: true,
+						Train: true, Dropout: 0.3, AttentionDropout: 0.2, ActivationDropout: 0.25, RNG: rng})
+					if err != nil {
+						t.Fatal(err)
+					}
+					r.res = append(r.res, res)
+				}
+				for _, p := range net.Params() {
+					g := make([]float32, p.G.Len())
+					be.Download(g, p.G)
+					r.grads = append(r.grads, g)
+				}
+				if c.Init.HasOmega() {
+					res, err := net.Step(context.Background(), trainTestBatch(), model.StepOptions{Profile: true, Train: true,
+						Dropout: 0.3, RNG: rng})
+					if err != nil {
+						t.Fatal(err)
+					}
+					r.res = append(r.res, res)
+				}
+				r.next = rng.Uint64()
+				return r
+			}
+			c := cpu.New(1)
+			fused, plain := run(c), run(noResidualDropoutFusion{c, c, c})
+			for k := range plain.res {
+				f, p := fused.res[k], plain.res[k]
+				if f.Loss != p.Loss || f.NLL != p.NLL || !equalF64(f.ProfileEncoder, p.ProfileEncoder) || !equalF64(f.ProfileDecoder, p.ProfileDecoder) {
+					t.Errorf("step %d: fused dropout %+v, separate %+v", k, f, p)
+				}
+			}
+			for i, g := range plain.grads {
+				if j := firstDiff(fused.grads[i], g); j >= 0 {
+					t.Errorf("gradient %d differs at %d: fused dropout %v, separate %v", i, j, fused.grads[i][j], g[j])
+				}
+			}
+			if fused.next != plain.next {
+				t.Error("the RNG is at another draw after the steps")
+			}
+		})
+	}
+}
