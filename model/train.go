@@ -378,8 +378,10 @@ func (n *TrainNet) host(b kernels.Buffer) []float32 {
 }
 
 // sublayer runs one residual sub-layer (clinic-spec §1.3) on x [rows, d] and returns
-// its output (a new buffer) and backward. branch computes Drop(F(input)).
-func (n *TrainNet) sublayer(x kernels.Buffer, rows int, l *tlayer, i int, before bool, alpha float32, prof *profiler,
+// its output (a new buffer) and backward. branch computes F(input); the residual
+// dropout Drop(F(input)) is applied here, its seed drawn from o.RNG right after the
+// branch's own draws.
+func (n *TrainNet) sublayer(o *StepOptions, x kernels.Buffer, rows int, l *tlayer, i int, before bool, alpha float32, prof *profiler,
 	branch func(h kernels.Buffer) (kernels.Buffer, back)) (kernels.Buffer, back) {
 	be, d := n.be, n.d
 	ln := l.ln[i]
@@ -387,6 +389,7 @@ func (n *TrainNet) sublayer(x kernels.Buffer, rows int, l *tlayer, i int, before
 		h := n.out(rows * d)
 		be.LayerNorm(h, x, ln.g.w, ln.b.w, rows, d, lnEps)
 		out, bb := branch(h)
+		out, bb = n.withDropout(n.newDrop(o, o.Dropout, rows*d), out, bb)
 		y := n.out(rows * d)
 		be.Residual(y, x, out, nil, 1, rows, d)
 		return y, func(dy kernels.Buffer) kernels.Buffer {
@@ -398,6 +401,16 @@ func (n *TrainNet) sublayer(x kernels.Buffer, rows int, l *tlayer, i int, before
 		}
 	}
 	out, bb := branch(x)
+	dr := n.newDrop(o, o.Dropout, rows*d)
+	// A backend with kernels.DropoutResidualNormer applies the dropout inside the fused
+	// residual+LayerNorm from the seed, same bits, two passes over memory fewer. A
+	// stored mask has no seed, and profiling reads the dropped branch output on the
+	// host, so both keep the separate pass.
+	rd, fuseDrop := be.(kernels.DropoutResidualNormer)
+	fuseDrop = fuseDrop && dr != nil && dr.ap != nil && prof == nil
+	if !fuseDrop {
+		out, bb = n.withDropout(dr, out, bb)
+	}
 	var omega, domega kernels.Buffer
 	if om := l.omega[i]; om != nil {
 		omega, domega = om.w, om.g
@@ -419,21 +432,30 @@ func (n *TrainNet) sublayer(x kernels.Buffer, rows int, l *tlayer, i int, before
 	// launches; its backward adds dω before the branch's backward instead of after,
 	// which nothing else reads in between.
 	rn, fused := be.(kernels.ResidualNormer)
-	if fused {
+	switch {
+	case fuseDrop:
+		rd.ResidualLayerNormDropout(z, y, x, out, omega, alpha, ln.g.w, ln.b.w, rows, d, lnEps, dr.p, dr.seed)
+	case fused:
 		rn.ResidualLayerNorm(z, y, x, out, omega, alpha, ln.g.w, ln.b.w, rows, d, lnEps)
-	} else {
+	default:
 		be.Residual(z, x, out, omega, alpha, rows, d)
 		be.LayerNorm(y, z, ln.g.w, ln.b.w, rows, d, lnEps)
 	}
 	return y, func(dy kernels.Buffer) kernels.Buffer {
 		dz, dom := n.out(rows*d), domega
-		if fused {
-			rn.ResidualLayerNormBackward(dz, ln.g.g, ln.b.g, domega, dy, z, x, ln.g.w, alpha, rows, d, lnEps)
+		dbranch := dz
+		switch {
+		case fuseDrop:
+			dbranch = n.out(rows * d)
+			rd.ResidualLayerNormBackwardDropout(dz, dbranch, ln.g.g, ln.b.g, domega, dy, z, x, ln.g.w, alpha, rows, d, lnEps, dr.p, dr.seed)
 			dom = nil // done above
-		} else {
+		case fused:
+			rn.ResidualLayerNormBackward(dz, ln.g.g, ln.b.g, domega, dy, z, x, ln.g.w, alpha, rows, d, lnEps)
+			dom = nil
+		default:
 			be.LayerNormBackward(dz, ln.g.g, ln.b.g, dy, z, ln.g.w, rows, d, lnEps)
 		}
-		dx := bb(dz)
+		dx := bb(dbranch)
 		be.ResidualBackward(dx, dom, dz, x, omega, alpha, rows, d)
 		return dx
 	}
@@ -451,9 +473,8 @@ func (n *TrainNet) layerNorm(ln *tnorm, x kernels.Buffer, rows int) (kernels.Buf
 	}
 }
 
-// withDropout applies residual dropout to a branch output.
-func (n *TrainNet) withDropout(o *StepOptions, out kernels.Buffer, bb back) (kernels.Buffer, back) {
-	dr := n.newDrop(o, o.Dropout, out.Len())
+// withDropout applies the residual dropout dr (nil: off) to a branch output.
+func (n *TrainNet) withDropout(dr *drop, out kernels.Buffer, bb back) (kernels.Buffer, back) {
 	if dr == nil {
 		return out, bb
 	}
@@ -521,7 +542,7 @@ func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T int
 	attnBack := n.attention(o, args, cv, view(qkv, 0), view(qkv, d), view(qkv, 2*d))
 	out := n.out(rows * d)
 	be.Linear(out, ctxv, a.o.w.w, a.o.b.w, rows, d, d)
-	return n.withDropout(o, out, func(dout kernels.Buffer) kernels.Buffer {
+	return out, func(dout kernels.Buffer) kernels.Buffer {
 		dctx := n.out(rows * d)
 		be.LinearBackward(dctx, a.o.w.g, a.o.b.g, dout, ctxv, a.o.w.w, rows, d, d)
 		dqkv := be.Alloc(rows * 3 * d)
@@ -529,7 +550,7 @@ func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T int
 		dh := n.out(rows * d)
 		be.LinearBackward(dh, a.qkv.w.g, a.qkv.b.g, dqkv, h, a.qkv.w.w, rows, 3*d, d)
 		return dh
-	})
+	}
 }
 
 // crossAttn is the encoder-attention branch; its backward also accumulates the
@@ -552,7 +573,7 @@ func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T in
 	attnBack := n.attention(o, args, qv(ctxv), qv(q), kvv(kv, 0), kvv(kv, d))
 	out := n.out(rows * d)
 	be.Linear(out, ctxv, a.o.w.w, a.o.b.w, rows, d, d)
-	return n.withDropout(o, out, func(dout kernels.Buffer) kernels.Buffer {
+	return out, func(dout kernels.Buffer) kernels.Buffer {
 		dctx := n.out(rows * d)
 		be.LinearBackward(dctx, a.o.w.g, a.o.b.g, dout, ctxv, a.o.w.w, rows, d, d)
 		dq := be.Alloc(rows * d)
@@ -564,7 +585,7 @@ func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T in
 		be.LinearBackward(de, be.Slice(a.qkv.w.g, d*d, 2*d*d), be.Slice(a.qkv.b.g, d, 2*d), dkv, enc, wkv, B*S, 2*d, d)
 		be.AddTo(dEnc, de)
 		return dh
-	})
+	}
 }
 
 // ffn is the feed-forward branch fc2(Drop_act(act(fc1 h))).
@@ -577,13 +598,13 @@ func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h kernels.Buffer, rows int) (k
 		if aux, ok := la.LinearAct(a, h, l.fc1.w.w, l.fc1.b.w, rows, F, d, n.act); ok {
 			out := n.out(rows * d)
 			be.Linear(out, a, l.fc2.w.w, l.fc2.b.w, rows, d, F)
-			return n.withDropout(o, out, func(dout kernels.Buffer) kernels.Buffer {
+			return out, func(dout kernels.Buffer) kernels.Buffer {
 				dpre := n.out(rows * F)
 				la.LinearActBackward(dpre, l.fc2.w.g, l.fc2.b.g, l.fc1.b.g, dout, a, l.fc2.w.w, aux, rows, d, F, n.act)
 				dh := n.out(rows * d)
 				be.LinearBackward(dh, l.fc1.w.g, nil, dpre, h, l.fc1.w.w, rows, F, d)
 				return dh
-			})
+			}
 		}
 	}
 	pre := n.out(rows * F)
@@ -595,7 +616,7 @@ func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h kernels.Buffer, rows int) (k
 	}
 	out := n.out(rows * d)
 	be.Linear(out, a, l.fc2.w.w, l.fc2.b.w, rows, d, F)
-	return n.withDropout(o, out, func(dout kernels.Buffer) kernels.Buffer {
+	return out, func(dout kernels.Buffer) kernels.Buffer {
 		da := n.out(rows * F)
 		be.LinearBackward(da, l.fc2.w.g, l.fc2.b.g, dout, a, l.fc2.w.w, rows, d, F)
 		if dr != nil {
@@ -605,7 +626,7 @@ func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h kernels.Buffer, rows int) (k
 		dh := n.out(rows * d)
 		be.LinearBackward(dh, l.fc1.w.g, l.fc1.b.g, da, h, l.fc1.w.w, rows, F, d)
 		return dh
-	})
+	}
 }
 
 // embed computes Drop(scale·E[ids] + P[pos]) and its backward into E (and learned P).
@@ -739,11 +760,11 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 		}
 		l := &n.enc[li]
 		var bk back
-		x, bk = n.sublayer(x, encRows, l, 0, n.cfg.EncoderNormalizeBefore, n.alphaEnc, profEnc, func(h kernels.Buffer) (kernels.Buffer, back) {
+		x, bk = n.sublayer(&o, x, encRows, l, 0, n.cfg.EncoderNormalizeBefore, n.alphaEnc, profEnc, func(h kernels.Buffer) (kernels.Buffer, back) {
 			return n.selfAttn(&o, &l.self, h, B, S, encPad, false)
 		})
 		encBacks = append(encBacks, bk)
-		x, bk = n.sublayer(x, encRows, l, 2, n.cfg.EncoderNormalizeBefore, n.alphaEnc, profEnc, func(h kernels.Buffer) (kernels.Buffer, back) {
+		x, bk = n.sublayer(&o, x, encRows, l, 2, n.cfg.EncoderNormalizeBefore, n.alphaEnc, profEnc, func(h kernels.Buffer) (kernels.Buffer, back) {
 			return n.ffn(&o, l, h, encRows)
 		})
 		encBacks = append(encBacks, bk)
@@ -768,15 +789,15 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 		l := &n.dec[li]
 		before := n.cfg.DecoderNormalizeBefore
 		var bk back
-		y, bk = n.sublayer(y, rows, l, 0, before, n.alphaDec, profDec, func(h kernels.Buffer) (kernels.Buffer, back) {
+		y, bk = n.sublayer(&o, y, rows, l, 0, before, n.alphaDec, profDec, func(h kernels.Buffer) (kernels.Buffer, back) {
 			return n.selfAttn(&o, &l.self, h, B, T, decPad, true)
 		})
 		backs = append(backs, bk)
-		y, bk = n.sublayer(y, rows, l, 1, before, n.alphaDec, profDec, func(h kernels.Buffer) (kernels.Buffer, back) {
+		y, bk = n.sublayer(&o, y, rows, l, 1, before, n.alphaDec, profDec, func(h kernels.Buffer) (kernels.Buffer, back) {
 			return n.crossAttn(&o, &l.cross, h, B, T, enc, S, encPad, dEnc)
 		})
 		backs = append(backs, bk)
-		y, bk = n.sublayer(y, rows, l, 2, before, n.alphaDec, profDec, func(h kernels.Buffer) (kernels.Buffer, back) {
+		y, bk = n.sublayer(&o, y, rows, l, 2, before, n.alphaDec, profDec, func(h kernels.Buffer) (kernels.Buffer, back) {
 			return n.ffn(&o, l, h, rows)
 		})
 		backs = append(backs, bk)
