@@ -146,3 +146,37 @@ type DropoutResidualNormer interface {
 	// may alias dy, neither z or x.
 	ResidualLayerNormBackwardDropout(dz, dbranch, dgamma, dbeta, domega, dy, z, x, gamma Buffer, alpha float32, rows, dim int, eps float32, p float64, seed uint64)
 }
+
+// ReLUDropoutBackwarder is implemented by a Trainer that can run the backward of the
+// feed-forward block's a = Dropout(ReLU(pre)) in one pass from the saved output a
+// alone: the pre-activation and the mask are not read, so the forward may keep a
+// only (and may take LinearActivator's ReLU epilogue, which never writes pre), and the
+// backward's two passes (ApplyDropout on the gradient, then ActivateBackward) are one.
+//
+// ReLUDropoutBackward(dpre, da, a, p) sets dpre[i] = da[i]·s where a[i] > 0, and +0
+// elsewhere, with s = DropoutScale(p), where a is ApplyDropout(ReLU(pre), p, seed) (or
+// ReLU(pre) times a DropoutMask of the same p). dpre may alias da or a.
+//
+// Against the unfused backward, ref = ActivateBackward(ApplyDropout(da, p, seed), pre,
+// ReLU) on the same backend. Let r = ReLU(pre) (pre where pre > 0, else +0, NaN
+// included) and m ∈ {0, s} the mask element, a = r·m; s ≥ 1 and finite for p < 1,
+// s = 1 for p ≤ 0, s = 0 for p ≥ 1.
+//   - kept (m = s): r > 0 gives a = RN(r·s) ≥ r > 0 (s ≥ 1; +Inf stays +Inf) and r = +0
+//     gives a = +0, so a > 0 ⇔ pre > 0, and both take the same product da·s or +0:
+//     the same bits, whatever da is (±0, ±Inf and NaN pass through the one product).
+//   - dropped (m = 0): a = +0 (NaN for pre = +Inf), so dpre = +0. ref is +0 where
+//     pre ≤ 0 or is NaN, but da·0 where pre > 0: −0 for negative da, NaN for non-finite
+//     da. a cannot tell those elements apart (r·0 erases r), so there dpre is +0.
+//
+// So dpre equals ref bit for bit except where the mask dropped an element with pre > 0:
+// there ref's −0 becomes +0 (equal as numbers) and ref's NaN (da = ±Inf or NaN) becomes
+// +0. Neither reaches the gradients of a finite da: dpre only feeds sums (the first
+// Linear's dx, dw and bias gradient), where x + (±0) = x for every x but −0, and a
+// sum that starts at +0 never becomes −0 by adding ±0 terms or products, so those
+// sums are the same bits. A non-finite da comes from an overflowed row (a GEMM output
+// row): its kept elements with pre > 0 still carry the Inf or NaN into the sums, so an
+// overflow check on the gradients still sees it. PyTorch's relu backward (from its
+// output, result > 0) after dropout's grad·mask·scale has the same elements as ref.
+type ReLUDropoutBackwarder interface {
+	ReLUDropoutBackward(dpre, da, a Buffer, p float64)
+}

@@ -1,53 +1,148 @@
 // activation.cu — elementwise nonlinearities (fairseq's activation_fn), forward and
-// backward.
+// backward, and the backward of ReLU followed by dropout.
 //
 // Convention: transcendentals in double, rounded once (at least as accurate as torch's
 // float kernels; matches the CPU backend). kind: 0 relu, 1 gelu (erf), 2 gelu_accurate
-// (tanh approximation), 3 tanh. y may alias x.
+// (tanh approximation), 3 tanh. Outputs may alias inputs exactly (same element), not
+// with an offset.
+//
+// These kernels only stream memory (ReLU's are pure traffic: 8000×2048 floats are
+// 64 MiB a pass), so they move float4s when every pointer is 16-byte aligned (fresh
+// buffers are; Slices need not be) and issue all of an element's loads before any use:
+// the ReLU backward used to load dy only after testing x, two dependent round trips
+// to memory per element. The per-element arithmetic is the same expression on either
+// path, so the results do not depend on the alignment.
 #include "xform.cuh"
 
-extern "C" __global__ void activate(float* y, const float* x, long long n, int kind) {
+// Per-element functions. K is the kind, a template argument so that the switch is
+// taken once per launch instead of once per element.
+template <int K>
+__device__ __forceinline__ float act_fwd(float v) {
     const double c = 0.7978845608028654;  // sqrt(2/pi)
-    for (long long i = xf_tid(); i < n; i += xf_stride()) {
-        float v = x[i];
-        double z = (double)v;
-        float out;
-        switch (kind) {
-            case 0: out = v > 0.0f ? v : 0.0f; break;
-            case 1: out = (float)(z * 0.5 * (1.0 + erf(z / 1.4142135623730951))); break;
-            case 2: out = (float)(0.5 * z * (1.0 + tanh(c * (z + 0.044715 * z * z * z)))); break;
-            default: out = (float)tanh(z); break;
-        }
-        y[i] = out;
+    double z = (double)v;
+    switch (K) {
+        case 0: return v > 0.0f ? v : 0.0f;
+        case 1: return (float)(z * 0.5 * (1.0 + erf(z / 1.4142135623730951)));
+        case 2: return (float)(0.5 * z * (1.0 + tanh(c * (z + 0.044715 * z * z * z))));
+        default: return (float)tanh(z);
     }
 }
 
-// activate_bwd: dx = (float)(dy · act'(x)) with x the activation's input, the derivative
-// in double as the CPU backend evaluates it (relu: dy where x > 0, else 0; NaN gives 0).
-// dx may alias dy. Constants are written as Go folds them (3·0.044715 = 0.134145).
-extern "C" __global__ void activate_bwd(float* dx, const float* dy, const float* x, long long n, int kind) {
-    const double c = 0.7978845608028654;           // sqrt(2/pi)
-    const double sqrt2pi = 2.5066282746310002;     // sqrt(2*pi)
-    for (long long i = xf_tid(); i < n; i += xf_stride()) {
-        float v = x[i];
-        if (kind == 0) {
-            dx[i] = v > 0.0f ? dy[i] : 0.0f;
-            continue;
+// act_bwd: (float)(dy · act'(x)) with x the activation's input, the derivative in double
+// as the CPU backend evaluates it (relu: dy where x > 0, else 0; NaN gives 0).
+// Constants are written as Go folds them (3·0.044715 = 0.134145).
+template <int K>
+__device__ __forceinline__ float act_bwd(float dy, float v) {
+    if (K == 0) return v > 0.0f ? dy : 0.0f;
+    const double c = 0.7978845608028654;        // sqrt(2/pi)
+    const double sqrt2pi = 2.5066282746310002;  // sqrt(2*pi)
+    double z = (double)v, d;
+    switch (K) {
+        case 1: d = 0.5 * (1 + erf(z / 1.4142135623730951)) + z * exp(-z * z / 2) / sqrt2pi; break;
+        case 2: {
+            double t = tanh(c * (z + 0.044715 * z * z * z));
+            d = 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * c * (1 + 0.134145 * z * z);
+            break;
         }
-        double z = (double)v, d;
-        switch (kind) {
-            case 1: d = 0.5 * (1 + erf(z / 1.4142135623730951)) + z * exp(-z * z / 2) / sqrt2pi; break;
-            case 2: {
-                double t = tanh(c * (z + 0.044715 * z * z * z));
-                d = 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * c * (1 + 0.134145 * z * z);
-                break;
-            }
-            default: {
-                double t = tanh(z);
-                d = 1 - t * t;
-                break;
-            }
+        default: {
+            double t = tanh(z);
+            d = 1 - t * t;
+            break;
         }
-        dx[i] = (float)((double)dy[i] * d);
     }
+    return (float)((double)dy * d);
+}
+
+__device__ __forceinline__ bool act_aligned16(const void* a, const void* b, const void* c) {
+    return (((unsigned long long)a | (unsigned long long)b | (unsigned long long)c) & 15ull) == 0;
+}
+
+// map1: y[i] = f(x[i]) for i < n, grid-stride, float4 where aligned.
+template <class F>
+__device__ __forceinline__ void map1(float* y, const float* x, long long n, F f) {
+    long long done = 0;
+    if (act_aligned16(y, x, x)) {
+        long long n4 = n >> 2;
+        const float4* x4 = reinterpret_cast<const float4*>(x);
+        float4* y4 = reinterpret_cast<float4*>(y);
+        for (long long i = xf_tid(); i < n4; i += xf_stride()) {
+            float4 v = x4[i];
+            v.x = f(v.x);
+            v.y = f(v.y);
+            v.z = f(v.z);
+            v.w = f(v.w);
+            y4[i] = v;
+        }
+        done = n4 << 2;
+    }
+    for (long long i = done + xf_tid(); i < n; i += xf_stride()) y[i] = f(x[i]);
+}
+
+// map2: y[i] = f(u[i], v[i]) for i < n, both loads issued before f looks at either.
+template <class F>
+__device__ __forceinline__ void map2(float* y, const float* u, const float* v, long long n, F f) {
+    long long done = 0;
+    if (act_aligned16(y, u, v)) {
+        long long n4 = n >> 2;
+        const float4* u4 = reinterpret_cast<const float4*>(u);
+        const float4* v4 = reinterpret_cast<const float4*>(v);
+        float4* y4 = reinterpret_cast<float4*>(y);
+        for (long long i = xf_tid(); i < n4; i += xf_stride()) {
+            float4 a = u4[i], b = v4[i], r;
+            r.x = f(a.x, b.x);
+            r.y = f(a.y, b.y);
+            r.z = f(a.z, b.z);
+            r.w = f(a.w, b.w);
+            y4[i] = r;
+        }
+        done = n4 << 2;
+    }
+    for (long long i = done + xf_tid(); i < n; i += xf_stride()) {
+        float a = u[i], b = v[i];
+        y[i] = f(a, b);
+    }
+}
+
+template <int K>
+struct ActFwd {
+    __device__ __forceinline__ float operator()(float v) const { return act_fwd<K>(v); }
+};
+
+template <int K>
+struct ActBwd {
+    __device__ __forceinline__ float operator()(float dy, float v) const { return act_bwd<K>(dy, v); }
+};
+
+extern "C" __global__ void activate(float* y, const float* x, long long n, int kind) {
+    switch (kind) {
+        case 0: map1(y, x, n, ActFwd<0>()); break;
+        case 1: map1(y, x, n, ActFwd<1>()); break;
+        case 2: map1(y, x, n, ActFwd<2>()); break;
+        default: map1(y, x, n, ActFwd<3>()); break;
+    }
+}
+
+// activate_bwd: dx = act_bwd(dy, x); dx may alias dy.
+extern "C" __global__ void activate_bwd(float* dx, const float* dy, const float* x, long long n, int kind) {
+    switch (kind) {
+        case 0: map2(dx, dy, x, n, ActBwd<0>()); break;
+        case 1: map2(dx, dy, x, n, ActBwd<1>()); break;
+        case 2: map2(dx, dy, x, n, ActBwd<2>()); break;
+        default: map2(dx, dy, x, n, ActBwd<3>()); break;
+    }
+}
+
+// ReluDropBwd is kernels.ReLUDropoutBackwarder's element: with a = dropout(relu(pre))
+// saved from the forward, a > 0 exactly where relu passed and the mask kept the
+// element (the proof is on the interface in kernels/fused.go), so the gradient is da·s
+// there and 0 elsewhere. da·s is the product dropout_apply forms (x · mask element).
+struct ReluDropBwd {
+    float s;
+    __device__ __forceinline__ float operator()(float da, float a) const { return a > 0.0f ? da * s : 0.0f; }
+};
+
+// relu_dropout_bwd: dpre = a > 0 ? da·s : 0 with s = kernels.DropoutScale(p); dpre
+// may alias da or a.
+extern "C" __global__ void relu_dropout_bwd(float* dpre, const float* da, const float* a, float s, long long n) {
+    map2(dpre, da, a, n, ReluDropBwd{s});
 }

@@ -1,0 +1,36 @@
+package cuda
+
+import (
+	"fmt"
+
+	"github.com/xform-dev/xform/kernels"
+)
+
+var _ kernels.ReLUDropoutBackwarder = (*Backend)(nil)
+
+// reluDropoutKernel is the name of the kernel in activation.cu. It is looked up at each
+// call rather than kept in the Backend's function table (backend.go, ops_backward.go):
+// activation.cu sorts first among the embedded programs, so be.kernel finds it with
+// one cuModuleGetFunction on the first module, well under a microsecond of host time.
+const reluDropoutKernel = "relu_dropout_bwd"
+
+// ReLUDropoutBackward implements kernels.ReLUDropoutBackwarder with one elementwise
+// launch (relu_dropout_bwd: float4 loads and stores where the three buffers are
+// 16-byte aligned), replacing dropout_apply and activate_bwd on the gradient: the
+// pass reads da and a and writes dpre, where those two read da twice, pre once and
+// write twice. s is the float32 that dropout_apply multiplies by, so the product's
+// bits are the same.
+func (be *Backend) ReLUDropoutBackward(dpre, da, a kernels.Buffer, p float64) {
+	n := dev(dpre).n
+	if dev(da).n != n || dev(a).n != n {
+		panic(fmt.Sprintf("cuda backend: ReLUDropoutBackward of %d and %d elements into %d", dev(da).n, dev(a).n, n))
+	}
+	if n == 0 {
+		return
+	}
+	defer be.enter()()
+	fn := be.kernel(reluDropoutKernel)
+	be.prm.reset().ptr(addr(dpre)).ptr(addr(da)).ptr(addr(a)).f32(kernels.DropoutScale(p)).i64(n)
+	// A thread takes four elements on the aligned path: size the grid for n/4.
+	be.run(fn, [3]uint32{grid1D((int64(n)+3)/4, blockElem, be.info.SMs), 1, 1}, blockElem, 0)
+}
