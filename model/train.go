@@ -592,14 +592,35 @@ func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T in
 func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h kernels.Buffer, rows int) (kernels.Buffer, back) {
 	be, d, F := n.be, n.d, l.ffn
 	a := n.out(rows * F)
-	// The fused path has no place for the activation dropout (it sits between act and
-	// fc2, inside the fused backward), so it is taken only when that dropout is off.
-	if la, ok := be.(kernels.LinearActivator); ok && (!o.Train || o.ActivationDropout <= 0) {
+	// Drawn first: nothing else in this branch draws from o.RNG, so the seeds keep
+	// their order.
+	dr := n.newDrop(o, o.ActivationDropout, rows*F)
+	// After ReLU the dropped activation a is positive exactly where the gradient passes
+	// (pre > 0 and the element kept), so with kernels.ReLUDropoutBackwarder the backward
+	// needs neither pre nor the mask, and the activation dropout no longer keeps the
+	// forward from the fused ReLU epilogue.
+	var rd kernels.ReLUDropoutBackwarder
+	if dr != nil && n.act == kernels.ReLU {
+		rd, _ = be.(kernels.ReLUDropoutBackwarder)
+	}
+	// LinearActBackward has no place for the activation dropout (it sits between act
+	// and fc2), so with that dropout on the fused path needs rd for its backward.
+	if la, ok := be.(kernels.LinearActivator); ok && (dr == nil || rd != nil) {
 		if aux, ok := la.LinearAct(a, h, l.fc1.w.w, l.fc1.b.w, rows, F, d, n.act); ok {
+			if dr != nil {
+				dr.apply(be, a, a)
+			}
 			out := n.out(rows * d)
 			be.Linear(out, a, l.fc2.w.w, l.fc2.b.w, rows, d, F)
 			return out, func(dout kernels.Buffer) kernels.Buffer {
 				dpre := n.out(rows * F)
+				if rd != nil {
+					be.LinearBackward(dpre, l.fc2.w.g, l.fc2.b.g, dout, a, l.fc2.w.w, rows, d, F)
+					rd.ReLUDropoutBackward(dpre, dpre, a, o.ActivationDropout)
+					dh := n.out(rows * d)
+					be.LinearBackward(dh, l.fc1.w.g, l.fc1.b.g, dpre, h, l.fc1.w.w, rows, F, d)
+					return dh
+				}
 				la.LinearActBackward(dpre, l.fc2.w.g, l.fc2.b.g, l.fc1.b.g, dout, a, l.fc2.w.w, aux, rows, d, F, n.act)
 				dh := n.out(rows * d)
 				be.LinearBackward(dh, l.fc1.w.g, nil, dpre, h, l.fc1.w.w, rows, F, d)
@@ -607,10 +628,13 @@ func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h kernels.Buffer, rows int) (k
 			}
 		}
 	}
-	pre := n.out(rows * F)
+	// With rd the pre-activation is not kept: ReLU runs in place on fc1's output.
+	pre := a
+	if rd == nil {
+		pre = n.out(rows * F)
+	}
 	be.Linear(pre, h, l.fc1.w.w, l.fc1.b.w, rows, F, d)
 	be.Activate(a, pre, n.act)
-	dr := n.newDrop(o, o.ActivationDropout, rows*F)
 	if dr != nil {
 		dr.apply(be, a, a)
 	}
@@ -619,10 +643,14 @@ func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h kernels.Buffer, rows int) (k
 	return out, func(dout kernels.Buffer) kernels.Buffer {
 		da := n.out(rows * F)
 		be.LinearBackward(da, l.fc2.w.g, l.fc2.b.g, dout, a, l.fc2.w.w, rows, d, F)
-		if dr != nil {
-			dr.apply(be, da, da)
+		if rd != nil {
+			rd.ReLUDropoutBackward(da, da, a, o.ActivationDropout)
+		} else {
+			if dr != nil {
+				dr.apply(be, da, da)
+			}
+			be.ActivateBackward(da, da, pre, n.act)
 		}
-		be.ActivateBackward(da, da, pre, n.act)
 		dh := n.out(rows * d)
 		be.LinearBackward(dh, l.fc1.w.g, l.fc1.b.g, da, h, l.fc1.w.w, rows, F, d)
 		return dh

@@ -25,7 +25,7 @@ type trainFunctions struct {
 	layernormBwd, residualBwd, activateBwd, embedBwd           uintptr
 	attentionBwdQ, attentionBwdKV                              uintptr
 	lsLoss, adamStep                                           uintptr
-	dropoutMask, dropoutApply                                  uintptr
+	dropoutMask, dropoutApply, reluDropoutBwd                  uintptr
 }
 
 func (f *trainFunctions) add(m map[string]*uintptr) {
@@ -37,6 +37,7 @@ func (f *trainFunctions) add(m map[string]*uintptr) {
 		"layernorm_bwd": &f.layernormBwd, "residual_bwd": &f.residualBwd, "activate_bwd": &f.activateBwd,
 		"embed_bwd": &f.embedBwd, "attention_bwd_q": &f.attentionBwdQ, "attention_bwd_kv": &f.attentionBwdKV,
 		"ls_loss": &f.lsLoss, "adam_step": &f.adamStep, "dropout_mask": &f.dropoutMask, "dropout_apply": &f.dropoutApply,
+		"relu_dropout_bwd": &f.reluDropoutBwd,
 	} {
 		m[name] = p
 	}

@@ -8,12 +8,6 @@ import (
 
 var _ kernels.ReLUDropoutBackwarder = (*Backend)(nil)
 
-// reluDropoutKernel is the name of the kernel in activation.cu. It is looked up at each
-// call rather than kept in the Backend's function table (backend.go, ops_backward.go):
-// activation.cu sorts first among the embedded programs, so be.kernel finds it with
-// one cuModuleGetFunction on the first module, well under a microsecond of host time.
-const reluDropoutKernel = "relu_dropout_bwd"
-
 // ReLUDropoutBackward implements kernels.ReLUDropoutBackwarder with one elementwise
 // launch (relu_dropout_bwd: float4 loads and stores where the three buffers are
 // 16-byte aligned), replacing dropout_apply and activate_bwd on the gradient: the
@@ -29,7 +23,7 @@ func (be *Backend) ReLUDropoutBackward(dpre, da, a kernels.Buffer, p float64) {
 		return
 	}
 	defer be.enter()()
-	fn := be.kernel(reluDropoutKernel)
+	fn := be.fn.train.reluDropoutBwd
 	be.prm.reset().ptr(addr(dpre)).ptr(addr(da)).ptr(addr(a)).f32(kernels.DropoutScale(p)).i64(n)
 	// A thread takes four elements on the aligned path: size the grid for n/4.
 	be.run(fn, [3]uint32{grid1D((int64(n)+3)/4, blockElem, be.info.SMs), 1, 1}, blockElem, 0)

@@ -25,12 +25,13 @@ func (f *fusedFunctions) add(m map[string]*uintptr) {
 // the seed, and the threshold and scale computed by the functions ApplyDropout uses,
 // so the mask is dropout_apply's. nil: no dropout (the plain kernels).
 type resDrop struct {
+	p               float64
 	seed, threshold uint64
 	keep            float32
 }
 
 func newResDrop(p float64, seed uint64) *resDrop {
-	return &resDrop{seed: seed, threshold: kernels.DropoutThreshold(p), keep: kernels.DropoutScale(p)}
+	return &resDrop{p: p, seed: seed, threshold: kernels.DropoutThreshold(p), keep: kernels.DropoutScale(p)}
 }
 
 // args appends the kernels' three trailing dropout arguments.
@@ -93,6 +94,18 @@ func (be *Backend) residualLayerNormBackward(dz, dbranch, dgamma, dbeta, domega,
 		return
 	}
 	if be.precision != FP32 && lnFastDim(dim) {
+		if dr != nil && dbranch != nil {
+			// The float backward with the mask drawn inside measured 110 µs at 8000×512
+			// (H200, bf16) against 77 µs for the plain one plus dropout_apply: the hash's
+			// 64-bit arithmetic per element slows the row kernel more than a separate
+			// pass costs. Same bits either way (the contract is the unfused sequence).
+			if dz == nil { // dropout_apply reads dz: a scratch stands in for a missing one
+				dz = be.AllocUninit(rows * dim)
+			}
+			be.residualLayerNormBackwardFast(dz, nil, dgamma, dbeta, domega, dy, z, x, gamma, alpha, rows, dim, eps, nil)
+			be.ApplyDropout(dbranch, dz, dr.p, dr.seed)
+			return
+		}
 		be.residualLayerNormBackwardFast(dz, dbranch, dgamma, dbeta, domega, dy, z, x, gamma, alpha, rows, dim, eps, dr)
 		return
 	}
