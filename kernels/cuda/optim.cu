@@ -10,22 +10,27 @@
 // rounded float sqrt.
 #include "xform.cuh"
 
-// adam_elem updates element i (one kernel body for the per-parameter and the list kernel,
-// so both give the same bits).
-__device__ __forceinline__ void adam_elem(float* p, const float* g, float* m, float* v, long long i, float beta1,
-                                          float beta2, float omb1, float omb2, float eps, float decay, float step,
-                                          int update) {
-    float gi = g[i];
-    float vi = v[i] * beta2 + omb2 * gi * gi;
-    float mi = m[i] * beta1 + omb1 * gi;
-    v[i] = vi;
-    m[i] = mi;
-    float x = p[i];
+// adam_val updates one element held in registers (one body for the per-parameter
+// kernel and both paths of the list kernel, so all give the same bits).
+__device__ __forceinline__ void adam_val(float& x, float gi, float& mi, float& vi, float beta1, float beta2, float omb1,
+                                         float omb2, float eps, float decay, float step, int update) {
+    vi = vi * beta2 + omb2 * gi * gi;
+    mi = mi * beta1 + omb1 * gi;
     if (decay != 0.0f) x = x + decay * x;
     if (update) {
         float den = (float)sqrt((double)vi) + eps;
         x = x + -step * (mi / den);
     }
+}
+
+// adam_elem updates element i in memory.
+__device__ __forceinline__ void adam_elem(float* p, const float* g, float* m, float* v, long long i, float beta1,
+                                          float beta2, float omb1, float omb2, float eps, float decay, float step,
+                                          int update) {
+    float x = p[i], mi = m[i], vi = v[i];
+    adam_val(x, g[i], mi, vi, beta1, beta2, omb1, omb2, eps, decay, step, update);
+    v[i] = vi;
+    m[i] = mi;
     p[i] = x;
 }
 
@@ -37,30 +42,98 @@ extern "C" __global__ void adam_step(float* p, const float* g, float* m, float* 
     }
 }
 
+// The list kernels run on chunks of the buffers, one chunk per block, as reduce.cu's
+// (which describes desc and tasks); LIST_CHUNK and LIST_THREADS are the same there and
+// in the Go side's listChunk and listThreads.
+#define LIST_CHUNK 8192
+#define LIST_THREADS 256
+#define LIST_UNROLL (LIST_CHUNK / (4 * LIST_THREADS))
+
+struct list_span {
+    int k, len;
+    long long start;
+};
+
+__device__ __forceinline__ list_span list_span_of(const int2* tasks, const unsigned long long* lens) {
+    const int2 tk = tasks[blockIdx.x];
+    list_span sp;
+    sp.k = tk.x;
+    sp.start = (long long)tk.y * LIST_CHUNK;
+    const long long left = (long long)lens[tk.x] - sp.start;
+    sp.len = (int)(left < LIST_CHUNK ? left : LIST_CHUNK);
+    return sp;
+}
+
+__device__ __forceinline__ bool aligned16(const void* p) { return ((unsigned long long)p & 15) == 0; }
+
+// Two float4 of each of p, g, m, v per thread in flight: 64 registers, four blocks of
+// 256 per SM. Four float4 each took 102 registers, halving the resident threads for
+// the same bytes in flight.
+#define ADAM_UNROLL 2
+
 // adam_list is adam_step over many parameters in one launch: desc holds the device
 // addresses of every p, then every g, m, v, then the lengths (nbuf each). Each element
 // gets adam_step's arithmetic exactly, so the result is bit-identical to one launch per
 // parameter.
 extern "C" __global__ void adam_list(const unsigned long long* desc, int nbuf, float beta1, float beta2,
-                                     float omb1, float omb2, float eps, float decay, float step, int update) {
-    for (int k = 0; k < nbuf; k++) {
-        float* p = (float*)desc[k];
-        const float* g = (const float*)desc[nbuf + k];
-        float* m = (float*)desc[2 * nbuf + k];
-        float* v = (float*)desc[3 * nbuf + k];
-        long long n = (long long)desc[4 * nbuf + k];
-        for (long long i = xf_tid(); i < n; i += xf_stride()) {
-            adam_elem(p, g, m, v, i, beta1, beta2, omb1, omb2, eps, decay, step, update);
+                                     float omb1, float omb2, float eps, float decay, float step, int update,
+                                     const int2* tasks) {
+    const list_span sp = list_span_of(tasks, desc + 4 * nbuf);
+    float* p = (float*)desc[sp.k] + sp.start;
+    const float* g = (const float*)desc[nbuf + sp.k] + sp.start;
+    float* m = (float*)desc[2 * nbuf + sp.k] + sp.start;
+    float* v = (float*)desc[3 * nbuf + sp.k] + sp.start;
+    int done = 0;
+    if (aligned16(p) && aligned16(g) && aligned16(m) && aligned16(v)) {
+        float4* p4 = reinterpret_cast<float4*>(p);
+        const float4* g4 = reinterpret_cast<const float4*>(g);
+        float4* m4 = reinterpret_cast<float4*>(m);
+        float4* v4 = reinterpret_cast<float4*>(v);
+        const int n4 = sp.len >> 2;
+        for (int q0 = threadIdx.x; q0 < n4; q0 += ADAM_UNROLL * LIST_THREADS) {
+            float4 pr[ADAM_UNROLL], gr[ADAM_UNROLL], mr[ADAM_UNROLL], vr[ADAM_UNROLL];
+#pragma unroll
+            for (int u = 0; u < ADAM_UNROLL; u++) {
+                const int q = q0 + u * LIST_THREADS;
+                if (q < n4) {
+                    pr[u] = p4[q];
+                    gr[u] = __ldcs(g4 + q);
+                    mr[u] = m4[q];
+                    vr[u] = v4[q];
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < ADAM_UNROLL; u++) {
+                const int q = q0 + u * LIST_THREADS;
+                if (q < n4) {
+                    adam_val(pr[u].x, gr[u].x, mr[u].x, vr[u].x, beta1, beta2, omb1, omb2, eps, decay, step, update);
+                    adam_val(pr[u].y, gr[u].y, mr[u].y, vr[u].y, beta1, beta2, omb1, omb2, eps, decay, step, update);
+                    adam_val(pr[u].z, gr[u].z, mr[u].z, vr[u].z, beta1, beta2, omb1, omb2, eps, decay, step, update);
+                    adam_val(pr[u].w, gr[u].w, mr[u].w, vr[u].w, beta1, beta2, omb1, omb2, eps, decay, step, update);
+                    v4[q] = vr[u];
+                    m4[q] = mr[u];
+                    p4[q] = pr[u];
+                }
+            }
         }
+        done = 4 * n4;
     }
+    for (int e = done + threadIdx.x; e < sp.len; e += LIST_THREADS)
+        adam_elem(p, g, m, v, e, beta1, beta2, omb1, omb2, eps, decay, step, update);
 }
 
 // fill_list sets every element of every buffer of desc (addresses, then lengths) to
-// value: zeroing all gradients in one launch.
-extern "C" __global__ void fill_list(const unsigned long long* desc, int nbuf, float value) {
-    for (int k = 0; k < nbuf; k++) {
-        float* p = (float*)desc[k];
-        long long n = (long long)desc[nbuf + k];
-        for (long long i = xf_tid(); i < n; i += xf_stride()) p[i] = value;
+// value on the chunks of tasks: zeroing all gradients in one launch.
+extern "C" __global__ void fill_list(const unsigned long long* desc, int nbuf, float value, const int2* tasks) {
+    const list_span sp = list_span_of(tasks, desc + nbuf);
+    float* p = (float*)desc[sp.k] + sp.start;
+    int done = 0;
+    if (aligned16(p)) {
+        float4* p4 = reinterpret_cast<float4*>(p);
+        const float4 w = make_float4(value, value, value, value);
+        const int n4 = sp.len >> 2;
+        for (int q = threadIdx.x; q < n4; q += LIST_THREADS) p4[q] = w;
+        done = 4 * n4;
     }
+    for (int e = done + threadIdx.x; e < sp.len; e += LIST_THREADS) p[e] = value;
 }

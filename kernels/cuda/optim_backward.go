@@ -4,13 +4,24 @@ import (
 	"github.com/xform-dev/xform/kernels"
 )
 
-// sumsqBlocks is the fixed grid of sumsq_partial: the element → thread assignment, and
-// so the summation order, depends on the buffers alone, never on the device.
-const sumsqBlocks = 256
+// The list kernels (sumsq_partial, scale_list in reduce.cu; adam_list, fill_list in
+// optim.cu) give each block listChunk elements of one buffer (LIST_CHUNK, LIST_THREADS
+// there). Constants, so the chunks, and so sumsq's summation order, depend on the
+// buffer lengths alone, never on the device.
+const (
+	listChunk   = 8192
+	listThreads = 256
+	// listSumThreads is sum_strided's block for the sumsq partials: one per chunk, ~7,200
+	// for the 58M gradients of a 6L-6L model, so 1024 threads add ~7 each.
+	listSumThreads = 1024
+)
 
-// stageList uploads the descriptors of xs for the list kernels of reduce.cu and
-// optim.cu (see stageLists).
-func (be *Backend) stageList(xs []kernels.Buffer) (uint64, int) { return be.stageLists(xs) }
+// listJob is a staged list descriptor with its chunk table: desc and n for the kernels'
+// desc and nbuf, tasks the table's device address, blocks its entries (the grid).
+type listJob struct {
+	desc, tasks uint64
+	n, blocks   int
+}
 
 // SumSquares implements kernels.Trainer (one buffer of SumSquaresAll).
 func (be *Backend) SumSquares(x kernels.Buffer) float64 {
@@ -18,36 +29,42 @@ func (be *Backend) SumSquares(x kernels.Buffer) float64 {
 }
 
 // SumSquaresAll implements kernels.MultiTensor: Σ x² over every buffer in one device
-// reduction (a fixed grid of double partials, then their sum in order) and one host
+// reduction (a double partial per chunk, then their sum in a fixed order) and one host
 // read of 8 bytes — the gradient norm of a whole model per update.
 func (be *Backend) SumSquaresAll(xs []kernels.Buffer) float64 {
 	defer be.enter()()
-	desc, n := be.stageList(xs)
-	if n == 0 {
+	sum := be.sumSquares(xs)
+	if sum == nil {
 		return 0
 	}
-	part := be.newDoubles(sumsqBlocks)
-	be.prm.reset().ptr(part.dptr()).ptr(desc).i32(n)
-	be.run(be.fn.train.sumsqPartial, [3]uint32{sumsqBlocks, 1, 1}, blockElem, 0)
-	sum := be.newDoubles(1)
-	be.prm.reset().ptr(sum.dptr()).ptr(part.dptr()).i64(sumsqBlocks).i32(1).i32(1)
-	be.run(be.fn.train.sumStrided, [3]uint32{1, 1, 1}, blockElem, 0)
 	return be.readDoubles(sum, 1)[0]
+}
+
+// sumSquares queues SumSquaresAll's two kernels and returns the device double they
+// write (nil when xs holds no elements). The caller holds the Backend.
+func (be *Backend) sumSquares(xs []kernels.Buffer) *buffer {
+	j := be.stageLists(xs)
+	if j.n == 0 {
+		return nil
+	}
+	part := be.newDoubles(j.blocks)
+	be.prm.reset().ptr(part.dptr()).ptr(j.desc).i32(j.n).ptr(j.tasks)
+	be.run(be.fn.train.sumsqPartial, [3]uint32{uint32(j.blocks), 1, 1}, listThreads, 0)
+	sum := be.newDoubles(1)
+	be.prm.reset().ptr(sum.dptr()).ptr(part.dptr()).i64(j.blocks).i32(1).i32(1)
+	be.run(be.fn.train.sumStrided, [3]uint32{1, 1, 1}, listSumThreads, 0)
+	return sum
 }
 
 // ScaleAll implements kernels.MultiTensor: x = a·x over every buffer in one launch.
 func (be *Backend) ScaleAll(xs []kernels.Buffer, a float32) {
 	defer be.enter()()
-	desc, n := be.stageList(xs)
-	if n == 0 {
+	j := be.stageLists(xs)
+	if j.n == 0 {
 		return
 	}
-	var total int64
-	for _, x := range xs {
-		total = max(total, int64(x.Len()))
-	}
-	be.prm.reset().ptr(desc).i32(n).f32(a)
-	be.elem(be.fn.train.scaleList, total)
+	be.prm.reset().ptr(j.desc).i32(j.n).f32(a).ptr(j.tasks)
+	be.run(be.fn.train.scaleList, [3]uint32{uint32(j.blocks), 1, 1}, listThreads, 0)
 }
 
 // AdamStep implements kernels.Trainer with one fused kernel (optim.cu): both moments
@@ -64,14 +81,38 @@ func (be *Backend) AdamStep(p, g, m, v kernels.Buffer, s kernels.OptimStep) {
 	be.elem(be.fn.train.adamStep, int64(n))
 }
 
-// stageLists uploads the descriptors of parallel lists of equally long buffers for the
-// list kernels (listDescriptor) and returns their device address and the count.
-func (be *Backend) stageLists(lists ...[]kernels.Buffer) (uint64, int) {
+// stageLists uploads, in one copy, the descriptors of parallel lists of equally long
+// buffers for the list kernels (listDescriptor) followed by their chunk table
+// (listTasks), and returns where each starts.
+func (be *Backend) stageLists(lists ...[]kernels.Buffer) listJob {
 	words, n := listDescriptor(lists...)
 	if n == 0 {
-		return 0, 0
+		return listJob{}
 	}
-	return be.stageInts(slotList, words), n
+	head := len(words)
+	words, blocks := listTasks(words, lists[0])
+	desc := be.stageInts(slotList, words)
+	return listJob{desc: desc, tasks: desc + 4*uint64(head), n: n, blocks: blocks}
+}
+
+// listTasks appends to words the list kernels' chunk table for xs (empty buffers left
+// out, as listDescriptor does): per block, the buffer's index among the kept ones and
+// the chunk's index within it, two int32 words. It returns the words and the count of
+// blocks.
+func listTasks(words []int32, xs []kernels.Buffer) ([]int32, int) {
+	k, blocks := 0, 0
+	for _, x := range xs {
+		b := dev(x)
+		if b == nil || b.n == 0 {
+			continue
+		}
+		for c := 0; c*listChunk < b.n; c++ {
+			words = append(words, int32(k), int32(c))
+			blocks++
+		}
+		k++
+	}
+	return words, blocks
 }
 
 // listDescriptor lays out what the list kernels read: the device addresses of lists[0],
@@ -106,15 +147,6 @@ func listDescriptor(lists ...[]kernels.Buffer) ([]int32, int) {
 	return words, len(keep)
 }
 
-// listElems is the launch size of a list kernel: its longest buffer.
-func listElems(xs []kernels.Buffer) int64 {
-	var n int64
-	for _, x := range xs {
-		n = max(n, int64(x.Len()))
-	}
-	return n
-}
-
 // AdamStepAll implements kernels.MultiTensor: AdamStep on every parameter in one launch
 // (a training step of a 6L-6L model updates ~250 tensors; one launch each cost ~1.2 ms
 // of host time per update).
@@ -123,24 +155,24 @@ func (be *Backend) AdamStepAll(p, g, m, v []kernels.Buffer, s kernels.OptimStep)
 		panic("cuda backend: AdamStepAll lists of different lengths")
 	}
 	defer be.enter()()
-	desc, n := be.stageLists(p, g, m, v)
-	if n == 0 {
+	j := be.stageLists(p, g, m, v)
+	if j.n == 0 {
 		return
 	}
-	be.prm.reset().ptr(desc).i32(n).
+	be.prm.reset().ptr(j.desc).i32(j.n).
 		f32(s.Beta1).f32(s.Beta2).f32(s.OneMinusBeta1).f32(s.OneMinusBeta2).f32(s.Eps).f32(s.Decay).f32(s.StepSize).
-		i32(boolInt(s.Update))
-	be.elem(be.fn.train.adamList, listElems(p))
+		i32(boolInt(s.Update)).ptr(j.tasks)
+	be.run(be.fn.train.adamList, [3]uint32{uint32(j.blocks), 1, 1}, listThreads, 0)
 }
 
 // FillAll implements kernels.MultiTensor: every element of every buffer set to v in
 // one launch (zeroing the gradients).
 func (be *Backend) FillAll(xs []kernels.Buffer, v float32) {
 	defer be.enter()()
-	desc, n := be.stageLists(xs)
-	if n == 0 {
+	j := be.stageLists(xs)
+	if j.n == 0 {
 		return
 	}
-	be.prm.reset().ptr(desc).i32(n).f32(v)
-	be.elem(be.fn.train.fillList, listElems(xs))
+	be.prm.reset().ptr(j.desc).i32(j.n).f32(v).ptr(j.tasks)
+	be.run(be.fn.train.fillList, [3]uint32{uint32(j.blocks), 1, 1}, listThreads, 0)
 }

@@ -71,33 +71,110 @@ extern "C" __global__ void col_finish(float* out, const double* part, int chunks
     }
 }
 
-// sumsq_partial: block blockIdx.x's share of Σ x² over nbuf buffers described by desc
-// (desc[0..nbuf) device addresses, desc[nbuf..2·nbuf) element counts). Every block
-// walks every buffer with the same grid stride, so the element → thread assignment is
-// fixed by the grid alone. part[blockIdx.x] receives the block's double sum.
-extern "C" __global__ void sumsq_partial(double* part, const unsigned long long* desc, int nbuf) {
+// The list kernels (sumsq_partial, scale_list here; adam_list, fill_list in optim.cu)
+// run over many buffers described by desc: the device addresses of each list, then the
+// element counts (nbuf each, as uint64). Block b handles chunk tasks[b] = (k, c): elements
+// [c·LIST_CHUNK, min((c+1)·LIST_CHUNK, n_k)) of buffer k. The host builds the table from
+// the lengths alone, so a 14M-element embedding gets ~1,700 blocks and a 512-element
+// bias one, and no block walks the descriptors of the others (walking them all cost
+// every block ~250 dependent descriptor loads). LIST_CHUNK is the Go side's listChunk;
+// blocks have LIST_THREADS threads, each LIST_CHUNK / (4·LIST_THREADS) = 8 float4.
+#define LIST_CHUNK 8192
+#define LIST_THREADS 256
+#define LIST_UNROLL (LIST_CHUNK / (4 * LIST_THREADS))
+
+// list_span is block blockIdx.x's chunk: buffer k, first element start, len elements.
+struct list_span {
+    int k, len;
+    long long start;
+};
+
+__device__ __forceinline__ list_span list_span_of(const int2* tasks, const unsigned long long* lens) {
+    const int2 tk = tasks[blockIdx.x];
+    list_span sp;
+    sp.k = tk.x;
+    sp.start = (long long)tk.y * LIST_CHUNK;
+    const long long left = (long long)lens[tk.x] - sp.start;
+    sp.len = (int)(left < LIST_CHUNK ? left : LIST_CHUNK);
+    return sp;
+}
+
+__device__ __forceinline__ bool aligned16(const void* p) { return ((unsigned long long)p & 15) == 0; }
+
+__device__ __forceinline__ double sumsq_add(double s, float x) {
+    const double v = (double)x;
+    return s + v * v;
+}
+
+__device__ __forceinline__ double sumsq_add4(double s, float4 v) {
+    s = sumsq_add(s, v.x);
+    s = sumsq_add(s, v.y);
+    s = sumsq_add(s, v.z);
+    return sumsq_add(s, v.w);
+}
+
+// sumsq_partial: part[b] = Σ x² over chunk b, in double. Each thread adds the groups of
+// four elements q = threadIdx.x + i·LIST_THREADS in order, then the chunk's last
+// partial group (len % 4 elements) if it owns q = len / 4; the float4 and the scalar
+// path (a buffer not 16-byte aligned) follow that same order, so the bits depend on
+// the buffer lengths only; sum_strided then adds the partials in a fixed order.
+extern "C" __global__ void sumsq_partial(double* part, const unsigned long long* desc, int nbuf, const int2* tasks) {
     __shared__ double scratch[32];
+    const list_span sp = list_span_of(tasks, desc + nbuf);
+    const float* p = (const float*)desc[sp.k] + sp.start;
+    const int n4 = sp.len >> 2;
     double s = 0;
-    for (int k = 0; k < nbuf; k++) {
-        const float* p = (const float*)desc[k];
-        long long n = (long long)desc[nbuf + k];
-        for (long long i = xf_tid(); i < n; i += xf_stride()) {
-            double v = (double)p[i];
-            s += v * v;
+    if (aligned16(p)) {
+        const float4* p4 = reinterpret_cast<const float4*>(p);
+        for (int q0 = threadIdx.x; q0 < n4; q0 += LIST_UNROLL * LIST_THREADS) {
+            float4 v[LIST_UNROLL];
+#pragma unroll
+            for (int u = 0; u < LIST_UNROLL; u++) {
+                const int q = q0 + u * LIST_THREADS;
+                if (q < n4) v[u] = __ldg(p4 + q);
+            }
+#pragma unroll
+            for (int u = 0; u < LIST_UNROLL; u++) {
+                if (q0 + u * LIST_THREADS < n4) s = sumsq_add4(s, v[u]);
+            }
+        }
+    } else {
+        for (int q = threadIdx.x; q < n4; q += LIST_THREADS) {
+            const float* e = p + 4 * q;
+            s = sumsq_add4(s, make_float4(e[0], e[1], e[2], e[3]));
         }
     }
+    if (threadIdx.x == n4 % LIST_THREADS)
+        for (int e = 4 * n4; e < sp.len; e++) s = sumsq_add(s, p[e]);
     s = xf_block_sum(s, scratch);
     if (threadIdx.x == 0) part[blockIdx.x] = s;
 }
 
-// scale_list sets x = a·x (float product) over every buffer of desc (layout as above):
-// gradient clipping and normalisation in one launch.
-extern "C" __global__ void scale_list(const unsigned long long* desc, int nbuf, float a) {
-    for (int k = 0; k < nbuf; k++) {
-        float* p = (float*)desc[k];
-        long long n = (long long)desc[nbuf + k];
-        for (long long i = xf_tid(); i < n; i += xf_stride()) p[i] = p[i] * a;
+// scale_list sets x = a·x (float product) over every buffer of desc (one list) on the
+// chunks of tasks: gradient clipping and normalisation in one launch.
+extern "C" __global__ void scale_list(const unsigned long long* desc, int nbuf, float a, const int2* tasks) {
+    const list_span sp = list_span_of(tasks, desc + nbuf);
+    float* p = (float*)desc[sp.k] + sp.start;
+    int done = 0;
+    if (aligned16(p)) {
+        float4* p4 = reinterpret_cast<float4*>(p);
+        const int n4 = sp.len >> 2;
+        for (int q0 = threadIdx.x; q0 < n4; q0 += LIST_UNROLL * LIST_THREADS) {
+            float4 v[LIST_UNROLL];
+#pragma unroll
+            for (int u = 0; u < LIST_UNROLL; u++) {
+                const int q = q0 + u * LIST_THREADS;
+                if (q < n4) v[u] = p4[q];
+            }
+#pragma unroll
+            for (int u = 0; u < LIST_UNROLL; u++) {
+                const int q = q0 + u * LIST_THREADS;
+                if (q < n4) p4[q] = make_float4(v[u].x * a, v[u].y * a, v[u].z * a, v[u].w * a);
+            }
+        }
+        done = 4 * n4;
     }
+    for (int e = done + threadIdx.x; e < sp.len; e += LIST_THREADS) p[e] = p[e] * a;
 }
 
 // sum_strided: out[c] = Σ_i in[i·stride + c] for c < k, i < n; one block, each thread a
