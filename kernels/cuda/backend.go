@@ -114,6 +114,7 @@ type lazyKernels struct {
 	fastAttn *attnFastFns
 	lnFast   *lnFastFns
 	flash    *attnFlashFns
+	loss     *lossState
 }
 
 // functions are the kernels looked up after loading the modules.

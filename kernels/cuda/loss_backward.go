@@ -4,9 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
-	"runtime"
-	"sync"
-	"weak"
 
 	"github.com/xform-dev/xform/kernels"
 )
@@ -28,18 +25,14 @@ const (
 
 // lossState is one Backend's setup of ls_loss: how many floats a row may have for
 // ls_loss to stage it in shared memory, fixed when the function's shared memory bound
-// was raised on first use. It lives outside the Backend struct (backend.go), keyed
-// weakly so that a dropped Backend is not kept alive by it.
+// was raised on first use (Backend.lazy.loss).
 type lossState struct{ maxStaged int }
-
-var lossStates sync.Map // weak.Pointer[Backend] → *lossState
 
 // lossSetup returns the Backend's lossState, opting ls_loss in to the device's shared
 // memory bound on the first call. The caller holds the Backend.
 func (be *Backend) lossSetup() *lossState {
-	key := weak.Make(be)
-	if v, ok := lossStates.Load(key); ok {
-		return v.(*lossState)
+	if be.lazy.loss != nil {
+		return be.lazy.loss
 	}
 	optin, err := be.drv.attribute(be.dev, attrMaxSharedPerBlockOptin)
 	if err != nil {
@@ -55,9 +48,7 @@ func (be *Backend) lossSetup() *lossState {
 			funcAttrCarveout, 100)))
 		st.maxStaged = dyn / 4
 	}
-	if _, loaded := lossStates.LoadOrStore(key, st); !loaded {
-		runtime.AddCleanup(be, func(k weak.Pointer[Backend]) { lossStates.Delete(k) }, key)
-	}
+	be.lazy.loss = st
 	return st
 }
 
