@@ -151,8 +151,9 @@ func (be *Backend) launchFastForward(out, q, k, v kernels.View, a kernels.Attent
 	be.run(be.fastFns().fwd[afNC(a.TK)-1], grid, uint32(32*p.warps), uint32(p.shared))
 }
 
-// attentionForwardFast is AttentionForward on attention_fast_fwd; false (nothing done)
-// when the shape is outside the fast kernels.
+// attentionForwardFast is AttentionForward on attention_mma_fwd (tensor cores, where
+// mmaUsable) or attention_fast_fwd; false (nothing done) when the shape is outside the
+// fast kernels.
 func (be *Backend) attentionForwardFast(out, q, k, v kernels.View, a kernels.AttentionArgs, probs, dropMask kernels.Buffer) bool {
 	if !fastAttentionShape(a) {
 		return false
@@ -161,14 +162,18 @@ func (be *Backend) attentionForwardFast(out, q, k, v kernels.View, a kernels.Att
 	checkTrainAttention(a, probs, dropMask)
 	defer be.enter()()
 	padp := be.stagePadding(a)
+	if be.mmaForward(out, q, k, v, a, padp, probs, dropMask) {
+		return true
+	}
 	be.launchFastForward(out, q, k, v, a, 0, padp, addr(probs), addr(dropMask))
 	return true
 }
 
-// attentionBackwardFast is AttentionBackward on attention_fast_bwd, one block per
-// (head, batch); false (nothing done) when the shape is outside the fast kernels or its
-// tiles exceed the device's shared memory (TQ and TK near 128 need the opt-in beyond
-// 48 KiB; much longer query sequences need more than any device has).
+// attentionBackwardFast is AttentionBackward on attention_mma_bwd (tensor cores, where
+// mmaUsable) or attention_fast_bwd, one block per (head, batch); false (nothing done)
+// when the shape is outside the fast kernels or its tiles exceed the device's shared
+// memory (TQ and TK near 128 need the opt-in beyond 48 KiB; much longer query sequences
+// need more than any device has).
 func (be *Backend) attentionBackwardFast(dq, dk, dv, dout, q, k, v kernels.View, a kernels.AttentionArgs, probs, dropMask kernels.Buffer) bool {
 	if !fastAttentionShape(a) {
 		return false
@@ -177,6 +182,9 @@ func (be *Backend) attentionBackwardFast(dq, dk, dv, dout, q, k, v kernels.View,
 	checkTrainAttention(a, probs, dropMask)
 	ldk, shared := afBackwardShared(a)
 	defer be.enter()()
+	if be.mmaBackward(dq, dk, dv, dout, q, k, v, a, probs, dropMask) {
+		return true
+	}
 	f := be.fastFns()
 	nc := afNC(a.TK)
 	if shared > f.optinMax {

@@ -115,6 +115,7 @@ type lazyKernels struct {
 	lnFast   *lnFastFns
 	flash    *attnFlashFns
 	loss     *lossState
+	mma      *attnMMAFns
 }
 
 // functions are the kernels looked up after loading the modules.

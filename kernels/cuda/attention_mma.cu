@@ -1,0 +1,672 @@
+// attention_mma.cu — training attention on the tensor cores (mma.sync m16n8k16, 16-bit
+// operands, fp32 accumulators) for the mixed-precision modes, head dimension 64 and at
+// most 128 keys (the backward also at most 128 query rows): the shape of a Transformer
+// base model's self and cross attention. Other shapes keep attention_fast.cu.
+//
+// Contract of attention_fast.cu (kernels.Trainer AttentionForward/AttentionBackward):
+// probabilities [B, H, TQ, TK] stored in fp32 before the dropout mask multiplies them,
+// out = (P⊙M)·V, gradients accumulated (+=), an all-masked row gives NaN probabilities,
+// a NaN output row and NaN gradients (its dq row, the dk and dv of every key of its
+// (b, h)), as the CPU does. What changes is where operands are rounded to 16 bits
+// (bf16 or IEEE half, the backend's precision) — the places torch.autocast with
+// scaled_dot_product_attention rounds them:
+//   forward:  S = round(q·scale)·round(k)ᵀ, softmax in fp32 (expf, as attention_fast),
+//             out = round(P⊙M)·round(v);
+//   backward: dP = round(dout)·round(v)ᵀ, then in fp32 dp = dP⊙M,
+//             dot_i = Σ_j dp_ij·p_ij, ds = p⊙(dp − dot) (0 where p = 0),
+//             dq += scale·round(ds)·round(k), dk += round(ds)ᵀ·round(q·scale),
+//             dv += round(P⊙M)ᵀ·round(dout).
+// q·scale is the fp32 product (as the CPU scales the query) then rounded; for the usual
+// power-of-two scale (1/8 at head dimension 64) that is round(q)·scale exactly, which is
+// what SDPA computes. Rounding is to nearest even (am_pack). Every product of two 16-bit
+// values is exact in fp32, so the only other error is the fp32 accumulation inside the
+// tensor cores.
+//
+// Fragments (PTX ISA, mma.m16n8k16 with .bf16/.f16): lane l, g = l/4, t = l%4.
+//   A (16×16, row): reg0 = A[g][2t..2t+1], reg1 = A[g+8][2t..], reg2 = A[g][2t+8..],
+//                   reg3 = A[g+8][2t+8..] (two 16-bit values, the lower column in the
+//                   low half).
+//   B (16×8, col):  reg0 = B[2t..2t+1][g], reg1 = B[2t+8..2t+9][g].
+//   C (16×8, fp32): c0, c1 = C[g][2t], C[g][2t+1]; c2, c3 = C[g+8][2t], C[g+8][2t+1].
+// Two C tiles side by side (columns 0–7, 8–15) hold exactly an A fragment's elements
+// (FlashAttention-2's trick), so P and dS go from the accumulators to the next product
+// without shared memory. Everything else is loaded with ldmatrix (m8n8, x4): lane l
+// gives the address of row l%8 of matrix l/8; without .trans, matrix m lands in reg m
+// as (row g, columns 2t, 2t+1), with .trans as (rows 2t, 2t+1, column g). One address
+// formula (am_at) serves every use here: for a 16×16 block at
+// (r0, c0) of a row-major tile, lane l points at row r0 + l%16, column c0 + 8·(l/16),
+// so reg0…reg3 are the blocks (+0,+0), (+8,+0), (+0,+8), (+8,+8). That is the A order
+// without .trans; with .trans, read as the transpose, it is the B pair of two n-tiles
+// (reg0, reg1: columns c0…c0+7; reg2, reg3: columns c0+8…) and, for an A operand kept
+// transposed (dSᵀ, (P⊙M)ᵀ stored [i][j]), the A order with the roles of reg1 and reg2
+// swapped, which am_ldm_at handles.
+//
+// Shared tiles are 16-bit. [rows][64] tiles have a row stride of AM_LD = 72 elements (144
+// bytes: the 8 rows of an ldmatrix matrix fall on 8 distinct 16-byte bank groups);
+// [TQp][TKp] tiles (backward dS, P⊙M) have TKp + 8 (16·odd bytes, the same property).
+// TQp, TKp: TQ, TK rounded up to 16; rows and columns beyond TQ, TK are zeros, so the
+// padding adds nothing (a NaN probability only ever sits in a real row and column).
+//
+// The precision is a kernel argument (half: IEEE half, else bf16), a uniform branch at
+// each mma and conversion, rather than a template argument: one instantiation per
+// MAXNT instead of two halves the compile time (8 s → 4.4 s for this program).
+//
+// The arithmetic needs sm_80 (mma with bf16/f16 at k16, cvt to bf16x2). Below that the
+// kernels compile to nothing and the launch code never selects them (attention_mma.go).
+#include "xform.cuh"
+
+#define AM_D 64        // head dimension
+#define AM_LD 72       // row stride (16-bit elements) of a [rows][AM_D] tile
+#define AM_THREADS 256 // at most 8 warps per block
+
+// am_pack is a register of two 16-bit values, lo in the low half (the lower column),
+// each rounded to nearest even by the hardware converter (cvt.rn, sm_80): IEEE rounding
+// as cast.cu's xf_f32_to_bf16 / xf_f32_to_f16, fp16 subnormals kept and magnitudes from
+// 65520 up giving ±Inf, so the same values for every input but NaN, which stays a NaN
+// (its payload may differ). TestAttentionMMARounding compares the two bit for bit on
+// the GPU. The software functions cost ~15 instructions per element in fp16 and made
+// this program take 40 s to compile.
+__device__ __forceinline__ unsigned am_pack(bool kHalf, float lo, float hi) {
+    unsigned r = 0u;
+#if __CUDA_ARCH__ >= 800
+    if (kHalf) {
+        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    } else {
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    }
+#endif
+    return r;
+}
+
+// c += A·B on one m16n8k16 tile.
+__device__ __forceinline__ void am_mma(bool kHalf, float (&c)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                       unsigned b0, unsigned b1) {
+#if __CUDA_ARCH__ >= 800
+    if (kHalf) {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    } else {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    }
+#endif
+}
+
+// The ldmatrix loads. "memory": they read shared memory that plain stores wrote before
+// a barrier, and must not move above either.
+__device__ __forceinline__ void am_ldm(unsigned (&r)[4], const unsigned short* p) {
+#if __CUDA_ARCH__ >= 800
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a)
+                 : "memory");
+#else
+    r[0] = r[1] = r[2] = r[3] = 0u;
+#endif
+}
+
+__device__ __forceinline__ void am_ldm_t(unsigned (&r)[4], const unsigned short* p) {
+#if __CUDA_ARCH__ >= 800
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a)
+                 : "memory");
+#else
+    r[0] = r[1] = r[2] = r[3] = 0u;
+#endif
+}
+
+// am_at is this lane's address for the 16×16 block at (r0, c0) of a row-major tile with
+// row stride ld (see the top of the file).
+__device__ __forceinline__ const unsigned short* am_at(const unsigned short* tile, int ld, int r0, int c0) {
+    const int l = threadIdx.x & 31;
+    return tile + (r0 + (l & 15)) * ld + c0 + 8 * (l >> 4);
+}
+
+// am_ldm_a loads the A fragment of the 16×16 block (r0, c0) of a row-major tile.
+__device__ __forceinline__ void am_ldm_a(unsigned (&a)[4], const unsigned short* tile, int ld, int r0, int c0) {
+    am_ldm(a, am_at(tile, ld, r0, c0));
+}
+
+// am_ldm_at loads the A fragment of the block (m0, k0) of Zᵀ, where Z is stored
+// row-major as [k][m] (block (k0, m0) of the tile): with .trans, reg1 holds the block
+// (k0 + 8, m0) = A rows m0…m0+7, columns k0+8…, which is the A operand's reg2, and reg2
+// the block (k0, m0 + 8), the A operand's reg1.
+__device__ __forceinline__ void am_ldm_at(unsigned (&a)[4], const unsigned short* tile, int ld, int k0, int m0) {
+    unsigned r[4];
+    am_ldm_t(r, am_at(tile, ld, k0, m0));
+    a[0] = r[0];
+    a[1] = r[2];
+    a[2] = r[1];
+    a[3] = r[3];
+}
+
+// am_ldm_b loads, for B = the 16×16 block (k0, n0) of a row-major [k][n] tile, the B
+// fragments of the n-tiles n0 (b[0], b[1]) and n0 + 8 (b[2], b[3]).
+__device__ __forceinline__ void am_ldm_b(unsigned (&b)[4], const unsigned short* tile, int ld, int k0, int n0) {
+    am_ldm_t(b, am_at(tile, ld, k0, n0));
+}
+
+// am_ldm_bt loads the same for B = Yᵀ with Y stored row-major as [n][k] (K for the
+// scores, V for dP): without .trans, reg0…reg3 are the blocks (n0, k0), (n0+8, k0),
+// (n0, k0+8), (n0+8, k0+8) of Y, i.e. (k0, n0), (k0, n0+8), (k0+8, n0), (k0+8, n0+8)
+// of B.
+__device__ __forceinline__ void am_ldm_bt(unsigned (&b)[4], const unsigned short* tile, int ld, int n0, int k0) {
+    unsigned r[4];
+    am_ldm(r, am_at(tile, ld, n0, k0));
+    b[0] = r[0];
+    b[1] = r[2];
+    b[2] = r[1];
+    b[3] = r[3];
+}
+
+// One [rows][AM_D] fp32 matrix (global, row stride rs) to stage as a 16-bit tile with
+// rowsPad ≥ rows rows (the rest zeros), times s when scaled.
+struct AmSrc {
+    const float* src;
+    long long rs;
+    int rows, rowsPad;
+    int dst;  // offset of the tile in the block's shared memory, 16-bit elements
+    float s;
+    bool scaled;
+};
+
+// am_stage copies NA matrices into shared memory with the whole block, 16 float4 per
+// row, up to AM_U loads of a thread in flight before their stores: the tiles are a few
+// KiB each, so the time is load latency. Rows with a 16-byte aligned start take float4
+// loads, others four scalar ones (same values).
+#define AM_U 8
+template <int NA>
+__device__ __forceinline__ void am_stage(bool kHalf, unsigned short* smem, const AmSrc (&m)[NA]) {
+    int tot = 0;
+    bool vec = true;
+#pragma unroll
+    for (int a = 0; a < NA; a++) {
+        tot += m[a].rowsPad * 16;
+        const unsigned long long bits = reinterpret_cast<unsigned long long>(m[a].src) | (unsigned long long)(m[a].rs * 4);
+        vec = vec && (bits & 15ull) == 0;
+    }
+    const int nt = blockDim.x;
+    for (int e0 = threadIdx.x; e0 < tot; e0 += AM_U * nt) {
+        float4 x[AM_U];
+        int d[AM_U];  // where x[u] goes (shared offset); −1 past the end
+#pragma unroll
+        for (int u = 0; u < AM_U; u++) {
+            int e = e0 + u * nt;
+            x[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            d[u] = -1;
+            const float* p = nullptr;
+            float s = 1.0f;
+            bool scaled = false;
+            if (e < tot) {
+#pragma unroll
+                for (int a = 0; a < NA; a++) {
+                    const int n = m[a].rowsPad * 16;
+                    if (e >= 0 && e < n) {
+                        const int r = e >> 4, c = e & 15;
+                        d[u] = m[a].dst + r * AM_LD + 4 * c;
+                        if (r < m[a].rows) p = m[a].src + (long long)r * m[a].rs + 4 * c;
+                        s = m[a].s;
+                        scaled = m[a].scaled;
+                    }
+                    e -= n;
+                }
+            }
+            if (p) {
+                float4 y = vec ? __ldg(reinterpret_cast<const float4*>(p))
+                               : make_float4(__ldg(p), __ldg(p + 1), __ldg(p + 2), __ldg(p + 3));
+                if (scaled) {
+                    y.x = y.x * s;
+                    y.y = y.y * s;
+                    y.z = y.z * s;
+                    y.w = y.w * s;
+                }
+                x[u] = y;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < AM_U; u++) {
+            if (d[u] >= 0) {
+                uint2 o;
+                o.x = am_pack(kHalf, x[u].x, x[u].y);
+                o.y = am_pack(kHalf, x[u].z, x[u].w);
+                *reinterpret_cast<uint2*>(smem + d[u]) = o;
+            }
+        }
+    }
+}
+
+// am_quad_max and am_quad_sum reduce over the 4 lanes of a quad (one row of a C tile).
+// fmaxf drops a NaN operand, like the CPU's running "if s > m".
+__device__ __forceinline__ float am_quad_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+
+__device__ __forceinline__ float am_quad_sum(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// am_add_rows adds s·acc (C layout: 16 rows from r0, AM_D columns as 8 n-tiles) into the
+// rows r0 + … < n of a global matrix g (row stride rs). Every load before any store, as
+// attention_fast.cu's af_add_rows; pairs as float2 when g and rs allow it (vec2).
+__device__ __forceinline__ void am_add_rows(float* g, long long rs, int r0, int n, const float (&acc)[8][4], float s,
+                                            bool vec2) {
+    const int l = threadIdx.x & 31, gr = l >> 2, t = l & 3;
+    float2 old[8][2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int r = r0 + gr + 8 * h;
+#pragma unroll
+        for (int nn = 0; nn < 8; nn++) {
+            old[nn][h] = make_float2(0.0f, 0.0f);
+            if (r < n) {
+                const float* p = g + (long long)r * rs + 8 * nn + 2 * t;
+                old[nn][h] = vec2 ? *reinterpret_cast<const float2*>(p) : make_float2(p[0], p[1]);
+            }
+        }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int r = r0 + gr + 8 * h;
+        if (r < n) {
+#pragma unroll
+            for (int nn = 0; nn < 8; nn++) {
+                float* p = g + (long long)r * rs + 8 * nn + 2 * t;
+                const float2 y = make_float2(old[nn][h].x + acc[nn][2 * h] * s, old[nn][h].y + acc[nn][2 * h + 1] * s);
+                if (vec2) {
+                    *reinterpret_cast<float2*>(p) = y;
+                } else {
+                    p[0] = y.x;
+                    p[1] = y.y;
+                }
+            }
+        }
+    }
+}
+
+__device__ __forceinline__ bool am_vec2(const float* p, long long bs, long long rs) {
+    return ((reinterpret_cast<unsigned long long>(p) & 7ull) | (unsigned long long)(bs & 1) |
+            (unsigned long long)(rs & 1)) == 0;
+}
+
+// ---------------------------------------------------------------------------------------
+// Forward: block (x, h, b) of W warps takes query rows [x·16W, (x+1)·16W), warp w the 16
+// rows from i0 = x·16W + 16w. NT = TKp/16 key blocks, at most MAXNT (a template argument,
+// so the score tiles are register arrays; blocks past NT are skipped by uniform branches).
+// Shared memory (16-bit): Q [16W][AM_LD] (scaled), K [TKp][AM_LD], V [TKp][AM_LD], then
+// TKp bytes of key padding flags.
+//  1. staging by the block; scores S[16][TKp] = Q·Kᵀ per warp (K rows as B columns).
+//  2. mask, softmax per row (quad shuffles: the 4 lanes of a quad hold one row of every
+//     C tile), probabilities stored (fp32), multiplied by the dropout mask.
+//  3. out[16][64] = round(P⊙M)·V, P⊙M from the registers, V by ldmatrix.trans.
+// This lane's element (n, e) of a [16][·] C-tile row block is row gr + 8·(e/2), column
+// 8n + 2t + e%2.
+// ---------------------------------------------------------------------------------------
+template <int MAXNT>
+__device__ __forceinline__ void am_fwd(bool kHalf, float* out, long long oBS, long long oRS, const float* q,
+                                       long long qBS, long long qRS, const float* k, long long kBS, long long kRS,
+                                       const float* v, long long vBS, long long vRS, int H, int TQ, int TK, float scale,
+                                       const unsigned char* pad, long long padStride, int causal, int queryOffset,
+                                       float* probs, const float* dropMask) {
+    extern __shared__ uint4 am_smem4[];
+    const int NT = (TK + 15) >> 4, TKp = 16 * NT;
+    const int nw = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int gr = lane >> 2, t = lane & 3;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int rowsQ = 16 * nw, tile0 = blockIdx.x * rowsQ;
+    unsigned short* Qs = reinterpret_cast<unsigned short*>(am_smem4);
+    unsigned short* Ks = Qs + rowsQ * AM_LD;
+    unsigned short* Vs = Ks + TKp * AM_LD;
+    unsigned char* padded = reinterpret_cast<unsigned char*>(Vs + TKp * AM_LD);
+    const long long hD = (long long)h * AM_D;
+
+    {
+        const AmSrc m[3] = {
+            {q + (long long)b * qBS + (long long)tile0 * qRS + hD, qRS, min(rowsQ, TQ - tile0), rowsQ, 0, scale, true},
+            {k + (long long)b * kBS + hD, kRS, TK, TKp, (int)(Ks - Qs), 1.0f, false},
+            {v + (long long)b * vBS + hD, vRS, TK, TKp, (int)(Vs - Qs), 1.0f, false},
+        };
+        am_stage<3>(kHalf, Qs, m);
+        const unsigned char* pr = pad ? pad + (long long)b * padStride : nullptr;
+        for (int j = threadIdx.x; j < TK; j += blockDim.x) padded[j] = (pr && __ldg(pr + j) != 0) ? 1 : 0;
+    }
+    __syncthreads();
+    const int i0 = tile0 + 16 * warp;
+    if (i0 >= TQ) return;  // uniform over the warp; no barrier follows
+
+    // 1. scores
+    float s[2 * MAXNT][4];
+#pragma unroll
+    for (int n = 0; n < 2 * MAXNT; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+    {
+        unsigned a[4][4];
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) am_ldm_a(a[kk], Qs, AM_LD, 16 * warp, 16 * kk);
+#pragma unroll
+        for (int jj = 0; jj < MAXNT; jj++) {
+            if (jj < NT) {
+#pragma unroll
+                for (int kk = 0; kk < 4; kk++) {
+                    unsigned bb[4];
+                    am_ldm_bt(bb, Ks, AM_LD, 16 * jj, 16 * kk);
+                    am_mma(kHalf, s[2 * jj], a[kk][0], a[kk][1], a[kk][2], a[kk][3], bb[0], bb[1]);
+                    am_mma(kHalf, s[2 * jj + 1], a[kk][0], a[kk][1], a[kk][2], a[kk][3], bb[2], bb[3]);
+                }
+            }
+        }
+    }
+
+    // The dropout mask of this lane's elements, loaded before the softmax so that the
+    // loads overlap its shuffles.
+    const long long rowOff = (((long long)b * H + h) * TQ + i0 + gr) * TK;  // row i0 + gr
+    const long long rowOff8 = rowOff + 8ll * TK;                            // row i0 + gr + 8
+    const bool in0 = i0 + gr < TQ, in8 = i0 + gr + 8 < TQ;
+    float dm[2 * MAXNT][4];
+#pragma unroll
+    for (int n = 0; n < 2 * MAXNT; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int j = 8 * n + 2 * t + (e & 1);
+            const bool in = (e < 2 ? in0 : in8) && j < TK;
+            dm[n][e] = (dropMask && in) ? __ldg(dropMask + (e < 2 ? rowOff : rowOff8) + j) : 1.0f;
+        }
+
+    // 2. softmax of rows i0 + gr (e = 0, 1) and i0 + gr + 8 (e = 2, 3); s becomes the
+    // probabilities after dropout, 0 past TK.
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+        const int i = i0 + gr + 8 * hh;
+        const int last = causal ? min(TK - 1, i + queryOffset) : TK - 1;
+        float m = -XF_INF;
+#pragma unroll
+        for (int n = 0; n < 2 * MAXNT; n++)
+#pragma unroll
+            for (int e = 2 * hh; e < 2 * hh + 2; e++) {
+                const int j = 8 * n + 2 * t + (e & 1);
+                const bool keep = j <= last && !padded[j];
+                s[n][e] = keep ? s[n][e] : -XF_INF;
+                m = fmaxf(m, s[n][e]);
+            }
+        m = am_quad_max(m);
+        float sum = 0.0f;
+#pragma unroll
+        for (int n = 0; n < 2 * MAXNT; n++)
+#pragma unroll
+            for (int e = 2 * hh; e < 2 * hh + 2; e++) {
+                float x = expf(s[n][e] - m);  // masked keys: exp(−inf) = 0
+                if (m == -XF_INF) x = __int_as_float(0x7fc00000);  // all masked: NaN, as the CPU
+                s[n][e] = x;
+                sum += x;
+            }
+        const float inv = 1.0f / am_quad_sum(sum);
+        const bool in = hh == 0 ? in0 : in8;
+        float* pr = probs + (hh == 0 ? rowOff : rowOff8);
+#pragma unroll
+        for (int n = 0; n < 2 * MAXNT; n++)
+#pragma unroll
+            for (int e = 2 * hh; e < 2 * hh + 2; e++) {
+                const int j = 8 * n + 2 * t + (e & 1);
+                float p = 0.0f;
+                if (j < TK) {
+                    p = s[n][e] * inv;
+                    if (in) pr[j] = p;
+                    if (dropMask) p = p * dm[n][e];
+                }
+                s[n][e] = p;
+            }
+    }
+
+    // 3. out = round(P⊙M)·V
+    float o[8][4];
+#pragma unroll
+    for (int n = 0; n < 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < MAXNT; kk++) {
+        if (kk < NT) {
+            const unsigned a0 = am_pack(kHalf, s[2 * kk][0], s[2 * kk][1]);
+            const unsigned a1 = am_pack(kHalf, s[2 * kk][2], s[2 * kk][3]);
+            const unsigned a2 = am_pack(kHalf, s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            const unsigned a3 = am_pack(kHalf, s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+            for (int dd = 0; dd < 4; dd++) {
+                unsigned bb[4];
+                am_ldm_b(bb, Vs, AM_LD, 16 * kk, 16 * dd);
+                am_mma(kHalf, o[2 * dd], a0, a1, a2, a3, bb[0], bb[1]);
+                am_mma(kHalf, o[2 * dd + 1], a0, a1, a2, a3, bb[2], bb[3]);
+            }
+        }
+    }
+    float* ob = out + (long long)b * oBS + hD;
+    const bool vec2 = am_vec2(out, oBS, oRS);
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+        const int i = i0 + gr + 8 * hh;
+        if (i < TQ) {
+            float* row = ob + (long long)i * oRS + 2 * t;
+#pragma unroll
+            for (int n = 0; n < 8; n++) {
+                if (vec2) {
+                    *reinterpret_cast<float2*>(row + 8 * n) = make_float2(o[n][2 * hh], o[n][2 * hh + 1]);
+                } else {
+                    row[8 * n] = o[n][2 * hh];
+                    row[8 * n + 1] = o[n][2 * hh + 1];
+                }
+            }
+        }
+    }
+}
+
+#define AM_FWD(MAXNT)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(128) attention_mma_fwd##MAXNT(                                   \
+        float* out, long long oBS, long long oRS, const float* q, long long qBS, long long qRS, const float* k,   \
+        long long kBS, long long kRS, const float* v, long long vBS, long long vRS, int H, int TQ, int TK,        \
+        float scale, const unsigned char* pad, long long padStride, int causal, int queryOffset, float* probs,    \
+        const float* dropMask, int half) {                                                                        \
+        am_fwd<MAXNT>(half != 0, out, oBS, oRS, q, qBS, qRS, k, kBS, kRS, v, vBS, vRS, H, TQ, TK, scale, pad,     \
+                      padStride, causal, queryOffset, probs, dropMask);                                           \
+    }
+AM_FWD(4)
+AM_FWD(8)
+
+// ---------------------------------------------------------------------------------------
+// Backward: one block per (h, b) = (blockIdx.y, blockIdx.z), since dk and dv sum over
+// every query row (no atomics: the same result every run). TQ, TK ≤ 128; MT = TQp/16
+// query blocks, NT = TKp/16 ≤ MAXNT key blocks.
+// Shared memory (16-bit): Qs [TQp][AM_LD] (scaled), K [TKp][AM_LD], V [TKp][AM_LD],
+// dO [TQp][AM_LD], dS [TQp][LDZ], PM [TQp][LDZ] (P⊙M), LDZ = TKp + 8.
+//  A. per query block (a warp each, in turn): dP = dO·Vᵀ in C tiles; with p and m from
+//     global memory (this lane's elements), dp = dP·m, dot (quad shuffles), ds; ds and
+//     p·m rounded into dS and PM; dq += scale·round(ds)·K (ds from the registers, K by
+//     ldmatrix.trans).
+//  B. after a barrier, per (key block, dk or dv) (a warp each, in turn): dv = PMᵀ·dO or
+//     dk = dSᵀ·Qs over the query blocks (both operands by ldmatrix.trans).
+// Blocks write disjoint rows and columns (their batch and head); dq, dk, dv may be
+// column views of one buffer.
+// ---------------------------------------------------------------------------------------
+template <int MAXNT>
+__device__ __forceinline__ void am_bwd(bool kHalf, float* dq, long long dqBS, long long dqRS, float* dk,
+                                       long long dkBS, long long dkRS, float* dv, long long dvBS, long long dvRS,
+                                       const float* dout, long long doBS, long long doRS, const float* q, long long qBS,
+                                       long long qRS, const float* k, long long kBS, long long kRS, const float* v,
+                                       long long vBS, long long vRS, const float* probs, const float* mask, int H,
+                                       int TQ, int TK, float scale) {
+    extern __shared__ uint4 am_smem4[];
+    const int NT = (TK + 15) >> 4, TKp = 16 * NT, LDZ = TKp + 8;
+    const int nw = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int gr = lane >> 2, t = lane & 3;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int TQp = (TQ + 15) & ~15, MT = TQp >> 4;
+    unsigned short* Qs = reinterpret_cast<unsigned short*>(am_smem4);
+    unsigned short* Ks = Qs + TQp * AM_LD;
+    unsigned short* Vs = Ks + TKp * AM_LD;
+    unsigned short* Os = Vs + TKp * AM_LD;
+    unsigned short* dS = Os + TQp * AM_LD;
+    unsigned short* PM = dS + TQp * LDZ;
+    const long long hD = (long long)h * AM_D;
+    const long long pbase = (((long long)b * H + h) * TQ) * TK;
+    const float* P = probs + pbase;
+    const float* Mk = mask ? mask + pbase : nullptr;
+
+    {
+        const AmSrc m[4] = {
+            {q + (long long)b * qBS + hD, qRS, TQ, TQp, 0, scale, true},
+            {k + (long long)b * kBS + hD, kRS, TK, TKp, (int)(Ks - Qs), 1.0f, false},
+            {v + (long long)b * vBS + hD, vRS, TK, TKp, (int)(Vs - Qs), 1.0f, false},
+            {dout + (long long)b * doBS + hD, doRS, TQ, TQp, (int)(Os - Qs), 1.0f, false},
+        };
+        am_stage<4>(kHalf, Qs, m);
+    }
+    __syncthreads();
+
+    // A. ds, p·m and dq per query block
+    float* dqb = dq + (long long)b * dqBS + hD;
+    const bool dqVec = am_vec2(dq, dqBS, dqRS);
+    for (int qb = warp; qb < MT; qb += nw) {
+        const int i0 = 16 * qb;
+        float dp[2 * MAXNT][4];
+#pragma unroll
+        for (int n = 0; n < 2 * MAXNT; n++) dp[n][0] = dp[n][1] = dp[n][2] = dp[n][3] = 0.0f;
+        {
+            unsigned a[4][4];
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++) am_ldm_a(a[kk], Os, AM_LD, i0, 16 * kk);
+#pragma unroll
+            for (int jj = 0; jj < MAXNT; jj++) {
+                if (jj < NT) {
+#pragma unroll
+                    for (int kk = 0; kk < 4; kk++) {
+                        unsigned bb[4];
+                        am_ldm_bt(bb, Vs, AM_LD, 16 * jj, 16 * kk);
+                        am_mma(kHalf, dp[2 * jj], a[kk][0], a[kk][1], a[kk][2], a[kk][3], bb[0], bb[1]);
+                        am_mma(kHalf, dp[2 * jj + 1], a[kk][0], a[kk][1], a[kk][2], a[kk][3], bb[2], bb[3]);
+                    }
+                }
+            }
+        }
+        // This lane's p and m (row i0 + gr + 8·(e/2), key 8n + 2t + e%2; 0 and 1 outside
+        // TQ × TK) are read twice, for the dot and for ds, rather than held: 16·MAXNT
+        // registers more would halve the blocks per SM. The second read hits L1.
+        // Zero probabilities (masked keys, padding) leave ds = 0 and stay out of the dot,
+        // as the CPU skips them.
+        const float* Pr = P + (long long)(i0 + gr) * TK;
+        const float* Mr = Mk ? Mk + (long long)(i0 + gr) * TK : nullptr;
+        const bool in0 = i0 + gr < TQ, in8 = i0 + gr + 8 < TQ;
+        float dot[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int n = 0; n < 2 * MAXNT; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int j = 8 * n + 2 * t + (e & 1);
+                const long long off = (e < 2 ? 0ll : 8ll * TK) + j;
+                if ((e < 2 ? in0 : in8) && j < TK) {
+                    const float pv = __ldg(Pr + off);
+                    if (Mr) dp[n][e] = dp[n][e] * __ldg(Mr + off);
+                    if (pv != 0.0f) dot[e >> 1] = fmaf(dp[n][e], pv, dot[e >> 1]);
+                }
+            }
+        dot[0] = am_quad_sum(dot[0]);
+        dot[1] = am_quad_sum(dot[1]);
+        unsigned dsr[2 * MAXNT][2];  // ds rounded, as pairs: [n][0] row gr, [n][1] row gr + 8
+#pragma unroll
+        for (int n = 0; n < 2 * MAXNT; n++) {
+            float d4[4], pm[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int j = 8 * n + 2 * t + (e & 1);
+                const long long off = (e < 2 ? 0ll : 8ll * TK) + j;
+                float pv = 0.0f, mv = 1.0f;
+                if ((e < 2 ? in0 : in8) && j < TK) {
+                    pv = __ldg(Pr + off);
+                    if (Mr) mv = __ldg(Mr + off);
+                }
+                d4[e] = pv != 0.0f ? pv * (dp[n][e] - dot[e >> 1]) : 0.0f;
+                pm[e] = Mr ? pv * mv : pv;
+            }
+            dsr[n][0] = am_pack(kHalf, d4[0], d4[1]);
+            dsr[n][1] = am_pack(kHalf, d4[2], d4[3]);
+            if (n < 2 * NT) {
+                const int c = 8 * n + 2 * t, r = i0 + gr;
+                *reinterpret_cast<unsigned*>(dS + r * LDZ + c) = dsr[n][0];
+                *reinterpret_cast<unsigned*>(dS + (r + 8) * LDZ + c) = dsr[n][1];
+                *reinterpret_cast<unsigned*>(PM + r * LDZ + c) = am_pack(kHalf, pm[0], pm[1]);
+                *reinterpret_cast<unsigned*>(PM + (r + 8) * LDZ + c) = am_pack(kHalf, pm[2], pm[3]);
+            }
+        }
+        // dq += scale·round(ds)·K
+        float acc[8][4];
+#pragma unroll
+        for (int n = 0; n < 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < MAXNT; kk++) {
+            if (kk < NT) {
+#pragma unroll
+                for (int dd = 0; dd < 4; dd++) {
+                    unsigned bb[4];
+                    am_ldm_b(bb, Ks, AM_LD, 16 * kk, 16 * dd);
+                    am_mma(kHalf, acc[2 * dd], dsr[2 * kk][0], dsr[2 * kk][1], dsr[2 * kk + 1][0],
+                                  dsr[2 * kk + 1][1], bb[0], bb[1]);
+                    am_mma(kHalf, acc[2 * dd + 1], dsr[2 * kk][0], dsr[2 * kk][1], dsr[2 * kk + 1][0],
+                                  dsr[2 * kk + 1][1], bb[2], bb[3]);
+                }
+            }
+        }
+        am_add_rows(dqb, dqRS, i0, TQ, acc, scale, dqVec);
+    }
+    __syncthreads();  // dS and PM complete
+
+    // B. dv = PMᵀ·dO and dk = dSᵀ·Qs per key block
+    for (int w = warp; w < 2 * NT; w += nw) {
+        const int j0 = 16 * (w >> 1);
+        const bool isK = (w & 1) != 0;
+        const unsigned short* Z = isK ? dS : PM;
+        const unsigned short* Y = isK ? Qs : Os;
+        float acc[8][4];
+#pragma unroll
+        for (int n = 0; n < 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+        for (int ib = 0; ib < MT; ib++) {
+            unsigned a[4];
+            am_ldm_at(a, Z, LDZ, 16 * ib, j0);
+#pragma unroll
+            for (int dd = 0; dd < 4; dd++) {
+                unsigned bb[4];
+                am_ldm_b(bb, Y, AM_LD, 16 * ib, 16 * dd);
+                am_mma(kHalf, acc[2 * dd], a[0], a[1], a[2], a[3], bb[0], bb[1]);
+                am_mma(kHalf, acc[2 * dd + 1], a[0], a[1], a[2], a[3], bb[2], bb[3]);
+            }
+        }
+        if (isK) {
+            am_add_rows(dk + (long long)b * dkBS + hD, dkRS, j0, TK, acc, 1.0f, am_vec2(dk, dkBS, dkRS));
+        } else {
+            am_add_rows(dv + (long long)b * dvBS + hD, dvRS, j0, TK, acc, 1.0f, am_vec2(dv, dvBS, dvRS));
+        }
+    }
+}
+
+#define AM_BWD(MAXNT)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(AM_THREADS) attention_mma_bwd##MAXNT(                            \
+        float* dq, long long dqBS, long long dqRS, float* dk, long long dkBS, long long dkRS, float* dv,          \
+        long long dvBS, long long dvRS, const float* dout, long long doBS, long long doRS, const float* q,       \
+        long long qBS, long long qRS, const float* k, long long kBS, long long kRS, const float* v,              \
+        long long vBS, long long vRS, const float* probs, const float* mask, int H, int TQ, int TK, float scale, \
+        int half) {                                                                                               \
+        am_bwd<MAXNT>(half != 0, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, dout, doBS, doRS, q, qBS, qRS,   \
+                      k, kBS, kRS, v, vBS, vRS, probs, mask, H, TQ, TK, scale);                                   \
+    }
+AM_BWD(4)
+AM_BWD(8)
+
+// attention_mma_round packs pairs of floats as the kernels above round their operands
+// (y[i] = x[2i] in the low half, x[2i+1] in the high half), for TestAttentionMMARounding.
+extern "C" __global__ void attention_mma_round(unsigned* y, const float* x, long long pairs, int half) {
+    for (long long i = xf_tid(); i < pairs; i += xf_stride()) {
+        y[i] = half ? am_pack(true, x[2 * i], x[2 * i + 1]) : am_pack(false, x[2 * i], x[2 * i + 1]);
+    }
+}

@@ -1,0 +1,175 @@
+package cuda
+
+import (
+	"fmt"
+
+	"github.com/xform-dev/xform/kernels"
+)
+
+// The tensor-core attention kernels (attention_mma.cu) take the 16-bit modes' training
+// attention (AttentionForward, AttentionBackward with stored probabilities) where it
+// has the Transformer base shape: head dimension 64, at most 128 keys (and, for the
+// backward, 128 query rows), on sm_80 and newer. They round q·scale, k, v, dout, P⊙M and
+// dS to the backend's 16-bit type and multiply them on the tensor cores with fp32
+// accumulation, as torch.autocast with SDPA does, where the float kernels
+// (attention_fast.go) keep every operand in fp32. Other shapes and older devices keep
+// the float kernels; Backend.lazy.mma.off (tests) forces them.
+const (
+	amDim      = 64  // AM_D: the head dimension the kernels take
+	amLD       = 72  // AM_LD: row stride, 16-bit elements, of a [rows][64] shared tile
+	amMaxKeys  = 128 // 8 key blocks of 16 (MAXNT 8)
+	amMaxRows  = 128 // the backward keeps every query row of a (b, h) in shared memory
+	amFwdWarps = 4   // the forward's block: up to 64 query rows (__launch_bounds__(128))
+	amBwdWarps = 8   // AM_THREADS / 32
+)
+
+// amKernels are the kernel names: forward and backward for MAXNT 4 (TK ≤ 64) and 8, and
+// the rounding check of TestAttentionMMARounding.
+var amKernels = [...]string{"attention_mma_fwd4", "attention_mma_fwd8", "attention_mma_bwd4", "attention_mma_bwd8", "attention_mma_round"}
+
+// attnMMAFns are one Backend's tensor-core kernels (lazyKernels) and the test switch.
+type attnMMAFns struct {
+	fwd, bwd  [2]uintptr // by MAXNT: 4, 8
+	round     uintptr
+	optinMax  int    // the device's bound on dynamic shared memory per block, opted in
+	bwdShared [2]int // dynamic shared memory each backward kernel is allowed beyond afShared
+	ok        bool   // sm_80 or newer
+	off       bool   // tests: keep the float kernels
+}
+
+// mmaFns returns the tensor-core kernel set, looked up on first use. The caller holds
+// the Backend (enter).
+func (be *Backend) mmaFns() *attnMMAFns {
+	if f := be.lazy.mma; f != nil {
+		return f
+	}
+	f := &attnMMAFns{
+		fwd:   [2]uintptr{be.kernel(amKernels[0]), be.kernel(amKernels[1])},
+		bwd:   [2]uintptr{be.kernel(amKernels[2]), be.kernel(amKernels[3])},
+		round: be.kernel(amKernels[4]),
+		ok:    be.info.Major >= 8,
+	}
+	optin, err := be.drv.attribute(be.dev, attrMaxSharedPerBlockOptin)
+	if err != nil {
+		panic(fmt.Errorf("cuda: shared memory bound of the device: %w", err))
+	}
+	f.optinMax = max(optin, afShared)
+	be.lazy.mma = f
+	return f
+}
+
+// setMMAOff switches the tensor-core kernels off (tests compare them with the float
+// kernels) and returns the previous setting.
+func (be *Backend) setMMAOff(off bool) bool {
+	defer be.enter()()
+	f := be.mmaFns()
+	old := f.off
+	f.off = off
+	return old
+}
+
+// mmaShape says whether the tensor-core kernels take a call of this shape: head
+// dimension 64, 1…128 keys; backward also 1…128 query rows. (Batch and heads are the
+// grid's z and y: fastAttentionShape has bounded them.)
+func mmaShape(a kernels.AttentionArgs, backward bool) bool {
+	return a.HeadDim == amDim && a.TK >= 1 && a.TK <= amMaxKeys && a.TQ >= 1 &&
+		(!backward || a.TQ <= amMaxRows) && a.Batch >= 1 && a.Heads >= 1
+}
+
+// amBlocks16 is the number of 16-row blocks of n rows.
+func amBlocks16(n int) int { return (n + 15) / 16 }
+
+// amVariant is the kernel index by key blocks: 0 for MAXNT 4 (TK ≤ 64), 1 for 8.
+func amVariant(tk int) int {
+	if amBlocks16(tk) <= 4 {
+		return 0
+	}
+	return 1
+}
+
+// amForwardPlan is a launch of attention_mma_fwd: tiles × Heads × Batch blocks of warps
+// warps, a warp per 16 query rows.
+type amForwardPlan struct{ warps, tiles, shared int }
+
+// planMMAForward: the query rows in tiles of at most 64 (one block stages K and V once
+// for all of them); shared memory Q [16·warps][72], K and V [TKp][72] (16-bit), then
+// the TK key-padding bytes, at most 46,208 bytes (no opt-in).
+func planMMAForward(a kernels.AttentionArgs) amForwardPlan {
+	w := min(amBlocks16(a.TQ), amFwdWarps)
+	tiles := (a.TQ + 16*w - 1) / (16 * w)
+	tkp := 16 * amBlocks16(a.TK)
+	shared := 2*amLD*(16*w+2*tkp) + (a.TK+15)&^15
+	return amForwardPlan{warps: w, tiles: tiles, shared: shared}
+}
+
+// amBackwardShared is the backward's dynamic shared memory: Qs, K, V, dO [·][72] and
+// dS, P⊙M [TQp][TKp+8], 16-bit.
+func amBackwardShared(a kernels.AttentionArgs) int {
+	tqp, tkp := 16*amBlocks16(a.TQ), 16*amBlocks16(a.TK)
+	return 2 * (amLD*(2*tqp+2*tkp) + 2*tqp*(tkp+8))
+}
+
+// amBackwardWarps: a warp per query block (phase A) and per key block (phase B does dv
+// and dk of a key block in turn when there are fewer warps than items).
+func amBackwardWarps(a kernels.AttentionArgs) int {
+	return min(max(amBlocks16(a.TQ), amBlocks16(a.TK)), amBwdWarps)
+}
+
+// mmaUsable says whether this Backend would run a call on the tensor-core kernels. The
+// caller holds the Backend.
+func (be *Backend) mmaUsable(a kernels.AttentionArgs, backward bool) bool {
+	if be.precision == FP32 || !mmaShape(a, backward) {
+		return false
+	}
+	f := be.mmaFns()
+	if !f.ok || f.off {
+		return false
+	}
+	return !backward || amBackwardShared(a) <= f.optinMax
+}
+
+func (be *Backend) halfArg() int { return boolInt(be.precision == FP16) }
+
+// mmaForward runs AttentionForward on attention_mma_fwd when mmaUsable; false (nothing
+// done) otherwise. padp is the staged key padding (0: none). The caller holds the
+// Backend and has checked the arguments (checkTrainAttention).
+func (be *Backend) mmaForward(out, q, k, v kernels.View, a kernels.AttentionArgs, padp uint64, probs, dropMask kernels.Buffer) bool {
+	if !be.mmaUsable(a, false) {
+		return false
+	}
+	p := planMMAForward(a)
+	be.prm.reset().
+		views(out, q, k, v).
+		i32(a.Heads).i32(a.TQ).i32(a.TK).f32(a.Scale).
+		ptr(padp).i64(a.KeyPadStride).
+		i32(boolInt(a.Causal)).i32(a.QueryOffset).
+		ptr(addr(probs)).ptr(addr(dropMask)).i32(be.halfArg())
+	grid := [3]uint32{uint32(p.tiles), uint32(a.Heads), uint32(a.Batch)}
+	be.run(be.lazy.mma.fwd[amVariant(a.TK)], grid, uint32(32*p.warps), uint32(p.shared))
+	return true
+}
+
+// mmaBackward runs AttentionBackward on attention_mma_bwd, one block per (head, batch),
+// when mmaUsable; false (nothing done) otherwise. The caller holds the Backend and has
+// checked the arguments.
+func (be *Backend) mmaBackward(dq, dk, dv, dout, q, k, v kernels.View, a kernels.AttentionArgs, probs, dropMask kernels.Buffer) bool {
+	if !be.mmaUsable(a, true) {
+		return false
+	}
+	f := be.lazy.mma
+	vi := amVariant(a.TK)
+	shared := amBackwardShared(a)
+	if shared > afShared && shared > f.bwdShared[vi] {
+		// Allow the device's whole bound once, rather than growing it shape by shape.
+		must(be.drv.check("cuFuncSetAttribute", call(be.drv.cuFuncSetAttribute, f.bwd[vi],
+			funcAttrMaxDynamicShared, uintptr(f.optinMax))))
+		f.bwdShared[vi] = f.optinMax
+	}
+	be.prm.reset().
+		views(dq, dk, dv, dout, q, k, v).
+		ptr(addr(probs)).ptr(addr(dropMask)).
+		i32(a.Heads).i32(a.TQ).i32(a.TK).f32(a.Scale).i32(be.halfArg())
+	grid := [3]uint32{1, uint32(a.Heads), uint32(a.Batch)}
+	be.run(f.bwd[vi], grid, uint32(32*amBackwardWarps(a)), uint32(shared))
+	return true
+}
