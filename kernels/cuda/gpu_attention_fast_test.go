@@ -127,7 +127,7 @@ func TestAttentionFastTrainShapes(t *testing.T) {
 	} {
 		for _, prec := range []Precision{BF16, FP16} {
 			t.Run(fmt.Sprintf("%s/%v", tc.name, prec), func(t *testing.T) {
-				withPrecision(t, prec)
+				withMMAOff(t, withPrecision(t, prec)) // the float kernels, not the tensor-core ones
 				p := newPair(t, 51)
 				a := tc.args(p)
 				fastF, fastB := fastPaths(p.g, a)
@@ -142,7 +142,7 @@ func TestAttentionFastTrainShapes(t *testing.T) {
 // probabilities, a NaN output and NaN gradients for its rows and keys, as the CPU (and
 // torch) do, while the other sentences stay finite and within the bound.
 func TestAttentionFastAllMasked(t *testing.T) {
-	withPrecision(t, BF16)
+	withMMAOff(t, withPrecision(t, BF16))
 	p := newPair(t, 53)
 	tc := attnCase{name: "empty sentence", B: 6, H: 4, D: 64, TQ: 19, TK: 23, cross: true, pad: true, left: true, drop: true, minLen: 5}
 	a := tc.args(p)
@@ -295,7 +295,7 @@ func TestAttentionFastInferenceShapes(t *testing.T) {
 // at a training shape the float kernels cannot reproduce the CPU's double sums bit for
 // bit everywhere, while the exact kernels always do.
 func TestAttentionFastUsed(t *testing.T) {
-	withPrecision(t, BF16)
+	withMMAOff(t, withPrecision(t, BF16))
 	p := newPair(t, 59)
 	tc := attnCase{B: 32, H: 8, D: 64, TQ: 41, TK: 41, pad: true, left: true, minLen: 20}
 	a := tc.args(p)
@@ -332,7 +332,7 @@ func TestAttentionFastTiming(t *testing.T) {
 		fwd, bwd := attnTimingCalls(t, be, tc)
 		for _, prec := range []Precision{BF16, FP32} {
 			t.Run(fmt.Sprintf("%s/%v", tc.name, prec), func(t *testing.T) {
-				withPrecision(t, prec)
+				withMMAOff(t, withPrecision(t, prec)) // attention_mma's own timing test compares the two
 				fwd()
 				f := timeDevice(t, be, 50, fwd)
 				b := timeDevice(t, be, 50, bwd)
