@@ -533,6 +533,14 @@ func TestAttentionMMALayout(t *testing.T) {
 }
 
 // withMMAOff runs the rest of the test on the float kernels (attention_fast.cu).
+// withMMABackward has the tensor-core backward taken where it fits (off by default).
+func withMMABackward(t *testing.T, be *Backend) *Backend {
+	t.Helper()
+	old := be.setMMABackward(true)
+	t.Cleanup(func() { be.setMMABackward(old) })
+	return be
+}
+
 func withMMAOff(t *testing.T, be *Backend) {
 	t.Helper()
 	old := be.setMMAOff(true)
@@ -631,7 +639,7 @@ func TestAttentionMMATrainShapes(t *testing.T) {
 	for ci, tc := range mmaCases {
 		for _, ft := range formats {
 			t.Run(fmt.Sprintf("%s/%v", tc.name, ft.prec), func(t *testing.T) {
-				be := withPrecision(t, ft.prec)
+				be := withMMABackward(t, withPrecision(t, ft.prec))
 				p := newPair(t, uint64(71+ci))
 				a := tc.args(p)
 				checkMMATrain(t, be, ft, newMMAData(p.r, a, tc), -1)
@@ -646,7 +654,7 @@ func TestAttentionMMATrainShapes(t *testing.T) {
 func TestAttentionMMAAllMasked(t *testing.T) {
 	for _, ft := range formats {
 		t.Run(ft.prec.String(), func(t *testing.T) {
-			be := withPrecision(t, ft.prec)
+			be := withMMABackward(t, withPrecision(t, ft.prec))
 			p := newPair(t, 73)
 			tc := mmaAllMaskedCase
 			a := tc.args(p)
@@ -659,7 +667,7 @@ func TestAttentionMMAAllMasked(t *testing.T) {
 // TestAttentionMMAUnalignedViews: views whose rows do not start on 16 bytes (the
 // kernels' four-scalar staging path) and odd row strides (no float2 stores).
 func TestAttentionMMAUnalignedViews(t *testing.T) {
-	be := withPrecision(t, BF16)
+	be := withMMABackward(t, withPrecision(t, BF16))
 	p := newPair(t, 79)
 	tc := attnCase{name: "unaligned", B: 5, H: 2, D: 64, TQ: 23, TK: 19, cross: true, pad: true, left: true, drop: true, minLen: 5}
 	a := tc.args(p)
@@ -680,7 +688,7 @@ func TestAttentionMMAUnalignedViews(t *testing.T) {
 // (subnormals, ties, the fp16 overflow threshold 65520, ±Inf) and 2²⁰ random bit
 // patterns.
 func TestAttentionMMARounding(t *testing.T) {
-	be := gpu(t)
+	be := withMMABackward(t, gpu(t))
 	if be.info.Major < 8 {
 		t.Skip("the tensor-core kernels need sm_80")
 	}
@@ -745,7 +753,7 @@ func isNaN16(ft format16, h uint16) bool {
 // tensor-core output differs from the float kernels' by the 16-bit rounding (≈ u), far
 // above the float kernels' own error (≈ 1e-7).
 func TestAttentionMMADiffersFromFloat(t *testing.T) {
-	be := withPrecision(t, BF16)
+	be := withMMABackward(t, withPrecision(t, BF16))
 	if be.info.Major < 8 {
 		t.Skip("the tensor-core kernels need sm_80")
 	}
@@ -781,7 +789,7 @@ func TestAttentionMMATiming(t *testing.T) {
 	if testing.Short() {
 		t.Skip("timing only")
 	}
-	be := gpu(t)
+	be := withMMABackward(t, gpu(t))
 	for _, tc := range []attnCase{
 		{name: "encoder self", B: 200, H: 8, D: 64, TQ: 41, TK: 41, pad: true, left: true, drop: true, minLen: 20},
 		{name: "decoder self causal", B: 200, H: 8, D: 64, TQ: 41, TK: 41, causal: true, pad: true, drop: true, minLen: 20},
