@@ -180,3 +180,16 @@ type DropoutResidualNormer interface {
 type ReLUDropoutBackwarder interface {
 	ReLUDropoutBackward(dpre, da, a Buffer, p float64)
 }
+
+// LinearKeeper is implemented by a backend whose Linear rounds its operands to a
+// narrower type before the product (the CUDA backend in bf16/fp16). LinearKeep is
+// Linear that keeps those rounded copies of x and w in the returned buffer (nil when
+// the backend rounds nothing: the caller then uses LinearBackward), and
+// LinearBackwardKept is LinearBackward(dx, dw, db, dy, x, w, m, n, k) that takes x and
+// w from it, so the backward rounds only dy. The results are the same bits: the same
+// products of the same rounded operands. x and w must not change in between (they
+// are a training step's activation and weight).
+type LinearKeeper interface {
+	LinearKeep(y, x, w, bias Buffer, m, n, k int) (kept Buffer)
+	LinearBackwardKept(dx, dw, db, dy, kept Buffer, m, n, k int)
+}

@@ -527,11 +527,27 @@ func (n *TrainNet) attention(o *StepOptions, args kernels.AttentionArgs, out, q,
 	}
 }
 
+// linear is Linear(y, x, w, bias, m, nOut, k) for the training step; it returns the
+// backward, (dx, dw, db, dy) ↦ LinearBackward(dx, dw, db, dy, x, w, m, nOut, k). A
+// backend that rounds GEMM operands (kernels.LinearKeeper) keeps the rounded x and w
+// for it, so the backward rounds only dy; same bits either way.
+func (n *TrainNet) linear(y, x, w, bias kernels.Buffer, m, nOut, k int) func(dx, dw, db, dy kernels.Buffer) {
+	be := n.be
+	if lk, ok := be.(kernels.LinearKeeper); ok {
+		if kept := lk.LinearKeep(y, x, w, bias, m, nOut, k); kept != nil {
+			return func(dx, dw, db, dy kernels.Buffer) { lk.LinearBackwardKept(dx, dw, db, dy, kept, m, nOut, k) }
+		}
+	} else {
+		be.Linear(y, x, w, bias, m, nOut, k)
+	}
+	return func(dx, dw, db, dy kernels.Buffer) { be.LinearBackward(dx, dw, db, dy, x, w, m, nOut, k) }
+}
+
 // selfAttn is the self-attention branch over B sequences of T rows.
 func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T int, pad []bool, causal bool) (kernels.Buffer, back) {
 	be, d, rows := n.be, n.d, B*T
 	qkv := n.out(rows * 3 * d)
-	be.Linear(qkv, h, a.qkv.w.w, a.qkv.b.w, rows, 3*d, d)
+	qkvBack := n.linear(qkv, h, a.qkv.w.w, a.qkv.b.w, rows, 3*d, d)
 	args := kernels.AttentionArgs{Batch: B, Heads: a.heads, HeadDim: d / a.heads, TQ: T, TK: T, Scale: n.headScale(a.heads),
 		KeyPadding: pad, KeyPadStride: T, Causal: causal}
 	view := func(b kernels.Buffer, off int) kernels.View {
@@ -541,14 +557,14 @@ func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T int
 	cv := kernels.View{Buf: ctxv, BatchStride: T * d, RowStride: d}
 	attnBack := n.attention(o, args, cv, view(qkv, 0), view(qkv, d), view(qkv, 2*d))
 	out := n.out(rows * d)
-	be.Linear(out, ctxv, a.o.w.w, a.o.b.w, rows, d, d)
+	oBack := n.linear(out, ctxv, a.o.w.w, a.o.b.w, rows, d, d)
 	return out, func(dout kernels.Buffer) kernels.Buffer {
 		dctx := n.out(rows * d)
-		be.LinearBackward(dctx, a.o.w.g, a.o.b.g, dout, ctxv, a.o.w.w, rows, d, d)
+		oBack(dctx, a.o.w.g, a.o.b.g, dout)
 		dqkv := be.Alloc(rows * 3 * d)
 		attnBack(view(dqkv, 0), view(dqkv, d), view(dqkv, 2*d), kernels.View{Buf: dctx, BatchStride: T * d, RowStride: d})
 		dh := n.out(rows * d)
-		be.LinearBackward(dh, a.qkv.w.g, a.qkv.b.g, dqkv, h, a.qkv.w.w, rows, 3*d, d)
+		qkvBack(dh, a.qkv.w.g, a.qkv.b.g, dqkv)
 		return dh
 	}
 }
@@ -560,9 +576,9 @@ func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T in
 	wq, bq := be.Slice(a.qkv.w.w, 0, d*d), be.Slice(a.qkv.b.w, 0, d)
 	wkv, bkv := be.Slice(a.qkv.w.w, d*d, 2*d*d), be.Slice(a.qkv.b.w, d, 2*d)
 	q := n.out(rows * d)
-	be.Linear(q, h, wq, bq, rows, d, d)
+	qBack := n.linear(q, h, wq, bq, rows, d, d)
 	kv := n.out(B * S * 2 * d)
-	be.Linear(kv, enc, wkv, bkv, B*S, 2*d, d)
+	kvBack := n.linear(kv, enc, wkv, bkv, B*S, 2*d, d)
 	args := kernels.AttentionArgs{Batch: B, Heads: a.heads, HeadDim: d / a.heads, TQ: T, TK: S, Scale: n.headScale(a.heads),
 		KeyPadding: encPad, KeyPadStride: S}
 	qv := func(b kernels.Buffer) kernels.View { return kernels.View{Buf: b, BatchStride: T * d, RowStride: d} }
@@ -572,17 +588,17 @@ func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T in
 	ctxv := n.out(rows * d)
 	attnBack := n.attention(o, args, qv(ctxv), qv(q), kvv(kv, 0), kvv(kv, d))
 	out := n.out(rows * d)
-	be.Linear(out, ctxv, a.o.w.w, a.o.b.w, rows, d, d)
+	oBack := n.linear(out, ctxv, a.o.w.w, a.o.b.w, rows, d, d)
 	return out, func(dout kernels.Buffer) kernels.Buffer {
 		dctx := n.out(rows * d)
-		be.LinearBackward(dctx, a.o.w.g, a.o.b.g, dout, ctxv, a.o.w.w, rows, d, d)
+		oBack(dctx, a.o.w.g, a.o.b.g, dout)
 		dq := be.Alloc(rows * d)
 		dkv := be.Alloc(B * S * 2 * d)
 		attnBack(qv(dq), kvv(dkv, 0), kvv(dkv, d), qv(dctx))
 		dh := n.out(rows * d)
-		be.LinearBackward(dh, be.Slice(a.qkv.w.g, 0, d*d), be.Slice(a.qkv.b.g, 0, d), dq, h, wq, rows, d, d)
+		qBack(dh, be.Slice(a.qkv.w.g, 0, d*d), be.Slice(a.qkv.b.g, 0, d), dq)
 		de := n.out(B * S * d)
-		be.LinearBackward(de, be.Slice(a.qkv.w.g, d*d, 2*d*d), be.Slice(a.qkv.b.g, d, 2*d), dkv, enc, wkv, B*S, 2*d, d)
+		kvBack(de, be.Slice(a.qkv.w.g, d*d, 2*d*d), be.Slice(a.qkv.b.g, d, 2*d), dkv)
 		be.AddTo(dEnc, de)
 		return dh
 	}
@@ -611,11 +627,17 @@ func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h kernels.Buffer, rows int) (k
 				dr.apply(be, a, a)
 			}
 			out := n.out(rows * d)
-			be.Linear(out, a, l.fc2.w.w, l.fc2.b.w, rows, d, F)
+			fc2Back := func(dx, dw, db, dy kernels.Buffer) { be.LinearBackward(dx, dw, db, dy, a, l.fc2.w.w, rows, d, F) }
+			if rd != nil {
+				// LinearActBackward (the other path) does fc2's backward itself.
+				fc2Back = n.linear(out, a, l.fc2.w.w, l.fc2.b.w, rows, d, F)
+			} else {
+				be.Linear(out, a, l.fc2.w.w, l.fc2.b.w, rows, d, F)
+			}
 			return out, func(dout kernels.Buffer) kernels.Buffer {
 				dpre := n.out(rows * F)
 				if rd != nil {
-					be.LinearBackward(dpre, l.fc2.w.g, l.fc2.b.g, dout, a, l.fc2.w.w, rows, d, F)
+					fc2Back(dpre, l.fc2.w.g, l.fc2.b.g, dout)
 					rd.ReLUDropoutBackward(dpre, dpre, a, o.ActivationDropout)
 					dh := n.out(rows * d)
 					be.LinearBackward(dh, l.fc1.w.g, l.fc1.b.g, dpre, h, l.fc1.w.w, rows, F, d)
@@ -633,16 +655,16 @@ func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h kernels.Buffer, rows int) (k
 	if rd == nil {
 		pre = n.out(rows * F)
 	}
-	be.Linear(pre, h, l.fc1.w.w, l.fc1.b.w, rows, F, d)
+	fc1Back := n.linear(pre, h, l.fc1.w.w, l.fc1.b.w, rows, F, d)
 	be.Activate(a, pre, n.act)
 	if dr != nil {
 		dr.apply(be, a, a)
 	}
 	out := n.out(rows * d)
-	be.Linear(out, a, l.fc2.w.w, l.fc2.b.w, rows, d, F)
+	fc2Back := n.linear(out, a, l.fc2.w.w, l.fc2.b.w, rows, d, F)
 	return out, func(dout kernels.Buffer) kernels.Buffer {
 		da := n.out(rows * F)
-		be.LinearBackward(da, l.fc2.w.g, l.fc2.b.g, dout, a, l.fc2.w.w, rows, d, F)
+		fc2Back(da, l.fc2.w.g, l.fc2.b.g, dout)
 		if rd != nil {
 			rd.ReLUDropoutBackward(da, da, a, o.ActivationDropout)
 		} else {
@@ -652,7 +674,7 @@ func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h kernels.Buffer, rows int) (k
 			be.ActivateBackward(da, da, pre, n.act)
 		}
 		dh := n.out(rows * d)
-		be.LinearBackward(dh, l.fc1.w.g, l.fc1.b.g, da, h, l.fc1.w.w, rows, F, d)
+		fc1Back(dh, l.fc1.w.g, l.fc1.b.g, da)
 		return dh
 	}
 }
@@ -837,7 +859,7 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 	}
 	V := n.cfg.TgtVocab
 	logits := n.out(rows * V)
-	be.Linear(logits, y, n.outProj.w, nil, rows, V, d)
+	logitsBack := n.linear(logits, y, n.outProj.w, nil, rows, V, d)
 	var dlogits kernels.Buffer
 	if o.Backward {
 		dlogits = n.out(rows * V)
@@ -853,7 +875,7 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 		return readLoss, nil
 	}
 	g := n.out(rows * d)
-	be.LinearBackward(g, n.outProj.g, nil, dlogits, y, n.outProj.w, rows, V, d)
+	logitsBack(g, n.outProj.g, nil, dlogits)
 	for i := len(backs) - 1; i >= 0; i-- {
 		if err := ctx.Err(); err != nil {
 			return nil, err

@@ -69,20 +69,34 @@ const halfAlign = 256
 // addresses of the copies, element for element in the same layout (an empty operand
 // gets a valid address with nothing behind it). The caller holds the Backend.
 func (be *Backend) cast16(ops [3]operand16) [3]uint64 {
-	var off [3]uint64
-	total, bytes := int64(0), uint64(0)
-	for i, o := range ops {
-		off[i] = bytes
-		bytes += (uint64(o.n)*2 + halfAlign - 1) / halfAlign * halfAlign
-		total += int64(o.n)
-	}
+	off, bytes := layout16(ops)
 	base := be.halfScratch(max(bytes, halfAlign))
 	var dst [3]uint64
 	for i := range dst {
 		dst[i] = base + off[i]
 	}
+	be.castInto(dst, ops)
+	return dst
+}
+
+// layout16 places the 16-bit copies of ops one after the other, each halfAlign-aligned:
+// their offsets and the bytes they take.
+func layout16(ops [3]operand16) (off [3]uint64, bytes uint64) {
+	for i, o := range ops {
+		off[i] = bytes
+		bytes += (uint64(o.n)*2 + halfAlign - 1) / halfAlign * halfAlign
+	}
+	return off, bytes
+}
+
+// castInto rounds the operands into dst in one launch. The caller holds the Backend.
+func (be *Backend) castInto(dst [3]uint64, ops [3]operand16) {
+	total := int64(0)
+	for _, o := range ops {
+		total += int64(o.n)
+	}
 	if total == 0 {
-		return dst
+		return
 	}
 	fn := be.fn.castBF16x3
 	if be.precision == FP16 {
@@ -93,7 +107,6 @@ func (be *Backend) cast16(ops [3]operand16) [3]uint64 {
 		be.prm.ptr(dst[i]).ptr(o.src).i64(o.n)
 	}
 	be.elem(fn, total)
-	return dst
 }
 
 // halfScratch returns the scratch block, at least bytes long.
@@ -203,15 +216,25 @@ var linearBGradOff bool
 // add_to launch adds into db. The column sum remains for shapes cuBLASLt has no BGRADB
 // algorithm for, a refusal at run time, and calls without dw.
 func (be *Backend) linearBackward16(dx, dw, db, dy, x, w kernels.Buffer, m, n, k int) bool {
+	return be.linearBackward16Kept(dx, dw, db, dy, x, w, 0, 0, m, n, k)
+}
+
+// linearBackward16Kept is linearBackward16 where x16 and w16, when not 0, are the
+// 16-bit copies of x and w that the forward made (LinearKeep): only dy is rounded.
+func (be *Backend) linearBackward16Kept(dx, dw, db, dy, x, w kernels.Buffer, x16, w16 uint64, m, n, k int) bool {
 	ops := [3]operand16{{addr(dy), m * n}}
 	var pdx, pdw *ltPlan
 	if dx != nil {
-		ops[1] = operand16{addr(w), n * k}
+		if w16 == 0 {
+			ops[1] = operand16{addr(w), n * k}
+		}
 		pdx = be.ltPlanFor(false, false, m, k, n, n, k, k, addr(dx), 0)
 	}
 	var grad *buffer
 	if dw != nil {
-		ops[2] = operand16{addr(x), m * k}
+		if x16 == 0 {
+			ops[2] = operand16{addr(x), m * k}
+		}
 		// These lookups cannot evict pdx: eviction takes the least recently used plan.
 		if db != nil && n > 0 && !linearBGradOff {
 			// Scoped like the step's other buffers; a fresh block is 256-byte aligned.
@@ -224,6 +247,12 @@ func (be *Backend) linearBackward16(dx, dw, db, dy, x, w kernels.Buffer, m, n, k
 		}
 	}
 	p := be.cast16(ops)
+	if w16 != 0 {
+		p[1] = w16
+	}
+	if x16 != 0 {
+		p[2] = x16
+	}
 	if dx != nil {
 		be.product16(pdx, false, false, m, k, n, p[0], n, p[1], k, 0, addr(dx), k, 0)
 	}
