@@ -98,7 +98,13 @@ type Backend struct {
 	// flashAlways: tests: flash attention also where the stored-probability kernels
 	// are used because they are faster (attention_flash.go).
 	flashAlways bool
-	graph       graphState
+	// bgradOff: tests: LinearBackward's db from the column sum, not the GEMM epilogue
+	// (precision.go).
+	bgradOff bool
+	// linearActForce: tests: LinearActBackward skips its first 1 or 2 epilogue
+	// choices (linear_act.go), so the fallbacks run.
+	linearActForce int
+	graph          graphState
 	// kernelNames maps kernels to their names for XFORM_CUDA_PROFILE=gpu (profile.go);
 	// the lazily looked-up ones are added by kernel.
 	kernelNames map[uintptr]string

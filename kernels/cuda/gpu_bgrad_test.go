@@ -206,8 +206,8 @@ func TestLinearBackwardBGrad(t *testing.T) {
 				checkExact(t, "dx, second call", down(g, gdx), dx1)
 
 				// The column-sum path on the same inputs: dx the same bits, dw close.
-				linearBGradOff = true
-				defer func() { linearBGradOff = false }()
+				g.bgradOff = true
+				defer func() { g.bgradOff = false }()
 				odx, odw, odb := g.Alloc(m*k), g.Upload(dw0), g.Upload(db0)
 				g.LinearBackward(odx, odw, odb, gdy, gx, gw, m, n, k)
 				checkExact(t, "dx vs the column-sum path", dx1, down(g, odx))
@@ -255,7 +255,7 @@ func TestLinearBGradTiming(t *testing.T) {
 	be := gpu(t)
 	old := be.precision
 	be.precision = BF16
-	defer func() { be.precision, linearBGradOff = old, false }()
+	defer func() { be.precision, be.bgradOff = old, false }()
 	timeIt := func(f func()) float64 { return timeDevice(t, be, 20, f).Seconds() * 1e6 }
 	const m = 8000
 	r := rand.New(rand.NewPCG(3, 4))
@@ -266,9 +266,9 @@ func TestLinearBGradTiming(t *testing.T) {
 	}{{"q/out", 512, 512}, {"kv", 1024, 512}, {"qkv", 1536, 512}, {"fc1", 2048, 512}, {"fc2", 512, 2048}} {
 		x, w, dy := be.Upload(randVec(r, m*s.k)), be.Upload(randVec(r, s.n*s.k)), be.Upload(randVec(r, m*s.n))
 		dx, dw, db := be.Alloc(m*s.k), be.Alloc(s.n*s.k), be.Alloc(s.n)
-		linearBGradOff = true
+		be.bgradOff = true
 		colPath := timeIt(func() { be.LinearBackward(dx, dw, db, dy, x, w, m, s.n, s.k) })
-		linearBGradOff = false
+		be.bgradOff = false
 		epiPath := timeIt(func() { be.LinearBackward(dx, dw, db, dy, x, w, m, s.n, s.k) })
 		used := bgradUsed(be, m, s.n, s.k)
 		before += colPath

@@ -102,9 +102,9 @@ func TestLinearAct(t *testing.T) {
 
 func testLinearAct(t *testing.T, ft format16, act kernels.Activation, m, F, d, force int) {
 	g := withPrecision(t, ft.prec)
-	old := linearActForce
-	linearActForce = force
-	t.Cleanup(func() { linearActForce = old })
+	old := g.linearActForce
+	g.linearActForce = force
+	t.Cleanup(func() { g.linearActForce = old })
 	c := cpu.New(0)
 	r := rand.New(rand.NewPCG(77, uint64(m*F*d+force)))
 	// Weights scaled as by their fan-in, so pre and dpre are O(1) and GELU's curved

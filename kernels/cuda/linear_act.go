@@ -61,10 +61,6 @@ const (
 
 var _ kernels.LinearActivator = (*Backend)(nil)
 
-// linearActForce makes LinearActBackward skip its better paths, for the tests of its
-// fallbacks: 1 skips the epilogue with the bias gradient, 2 every epilogue.
-var linearActForce int
-
 // actEpilogues returns the forward epilogue of act, its backward with and without the
 // bias gradient; ok is false for an activation cuBLASLt has no epilogue for.
 func actEpilogues(act kernels.Activation) (fwd, bwdGrad, bwd uint32, ok bool) {
@@ -155,13 +151,13 @@ func (be *Backend) LinearActBackward(dpre, dw2, db2, db1, dy, a, w2, aux kernels
 	var grad *buffer
 	var pdx *ltPlan
 	epi := uint32(0)
-	if db1 != nil && linearActForce < 1 {
+	if db1 != nil && be.linearActForce < 1 {
 		grad = be.newBuffer(k)
 		if pdx = be.ltPlanEpi(false, false, m, k, n, n, k, k, addr(dpre), epiGrad, grad.dptr(), addr(aux), ld); pdx != nil {
 			epi = epiGrad
 		}
 	}
-	if pdx == nil && linearActForce < 2 {
+	if pdx == nil && be.linearActForce < 2 {
 		if pdx = be.ltPlanEpi(false, false, m, k, n, n, k, k, addr(dpre), epiPlain, 0, addr(aux), ld); pdx != nil {
 			epi = epiPlain
 		}

@@ -191,10 +191,6 @@ func (be *Backend) product16(plan *ltPlan, transA, transB bool, m, n, k int, a u
 	be.gemm16(transA, transB, m, n, k, 1, a, lda, b, ldb, beta, c, ldc)
 }
 
-// linearBGradOff makes linearBackward16 leave db to the caller's column sum, for the
-// tests and timing logs that compare the two paths.
-var linearBGradOff bool
-
 // linearBackward16 is LinearBackward's two products in 16 bits, dx = dy·w and
 // dw += dyᵀ·x, with dy, w and x rounded in one launch (dy once for both products),
 // each through cuBLASLt when it has a plan for the shape; it reports whether it also
@@ -236,7 +232,7 @@ func (be *Backend) linearBackward16Kept(dx, dw, db, dy, x, w kernels.Buffer, x16
 			ops[2] = operand16{addr(x), m * k}
 		}
 		// These lookups cannot evict pdx: eviction takes the least recently used plan.
-		if db != nil && n > 0 && !linearBGradOff {
+		if db != nil && n > 0 && !be.bgradOff {
 			// Scoped like the step's other buffers; a fresh block is 256-byte aligned.
 			grad = be.scoped(be.newBuffer(n))
 			pdw = be.ltPlanEpi(true, false, n, k, m, n, k, k, addr(dw), ltEpiBGradB, grad.dptr(), 0, 0)
