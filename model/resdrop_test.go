@@ -1,13 +1,10 @@
 package model_test
 
 import (
-	"context"
-	"math/rand/v2"
 	"testing"
 
 	"github.com/xform-dev/xform/kernels"
 	"github.com/xform-dev/xform/kernels/cpu"
-	"github.com/xform-dev/xform/model"
 )
 
 // noResidualDropoutFusion is the CPU backend without kernels.DropoutResidualNormer:
@@ -30,44 +27,8 @@ func TestDropoutResidualNormerSameBits(t *testing.T) {
 	for name, c := range trainConfigs() {
 		t.Run(name, func(t *testing.T) {
 			m := trainTestModel(c, 17)
-			type result struct {
-				res   []model.StepResult
-				grads [][]float32
-				next  uint64
-			}
-			run := func(be kernels.Trainer) result {
-				net, err := model.NewTrainNet(m, be)
-				if err != nil {
-					t.Fatal(err)
-				}
-				rng := rand.New(rand.NewPCG(7, 7))
-				var r result
-				for range 2 {
-					res, err := net.Step(context.Background(), trainTestBatch(), model.StepOptions{LabelSmoothing: 0.1, Backward: true,
-						Train: true, Dropout: 0.3, AttentionDropout: 0.2, ActivationDropout: 0.25, RNG: rng})
-					if err != nil {
-						t.Fatal(err)
-					}
-					r.res = append(r.res, res)
-				}
-				for _, p := range net.Params() {
-					g := make([]float32, p.G.Len())
-					be.Download(g, p.G)
-					r.grads = append(r.grads, g)
-				}
-				if c.Init.HasOmega() {
-					res, err := net.Step(context.Background(), trainTestBatch(), model.StepOptions{Profile: true, Train: true,
-						Dropout: 0.3, RNG: rng})
-					if err != nil {
-						t.Fatal(err)
-					}
-					r.res = append(r.res, res)
-				}
-				r.next = rng.Uint64()
-				return r
-			}
 			c := cpu.New(1)
-			fused, plain := run(c), run(noResidualDropoutFusion{c, c, c})
+			fused, plain := twoDropoutSteps(t, m, c, 7, true), twoDropoutSteps(t, m, noResidualDropoutFusion{c, c, c}, 7, true)
 			for k := range plain.res {
 				f, p := fused.res[k], plain.res[k]
 				if f.Loss != p.Loss || f.NLL != p.NLL || !equalF64(f.ProfileEncoder, p.ProfileEncoder) || !equalF64(f.ProfileDecoder, p.ProfileDecoder) {
