@@ -171,7 +171,6 @@ type stepGraph struct {
 	key         string
 	graph, exec uintptr
 	ops         []graphOp
-	replays     int
 }
 
 type graphMode uint8
@@ -192,7 +191,6 @@ type graphState struct {
 	mode    graphMode
 	cur     *stepGraph
 	pos     int
-	diverge error
 	seen    map[string]int
 	graphs  map[string]*stepGraph
 	dev     arena
@@ -292,7 +290,7 @@ func (be *Backend) Graphed(key string, f func() error) error {
 	must(be.drv.check("cuEventSynchronize", call(be.drv.cuEventSynchronize, g.done)))
 	g.dev.reset()
 	g.host.reset()
-	g.pos, g.diverge = 0, nil
+	g.pos = 0
 	if sg == nil {
 		return be.capture(key, f, unlock)
 	}
@@ -405,7 +403,6 @@ func (be *Backend) replay(sg *stepGraph, f func() error, unlock func()) error {
 		must(be.drv.check("cuGraphExecKernelNodeSetParams", call(g.api.nodeSetParam, sg.exec, op.node, uintptr(unsafe.Pointer(&kp)))))
 		g.stats.NodeUpdates++
 	}
-	sg.replays++
 	g.stats.Replays++
 	be.launchGraph(sg)
 	g.stats.ReplayHost += time.Since(start)
@@ -598,8 +595,9 @@ func (be *Backend) copyDtoD(dst, src, bytes uint64) {
 	})
 }
 
-// blasCall runs a cuBLAS/cuBLASLt call on handle h (0 for cuBLASLt, whose stream is
-// an argument) with signature sig.
+// blasCall runs a cuBLAS or cuBLASLt call (do gets the stream: cuBLASLt takes it as an
+// argument, the cuBLAS handles are pointed at it by blasStreams) as recorded does; sig
+// is what must repeat on a replay, name what the GPU profile calls it.
 func (be *Backend) blasCall(name string, sig []uint64, do func(stream uintptr) error) {
 	if pr := be.profile; pr != nil && pr.gpu {
 		pr.opBegin(name)
