@@ -48,17 +48,6 @@
 #define FA_THREADS 256
 #define FA_TILE (FA_T * FA_LD)
 
-// fa_keep is kernels.DropoutKeep: element i survives when the top 24 bits of SplitMix64's
-// output i for state seed reach threshold.
-__device__ __forceinline__ bool fa_keep(unsigned long long seed, unsigned long long i,
-                                        unsigned long long threshold) {
-    unsigned long long z = seed + (i + 1ull) * 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (z >> 40) >= threshold;
-}
-
 // fa_half_max and fa_half_sum reduce over the 16 lanes of a half-warp (a row group).
 // fmaxf drops a NaN operand, like the CPU's running "if s > m".
 __device__ __forceinline__ float fa_half_max(float v) {
@@ -276,7 +265,7 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS) attention_flash_fwd(
                 float p = expf(s[r][c] - mu);
                 sum += p;
                 if (threshold != 0ull && i < TQ && j < TK)
-                    p = p * (fa_keep(seed, (unsigned long long)((bh * TQ + i) * TK + j), threshold) ? keep : 0.0f);
+                    p = p * (xf_dropout_keep(seed, (unsigned long long)((bh * TQ + i) * TK + j), threshold) ? keep : 0.0f);
                 Ps[(4 * ty + r) * FA_LD + tx + 16 * c] = p;
             }
             l[r] = l[r] * alpha + sum;
@@ -391,7 +380,7 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS, 2) attention_flash_bwd_
                 const float p = expf((masked ? -XF_INF : s[r][c]) - ls[r]);
                 float gp = dp[r][c];
                 if (threshold != 0ull && i < TQ && j < TK)
-                    gp = gp * (fa_keep(seed, (unsigned long long)((bh * TQ + i) * TK + j), threshold) ? keep : 0.0f);
+                    gp = gp * (xf_dropout_keep(seed, (unsigned long long)((bh * TQ + i) * TK + j), threshold) ? keep : 0.0f);
                 const float ds = i < TQ ? p * (gp - dl[r]) : 0.0f;
                 Ss[(4 * ty + r) * FA_LD + tx + 16 * c] = ds;
             }
@@ -489,7 +478,7 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS, 2) attention_flash_bwd_
                 float mv = 1.0f;
                 if (threshold != 0ull && i < TQ && j < TK) {
                     mv = keep;
-                    if (!fa_keep(seed, (unsigned long long)((bh * TQ + i) * TK + j), threshold)) {
+                    if (!xf_dropout_keep(seed, (unsigned long long)((bh * TQ + i) * TK + j), threshold)) {
                         mv = 0.0f;
                         dropped |= 1u << (4 * r + c);
                     }

@@ -9,11 +9,7 @@
 // dropout_elem is mask element i: keep when (hash(seed, i) >> 40) >= threshold, else 0.
 __device__ __forceinline__ float dropout_elem(unsigned long long seed, long long i, unsigned long long threshold,
                                               float keep) {
-    unsigned long long z = seed + ((unsigned long long)i + 1ull) * 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (z >> 40) >= threshold ? keep : 0.0f;
+    return xf_dropout_keep(seed, (unsigned long long)i, threshold) ? keep : 0.0f;
 }
 
 // m[i] = the mask element, for i < n.

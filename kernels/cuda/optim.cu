@@ -42,29 +42,8 @@ extern "C" __global__ void adam_step(float* p, const float* g, float* m, float* 
     }
 }
 
-// The list kernels run on chunks of the buffers, one chunk per block, as reduce.cu's
-// (which describes desc and tasks); LIST_CHUNK and LIST_THREADS are the same there and
-// in the Go side's listChunk and listThreads.
-#define LIST_CHUNK 8192
-#define LIST_THREADS 256
-#define LIST_UNROLL (LIST_CHUNK / (4 * LIST_THREADS))
-
-struct list_span {
-    int k, len;
-    long long start;
-};
-
-__device__ __forceinline__ list_span list_span_of(const int2* tasks, const unsigned long long* lens) {
-    const int2 tk = tasks[blockIdx.x];
-    list_span sp;
-    sp.k = tk.x;
-    sp.start = (long long)tk.y * LIST_CHUNK;
-    const long long left = (long long)lens[tk.x] - sp.start;
-    sp.len = (int)(left < LIST_CHUNK ? left : LIST_CHUNK);
-    return sp;
-}
-
-__device__ __forceinline__ bool aligned16(const void* p) { return ((unsigned long long)p & 15) == 0; }
+// The list kernels run on chunks of the buffers, one chunk per block (list_span_of and
+// the layout of desc and tasks: xform.cuh).
 
 // Two float4 of each of p, g, m, v per thread in flight: 64 registers, four blocks of
 // 256 per SM. Four float4 each took 102 registers, halving the resident threads for

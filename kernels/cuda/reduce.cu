@@ -72,34 +72,8 @@ extern "C" __global__ void col_finish(float* out, const double* part, int chunks
 }
 
 // The list kernels (sumsq_partial, scale_list here; adam_list, fill_list in optim.cu)
-// run over many buffers described by desc: the device addresses of each list, then the
-// element counts (nbuf each, as uint64). Block b handles chunk tasks[b] = (k, c): elements
-// [c·LIST_CHUNK, min((c+1)·LIST_CHUNK, n_k)) of buffer k. The host builds the table from
-// the lengths alone, so a 14M-element embedding gets ~1,700 blocks and a 512-element
-// bias one, and no block walks the descriptors of the others (walking them all cost
-// every block ~250 dependent descriptor loads). LIST_CHUNK is the Go side's listChunk;
-// blocks have LIST_THREADS threads, each LIST_CHUNK / (4·LIST_THREADS) = 8 float4.
-#define LIST_CHUNK 8192
-#define LIST_THREADS 256
-#define LIST_UNROLL (LIST_CHUNK / (4 * LIST_THREADS))
-
-// list_span is block blockIdx.x's chunk: buffer k, first element start, len elements.
-struct list_span {
-    int k, len;
-    long long start;
-};
-
-__device__ __forceinline__ list_span list_span_of(const int2* tasks, const unsigned long long* lens) {
-    const int2 tk = tasks[blockIdx.x];
-    list_span sp;
-    sp.k = tk.x;
-    sp.start = (long long)tk.y * LIST_CHUNK;
-    const long long left = (long long)lens[tk.x] - sp.start;
-    sp.len = (int)(left < LIST_CHUNK ? left : LIST_CHUNK);
-    return sp;
-}
-
-__device__ __forceinline__ bool aligned16(const void* p) { return ((unsigned long long)p & 15) == 0; }
+// run one chunk of one buffer per block: list_span_of and the layout of desc and tasks
+// are in xform.cuh.
 
 __device__ __forceinline__ double sumsq_add(double s, float x) {
     const double v = (double)x;

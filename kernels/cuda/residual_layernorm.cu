@@ -21,17 +21,12 @@
 // by the plain kernels.
 #include "xform.cuh"
 
-// resln_mask is element i of the dropout mask: dropout.cu's dropout_elem
-// (kernels.DropoutHash), repeated because each .cu is its own NVRTC program and only
-// xform.cuh is shared. threshold 0 (p ≤ 0) keeps every element without the hash.
+// resln_mask is element i of the dropout mask, as dropout.cu's dropout_elem; threshold 0
+// (p ≤ 0) keeps every element without the hash.
 __device__ __forceinline__ float resln_mask(unsigned long long seed, long long i, unsigned long long threshold,
                                             float keep) {
     if (threshold == 0ull) return keep;
-    unsigned long long z = seed + ((unsigned long long)i + 1ull) * 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (z >> 40) >= threshold ? keep : 0.0f;
+    return xf_dropout_keep(seed, (unsigned long long)i, threshold) ? keep : 0.0f;
 }
 
 // resln_drop is the dropout of one fused call (unused when DROP is false).
