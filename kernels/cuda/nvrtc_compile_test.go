@@ -85,3 +85,25 @@ func TestCompileErrorCarriesLog(t *testing.T) {
 	}
 	t.Logf("error: %v\nlog:\n%s", err, ce.Log)
 }
+
+// TestCompileTestSources compiles the CUDA source the GPU timing tests build at run
+// time (the kernels the loss and list kernels replaced, v0Source) with today's header,
+// so a name added to xform.cuh that clashes with them fails here, without a GPU.
+func TestCompileTestSources(t *testing.T) {
+	n, _ := testNVRTC(t)
+	archs, err := n.supportedArchs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	arch, err := pickArch(9, 0, archs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	header, err := sources.ReadFile(headerName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.compileCUBIN("v0_loss_optim.cu", v0Source, map[string]string{headerName: string(header)}, nvrtcOptions(arch)); err != nil {
+		t.Fatal(err)
+	}
+}
