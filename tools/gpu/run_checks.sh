@@ -31,4 +31,14 @@ for p in --bf16 --fp16 ""; do
 	echo "== xform bench 6L-6L ${p:-fp32}"
 	timeout 120 "$L/xform" bench --device cuda $p --updates 30 --warmup 3 --pairs 6000 2>&1 | grep -E 'target tokens/s|peak'
 done
+# The competitor's static shapes, eagerly and as CUDA graphs, then where the device time
+# goes (XFORM_CUDA_PROFILE=gpu: events around every kernel and GEMM; top 30 kinds).
+for g in "" --cuda-graphs; do
+	echo "== xform bench 6L-6L --bf16 --batching bucket --buckets 3 $g"
+	timeout 120 "$L/xform" bench --device cuda --bf16 --batching bucket --buckets 3 --updates 40 --warmup 3 --pairs 6000 $g 2>&1 |
+		grep -E 'target tokens/s|CUDA graphs'
+done
+echo "== device time per kernel (bf16, bucket batching)"
+XFORM_CUDA_PROFILE=gpu timeout 120 "$L/xform" bench --device cuda --bf16 --batching bucket --buckets 3 --updates 40 --warmup 3 --pairs 6000 >"$OUT/profile_gpu.txt" 2>&1
+sed -n '/cuda profile/,$p' "$OUT/profile_gpu.txt" | head -31
 exit $rc
