@@ -32,14 +32,23 @@ def main(argv=None):
     if a.device or a.data:
         out.append('Measured on %s (%s); %s.' % (a.device or 'the GPU', a.date, a.data))
         out.append('')
-    out.append('| depth | framework | target tokens/s | updates/s | ms/update (p50) | MFU | peak GiB (allocated) | ÷ Clinic | xform ÷ this | status | measured on |')
-    out.append('|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|')
+    # xform's bucket row trains on the compile modes' batches: its ratio is the like-for-like one
+    # against them (a column only when some depth has such a row).
+    bucketed = any(r['tag'].endswith('_bucket') and r['tag'].startswith('xform_') and r['status'] == 'ok' for r in rows)
+    head = '| depth | framework | target tokens/s | updates/s | ms/update (p50) | MFU | peak GiB (allocated) | ÷ Clinic | xform ÷ this |'
+    rule = '|---|---|---:|---:|---:|---:|---:|---:|---:|'
+    if bucketed:
+        head += ' xform (bucket) ÷ this |'
+        rule += '---:|'
+    out.append(head + ' status | measured on |')
+    out.append(rule + '---|---|')
     fpts = {}
     for L in sorted({r['layers'] for r in rows}):
         group = [r for r in rows if r['layers'] == L]
         ok = [r for r in group if r['status'] == 'ok' and r.get('target_tokens_per_s')]
         clinic = next((r for r in ok if r['tag'].startswith('clinic')), None)
         xform = next((r for r in ok if r['tag'] == 'xform_%dl' % L), None)
+        xbucket = next((r for r in ok if r['tag'] == 'xform_%dl_bucket' % L), None)
         # the Clinic log has no FLOP count: the same data and model give the same FLOPs per target token
         fpt = next((r.get('flops_per_target_token') for r in ok if r.get('flops_per_target_token')), None)
         peak = next((r.get('peak_tflops') for r in ok if r.get('peak_tflops')), 790.0)
@@ -55,16 +64,21 @@ def main(argv=None):
             mem = ((r.get('memory') or {}).get('device') or {}).get('peak_allocated_bytes')
             vs_clinic = tps / clinic['target_tokens_per_s'] if tps and clinic else None
             x_over = xform['target_tokens_per_s'] / tps if tps and xform else None
-            out.append('| %dL-%dL | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |' % (
+            line = '| %dL-%dL | %s | %s | %s | %s | %s | %s | %s | %s |' % (
                 L, L, r['framework'], fmt(tps, ',.0f'), fmt(ups, '.2f'), fmt(ms, '.1f'),
-                pct(mfu), fmt(mem / 2**30 if mem else None, '.2f'),
-                fmt(vs_clinic, '.2f'), fmt(x_over, '.2f'), r['status'], (r.get('date') or a.date)[:10]))
+                pct(mfu), fmt(mem / 2**30 if mem else None, '.2f'), fmt(vs_clinic, '.2f'), fmt(x_over, '.2f'))
+            if bucketed:
+                xb_over = xbucket['target_tokens_per_s'] / tps if tps and xbucket else None
+                line += ' %s |' % fmt(xb_over, '.2f')
+            out.append(line + ' %s | %s |' % (r['status'], (r.get('date') or a.date)[:10]))
     out.append('')
     per = ', '.join('%dL-%dL %.1f' % (L, L, v / 1e6) for L, v in sorted(fpts.items())) or '?'
     out.append('target tokens/s: non-pad target tokens (</s> included) per second over the timed updates (fairseq\'s wps; '
                'the Clinic fork: median of its 10-update windows after the first two). MFU: model FLOPs (internal/bench/flops.go, '
                'MFLOP per target token here: %s) over %.0f TFLOP/s. "÷ Clinic": this row\'s tokens/s over the Clinic fork\'s; '
-               '"xform ÷ this": xform\'s tokens/s over this row\'s.' % (per, peak))
+               '"xform ÷ this": xform\'s tokens/s over this row\'s%s.' % (
+                   per, peak, '; "xform (bucket) ÷ this": the same for xform with --batching bucket, which trains on the '
+                   'compile modes\' batches (their like-for-like ratio)' if bucketed else ''))
     print('\n'.join(out))
     return 0
 
