@@ -24,8 +24,8 @@ var lfNCs = [...]int{1, 2, 4, 8, 16, 32}
 // lnFastFns are one Backend's float LayerNorm kernels, looked up on first use and kept
 // in the Backend (lazyKernels); the _drop ones fold in the residual dropout.
 type lnFastFns struct {
-	fwd, bwd, fwdDrop, bwdDrop [len(lfNCs)]uintptr
-	finish                     uintptr
+	fwd, bwd, fwdDrop [len(lfNCs)]uintptr
+	finish            uintptr
 }
 
 // lnFns returns the float LayerNorm kernels. The caller holds the Backend (enter).
@@ -38,7 +38,6 @@ func (be *Backend) lnFns() *lnFastFns {
 		f.fwd[i] = be.kernel(fmt.Sprintf("layernorm_fast_fwd%d", nc))
 		f.bwd[i] = be.kernel(fmt.Sprintf("layernorm_fast_bwd%d", nc))
 		f.fwdDrop[i] = be.kernel(fmt.Sprintf("layernorm_fast_fwd_drop%d", nc))
-		f.bwdDrop[i] = be.kernel(fmt.Sprintf("layernorm_fast_bwd_drop%d", nc))
 	}
 	be.lazy.lnFast = f
 	return f
@@ -80,10 +79,8 @@ func (be *Backend) residualLayerNormFast(z, y, x, branch, omega kernels.Buffer, 
 }
 
 // residualLayerNormBackwardFast is ResidualLayerNormBackward on layernorm_fast_bwd and
-// its finish, or with dr ResidualLayerNormBackwardDropout on layernorm_fast_bwd_drop
-// (dbranch written when not nil). rows, dim ≥ 1, lnFastDim(dim), and dz, dbranch or a
-// column gradient is wanted.
-func (be *Backend) residualLayerNormBackwardFast(dz, dbranch, dgamma, dbeta, domega, dy, z, x, gamma kernels.Buffer, alpha float32, rows, dim int, eps float32, dr *resDrop) {
+// its finish. rows, dim ≥ 1, lnFastDim(dim), and dz or a column gradient is wanted.
+func (be *Backend) residualLayerNormBackwardFast(dz, dgamma, dbeta, domega, dy, z, x, gamma kernels.Buffer, alpha float32, rows, dim int, eps float32) {
 	defer be.enter()()
 	f := be.lnFns()
 	nb := be.lfGrid(rows, 2)
@@ -92,17 +89,9 @@ func (be *Backend) residualLayerNormBackwardFast(dz, dbranch, dgamma, dbeta, dom
 	if domega != nil {
 		xp = addr(x)
 	}
-	fn := f.bwd[lfIndex(dim)]
-	be.prm.reset().ptr(part.dptr()).ptr(addr(dz))
-	if dr != nil {
-		fn = f.bwdDrop[lfIndex(dim)]
-		be.prm.ptr(addr(dbranch))
-	}
-	be.prm.ptr(addr(dy)).ptr(addr(z)).ptr(xp).ptr(addr(gamma)).i32(rows).i32(dim).f32(eps)
-	if dr != nil {
-		dr.args(be.prm)
-	}
-	be.run(fn, [3]uint32{uint32(nb), 1, 1}, lfThreads, 0)
+	be.prm.reset().ptr(part.dptr()).ptr(addr(dz)).
+		ptr(addr(dy)).ptr(addr(z)).ptr(xp).ptr(addr(gamma)).i32(rows).i32(dim).f32(eps)
+	be.run(f.bwd[lfIndex(dim)], [3]uint32{uint32(nb), 1, 1}, lfThreads, 0)
 	if dgamma == nil && dbeta == nil && domega == nil {
 		return
 	}
