@@ -15,15 +15,7 @@ import (
 // nvidia-cuda-nvrtc wheel and sets it) or the usual library search; without one the test
 // skips.
 func TestCompileEmbeddedSources(t *testing.T) {
-	n, path := testNVRTC(t)
-	archs, err := n.supportedArchs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	arch, err := pickArch(9, 0, archs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	n, path, arch := testNVRTCArch(t)
 	progs, err := compileAll(context.Background(), n, arch, "") // no cache: always compile
 	if err != nil {
 		if ce, ok := err.(*CompileError); ok {
@@ -90,7 +82,21 @@ func TestCompileErrorCarriesLog(t *testing.T) {
 // time (the kernels the loss and list kernels replaced, v0Source) with today's header,
 // so a name added to xform.cuh that clashes with them fails here, without a GPU.
 func TestCompileTestSources(t *testing.T) {
-	n, _ := testNVRTC(t)
+	n, _, arch := testNVRTCArch(t)
+	header, err := sources.ReadFile(headerName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.compileCUBIN("v0_loss_optim.cu", v0Source, map[string]string{headerName: string(header)}, nvrtcOptions(arch)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// testNVRTCArch is testNVRTC and the architecture the tests compile for (sm_90, the
+// GPU machine's, or the newest same-major one this NVRTC knows).
+func testNVRTCArch(t *testing.T) (*nvrtc, string, string) {
+	t.Helper()
+	n, path := testNVRTC(t)
 	archs, err := n.supportedArchs()
 	if err != nil {
 		t.Fatal(err)
@@ -99,11 +105,5 @@ func TestCompileTestSources(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	header, err := sources.ReadFile(headerName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := n.compileCUBIN("v0_loss_optim.cu", v0Source, map[string]string{headerName: string(header)}, nvrtcOptions(arch)); err != nil {
-		t.Fatal(err)
-	}
+	return n, path, arch
 }
