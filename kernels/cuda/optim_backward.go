@@ -58,13 +58,18 @@ func (be *Backend) sumSquares(xs []kernels.Buffer) *buffer {
 
 // ScaleAll implements kernels.MultiTensor: x = a·x over every buffer in one launch.
 func (be *Backend) ScaleAll(xs []kernels.Buffer, a float32) {
+	be.listWithScalar(be.fn.train.scaleList, xs, a)
+}
+
+// listWithScalar launches a list kernel taking (desc, n, one float, tasks) over xs.
+func (be *Backend) listWithScalar(fn uintptr, xs []kernels.Buffer, v float32) {
 	defer be.enter()()
 	j := be.stageLists(xs)
 	if j.n == 0 {
 		return
 	}
-	be.prm.reset().ptr(j.desc).i32(j.n).f32(a).ptr(j.tasks)
-	be.run(be.fn.train.scaleList, [3]uint32{uint32(j.blocks), 1, 1}, listThreads, 0)
+	be.prm.reset().ptr(j.desc).i32(j.n).f32(v).ptr(j.tasks)
+	be.run(fn, [3]uint32{uint32(j.blocks), 1, 1}, listThreads, 0)
 }
 
 // AdamStep implements kernels.Trainer with one fused kernel (optim.cu): both moments
@@ -168,11 +173,5 @@ func (be *Backend) AdamStepAll(p, g, m, v []kernels.Buffer, s kernels.OptimStep)
 // FillAll implements kernels.MultiTensor: every element of every buffer set to v in
 // one launch (zeroing the gradients).
 func (be *Backend) FillAll(xs []kernels.Buffer, v float32) {
-	defer be.enter()()
-	j := be.stageLists(xs)
-	if j.n == 0 {
-		return
-	}
-	be.prm.reset().ptr(j.desc).i32(j.n).f32(v).ptr(j.tasks)
-	be.run(be.fn.train.fillList, [3]uint32{uint32(j.blocks), 1, 1}, listThreads, 0)
+	be.listWithScalar(be.fn.train.fillList, xs, v)
 }
