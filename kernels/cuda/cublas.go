@@ -100,17 +100,19 @@ func (b *cublas) newHandle() (uintptr, error) {
 	return h, nil
 }
 
+// blasOp is cuBLAS's cublasOperation_t for an operand transposed or not.
+func blasOp(trans bool) uintptr {
+	if trans {
+		return opT
+	}
+	return opN
+}
+
 // sgemmRowMajor computes row-major C[m,n] = alpha·op(A)·op(B) + beta·C. cuBLAS is
 // column-major, and a row-major matrix is its transpose in column-major, so it runs
 // Cᵀ = op(B)ᵀ·op(A)ᵀ: the operands swap places and m, n swap.
 func (b *cublas) sgemmRowMajor(h uintptr, transA, transB bool, m, n, k int, alpha float32, a uint64, lda int, bm uint64, ldb int, beta float32, c uint64, ldc int) error {
-	ta, tb := uintptr(opN), uintptr(opN)
-	if transA {
-		ta = opT
-	}
-	if transB {
-		tb = opT
-	}
+	ta, tb := blasOp(transA), blasOp(transB)
 	return b.check("cublasSgemm_v2", call(b.sgemm, h, tb, ta, uintptr(n), uintptr(m), uintptr(k),
 		uintptr(unsafe.Pointer(&alpha)), uintptr(bm), uintptr(ldb), uintptr(a), uintptr(lda),
 		uintptr(unsafe.Pointer(&beta)), uintptr(c), uintptr(ldc)))
@@ -120,13 +122,7 @@ func (b *cublas) sgemmRowMajor(h uintptr, transA, transB bool, m, n, k int, alph
 // cudaR16F), C float32 and float32 accumulation (CUBLAS_COMPUTE_32F, so alpha and beta
 // are float32). On a default-math handle cuBLAS runs it on the tensor cores.
 func (b *cublas) gemmExRowMajor(h uintptr, ab uintptr, transA, transB bool, m, n, k int, alpha float32, a uint64, lda int, bm uint64, ldb int, beta float32, c uint64, ldc int) error {
-	ta, tb := uintptr(opN), uintptr(opN)
-	if transA {
-		ta = opT
-	}
-	if transB {
-		tb = opT
-	}
+	ta, tb := blasOp(transA), blasOp(transB)
 	return b.check("cublasGemmEx", call(b.gemmEx, h, tb, ta, uintptr(n), uintptr(m), uintptr(k),
 		uintptr(unsafe.Pointer(&alpha)), uintptr(bm), ab, uintptr(ldb), uintptr(a), ab, uintptr(lda),
 		uintptr(unsafe.Pointer(&beta)), uintptr(c), cudaR32F, uintptr(ldc), computeF32, uintptr(uint32(0xffffffff))))
