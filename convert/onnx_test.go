@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/xform-dev/xform/internal/pytest"
+
 	"github.com/xform-dev/xform/admin"
 	"github.com/xform-dev/xform/model"
 	"github.com/xform-dev/xform/onnxio"
@@ -272,22 +274,10 @@ func TestSinusoidTable(t *testing.T) {
 	}
 }
 
-// pythonONNX returns python3 when it can import onnx and onnxruntime. Without them the
-// runtime tests skip, except under CI=true where a missing runtime is a failure.
+// pythonONNX returns python3 when it can import onnx and onnxruntime (pytest.Python).
 func pythonONNX(t *testing.T) string {
 	t.Helper()
-	py, err := exec.LookPath("python3")
-	if err == nil {
-		err = exec.Command(py, "-c", "import numpy, onnx, onnxruntime").Run()
-	}
-	if err != nil {
-		msg := "python3 with numpy, onnx and onnxruntime is needed (pip install numpy onnx onnxruntime): " + err.Error()
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	return py
+	return pytest.Python(t, "numpy", "onnx", "onnxruntime")
 }
 
 func runCheck(t *testing.T, py string, args ...string) {

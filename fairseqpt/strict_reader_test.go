@@ -5,29 +5,17 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/xform-dev/xform/internal/pytest"
+
 	"github.com/nlpodyssey/gopickle/types"
 )
 
 const strictReader = "../tools/reference/strict_pt_reader.py"
-
-// python3 returns the interpreter, skipping the test when it is missing (failing under CI).
-func python3(t *testing.T) string {
-	t.Helper()
-	py, err := exec.LookPath("python3")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("python3 is required under CI=true")
-		}
-		t.Skip("python3 not found")
-	}
-	return py
-}
 
 type strictSummary struct {
 	TopLevel []string `json:"top_level"`
@@ -45,7 +33,7 @@ func runStrictReader(t *testing.T, path string, weightsOnly bool) (*strictSummar
 	if weightsOnly {
 		args = append(args, "--weights-only")
 	}
-	cmd := exec.Command(python3(t), args...)
+	cmd := exec.Command(pytest.Python(t), args...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -107,7 +95,7 @@ func tensorHashes(t *testing.T, v interface{}) map[string]string {
 // (alignment, record order, CRCs, allowed globals, 'cpu' locations) and its tensors hash
 // the same as the source's.
 func TestStrictPythonReaderOnWrittenFiles(t *testing.T) {
-	python3(t)
+	pytest.Python(t)
 	dir := t.TempDir()
 	for _, src := range writerFixtures {
 		name := strings.ReplaceAll(strings.TrimPrefix(src, "../fixtures/"), "/", "_")
@@ -141,7 +129,7 @@ func TestStrictPythonReaderOnWrittenFiles(t *testing.T) {
 // A state-dict-only file passes the weights-only mode; a file with an argparse.Namespace
 // does not (as under torch ≥2.6's default weights_only=True).
 func TestStrictPythonReaderWeightsOnly(t *testing.T) {
-	python3(t)
+	pytest.Python(t)
 	f, err := Open("../fixtures/clinic/runs/b_postln/ckpt/checkpoint_last.pt")
 	if err != nil {
 		t.Fatal(err)

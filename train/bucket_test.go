@@ -8,11 +8,12 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"os"
 	"os/exec"
 	"slices"
 	"sort"
 	"testing"
+
+	"github.com/xform-dev/xform/internal/pytest"
 
 	"github.com/xform-dev/xform/generate"
 	"github.com/xform-dev/xform/kernels/cpu"
@@ -53,24 +54,6 @@ for c in json.load(sys.stdin):
                 'collated': coll})
 json.dump(out, sys.stdout)
 `
-
-// pythonNumpy returns python3 when it can import numpy; otherwise the test skips, except
-// under CI=true, where CI installs numpy (tools/requirements-ci.txt) and a skip would hide
-// a broken check.
-func pythonNumpy(t *testing.T) string {
-	t.Helper()
-	py, err := exec.LookPath("python3")
-	if err == nil {
-		err = exec.Command(py, "-c", "import numpy").Run()
-	}
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("python3 with numpy is required under CI=true: %v", err)
-		}
-		t.Skipf("python3 with numpy not available: %v", err)
-	}
-	return py
-}
 
 type bucketCase struct {
 	name                string
@@ -148,7 +131,7 @@ func flatIDs(bs [][]int) string { return fmt.Sprint(bs) }
 // competitor's own Python functions give on the same data: the comparison on the GPU
 // machine is only like with like if xform steps on the same batches.
 func TestBucketBatchesMatchCompetitor(t *testing.T) {
-	py := pythonNumpy(t)
+	py := pytest.Python(t, "numpy")
 	cases := bucketCases()
 	type pyCase struct {
 		Src       [][]int32 `json:"src"`

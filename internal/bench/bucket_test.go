@@ -5,10 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"os/exec"
 	"slices"
 	"testing"
+
+	"github.com/xform-dev/xform/internal/pytest"
 
 	"github.com/xform-dev/xform/model"
 	"github.com/xform-dev/xform/train"
@@ -53,16 +54,7 @@ json.dump({'edges': edges, 'warm': warm, 'plan': out}, sys.stdout)
 // bucket edges, the same shape warm-up, the same timed batches in the same order with the
 // same shapes, token counts and padding slots.
 func TestBucketPlanMatchesCompetitor(t *testing.T) {
-	py, err := exec.LookPath("python3")
-	if err == nil {
-		err = exec.Command(py, "-c", "import numpy").Run()
-	}
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("python3 with numpy is required under CI=true: %v", err)
-		}
-		t.Skipf("python3 with numpy not available: %v", err)
-	}
+	py := pytest.Python(t, "numpy")
 	const pairs, buckets, maxTokens, seed, n = 3000, 3, 2048, 1111, 40
 	cmd := exec.Command(py, "-c", competitorPlan, "../../tools/bench/torch_competitor.py",
 		fmt.Sprint(pairs), fmt.Sprint(buckets), fmt.Sprint(maxTokens), fmt.Sprint(seed), fmt.Sprint(n))

@@ -9,19 +9,15 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/xform-dev/xform/internal/pytest"
 )
 
 // TestMakeTableRatios runs tools/bench/make_table.py on a committed run_all.sh result
 // file and checks its ratio columns against the tokens/s in that file, computed here:
 // "÷ Clinic", "xform ÷ this" (fairseq batching) and "xform (bucket) ÷ this".
 func TestMakeTableRatios(t *testing.T) {
-	py, err := exec.LookPath("python3")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("python3 is required under CI=true: %v", err)
-		}
-		t.Skipf("python3 not available: %v", err)
-	}
+	py := pytest.Python(t)
 	root := filepath.Join("..", "..")
 	results := filepath.Join(root, "fixtures", "bench", "train_2026-11-29b", "bench_results.jsonl")
 	f, err := os.Open(results)
