@@ -42,11 +42,7 @@ func TestDropoutApplierSameBits(t *testing.T) {
 					res = append(res, r)
 				}
 				var grads [][]float32
-				for _, p := range net.Params() {
-					g := make([]float32, p.G.Len())
-					be.Download(g, p.G)
-					grads = append(grads, g)
-				}
+				grads = gradients(net, be)
 				return res, grads
 			}
 			c := cpu.New(1)

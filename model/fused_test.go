@@ -50,11 +50,7 @@ func TestResidualNormerSameBits(t *testing.T) {
 					}
 					r.res = append(r.res, res)
 				}
-				for _, p := range net.Params() {
-					g := make([]float32, p.G.Len())
-					be.Download(g, p.G)
-					r.grads = append(r.grads, g)
-				}
+				r.grads = gradients(net, be)
 				if c.Init.HasOmega() {
 					res, err := net.Step(context.Background(), b, model.StepOptions{Profile: true})
 					if err != nil {

@@ -74,11 +74,7 @@ func TestScopedBuffersAreDeadAtEndScope(t *testing.T) {
 					}
 					r.res = append(r.res, res)
 				}
-				for _, p := range net.Params() {
-					g := make([]float32, p.G.Len())
-					be.Download(g, p.G)
-					r.grads = append(r.grads, g)
-				}
+				r.grads = gradients(net, be)
 				runner, err := model.NewRunner(m, be)
 				if err != nil {
 					t.Fatal(err)

@@ -37,11 +37,7 @@ func twoDropoutSteps(t *testing.T, m *model.Model, be kernels.Trainer, seed uint
 		}
 		r.res = append(r.res, res)
 	}
-	for _, p := range net.Params() {
-		g := make([]float32, p.G.Len())
-		be.Download(g, p.G)
-		r.grads = append(r.grads, g)
-	}
+	r.grads = gradients(net, be)
 	if profile && m.Config.Init.HasOmega() {
 		res, err := net.Step(context.Background(), trainTestBatch(), model.StepOptions{Profile: true, Train: true,
 			Dropout: 0.3, RNG: rng})
@@ -52,4 +48,15 @@ func twoDropoutSteps(t *testing.T, m *model.Model, be kernels.Trainer, seed uint
 	}
 	r.next = rng.Uint64()
 	return r
+}
+
+// gradients downloads every parameter's gradient of net, in Params order.
+func gradients(net *model.TrainNet, be kernels.Trainer) [][]float32 {
+	var out [][]float32
+	for _, p := range net.Params() {
+		g := make([]float32, p.G.Len())
+		be.Download(g, p.G)
+		out = append(out, g)
+	}
+	return out
 }
