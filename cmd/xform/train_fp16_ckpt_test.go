@@ -53,19 +53,8 @@ func TestFP16CheckpointHasFP16OptimizerState(t *testing.T) {
 	if err := opt.Restore(net, moments); err != nil {
 		t.Fatal(err)
 	}
-	sched, err := train.NewSchedule(train.ScheduleConfig{Name: "fixed", LR: []float64{1e-3}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc, err := train.NewLossScaler(train.LossScaleConfig{InitScale: 128, Window: 16384, MinScale: 1e-4})
-	if err != nil {
-		t.Fatal(err)
-	}
 	want := train.ScalerState{Scale: 0.25, Iter: 1009, LastOverflowIter: 1001, LastRescaleIter: 1001, OverflowsSinceRescale: 0}
-	if err := sc.SetState(want); err != nil {
-		t.Fatal(err)
-	}
-	s := &train.Stepper{Net: net, Opt: opt, Sched: sched, Scaler: sc, NumUpdates: 1000}
+	s := scaledStepper(t, net, opt, want)
 	path := filepath.Join(t.TempDir(), "checkpoint_last.pt")
 	if out := os.Getenv("XFORM_FP16_STATE_OUT"); out != "" {
 		path = out

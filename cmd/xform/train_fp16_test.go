@@ -119,19 +119,8 @@ func TestCheckpointKeepsLossScaler(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sched, err := train.NewSchedule(train.ScheduleConfig{Name: "fixed", LR: []float64{1e-3}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc, err := train.NewLossScaler(train.LossScaleConfig{InitScale: 128, Window: 16384, MinScale: 1e-4})
-	if err != nil {
-		t.Fatal(err)
-	}
 	want := train.ScalerState{Scale: 0.03125, Iter: 1234, LastOverflowIter: 1200, LastRescaleIter: 1190, OverflowsSinceRescale: 3}
-	if err := sc.SetState(want); err != nil {
-		t.Fatal(err)
-	}
-	s := &train.Stepper{Net: net, Opt: opt, Sched: sched, Scaler: sc, NumUpdates: 1000}
+	s := scaledStepper(t, net, opt, want)
 	path := filepath.Join(t.TempDir(), "checkpoint_last.pt")
 	cs := &checkpointSaver{log: io.Discard}
 	if err := cs.save([]string{path}, s.Snapshot(train.Progress{Epoch: 3, IterationsInEpoch: 5, BatchesInEpoch: 5}, math.NaN())); err != nil {
@@ -150,7 +139,7 @@ func TestCheckpointKeepsLossScaler(t *testing.T) {
 		t.Fatalf("restored scaler state %+v, want %+v", prog.LossScaler, want)
 	}
 	fresh, _ := train.NewLossScaler(train.LossScaleConfig{InitScale: 128, Window: 16384, MinScale: 1e-4})
-	s2 := &train.Stepper{Net: net, Opt: opt, Sched: sched, Scaler: fresh}
+	s2 := &train.Stepper{Net: net, Opt: opt, Sched: s.Sched, Scaler: fresh}
 	if err := s2.Resume(prog, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -170,4 +159,22 @@ func TestCheckpointKeepsLossScaler(t *testing.T) {
 	if prog, _, _, err := restoreTraining(im2.Checkpoint, im2.Model, "radam", io.Discard); err != nil || prog.LossScaler != nil {
 		t.Errorf("an fp32 checkpoint restores scaler state %+v (%v)", prog.LossScaler, err)
 	}
+}
+
+// scaledStepper is a Stepper of net and opt at update 1000 with a fixed learning rate and
+// a dynamic loss scaler in state st, for the checkpoint tests of the fp16 state.
+func scaledStepper(t *testing.T, net *model.TrainNet, opt *train.Optimizer, st train.ScalerState) *train.Stepper {
+	t.Helper()
+	sched, err := train.NewSchedule(train.ScheduleConfig{Name: "fixed", LR: []float64{1e-3}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := train.NewLossScaler(train.LossScaleConfig{InitScale: 128, Window: 16384, MinScale: 1e-4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sc.SetState(st); err != nil {
+		t.Fatal(err)
+	}
+	return &train.Stepper{Net: net, Opt: opt, Sched: sched, Scaler: sc, NumUpdates: 1000}
 }
