@@ -32,7 +32,7 @@ type driver struct {
 	cuDeviceGetAttribute, cuDevicePrimaryCtxRetain                   uintptr
 	cuDevicePrimaryCtxRelease, cuCtxSetCurrent, cuCtxSynchronize     uintptr
 	cuMemAlloc, cuMemFree, cuMemGetInfo, cuMemsetD32                 uintptr
-	cuMemcpyHtoD, cuMemcpyDtoH, cuMemcpyDtoD, cuMemcpyHtoDAsync      uintptr
+	cuMemcpyDtoH, cuMemcpyDtoD, cuMemcpyHtoDAsync                    uintptr
 	cuModuleLoadData, cuModuleGetFunction, cuModuleUnload            uintptr
 	cuLaunchKernel, cuFuncSetAttribute                               uintptr
 	cuEventCreate, cuEventRecord, cuEventSynchronize, cuEventDestroy uintptr
@@ -51,7 +51,7 @@ func (d *driver) symbols() []symbol {
 		{"cuCtxSetCurrent", &d.cuCtxSetCurrent}, {"cuCtxSynchronize", &d.cuCtxSynchronize},
 		{"cuMemAlloc_v2", &d.cuMemAlloc}, {"cuMemFree_v2", &d.cuMemFree},
 		{"cuMemGetInfo_v2", &d.cuMemGetInfo}, {"cuMemsetD32_v2", &d.cuMemsetD32},
-		{"cuMemcpyHtoD_v2", &d.cuMemcpyHtoD}, {"cuMemcpyDtoH_v2", &d.cuMemcpyDtoH},
+		{"cuMemcpyDtoH_v2", &d.cuMemcpyDtoH},
 		{"cuMemcpyDtoD_v2", &d.cuMemcpyDtoD}, {"cuMemcpyHtoDAsync_v2", &d.cuMemcpyHtoDAsync},
 		{"cuModuleLoadData", &d.cuModuleLoadData}, {"cuModuleGetFunction", &d.cuModuleGetFunction},
 		{"cuModuleUnload", &d.cuModuleUnload},

@@ -459,15 +459,6 @@ func (d *divergence) Error() string {
 	return fmt.Sprintf("cuda: graph %q: operation %d differs from its capture: %s", d.key, d.at, d.what)
 }
 
-// stream is where work goes now: the capture stream while capturing, else the
-// legacy default stream.
-func (be *Backend) stream() uintptr {
-	if be.graph.mode == graphCapture {
-		return be.graph.stream
-	}
-	return 0
-}
-
 // next returns the recorded operation a replay is at, which must be of kind k.
 func (be *Backend) next(k opKind) *graphOp {
 	g := &be.graph

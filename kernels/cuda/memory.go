@@ -233,10 +233,6 @@ func (d *driver) memsetD32(p uint64, v uint32, n uint64) error {
 	return d.check("cuMemsetD32_v2", call(d.cuMemsetD32, uintptr(p), uintptr(v), uintptr(n)))
 }
 
-func (d *driver) htod(dst uint64, src unsafe.Pointer, bytes uint64) error {
-	return d.check("cuMemcpyHtoD_v2", call(d.cuMemcpyHtoD, uintptr(dst), uintptr(src), uintptr(bytes)))
-}
-
 // htodQueued copies pageable host memory to the device in stream order without
 // waiting for the stream: the driver copies the source into its own staging memory
 // before returning (CUDA's documented behaviour for asynchronous copies from pageable
