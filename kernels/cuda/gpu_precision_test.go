@@ -39,12 +39,11 @@ const tolTight = 1e-5
 
 // format16 describes a 16-bit operand type for the references.
 type format16 struct {
-	prec       Precision
-	p          int     // significand bits, the implicit one included
-	emin       int     // exponent of the smallest normal
-	max        float64 // largest finite value
-	u, eta     float64 // unit roundoff, half the subnormal spacing
-	roundToF32 func(float32) float32
+	prec   Precision
+	p      int     // significand bits, the implicit one included
+	emin   int     // exponent of the smallest normal
+	max    float64 // largest finite value
+	u, eta float64 // unit roundoff, half the subnormal spacing
 }
 
 var (
