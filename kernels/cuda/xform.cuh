@@ -103,3 +103,56 @@ __device__ __forceinline__ list_span list_span_of(const int2* tasks, const unsig
 }
 
 __device__ __forceinline__ bool aligned16(const void* p) { return ((unsigned long long)p & 15) == 0; }
+
+// 16-bit formats, on raw 16-bit patterns. bf16 values are the upper 16 bits of the
+// float32 pattern, rounded to nearest even (NaN kept quiet); half values are IEEE
+// binary16, rounded to nearest even with subnormals, magnitudes from 65520 up (the
+// midpoint between 65504 and 2^16, which rounds to the even 2^16) giving ±Inf, NaN kept
+// quiet. Both are written from the bit layouts, without cuda_bf16.h or cuda_fp16.h,
+// which NVRTC does not ship here. Every kernel that stores a 16-bit copy of a float
+// (cast.cu, and the producers that write a Linear's operand directly) rounds with these,
+// so a copy written by a producer is the same bits as the cast of its float output.
+__device__ __forceinline__ unsigned short xf_f32_to_bf16(float x) {
+    unsigned int u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+__device__ __forceinline__ unsigned short xf_f32_to_f16(float x) {
+    unsigned int u = __float_as_uint(x);
+    unsigned int sign = (u >> 16) & 0x8000u;
+    unsigned int a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (unsigned short)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+    if (a >= 0x477ff000u) return (unsigned short)(sign | 0x7c00u);  // ≥ 65520 and Inf
+    if (a >= 0x38800000u) {
+        // Normal half (≥ 2^-14): rebias the exponent (127 → 15) and round the low 13
+        // mantissa bits away; a carry out of the mantissa correctly bumps the exponent.
+        unsigned int r = a - 0x38000000u;
+        r += 0xfffu + ((r >> 13) & 1u);
+        return (unsigned short)(sign | (r >> 13));
+    }
+    // Below 2^-25 (exponent field < 102) everything rounds to zero, 2^-25 itself being a
+    // tie with the even 0. Otherwise the result is the significand in units of 2^-24 (the
+    // subnormal spacing), shifted right by 14…24 bits and rounded to nearest even; 1024
+    // units is the bit pattern of 2^-14, the smallest normal.
+    if (a < 0x33000000u) return (unsigned short)sign;
+    unsigned int s = 126u - (a >> 23);
+    unsigned int m = 0x800000u | (a & 0x7fffffu);
+    unsigned int q = m >> s, rem = m & ((1u << s) - 1u), half = 1u << (s - 1u);
+    if (rem > half || (rem == half && (q & 1u))) q++;
+    return (unsigned short)(sign | q);
+}
+
+__device__ __forceinline__ float xf_f16_to_f32(unsigned short h) {
+    unsigned int sign = ((unsigned int)h & 0x8000u) << 16;
+    unsigned int e = ((unsigned int)h >> 10) & 0x1fu, m = (unsigned int)h & 0x3ffu;
+    if (e == 31u) return __uint_as_float(sign | 0x7f800000u | (m << 13));
+    if (e == 0u) return __uint_as_float(sign | __float_as_uint((float)m * 5.9604644775390625e-8f));  // m·2^-24, exact
+    return __uint_as_float(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+// xf_cast1 rounds to the Backend's 16-bit format: IEEE half when kHalf, else bf16.
+template <bool kHalf>
+__device__ __forceinline__ unsigned short xf_cast1(float x) {
+    return kHalf ? xf_f32_to_f16(x) : xf_f32_to_bf16(x);
+}
