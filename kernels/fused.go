@@ -193,3 +193,33 @@ type LinearKeeper interface {
 	LinearKeep(y, x, w, bias Buffer, m, n, k int) (kept Buffer)
 	LinearBackwardKept(dx, dw, db, dy, kept Buffer, m, n, k int)
 }
+
+// HalfBuffers is implemented by a backend whose Linear multiplies 16-bit roundings of
+// its operands (the CUDA backend in bf16/fp16, a LinearKeeper that keeps a copy). A
+// buffer from AllocHalf holds n elements in that 16-bit format instead of float32
+// (Len is n): the rounding, RN16(v), of the float32 values v some operation computes.
+// Operations documented to write one store RN16(v) where they would have stored v, and
+// operations documented to read one take it where they would have rounded a float32
+// buffer holding v, so the results are the same bits as the float32 path, with a pass
+// over memory (the cast) and half of a write saved. Every other operation rejects it
+// (the CUDA backend panics), so it can only flow from such a writer to such a reader.
+//
+// Writers: LabelSmoothedLossDeferred's dlogits, ReLUDropoutBackward's dpre,
+// ApplyDropout's y. Readers: LinearKeep's x and LinearBackwardKept's dy (the products
+// take them as they are), LinearActKeep's x.
+//
+// AllocHalf returns nil when the backend rounds nothing (its FP32 mode); callers then
+// use a float32 buffer. Otherwise the buffer is uninitialised and scoped as Alloc's.
+type HalfBuffers interface {
+	AllocHalf(n int) Buffer
+}
+
+// LinearActKeeper is LinearActivator.LinearAct that keeps its 16-bit operands, as
+// LinearKeeper.LinearKeep does: the first Linear of a feed-forward block whose backward
+// is not LinearActBackward (the activation dropout's path, ReLUDropoutBackwarder) runs
+// LinearBackwardKept(dx, dw, db, dpre, kept, m, n, k) with kept, and rounds only dpre.
+// ok false means nothing was written (as LinearAct); kept is nil when the backend
+// rounds nothing. aux is LinearAct's.
+type LinearActKeeper interface {
+	LinearActKeep(a, x, w, bias Buffer, m, n, k int, act Activation) (aux, kept Buffer, ok bool)
+}

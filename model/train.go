@@ -371,6 +371,20 @@ func (n *TrainNet) out(size int) kernels.Buffer {
 	return n.be.Alloc(size)
 }
 
+// out16 allocates, like out, a buffer that the next operation overwrites whole, for a
+// gradient or activation that only a kept Linear reads (LinearBackwardKept's dy,
+// LinearKeep's x): a backend that rounds those operands to 16 bits anyway
+// (kernels.HalfBuffers) gets its 16-bit buffer, written rounded by the producer, and
+// the Linear skips the cast; the same bits. Others get out's float32 buffer.
+func (n *TrainNet) out16(size int) kernels.Buffer {
+	if h, ok := n.be.(kernels.HalfBuffers); ok {
+		if b := h.AllocHalf(size); b != nil {
+			return b
+		}
+	}
+	return n.out(size)
+}
+
 func (n *TrainNet) host(b kernels.Buffer) []float32 {
 	v := make([]float32, b.Len())
 	n.be.Download(v, b)
@@ -532,15 +546,22 @@ func (n *TrainNet) attention(o *StepOptions, args kernels.AttentionArgs, out, q,
 // backend that rounds GEMM operands (kernels.LinearKeeper) keeps the rounded x and w
 // for it, so the backward rounds only dy; same bits either way.
 func (n *TrainNet) linear(y, x, w, bias kernels.Buffer, m, nOut, k int) func(dx, dw, db, dy kernels.Buffer) {
+	back, _ := n.linearKept(y, x, w, bias, m, nOut, k)
+	return back
+}
+
+// linearKept is linear that also says whether the backend kept the rounded operands,
+// that is whether the backward may take a 16-bit dy from out16.
+func (n *TrainNet) linearKept(y, x, w, bias kernels.Buffer, m, nOut, k int) (func(dx, dw, db, dy kernels.Buffer), bool) {
 	be := n.be
 	if lk, ok := be.(kernels.LinearKeeper); ok {
 		if kept := lk.LinearKeep(y, x, w, bias, m, nOut, k); kept != nil {
-			return func(dx, dw, db, dy kernels.Buffer) { lk.LinearBackwardKept(dx, dw, db, dy, kept, m, nOut, k) }
+			return func(dx, dw, db, dy kernels.Buffer) { lk.LinearBackwardKept(dx, dw, db, dy, kept, m, nOut, k) }, true
 		}
 	} else {
 		be.Linear(y, x, w, bias, m, nOut, k)
 	}
-	return func(dx, dw, db, dy kernels.Buffer) { be.LinearBackward(dx, dw, db, dy, x, w, m, nOut, k) }
+	return func(dx, dw, db, dy kernels.Buffer) { be.LinearBackward(dx, dw, db, dy, x, w, m, nOut, k) }, false
 }
 
 // selfAttn is the self-attention branch over B sequences of T rows.
@@ -622,7 +643,18 @@ func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h kernels.Buffer, rows int) (k
 	// LinearActBackward has no place for the activation dropout (it sits between act
 	// and fc2), so with that dropout on the fused path needs rd for its backward.
 	if la, ok := be.(kernels.LinearActivator); ok && (dr == nil || rd != nil) {
-		if aux, ok := la.LinearAct(a, h, l.fc1.w.w, l.fc1.b.w, rows, F, d, n.act); ok {
+		var aux, kept kernels.Buffer
+		lak, keeps := be.(kernels.LinearActKeeper)
+		lk, _ := be.(kernels.LinearKeeper)
+		// With rd the first Linear's backward is LinearBackward (LinearActBackward has
+		// no place for the dropout): a backend that keeps the 16-bit operands of the
+		// forward lets it round only dpre, or nothing when dpre comes 16-bit.
+		if keeps && lk != nil && rd != nil {
+			aux, kept, ok = lak.LinearActKeep(a, h, l.fc1.w.w, l.fc1.b.w, rows, F, d, n.act)
+		} else {
+			aux, ok = la.LinearAct(a, h, l.fc1.w.w, l.fc1.b.w, rows, F, d, n.act)
+		}
+		if ok {
 			if dr != nil {
 				dr.apply(be, a, a)
 			}
@@ -638,8 +670,14 @@ func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h kernels.Buffer, rows int) (k
 				dpre := n.out(rows * F)
 				if rd != nil {
 					fc2Back(dpre, l.fc2.w.g, l.fc2.b.g, dout)
-					rd.ReLUDropoutBackward(dpre, dpre, a, o.ActivationDropout)
 					dh := n.out(rows * d)
+					if kept != nil {
+						g := n.out16(rows * F)
+						rd.ReLUDropoutBackward(g, dpre, a, o.ActivationDropout)
+						lk.LinearBackwardKept(dh, l.fc1.w.g, l.fc1.b.g, g, kept, rows, F, d)
+						return dh
+					}
+					rd.ReLUDropoutBackward(dpre, dpre, a, o.ActivationDropout)
 					be.LinearBackward(dh, l.fc1.w.g, l.fc1.b.g, dpre, h, l.fc1.w.w, rows, F, d)
 					return dh
 				}
@@ -655,7 +693,7 @@ func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h kernels.Buffer, rows int) (k
 	if rd == nil {
 		pre = n.out(rows * F)
 	}
-	fc1Back := n.linear(pre, h, l.fc1.w.w, l.fc1.b.w, rows, F, d)
+	fc1Back, fc1Kept := n.linearKept(pre, h, l.fc1.w.w, l.fc1.b.w, rows, F, d)
 	be.Activate(a, pre, n.act)
 	if dr != nil {
 		dr.apply(be, a, a)
@@ -666,7 +704,12 @@ func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h kernels.Buffer, rows int) (k
 		da := n.out(rows * F)
 		fc2Back(da, l.fc2.w.g, l.fc2.b.g, dout)
 		if rd != nil {
-			rd.ReLUDropoutBackward(da, da, a, o.ActivationDropout)
+			g := da
+			if fc1Kept {
+				g = n.out16(rows * F)
+			}
+			rd.ReLUDropoutBackward(g, da, a, o.ActivationDropout)
+			da = g
 		} else {
 			if dr != nil {
 				dr.apply(be, da, da)
@@ -862,7 +905,7 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 	logitsBack := n.linear(logits, y, n.outProj.w, nil, rows, V, d)
 	var dlogits kernels.Buffer
 	if o.Backward {
-		dlogits = n.out(rows * V)
+		dlogits = n.out16(rows * V)
 	}
 	var readLoss func() (float64, float64)
 	if dl, ok := be.(kernels.DeferredLosser); ok {

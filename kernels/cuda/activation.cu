@@ -146,3 +146,22 @@ struct ReluDropBwd {
 extern "C" __global__ void relu_dropout_bwd(float* dpre, const float* da, const float* a, float s, long long n) {
     map2(dpre, da, a, n, ReluDropBwd{s});
 }
+
+// relu_dropout_bwd16 is relu_dropout_bwd into a 16-bit dpre (format fmt, XF_OUT_*):
+// the rounding of the same float, so the first Linear's backward reads it uncast.
+extern "C" __global__ void relu_dropout_bwd16(void* dpre, const float* da, const float* a, float s, long long n,
+                                              int fmt) {
+    const ReluDropBwd f{s};
+    long long done = 0;
+    if ((((unsigned long long)da | (unsigned long long)a) & 15ull) == 0 && xf_out_aligned(dpre, fmt)) {
+        const long long n4 = n >> 2;
+        const float4* u4 = reinterpret_cast<const float4*>(da);
+        const float4* v4 = reinterpret_cast<const float4*>(a);
+        for (long long q = xf_tid(); q < n4; q += xf_stride()) {
+            const float4 g = u4[q], w = v4[q];
+            xf_store4(dpre, q, make_float4(f(g.x, w.x), f(g.y, w.y), f(g.z, w.z), f(g.w, w.w)), fmt);
+        }
+        done = n4 << 2;
+    }
+    for (long long i = done + xf_tid(); i < n; i += xf_stride()) xf_store(dpre, i, f(da[i], a[i]), fmt);
+}

@@ -101,6 +101,9 @@ type Backend struct {
 	// bgradOff: tests: LinearBackward's db from the column sum, not the GEMM epilogue
 	// (precision.go).
 	bgradOff bool
+	// halfOff: tests: AllocHalf returns nil, so the model takes float32 buffers and
+	// the Linears cast them (half.go).
+	halfOff bool
 	// linearActForce: tests: LinearActBackward skips its first 1 or 2 epilogue
 	// choices (linear_act.go), so the fallbacks run.
 	linearActForce int
@@ -133,6 +136,7 @@ type functions struct {
 	castBF16x3, castF16x3                        uintptr
 	train                                        trainFunctions
 	fused                                        fusedFunctions
+	half                                         halfFunctions
 }
 
 func (f *functions) table() map[string]*uintptr {
@@ -147,6 +151,7 @@ func (f *functions) table() map[string]*uintptr {
 	}
 	f.train.add(m)
 	f.fused.add(m)
+	f.half.add(m)
 	return m
 }
 

@@ -24,3 +24,26 @@ extern "C" __global__ void dropout_apply(float* y, const float* x, unsigned long
                                          unsigned long long threshold, float keep, long long n) {
     for (long long i = xf_tid(); i < n; i += xf_stride()) y[i] = x[i] * dropout_elem(seed, i, threshold, keep);
 }
+
+// dropout_apply16 is dropout_apply into a 16-bit y (format fmt, XF_OUT_*): element i is
+// the rounding of the float product dropout_apply stores, four elements per thread
+// where x and y are aligned for it.
+extern "C" __global__ void dropout_apply16(void* y, const float* x, unsigned long long seed,
+                                           unsigned long long threshold, float keep, long long n, int fmt) {
+    long long done = 0;
+    if (((unsigned long long)x & 15ull) == 0 && xf_out_aligned(y, fmt)) {
+        const long long n4 = n >> 2;
+        const float4* x4 = reinterpret_cast<const float4*>(x);
+        for (long long q = xf_tid(); q < n4; q += xf_stride()) {
+            float4 v = x4[q];
+            const long long i = 4 * q;
+            v.x = v.x * dropout_elem(seed, i, threshold, keep);
+            v.y = v.y * dropout_elem(seed, i + 1, threshold, keep);
+            v.z = v.z * dropout_elem(seed, i + 2, threshold, keep);
+            v.w = v.w * dropout_elem(seed, i + 3, threshold, keep);
+            xf_store4(y, q, v, fmt);
+        }
+        done = n4 << 2;
+    }
+    for (long long i = done + xf_tid(); i < n; i += xf_stride()) xf_store(y, i, x[i] * dropout_elem(seed, i, threshold, keep), fmt);
+}

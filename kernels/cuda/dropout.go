@@ -23,8 +23,10 @@ func (be *Backend) DropoutMask(mask kernels.Buffer, p float64, seed uint64) {
 
 // ApplyDropout implements kernels.DropoutApplier: dropout_mask's element times x, in
 // one pass, nothing stored.
+//
+// y may be a 16-bit buffer (kernels.HalfBuffers): it gets the rounding of each product.
 func (be *Backend) ApplyDropout(y, x kernels.Buffer, p float64, seed uint64) {
-	n := dev(y).n
+	yp, n, format := be.outOf(y)
 	if dev(x).n != n {
 		panic(fmt.Sprintf("cuda backend: ApplyDropout of %d elements into %d", dev(x).n, n))
 	}
@@ -33,8 +35,14 @@ func (be *Backend) ApplyDropout(y, x kernels.Buffer, p float64, seed uint64) {
 		return
 	}
 	defer be.enter()()
-	be.prm.reset().ptr(addr(y)).ptr(addr(x)).u64(seed).u64(t).f32(keep).i64(n)
-	be.elem(be.fn.train.dropoutApply, int64(n))
+	be.prm.reset().ptr(yp).ptr(addr(x)).u64(seed).u64(t).f32(keep).i64(n)
+	if format == xfOutF32 {
+		be.elem(be.fn.train.dropoutApply, int64(n))
+		return
+	}
+	be.prm.i32(format)
+	// A thread takes four elements on the aligned path: size the grid for n/4.
+	be.run(be.fn.half.dropoutApply16, [3]uint32{grid1D((int64(n)+3)/4, blockElem, be.info.SMs), 1, 1}, blockElem, 0)
 }
 
 var _ kernels.DropoutApplier = (*Backend)(nil)

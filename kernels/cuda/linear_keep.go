@@ -8,46 +8,121 @@ import (
 
 var _ kernels.LinearKeeper = (*Backend)(nil)
 
+// kept16 is what LinearKeep keeps for the backward: the device addresses of the 16-bit
+// x and w the product multiplied, and the blocks that hold them (the copies LinearKeep
+// made, and x itself when it came as a 16-bit buffer), so they live until the backward.
+type kept16 struct {
+	copies *buffer
+	x16    *half
+	x, w   uint64
+	m, k   int
+	n      int
+}
+
+// Len is the number of 16-bit elements kept (x and w).
+func (k *kept16) Len() int { return k.m*k.k + k.n*k.k }
+
 // LinearKeep implements kernels.LinearKeeper: in bf16/fp16 the 16-bit copies of x and
 // w that the product multiplies go to a buffer of the step's scope instead of the
 // shared scratch, so LinearBackwardKept rounds only dy (the backward rounded x and w
-// again before: about 0.7 ms of casts per 6L-6L step). In FP32 nothing is rounded:
-// it is Linear and returns nil.
+// again before: about 0.7 ms of casts per 6L-6L step). x may be a 16-bit buffer
+// (kernels.HalfBuffers): it is multiplied and kept as it is. In FP32 nothing is
+// rounded: it is Linear and returns nil.
 func (be *Backend) LinearKeep(y, x, w, bias kernels.Buffer, m, n, k int) kernels.Buffer {
+	xh := halfOf(x)
 	if be.precision == FP32 || m == 0 || n == 0 {
+		if xh != nil {
+			panic("cuda backend: LinearKeep of a 16-bit x in FP32")
+		}
 		be.Linear(y, x, w, bias, m, n, k)
 		return nil
 	}
+	if xh != nil && xh.n != m*k {
+		panic(fmt.Sprintf("cuda backend: LinearKeep of a 16-bit x of %d elements as %d×%d", xh.n, m, k))
+	}
 	defer be.enter()()
-	ops := [3]operand16{{addr(x), m * k}, {addr(w), n * k}}
-	off, bytes := layout16(ops)
-	kept := be.scoped(be.newBuffer(int((max(bytes, halfAlign) + 3) / 4)))
-	dst := [3]uint64{kept.dptr() + off[0], kept.dptr() + off[1], kept.dptr() + off[2]}
-	be.castInto(dst, ops)
+	kp := be.keep16(x, w, m, n, k)
 	plan := be.ltPlanFor(false, true, m, n, k, k, k, n, addr(y), addr(bias))
-	be.product16(plan, false, true, m, n, k, dst[0], k, dst[1], k, 0, addr(y), n, addr(bias))
-	return kept
+	be.product16(plan, false, true, m, n, k, kp.x, k, kp.w, k, 0, addr(y), n, addr(bias))
+	return kp
+}
+
+// keep16 rounds x (unless it is already 16-bit) and w into a block of the step's scope,
+// in one launch. The caller holds the Backend.
+func (be *Backend) keep16(x, w kernels.Buffer, m, n, k int) *kept16 {
+	kp := &kept16{x16: halfOf(x), m: m, n: n, k: k}
+	ops := [3]operand16{{0, m * k}, {addr(w), n * k}}
+	if kp.x16 == nil {
+		ops[0].src = addr(x)
+	} else {
+		ops[0].n = 0
+	}
+	off, bytes := layout16(ops)
+	kp.copies = be.scoped(be.newBuffer(int((max(bytes, halfAlign) + 3) / 4)))
+	dst := [3]uint64{kp.copies.dptr() + off[0], kp.copies.dptr() + off[1], kp.copies.dptr() + off[2]}
+	be.castInto(dst, ops)
+	kp.x, kp.w = dst[0], dst[1]
+	if kp.x16 != nil {
+		kp.x = kp.x16.dptr()
+	}
+	return kp
 }
 
 // LinearBackwardKept implements kernels.LinearKeeper: LinearBackward with the copies
-// LinearKeep kept (same m, n, k), the same products on the same 16-bit operands.
+// LinearKeep kept (same m, n, k), the same products on the same 16-bit operands. dy may
+// be a 16-bit buffer (kernels.HalfBuffers): the products take it uncast.
 func (be *Backend) LinearBackwardKept(dx, dw, db, dy, kept kernels.Buffer, m, n, k int) {
 	if m == 0 {
 		return
 	}
-	ops := [3]operand16{{0, m * k}, {0, n * k}}
-	off, bytes := layout16(ops)
-	kb := dev(kept)
-	if kb == nil || uint64(kb.n)*4 < bytes {
-		panic(fmt.Sprintf("cuda backend: LinearBackwardKept of %d×%d×%d without LinearKeep's buffer of %d bytes", m, n, k, bytes))
+	kp, ok := kept.(*kept16)
+	if !ok || kp.m != m || kp.n != n || kp.k != k {
+		panic(fmt.Sprintf("cuda backend: LinearBackwardKept of %d×%d×%d without LinearKeep's copies of that shape", m, n, k))
+	}
+	dyh := halfOf(dy)
+	if dyh != nil && dyh.n != m*n {
+		panic(fmt.Sprintf("cuda backend: LinearBackwardKept of a 16-bit dy of %d elements as %d×%d", dyh.n, m, n))
 	}
 	defer be.enter()()
 	dbDone := false
 	if dx != nil || dw != nil {
-		dbDone = be.linearBackward16Kept(dx, dw, db, dy, nil, nil, kb.dptr()+off[0], kb.dptr()+off[1], m, n, k)
+		dbDone = be.linearBackward16Kept(dx, dw, db, dy, nil, nil, kp.x, kp.w, m, n, k)
 	}
 	if db != nil && n > 0 && !dbDone {
-		part, chunks, nout := be.colReduce(0, addr(dy), 0, 0, m, n)
+		src := addr(dy)
+		if dyh != nil {
+			// The epilogue refused: the column sum of the widened 16-bit values.
+			src = be.widen16(dyh).dptr()
+		}
+		part, chunks, nout := be.colReduce(0, src, 0, 0, m, n)
 		be.colFinish(db, part, chunks, nout, 0, n, 1)
 	}
+}
+
+// LinearActKeep implements kernels.LinearActKeeper: LinearAct on operands rounded into
+// a kept block (x taken as it is when 16-bit), returned for LinearBackwardKept.
+func (be *Backend) LinearActKeep(a, x, w, bias kernels.Buffer, m, n, k int, act kernels.Activation) (aux, kept kernels.Buffer, ok bool) {
+	if be.precision == FP32 {
+		return nil, nil, false
+	}
+	fwd, _, _, ok := actEpilogues(act)
+	if !ok || bias == nil || m == 0 || n == 0 || k == 0 {
+		return nil, nil, false
+	}
+	ld, elems := actAux(act, m, n)
+	if ld == 0 {
+		return nil, nil, false
+	}
+	defer be.enter()()
+	auxb := be.scoped(be.newBuffer(elems))
+	plan := be.ltPlanEpi(false, true, m, n, k, k, k, n, addr(a), fwd, addr(bias), auxb.dptr(), ld)
+	if plan == nil {
+		return nil, nil, false
+	}
+	kp := be.keep16(x, w, m, n, k)
+	if !be.ltRunAux(plan, kp.x, kp.w, 0, addr(a), addr(bias), auxb.dptr()) {
+		// Nothing written; the copies die with the scope.
+		return nil, nil, false
+	}
+	return auxb, kp, true
 }

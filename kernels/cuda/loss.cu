@@ -17,6 +17,9 @@
 // shared memory once and every pass reads it there. mode bits:
 //   LS_STAGED  row staged in dynamic shared memory (else every pass reads global memory)
 //   LS_VEC     V % 4 == 0 and both row arrays 16-byte aligned: float4 loads and stores
+//   LS_OUT_BF16, LS_OUT_F16  dlogits is 16-bit (a kernels.HalfBuffers buffer): each
+//              element is the rounding of the float the kernel would store (LS_FAST
+//              only: the 16-bit modes); LS_VEC then needs 8-byte alignment of dlogits
 //   LS_FAST    float arithmetic (bf16/fp16 modes): expf (≤ 2 ulp) instead of double exp,
 //              Σ lp_v taken as V·c − Σ x_v, sums formed in float over each group of four
 //              and in double beyond. Without it the arithmetic is the exact one above
@@ -27,6 +30,8 @@
 #define LS_STAGED 1
 #define LS_VEC 2
 #define LS_FAST 4
+#define LS_OUT_BF16 8
+#define LS_OUT_F16 16
 
 // ls_stage copies V floats of x into s. Eight float4 loads per thread are issued before
 // their stores so a block keeps its whole row in flight (one row is ~100 KiB at a
@@ -120,11 +125,24 @@ __device__ __forceinline__ void ls_max_sum(float& m, double& s, float* fscratch,
     __syncthreads();
 }
 
+// ls_store4 is xf_store4 with streaming stores: the gradient is read once, by the
+// output projection's backward, after the whole loss has run.
+__device__ __forceinline__ void ls_store4(void* g, int q, float4 v, int fmt) {
+    if (fmt == XF_OUT_F32) {
+        __stcs(reinterpret_cast<float4*>(g) + q, v);
+    } else {
+        uint2 o;
+        o.x = (unsigned int)xf_round16(v.x, fmt) | ((unsigned int)xf_round16(v.y, fmt) << 16);
+        o.y = (unsigned int)xf_round16(v.z, fmt) | ((unsigned int)xf_round16(v.w, fmt) << 16);
+        __stcs(reinterpret_cast<uint2*>(g) + q, o);
+    }
+}
+
 // ls_row_fast: the row in float arithmetic. Pass 1: max and Σ x; pass 2: Σ expf(x − m);
 // pass 3: the gradient. The per-element float → double conversions of the exact kernel
 // run at a quarter of the float rate, so each group of four is summed in float first.
-__device__ __forceinline__ void ls_row_fast(float* g, double* out, const float* x, int V, int t, float eps,
-                                            double epsI, float scale, bool vec, float* fscratch,
+__device__ __forceinline__ void ls_row_fast(void* g, int fmt, double* out, const float* x, int V, int t,
+                                            float eps, double epsI, float scale, bool vec, float* fscratch,
                                             double* dscratch) {
     const float xt = x[t];  // read before any thread may overwrite it (aliasing, unstaged)
     const float4* x4 = reinterpret_cast<const float4*>(x);
@@ -158,7 +176,6 @@ __device__ __forceinline__ void ls_row_fast(float* g, double* out, const float* 
     }
     if (!g) return;
     const float epsIf = (float)epsI, omepsf = 1.0f - eps;
-    float4* g4 = reinterpret_cast<float4*>(g);
     for (int q = threadIdx.x; q < n4; q += blockDim.x) {
         const float4 v = x4[q];
         const int j = 4 * q;
@@ -167,9 +184,10 @@ __device__ __forceinline__ void ls_row_fast(float* g, double* out, const float* 
         o.y = ls_grad_fast(v.y, c, epsIf, omepsf, j + 1 == t, scale);
         o.z = ls_grad_fast(v.z, c, epsIf, omepsf, j + 2 == t, scale);
         o.w = ls_grad_fast(v.w, c, epsIf, omepsf, j + 3 == t, scale);
-        __stcs(g4 + q, o);
+        ls_store4(g, q, o, fmt);
     }
-    for (int j = 4 * n4 + threadIdx.x; j < V; j += blockDim.x) g[j] = ls_grad_fast(x[j], c, epsIf, omepsf, j == t, scale);
+    for (int j = 4 * n4 + threadIdx.x; j < V; j += blockDim.x)
+        xf_store(g, j, ls_grad_fast(x[j], c, epsIf, omepsf, j == t, scale), fmt);
 }
 
 // At most 512 threads with two blocks per SM (64 registers): two ~100 KiB rows fit in
@@ -177,20 +195,22 @@ __device__ __forceinline__ void ls_row_fast(float* g, double* out, const float* 
 // The bounds sit on a declaration so that the definition keeps the plain form the
 // kernel-name tests look for.
 extern "C" __global__ void __launch_bounds__(512, 2)
-    ls_loss(float* dlogits, double* rowOut, const float* logits, const int* targets, int rows, int V, float eps,
+    ls_loss(void* dlogits, double* rowOut, const float* logits, const int* targets, int rows, int V, float eps,
             int ignore, float scale, int mode);
 
-extern "C" __global__ void ls_loss(float* dlogits, double* rowOut, const float* logits, const int* targets,
+extern "C" __global__ void ls_loss(void* dlogits, double* rowOut, const float* logits, const int* targets,
                                    int rows, int V, float eps, int ignore, float scale, int mode) {
     extern __shared__ float4 ls_row4[];
     __shared__ double dscratch[32];
     __shared__ float fscratch[32];
     float* srow = reinterpret_cast<float*>(ls_row4);
     const bool staged = mode & LS_STAGED, vec = mode & LS_VEC, fast = mode & LS_FAST;
+    const int fmt = (mode & LS_OUT_F16) ? XF_OUT_F16 : (mode & LS_OUT_BF16) ? XF_OUT_BF16 : XF_OUT_F32;
+    const int gsize = fmt == XF_OUT_F32 ? 4 : 2;
     const double epsI = (double)eps / (double)V;
     for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
         const float* x = logits + r * V;
-        float* g = dlogits ? dlogits + r * V : nullptr;
+        void* g = dlogits ? reinterpret_cast<char*>(dlogits) + r * V * gsize : nullptr;
         const int t = targets[r];
         if (t == ignore) {
             if (threadIdx.x == 0) {
@@ -199,10 +219,9 @@ extern "C" __global__ void ls_loss(float* dlogits, double* rowOut, const float* 
             }
             if (g) {
                 if (vec) {
-                    float4* g4 = reinterpret_cast<float4*>(g);
-                    for (int q = threadIdx.x; q < (V >> 2); q += blockDim.x) __stcs(g4 + q, make_float4(0, 0, 0, 0));
+                    for (int q = threadIdx.x; q < (V >> 2); q += blockDim.x) ls_store4(g, q, make_float4(0, 0, 0, 0), fmt);
                 } else {
-                    for (int j = threadIdx.x; j < V; j += blockDim.x) g[j] = 0.0f;
+                    for (int j = threadIdx.x; j < V; j += blockDim.x) xf_store(g, j, 0.0f, fmt);
                 }
             }
             continue;
@@ -212,9 +231,9 @@ extern "C" __global__ void ls_loss(float* dlogits, double* rowOut, const float* 
             x = srow;
         }
         if (fast)
-            ls_row_fast(g, rowOut + 2 * r, x, V, t, eps, epsI, scale, vec, fscratch, dscratch);
+            ls_row_fast(g, fmt, rowOut + 2 * r, x, V, t, eps, epsI, scale, vec, fscratch, dscratch);
         else
-            ls_row_exact(g, rowOut + 2 * r, x, V, t, eps, epsI, scale, fscratch, dscratch);
+            ls_row_exact(reinterpret_cast<float*>(g), rowOut + 2 * r, x, V, t, eps, epsI, scale, fscratch, dscratch);
         // The next row's staging overwrites srow, which slower threads may still read.
         if (staged) __syncthreads();
     }

@@ -16,9 +16,11 @@ const (
 	// lsStaticShared bounds the kernel's static shared memory (its scratch takes 384
 	// bytes); the dynamic part may use the device's opt-in bound less this.
 	lsStaticShared = 1024
-	lsStaged       = 1 // LS_STAGED
-	lsVec          = 2 // LS_VEC
-	lsFast         = 4 // LS_FAST
+	lsStaged       = 1  // LS_STAGED
+	lsVec          = 2  // LS_VEC
+	lsFast         = 4  // LS_FAST
+	lsOutBF16      = 8  // LS_OUT_BF16
+	lsOutF16       = 16 // LS_OUT_F16
 	// funcAttrCarveout is CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT.
 	funcAttrCarveout = 9
 )
@@ -82,7 +84,9 @@ func (be *Backend) LabelSmoothedLoss(dlogits, logits kernels.Buffer, targets []i
 	return be.LabelSmoothedLossDeferred(dlogits, logits, targets, rows, V, eps, ignore, scale)()
 }
 
-// LabelSmoothedLossDeferred implements kernels.DeferredLosser. In FP32 the kernel keeps
+// LabelSmoothedLossDeferred implements kernels.DeferredLosser. dlogits may be a 16-bit
+// buffer (kernels.HalfBuffers): each element is the rounding of the float gradient,
+// which the output projection's backward then multiplies uncast. In FP32 the kernel keeps
 // the CPU backend's double arithmetic; in BF16/FP16 it computes in float (expf, ≤ 2
 // ulp), which is ~2× faster at a 27k vocabulary, the loss within ~1e-7 and dlogits
 // within a few float ulps of the CPU (gpu_loss_test.go states the bounds).
@@ -97,8 +101,24 @@ func (be *Backend) LabelSmoothedLossDeferred(dlogits, logits kernels.Buffer, tar
 	st := be.lossSetup()
 	tp := be.stageInts(slotTargets, targets[:rows])
 	perRow := be.newDoubles(2 * rows)
-	block, shared, mode := lsLaunch(V, st.maxStaged, addr(logits), addr(dlogits), be.precision != FP32)
-	be.prm.reset().ptr(addr(dlogits)).ptr(perRow.dptr()).ptr(addr(logits)).ptr(tp).
+	gp, gn, format := be.outOf(dlogits)
+	if dlogits != nil && gn < rows*V {
+		panic(fmt.Sprintf("cuda backend: LabelSmoothedLoss gradient of %d elements for %d×%d logits", gn, rows, V))
+	}
+	// A 16-bit gradient row needs 8-byte alignment for LS_VEC's stores: the address
+	// doubled stands for it in lsLaunch's 16-byte test.
+	galign := gp
+	if format != xfOutF32 {
+		galign = 2 * gp
+	}
+	block, shared, mode := lsLaunch(V, st.maxStaged, addr(logits), galign, be.precision != FP32)
+	switch format {
+	case xfOutBF16:
+		mode |= lsOutBF16
+	case xfOutF16:
+		mode |= lsOutF16
+	}
+	be.prm.reset().ptr(gp).ptr(perRow.dptr()).ptr(addr(logits)).ptr(tp).
 		i32(rows).i32(V).f32(eps).i32(int(ignore)).f32(scale).i32(mode)
 	be.run(be.fn.train.lsLoss, be.rowsGrid(rows), block, shared)
 	sums := be.newDoubles(2)

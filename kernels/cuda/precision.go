@@ -216,9 +216,16 @@ func (be *Backend) linearBackward16(dx, dw, db, dy, x, w kernels.Buffer, m, n, k
 }
 
 // linearBackward16Kept is linearBackward16 where x16 and w16, when not 0, are the
-// 16-bit copies of x and w that the forward made (LinearKeep): only dy is rounded.
+// 16-bit copies of x and w that the forward made (LinearKeep): only dy is rounded, and
+// not even dy when it is a 16-bit buffer (kernels.HalfBuffers).
 func (be *Backend) linearBackward16Kept(dx, dw, db, dy, x, w kernels.Buffer, x16, w16 uint64, m, n, k int) bool {
-	ops := [3]operand16{{addr(dy), m * n}}
+	var ops [3]operand16
+	dy16 := uint64(0)
+	if h := halfOf(dy); h != nil {
+		dy16 = h.dptr()
+	} else {
+		ops[0] = operand16{addr(dy), m * n}
+	}
 	var pdx, pdw *ltPlan
 	if dx != nil {
 		if w16 == 0 {
@@ -243,6 +250,9 @@ func (be *Backend) linearBackward16Kept(dx, dw, db, dy, x, w kernels.Buffer, x16
 		}
 	}
 	p := be.cast16(ops)
+	if dy16 != 0 {
+		p[0] = dy16
+	}
 	if w16 != 0 {
 		p[1] = w16
 	}

@@ -14,8 +14,11 @@ var _ kernels.ReLUDropoutBackwarder = (*Backend)(nil)
 // pass reads da and a and writes dpre, where those two read da twice, pre once and
 // write twice. s is the float32 that dropout_apply multiplies by, so the product's
 // bits are the same.
+//
+// dpre may be a 16-bit buffer (kernels.HalfBuffers), then not aliasing da or a: it gets
+// the rounding of each element (relu_dropout_bwd16).
 func (be *Backend) ReLUDropoutBackward(dpre, da, a kernels.Buffer, p float64) {
-	n := dev(dpre).n
+	dp, n, format := be.outOf(dpre)
 	if dev(da).n != n || dev(a).n != n {
 		panic(fmt.Sprintf("cuda backend: ReLUDropoutBackward of %d and %d elements into %d", dev(da).n, dev(a).n, n))
 	}
@@ -24,7 +27,11 @@ func (be *Backend) ReLUDropoutBackward(dpre, da, a kernels.Buffer, p float64) {
 	}
 	defer be.enter()()
 	fn := be.fn.train.reluDropoutBwd
-	be.prm.reset().ptr(addr(dpre)).ptr(addr(da)).ptr(addr(a)).f32(kernels.DropoutScale(p)).i64(n)
+	be.prm.reset().ptr(dp).ptr(addr(da)).ptr(addr(a)).f32(kernels.DropoutScale(p)).i64(n)
+	if format != xfOutF32 {
+		fn = be.fn.half.reluDropoutBwd16
+		be.prm.i32(format)
+	}
 	// A thread takes four elements on the aligned path: size the grid for n/4.
 	be.run(fn, [3]uint32{grid1D((int64(n)+3)/4, blockElem, be.info.SMs), 1, 1}, blockElem, 0)
 }

@@ -156,3 +156,41 @@ template <bool kHalf>
 __device__ __forceinline__ unsigned short xf_cast1(float x) {
     return kHalf ? xf_f32_to_f16(x) : xf_f32_to_bf16(x);
 }
+
+// Outputs that may be written as float32 or as the Backend's 16-bit format (a
+// kernels.HalfBuffers buffer) take a format argument fmt, one of these (half.go's
+// xfOut* constants).
+#define XF_OUT_F32 0
+#define XF_OUT_BF16 1
+#define XF_OUT_F16 2
+
+__device__ __forceinline__ unsigned short xf_round16(float v, int fmt) {
+    return fmt == XF_OUT_F16 ? xf_f32_to_f16(v) : xf_f32_to_bf16(v);
+}
+
+// xf_store writes v as element i of y in format fmt.
+__device__ __forceinline__ void xf_store(void* y, long long i, float v, int fmt) {
+    if (fmt == XF_OUT_F32)
+        reinterpret_cast<float*>(y)[i] = v;
+    else
+        reinterpret_cast<unsigned short*>(y)[i] = xf_round16(v, fmt);
+}
+
+// xf_store4 writes v as elements 4·q … 4·q+3 of y in format fmt: one 16-byte store
+// (float32) or one 8-byte store (16-bit); y must be aligned for it.
+__device__ __forceinline__ void xf_store4(void* y, long long q, float4 v, int fmt) {
+    if (fmt == XF_OUT_F32) {
+        reinterpret_cast<float4*>(y)[q] = v;
+    } else {
+        uint2 o;
+        o.x = (unsigned int)xf_round16(v.x, fmt) | ((unsigned int)xf_round16(v.y, fmt) << 16);
+        o.y = (unsigned int)xf_round16(v.z, fmt) | ((unsigned int)xf_round16(v.w, fmt) << 16);
+        reinterpret_cast<uint2*>(y)[q] = o;
+    }
+}
+
+// xf_out_aligned says whether y can take xf_store4 stores: 16 bytes for float32
+// outputs, 8 for 16-bit ones.
+__device__ __forceinline__ bool xf_out_aligned(const void* y, int fmt) {
+    return ((unsigned long long)y & (fmt == XF_OUT_F32 ? 15ull : 7ull)) == 0;
+}

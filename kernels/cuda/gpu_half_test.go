@@ -1,0 +1,215 @@
+package cuda
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"path/filepath"
+	"testing"
+
+	"github.com/xform-dev/xform/convert"
+	"github.com/xform-dev/xform/kernels"
+)
+
+// downHalf reads a 16-bit buffer back as the float32 values it holds (widening is
+// exact).
+func downHalf(t *testing.T, g *Backend, b kernels.Buffer) []float32 {
+	t.Helper()
+	h := halfOf(b)
+	if h == nil {
+		t.Fatalf("%T is not a 16-bit buffer", b)
+	}
+	w := func() *buffer {
+		defer g.enter()()
+		return g.widen16(h)
+	}()
+	return down(g, w)
+}
+
+// checkRounded: got (a 16-bit output, widened) must be, bit for bit, the format's
+// rounding of the float32 output want of the same operation: a writer of a 16-bit
+// buffer stores RN16 of the float it would have stored, so there is no tolerance.
+func checkRounded(t *testing.T, ft format16, what string, got, want []float32) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d elements, want %d", what, len(got), len(want))
+	}
+	for i, w := range want {
+		r := ft.round16(w)
+		if math.Float32bits(got[i]) != math.Float32bits(r) && !(math.IsNaN(float64(r)) && math.IsNaN(float64(got[i]))) {
+			t.Fatalf("%s[%d] = %v (%#08x), want RN16(%v) = %v (%#08x)", what, i, got[i], math.Float32bits(got[i]), w, r, math.Float32bits(r))
+		}
+	}
+}
+
+// TestHalfWriters: ApplyDropout, ReLUDropoutBackward and LabelSmoothedLossDeferred
+// into a 16-bit buffer write the rounding of what they write into a float32 one, on
+// the vectorised path and the scalar tail (sizes not a multiple of 4, a vocabulary not
+// a multiple of 4), with an ignored row; the loss sums are unchanged.
+func TestHalfWriters(t *testing.T) {
+	for _, ft := range formats {
+		t.Run(ft.prec.String(), func(t *testing.T) {
+			g := withPrecision(t, ft.prec)
+			r := rand.New(rand.NewPCG(3, 4))
+			for _, n := range []int{1, 7, 4099, 8000 * 512} {
+				x := g.Upload(randVec(r, n))
+				t.Run(fmt.Sprintf("dropout/%d", n), func(t *testing.T) {
+					y, yh := g.Alloc(n), g.AllocHalf(n)
+					g.ApplyDropout(y, x, 0.1, 77)
+					g.ApplyDropout(yh, x, 0.1, 77)
+					checkRounded(t, ft, "y", downHalf(t, g, yh), down(g, y))
+				})
+				t.Run(fmt.Sprintf("relu_dropout/%d", n), func(t *testing.T) {
+					a := g.Alloc(n)
+					g.Activate(a, x, kernels.ReLU)
+					g.ApplyDropout(a, a, 0.25, 5)
+					da := g.Upload(randVec(r, n))
+					d, dh := g.Alloc(n), g.AllocHalf(n)
+					g.ReLUDropoutBackward(d, da, a, 0.25)
+					g.ReLUDropoutBackward(dh, da, a, 0.25)
+					checkRounded(t, ft, "dpre", downHalf(t, g, dh), down(g, d))
+				})
+			}
+			for _, sh := range []struct{ rows, V int }{{37, 27472}, {5, 1003}} {
+				t.Run(fmt.Sprintf("loss/%dx%d", sh.rows, sh.V), func(t *testing.T) {
+					v := randVec(r, sh.rows*sh.V)
+					for i := range v {
+						v[i] *= 8
+					}
+					logits := g.Upload(v)
+					targets := make([]int32, sh.rows)
+					for i := range targets {
+						targets[i] = int32(r.IntN(sh.V))
+					}
+					targets[1] = 1 // the ignore index below: a zero row
+					d, dh := g.Alloc(sh.rows*sh.V), g.AllocHalf(sh.rows*sh.V)
+					l1, n1 := g.LabelSmoothedLossDeferred(d, logits, targets, sh.rows, sh.V, 0.1, 1, 0.5)()
+					l2, n2 := g.LabelSmoothedLossDeferred(dh, logits, targets, sh.rows, sh.V, 0.1, 1, 0.5)()
+					if l1 != l2 || n1 != n2 {
+						t.Errorf("loss %v nll %v with a 16-bit gradient, %v %v with float32", l2, n2, l1, n1)
+					}
+					checkRounded(t, ft, "dlogits", downHalf(t, g, dh), down(g, d))
+				})
+			}
+		})
+	}
+	t.Run("fp32 has none", func(t *testing.T) {
+		if b := withPrecision(t, FP32).AllocHalf(8); b != nil {
+			t.Fatalf("FP32 AllocHalf returned %T", b)
+		}
+	})
+}
+
+// TestHalfReaders: LinearKeep with a 16-bit x and LinearBackwardKept with a 16-bit dy
+// give the same bits as the float32 buffers they round (the products take the same
+// 16-bit operands), and so do LinearActKeep + LinearBackwardKept against LinearAct +
+// LinearBackward. The 16-bit operands are written by ApplyDropout with p = 0 (RN16 of
+// x·1), the float32 ones are the same values, already rounded, so both paths multiply
+// identical bits; db goes through the BGRADB epilogue and through its column-sum
+// fallback.
+func TestHalfReaders(t *testing.T) {
+	for _, ft := range formats {
+		for _, sh := range []struct{ m, n, k int }{{37, 203, 72}, {8000, 2048, 512}} {
+			for _, bgradOff := range []bool{false, true} {
+				t.Run(fmt.Sprintf("%v/%dx%dx%d/bgradOff=%v", ft.prec, sh.m, sh.n, sh.k, bgradOff), func(t *testing.T) {
+					g := withPrecision(t, ft.prec)
+					g.bgradOff = bgradOff
+					defer func() { g.bgradOff = false }()
+					r := rand.New(rand.NewPCG(uint64(sh.m), 9))
+					pair := func(n int) (kernels.Buffer, kernels.Buffer) {
+						v := randVec(r, n)
+						h := g.AllocHalf(n)
+						g.ApplyDropout(h, g.Upload(v), 0, 1)
+						for i := range v {
+							v[i] = ft.round16(v[i])
+						}
+						return g.Upload(v), h
+					}
+					x, xh := pair(sh.m * sh.k)
+					dy, dyh := pair(sh.m * sh.n)
+					w, b := g.Upload(randVec(r, sh.n*sh.k)), g.Upload(randVec(r, sh.n))
+					dw0, db0 := randVec(r, sh.n*sh.k), randVec(r, sh.n)
+					run := func(x, dy kernels.Buffer, act bool) (y, dx, dw, db []float32) {
+						yb, dxb, dwb, dbb := g.Alloc(sh.m*sh.n), g.Alloc(sh.m*sh.k), g.Upload(dw0), g.Upload(db0)
+						var kept kernels.Buffer
+						if act {
+							_, k, ok := g.LinearActKeep(yb, x, w, b, sh.m, sh.n, sh.k, kernels.ReLU)
+							if !ok || k == nil {
+								t.Fatal("LinearActKeep declined")
+							}
+							kept = k
+						} else {
+							kept = g.LinearKeep(yb, x, w, b, sh.m, sh.n, sh.k)
+						}
+						g.LinearBackwardKept(dxb, dwb, dbb, dy, kept, sh.m, sh.n, sh.k)
+						return down(g, yb), down(g, dxb), down(g, dwb), down(g, dbb)
+					}
+					for _, act := range []bool{false, true} {
+						y1, dx1, dw1, db1 := run(x, dy, act)
+						y2, dx2, dw2, db2 := run(xh, dyh, act)
+						checkExact(t, "y", y2, y1)
+						checkExact(t, "dx", dx2, dx1)
+						checkExact(t, "dw", dw2, dw1)
+						// The column-sum fallback sums the widened 16-bit dy, the same
+						// values as the float32 dy here.
+						checkExact(t, "db", db2, db1)
+					}
+					// LinearAct + LinearBackward (casting x and w again) is what
+					// LinearActKeep's kept copies stand for.
+					yb, dxb, dwb, dbb := g.Alloc(sh.m*sh.n), g.Alloc(sh.m*sh.k), g.Upload(dw0), g.Upload(db0)
+					if _, ok := g.LinearAct(yb, x, w, b, sh.m, sh.n, sh.k, kernels.ReLU); !ok {
+						t.Fatal("LinearAct declined")
+					}
+					g.LinearBackward(dxb, dwb, dbb, dy, x, w, sh.m, sh.n, sh.k)
+					y2, dx2, dw2, db2 := run(xh, dyh, true)
+					checkExact(t, "LinearAct y", y2, down(g, yb))
+					checkExact(t, "LinearBackward dx", dx2, down(g, dxb))
+					checkExact(t, "LinearBackward dw", dw2, down(g, dwb))
+					checkExact(t, "LinearBackward db", db2, down(g, dbb))
+				})
+			}
+		}
+	}
+}
+
+// TestHalfTrainingSameBits trains the fixture model in bf16 and fp16 with the 16-bit
+// buffers (the loss gradient, the feed-forward block's dpre) and without them
+// (halfOff: float32 buffers the Linears cast): every update's loss, nll and gradient
+// norm and the final weights must be the same bits, since each 16-bit buffer holds
+// exactly the rounding the Linear would have made. fp16 runs with its loss scale, so
+// the rounded gradients are the scaled ones in both runs.
+func TestHalfTrainingSameBits(t *testing.T) {
+	gpu(t)
+	dir := filepath.Join("..", "..", "fixtures")
+	m, err := convert.LoadCheckpoint(filepath.Join(dir, "clinic", "runs", "a_admin", "ckpt_u1", "checkpoint_last.pt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	batches := readRefBatches(t, filepath.Join(dir, "train", "batches.npz"), 3)
+	for _, prec := range []Precision{BF16, FP16} {
+		for _, rc := range []trainCase{
+			{name: "radam, dropout 0", optim: "radam", beta2: 0.98, lr: 3e-3, warmup: 100},
+			{name: "adam, clip 0.5, dropout 0.1", optim: "adam", beta2: 0.98, lr: 5e-4, warmup: 4, wd: 1e-4, clip: 0.5, dropout: 0.1},
+		} {
+			t.Run(prec.String()+"/"+rc.name, func(t *testing.T) {
+				plain := newGraphTestBackend(t, prec, false)
+				plain.halfOff = true
+				halves := newGraphTestBackend(t, prec, false)
+				ref, _ := runTrain(t, m, plain, rc, batches)
+				got, _ := runTrain(t, m, halves, rc, batches)
+				for k := range ref.logs {
+					if ref.logs[k] != got.logs[k] {
+						t.Errorf("update %d: with 16-bit buffers %+v, without %+v", k+1, got.logs[k], ref.logs[k])
+					}
+				}
+				for name, v := range ref.weights {
+					for i, x := range v {
+						if math.Float32bits(x) != math.Float32bits(got.weights[name][i]) {
+							t.Fatalf("%s[%d]: with 16-bit buffers %v, without %v", name, i, got.weights[name][i], x)
+						}
+					}
+				}
+			})
+		}
+	}
+}

@@ -1,0 +1,114 @@
+package cuda
+
+import (
+	"fmt"
+
+	"github.com/xform-dev/xform/kernels"
+)
+
+var (
+	_ kernels.HalfBuffers     = (*Backend)(nil)
+	_ kernels.LinearActKeeper = (*Backend)(nil)
+)
+
+// half is the kernels.HalfBuffers buffer: n elements in the Backend's 16-bit format
+// (bf16 or IEEE half), from the start of an allocation. It is its own type, not a
+// buffer, so that dev and addr, which every float32 operation goes through, panic on it
+// ("foreign buffer"): only the operations that document a 16-bit operand take it, via
+// halfOf.
+type half struct {
+	a *allocation
+	n int
+}
+
+func (h *half) Len() int { return h.n }
+
+func (h *half) dptr() uint64 { return h.a.ptr }
+
+// halfOf returns b as a 16-bit buffer, or nil when b is nil or a float32 buffer.
+func halfOf(b kernels.Buffer) *half {
+	h, _ := b.(*half)
+	return h
+}
+
+// AllocHalf implements kernels.HalfBuffers: nil in FP32, else n 16-bit elements of a
+// block of the step's scope (halfAlign-aligned, as the cuBLASLt plans want; a fresh
+// block is). With poisoning on it is filled with NaNs, as AllocUninit's buffers are.
+func (be *Backend) AllocHalf(n int) kernels.Buffer {
+	if be.precision == FP32 || be.halfOff {
+		return nil
+	}
+	if n < 0 {
+		panic(fmt.Sprintf("cuda backend: 16-bit allocation of %d elements", n))
+	}
+	defer be.enter()()
+	words := (n + 1) / 2
+	a, err := be.alloc(uint64(max(words, 1)) * 4)
+	if err != nil {
+		panic(err)
+	}
+	if n := len(be.scopes); n > 0 {
+		be.scopes[n-1] = append(be.scopes[n-1], a)
+	}
+	if be.poison && words > 0 {
+		nan := uint32(0x7fc07fc0) // two bf16 quiet NaNs
+		if be.precision == FP16 {
+			nan = 0x7e007e00
+		}
+		be.memset32(a.ptr, nan, uint64(words))
+	}
+	return &half{a: a, n: n}
+}
+
+// halfFunctions are the kernels that write 16-bit outputs for kernels.HalfBuffers.
+type halfFunctions struct {
+	dropoutApply16, reluDropoutBwd16 uintptr
+}
+
+func (f *halfFunctions) add(m map[string]*uintptr) {
+	m["dropout_apply16"] = &f.dropoutApply16
+	m["relu_dropout_bwd16"] = &f.reluDropoutBwd16
+}
+
+// outOf is the address, element count and format (xfOut*) of an operation's output
+// that may be float32 or 16-bit.
+func (be *Backend) outOf(b kernels.Buffer) (ptr uint64, n int, format int) {
+	if h := halfOf(b); h != nil {
+		return h.dptr(), h.n, be.outFormat()
+	}
+	x := dev(b)
+	if x == nil {
+		return 0, 0, xfOutF32
+	}
+	return x.dptr(), x.n, xfOutF32
+}
+
+// widen16 returns a float32 copy of the 16-bit h in a block of the step's scope, for
+// the rare fallbacks that have no 16-bit input path. The caller holds the Backend.
+func (be *Backend) widen16(h *half) *buffer {
+	b := be.scoped(be.newBuffer(h.n))
+	fn := be.fn.bf16ToF32
+	if be.precision == FP16 {
+		fn = be.fn.f16ToF32
+	}
+	be.prm.reset().ptr(b.dptr()).ptr(h.dptr()).i64(h.n)
+	be.elem(fn, int64(h.n))
+	return b
+}
+
+// outFormat is the kernels' 16-bit output switch (xform.cuh's XF_OUT_*): which format a
+// 16-bit output of this Backend is written in.
+func (be *Backend) outFormat() int {
+	if be.precision == FP16 {
+		return xfOutF16
+	}
+	return xfOutBF16
+}
+
+// The output-format values kernels take for an output that may be 16-bit (XF_OUT_* in
+// xform.cuh).
+const (
+	xfOutF32  = 0
+	xfOutBF16 = 1
+	xfOutF16  = 2
+)
