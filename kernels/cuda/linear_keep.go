@@ -89,10 +89,12 @@ func (be *Backend) LinearBackwardKept(dx, dw, db, dy, kept kernels.Buffer, m, n,
 		dbDone = be.linearBackward16Kept(dx, dw, db, dy, nil, nil, kp.x, kp.w, m, n, k)
 	}
 	if db != nil && n > 0 && !dbDone {
-		src := addr(dy)
+		var src uint64
 		if dyh != nil {
 			// The epilogue refused: the column sum of the widened 16-bit values.
 			src = be.widen16(dyh).dptr()
+		} else {
+			src = addr(dy)
 		}
 		part, chunks, nout := be.colReduce(0, src, 0, 0, m, n)
 		be.colFinish(db, part, chunks, nout, 0, n, 1)
