@@ -103,6 +103,32 @@ type MultiTensor interface {
 	FillAll(xs []Buffer, v float32)
 }
 
+// ClippedOptimizer is implemented by a Trainer that folds fairseq's gradient
+// bookkeeping into the optimizer update: the gradient multiply (1/sample size and
+// 1/loss scale), the norm, the clipping and the skip of a non-finite update. On a GPU
+// the separate operations read the ~58M gradients of a 6L-6L model four times per update
+// and stop the host queue for the norm before the update can be queued; here they are
+// read twice (norm, update) and the host reads the norm after the update is queued.
+// Callers fall back to ScaleAll/SumSquaresAll/AdamStepAll (or the per-buffer Trainer
+// methods) when a backend lacks it.
+type ClippedOptimizer interface {
+	// AdamStepClipped gives p, m and v the bits of this sequence (all lists the same
+	// length, buffers at one index the same length):
+	//
+	//	g = g·pre                                 (float32 product, as Scale(g, pre))
+	//	n = √Σ g²                                 (float64, as SumSquares)
+	//	if maxNorm > 0 && n > maxNorm:
+	//	    g = g·float32(maxNorm/(n + 1e-6))     (torch's clip_grad_norm_ coefficient)
+	//	if n is finite: AdamStep(p[i], g[i], m[i], v[i], s) for every i
+	//
+	// with two differences: g itself is left as it was (the scaled values exist only
+	// inside the update), and nothing at all changes when n is NaN or ±Inf (fairseq
+	// skips such an update: fp16 overflow, or divergence). The norm n is returned by the
+	// function, which waits for it; call it after queueing the work that may overlap.
+	// The sum's order is the backend's own, as SumSquaresAll's is.
+	AdamStepClipped(p, g, m, v []Buffer, pre float32, maxNorm float64, s OptimStep) (norm func() float64)
+}
+
 // The dropout mask function of Trainer.DropoutMask. It is counter-based (element i is
 // decided by a hash of (seed, i), no sequential state), so a GPU thread decides any
 // element alone, and it uses only 64-bit integer operations, so every backend gets

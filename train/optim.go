@@ -95,6 +95,24 @@ func (o *Optimizer) Step(net *model.TrainNet, lr float64) {
 	}
 }
 
+// stepClipped is the update of Stepper.Step on a kernels.ClippedOptimizer backend: the
+// gradients multiplied by pre, their norm, the clipping to maxNorm and the step with
+// learning rate lr, in one backend operation queued before the norm is read. It returns
+// the norm (of pre·g, before clipping, as GradNorm). When the norm is not finite the
+// backend changed nothing, and the step is not counted.
+func (o *Optimizer) stepClipped(co kernels.ClippedOptimizer, net *model.TrainNet, lr float64, pre float32, maxNorm float64) float64 {
+	s := o.stepScalars(o.steps+1, lr)
+	var ps, gs []kernels.Buffer
+	for _, p := range net.Params() {
+		ps, gs = append(ps, p.P), append(gs, p.G)
+	}
+	norm := co.AdamStepClipped(ps, gs, o.m, o.v, pre, maxNorm, s)()
+	if !math.IsNaN(norm) && !math.IsInf(norm, 0) {
+		o.steps++
+	}
+	return norm
+}
+
 // GradNorm returns the L2 norm of all gradients; when maxNorm > 0 and the norm exceeds
 // it, the gradients are scaled by maxNorm/(norm+1e-6) as torch's clip_grad_norm_ does.
 // The norm before clipping is returned either way (fairseq logs it as gnorm).

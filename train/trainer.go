@@ -90,24 +90,13 @@ func (s *Stepper) Step(ctx context.Context, batches []*model.TrainBatch) (StepLo
 	// The loss scale comes off in the same multiplication as the 1/sample-size
 	// normalisation, as FP16Optimizer's multiply_grads does. With a power-of-two scale
 	// both factors are exact, so the unscaled gradients equal an unscaled run's bits.
+	pre := float32(1)
 	if lg.SampleSize > 0 || scale != 1 {
 		inv := 1 / scale
 		if lg.SampleSize > 0 {
 			inv = 1 / float64(lg.SampleSize) / scale
 		}
-		c := float32(inv)
-		if mt, ok := net.Backend().(kernels.MultiTensor); ok {
-			// One launch for every gradient on the GPU, same products as Scale.
-			gs := make([]kernels.Buffer, 0, len(net.Params()))
-			for _, p := range net.Params() {
-				gs = append(gs, p.G)
-			}
-			mt.ScaleAll(gs, c)
-		} else {
-			for _, p := range net.Params() {
-				net.Backend().Scale(p.G, c)
-			}
-		}
+		pre = float32(inv)
 	}
 	if lg.SampleSize > 0 {
 		lg.Loss = lg.LossSum / float64(lg.SampleSize) / math.Ln2
@@ -115,7 +104,20 @@ func (s *Stepper) Step(ctx context.Context, batches []*model.TrainBatch) (StepLo
 	if lg.NTokens > 0 {
 		lg.NLL = lg.NLLSum / float64(lg.NTokens) / math.Ln2
 	}
-	lg.GNorm = GradNorm(net, s.Cfg.ClipNorm)
+	// A backend that folds the multiply, the norm, the clipping and the skip of a
+	// non-finite update into the optimizer (the GPU) gets the update queued before the
+	// norm is read, with the same bits. A NaN loss stops the run before any update, so
+	// that case keeps the separate operations.
+	co, fused := net.Backend().(kernels.ClippedOptimizer)
+	fused = fused && !math.IsNaN(lg.LossSum)
+	if fused {
+		lg.GNorm = s.Opt.stepClipped(co, net, lg.LR, pre, s.Cfg.ClipNorm)
+	} else {
+		if pre != 1 {
+			scaleGrads(net, pre)
+		}
+		lg.GNorm = GradNorm(net, s.Cfg.ClipNorm)
+	}
 	if s.Scaler != nil {
 		overflow := math.IsNaN(lg.GNorm) || math.IsInf(lg.GNorm, 0)
 		s.Scaler.Update(overflow)
@@ -136,10 +138,28 @@ func (s *Stepper) Step(ctx context.Context, batches []*model.TrainBatch) (StepLo
 		return lg, fmt.Errorf("%w at update %d: loss %g, gradient norm %g", ErrDiverged, s.NumUpdates+1, lg.Loss, lg.GNorm)
 	}
 	lg.Clipped = s.Cfg.ClipNorm > 0 && lg.GNorm > s.Cfg.ClipNorm
-	s.Opt.Step(net, lg.LR)
+	if !fused {
+		s.Opt.Step(net, lg.LR)
+	}
 	s.NumUpdates++
 	s.Sched.StepUpdate(s.NumUpdates)
 	return lg, nil
+}
+
+// scaleGrads multiplies every gradient by c: one launch on a MultiTensor backend, the
+// same products as Scale.
+func scaleGrads(net *model.TrainNet, c float32) {
+	if mt, ok := net.Backend().(kernels.MultiTensor); ok {
+		gs := make([]kernels.Buffer, 0, len(net.Params()))
+		for _, p := range net.Params() {
+			gs = append(gs, p.G)
+		}
+		mt.ScaleAll(gs, c)
+		return
+	}
+	for _, p := range net.Params() {
+		net.Backend().Scale(p.G, c)
+	}
 }
 
 // Validate returns the summed loss (nats) and token count over batches, without

@@ -23,12 +23,16 @@ __device__ __forceinline__ void adam_val(float& x, float gi, float& mi, float& v
     }
 }
 
+// adam_grad is the gradient the update uses: g·pre, then ·clip, each rounded to float as
+// scale_list would have stored it (kernels.ClippedOptimizer); pre = clip = 1 is exact.
+__device__ __forceinline__ float adam_grad(float g, float pre, float clip) { return (g * pre) * clip; }
+
 // adam_elem updates element i in memory.
 __device__ __forceinline__ void adam_elem(float* p, const float* g, float* m, float* v, long long i, float beta1,
                                           float beta2, float omb1, float omb2, float eps, float decay, float step,
-                                          int update) {
+                                          int update, float pre, float clip) {
     float x = p[i], mi = m[i], vi = v[i];
-    adam_val(x, g[i], mi, vi, beta1, beta2, omb1, omb2, eps, decay, step, update);
+    adam_val(x, adam_grad(g[i], pre, clip), mi, vi, beta1, beta2, omb1, omb2, eps, decay, step, update);
     v[i] = vi;
     m[i] = mi;
     p[i] = x;
@@ -38,7 +42,7 @@ extern "C" __global__ void adam_step(float* p, const float* g, float* m, float* 
                                      float beta2, float omb1, float omb2, float eps, float decay, float step,
                                      int update) {
     for (long long i = xf_tid(); i < n; i += xf_stride()) {
-        adam_elem(p, g, m, v, i, beta1, beta2, omb1, omb2, eps, decay, step, update);
+        adam_elem(p, g, m, v, i, beta1, beta2, omb1, omb2, eps, decay, step, update, 1.0f, 1.0f);
     }
 }
 
@@ -54,9 +58,26 @@ extern "C" __global__ void adam_step(float* p, const float* g, float* m, float* 
 // addresses of every p, then every g, m, v, then the lengths (nbuf each). Each element
 // gets adam_step's arithmetic exactly, so the result is bit-identical to one launch per
 // parameter.
+//
+// Gradient factor (kernels.ClippedOptimizer; AdamStepAll passes pre = 1, sumsq = null):
+// the update uses (g·pre)·clip. When sumsq is not null it points at Σ (pre·g)², written
+// by sumsq_partial + sum_strided earlier in the stream; every block derives from it the
+// same norm = √Σ, in double as the host's float64 code does (IEEE sqrt and division, so
+// the same bits), and then
+//   norm not finite (NaN, ±Inf)      → the block returns: nothing is written (skipped update)
+//   maxNorm > 0 and norm > maxNorm   → clip = (float)(maxNorm / (norm + 1e-6)) (clip_grad_norm_)
+//   else                             → clip = 1
+// So the gradients are read here once, not scaled in place before (scale_list) and
+// after (clipping) the norm, and the host need not see the norm before this launch.
 extern "C" __global__ void adam_list(const unsigned long long* desc, int nbuf, float beta1, float beta2,
                                      float omb1, float omb2, float eps, float decay, float step, int update,
-                                     const int2* tasks) {
+                                     const int2* tasks, float pre, const double* sumsq, double maxNorm) {
+    float clip = 1.0f;
+    if (sumsq != nullptr) {
+        const double norm = sqrt(*sumsq);
+        if (!isfinite(norm)) return;  // the whole block: no __syncthreads below
+        if (maxNorm > 0.0 && norm > maxNorm) clip = (float)(maxNorm / (norm + 1e-6));
+    }
     const list_span sp = list_span_of(tasks, desc + 4 * nbuf);
     float* p = (float*)desc[sp.k] + sp.start;
     const float* g = (const float*)desc[nbuf + sp.k] + sp.start;
@@ -85,10 +106,14 @@ extern "C" __global__ void adam_list(const unsigned long long* desc, int nbuf, f
             for (int u = 0; u < ADAM_UNROLL; u++) {
                 const int q = q0 + u * LIST_THREADS;
                 if (q < n4) {
-                    adam_val(pr[u].x, gr[u].x, mr[u].x, vr[u].x, beta1, beta2, omb1, omb2, eps, decay, step, update);
-                    adam_val(pr[u].y, gr[u].y, mr[u].y, vr[u].y, beta1, beta2, omb1, omb2, eps, decay, step, update);
-                    adam_val(pr[u].z, gr[u].z, mr[u].z, vr[u].z, beta1, beta2, omb1, omb2, eps, decay, step, update);
-                    adam_val(pr[u].w, gr[u].w, mr[u].w, vr[u].w, beta1, beta2, omb1, omb2, eps, decay, step, update);
+                    adam_val(pr[u].x, adam_grad(gr[u].x, pre, clip), mr[u].x, vr[u].x, beta1, beta2, omb1,
+                             omb2, eps, decay, step, update);
+                    adam_val(pr[u].y, adam_grad(gr[u].y, pre, clip), mr[u].y, vr[u].y, beta1, beta2, omb1,
+                             omb2, eps, decay, step, update);
+                    adam_val(pr[u].z, adam_grad(gr[u].z, pre, clip), mr[u].z, vr[u].z, beta1, beta2, omb1,
+                             omb2, eps, decay, step, update);
+                    adam_val(pr[u].w, adam_grad(gr[u].w, pre, clip), mr[u].w, vr[u].w, beta1, beta2, omb1,
+                             omb2, eps, decay, step, update);
                     v4[q] = vr[u];
                     m4[q] = mr[u];
                     p4[q] = pr[u];
@@ -98,7 +123,7 @@ extern "C" __global__ void adam_list(const unsigned long long* desc, int nbuf, f
         done = 4 * n4;
     }
     for (int e = done + threadIdx.x; e < sp.len; e += LIST_THREADS)
-        adam_elem(p, g, m, v, e, beta1, beta2, omb1, omb2, eps, decay, step, update);
+        adam_elem(p, g, m, v, e, beta1, beta2, omb1, omb2, eps, decay, step, update, pre, clip);
 }
 
 // fill_list sets every element of every buffer of desc (addresses, then lengths) to

@@ -75,27 +75,31 @@ extern "C" __global__ void col_finish(float* out, const double* part, int chunks
 // run one chunk of one buffer per block: list_span_of and the layout of desc and tasks
 // are in xform.cuh.
 
-__device__ __forceinline__ double sumsq_add(double s, float x) {
-    const double v = (double)x;
+__device__ __forceinline__ double sumsq_add(double s, float x, float pre) {
+    const double v = (double)(x * pre);
     return s + v * v;
 }
 
-__device__ __forceinline__ double sumsq_add4(double s, float4 v) {
-    s = sumsq_add(s, v.x);
-    s = sumsq_add(s, v.y);
-    s = sumsq_add(s, v.z);
-    return sumsq_add(s, v.w);
+__device__ __forceinline__ double sumsq_add4(double s, float4 v, float pre) {
+    s = sumsq_add(s, v.x, pre);
+    s = sumsq_add(s, v.y, pre);
+    s = sumsq_add(s, v.z, pre);
+    return sumsq_add(s, v.w, pre);
 }
 
-// sumsq_partial: part[b] = Σ x² over chunk b, in double. Each thread adds the groups of
+// sumsq_partial: part[b] = Σ (pre·x)² over chunk b, in double, pre·x rounded to float
+// first (the value scale_list would have stored; pre = 1 is exact). addrs holds the
+// buffers' device addresses, lens their lengths: a list of its own (desc, desc + nbuf)
+// or the gradient list inside adam_list's descriptor. Each thread adds the groups of
 // four elements q = threadIdx.x + i·LIST_THREADS in order, then the chunk's last
 // partial group (len % 4 elements) if it owns q = len / 4; the float4 and the scalar
 // path (a buffer not 16-byte aligned) follow that same order, so the bits depend on
 // the buffer lengths only; sum_strided then adds the partials in a fixed order.
-extern "C" __global__ void sumsq_partial(double* part, const unsigned long long* desc, int nbuf, const int2* tasks) {
+extern "C" __global__ void sumsq_partial(double* part, const unsigned long long* addrs,
+                                         const unsigned long long* lens, const int2* tasks, float pre) {
     __shared__ double scratch[32];
-    const list_span sp = list_span_of(tasks, desc + nbuf);
-    const float* p = (const float*)desc[sp.k] + sp.start;
+    const list_span sp = list_span_of(tasks, lens);
+    const float* p = (const float*)addrs[sp.k] + sp.start;
     const int n4 = sp.len >> 2;
     double s = 0;
     if (aligned16(p)) {
@@ -109,17 +113,17 @@ extern "C" __global__ void sumsq_partial(double* part, const unsigned long long*
             }
 #pragma unroll
             for (int u = 0; u < LIST_UNROLL; u++) {
-                if (q0 + u * LIST_THREADS < n4) s = sumsq_add4(s, v[u]);
+                if (q0 + u * LIST_THREADS < n4) s = sumsq_add4(s, v[u], pre);
             }
         }
     } else {
         for (int q = threadIdx.x; q < n4; q += LIST_THREADS) {
             const float* e = p + 4 * q;
-            s = sumsq_add4(s, make_float4(e[0], e[1], e[2], e[3]));
+            s = sumsq_add4(s, make_float4(e[0], e[1], e[2], e[3]), pre);
         }
     }
     if (threadIdx.x == n4 % LIST_THREADS)
-        for (int e = 4 * n4; e < sp.len; e++) s = sumsq_add(s, p[e]);
+        for (int e = 4 * n4; e < sp.len; e++) s = sumsq_add(s, p[e], pre);
     s = xf_block_sum(s, scratch);
     if (threadIdx.x == 0) part[blockIdx.x] = s;
 }
