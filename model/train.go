@@ -529,7 +529,8 @@ func (n *TrainNet) attention(o *StepOptions, args kernels.AttentionArgs, out, q,
 			}
 		}
 	}
-	probs := be.Alloc(args.Batch * args.Heads * args.TQ * args.TK)
+	// Every forward kernel writes all of probs (masked entries as 0): no clearing.
+	probs := n.out(args.Batch * args.Heads * args.TQ * args.TK)
 	var mask kernels.Buffer
 	if p > 0 {
 		mask = n.out(probs.Len())
@@ -592,7 +593,10 @@ func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T int
 
 // crossAttn is the encoder-attention branch; its backward also accumulates the
 // gradient of the encoder output into dEnc.
-func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T int, enc kernels.Buffer, S int, encPad []bool, dEnc kernels.Buffer) (kernels.Buffer, back) {
+//
+// dEnc is written by the first cross-attention backward to run (*dEncSet false; it
+// sets it) and accumulated into by the others, so it needs no clearing.
+func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T int, enc kernels.Buffer, S int, encPad []bool, dEnc kernels.Buffer, dEncSet *bool) (kernels.Buffer, back) {
 	be, d, rows := n.be, n.d, B*T
 	wq, bq := be.Slice(a.qkv.w.w, 0, d*d), be.Slice(a.qkv.b.w, 0, d)
 	wkv, bkv := be.Slice(a.qkv.w.w, d*d, 2*d*d), be.Slice(a.qkv.b.w, d, 2*d)
@@ -618,6 +622,11 @@ func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T in
 		attnBack(qv(dq), kvv(dkv, 0), kvv(dkv, d), qv(dctx))
 		dh := n.out(rows * d)
 		qBack(dh, be.Slice(a.qkv.w.g, 0, d*d), be.Slice(a.qkv.b.g, 0, d), dq)
+		if !*dEncSet {
+			kvBack(dEnc, be.Slice(a.qkv.w.g, d*d, 2*d*d), be.Slice(a.qkv.b.g, d, 2*d), dkv)
+			*dEncSet = true
+			return dh
+		}
 		de := n.out(B * S * d)
 		kvBack(de, be.Slice(a.qkv.w.g, d*d, 2*d*d), be.Slice(a.qkv.b.g, d, 2*d), dkv)
 		be.AddTo(dEnc, de)
@@ -868,7 +877,8 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 		encBacks = append(encBacks, bk)
 	}
 	enc := x
-	dEnc := be.Alloc(encRows * d)
+	// Written by the first cross-attention backward, accumulated by the others.
+	dEnc, dEncSet := n.out(encRows*d), false
 
 	// Decoder.
 	rows := B * T
@@ -887,7 +897,7 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 		})
 		backs = append(backs, bk)
 		y, bk = n.sublayer(&o, y, rows, l, 1, before, n.alphaDec, profDec, func(h kernels.Buffer) (kernels.Buffer, back) {
-			return n.crossAttn(&o, &l.cross, h, B, T, enc, S, encPad, dEnc)
+			return n.crossAttn(&o, &l.cross, h, B, T, enc, S, encPad, dEnc, &dEncSet)
 		})
 		backs = append(backs, bk)
 		y, bk = n.sublayer(&o, y, rows, l, 2, before, n.alphaDec, profDec, func(h kernels.Buffer) (kernels.Buffer, back) {
@@ -924,6 +934,9 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 			return nil, err
 		}
 		g = backs[i](g)
+	}
+	if !dEncSet { // no decoder layer: the encoder output gets no gradient
+		be.Fill(dEnc, 0)
 	}
 	g = dEnc
 	for i := len(encBacks) - 1; i >= 0; i-- {
