@@ -58,6 +58,9 @@
 #define AM_D 64        // head dimension
 #define AM_LD 72       // row stride (16-bit elements) of a [rows][AM_D] tile
 #define AM_THREADS 256 // at most 8 warps per block
+// Blocks per SM the second kernels are compiled for (__launch_bounds__): see am2_*.
+#define AM2_FWD_MINB 5
+#define AM2_BWD_MINB 4
 
 // am_pack is a register of two 16-bit values, lo in the low half (the lower column),
 // each rounded to nearest even by the hardware converter (cvt.rn, sm_80): IEEE rounding
@@ -181,8 +184,10 @@ struct AmSrc {
 // row, up to AM_U loads of a thread in flight before their stores: the tiles are a few
 // KiB each, so the time is load latency. Rows with a 16-byte aligned start take float4
 // loads, others four scalar ones (same values).
+// The second kernels (am2_*) take U = 12: they stage everything in one pass at the start,
+// so fewer trips to memory shorten each block's chain of latencies.
 #define AM_U 8
-template <int NA>
+template <int NA, int U = AM_U>
 __device__ __forceinline__ void am_stage(bool kHalf, unsigned short* smem, const AmSrc (&m)[NA]) {
     int tot = 0;
     bool vec = true;
@@ -193,11 +198,11 @@ __device__ __forceinline__ void am_stage(bool kHalf, unsigned short* smem, const
         vec = vec && (bits & 15ull) == 0;
     }
     const int nt = blockDim.x;
-    for (int e0 = threadIdx.x; e0 < tot; e0 += AM_U * nt) {
-        float4 x[AM_U];
-        int d[AM_U];  // where x[u] goes (shared offset); −1 past the end
+    for (int e0 = threadIdx.x; e0 < tot; e0 += U * nt) {
+        float4 x[U];
+        int d[U];  // where x[u] goes (shared offset); −1 past the end
 #pragma unroll
-        for (int u = 0; u < AM_U; u++) {
+        for (int u = 0; u < U; u++) {
             int e = e0 + u * nt;
             x[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             d[u] = -1;
@@ -231,7 +236,7 @@ __device__ __forceinline__ void am_stage(bool kHalf, unsigned short* smem, const
             }
         }
 #pragma unroll
-        for (int u = 0; u < AM_U; u++) {
+        for (int u = 0; u < U; u++) {
             if (d[u] >= 0) {
                 uint2 o;
                 o.x = am_pack(kHalf, x[u].x, x[u].y);
@@ -662,6 +667,416 @@ __device__ __forceinline__ void am_bwd(bool kHalf, float* dq, long long dqBS, lo
     }
 AM_BWD(4)
 AM_BWD(8)
+
+// ---------------------------------------------------------------------------------------
+// The second kernels (am2_*, attention_mma2_fwd / attention_mma2_bwd): TK ≤ 64 forward,
+// TQ, TK ≤ 64 backward (MAXNT 4), the Transformer base training shapes. Same arithmetic
+// as am_fwd / am_bwd (the same operands rounded, the same fp32 sums in the same fragment
+// order, so the same references and bounds hold), organised for what bounded the first
+// kernels there (B·T ≈ 8000, T 20–64: ~1,600 blocks of 3 warps, each a chain of 5–8
+// dependent trips to memory, 5 blocks per SM by registers):
+//  * every global load of a block is issued at its start: the dropout mask (forward) or
+//    the probabilities and mask (backward) by cp.async straight into shared memory (no
+//    registers held while they fly), q, k, v (, dout) staged with 12 loads of a thread
+//    in flight;
+//  * the forward no longer holds the mask in 32 registers;
+//  * the backward reads p and m from shared memory and, after a barrier, writes dS and
+//    P⊙M (16-bit) over them: one trip for P and M instead of one per query block, and
+//    127 registers instead of 184 (5 blocks per SM at T 41 instead of 2).
+// Measured on the H200 (bf16, dropout, B·T ≈ 8000): T 41 forward 67 µs (first kernel
+// 74), backward 103 µs (first 254, float kernels 136); T 20 52 / 99, T 64 64 / 125.
+// ---------------------------------------------------------------------------------------
+__device__ __forceinline__ int am_round4(int n) { return (n + 3) & ~3; }
+
+// am_cp_async copies n floats from global src to shared dst with the whole block, 4
+// bytes per cp.async (rows of P and M start anywhere), without waiting: am_cp_wait
+// waits for all of a thread's copies; a barrier after it publishes them to the block.
+__device__ __forceinline__ void am_cp_async(float* dst, const float* src, int n) {
+    for (int e = threadIdx.x; e < n; e += blockDim.x) {
+#if __CUDA_ARCH__ >= 800
+        const unsigned a = (unsigned)__cvta_generic_to_shared(dst + e);
+        asm volatile(
+            "{\n .reg .u64 g;\n cvta.to.global.u64 g, %1;\n cp.async.ca.shared.global [%0], [g], 4;\n}\n" ::"r"(a),
+            "l"(src + e)
+            : "memory");
+#else
+        dst[e] = src[e];
+#endif
+    }
+}
+
+__device__ __forceinline__ void am_cp_wait() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+}
+
+// Forward: as am_fwd (block (x, h, b), a warp per 16 query rows, at most 4 warps). Shared
+// memory: Q [16W][AM_LD], K, V [TKp][AM_LD] (16-bit), the tile's dropout-mask rows
+// [16W][TK] (fp32, rounded up to 4 floats; only with a mask), then TK padding flags.
+__device__ __forceinline__ void am2_fwd(bool kHalf, float* out, long long oBS, long long oRS, const float* q,
+                                        long long qBS, long long qRS, const float* k, long long kBS, long long kRS,
+                                        const float* v, long long vBS, long long vRS, int H, int TQ, int TK, float scale,
+                                        const unsigned char* pad, long long padStride, int causal, int queryOffset,
+                                        float* probs, const float* dropMask) {
+    constexpr int MAXNT = 4;
+    extern __shared__ uint4 am_smem4[];
+    const int NT = (TK + 15) >> 4, TKp = 16 * NT;
+    const int nw = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int gr = lane >> 2, t = lane & 3;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int rowsQ = 16 * nw, tile0 = blockIdx.x * rowsQ, nq = min(rowsQ, TQ - tile0);
+    unsigned short* Qs = reinterpret_cast<unsigned short*>(am_smem4);
+    unsigned short* Ks = Qs + rowsQ * AM_LD;
+    unsigned short* Vs = Ks + TKp * AM_LD;
+    float* Ms = reinterpret_cast<float*>(Vs + TKp * AM_LD);
+    unsigned char* padded = reinterpret_cast<unsigned char*>(Ms + (dropMask ? am_round4(rowsQ * TK) : 0));
+    const long long hD = (long long)h * AM_D;
+    const long long tileOff = (((long long)b * H + h) * TQ + tile0) * TK;  // (tile0, 0) of P and M
+
+    // The tile's mask rows are contiguous in global memory.
+    if (dropMask) am_cp_async(Ms, dropMask + tileOff, nq * TK);
+    // Padding flags: loaded before the staging, stored after it (4 rounds of ≥ 32
+    // threads cover TK ≤ 128).
+    const unsigned char* pr = pad ? pad + (long long)b * padStride : nullptr;
+    unsigned char pf[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        const int j = threadIdx.x + u * blockDim.x;
+        pf[u] = (pr && j < TK) ? __ldg(pr + j) : 0;
+    }
+    {
+        const AmSrc m[3] = {
+            {q + (long long)b * qBS + (long long)tile0 * qRS + hD, qRS, nq, rowsQ, 0, scale, true},
+            {k + (long long)b * kBS + hD, kRS, TK, TKp, (int)(Ks - Qs), 1.0f, false},
+            {v + (long long)b * vBS + hD, vRS, TK, TKp, (int)(Vs - Qs), 1.0f, false},
+        };
+        am_stage<3, 12>(kHalf, Qs, m);
+    }
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        const int j = threadIdx.x + u * blockDim.x;
+        if (j < TK) padded[j] = pf[u] != 0 ? 1 : 0;
+    }
+    am_cp_wait();
+    __syncthreads();
+    const int i0 = tile0 + 16 * warp;
+    if (i0 >= TQ) return;  // uniform over the warp; no barrier follows
+
+    // 1. scores
+    float s[2 * MAXNT][4];
+#pragma unroll
+    for (int n = 0; n < 2 * MAXNT; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+    {
+        unsigned a[4][4];
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) am_ldm_a(a[kk], Qs, AM_LD, 16 * warp, 16 * kk);
+#pragma unroll
+        for (int jj = 0; jj < MAXNT; jj++) {
+            if (jj < NT) {
+#pragma unroll
+                for (int kk = 0; kk < 4; kk++) {
+                    unsigned bb[4];
+                    am_ldm_bt(bb, Ks, AM_LD, 16 * jj, 16 * kk);
+                    am_mma(kHalf, s[2 * jj], a[kk][0], a[kk][1], a[kk][2], a[kk][3], bb[0], bb[1]);
+                    am_mma(kHalf, s[2 * jj + 1], a[kk][0], a[kk][1], a[kk][2], a[kk][3], bb[2], bb[3]);
+                }
+            }
+        }
+    }
+
+    // 2. softmax of rows i0 + gr (e = 0, 1) and i0 + gr + 8 (e = 2, 3), as am_fwd; the
+    // mask from shared memory (local row 16·warp + gr + 8·hh).
+    const long long rowOff = tileOff + (long long)(16 * warp + gr) * TK;
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+        const int i = i0 + gr + 8 * hh;
+        const int last = causal ? min(TK - 1, i + queryOffset) : TK - 1;
+        float m = -XF_INF;
+#pragma unroll
+        for (int n = 0; n < 2 * MAXNT; n++)
+#pragma unroll
+            for (int e = 2 * hh; e < 2 * hh + 2; e++) {
+                const int j = 8 * n + 2 * t + (e & 1);
+                const bool keep = j <= last && !padded[j];
+                s[n][e] = keep ? s[n][e] : -XF_INF;
+                m = fmaxf(m, s[n][e]);
+            }
+        m = am_quad_max(m);
+        float sum = 0.0f;
+#pragma unroll
+        for (int n = 0; n < 2 * MAXNT; n++)
+#pragma unroll
+            for (int e = 2 * hh; e < 2 * hh + 2; e++) {
+                float x = expf(s[n][e] - m);  // masked keys: exp(−inf) = 0
+                if (m == -XF_INF) x = __int_as_float(0x7fc00000);  // all masked: NaN, as the CPU
+                s[n][e] = x;
+                sum += x;
+            }
+        const float inv = 1.0f / am_quad_sum(sum);
+        const bool in = i < TQ;
+        float* prow = probs + rowOff + 8ll * hh * TK;
+        const float* mrow = Ms + (16 * warp + gr + 8 * hh) * TK;
+#pragma unroll
+        for (int n = 0; n < 2 * MAXNT; n++)
+#pragma unroll
+            for (int e = 2 * hh; e < 2 * hh + 2; e++) {
+                const int j = 8 * n + 2 * t + (e & 1);
+                float p = 0.0f;
+                if (j < TK) {
+                    p = s[n][e] * inv;
+                    if (in) {
+                        prow[j] = p;
+                        if (dropMask) p = p * mrow[j];
+                    }
+                }
+                s[n][e] = p;
+            }
+    }
+
+    // 3. out = round(P⊙M)·V
+    float o[8][4];
+#pragma unroll
+    for (int n = 0; n < 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < MAXNT; kk++) {
+        if (kk < NT) {
+            const unsigned a0 = am_pack(kHalf, s[2 * kk][0], s[2 * kk][1]);
+            const unsigned a1 = am_pack(kHalf, s[2 * kk][2], s[2 * kk][3]);
+            const unsigned a2 = am_pack(kHalf, s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            const unsigned a3 = am_pack(kHalf, s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+            for (int dd = 0; dd < 4; dd++) {
+                unsigned bb[4];
+                am_ldm_b(bb, Vs, AM_LD, 16 * kk, 16 * dd);
+                am_mma(kHalf, o[2 * dd], a0, a1, a2, a3, bb[0], bb[1]);
+                am_mma(kHalf, o[2 * dd + 1], a0, a1, a2, a3, bb[2], bb[3]);
+            }
+        }
+    }
+    float* ob = out + (long long)b * oBS + hD;
+    const bool vec2 = am_vec2(out, oBS, oRS);
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+        const int i = i0 + gr + 8 * hh;
+        if (i < TQ) {
+            float* row = ob + (long long)i * oRS + 2 * t;
+#pragma unroll
+            for (int n = 0; n < 8; n++) {
+                if (vec2) {
+                    *reinterpret_cast<float2*>(row + 8 * n) = make_float2(o[n][2 * hh], o[n][2 * hh + 1]);
+                } else {
+                    row[8 * n] = o[n][2 * hh];
+                    row[8 * n + 1] = o[n][2 * hh + 1];
+                }
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128, AM2_FWD_MINB) attention_mma2_fwd(
+    float* out, long long oBS, long long oRS, const float* q, long long qBS, long long qRS, const float* k,
+    long long kBS, long long kRS, const float* v, long long vBS, long long vRS, int H, int TQ, int TK, float scale,
+    const unsigned char* pad, long long padStride, int causal, int queryOffset, float* probs, const float* dropMask,
+    int half) {
+    am2_fwd(half != 0, out, oBS, oRS, q, qBS, qRS, k, kBS, kRS, v, vBS, vRS, H, TQ, TK, scale, pad, padStride, causal,
+            queryOffset, probs, dropMask);
+}
+
+// am2_zbytes is the size of each of the backward's two last regions: P (then dS) and M
+// (then P⊙M): fp32 [TQ][TK] or 16-bit [TQp][TKp + 8], whichever is larger, in bytes
+// rounded up to 16. attention_mma.go's amBackwardShared2 computes the same.
+__device__ __forceinline__ int am2_zbytes(int TQ, int TK) {
+    const int TQp = (TQ + 15) & ~15, TKp = (TK + 15) & ~15;
+    return (max(4 * TQ * TK, 2 * TQp * (TKp + 8)) + 15) & ~15;
+}
+
+// Backward: block (h, b) = (blockIdx.y, blockIdx.z) with max(MT, NT) ≤ 4 warps, so that
+// phase A is one pass (a query block per warp) with barriers every warp reaches.
+// Shared memory: Qs [TQp][AM_LD] (scaled), K, V [TKp][AM_LD], dO [TQp][AM_LD] (16-bit),
+// then Z1 = P [TQ][TK] (fp32) later dS [TQp][LDZ], Z2 = M [TQ][TK] later P⊙M [TQp][LDZ].
+//  A. warp < MT: dP = dO·Vᵀ; dp = dP·m, dot, ds, p·m from the shared P and M, held
+//     rounded in registers; barrier; written into dS and P⊙M; dq += scale·round(ds)·K.
+//  B. as am_bwd: per (key block, dk or dv), dv = PMᵀ·dO, dk = dSᵀ·Qs.
+__device__ __forceinline__ void am2_bwd(bool kHalf, float* dq, long long dqBS, long long dqRS, float* dk,
+                                        long long dkBS, long long dkRS, float* dv, long long dvBS, long long dvRS,
+                                        const float* dout, long long doBS, long long doRS, const float* q,
+                                        long long qBS, long long qRS, const float* k, long long kBS, long long kRS,
+                                        const float* v, long long vBS, long long vRS, const float* probs,
+                                        const float* mask, int H, int TQ, int TK, float scale) {
+    constexpr int MAXNT = 4;
+    extern __shared__ uint4 am_smem4[];
+    const int NT = (TK + 15) >> 4, TKp = 16 * NT, LDZ = TKp + 8;
+    const int nw = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int gr = lane >> 2, t = lane & 3;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int TQp = (TQ + 15) & ~15, MT = TQp >> 4;
+    unsigned short* Qs = reinterpret_cast<unsigned short*>(am_smem4);
+    unsigned short* Ks = Qs + TQp * AM_LD;
+    unsigned short* Vs = Ks + TKp * AM_LD;
+    unsigned short* Os = Vs + TKp * AM_LD;
+    unsigned char* z1 = reinterpret_cast<unsigned char*>(Os + TQp * AM_LD);
+    unsigned char* z2 = z1 + am2_zbytes(TQ, TK);
+    const float* Pz = reinterpret_cast<const float*>(z1);
+    const float* Mz = reinterpret_cast<const float*>(z2);
+    unsigned short* dS = reinterpret_cast<unsigned short*>(z1);
+    unsigned short* PM = reinterpret_cast<unsigned short*>(z2);
+    const long long hD = (long long)h * AM_D;
+    const long long pbase = (((long long)b * H + h) * TQ) * TK;
+
+    am_cp_async(reinterpret_cast<float*>(z1), probs + pbase, TQ * TK);
+    if (mask) am_cp_async(reinterpret_cast<float*>(z2), mask + pbase, TQ * TK);
+    {
+        const AmSrc m[4] = {
+            {q + (long long)b * qBS + hD, qRS, TQ, TQp, 0, scale, true},
+            {k + (long long)b * kBS + hD, kRS, TK, TKp, (int)(Ks - Qs), 1.0f, false},
+            {v + (long long)b * vBS + hD, vRS, TK, TKp, (int)(Vs - Qs), 1.0f, false},
+            {dout + (long long)b * doBS + hD, doRS, TQ, TQp, (int)(Os - Qs), 1.0f, false},
+        };
+        am_stage<4, 12>(kHalf, Qs, m);
+    }
+    am_cp_wait();
+    __syncthreads();
+
+    // A. ds and p·m of query block `warp`, rounded into registers (pairs: [n][0] row gr,
+    // [n][1] row gr + 8).
+    const bool active = warp < MT;
+    const int i0 = 16 * warp;
+    unsigned dsr[2 * MAXNT][2], pmr[2 * MAXNT][2];
+    if (active) {
+        float dp[2 * MAXNT][4];
+#pragma unroll
+        for (int n = 0; n < 2 * MAXNT; n++) dp[n][0] = dp[n][1] = dp[n][2] = dp[n][3] = 0.0f;
+        {
+            unsigned a[4][4];
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++) am_ldm_a(a[kk], Os, AM_LD, i0, 16 * kk);
+#pragma unroll
+            for (int jj = 0; jj < MAXNT; jj++) {
+                if (jj < NT) {
+#pragma unroll
+                    for (int kk = 0; kk < 4; kk++) {
+                        unsigned bb[4];
+                        am_ldm_bt(bb, Vs, AM_LD, 16 * jj, 16 * kk);
+                        am_mma(kHalf, dp[2 * jj], a[kk][0], a[kk][1], a[kk][2], a[kk][3], bb[0], bb[1]);
+                        am_mma(kHalf, dp[2 * jj + 1], a[kk][0], a[kk][1], a[kk][2], a[kk][3], bb[2], bb[3]);
+                    }
+                }
+            }
+        }
+        // This lane's p and m (row i0 + gr + 8·(e/2), key 8n + 2t + e%2; 0 and 1 outside
+        // TQ × TK), read twice from shared memory rather than held. Zero probabilities
+        // (masked keys, padding) leave ds = 0 and stay out of the dot, as the CPU skips
+        // them.
+        const float* Pr = Pz + (i0 + gr) * TK;
+        const float* Mr = Mz + (i0 + gr) * TK;
+        const bool in0 = i0 + gr < TQ, in8 = i0 + gr + 8 < TQ;
+        float dot[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int n = 0; n < 2 * MAXNT; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int j = 8 * n + 2 * t + (e & 1);
+                const int off = (e < 2 ? 0 : 8 * TK) + j;
+                if ((e < 2 ? in0 : in8) && j < TK) {
+                    const float pv = Pr[off];
+                    if (mask) dp[n][e] = dp[n][e] * Mr[off];
+                    if (pv != 0.0f) dot[e >> 1] = fmaf(dp[n][e], pv, dot[e >> 1]);
+                }
+            }
+        dot[0] = am_quad_sum(dot[0]);
+        dot[1] = am_quad_sum(dot[1]);
+#pragma unroll
+        for (int n = 0; n < 2 * MAXNT; n++) {
+            float d4[4], pm[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int j = 8 * n + 2 * t + (e & 1);
+                const int off = (e < 2 ? 0 : 8 * TK) + j;
+                float pv = 0.0f, mv = 1.0f;
+                if ((e < 2 ? in0 : in8) && j < TK) {
+                    pv = Pr[off];
+                    if (mask) mv = Mr[off];
+                }
+                d4[e] = pv != 0.0f ? pv * (dp[n][e] - dot[e >> 1]) : 0.0f;
+                pm[e] = mask ? pv * mv : pv;
+            }
+            dsr[n][0] = am_pack(kHalf, d4[0], d4[1]);
+            dsr[n][1] = am_pack(kHalf, d4[2], d4[3]);
+            pmr[n][0] = am_pack(kHalf, pm[0], pm[1]);
+            pmr[n][1] = am_pack(kHalf, pm[2], pm[3]);
+        }
+    }
+    __syncthreads();  // every p and m read: dS and P⊙M go over them
+    if (active) {
+#pragma unroll
+        for (int n = 0; n < 2 * MAXNT; n++) {
+            if (n < 2 * NT) {
+                const int c = 8 * n + 2 * t, r = i0 + gr;
+                *reinterpret_cast<unsigned*>(dS + r * LDZ + c) = dsr[n][0];
+                *reinterpret_cast<unsigned*>(dS + (r + 8) * LDZ + c) = dsr[n][1];
+                *reinterpret_cast<unsigned*>(PM + r * LDZ + c) = pmr[n][0];
+                *reinterpret_cast<unsigned*>(PM + (r + 8) * LDZ + c) = pmr[n][1];
+            }
+        }
+        // dq += scale·round(ds)·K
+        float acc[8][4];
+#pragma unroll
+        for (int n = 0; n < 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < MAXNT; kk++) {
+            if (kk < NT) {
+#pragma unroll
+                for (int dd = 0; dd < 4; dd++) {
+                    unsigned bb[4];
+                    am_ldm_b(bb, Ks, AM_LD, 16 * kk, 16 * dd);
+                    am_mma(kHalf, acc[2 * dd], dsr[2 * kk][0], dsr[2 * kk][1], dsr[2 * kk + 1][0],
+                           dsr[2 * kk + 1][1], bb[0], bb[1]);
+                    am_mma(kHalf, acc[2 * dd + 1], dsr[2 * kk][0], dsr[2 * kk][1], dsr[2 * kk + 1][0],
+                           dsr[2 * kk + 1][1], bb[2], bb[3]);
+                }
+            }
+        }
+        am_add_rows(dq + (long long)b * dqBS + hD, dqRS, i0, TQ, acc, scale, am_vec2(dq, dqBS, dqRS));
+    }
+    __syncthreads();  // dS and PM complete
+
+    // B. dv = PMᵀ·dO and dk = dSᵀ·Qs per key block
+    for (int w = warp; w < 2 * NT; w += nw) {
+        const int j0 = 16 * (w >> 1);
+        const bool isK = (w & 1) != 0;
+        const unsigned short* Z = isK ? dS : PM;
+        const unsigned short* Y = isK ? Qs : Os;
+        float acc[8][4];
+#pragma unroll
+        for (int n = 0; n < 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+        for (int ib = 0; ib < MT; ib++) {
+            unsigned a[4];
+            am_ldm_at(a, Z, LDZ, 16 * ib, j0);
+#pragma unroll
+            for (int dd = 0; dd < 4; dd++) {
+                unsigned bb[4];
+                am_ldm_b(bb, Y, AM_LD, 16 * ib, 16 * dd);
+                am_mma(kHalf, acc[2 * dd], a[0], a[1], a[2], a[3], bb[0], bb[1]);
+                am_mma(kHalf, acc[2 * dd + 1], a[0], a[1], a[2], a[3], bb[2], bb[3]);
+            }
+        }
+        if (isK) {
+            am_add_rows(dk + (long long)b * dkBS + hD, dkRS, j0, TK, acc, 1.0f, am_vec2(dk, dkBS, dkRS));
+        } else {
+            am_add_rows(dv + (long long)b * dvBS + hD, dvRS, j0, TK, acc, 1.0f, am_vec2(dv, dvBS, dvRS));
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128, AM2_BWD_MINB) attention_mma2_bwd(
+    float* dq, long long dqBS, long long dqRS, float* dk, long long dkBS, long long dkRS, float* dv, long long dvBS,
+    long long dvRS, const float* dout, long long doBS, long long doRS, const float* q, long long qBS, long long qRS,
+    const float* k, long long kBS, long long kRS, const float* v, long long vBS, long long vRS, const float* probs,
+    const float* mask, int H, int TQ, int TK, float scale, int half) {
+    am2_bwd(half != 0, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, dout, doBS, doRS, q, qBS, qRS, k, kBS, kRS, v,
+            vBS, vRS, probs, mask, H, TQ, TK, scale);
+}
 
 // attention_mma_round packs pairs of floats as the kernels above round their operands
 // (y[i] = x[2i] in the low half, x[2i+1] in the high half), for TestAttentionMMARounding.

@@ -13,7 +13,9 @@ import (
 // dS to the backend's 16-bit type and multiply them on the tensor cores with fp32
 // accumulation, as torch.autocast with SDPA does, where the float kernels
 // (attention_fast.go) keep every operand in fp32. Other shapes and older devices keep
-// the float kernels; Backend.lazy.mma.off (tests) forces them.
+// the float kernels; Backend.lazy.mma.off (tests) forces them. Up to 64 keys (and 64
+// query rows for the backward) the second kernels (attention_mma2_*) run, forward and
+// backward; beyond, the first forward and the float backward.
 const (
 	amDim      = 64  // AM_D: the head dimension the kernels take
 	amLD       = 72  // AM_LD: row stride, 16-bit elements, of a [rows][64] shared tile
@@ -25,21 +27,33 @@ const (
 
 // amKernels are the kernel names: forward and backward for MAXNT 4 (TK ≤ 64) and 8, and
 // the rounding check of TestAttentionMMARounding.
-var amKernels = [...]string{"attention_mma_fwd4", "attention_mma_fwd8", "attention_mma_bwd4", "attention_mma_bwd8", "attention_mma_round"}
+var amKernels = [...]string{"attention_mma_fwd4", "attention_mma_fwd8", "attention_mma_bwd4", "attention_mma_bwd8", "attention_mma_round",
+	"attention_mma2_fwd", "attention_mma2_bwd"}
+
+// am2MaxT bounds the second kernels (attention_mma2_*): TK ≤ 64 forward, TQ and TK ≤ 64
+// backward (MAXNT 4, a query block per warp). They replace the first kernels there; the
+// first ones keep longer sequences.
+const am2MaxT = 64
 
 // attnMMAFns are one Backend's tensor-core kernels (lazyKernels) and the test switch.
 type attnMMAFns struct {
 	fwd, bwd  [2]uintptr // by MAXNT: 4, 8
 	round     uintptr
-	optinMax  int    // the device's bound on dynamic shared memory per block, opted in
-	bwdShared [2]int // dynamic shared memory each backward kernel is allowed beyond afShared
-	ok        bool   // sm_80 or newer
-	off       bool   // tests: keep the float kernels
+	fwd2      uintptr // attention_mma2_fwd
+	bwd2      uintptr // attention_mma2_bwd
+	bwd2Opt   bool    // attention_mma2_bwd allowed the device's whole shared memory
+	optinMax  int     // the device's bound on dynamic shared memory per block, opted in
+	bwdShared [2]int  // dynamic shared memory each backward kernel is allowed beyond afShared
+	ok        bool    // sm_80 or newer
+	off       bool    // tests: keep the float kernels
 	// bwdOn takes the tensor-core backward too. Off by default: on the H200 at B 200,
 	// T 41 it took 255 µs against the float kernels' 136 µs (the forward: 74 against
 	// 92 µs), so the training step pairs the tensor-core forward with the float
 	// backward, which reads the stored probabilities either way. Tests turn it on.
 	bwdOn bool
+	// first: tests: the first kernels (attention_mma_fwd4/8, and attention_mma_bwd with
+	// bwdOn) also where the second ones fit, for comparison.
+	first bool
 }
 
 // mmaFns returns the tensor-core kernel set, looked up on first use. The caller holds
@@ -52,6 +66,8 @@ func (be *Backend) mmaFns() *attnMMAFns {
 		fwd:   [2]uintptr{be.kernel(amKernels[0]), be.kernel(amKernels[1])},
 		bwd:   [2]uintptr{be.kernel(amKernels[2]), be.kernel(amKernels[3])},
 		round: be.kernel(amKernels[4]),
+		fwd2:  be.kernel(amKernels[5]),
+		bwd2:  be.kernel(amKernels[6]),
 		ok:    be.info.Major >= 8,
 	}
 	optin, err := be.drv.attribute(be.dev, attrMaxSharedPerBlockOptin)
@@ -130,7 +146,58 @@ func (be *Backend) mmaUsable(a kernels.AttentionArgs, backward bool) bool {
 	if !f.ok || f.off {
 		return false
 	}
-	return !backward || f.bwdOn && amBackwardShared(a) <= f.optinMax
+	if !backward {
+		return true
+	}
+	if be.mma2(a, true) {
+		return true
+	}
+	return f.bwdOn && amBackwardShared(a) <= f.optinMax
+}
+
+// mma2 says whether a call mmaUsable takes runs on the second kernels. The caller holds
+// the Backend.
+func (be *Backend) mma2(a kernels.AttentionArgs, backward bool) bool {
+	f := be.mmaFns()
+	return !f.first && a.TK <= am2MaxT && (!backward || a.TQ <= am2MaxT && amBackwardShared2(a) <= f.optinMax)
+}
+
+// setMMAFirst has the first tensor-core kernels taken where the second ones fit (tests)
+// and returns the previous setting.
+func (be *Backend) setMMAFirst(on bool) bool {
+	defer be.enter()()
+	f := be.mmaFns()
+	old := f.first
+	f.first = on
+	return old
+}
+
+// planMMA2Forward is planMMAForward's launch with attention_mma2_fwd's shared memory:
+// Q [16·warps][72], K and V [TKp][72] (16-bit), the tile's mask rows [16·warps][TK]
+// (fp32, a multiple of 4; only with a mask), then TK padding bytes rounded to 16. At most
+// 44,096 bytes (TK 64, 4 warps): no opt-in.
+func planMMA2Forward(a kernels.AttentionArgs, mask bool) amForwardPlan {
+	p := planMMAForward(a)
+	tkp := 16 * amBlocks16(a.TK)
+	p.shared = 2*amLD*(16*p.warps+2*tkp) + (a.TK+15)&^15
+	if mask {
+		p.shared += 4 * ((16*p.warps*a.TK + 3) &^ 3)
+	}
+	return p
+}
+
+// amBackwardShared2 is attention_mma2_bwd's dynamic shared memory: Qs, K, V, dO
+// [·][72] (16-bit), then two regions of am2_zbytes each (P then dS, M then P⊙M).
+func amBackwardShared2(a kernels.AttentionArgs) int {
+	tqp, tkp := 16*amBlocks16(a.TQ), 16*amBlocks16(a.TK)
+	z := (max(4*a.TQ*a.TK, 2*tqp*(tkp+8)) + 15) &^ 15
+	return 2*amLD*(2*tqp+2*tkp) + 2*z
+}
+
+// amBackwardWarps2: a warp per query block (phase A in one pass) and at least one per
+// key block.
+func amBackwardWarps2(a kernels.AttentionArgs) int {
+	return max(amBlocks16(a.TQ), amBlocks16(a.TK))
 }
 
 // setMMABackward switches the tensor-core backward on or off (tests) and returns the
@@ -152,7 +219,10 @@ func (be *Backend) mmaForward(out, q, k, v kernels.View, a kernels.AttentionArgs
 	if !be.mmaUsable(a, false) {
 		return false
 	}
-	p := planMMAForward(a)
+	p, fn := planMMAForward(a), be.lazy.mma.fwd[amVariant(a.TK)]
+	if be.mma2(a, false) {
+		p, fn = planMMA2Forward(a, dropMask != nil), be.lazy.mma.fwd2
+	}
 	be.prm.reset().
 		views(out, q, k, v).
 		i32(a.Heads).i32(a.TQ).i32(a.TK).f32(a.Scale).
@@ -160,7 +230,7 @@ func (be *Backend) mmaForward(out, q, k, v kernels.View, a kernels.AttentionArgs
 		i32(boolInt(a.Causal)).i32(a.QueryOffset).
 		ptr(addr(probs)).ptr(addr(dropMask)).i32(be.halfArg())
 	grid := [3]uint32{uint32(p.tiles), uint32(a.Heads), uint32(a.Batch)}
-	be.run(be.lazy.mma.fwd[amVariant(a.TK)], grid, uint32(32*p.warps), uint32(p.shared))
+	be.run(fn, grid, uint32(32*p.warps), uint32(p.shared))
 	return true
 }
 
@@ -172,6 +242,21 @@ func (be *Backend) mmaBackward(dq, dk, dv, dout, q, k, v kernels.View, a kernels
 		return false
 	}
 	f := be.lazy.mma
+	if be.mma2(a, true) {
+		shared := amBackwardShared2(a)
+		if shared > afShared && !f.bwd2Opt {
+			must(be.drv.check("cuFuncSetAttribute", call(be.drv.cuFuncSetAttribute, f.bwd2,
+				funcAttrMaxDynamicShared, uintptr(f.optinMax))))
+			f.bwd2Opt = true
+		}
+		be.prm.reset().
+			views(dq, dk, dv, dout, q, k, v).
+			ptr(addr(probs)).ptr(addr(dropMask)).
+			i32(a.Heads).i32(a.TQ).i32(a.TK).f32(a.Scale).i32(be.halfArg())
+		grid := [3]uint32{1, uint32(a.Heads), uint32(a.Batch)}
+		be.run(f.bwd2, grid, uint32(32*amBackwardWarps2(a)), uint32(shared))
+		return true
+	}
 	vi := amVariant(a.TK)
 	shared := amBackwardShared(a)
 	if shared > afShared && shared > f.bwdShared[vi] {

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/xform-dev/xform/kernels"
 	"github.com/xform-dev/xform/kernels/cpu"
@@ -460,7 +461,9 @@ func TestAttentionMMAKernelNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	src := string(b)
-	defined := map[string]bool{"attention_mma_round": strings.Contains(src, "void attention_mma_round(")}
+	defined := map[string]bool{"attention_mma_round": strings.Contains(src, "void attention_mma_round("),
+		"attention_mma2_fwd": strings.Contains(src, ") attention_mma2_fwd("),
+		"attention_mma2_bwd": strings.Contains(src, ") attention_mma2_bwd(")}
 	for _, m := range []string{"4", "8"} {
 		defined["attention_mma_fwd"+m] = strings.Contains(src, ") attention_mma_fwd##MAXNT(") && strings.Contains(src, "\nAM_FWD("+m+")\n")
 		defined["attention_mma_bwd"+m] = strings.Contains(src, ") attention_mma_bwd##MAXNT(") && strings.Contains(src, "\nAM_BWD("+m+")\n")
@@ -508,7 +511,25 @@ func TestAttentionMMALayout(t *testing.T) {
 			}
 		}
 	}
+	for tk := 1; tk <= am2MaxT; tk++ {
+		for _, tq := range []int{1, 7, 16, 17, 41, 64, 65, 1000} {
+			a := kernels.AttentionArgs{Batch: 1, Heads: 1, HeadDim: 64, TQ: tq, TK: tk}
+			for _, mask := range []bool{false, true} {
+				if p := planMMA2Forward(a, mask); p.shared > afShared || p.shared%16 != 0 {
+					t.Fatalf("TQ %d TK %d mask %v: second forward %+v", tq, tk, mask, p)
+				}
+			}
+			if tq <= am2MaxT {
+				if w := amBackwardWarps2(a); w < amBlocks16(tq) || w < amBlocks16(tk) || w > 4 {
+					t.Fatalf("TQ %d TK %d: second backward %d warps", tq, tk, w)
+				}
+			}
+		}
+	}
 	bench := kernels.AttentionArgs{Batch: 200, Heads: 8, HeadDim: 64, TQ: 41, TK: 41}
+	if s := amBackwardShared2(bench); s > afShared {
+		t.Errorf("bench shape second backward needs %d bytes of shared memory, over %d", s, afShared)
+	}
 	if s := amBackwardShared(bench); s > afShared {
 		t.Errorf("bench shape backward needs %d bytes of shared memory, over %d", s, afShared)
 	}
@@ -635,16 +656,59 @@ func checkMMATrain(t *testing.T, be *Backend, ft format16, m *mmaData, empty int
 	nanOnly("dk, dv", gkv, tc.TK*2*d, 2*d, tc.TK)
 }
 
+// mmaVersions are the kernel generations the correctness tests run: the second kernels
+// (attention_mma2_*, the default where TQ, TK ≤ 64; the first ones beyond) and the first
+// ones everywhere (withMMAFirst).
+var mmaVersions = []struct {
+	name  string
+	first bool
+}{{"mma2", false}, {"mma1", true}}
+
+// withMMAFirst has the first tensor-core kernels taken where the second ones fit.
+func withMMAFirst(t *testing.T, be *Backend, on bool) *Backend {
+	t.Helper()
+	old := be.setMMAFirst(on)
+	t.Cleanup(func() { be.setMMAFirst(old) })
+	return be
+}
+
 func TestAttentionMMATrainShapes(t *testing.T) {
 	for ci, tc := range mmaCases {
 		for _, ft := range formats {
-			t.Run(fmt.Sprintf("%s/%v", tc.name, ft.prec), func(t *testing.T) {
-				be := withMMABackward(t, withPrecision(t, ft.prec))
-				p := newPair(t, uint64(71+ci))
-				a := tc.args(p)
-				checkMMATrain(t, be, ft, newMMAData(p.r, a, tc), -1)
-			})
+			for _, ver := range mmaVersions {
+				t.Run(fmt.Sprintf("%s/%v/%s", tc.name, ft.prec, ver.name), func(t *testing.T) {
+					be := withMMAFirst(t, withMMABackward(t, withPrecision(t, ft.prec)), ver.first)
+					p := newPair(t, uint64(71+ci))
+					a := tc.args(p)
+					checkMMATrain(t, be, ft, newMMAData(p.r, a, tc), -1)
+				})
+			}
 		}
+	}
+}
+
+// TestAttentionMMA2Taken guards the dispatch: at the training shapes up to T 64 both
+// directions run on the second kernels by default (the first backward stays off), and
+// longer ones do not.
+func TestAttentionMMA2Taken(t *testing.T) {
+	be := withPrecision(t, BF16)
+	if be.info.Major < 8 {
+		t.Skip("the tensor-core kernels need sm_80")
+	}
+	for _, c := range []struct {
+		tq, tk int
+		want   bool
+	}{{41, 41, true}, {20, 20, true}, {64, 64, true}, {1, 64, true}, {64, 1, true}, {100, 100, false}, {41, 65, false}} {
+		a := kernels.AttentionArgs{Batch: 200, Heads: 8, HeadDim: 64, TQ: c.tq, TK: c.tk}
+		func() {
+			defer be.enter()()
+			for _, backward := range []bool{false, true} {
+				got := be.mmaUsable(a, backward) && be.mma2(a, backward)
+				if got != c.want {
+					t.Errorf("TQ %d TK %d backward %v: second kernels taken %v, want %v", c.tq, c.tk, backward, got, c.want)
+				}
+			}
+		}()
 	}
 }
 
@@ -653,21 +717,30 @@ func TestAttentionMMATrainShapes(t *testing.T) {
 // torch) do, while the other sentences stay finite and within the bounds.
 func TestAttentionMMAAllMasked(t *testing.T) {
 	for _, ft := range formats {
-		t.Run(ft.prec.String(), func(t *testing.T) {
-			be := withMMABackward(t, withPrecision(t, ft.prec))
-			p := newPair(t, 73)
-			tc := mmaAllMaskedCase
-			a := tc.args(p)
-			maskSentence(a, tc, mmaEmpty)
-			checkMMATrain(t, be, ft, newMMAData(p.r, a, tc), mmaEmpty)
-		})
+		for _, ver := range mmaVersions {
+			t.Run(ft.prec.String()+"/"+ver.name, func(t *testing.T) {
+				be := withMMAFirst(t, withMMABackward(t, withPrecision(t, ft.prec)), ver.first)
+				p := newPair(t, 73)
+				tc := mmaAllMaskedCase
+				a := tc.args(p)
+				maskSentence(a, tc, mmaEmpty)
+				checkMMATrain(t, be, ft, newMMAData(p.r, a, tc), mmaEmpty)
+			})
+		}
 	}
 }
 
 // TestAttentionMMAUnalignedViews: views whose rows do not start on 16 bytes (the
 // kernels' four-scalar staging path) and odd row strides (no float2 stores).
 func TestAttentionMMAUnalignedViews(t *testing.T) {
-	be := withMMABackward(t, withPrecision(t, BF16))
+	for _, ver := range mmaVersions {
+		t.Run(ver.name, func(t *testing.T) {
+			testMMAUnalignedViews(t, withMMAFirst(t, withMMABackward(t, withPrecision(t, BF16)), ver.first))
+		})
+	}
+}
+
+func testMMAUnalignedViews(t *testing.T, be *Backend) {
 	p := newPair(t, 79)
 	tc := attnCase{name: "unaligned", B: 5, H: 2, D: 64, TQ: 23, TK: 19, cross: true, pad: true, left: true, drop: true, minLen: 5}
 	a := tc.args(p)
@@ -782,33 +855,77 @@ func TestAttentionMMADiffersFromFloat(t *testing.T) {
 }
 
 // TestAttentionMMATiming logs the device time per call of AttentionForward and
-// AttentionBackward at the xform bench shape (B 200, H 8, T 41, D 64, dropout) on the
-// tensor cores and on the float kernels (attention_fast.cu), bf16. It checks nothing;
-// -short skips it. Aim: forward ≤ 40 µs, backward ≤ 70 µs (float kernels: 88 and 129).
+// AttentionBackward (bf16, dropout) at the xform bench shape (B 200, H 8, T 41, D 64)
+// and at T 20, 64 and 100 (B·T ≈ 8000) for the second tensor-core kernels (the
+// default), the first ones (forward and backward on the tensor cores) and the float
+// kernels (attention_fast.cu), and each kernel's registers and resident blocks per SM.
+// It checks nothing; -short skips it. Aim at the bench shape: forward + backward
+// ≤ 110 µs.
 func TestAttentionMMATiming(t *testing.T) {
 	if testing.Short() {
 		t.Skip("timing only")
 	}
-	be := withMMABackward(t, gpu(t))
+	be := gpu(t)
+	logMMAOccupancy(t, be)
 	for _, tc := range []attnCase{
 		{name: "encoder self", B: 200, H: 8, D: 64, TQ: 41, TK: 41, pad: true, left: true, drop: true, minLen: 20},
 		{name: "decoder self causal", B: 200, H: 8, D: 64, TQ: 41, TK: 41, causal: true, pad: true, drop: true, minLen: 20},
 		{name: "cross", B: 200, H: 8, D: 64, TQ: 41, TK: 41, cross: true, pad: true, left: true, drop: true, minLen: 20},
+		{name: "self T20", B: 400, H: 8, D: 64, TQ: 20, TK: 20, pad: true, left: true, drop: true, minLen: 10},
+		{name: "self T64", B: 125, H: 8, D: 64, TQ: 64, TK: 64, pad: true, left: true, drop: true, minLen: 30},
 		{name: "self T100", B: 80, H: 8, D: 64, TQ: 100, TK: 100, pad: true, left: true, drop: true, minLen: 50},
 	} {
 		fwd, bwd := attnTimingCalls(t, be, tc)
-		for _, mma := range []bool{true, false} {
-			t.Run(fmt.Sprintf("%s/mma=%v", tc.name, mma), func(t *testing.T) {
+		for _, ver := range []string{"mma2", "mma1", "float"} {
+			t.Run(fmt.Sprintf("%s/%s", tc.name, ver), func(t *testing.T) {
 				withPrecision(t, BF16)
-				if !mma {
+				if ver == "mma1" {
+					withMMAFirst(t, withMMABackward(t, be), true)
+				}
+				if ver == "float" {
 					withMMAOff(t, be)
 				}
 				fwd()
 				f := timeDevice(t, be, 50, fwd)
 				b := timeDevice(t, be, 50, bwd)
-				t.Logf("%s B %d T %d: mma=%v forward %.1f µs, backward %.1f µs per call",
-					tc.name, tc.B, tc.TQ, mma, f.Seconds()*1e6, b.Seconds()*1e6)
+				t.Logf("%s B %d T %d: %s forward %.1f µs, backward %.1f µs per call",
+					tc.name, tc.B, tc.TQ, ver, f.Seconds()*1e6, b.Seconds()*1e6)
 			})
 		}
+	}
+}
+
+// logMMAOccupancy logs registers, local memory and resident blocks per SM of the
+// attention kernels at the bench shape's launch (cuFuncGetAttribute and
+// cuOccupancyMaxActiveBlocksPerMultiprocessor, bound here: the backend needs neither).
+func logMMAOccupancy(t *testing.T, be *Backend) {
+	var getAttr, occ uintptr
+	if err := bind(be.drv.handle, "libcuda", []symbol{{"cuFuncGetAttribute", &getAttr},
+		{"cuOccupancyMaxActiveBlocksPerMultiprocessor", &occ}}); err != nil {
+		t.Logf("occupancy not logged: %v", err)
+		return
+	}
+	defer be.enter()()
+	f, fa := be.mmaFns(), be.fastFns()
+	bench := kernels.AttentionArgs{Batch: 200, Heads: 8, HeadDim: 64, TQ: 41, TK: 41}
+	p1, p2 := planMMAForward(bench), planMMA2Forward(bench, true)
+	_, fbs := afBackwardShared(bench)
+	for _, k := range []struct {
+		name          string
+		fn            uintptr
+		threads, smem int
+	}{
+		{"attention_mma_fwd4", f.fwd[0], 32 * p1.warps, p1.shared},
+		{"attention_mma2_fwd", f.fwd2, 32 * p2.warps, p2.shared},
+		{"attention_mma_bwd4", f.bwd[0], 32 * amBackwardWarps(bench), amBackwardShared(bench)},
+		{"attention_mma2_bwd", f.bwd2, 32 * amBackwardWarps2(bench), amBackwardShared2(bench)},
+		{"attention_fast_bwd2", fa.bwd[1], afThreads, fbs},
+	} {
+		var regs, local, blocks int32
+		call(getAttr, uintptr(unsafe.Pointer(&regs)), 4, k.fn)  // CU_FUNC_ATTRIBUTE_NUM_REGS
+		call(getAttr, uintptr(unsafe.Pointer(&local)), 3, k.fn) // CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES
+		call(occ, uintptr(unsafe.Pointer(&blocks)), k.fn, uintptr(k.threads), uintptr(k.smem))
+		t.Logf("%s at B 200 T 41: %d registers, %d bytes local, %d threads, %d bytes shared: %d blocks per SM",
+			k.name, regs, local, k.threads, k.smem, blocks)
 	}
 }
