@@ -29,15 +29,11 @@ type deviceFlag struct {
 	// graphs is --cuda-graphs (training commands): record each batch shape's training
 	// step as a CUDA graph and replay it.
 	graphs bool
-	// tune is --gemm-tune (training commands): time cuBLASLt's candidate algorithms
-	// for each repeating 16-bit GEMM shape and keep the fastest.
-	tune bool
 }
 
-// registerGraphs adds --cuda-graphs and --gemm-tune to a training command.
+// registerGraphs adds --cuda-graphs to a training command.
 func (d *deviceFlag) registerGraphs(c *cobra.Command) {
 	c.Flags().BoolVar(&d.graphs, "cuda-graphs", false, "GPU: record the training step of each batch shape as a CUDA graph and replay it (same results, less launch overhead; pays off when shapes repeat, e.g. --batching bucket)")
-	c.Flags().BoolVar(&d.tune, "gemm-tune", true, "GPU, --bf16/--fp16: time cuBLASLt's candidate algorithms for each GEMM shape seen twice and keep the fastest (false: the heuristic's first choice, bit-reproducible from run to run)")
 }
 
 // register adds --device to c and wraps c.RunE so that the GPU is released when the
@@ -93,7 +89,7 @@ func (d *deviceFlag) backend(threads int, opts ...cpu.Option) (kernels.Backend, 
 	if d.gpu != nil {
 		return d.gpu, nil
 	}
-	g, err := cuda.New(ctx, cuda.Options{Ordinal: ordinal, Precision: d.precision, Graphs: d.graphs, TuneGEMMs: d.tune})
+	g, err := cuda.New(ctx, cuda.Options{Ordinal: ordinal, Precision: d.precision, Graphs: d.graphs})
 	if err == nil {
 		d.gpu = g
 		return g, nil

@@ -31,11 +31,6 @@ type Options struct {
 	// Graphs makes Graphed (kernels.StepGrapher) record and replay CUDA graphs; off,
 	// it runs its function eagerly. XFORM_CUDA_GRAPHS=1 or 0 overrides it.
 	Graphs bool
-	// TuneGEMMs times cuBLASLt's candidate algorithms for each 16-bit product shape
-	// used more than once and keeps the fastest (cublaslt_tune.go): faster, but the
-	// choice depends on timings, so results are not bit-reproducible from run to run.
-	// Off, the heuristic's first choice is used. XFORM_CUDA_TUNE=1 or 0 overrides it.
-	TuneGEMMs bool
 }
 
 // Precision is the operand type of the backend's GEMMs. Inputs, weights and outputs
@@ -109,8 +104,6 @@ type Backend struct {
 	// halfOff: tests: AllocHalf returns nil, so the model takes float32 buffers and
 	// the Linears cast them (half.go).
 	halfOff bool
-	// tuneGEMMs is Options.TuneGEMMs after XFORM_CUDA_TUNE.
-	tuneGEMMs bool
 	// linearActForce: tests: LinearActBackward skips its first 1 or 2 epilogue
 	// choices (linear_act.go), so the fallbacks run.
 	linearActForce int
@@ -189,13 +182,6 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 	be := &Backend{drv: drv, prm: newParams(), syncCheck: opt.SyncCheck || os.Getenv("XFORM_CUDA_SYNC") == "1",
 		pool: &pool{free: map[uint64][]uint64{}}, precision: opt.Precision}
 	be.poison = opt.PoisonUninit || os.Getenv("XFORM_CUDA_POISON") == "1"
-	be.tuneGEMMs = opt.TuneGEMMs
-	switch os.Getenv("XFORM_CUDA_TUNE") {
-	case "1":
-		be.tuneGEMMs = true
-	case "0":
-		be.tuneGEMMs = false
-	}
 	switch os.Getenv("XFORM_CUDA_PROFILE") {
 	case "1":
 		be.profile = newOpProfile()

@@ -197,14 +197,6 @@ type ltPlan struct {
 	used          uint64 // ltState.clock at the last use
 	none          bool   // cuBLASLt cannot do this key: GemmEx
 	name          string // for XFORM_CUDA_PROFILE=gpu: shape and epilogue
-	key           ltKey
-	// Tuning (cublaslt_tune.go): the heuristic's answers in its order (empty when
-	// the plan is not tuned), the uses counted so far, whether the candidates were
-	// timed, and the index of the one chosen.
-	cands     [][8]uint64
-	uses      int
-	tuned     bool
-	tunedPick int
 }
 
 // ltState is the Backend's cuBLASLt: made at the first 16-bit Linear, released by Close.
@@ -437,29 +429,16 @@ func (be *Backend) ltNewPlan(key ltKey, bias, aux uint64) (_ *ltPlan, err error)
 			return nil, err
 		}
 	}
-	// One answer, or the first ltTuneCandidates when the plan may be tuned: the
-	// heuristic's ranking is the same either way, the first answer is used until then.
-	want := 1
-	if be.tuneGEMMs && key.epilogue&ltEpiFlagAux == 0 {
-		want = ltTuneCandidates
-	}
-	var res [ltTuneCandidates]ltHeuristicResult
+	var res ltHeuristicResult
 	var got int32
 	if err := ltCheck("cublasLtMatmulAlgoGetHeuristic", call(l.heuristic, s.handle, p.desc, p.a, p.b, p.c, p.c, pref,
-		uintptr(want), uintptr(unsafe.Pointer(&res[0])), uintptr(unsafe.Pointer(&got)))); err != nil {
+		1, uintptr(unsafe.Pointer(&res)), uintptr(unsafe.Pointer(&got)))); err != nil {
 		return nil, err
 	}
-	if got < 1 || res[0].state != 0 || res[0].workspaceSize > s.wsSize {
-		return nil, fmt.Errorf("cuBLASLt heuristic returned no algorithm (%d results, state %d)", got, res[0].state)
+	if got < 1 || res.state != 0 || res.workspaceSize > s.wsSize {
+		return nil, fmt.Errorf("cuBLASLt heuristic returned no algorithm (%d results, state %d)", got, res.state)
 	}
-	p.algo, p.key = res[0].algo, key
-	if want > 1 {
-		for _, r := range res[:min(int(got), want)] {
-			if r.state == 0 && r.workspaceSize <= s.wsSize {
-				p.cands = append(p.cands, r.algo)
-			}
-		}
-	}
+	p.algo = res.algo
 	return p, nil
 }
 
@@ -469,9 +448,6 @@ func (be *Backend) ltNewPlan(key ltKey, bias, aux uint64) (_ *ltPlan, err error)
 func (be *Backend) ltRun(p *ltPlan, a, b uint64, beta float32, c, bias uint64) bool {
 	s := &be.lt
 	l := s.lib
-	if be.ltTuneWanted(p) {
-		be.ltTune(p, a, b, beta, bias)
-	}
 	if bias != 0 {
 		// The descriptor is read when the matmul is enqueued, so pointing the cached
 		// one at this call's bias cannot change work already queued.
