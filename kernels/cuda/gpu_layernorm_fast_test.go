@@ -16,15 +16,19 @@ import (
 // variance are float sums of dim ≤ 1024 terms (shuffle trees of depth 5 after per-lane
 // sums of ≤ 32), relative error ≲ 40·2⁻²⁴ ≈ 2.4e-6 worst case, ~1e-7 typically, which
 // passes through y and dz at the same order; the column sums add ≤ 6000 rows as
-// per-lane runs of ~3, then 8 warps, then a fixed tree over ≤ 2·SMs partials, so each
-// rounding sees at most a few hundred terms, and with random signs the norm-wise error
+// per-lane runs of ~3, then 8 warps, then a fixed tree over ≤ 2·SMs partials (the
+// float4 kernels: per-warp runs of rows/(blocks·warps) ≲ 10 rows, ≤ 8 warps, then ≤ 32
+// runs of ≤ 6·SMs/32 partials and the 32 run sums), so each rounding sees at most a
+// few hundred terms, and with random signs the norm-wise error
 // stays ~1e-6 even where the sum cancels (Σ dy over 6000 rows is ~√6000 of its terms'
 // size). We allow tolTight = 1e-5, norm-wise (relErr), logging the measured error. A
 // wrong formula, a missed row or a dropped partial is off by far more.
 
 // TestResidualLayerNormFast: the float kernels at dims of every NC (1…32, multiples of
-// 32 and not) against the CPU; dim 1100 is over lfMaxDim and must take the exact
-// kernels, which also gives the FP32 bits.
+// 32 and not) and every float4 NV (dims that are multiples of 4 take the float4
+// kernels, the others the scalar ones; "scalar" forces the scalar ones everywhere)
+// against the CPU; dim 1100 is over lfMaxDim and must take the exact kernels, which
+// also gives the FP32 bits.
 func TestResidualLayerNormFast(t *testing.T) {
 	for _, tc := range []struct {
 		rows, dim int
@@ -38,36 +42,103 @@ func TestResidualLayerNormFast(t *testing.T) {
 		{7, 1100, true, 0.81}, {300, 1100, false, 1},
 	} {
 		for _, prec := range []Precision{BF16, FP16} {
-			name := fmt.Sprintf("%dx%d_omega=%v_alpha=%v/%v", tc.rows, tc.dim, tc.omega, tc.alpha, prec)
-			t.Run(name, func(t *testing.T) {
-				g := withPrecision(t, prec)
-				p := newPair(t, 71)
-				in := newReslnIn(p.r, tc.rows, tc.dim, tc.omega, tc.alpha)
-				got := reslnRun(g, g, in)
-				want := reslnRun(p.c, p.c, in)
-				t.Logf("fast kernels: %v", lnFastDim(tc.dim))
-				checkExact(t, "z", got.z, want.z)
-				for _, c := range []struct {
-					name      string
-					got, want []float32
-				}{
-					{"y", got.y, want.y}, {"dz", got.dz, want.dz}, {"dgamma", got.dgamma, want.dgamma},
-					{"dbeta", got.dbeta, want.dbeta}, {"domega", got.domega, want.domega},
-				} {
-					checkClose(t, c.name, c.got, c.want, tolTight)
-				}
-				if !lnFastDim(tc.dim) {
-					// The exact kernels whatever the precision: the FP32 bits.
-					g.precision = FP32
-					exact := reslnRun(g, g, in)
-					g.precision = prec
-					for _, c := range [][2][]float32{{got.y, exact.y}, {got.dz, exact.dz}, {got.dgamma, exact.dgamma},
-						{got.dbeta, exact.dbeta}, {got.domega, exact.domega}} {
-						checkExact(t, "fallback vs FP32", c[0], c[1])
+			for _, scalar := range []bool{false, true} {
+				name := fmt.Sprintf("%dx%d_omega=%v_alpha=%v/%v/scalar=%v", tc.rows, tc.dim, tc.omega, tc.alpha, prec, scalar)
+				t.Run(name, func(t *testing.T) {
+					g := withPrecision(t, prec)
+					lnScalar(t, g, scalar)
+					p := newPair(t, 71)
+					in := newReslnIn(p.r, tc.rows, tc.dim, tc.omega, tc.alpha)
+					got := reslnRun(g, g, in)
+					want := reslnRun(p.c, p.c, in)
+					t.Logf("fast kernels: %v, float4 kernels: %v", lnFastDim(tc.dim), !scalar && tc.dim%4 == 0 && tc.dim <= lfvMaxDim)
+					checkExact(t, "z", got.z, want.z)
+					for _, c := range []struct {
+						name      string
+						got, want []float32
+					}{
+						{"y", got.y, want.y}, {"dz", got.dz, want.dz}, {"dgamma", got.dgamma, want.dgamma},
+						{"dbeta", got.dbeta, want.dbeta}, {"domega", got.domega, want.domega},
+					} {
+						checkClose(t, c.name, c.got, c.want, tolTight)
 					}
-				}
-			})
+					if !lnFastDim(tc.dim) {
+						// The exact kernels whatever the precision: the FP32 bits.
+						g.precision = FP32
+						exact := reslnRun(g, g, in)
+						g.precision = prec
+						for _, c := range [][2][]float32{{got.y, exact.y}, {got.dz, exact.dz}, {got.dgamma, exact.dgamma},
+							{got.dbeta, exact.dbeta}, {got.domega, exact.domega}} {
+							checkExact(t, "fallback vs FP32", c[0], c[1])
+						}
+					}
+				})
+			}
 		}
+	}
+}
+
+// lnScalar sets the scalar-kernels test switch of g for the rest of the test.
+func lnScalar(t *testing.T, g *Backend, on bool) {
+	t.Helper()
+	f := func() *lnFastFns { defer g.enter()(); return g.lnFns() }()
+	old := f.scalar
+	f.scalar = on
+	t.Cleanup(func() { f.scalar = old })
+}
+
+// TestResidualLayerNormVecUsed: at 8000×512 the float4 kernels' results differ from
+// the scalar kernels' (another summation order) but both are within tolTight of the
+// CPU; so the switch switches, and the default is not the scalar path.
+func TestResidualLayerNormVecUsed(t *testing.T) {
+	g := withPrecision(t, BF16)
+	p := newPair(t, 76)
+	in := newReslnIn(p.r, 8000, 512, true, 0.81)
+	vec := reslnRun(g, g, in)
+	lnScalar(t, g, true)
+	scalar := reslnRun(g, g, in)
+	if relErr(vec.dz, scalar.dz) == 0 && relErr(vec.y, scalar.y) == 0 {
+		t.Error("float4 and scalar kernels give the same bits: the float4 kernels did not run")
+	}
+	want := reslnRun(p.c, p.c, in)
+	for _, c := range []struct {
+		name      string
+		got, want []float32
+	}{{"y", vec.y, want.y}, {"dz", vec.dz, want.dz}, {"dgamma", vec.dgamma, want.dgamma}, {"dbeta", vec.dbeta, want.dbeta},
+		{"domega", vec.domega, want.domega}} {
+		checkClose(t, c.name+" (float4) vs CPU", c.got, c.want, tolTight)
+	}
+	checkExact(t, "z (float4) vs CPU", vec.z, want.z)
+}
+
+// TestResidualLayerNormVecUnaligned: tensors that are Slices starting at an odd
+// element are not 16-byte aligned, so the float4 kernels decline and the scalar ones
+// run: the results are the scalar kernels' bits on aligned copies of the same data.
+func TestResidualLayerNormVecUnaligned(t *testing.T) {
+	g := withPrecision(t, BF16)
+	const rows, dim = 300, 512
+	n := rows * dim
+	in := newReslnIn(rand.New(rand.NewPCG(77, 1)), rows, dim, true, 0.81)
+	lnScalar(t, g, true)
+	want := reslnRun(g, g, in)
+	lnScalar(t, g, false)
+	// Each tensor one element into a buffer one element longer.
+	off := func(v []float32) kernels.Buffer {
+		b := g.Upload(append([]float32{0}, v...))
+		return g.Slice(b, 1, len(v))
+	}
+	x, br, om, gm, b, dy := off(in.x), off(in.branch), off(in.omega), off(in.gamma), off(in.beta), off(in.dy)
+	z, y, dz := off(make([]float32, n)), off(make([]float32, n)), off(make([]float32, n))
+	dg, db, dom := off(in.dgamma), off(in.dbeta), off(in.domega0)
+	g.ResidualLayerNorm(z, y, x, br, om, in.alpha, gm, b, rows, dim, reslnEps)
+	g.ResidualLayerNormBackward(dz, dg, db, dom, dy, z, x, gm, in.alpha, rows, dim, reslnEps)
+	for _, c := range []struct {
+		name string
+		got  kernels.Buffer
+		want []float32
+	}{{"z", z, want.z}, {"y", y, want.y}, {"dz", dz, want.dz}, {"dgamma", dg, want.dgamma}, {"dbeta", db, want.dbeta},
+		{"domega", dom, want.domega}} {
+		checkExact(t, c.name+" unaligned vs scalar kernels", down(g, c.got), c.want)
 	}
 }
 
@@ -189,5 +260,105 @@ func TestResidualLayerNormFastTiming(t *testing.T) {
 		mb := float64(rows*dim*4) / 1e6
 		t.Logf("%v %dx%d: ResidualLayerNorm %6.1f µs (%4.0f GB/s)  ResidualLayerNormBackward %6.1f µs (%4.0f GB/s)",
 			p, rows, dim, fwd.Seconds()*1e6, 4*mb/fwd.Seconds()/1e3, bwd.Seconds()*1e6, 4*mb/bwd.Seconds()/1e3)
+	}
+}
+
+// TestResidualLayerNormVecTiming logs the device time per call at the bench shape
+// (8000 rows, dim 512, per-channel ω, residual dropout 0.1, BF16) of the scalar kernels
+// as they ran before (the backward with dropout: the scalar backward + finish, then
+// ApplyDropout) against the float4 kernels, and of each float4 backward variant
+// (column sums in registers or shared memory, 8 or 4 warps per block). Each variant's dz and dbranch must be the default's bits (the per-row
+// arithmetic is the same code; only the launch shape differs) and its dγ within
+// tolTight of the default's (another partial count). -short skips it.
+func TestResidualLayerNormVecTiming(t *testing.T) {
+	if testing.Short() {
+		t.Skip("timing only")
+	}
+	be := withPrecision(t, BF16)
+	const rows, dim, p = 8000, 512, 0.1
+	in := newReslnIn(rand.New(rand.NewPCG(78, 1)), rows, dim, true, 0.81)
+	x, br, om := be.Upload(in.x), be.Upload(in.branch), be.Upload(in.omega)
+	gm, b, dy := be.Upload(in.gamma), be.Upload(in.beta), be.Upload(in.dy)
+	n := rows * dim
+	z, y, dz, dbr := be.Alloc(n), be.Alloc(n), be.Alloc(n), be.Alloc(n)
+	dbh := be.AllocHalf(n)
+	dg, db, dom := be.Alloc(dim), be.Alloc(dim), be.Alloc(dim)
+	mb := float64(n*4) / 1e6
+	gbs := func(mb, us float64) float64 { return mb / us * 1e3 }
+	fwd := func() {
+		be.ResidualLayerNormDropout(z, y, x, br, om, in.alpha, gm, b, rows, dim, reslnEps, p, resdropSeed)
+	}
+	bwd := func() {
+		be.ResidualLayerNormBackwardDropout(dz, dbr, dg, db, dom, dy, z, x, gm, in.alpha, rows, dim, reslnEps, p, resdropSeed)
+	}
+	// Each timed call in its own scope, as in a training step: the backward's column
+	// partials go back to the pool at once. Unscoped, they went back when the collector
+	// ran, pool misses freed blocks (cuMemFree waits for the device), and the same
+	// kernel timed at ~30 or ~65 µs from one loop to the next (H200, two runs).
+	scoped := func(f func()) func() {
+		return func() {
+			be.BeginScope()
+			defer be.EndScope()
+			f()
+		}
+	}
+	report := func(what string) (fwdT, bwdT float64) {
+		f := us(timeDevice(t, be, 50, fwd))
+		plain := us(timeDevice(t, be, 50, scoped(func() {
+			be.ResidualLayerNormBackward(dz, dg, db, dom, dy, z, x, gm, in.alpha, rows, dim, reslnEps)
+		})))
+		bd := us(timeDevice(t, be, 50, scoped(bwd)))
+		bh := us(timeDevice(t, be, 50, scoped(func() {
+			be.ResidualLayerNormBackwardDropout(dz, dbh, dg, db, dom, dy, z, x, gm, in.alpha, rows, dim, reslnEps, p, resdropSeed)
+		})))
+		// Bytes at least: forward x, branch in, z, y out; backward dy, z, x in, dz
+		// (and dbranch) out.
+		t.Logf("%-28s forward+dropout %6.1f µs (%4.0f GB/s)  backward %6.1f µs (%4.0f GB/s)  backward+dropout %6.1f µs (%4.0f GB/s)  with 16-bit dbranch %6.1f µs",
+			what, f, gbs(4*mb, f), plain, gbs(4*mb, plain), bd, gbs(5*mb, bd), bh)
+		return f, bd
+	}
+	f := func() *lnFastFns { defer be.enter()(); return be.lnFns() }()
+	lnScalar(t, be, true)
+	oldF, oldB := report("scalar kernels (before)")
+	lnScalar(t, be, false)
+	newF, newB := report("float4 kernels (default)")
+	t.Logf("forward+dropout %.1f → %.1f µs, backward+dropout %.1f → %.1f µs per call", oldF, newF, oldB, newB)
+	bwd()
+	refDz, refDbr := down(be, dz), down(be, dbr)
+	zero := func() {
+		for _, v := range []kernels.Buffer{dg, db, dom} {
+			be.Fill(v, 0)
+		}
+	}
+	zero()
+	bwd()
+	refDg := down(be, dg)
+
+	idx := lfvIndex(dim)
+	def := f.vbwd[idx]
+	defer func() { f.vbwd[idx] = def }()
+	for _, v := range []struct {
+		name  string
+		warps int
+	}{
+		{"layernorm_fast_bwd_vs4", 8}, {"layernorm_fast_bwd_vs4", 4}, {"layernorm_fast_bwd_v4", 8},
+		{"layernorm_fast_bwd_v4", 4},
+	} {
+		func() {
+			defer be.enter()()
+			f.vbwd[idx] = lfvKernel{fn: be.kernel(v.name), warps: v.warps}
+		}()
+		d := us(timeDevice(t, be, 50, scoped(bwd)))
+		plain := us(timeDevice(t, be, 50, scoped(func() {
+			be.ResidualLayerNormBackward(dz, dg, db, dom, dy, z, x, gm, in.alpha, rows, dim, reslnEps)
+		})))
+		t.Logf("%-28s warps %d, %d blocks per SM: backward+dropout %6.1f µs (%4.0f GB/s), backward %6.1f µs",
+			v.name, v.warps, f.vbwd[idx].perSM, d, gbs(5*mb, d), plain)
+		bwd()
+		checkExact(t, v.name+" dz vs default", down(be, dz), refDz)
+		checkExact(t, v.name+" dbranch vs default", down(be, dbr), refDbr)
+		zero()
+		bwd()
+		checkClose(t, v.name+" dgamma vs default", down(be, dg), refDg, tolTight)
 	}
 }

@@ -10,14 +10,16 @@ import (
 )
 
 // Residual dropout folded into the fused residual + LayerNorm
-// (kernels.DropoutResidualNormer; the _drop kernels of residual_layernorm.cu and
-// layernorm_fast.cu).
+// (kernels.DropoutResidualNormer; the _drop kernels of residual_layernorm.cu, the
+// scalar _drop forward of layernorm_fast.cu and its float4 kernels, which take the
+// dropout as an argument in both directions).
 //
 // Tolerances: against the unfused sequence on the same backend and precision
 // (ApplyDropout then ResidualLayerNorm; ResidualLayerNormBackward then ApplyDropout)
 // every output must be exact: the _drop kernels are the plain kernels with the branch
 // (or dz) multiplied by the same mask element dropout_apply multiplies by, the product
-// rounded to float as when it is stored, so any difference is a bug. dbranch is also
+// rounded to float as when it is stored (the float4 kernels: the same kernel with the
+// dropout on or off), so any difference is a bug. dbranch is also
 // checked against dz times the mask computed in Go from kernels.DropoutKeep (exact: one
 // float32 product). Against the CPU backend the tolerances are those of the plain
 // fused kernels (gpu_fused_test.go: 1e-6 for the exact FP32 kernels, z exact;
@@ -227,5 +229,51 @@ func TestResidualLayerNormDropoutTiming(t *testing.T) {
 		t.Logf("%v %dx%d p %v: forward unfused %6.1f µs, fused %6.1f µs (%4.0f GB/s); backward unfused %6.1f µs, fused %6.1f µs (%4.0f GB/s); per sub-layer saved %6.1f µs",
 			prec, rows, dim, p, us(oldF), us(newF), 4*mb/newF.Seconds()/1e3, us(oldB), us(newB), 5*mb/newB.Seconds()/1e3,
 			us(oldF+oldB-newF-newB))
+	}
+}
+
+// TestResidualLayerNormBackwardDropoutHalf: a 16-bit dbranch (kernels.HalfBuffers)
+// holds, bit for bit, the format's rounding (format16.round16, from the definition) of
+// the float32 dbranch the same call writes, and dz, dγ, dβ, dω are the float32 call's
+// bits: on the float4 kernel (dims that are multiples of 4, which rounds as it stores),
+// on the scalar fallback (dim 513: float dz, then ApplyDropout into the 16-bit buffer)
+// and on the exact kernels (dim 1100), with p 0.1 and 0, dz wanted or nil.
+func TestResidualLayerNormBackwardDropoutHalf(t *testing.T) {
+	for _, ft := range formats {
+		for _, tc := range []struct{ rows, dim int }{{8000, 512}, {37, 32}, {300, 96}, {65, 1000}, {129, 513}, {7, 1100}} {
+			for _, p := range []float64{0.1, 0} {
+				for _, withDz := range []bool{true, false} {
+					name := fmt.Sprintf("%v/%dx%d/p=%v/dz=%v", ft.prec, tc.rows, tc.dim, p, withDz)
+					t.Run(name, func(t *testing.T) {
+						g := withPrecision(t, ft.prec)
+						in := newReslnIn(rand.New(rand.NewPCG(84, uint64(tc.dim))), tc.rows, tc.dim, true, 0.81)
+						n := tc.rows * tc.dim
+						x, gm, dy := g.Upload(in.x), g.Upload(in.gamma), g.Upload(in.dy)
+						z := g.Alloc(n)
+						g.ResidualLayerNormDropout(z, g.Alloc(n), x, g.Upload(in.branch), g.Upload(in.omega), in.alpha, gm,
+							g.Upload(in.beta), tc.rows, tc.dim, reslnEps, p, resdropSeed)
+						run := func(dbr kernels.Buffer) (dz kernels.Buffer, grads [3][]float32) {
+							if withDz {
+								dz = g.Alloc(n)
+							}
+							dg, db, dom := g.Upload(in.dgamma), g.Upload(in.dbeta), g.Upload(in.domega0)
+							g.ResidualLayerNormBackwardDropout(dz, dbr, dg, db, dom, dy, z, x, gm, in.alpha, tc.rows, tc.dim,
+								reslnEps, p, resdropSeed)
+							return dz, [3][]float32{down(g, dg), down(g, db), down(g, dom)}
+						}
+						dbr, dbh := g.Alloc(n), g.AllocHalf(n)
+						dz32, grads32 := run(dbr)
+						dz16, grads16 := run(dbh)
+						checkRounded(t, ft, "16-bit dbranch", downHalf(t, g, dbh), down(g, dbr))
+						if withDz {
+							checkExact(t, "dz with a 16-bit dbranch", down(g, dz16), down(g, dz32))
+						}
+						for i, what := range []string{"dgamma", "dbeta", "domega"} {
+							checkExact(t, what+" with a 16-bit dbranch", grads16[i], grads32[i])
+						}
+					})
+				}
+			}
+		}
 	}
 }

@@ -17,11 +17,12 @@
 //    per block, and the finishing kernel adds the partials in a fixed tree. No atomics:
 //    the result depends on the shape and the grid only.
 //
-// The _drop variants (kernels.DropoutResidualNormer) fold in the residual dropout: the
-// forward multiplies each branch element by its mask element as it loads it, the
-// backward also writes dbranch = dz · mask. Each product is the float dropout_apply
-// forms (dropout.cu), rounded before it is used, so the bits are those of
-// dropout_apply followed by the plain float kernels.
+// The _drop forward (kernels.DropoutResidualNormer) folds in the residual dropout: it
+// multiplies each branch element by its mask element as it loads it, the product the
+// float dropout_apply forms (dropout.cu), rounded before it is used, so the bits are
+// those of dropout_apply followed by the plain float kernel. The scalar backward leaves
+// the dropout to dropout_apply; the float4 kernels at the end of this file take it in
+// both directions.
 #include "xform.cuh"
 
 #define LF_WARPS 8  // warps (rows in flight) per block
@@ -225,6 +226,336 @@ extern "C" __global__ void layernorm_fast_bwd_finish(float* dgamma, float* dbeta
         if (ty == 0 && i < n) {
             float t = 0.f;
             for (int k = 0; k < 8; k++) t += red[k][tx];
+            const int which = i / dim, j = i - which * dim;
+            if (which == 0) {
+                if (dgamma) dgamma[j] += t;
+            } else if (which == 1) {
+                if (dbeta) dbeta[j] += t;
+            } else if (domega) {
+                domega[j] += t * alpha;
+            }
+        }
+        __syncthreads();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// float4 kernels (lfv_*): the same contract and per-element arithmetic, for dim a
+// multiple of 4 and every tensor 16-byte aligned (the Go side checks; other shapes keep
+// the kernels above). What the kernels above lose time on at the training shape (8000 ×
+// 512, H200: backward 53.6 µs + 6.4 µs finish against a ~22 µs traffic floor) and what
+// changes here:
+//  * scalar loads (16 per tensor per lane per row) → one 16-byte load per 4 elements:
+//    4× fewer memory instructions, and the row's z, dy and x are all requested before
+//    the first reduction (x was requested after the reductions: a second round trip to
+//    memory per row);
+//  * γ is read from L1 where it is used instead of being held in 16 registers; the
+//    column sums stay per lane in registers (layernorm_fast_bwd_v*) or go to the
+//    warp's slice of shared memory (layernorm_fast_bwd_vs*, the default: 93 instead
+//    of 128 registers at NV 4). Measured at 8000×512: the two are equally fast at 2
+//    blocks of 8 warps per SM (34 µs with the dropout); capping registers for 3 or 4
+//    blocks per SM (80 and 64 registers) was slower and erratic (38–70 µs), so the
+//    load-all-then-reduce structure, not the warp count, was what the old kernel
+//    lacked;
+//  * the block's warps were added into shared memory one warp at a time (8 barriers);
+//    now each warp has its own slice and one barrier precedes the in-order sum;
+//  * the residual dropout is drawn inside the backward (dbranch = dz · mask) instead of
+//    a separate dropout_apply pass over dz (22 µs), and dbranch may be written in the
+//    Backend's 16-bit format (fmt, XF_OUT_*: the rounding of the float it would have
+//    written, as the Linear's operand rounding gives), so the branch's Linear backward
+//    needs no cast.
+// The lane of a row holds float4 q = lane + 32·c, c < NV (columns 4q … 4q+3); NV is a
+// power of two with 128·NV ≥ dim. Sums differ in order from the kernels above (float
+// either way; the tests' bound is the same), so the Go side uses one family for both
+// the plain and the dropout call and the fused-vs-unfused bits stay equal.
+
+__device__ __forceinline__ float lfv_hsum(float4 a) { return (a.x + a.y) + (a.z + a.w); }
+
+// lfv_keep is mask element i (keep or 0), as dropout.cu's dropout_elem.
+__device__ __forceinline__ float lfv_keep(unsigned long long seed, long long i, unsigned long long threshold,
+                                          float keep) {
+    return xf_dropout_keep(seed, (unsigned long long)i, threshold) ? keep : 0.0f;
+}
+
+// lfv_rowstats: mean and 1/sqrt(var + eps) of the row held as v (invalid float4s 0).
+template <int NV>
+__device__ __forceinline__ void lfv_rowstats(const float4 (&v)[NV], int lane, int dim4, int dim, float eps,
+                                             float& mean, float& rstd) {
+    float s = 0.f;
+#pragma unroll
+    for (int c = 0; c < NV; c++) s += lfv_hsum(v[c]);
+    mean = lf_warp_sum(s) / (float)dim;
+    float ss = 0.f;
+#pragma unroll
+    for (int c = 0; c < NV; c++) {
+        if (lane + 32 * c < dim4) {
+            const float a = v[c].x - mean, b = v[c].y - mean, d = v[c].z - mean, e = v[c].w - mean;
+            ss += (a * a + b * b) + (d * d + e * e);
+        }
+    }
+    rstd = 1.f / sqrtf(lf_warp_sum(ss) / (float)dim + eps);
+}
+
+// lfv_fwd<NV>: layernorm_fast_fwd's contract, one row per warp at a time; drop ≠ 0
+// multiplies branch element i by mask element i as it is loaded (the _drop kernels).
+template <int NV>
+__device__ __forceinline__ void lfv_fwd(float* z, float* y, const float* x, const float* branch,
+                                        const float* omega, float alpha, const float* gamma, const float* beta,
+                                        int rows, int dim, float eps, int drop, unsigned long long seed,
+                                        unsigned long long threshold, float keep) {
+    const int lane = threadIdx.x & 31;
+    const int dim4 = dim >> 2;
+    const long long warps = (long long)gridDim.x * (blockDim.x >> 5);
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    const float4* b4 = reinterpret_cast<const float4*>(branch);
+    const float4* w4 = reinterpret_cast<const float4*>(omega);
+    const float4* g4 = reinterpret_cast<const float4*>(gamma);
+    const float4* e4 = reinterpret_cast<const float4*>(beta);
+    for (long long r = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += warps) {
+        const long long o4 = r * dim4;
+        float4 v[NV], b[NV];
+#pragma unroll
+        for (int c = 0; c < NV; c++) {
+            const int q = lane + 32 * c;
+            v[c] = b[c] = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (q < dim4) {
+                v[c] = x4[o4 + q];
+                b[c] = b4[o4 + q];
+            }
+        }
+#pragma unroll
+        for (int c = 0; c < NV; c++) {
+            const int q = lane + 32 * c;
+            if (q < dim4) {
+                float4 t = v[c], u = b[c];
+                if (omega) {
+                    const float4 w = __ldg(w4 + q);
+                    t.x = t.x * w.x;
+                    t.y = t.y * w.y;
+                    t.z = t.z * w.z;
+                    t.w = t.w * w.w;
+                }
+                if (drop) {
+                    const long long i = 4 * (o4 + q);
+                    u.x = u.x * lfv_keep(seed, i, threshold, keep);
+                    u.y = u.y * lfv_keep(seed, i + 1, threshold, keep);
+                    u.z = u.z * lfv_keep(seed, i + 2, threshold, keep);
+                    u.w = u.w * lfv_keep(seed, i + 3, threshold, keep);
+                }
+                v[c].x = t.x * alpha + u.x;
+                v[c].y = t.y * alpha + u.y;
+                v[c].z = t.z * alpha + u.z;
+                v[c].w = t.w * alpha + u.w;
+            }
+        }
+        float mean, rstd;
+        lfv_rowstats<NV>(v, lane, dim4, dim, eps, mean, rstd);
+#pragma unroll
+        for (int c = 0; c < NV; c++) {
+            const int q = lane + 32 * c;
+            if (q < dim4) {
+                if (z) reinterpret_cast<float4*>(z)[o4 + q] = v[c];
+                const float4 g = __ldg(g4 + q), e = __ldg(e4 + q);
+                float4 o;
+                o.x = (v[c].x - mean) * rstd * g.x + e.x;
+                o.y = (v[c].y - mean) * rstd * g.y + e.y;
+                o.z = (v[c].z - mean) * rstd * g.z + e.z;
+                o.w = (v[c].w - mean) * rstd * g.w + e.w;
+                reinterpret_cast<float4*>(y)[o4 + q] = o;
+            }
+        }
+    }
+}
+
+__device__ __forceinline__ void lfv_acc(float4& a, float4 b) {
+    a.x += b.x;
+    a.y += b.y;
+    a.z += b.z;
+    a.w += b.w;
+}
+
+// lfv_bwd<NV, SACC>: layernorm_fast_bwd's contract (dz may alias dy; dz null: not
+// written), plus dbranch = dz · mask (null: not written; may alias dy; format fmt,
+// XF_OUT_*; threshold 0 multiplies by keep without the hash, as dropout_apply). Per
+// warp the column sums [Σ dy·x̂ | Σ dy | Σ x·dz] run over its rows in order, in
+// registers (SACC false) or in its slice of the dynamic shared memory (SACC true; W
+// slices of 3·dim floats either way, the register variant stores into it at the end);
+// then one barrier and part[blockIdx.x] = the W slices added in warp order. x null
+// leaves the third sum 0.
+template <int NV, bool SACC>
+__device__ __forceinline__ void lfv_bwd(float* part, float* dz, void* dbranch, int fmt, const float* dy,
+                                        const float* z, const float* x, const float* gamma, int rows, int dim,
+                                        float eps, unsigned long long seed, unsigned long long threshold,
+                                        float keep) {
+    extern __shared__ float4 lfv_sh[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    const int dim4 = dim >> 2;
+    float4* acc = lfv_sh + (long long)warp * 3 * dim4;
+    const float4* z4 = reinterpret_cast<const float4*>(z);
+    const float4* d4 = reinterpret_cast<const float4*>(dy);
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    const float4* g4 = reinterpret_cast<const float4*>(gamma);
+    const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+    float4 ag[NV], ab[NV], aw[NV];
+#pragma unroll
+    for (int c = 0; c < NV; c++) {
+        ag[c] = ab[c] = aw[c] = zero;
+        const int q = lane + 32 * c;
+        if (SACC && q < dim4) acc[q] = acc[dim4 + q] = acc[2 * dim4 + q] = zero;
+    }
+    const long long warps = (long long)gridDim.x * nw;
+    for (long long r = (long long)blockIdx.x * nw + warp; r < rows; r += warps) {
+        const long long o4 = r * dim4;
+        float4 v[NV], d[NV], xv[NV];
+#pragma unroll
+        for (int c = 0; c < NV; c++) {
+            const int q = lane + 32 * c;
+            v[c] = d[c] = xv[c] = zero;
+            if (q < dim4) {
+                v[c] = z4[o4 + q];
+                d[c] = d4[o4 + q];
+                if (x) xv[c] = x4[o4 + q];
+            }
+        }
+        float mean, rstd;
+        lfv_rowstats<NV>(v, lane, dim4, dim, eps, mean, rstd);
+        float a = 0.f, b = 0.f;
+#pragma unroll
+        for (int c = 0; c < NV; c++) {
+            const int q = lane + 32 * c;
+            if (q < dim4) {
+                const float4 g = __ldg(g4 + q);
+                v[c].x = (v[c].x - mean) * rstd;  // x̂
+                v[c].y = (v[c].y - mean) * rstd;
+                v[c].z = (v[c].z - mean) * rstd;
+                v[c].w = (v[c].w - mean) * rstd;
+                const float gx = d[c].x * g.x, gy = d[c].y * g.y, gz = d[c].z * g.z, gw = d[c].w * g.w;
+                a += (gx + gy) + (gz + gw);
+                b += (gx * v[c].x + gy * v[c].y) + (gz * v[c].z + gw * v[c].w);
+            }
+        }
+        for (int o = 16; o > 0; o >>= 1) {  // both sums in one shuffle chain
+            a += __shfl_xor_sync(0xffffffffu, a, o);
+            b += __shfl_xor_sync(0xffffffffu, b, o);
+        }
+        a = a / (float)dim;
+        b = b / (float)dim;
+#pragma unroll
+        for (int c = 0; c < NV; c++) {
+            const int q = lane + 32 * c;
+            if (q < dim4) {
+                const float4 g = __ldg(g4 + q);
+                float4 t;
+                t.x = rstd * (d[c].x * g.x - a - v[c].x * b);
+                t.y = rstd * (d[c].y * g.y - a - v[c].y * b);
+                t.z = rstd * (d[c].z * g.z - a - v[c].z * b);
+                t.w = rstd * (d[c].w * g.w - a - v[c].w * b);
+                const float4 pg = make_float4(d[c].x * v[c].x, d[c].y * v[c].y, d[c].z * v[c].z, d[c].w * v[c].w);
+                const float4 pw = make_float4(xv[c].x * t.x, xv[c].y * t.y, xv[c].z * t.z, xv[c].w * t.w);
+                if (SACC) {
+                    float4 s0 = acc[q], s1 = acc[dim4 + q], s2 = acc[2 * dim4 + q];
+                    lfv_acc(s0, pg);
+                    lfv_acc(s1, d[c]);
+                    lfv_acc(s2, pw);
+                    acc[q] = s0;
+                    acc[dim4 + q] = s1;
+                    acc[2 * dim4 + q] = s2;
+                } else {
+                    lfv_acc(ag[c], pg);
+                    lfv_acc(ab[c], d[c]);
+                    lfv_acc(aw[c], pw);
+                }
+                if (dz) reinterpret_cast<float4*>(dz)[o4 + q] = t;
+                if (dbranch) {
+                    if (threshold != 0ull) {
+                        const long long i = 4 * (o4 + q);
+                        t.x = t.x * lfv_keep(seed, i, threshold, keep);
+                        t.y = t.y * lfv_keep(seed, i + 1, threshold, keep);
+                        t.z = t.z * lfv_keep(seed, i + 2, threshold, keep);
+                        t.w = t.w * lfv_keep(seed, i + 3, threshold, keep);
+                    } else {
+                        t.x = t.x * keep;
+                        t.y = t.y * keep;
+                        t.z = t.z * keep;
+                        t.w = t.w * keep;
+                    }
+                    xf_store4(dbranch, o4 + q, t, fmt);
+                }
+            }
+        }
+    }
+    if (!SACC) {
+#pragma unroll
+        for (int c = 0; c < NV; c++) {
+            const int q = lane + 32 * c;
+            if (q < dim4) {
+                acc[q] = ag[c];
+                acc[dim4 + q] = ab[c];
+                acc[2 * dim4 + q] = aw[c];
+            }
+        }
+    }
+    __syncthreads();
+    const int n4 = 3 * dim4;
+    float4* out = reinterpret_cast<float4*>(part) + (long long)blockIdx.x * n4;
+    for (int i = threadIdx.x; i < n4; i += blockDim.x) {
+        float4 s = lfv_sh[i];
+        for (int w = 1; w < nw; w++) lfv_acc(s, lfv_sh[(long long)w * n4 + i]);
+        out[i] = s;
+    }
+}
+
+// Blocks of at most LFV_THREADS threads (the Go side's lfvMaxWarps warps).
+#define LFV_THREADS 256
+
+#define LFV_INSTANCE(NV)                                                                                        \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_fwd_v##NV(                          \
+        float* z, float* y, const float* x, const float* branch, const float* omega, float alpha,              \
+        const float* gamma, const float* beta, int rows, int dim, float eps, int drop, unsigned long long seed, \
+        unsigned long long threshold, float keep) {                                                             \
+        lfv_fwd<NV>(z, y, x, branch, omega, alpha, gamma, beta, rows, dim, eps, drop, seed, threshold, keep);  \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_v##NV(                          \
+        float* part, float* dz, void* dbranch, int fmt, const float* dy, const float* z, const float* x,       \
+        const float* gamma, int rows, int dim, float eps, unsigned long long seed, unsigned long long threshold, \
+        float keep) {                                                                                           \
+        lfv_bwd<NV, false>(part, dz, dbranch, fmt, dy, z, x, gamma, rows, dim, eps, seed, threshold, keep);    \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_vs##NV(                         \
+        float* part, float* dz, void* dbranch, int fmt, const float* dy, const float* z, const float* x,       \
+        const float* gamma, int rows, int dim, float eps, unsigned long long seed, unsigned long long threshold, \
+        float keep) {                                                                                           \
+        lfv_bwd<NV, true>(part, dz, dbranch, fmt, dy, z, x, gamma, rows, dim, eps, seed, threshold, keep);     \
+    }
+
+LFV_INSTANCE(1)
+LFV_INSTANCE(2)
+LFV_INSTANCE(4)
+LFV_INSTANCE(8)
+
+// layernorm_fast_bwd_finish_v: layernorm_fast_bwd_finish for the float4 kernels'
+// partials (the same nparts × 3·dim layout), block (32, 32) so that each thread adds
+// only nparts/32 partials (the backward's grid is a few blocks per SM: ~500 partials),
+// all its loads requested before the adds they feed; thread ty = 0 then adds the 32
+// in order.
+extern "C" __global__ void __launch_bounds__(1024) layernorm_fast_bwd_finish_v(float* dgamma, float* dbeta,
+                                                                                float* domega, const float* part,
+                                                                                int nparts, int dim, float alpha) {
+    __shared__ float red[32][33];
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const int n = 3 * dim;
+    for (int base = blockIdx.x * 32; base < n; base += gridDim.x * 32) {
+        const int i = base + tx;
+        float s = 0.f;
+        if (i < n) {
+#pragma unroll 8
+            for (int p = ty; p < nparts; p += 32) s += part[(long long)p * n + i];
+        }
+        red[ty][tx] = s;
+        __syncthreads();
+        if (ty == 0 && i < n) {
+            float t = 0.f;
+            for (int k = 0; k < 32; k++) t += red[k][tx];
             const int which = i / dim, j = i - which * dim;
             if (which == 0) {
                 if (dgamma) dgamma[j] += t;

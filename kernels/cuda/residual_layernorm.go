@@ -94,17 +94,17 @@ func (be *Backend) residualLayerNormBackward(dz, dbranch, dgamma, dbeta, domega,
 		return
 	}
 	if be.precision != FP32 && lnFastDim(dim) {
-		// The float backward with the mask drawn inside measured 110 µs at 8000×512
-		// (H200, bf16) against 77 µs for the plain one plus dropout_apply: the hash's
-		// 64-bit arithmetic per element slows the row kernel more than a separate pass
-		// costs. Same bits either way (the contract is the unfused sequence).
-		if dr != nil && dbranch != nil && dz == nil {
-			dz = be.AllocUninit(rows * dim) // dropout_apply reads dz
+		be.residualLayerNormBackwardFast(dz, dbranch, dgamma, dbeta, domega, dy, z, x, gamma, alpha, rows, dim, eps, dr)
+		return
+	}
+	if dr != nil && halfOf(dbranch) != nil {
+		// The exact kernels write float32 only: the unfused sequence, ApplyDropout
+		// rounding into the 16-bit dbranch.
+		if dz == nil {
+			dz = be.AllocUninit(rows * dim)
 		}
-		be.residualLayerNormBackwardFast(dz, dgamma, dbeta, domega, dy, z, x, gamma, alpha, rows, dim, eps)
-		if dr != nil && dbranch != nil {
-			be.ApplyDropout(dbranch, dz, dr.p, dr.seed)
-		}
+		be.residualLayerNormBackward(dz, nil, dgamma, dbeta, domega, dy, z, x, gamma, alpha, rows, dim, eps, nil)
+		be.ApplyDropout(dbranch, dz, dr.p, dr.seed)
 		return
 	}
 	defer be.enter()()
