@@ -141,7 +141,8 @@ type DropoutResidualNormer interface {
 	//	ApplyDropout(dbranch, dz, p, seed)
 	//
 	// so dz is the gradient of z (what the residual's ResidualBackward reads) and
-	// dbranch, overwritten, is the gradient of the branch output before its dropout.
+	// dbranch, overwritten, is the gradient of the branch output before its dropout
+	// (with HalfBuffers it may be a 16-bit buffer).
 	// dz or dbranch may be nil when not wanted; they must be distinct buffers, either
 	// may alias dy, neither z or x.
 	ResidualLayerNormBackwardDropout(dz, dbranch, dgamma, dbeta, domega, dy, z, x, gamma Buffer, alpha float32, rows, dim int, eps float32, p float64, seed uint64)
@@ -205,8 +206,9 @@ type LinearKeeper interface {
 // (the CUDA backend panics), so it can only flow from such a writer to such a reader.
 //
 // Writers: LabelSmoothedLossDeferred's dlogits, ReLUDropoutBackward's dpre,
-// ApplyDropout's y. Readers: LinearKeep's x and LinearBackwardKept's dy (the products
-// take them as they are), LinearActKeep's x.
+// ApplyDropout's y, ResidualLayerNormBackwardDropout's dbranch. Readers: LinearKeep's x,
+// LinearBackwardKept's and LinearActBackward's dy (the products take them as they are),
+// LinearActKeep's x.
 //
 // AllocHalf returns nil when the backend rounds nothing (its FP32 mode); callers then
 // use a float32 buffer. Otherwise the buffer is uninitialised and scoped as Alloc's.
@@ -222,4 +224,22 @@ type HalfBuffers interface {
 // rounds nothing. aux is LinearAct's.
 type LinearActKeeper interface {
 	LinearActKeep(a, x, w, bias Buffer, m, n, k int, act Activation) (aux, kept Buffer, ok bool)
+}
+
+// HalfAttention is implemented by a HalfBuffers backend whose stored-probabilities
+// training attention (AttentionForward, AttentionBackward) writes its output and its
+// gradients in the 16-bit format for some calls. Attention16(a) says whether it does for
+// calls of a's shape and masks, forward and backward alike; the answer depends on a
+// and the backend's configuration only, and a backend that also implements
+// FlashAttention declines those calls there (so they take the stored path).
+//
+// For such a call AttentionForward's out may be a view of a 16-bit buffer: it holds the
+// rounding of the float32 output. AttentionBackward's dq, dk and dv may be views of
+// 16-bit buffers (all three or none): they are then overwritten with the rounded
+// gradients rather than accumulated into, the same values as accumulating into zeroed
+// float32 buffers and rounding (up to the sign of a zero gradient), which is what the
+// Linears that read them would have done. Offsets and strides of a 16-bit view count
+// 16-bit elements.
+type HalfAttention interface {
+	Attention16(a AttentionArgs) bool
 }

@@ -460,7 +460,9 @@ func (n *TrainNet) sublayer(o *StepOptions, x kernels.Buffer, rows int, l *tlaye
 		dbranch := dz
 		switch {
 		case fuseDrop:
-			dbranch = n.out(rows * d)
+			// Only the branch's last Linear reads it (its dy): 16-bit where the
+			// backend multiplies 16-bit operands.
+			dbranch = n.out16(rows * d)
 			rd.ResidualLayerNormBackwardDropout(dz, dbranch, ln.g.g, ln.b.g, domega, dy, z, x, ln.g.w, alpha, rows, d, lnEps, dr.p, dr.seed)
 			dom = nil // done above
 		case fused:
@@ -512,14 +514,17 @@ func (n *TrainNet) headScale(heads int) float32 {
 // backends, and calls it declines, store the probabilities and the mask. The seed is
 // the one o.RNG draw n.dropout makes, at the same point of the step, so both paths
 // drop the same elements and a run's later draws do not move.
-func (n *TrainNet) attention(o *StepOptions, args kernels.AttentionArgs, out, q, k, v kernels.View) func(dq, dk, dv, dout kernels.View) {
+//
+// half16 is n.attention16(args): the stored path then, whose output and gradients may
+// be 16-bit.
+func (n *TrainNet) attention(o *StepOptions, args kernels.AttentionArgs, out, q, k, v kernels.View, half16 bool) func(dq, dk, dv, dout kernels.View) {
 	be := n.be
 	var p float64
 	var seed uint64
 	if o.Train && o.AttentionDropout > 0 {
 		p, seed = o.AttentionDropout, o.RNG.Uint64()
 	}
-	if fa, ok := be.(kernels.FlashAttention); ok {
+	if fa, ok := be.(kernels.FlashAttention); ok && !half16 {
 		lse := n.out(args.Batch * args.Heads * args.TQ)
 		if fa.AttentionForwardLSE(out, q, k, v, args, lse, p, seed) {
 			return func(dq, dk, dv, dout kernels.View) {
@@ -540,6 +545,23 @@ func (n *TrainNet) attention(o *StepOptions, args kernels.AttentionArgs, out, q,
 	return func(dq, dk, dv, dout kernels.View) {
 		be.AttentionBackward(dq, dk, dv, dout, q, k, v, args, probs, mask)
 	}
+}
+
+// attention16 says whether training attention of args writes its output and its
+// gradients 16-bit (kernels.HalfAttention): they are then allocated with out16 and
+// the gradients need no clearing (they are written, not accumulated).
+func (n *TrainNet) attention16(args kernels.AttentionArgs) bool {
+	h, ok := n.be.(kernels.HalfAttention)
+	return ok && h.Attention16(args)
+}
+
+// attnGrad allocates an attention gradient buffer: 16-bit and written whole when
+// half16, else float32 zeros that the backward accumulates into.
+func (n *TrainNet) attnGrad(size int, half16 bool) kernels.Buffer {
+	if half16 {
+		return n.out16(size)
+	}
+	return n.be.Alloc(size)
 }
 
 // linear is Linear(y, x, w, bias, m, nOut, k) for the training step; it returns the
@@ -567,7 +589,7 @@ func (n *TrainNet) linearKept(y, x, w, bias kernels.Buffer, m, nOut, k int) (fun
 
 // selfAttn is the self-attention branch over B sequences of T rows.
 func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T int, pad []bool, causal bool) (kernels.Buffer, back) {
-	be, d, rows := n.be, n.d, B*T
+	d, rows := n.d, B*T
 	qkv := n.out(rows * 3 * d)
 	qkvBack := n.linear(qkv, h, a.qkv.w.w, a.qkv.b.w, rows, 3*d, d)
 	args := kernels.AttentionArgs{Batch: B, Heads: a.heads, HeadDim: d / a.heads, TQ: T, TK: T, Scale: n.headScale(a.heads),
@@ -575,15 +597,19 @@ func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T int
 	view := func(b kernels.Buffer, off int) kernels.View {
 		return kernels.View{Buf: b, Off: off, BatchStride: T * 3 * d, RowStride: 3 * d}
 	}
+	half16 := n.attention16(args)
 	ctxv := n.out(rows * d)
+	if half16 {
+		ctxv = n.out16(rows * d)
+	}
 	cv := kernels.View{Buf: ctxv, BatchStride: T * d, RowStride: d}
-	attnBack := n.attention(o, args, cv, view(qkv, 0), view(qkv, d), view(qkv, 2*d))
+	attnBack := n.attention(o, args, cv, view(qkv, 0), view(qkv, d), view(qkv, 2*d), half16)
 	out := n.out(rows * d)
 	oBack := n.linear(out, ctxv, a.o.w.w, a.o.b.w, rows, d, d)
 	return out, func(dout kernels.Buffer) kernels.Buffer {
 		dctx := n.out(rows * d)
 		oBack(dctx, a.o.w.g, a.o.b.g, dout)
-		dqkv := be.Alloc(rows * 3 * d)
+		dqkv := n.attnGrad(rows*3*d, half16)
 		attnBack(view(dqkv, 0), view(dqkv, d), view(dqkv, 2*d), kernels.View{Buf: dctx, BatchStride: T * d, RowStride: d})
 		dh := n.out(rows * d)
 		qkvBack(dh, a.qkv.w.g, a.qkv.b.g, dqkv)
@@ -610,15 +636,19 @@ func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T in
 	kvv := func(b kernels.Buffer, off int) kernels.View {
 		return kernels.View{Buf: b, Off: off, BatchStride: S * 2 * d, RowStride: 2 * d}
 	}
+	half16 := n.attention16(args)
 	ctxv := n.out(rows * d)
-	attnBack := n.attention(o, args, qv(ctxv), qv(q), kvv(kv, 0), kvv(kv, d))
+	if half16 {
+		ctxv = n.out16(rows * d)
+	}
+	attnBack := n.attention(o, args, qv(ctxv), qv(q), kvv(kv, 0), kvv(kv, d), half16)
 	out := n.out(rows * d)
 	oBack := n.linear(out, ctxv, a.o.w.w, a.o.b.w, rows, d, d)
 	return out, func(dout kernels.Buffer) kernels.Buffer {
 		dctx := n.out(rows * d)
 		oBack(dctx, a.o.w.g, a.o.b.g, dout)
-		dq := be.Alloc(rows * d)
-		dkv := be.Alloc(B * S * 2 * d)
+		dq := n.attnGrad(rows*d, half16)
+		dkv := n.attnGrad(B*S*2*d, half16)
 		attnBack(qv(dq), kvv(dkv, 0), kvv(dkv, d), qv(dctx))
 		dh := n.out(rows * d)
 		qBack(dh, be.Slice(a.qkv.w.g, 0, d*d), be.Slice(a.qkv.b.g, 0, d), dq)

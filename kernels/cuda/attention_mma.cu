@@ -302,6 +302,39 @@ __device__ __forceinline__ bool am_vec2(const float* p, long long bs, long long 
             (unsigned long long)(rs & 1)) == 0;
 }
 
+// 16-bit outputs (kernels.HalfBuffers, XF_OUT_BF16/F16 of the Backend's format, which is
+// the operands' kHalf): am_store_rows16 stores the rounding of s·acc (am_add_rows's rows
+// added to nothing: +0 + x is x but for the sign of a zero) into rows r0 + … < n of the
+// 16-bit matrix g, a column pair per 4-byte store when am_vec2_16 allows it. The
+// attention kernels that write 16-bit gradients overwrite them: each element has one
+// writer, so there is nothing to accumulate into.
+__device__ __forceinline__ bool am_vec2_16(const void* p, long long bs, long long rs) {
+    return ((reinterpret_cast<unsigned long long>(p) & 3ull) | (unsigned long long)(bs & 1) |
+            (unsigned long long)(rs & 1)) == 0;
+}
+
+__device__ __forceinline__ void am_store_rows16(bool kHalf, unsigned short* g, long long rs, int r0, int n,
+                                                const float (&acc)[8][4], float s, bool vec2) {
+    const int l = threadIdx.x & 31, gr = l >> 2, t = l & 3;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int r = r0 + gr + 8 * h;
+        if (r < n) {
+#pragma unroll
+            for (int nn = 0; nn < 8; nn++) {
+                unsigned short* p = g + (long long)r * rs + 8 * nn + 2 * t;
+                const unsigned y = am_pack(kHalf, acc[nn][2 * h] * s, acc[nn][2 * h + 1] * s);
+                if (vec2) {
+                    *reinterpret_cast<unsigned*>(p) = y;
+                } else {
+                    p[0] = (unsigned short)(y & 0xffffu);
+                    p[1] = (unsigned short)(y >> 16);
+                }
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Forward: block (x, h, b) of W warps takes query rows [x·16W, (x+1)·16W), warp w the 16
 // rows from i0 = x·16W + 16w. NT = TKp/16 key blocks, at most MAXNT (a template argument,
@@ -714,11 +747,11 @@ __device__ __forceinline__ void am_cp_wait() {
 // Forward: as am_fwd (block (x, h, b), a warp per 16 query rows, at most 4 warps). Shared
 // memory: Q [16W][AM_LD], K, V [TKp][AM_LD] (16-bit), the tile's dropout-mask rows
 // [16W][TK] (fp32, rounded up to 4 floats; only with a mask), then TK padding flags.
-__device__ __forceinline__ void am2_fwd(bool kHalf, float* out, long long oBS, long long oRS, const float* q,
+__device__ __forceinline__ void am2_fwd(bool kHalf, void* out, long long oBS, long long oRS, const float* q,
                                         long long qBS, long long qRS, const float* k, long long kBS, long long kRS,
                                         const float* v, long long vBS, long long vRS, int H, int TQ, int TK, float scale,
                                         const unsigned char* pad, long long padStride, int causal, int queryOffset,
-                                        float* probs, const float* dropMask) {
+                                        float* probs, const float* dropMask, int outFmt) {
     constexpr int MAXNT = 4;
     extern __shared__ uint4 am_smem4[];
     const int NT = (TK + 15) >> 4, TKp = 16 * NT;
@@ -854,8 +887,13 @@ __device__ __forceinline__ void am2_fwd(bool kHalf, float* out, long long oBS, l
             }
         }
     }
-    float* ob = out + (long long)b * oBS + hD;
-    const bool vec2 = am_vec2(out, oBS, oRS);
+    if (outFmt != XF_OUT_F32) {
+        am_store_rows16(kHalf, reinterpret_cast<unsigned short*>(out) + (long long)b * oBS + hD, oRS, i0, TQ, o, 1.0f,
+                        am_vec2_16(out, oBS, oRS));
+        return;
+    }
+    float* ob = reinterpret_cast<float*>(out) + (long long)b * oBS + hD;
+    const bool vec2 = am_vec2(ob, oBS, oRS);
 #pragma unroll
     for (int hh = 0; hh < 2; hh++) {
         const int i = i0 + gr + 8 * hh;
@@ -875,12 +913,12 @@ __device__ __forceinline__ void am2_fwd(bool kHalf, float* out, long long oBS, l
 }
 
 extern "C" __global__ void __launch_bounds__(128, AM2_FWD_MINB) attention_mma2_fwd(
-    float* out, long long oBS, long long oRS, const float* q, long long qBS, long long qRS, const float* k,
+    void* out, long long oBS, long long oRS, const float* q, long long qBS, long long qRS, const float* k,
     long long kBS, long long kRS, const float* v, long long vBS, long long vRS, int H, int TQ, int TK, float scale,
     const unsigned char* pad, long long padStride, int causal, int queryOffset, float* probs, const float* dropMask,
-    int half) {
+    int half, int outFmt) {
     am2_fwd(half != 0, out, oBS, oRS, q, qBS, qRS, k, kBS, kRS, v, vBS, vRS, H, TQ, TK, scale, pad, padStride, causal,
-            queryOffset, probs, dropMask);
+            queryOffset, probs, dropMask, outFmt);
 }
 
 // am2_zbytes is the size of each of the backward's two last regions: P (then dS) and M
@@ -891,6 +929,19 @@ __device__ __forceinline__ int am2_zbytes(int TQ, int TK) {
     return (max(4 * TQ * TK, 2 * TQp * (TKp + 8)) + 15) & ~15;
 }
 
+// am2_grad_rows adds s·acc into rows r0 + … < n of gradient g of batch b, head offset
+// hD (float32, am_add_rows), or stores its rounding there (16-bit, am_store_rows16).
+__device__ __forceinline__ void am2_grad_rows(bool kHalf, int outFmt, void* g, long long bs, long long rs, int b,
+                                              long long hD, int r0, int n, const float (&acc)[8][4], float s) {
+    if (outFmt != XF_OUT_F32) {
+        unsigned short* g16 = reinterpret_cast<unsigned short*>(g) + (long long)b * bs + hD;
+        am_store_rows16(kHalf, g16, rs, r0, n, acc, s, am_vec2_16(g, bs, rs));
+    } else {
+        float* g32 = reinterpret_cast<float*>(g);
+        am_add_rows(g32 + (long long)b * bs + hD, rs, r0, n, acc, s, am_vec2(g32, bs, rs));
+    }
+}
+
 // Backward: block (h, b) = (blockIdx.y, blockIdx.z) with max(MT, NT) ≤ 4 warps, so that
 // phase A is one pass (a query block per warp) with barriers every warp reaches.
 // Shared memory: Qs [TQp][AM_LD] (scaled), K, V [TKp][AM_LD], dO [TQp][AM_LD] (16-bit),
@@ -898,12 +949,12 @@ __device__ __forceinline__ int am2_zbytes(int TQ, int TK) {
 //  A. warp < MT: dP = dO·Vᵀ; dp = dP·m, dot, ds, p·m from the shared P and M, held
 //     rounded in registers; barrier; written into dS and P⊙M; dq += scale·round(ds)·K.
 //  B. as am_bwd: per (key block, dk or dv), dv = PMᵀ·dO, dk = dSᵀ·Qs.
-__device__ __forceinline__ void am2_bwd(bool kHalf, float* dq, long long dqBS, long long dqRS, float* dk,
-                                        long long dkBS, long long dkRS, float* dv, long long dvBS, long long dvRS,
+__device__ __forceinline__ void am2_bwd(bool kHalf, void* dq, long long dqBS, long long dqRS, void* dk,
+                                        long long dkBS, long long dkRS, void* dv, long long dvBS, long long dvRS,
                                         const float* dout, long long doBS, long long doRS, const float* q,
                                         long long qBS, long long qRS, const float* k, long long kBS, long long kRS,
                                         const float* v, long long vBS, long long vRS, const float* probs,
-                                        const float* mask, int H, int TQ, int TK, float scale) {
+                                        const float* mask, int H, int TQ, int TK, float scale, int outFmt) {
     constexpr int MAXNT = 4;
     extern __shared__ uint4 am_smem4[];
     const int NT = (TK + 15) >> 4, TKp = 16 * NT, LDZ = TKp + 8;
@@ -1037,7 +1088,7 @@ __device__ __forceinline__ void am2_bwd(bool kHalf, float* dq, long long dqBS, l
                 }
             }
         }
-        am_add_rows(dq + (long long)b * dqBS + hD, dqRS, i0, TQ, acc, scale, am_vec2(dq, dqBS, dqRS));
+        am2_grad_rows(kHalf, outFmt, dq, dqBS, dqRS, b, hD, i0, TQ, acc, scale);
     }
     __syncthreads();  // dS and PM complete
 
@@ -1062,20 +1113,20 @@ __device__ __forceinline__ void am2_bwd(bool kHalf, float* dq, long long dqBS, l
             }
         }
         if (isK) {
-            am_add_rows(dk + (long long)b * dkBS + hD, dkRS, j0, TK, acc, 1.0f, am_vec2(dk, dkBS, dkRS));
+            am2_grad_rows(kHalf, outFmt, dk, dkBS, dkRS, b, hD, j0, TK, acc, 1.0f);
         } else {
-            am_add_rows(dv + (long long)b * dvBS + hD, dvRS, j0, TK, acc, 1.0f, am_vec2(dv, dvBS, dvRS));
+            am2_grad_rows(kHalf, outFmt, dv, dvBS, dvRS, b, hD, j0, TK, acc, 1.0f);
         }
     }
 }
 
 extern "C" __global__ void __launch_bounds__(128, AM2_BWD_MINB) attention_mma2_bwd(
-    float* dq, long long dqBS, long long dqRS, float* dk, long long dkBS, long long dkRS, float* dv, long long dvBS,
+    void* dq, long long dqBS, long long dqRS, void* dk, long long dkBS, long long dkRS, void* dv, long long dvBS,
     long long dvRS, const float* dout, long long doBS, long long doRS, const float* q, long long qBS, long long qRS,
     const float* k, long long kBS, long long kRS, const float* v, long long vBS, long long vRS, const float* probs,
-    const float* mask, int H, int TQ, int TK, float scale, int half) {
+    const float* mask, int H, int TQ, int TK, float scale, int half, int outFmt) {
     am2_bwd(half != 0, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, dout, doBS, doRS, q, qBS, qRS, k, kBS, kRS, v,
-            vBS, vRS, probs, mask, H, TQ, TK, scale);
+            vBS, vRS, probs, mask, H, TQ, TK, scale, outFmt);
 }
 
 // attention_mma_round packs pairs of floats as the kernels above round their operands

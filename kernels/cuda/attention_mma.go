@@ -220,15 +220,24 @@ func (be *Backend) mmaForward(out, q, k, v kernels.View, a kernels.AttentionArgs
 		return false
 	}
 	p, fn := planMMAForward(a), be.lazy.mma.fwd[amVariant(a.TK)]
-	if be.mma2(a, false) {
+	if !be.mma2(a, false) {
+		if halfOf(out.Buf) != nil {
+			panic("cuda backend: a 16-bit attention output outside Attention16's calls")
+		}
+		be.prm.reset().views(out, q, k, v)
+	} else {
+		// Only the second kernels write a 16-bit output (kernels.HalfAttention).
 		p, fn = planMMA2Forward(a, dropMask != nil), be.lazy.mma.fwd2
+		be.prm.reset().views16(out).views(q, k, v)
 	}
-	be.prm.reset().
-		views(out, q, k, v).
+	be.prm.
 		i32(a.Heads).i32(a.TQ).i32(a.TK).f32(a.Scale).
 		ptr(padp).i64(a.KeyPadStride).
 		i32(boolInt(a.Causal)).i32(a.QueryOffset).
 		ptr(addr(probs)).ptr(addr(dropMask)).i32(be.halfArg())
+	if fn == be.lazy.mma.fwd2 {
+		be.prm.i32(be.viewsFormat(out))
+	}
 	grid := [3]uint32{uint32(p.tiles), uint32(a.Heads), uint32(a.Batch)}
 	be.run(fn, grid, uint32(32*p.warps), uint32(p.shared))
 	return true
@@ -249,13 +258,18 @@ func (be *Backend) mmaBackward(dq, dk, dv, dout, q, k, v kernels.View, a kernels
 				funcAttrMaxDynamicShared, uintptr(f.optinMax))))
 			f.bwd2Opt = true
 		}
+		// Only the second kernels write 16-bit gradients (kernels.HalfAttention).
+		format := be.viewsFormat(dq, dk, dv)
 		be.prm.reset().
-			views(dq, dk, dv, dout, q, k, v).
+			views16(dq, dk, dv).views(dout, q, k, v).
 			ptr(addr(probs)).ptr(addr(dropMask)).
-			i32(a.Heads).i32(a.TQ).i32(a.TK).f32(a.Scale).i32(be.halfArg())
+			i32(a.Heads).i32(a.TQ).i32(a.TK).f32(a.Scale).i32(be.halfArg()).i32(format)
 		grid := [3]uint32{1, uint32(a.Heads), uint32(a.Batch)}
 		be.run(f.bwd2, grid, uint32(32*amBackwardWarps2(a)), uint32(shared))
 		return true
+	}
+	if be.viewsFormat(dq, dk, dv) != xfOutF32 {
+		panic("cuda backend: 16-bit attention gradients outside Attention16's calls")
 	}
 	vi := amVariant(a.TK)
 	shared := amBackwardShared(a)

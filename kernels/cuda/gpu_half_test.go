@@ -31,11 +31,22 @@ func downHalf(t *testing.T, g *Backend, b kernels.Buffer) []float32 {
 // buffer stores RN16 of the float it would have stored, so there is no tolerance.
 func checkRounded(t *testing.T, ft format16, what string, got, want []float32) {
 	t.Helper()
+	checkRoundedZeros(t, ft, what, got, want, false)
+}
+
+// checkRoundedZeros is checkRounded that, with anySignedZero, also takes −0 for +0 and
+// the reverse (a 16-bit gradient written rather than added to zeros keeps a −0 that the
+// addition would have made +0).
+func checkRoundedZeros(t *testing.T, ft format16, what string, got, want []float32, anySignedZero bool) {
+	t.Helper()
 	if len(got) != len(want) {
 		t.Fatalf("%s: %d elements, want %d", what, len(got), len(want))
 	}
 	for i, w := range want {
 		r := ft.round16(w)
+		if anySignedZero && r == 0 && got[i] == 0 {
+			continue
+		}
 		if math.Float32bits(got[i]) != math.Float32bits(r) && !(math.IsNaN(float64(r)) && math.IsNaN(float64(got[i]))) {
 			t.Fatalf("%s[%d] = %v (%#08x), want RN16(%v) = %v (%#08x)", what, i, got[i], math.Float32bits(got[i]), w, r, math.Float32bits(r))
 		}
@@ -170,6 +181,72 @@ func TestHalfReaders(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestHalfAttention: where Attention16 says so, AttentionForward into a 16-bit output
+// writes the rounding of the float32 output, and AttentionBackward into 16-bit dq, dk,
+// dv writes the rounding of the float32 gradients accumulated into zeros (up to the
+// sign of a zero), on the training shapes the second tensor-core kernels take (self
+// with padding and causal masks, cross TQ ≠ TK, dropout masks, an all-masked
+// sentence); Attention16 is false for shapes they do not take, and in FP32.
+func TestHalfAttention(t *testing.T) {
+	for ci, tc := range []attnCase{mmaCases[0], mmaCases[1], mmaCases[2], mmaCases[3], mmaCases[4]} {
+		for _, ft := range formats {
+			t.Run(fmt.Sprintf("%s/%v", tc.name, ft.prec), func(t *testing.T) {
+				g := withPrecision(t, ft.prec)
+				p := newPair(t, uint64(171+ci))
+				a := tc.args(p)
+				if ci == 0 {
+					maskSentence(a, tc, 1)
+				}
+				if !g.Attention16(a) {
+					t.Fatal("Attention16 false at a shape the second kernels take")
+				}
+				m := newMMAData(p.r, a, tc)
+				d := tc.H * tc.D
+				q := g.Upload(m.q)
+				kv := q
+				if tc.cross {
+					kv = g.Upload(m.kv)
+				}
+				var mask kernels.Buffer
+				if m.mask != nil {
+					mask = g.Upload(m.mask)
+				}
+				probs := g.AllocUninit(tc.B * tc.H * tc.TQ * tc.TK)
+				out, out16 := g.Alloc(tc.B*tc.TQ*d), g.AllocHalf(tc.B*tc.TQ*d)
+				g.AttentionForward(m.outView(out), m.vw.q(q), m.vw.k(kv), m.vw.v(kv), a, probs, mask)
+				g.AttentionForward(m.outView(out16), m.vw.q(q), m.vw.k(kv), m.vw.v(kv), a, probs, mask)
+				checkRounded(t, ft, "out", downHalf(t, g, out16), down(g, out))
+
+				dout := g.Upload(m.dout)
+				dq, dq16 := g.Alloc(m.vw.qn), g.AllocHalf(m.vw.qn)
+				dkv, dkv16 := dq, dq16
+				if tc.cross {
+					dkv, dkv16 = g.Alloc(m.vw.kvn), g.AllocHalf(m.vw.kvn)
+				}
+				g.AttentionBackward(m.vw.q(dq), m.vw.k(dkv), m.vw.v(dkv), m.outView(dout), m.vw.q(q), m.vw.k(kv), m.vw.v(kv), a, probs, mask)
+				g.AttentionBackward(m.vw.q(dq16), m.vw.k(dkv16), m.vw.v(dkv16), m.outView(dout), m.vw.q(q), m.vw.k(kv), m.vw.v(kv), a, probs, mask)
+				if tc.cross {
+					checkRoundedZeros(t, ft, "dq", downHalf(t, g, dq16), down(g, dq), true)
+					checkRoundedZeros(t, ft, "dkv", downHalf(t, g, dkv16), down(g, dkv), true)
+				} else {
+					checkRoundedZeros(t, ft, "dqkv", downHalf(t, g, dq16), down(g, dq), true)
+				}
+			})
+		}
+	}
+	t.Run("declined", func(t *testing.T) {
+		g := withPrecision(t, BF16)
+		for _, c := range []struct{ tq, tk int }{{100, 100}, {41, 65}} {
+			if a := (kernels.AttentionArgs{Batch: 8, Heads: 8, HeadDim: 64, TQ: c.tq, TK: c.tk}); g.Attention16(a) {
+				t.Errorf("Attention16 true at TQ %d TK %d", c.tq, c.tk)
+			}
+		}
+		if withPrecision(t, FP32).Attention16(kernels.AttentionArgs{Batch: 8, Heads: 8, HeadDim: 64, TQ: 41, TK: 41}) {
+			t.Error("Attention16 true in FP32")
+		}
+	})
 }
 
 // TestHalfTrainingSameBits trains the fixture model in bf16 and fp16 with the 16-bit

@@ -112,3 +112,51 @@ const (
 	xfOutBF16 = 1
 	xfOutF16  = 2
 )
+
+// views16 is views for kernels that take each operand as float32 or 16-bit (their
+// format argument says which): a 16-bit view's offset and strides count 16-bit
+// elements.
+func (p *params) views16(vs ...kernels.View) *params {
+	for _, v := range vs {
+		a := uint64(0)
+		if h := halfOf(v.Buf); h != nil {
+			a = h.dptr() + uint64(v.Off)*2
+		} else {
+			a = viewAddr(v)
+		}
+		p.ptr(a).i64(v.BatchStride).i64(v.RowStride)
+	}
+	return p
+}
+
+// viewsFormat is the common format (xfOut*) of views that must all be float32 or all
+// 16-bit.
+func (be *Backend) viewsFormat(vs ...kernels.View) int {
+	n := 0
+	for _, v := range vs {
+		if halfOf(v.Buf) != nil {
+			n++
+		}
+	}
+	switch n {
+	case 0:
+		return xfOutF32
+	case len(vs):
+		return be.outFormat()
+	}
+	panic("cuda backend: attention gradients mix 16-bit and float32 buffers")
+}
+
+var _ kernels.HalfAttention = (*Backend)(nil)
+
+// Attention16 implements kernels.HalfAttention: the calls whose stored-probabilities
+// forward and backward both run on the second tensor-core kernels
+// (attention_mma2_fwd/bwd, attention_mma.go), which write a 16-bit output and 16-bit
+// gradients, and which the flash kernels decline (flashTake).
+func (be *Backend) Attention16(a kernels.AttentionArgs) bool {
+	if be.precision == FP32 || be.halfOff || be.flashAlways || !fastAttentionShape(a) || a.KVIndex != nil {
+		return false
+	}
+	defer be.enter()()
+	return be.mmaUsable(a, false) && be.mma2(a, false) && be.mmaUsable(a, true) && be.mma2(a, true)
+}

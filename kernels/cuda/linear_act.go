@@ -162,7 +162,14 @@ func (be *Backend) LinearActBackward(dpre, dw2, db2, db1, dy, a, w2, aux kernels
 			epi = epiPlain
 		}
 	}
-	ops := [3]operand16{{addr(dy), m * n}, {addr(w2), n * k}}
+	// dy may be 16-bit (kernels.HalfBuffers): the products take it uncast.
+	dyh := halfOf(dy)
+	ops := [3]operand16{{0, 0}, {addr(w2), n * k}}
+	if dyh == nil {
+		ops[0] = operand16{addr(dy), m * n}
+	} else if dyh.n != m*n {
+		panic(fmt.Sprintf("cuda backend: LinearActBackward of a 16-bit dy of %d elements as %d×%d", dyh.n, m, n))
+	}
 	var pdw *ltPlan
 	if dw2 != nil {
 		ops[2] = operand16{addr(a), m * k}
@@ -170,6 +177,9 @@ func (be *Backend) LinearActBackward(dpre, dw2, db2, db1, dy, a, w2, aux kernels
 		pdw = be.ltPlanFor(true, false, n, k, m, n, k, k, addr(dw2), 0)
 	}
 	p := be.cast16(ops)
+	if dyh != nil {
+		p[0] = dyh.dptr()
+	}
 	gradPtr := uint64(0)
 	if epi&ltEpiFlagBGrad != 0 {
 		gradPtr = grad.dptr()
@@ -189,7 +199,13 @@ func (be *Backend) LinearActBackward(dpre, dw2, db2, db1, dy, a, w2, aux kernels
 		be.product16(pdw, true, false, n, k, m, p[0], n, p[2], k, 1, addr(dw2), k, 0)
 	}
 	if db2 != nil && n > 0 {
-		part, chunks, nout := be.colReduce(0, addr(dy), 0, 0, m, n)
+		var src uint64
+		if dyh != nil {
+			src = be.widen16(dyh).dptr() // the column sum of the 16-bit values
+		} else {
+			src = addr(dy)
+		}
+		part, chunks, nout := be.colReduce(0, src, 0, 0, m, n)
 		be.colFinish(db2, part, chunks, nout, 0, n, 1)
 	}
 	if db1 == nil {
