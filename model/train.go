@@ -336,6 +336,21 @@ func (d *drop) apply(be kernels.Trainer, y, x kernels.Buffer) {
 	be.Mul(y, x, d.mask)
 }
 
+// dropRounded applies dr to x in place and returns what the next Linear should take
+// as x: a 16-bit copy written in the same pass where the backend can
+// (kernels.RoundedDropout with a seeded dropout and kernels.HalfBuffers), else x.
+// x itself stays float32 for the elementwise backward that reads it.
+func (n *TrainNet) dropRounded(dr *drop, x kernels.Buffer) kernels.Buffer {
+	if rd, ok := n.be.(kernels.RoundedDropout); ok && dr.ap != nil {
+		if x16 := n.half16(x.Len()); x16 != nil {
+			rd.ApplyDropoutRounded(x, x16, x, dr.p, dr.seed)
+			return x16
+		}
+	}
+	dr.apply(n.be, x, x)
+	return x
+}
+
 // back maps the gradient of a forward value to the gradient of its input.
 type back func(dy kernels.Buffer) kernels.Buffer
 
@@ -377,12 +392,19 @@ func (n *TrainNet) out(size int) kernels.Buffer {
 // (kernels.HalfBuffers) gets its 16-bit buffer, written rounded by the producer, and
 // the Linear skips the cast; the same bits. Others get out's float32 buffer.
 func (n *TrainNet) out16(size int) kernels.Buffer {
-	if h, ok := n.be.(kernels.HalfBuffers); ok {
-		if b := h.AllocHalf(size); b != nil {
-			return b
-		}
+	if b := n.half16(size); b != nil {
+		return b
 	}
 	return n.out(size)
+}
+
+// half16 is a 16-bit buffer of size elements (kernels.HalfBuffers), or nil where the
+// backend has none.
+func (n *TrainNet) half16(size int) kernels.Buffer {
+	if h, ok := n.be.(kernels.HalfBuffers); ok {
+		return h.AllocHalf(size)
+	}
+	return nil
 }
 
 func (n *TrainNet) host(b kernels.Buffer) []float32 {
@@ -694,14 +716,15 @@ func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h kernels.Buffer, rows int) (k
 			aux, ok = la.LinearAct(a, h, l.fc1.w.w, l.fc1.b.w, rows, F, d, n.act)
 		}
 		if ok {
+			fc2x := a
 			if dr != nil {
-				dr.apply(be, a, a)
+				fc2x = n.dropRounded(dr, a)
 			}
 			out := n.out(rows * d)
 			fc2Back := func(dx, dw, db, dy kernels.Buffer) { be.LinearBackward(dx, dw, db, dy, a, l.fc2.w.w, rows, d, F) }
 			if rd != nil {
 				// LinearActBackward (the other path) does fc2's backward itself.
-				fc2Back = n.linear(out, a, l.fc2.w.w, l.fc2.b.w, rows, d, F)
+				fc2Back = n.linear(out, fc2x, l.fc2.w.w, l.fc2.b.w, rows, d, F)
 			} else {
 				be.Linear(out, a, l.fc2.w.w, l.fc2.b.w, rows, d, F)
 			}
@@ -734,11 +757,12 @@ func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h kernels.Buffer, rows int) (k
 	}
 	fc1Back, fc1Kept := n.linearKept(pre, h, l.fc1.w.w, l.fc1.b.w, rows, F, d)
 	be.Activate(a, pre, n.act)
+	fc2x := a
 	if dr != nil {
-		dr.apply(be, a, a)
+		fc2x = n.dropRounded(dr, a)
 	}
 	out := n.out(rows * d)
-	fc2Back := n.linear(out, a, l.fc2.w.w, l.fc2.b.w, rows, d, F)
+	fc2Back := n.linear(out, fc2x, l.fc2.w.w, l.fc2.b.w, rows, d, F)
 	return out, func(dout kernels.Buffer) kernels.Buffer {
 		da := n.out(rows * F)
 		fc2Back(da, l.fc2.w.g, l.fc2.b.g, dout)

@@ -47,3 +47,32 @@ extern "C" __global__ void dropout_apply16(void* y, const float* x, unsigned lon
     }
     for (long long i = done + xf_tid(); i < n; i += xf_stride()) xf_store(y, i, x[i] * dropout_elem(seed, i, threshold, keep), fmt);
 }
+
+// dropout_apply2 is dropout_apply (y may alias x) that also stores the rounding of each
+// product into the 16-bit y16 (format fmt, XF_OUT_BF16/F16): four elements per thread
+// where the three arrays are aligned for it.
+extern "C" __global__ void dropout_apply2(float* y, void* y16, const float* x, unsigned long long seed,
+                                          unsigned long long threshold, float keep, long long n, int fmt) {
+    long long done = 0;
+    if ((((unsigned long long)x | (unsigned long long)y) & 15ull) == 0 && xf_out_aligned(y16, fmt)) {
+        const long long n4 = n >> 2;
+        const float4* x4 = reinterpret_cast<const float4*>(x);
+        float4* yv = reinterpret_cast<float4*>(y);
+        for (long long q = xf_tid(); q < n4; q += xf_stride()) {
+            float4 v = x4[q];
+            const long long i = 4 * q;
+            v.x = v.x * dropout_elem(seed, i, threshold, keep);
+            v.y = v.y * dropout_elem(seed, i + 1, threshold, keep);
+            v.z = v.z * dropout_elem(seed, i + 2, threshold, keep);
+            v.w = v.w * dropout_elem(seed, i + 3, threshold, keep);
+            yv[q] = v;
+            xf_store4(y16, q, v, fmt);
+        }
+        done = n4 << 2;
+    }
+    for (long long i = done + xf_tid(); i < n; i += xf_stride()) {
+        const float v = x[i] * dropout_elem(seed, i, threshold, keep);
+        y[i] = v;
+        xf_store(y16, i, v, fmt);
+    }
+}

@@ -46,3 +46,22 @@ func (be *Backend) ApplyDropout(y, x kernels.Buffer, p float64, seed uint64) {
 }
 
 var _ kernels.DropoutApplier = (*Backend)(nil)
+
+var _ kernels.RoundedDropout = (*Backend)(nil)
+
+// ApplyDropoutRounded implements kernels.RoundedDropout with one launch
+// (dropout_apply2): the float32 product into y and its rounding into the 16-bit y16.
+func (be *Backend) ApplyDropoutRounded(y, y16, x kernels.Buffer, p float64, seed uint64) {
+	h := halfOf(y16)
+	n := dev(y).n
+	if h == nil || h.n != n || dev(x).n != n {
+		panic(fmt.Sprintf("cuda backend: ApplyDropoutRounded of %d elements into %d and a 16-bit %T", dev(x).n, n, y16))
+	}
+	t, keep := kernels.DropoutThreshold(p), kernels.DropoutScale(p)
+	if n == 0 {
+		return
+	}
+	defer be.enter()()
+	be.prm.reset().ptr(addr(y)).ptr(h.dptr()).ptr(addr(x)).u64(seed).u64(t).f32(keep).i64(n).i32(be.outFormat())
+	be.run(be.fn.half.dropoutApply2, [3]uint32{grid1D((int64(n)+3)/4, blockElem, be.info.SMs), 1, 1}, blockElem, 0)
+}

@@ -53,8 +53,9 @@ func checkRoundedZeros(t *testing.T, ft format16, what string, got, want []float
 	}
 }
 
-// TestHalfWriters: ApplyDropout, ReLUDropoutBackward and LabelSmoothedLossDeferred
-// into a 16-bit buffer write the rounding of what they write into a float32 one, on
+// TestHalfWriters: ApplyDropout (and ApplyDropoutRounded's second output),
+// ReLUDropoutBackward and LabelSmoothedLossDeferred into a 16-bit buffer write the
+// rounding of what they write into a float32 one, on
 // the vectorised path and the scalar tail (sizes not a multiple of 4, a vocabulary not
 // a multiple of 4), with an ignored row; the loss sums are unchanged.
 func TestHalfWriters(t *testing.T) {
@@ -68,7 +69,13 @@ func TestHalfWriters(t *testing.T) {
 					y, yh := g.Alloc(n), g.AllocHalf(n)
 					g.ApplyDropout(y, x, 0.1, 77)
 					g.ApplyDropout(yh, x, 0.1, 77)
-					checkRounded(t, ft, "y", downHalf(t, g, yh), down(g, y))
+					want := down(g, y)
+					checkRounded(t, ft, "y", downHalf(t, g, yh), want)
+					// Both outputs in one pass, in place as the model runs it.
+					y2, y16 := g.Upload(down(g, x)), g.AllocHalf(n)
+					g.ApplyDropoutRounded(y2, y16, y2, 0.1, 77)
+					checkExact(t, "ApplyDropoutRounded y", down(g, y2), want)
+					checkRounded(t, ft, "ApplyDropoutRounded y16", downHalf(t, g, y16), want)
 				})
 				t.Run(fmt.Sprintf("relu_dropout/%d", n), func(t *testing.T) {
 					a := g.Alloc(n)

@@ -62,11 +62,12 @@ func (be *Backend) AllocHalf(n int) kernels.Buffer {
 
 // halfFunctions are the kernels that write 16-bit outputs for kernels.HalfBuffers.
 type halfFunctions struct {
-	dropoutApply16, reluDropoutBwd16 uintptr
+	dropoutApply16, dropoutApply2, reluDropoutBwd16 uintptr
 }
 
 func (f *halfFunctions) add(m map[string]*uintptr) {
 	m["dropout_apply16"] = &f.dropoutApply16
+	m["dropout_apply2"] = &f.dropoutApply2
 	m["relu_dropout_bwd16"] = &f.reluDropoutBwd16
 }
 
