@@ -148,6 +148,22 @@ type DropoutResidualNormer interface {
 	ResidualLayerNormBackwardDropout(dz, dbranch, dgamma, dbeta, domega, dy, z, x, gamma Buffer, alpha float32, rows, dim int, eps float32, p float64, seed uint64)
 }
 
+// RoundedResidualNormer is implemented by a HalfBuffers backend whose fused residual +
+// LayerNorm can also write its output y rounded to the 16-bit format. A sub-layer's y
+// is the next sub-layer's input, and that sub-layer's first Linear (and, for the
+// encoder's last one, every decoder layer's cross-attention K/V Linear) rounds it
+// again; given the rounding here, LinearKeep takes it as it is and that pass over y
+// (read float32, write 16-bit) is saved, while the kernel that writes y adds only the
+// half-width store.
+type RoundedResidualNormer interface {
+	// ResidualLayerNormDropoutRounded is ResidualLayerNormDropout (same z and y bits,
+	// same aliasing, p ≤ 0 no dropout) that also writes y16, a buffer of rows·dim
+	// elements from AllocHalf: y16[i] = RN16(y[i]), the same bits as rounding the
+	// float32 y. y16 must not be nil (AllocHalf returns nil where the backend rounds
+	// nothing: call ResidualLayerNormDropout there).
+	ResidualLayerNormDropoutRounded(z, y, y16, x, branch, omega Buffer, alpha float32, gamma, beta Buffer, rows, dim int, eps float32, p float64, seed uint64)
+}
+
 // ReLUDropoutBackwarder is implemented by a Trainer that can run the backward of the
 // feed-forward block's a = Dropout(ReLU(pre)) in one pass from the saved output a
 // alone: the pre-activation and the mask are not read, so the forward may keep a

@@ -298,11 +298,14 @@ __device__ __forceinline__ void lfv_rowstats(const float4 (&v)[NV], int lane, in
 
 // lfv_fwd<NV>: layernorm_fast_fwd's contract, one row per warp at a time; drop ≠ 0
 // multiplies branch element i by mask element i as it is loaded (the _drop kernels).
+// y16 (null: none; 8-byte aligned) also gets y in format fmt (XF_OUT_BF16/F16): the
+// rounding of the very float stored to y, so the next sub-layer's Linear reads it
+// instead of casting y (kernels.RoundedResidualNormer).
 template <int NV>
 __device__ __forceinline__ void lfv_fwd(float* z, float* y, const float* x, const float* branch,
                                         const float* omega, float alpha, const float* gamma, const float* beta,
                                         int rows, int dim, float eps, int drop, unsigned long long seed,
-                                        unsigned long long threshold, float keep) {
+                                        unsigned long long threshold, float keep, void* y16, int fmt) {
     const int lane = threadIdx.x & 31;
     const int dim4 = dim >> 2;
     const long long warps = (long long)gridDim.x * (blockDim.x >> 5);
@@ -362,6 +365,7 @@ __device__ __forceinline__ void lfv_fwd(float* z, float* y, const float* x, cons
                 o.z = (v[c].z - mean) * rstd * g.z + e.z;
                 o.w = (v[c].w - mean) * rstd * g.w + e.w;
                 reinterpret_cast<float4*>(y)[o4 + q] = o;
+                if (y16) xf_store4(y16, o4 + q, o, fmt);
             }
         }
     }
@@ -512,8 +516,9 @@ __device__ __forceinline__ void lfv_bwd(float* part, float* dz, void* dbranch, i
     extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_fwd_v##NV(                          \
         float* z, float* y, const float* x, const float* branch, const float* omega, float alpha,              \
         const float* gamma, const float* beta, int rows, int dim, float eps, int drop, unsigned long long seed, \
-        unsigned long long threshold, float keep) {                                                             \
-        lfv_fwd<NV>(z, y, x, branch, omega, alpha, gamma, beta, rows, dim, eps, drop, seed, threshold, keep);  \
+        unsigned long long threshold, float keep, void* y16, int fmt) {                                         \
+        lfv_fwd<NV>(z, y, x, branch, omega, alpha, gamma, beta, rows, dim, eps, drop, seed, threshold, keep,   \
+                    y16, fmt);                                                                                  \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_v##NV(                          \
         float* part, float* dz, void* dbranch, int fmt, const float* dy, const float* z, const float* x,       \

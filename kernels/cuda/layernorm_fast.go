@@ -158,12 +158,17 @@ func (be *Backend) lfGrid(rows, perSM int) int {
 
 // residualLayerNormFast is ResidualLayerNorm on layernorm_fast_fwd, or with dr
 // ResidualLayerNormDropout on layernorm_fast_fwd_drop; the float4 kernel where the
-// shape allows. rows, dim ≥ 1 and lnFastDim(dim).
-func (be *Backend) residualLayerNormFast(z, y, x, branch, omega kernels.Buffer, alpha float32, gamma, beta kernels.Buffer, rows, dim int, eps float32, dr *resDrop) {
+// shape allows. With y16 (a 16-bit buffer; nil: none) the float4 kernel also writes
+// RN16(y) into it; the result says whether y16 was written (false: the scalar kernels
+// ran, or y16 was not aligned for the float4 kernel's stores, and the caller rounds y).
+// rows, dim ≥ 1 and lnFastDim(dim).
+func (be *Backend) residualLayerNormFast(z, y, y16, x, branch, omega kernels.Buffer, alpha float32, gamma, beta kernels.Buffer, rows, dim int, eps float32, dr *resDrop) bool {
 	defer be.enter()()
 	f := be.lnFns()
 	be.prm.reset().ptr(addr(z)).ptr(addr(y)).ptr(addr(x)).ptr(addr(branch)).ptr(addr(omega)).f32(alpha).
 		ptr(addr(gamma)).ptr(addr(beta)).i32(rows).i32(dim).f32(eps)
+	// y16 does not take part in the choice of kernel: y's bits must be those of the
+	// call without it.
 	if f.lfvShape(dim, z, y, x, branch, omega, gamma, beta) {
 		drop := 0
 		if dr != nil {
@@ -173,11 +178,16 @@ func (be *Backend) residualLayerNormFast(z, y, x, branch, omega kernels.Buffer, 
 		}
 		be.prm.i32(drop)
 		dr.args(be.prm)
+		y16p, format := uint64(0), xfOutF32
+		if h := halfOf(y16); h != nil && f.lfvShape(dim, y16) {
+			y16p, format = h.dptr(), be.outFormat()
+		}
+		be.prm.ptr(y16p).i32(format)
 		// A row per warp: capping the grid at 2–8 blocks per SM, each warp looping
 		// over rows, measured the same (23.1–23.9 µs at 8000×512).
 		nb := (rows + lfvMaxWarps - 1) / lfvMaxWarps
 		be.run(f.vfwd[lfvIndex(dim)], [3]uint32{uint32(nb), 1, 1}, 32*lfvMaxWarps, 0)
-		return
+		return y16p != 0
 	}
 	fn := f.fwd[lfIndex(dim)]
 	if dr != nil {
@@ -185,6 +195,7 @@ func (be *Backend) residualLayerNormFast(z, y, x, branch, omega kernels.Buffer, 
 		fn = f.fwdDrop[lfIndex(dim)]
 	}
 	be.run(fn, [3]uint32{uint32(be.lfGrid(rows, 32)), 1, 1}, lfThreads, 0)
+	return false
 }
 
 // residualLayerNormBackwardFast is ResidualLayerNormBackward on layernorm_fast_bwd and

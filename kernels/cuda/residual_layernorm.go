@@ -1,10 +1,15 @@
 package cuda
 
-import "github.com/xform-dev/xform/kernels"
+import (
+	"fmt"
+
+	"github.com/xform-dev/xform/kernels"
+)
 
 var (
 	_ kernels.ResidualNormer        = (*Backend)(nil)
 	_ kernels.DropoutResidualNormer = (*Backend)(nil)
+	_ kernels.RoundedResidualNormer = (*Backend)(nil)
 )
 
 // fusedFunctions are the kernels of residual_layernorm.cu.
@@ -42,22 +47,44 @@ func (d *resDrop) args(p *params) {
 // ResidualLayerNorm implements kernels.ResidualNormer in one launch, with Residual's
 // and LayerNorm's arithmetic and LayerNorm's launch shape, so the bits are theirs.
 func (be *Backend) ResidualLayerNorm(z, y, x, branch, omega kernels.Buffer, alpha float32, gamma, beta kernels.Buffer, rows, dim int, eps float32) {
-	be.residualLayerNorm(z, y, x, branch, omega, alpha, gamma, beta, rows, dim, eps, nil)
+	be.residualLayerNorm(z, y, nil, x, branch, omega, alpha, gamma, beta, rows, dim, eps, nil)
 }
 
 // ResidualLayerNormDropout implements kernels.DropoutResidualNormer: ResidualLayerNorm's
 // launch, its kernel reading the branch through the mask.
 func (be *Backend) ResidualLayerNormDropout(z, y, x, branch, omega kernels.Buffer, alpha float32, gamma, beta kernels.Buffer, rows, dim int, eps float32, p float64, seed uint64) {
-	be.residualLayerNorm(z, y, x, branch, omega, alpha, gamma, beta, rows, dim, eps, newResDrop(p, seed))
+	be.residualLayerNorm(z, y, nil, x, branch, omega, alpha, gamma, beta, rows, dim, eps, newResDrop(p, seed))
 }
 
-func (be *Backend) residualLayerNorm(z, y, x, branch, omega kernels.Buffer, alpha float32, gamma, beta kernels.Buffer, rows, dim int, eps float32, dr *resDrop) {
-	if rows == 0 || dim == 0 {
+// ResidualLayerNormDropoutRounded implements kernels.RoundedResidualNormer: on the
+// float4 kernel (bf16/fp16, dim a multiple of 4, aligned tensors: the training
+// shapes) y16 is one more store of the float that goes to y, 8 bytes per 4 elements,
+// instead of the next Linear's cast (a read of y and the same write). Elsewhere
+// ResidualLayerNormDropout, then ApplyDropout(y16, y, 0, 0), which rounds y·1 = y: the
+// same bits, a pass more.
+func (be *Backend) ResidualLayerNormDropoutRounded(z, y, y16, x, branch, omega kernels.Buffer, alpha float32, gamma, beta kernels.Buffer, rows, dim int, eps float32, p float64, seed uint64) {
+	n := rows * dim
+	if h := halfOf(y16); h == nil || h.n != n {
+		got := 0
+		if y16 != nil {
+			got = y16.Len()
+		}
+		panic(fmt.Sprintf("cuda backend: ResidualLayerNormDropoutRounded: y16 is %T of %d elements, want a 16-bit buffer of %d", y16, got, n))
+	}
+	if be.residualLayerNorm(z, y, y16, x, branch, omega, alpha, gamma, beta, rows, dim, eps, newResDrop(p, seed)) || n == 0 {
 		return
 	}
+	be.ApplyDropout(y16, be.Slice(y, 0, n), 0, 0)
+}
+
+// residualLayerNorm writes y16 (nil: none) only where it reports true: the float4
+// kernel ran and took it.
+func (be *Backend) residualLayerNorm(z, y, y16, x, branch, omega kernels.Buffer, alpha float32, gamma, beta kernels.Buffer, rows, dim int, eps float32, dr *resDrop) bool {
+	if rows == 0 || dim == 0 {
+		return false
+	}
 	if be.precision != FP32 && lnFastDim(dim) {
-		be.residualLayerNormFast(z, y, x, branch, omega, alpha, gamma, beta, rows, dim, eps, dr)
-		return
+		return be.residualLayerNormFast(z, y, y16, x, branch, omega, alpha, gamma, beta, rows, dim, eps, dr)
 	}
 	defer be.enter()()
 	be.prm.reset().ptr(addr(z)).ptr(addr(y)).ptr(addr(x)).ptr(addr(branch)).ptr(addr(omega)).f32(alpha).
@@ -68,6 +95,7 @@ func (be *Backend) residualLayerNorm(z, y, x, branch, omega kernels.Buffer, alph
 		fn = be.fn.fused.reslnDrop
 	}
 	be.run(fn, be.rowsGrid(rows), blockRow, 0)
+	return false
 }
 
 // ResidualLayerNormBackward implements kernels.ResidualNormer in three launches: the
