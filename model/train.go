@@ -117,6 +117,12 @@ type TrainNet struct {
 	enc, dec                    []tlayer
 	encLN, decLN                *tnorm
 	params                      []NamedParam
+
+	// gradsZero: every gradient holds the zeros ZeroGrad wrote (no backward since).
+	// biasFresh: the running step's backward is the first contribution to every
+	// bias gradient, so a kernels.FreshBiasGrad backend may write them rather than
+	// add (each bias serves one Linear of the step).
+	gradsZero, biasFresh bool
 }
 
 // NewTrainNet validates m and places its parameters (widened to float32) and zeroed
@@ -274,11 +280,13 @@ func (n *TrainNet) ZeroGrad() {
 			gs[i] = p.G
 		}
 		mt.FillAll(gs, 0)
+		n.gradsZero = true
 		return
 	}
 	for _, p := range n.params {
 		n.be.Fill(p.G, 0)
 	}
+	n.gradsZero = true
 }
 
 // Model copies the current parameters into a new float32 Model.
@@ -601,12 +609,22 @@ func (n *TrainNet) linearKept(y, x, w, bias kernels.Buffer, m, nOut, k int) (fun
 	be := n.be
 	if lk, ok := be.(kernels.LinearKeeper); ok {
 		if kept := lk.LinearKeep(y, x, w, bias, m, nOut, k); kept != nil {
-			return func(dx, dw, db, dy kernels.Buffer) { lk.LinearBackwardKept(dx, dw, db, dy, kept, m, nOut, k) }, true
+			return func(dx, dw, db, dy kernels.Buffer) { n.backKept(lk, dx, dw, db, dy, kept, m, nOut, k) }, true
 		}
 	} else {
 		be.Linear(y, x, w, bias, m, nOut, k)
 	}
 	return func(dx, dw, db, dy kernels.Buffer) { be.LinearBackward(dx, dw, db, dy, x, w, m, nOut, k) }, false
+}
+
+// backKept is lk.LinearBackwardKept, or LinearBackwardKeptFresh when the step's bias
+// gradients are still the zeros ZeroGrad wrote (n.biasFresh).
+func (n *TrainNet) backKept(lk kernels.LinearKeeper, dx, dw, db, dy, kept kernels.Buffer, m, nOut, k int) {
+	if fb, ok := n.be.(kernels.FreshBiasGrad); ok && db != nil && n.biasFresh {
+		fb.LinearBackwardKeptFresh(dx, dw, db, dy, kept, m, nOut, k)
+		return
+	}
+	lk.LinearBackwardKept(dx, dw, db, dy, kept, m, nOut, k)
 }
 
 // selfAttn is the self-attention branch over B sequences of T rows.
@@ -736,7 +754,7 @@ func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h kernels.Buffer, rows int) (k
 					if kept != nil {
 						g := n.out16(rows * F)
 						rd.ReLUDropoutBackward(g, dpre, a, o.ActivationDropout)
-						lk.LinearBackwardKept(dh, l.fc1.w.g, l.fc1.b.g, g, kept, rows, F, d)
+						n.backKept(lk, dh, l.fc1.w.g, l.fc1.b.g, g, kept, rows, F, d)
 						return dh
 					}
 					rd.ReLUDropoutBackward(dpre, dpre, a, o.ActivationDropout)
@@ -903,6 +921,10 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 	o := *op
 	be, d := n.be, n.d
 	B, S, T := b.B, b.S, b.T
+	n.biasFresh = o.Backward && n.gradsZero
+	if o.Backward {
+		n.gradsZero = false
+	}
 	var backs []back
 
 	// Encoder.

@@ -72,6 +72,18 @@ func (be *Backend) keep16(x, w kernels.Buffer, m, n, k int) *kept16 {
 // LinearKeep kept (same m, n, k), the same products on the same 16-bit operands. dy may
 // be a 16-bit buffer (kernels.HalfBuffers): the products take it uncast.
 func (be *Backend) LinearBackwardKept(dx, dw, db, dy, kept kernels.Buffer, m, n, k int) {
+	be.linearBackwardKept(dx, dw, db, dy, kept, m, n, k, false)
+}
+
+var _ kernels.FreshBiasGrad = (*Backend)(nil)
+
+// LinearBackwardKeptFresh implements kernels.FreshBiasGrad: the bias gradient goes
+// straight from the GEMM's BGRADB epilogue into db (no scratch vector, no add_to).
+func (be *Backend) LinearBackwardKeptFresh(dx, dw, db, dy, kept kernels.Buffer, m, n, k int) {
+	be.linearBackwardKept(dx, dw, db, dy, kept, m, n, k, true)
+}
+
+func (be *Backend) linearBackwardKept(dx, dw, db, dy, kept kernels.Buffer, m, n, k int, dbFresh bool) {
 	if m == 0 {
 		return
 	}
@@ -86,7 +98,7 @@ func (be *Backend) LinearBackwardKept(dx, dw, db, dy, kept kernels.Buffer, m, n,
 	defer be.enter()()
 	dbDone := false
 	if dx != nil || dw != nil {
-		dbDone = be.linearBackward16Kept(dx, dw, db, dy, nil, nil, kp.x, kp.w, m, n, k)
+		dbDone = be.linearBackward16Kept(dx, dw, db, dy, nil, nil, kp.x, kp.w, m, n, k, dbFresh)
 	}
 	if db != nil && n > 0 && !dbDone {
 		var src uint64

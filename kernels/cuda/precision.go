@@ -212,13 +212,17 @@ func (be *Backend) product16(plan *ltPlan, transA, transB bool, m, n, k int, a u
 // add_to launch adds into db. The column sum remains for shapes cuBLASLt has no BGRADB
 // algorithm for, a refusal at run time, and calls without dw.
 func (be *Backend) linearBackward16(dx, dw, db, dy, x, w kernels.Buffer, m, n, k int) bool {
-	return be.linearBackward16Kept(dx, dw, db, dy, x, w, 0, 0, m, n, k)
+	return be.linearBackward16Kept(dx, dw, db, dy, x, w, 0, 0, m, n, k, false)
 }
 
 // linearBackward16Kept is linearBackward16 where x16 and w16, when not 0, are the
 // 16-bit copies of x and w that the forward made (LinearKeep): only dy is rounded, and
 // not even dy when it is a 16-bit buffer (kernels.HalfBuffers).
-func (be *Backend) linearBackward16Kept(dx, dw, db, dy, x, w kernels.Buffer, x16, w16 uint64, m, n, k int) bool {
+//
+// dbFresh says db holds zeros that nothing else adds to before this call
+// (kernels.FreshBiasGrad): the BGRADB epilogue then writes it directly, without the
+// scratch vector and the add_to launch (the same values, up to the sign of a zero).
+func (be *Backend) linearBackward16Kept(dx, dw, db, dy, x, w kernels.Buffer, x16, w16 uint64, m, n, k int, dbFresh bool) bool {
 	var ops [3]operand16
 	dy16 := uint64(0)
 	if h := halfOf(dy); h != nil {
@@ -233,19 +237,24 @@ func (be *Backend) linearBackward16Kept(dx, dw, db, dy, x, w kernels.Buffer, x16
 		}
 		pdx = be.ltPlanFor(false, false, m, k, n, n, k, k, addr(dx), 0)
 	}
-	var grad *buffer
+	// bgrad is where the BGRADB epilogue writes the bias gradient (0: no epilogue).
+	var bgrad uint64
 	if dw != nil {
 		if x16 == 0 {
 			ops[2] = operand16{addr(x), m * k}
 		}
 		// These lookups cannot evict pdx: eviction takes the least recently used plan.
 		if db != nil && n > 0 && !be.bgradOff {
-			// Scoped like the step's other buffers; a fresh block is 256-byte aligned.
-			grad = be.scoped(be.newBuffer(n))
-			pdw = be.ltPlanEpi(true, false, n, k, m, n, k, k, addr(dw), ltEpiBGradB, grad.dptr(), 0, 0)
+			if dbFresh {
+				bgrad = addr(db)
+			} else {
+				// Scoped like the step's other buffers; a fresh block is 256-byte aligned.
+				bgrad = be.scoped(be.newBuffer(n)).dptr()
+			}
+			pdw = be.ltPlanEpi(true, false, n, k, m, n, k, k, addr(dw), ltEpiBGradB, bgrad, 0, 0)
 		}
 		if pdw == nil {
-			grad = nil
+			bgrad = 0
 			pdw = be.ltPlanFor(true, false, n, k, m, n, k, k, addr(dw), 0)
 		}
 	}
@@ -265,10 +274,12 @@ func (be *Backend) linearBackward16Kept(dx, dw, db, dy, x, w kernels.Buffer, x16
 	if dw == nil {
 		return false
 	}
-	if grad != nil {
-		if be.ltRun(pdw, p[0], p[2], 1, addr(dw), grad.dptr()) {
-			be.prm.reset().ptr(addr(db)).ptr(grad.dptr()).i64(n)
-			be.elem(be.fn.train.addTo, int64(n))
+	if bgrad != 0 {
+		if be.ltRun(pdw, p[0], p[2], 1, addr(dw), bgrad) {
+			if !dbFresh {
+				be.prm.reset().ptr(addr(db)).ptr(bgrad).i64(n)
+				be.elem(be.fn.train.addTo, int64(n))
+			}
 			return true
 		}
 		// Refused at run time (ltRun marked the plan for GemmEx): the plain product,

@@ -1,0 +1,12 @@
+package kernels
+
+// FreshBiasGrad is implemented by a LinearKeeper that can write a bias gradient instead
+// of adding it. LinearBackwardKeptFresh is LinearBackwardKept for a db that holds zeros
+// to which nothing else adds before this call (a training step's first contribution to
+// a bias gradient just cleared): the backend may store Σ_rows dy into db rather than
+// add it, which gives the same values up to the sign of a zero (+0 + (−0) is +0, a
+// stored −0 stays −0) and spares the CUDA backend a scratch vector and a launch per
+// Linear. Everything else is LinearBackwardKept's.
+type FreshBiasGrad interface {
+	LinearBackwardKeptFresh(dx, dw, db, dy, kept Buffer, m, n, k int)
+}
