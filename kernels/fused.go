@@ -222,9 +222,10 @@ type LinearKeeper interface {
 // (the CUDA backend panics), so it can only flow from such a writer to such a reader.
 //
 // Writers: LabelSmoothedLossDeferred's dlogits, ReLUDropoutBackward's dpre,
-// ApplyDropout's y, ResidualLayerNormBackwardDropout's dbranch. Readers: LinearKeep's x,
-// LinearBackwardKept's and LinearActBackward's dy (the products take them as they are),
-// LinearActKeep's x.
+// ApplyDropout's y, ResidualLayerNormBackwardDropout's dbranch, and the second outputs
+// of ApplyDropoutRounded and ResidualLayerNormDropoutRounded; HalfAttention's outputs
+// and gradients. Readers: LinearKeep's x, LinearBackwardKept's and LinearActBackward's
+// dy (the products take them as they are), LinearActKeep's x.
 //
 // AllocHalf returns nil when the backend rounds nothing (its FP32 mode); callers then
 // use a float32 buffer. Otherwise the buffer is uninitialised and scoped as Alloc's.

@@ -425,18 +425,22 @@ func (n *TrainNet) host(b kernels.Buffer) []float32 {
 // its output (a new buffer) and backward. branch computes F(input); the residual
 // dropout Drop(F(input)) is applied here, its seed drawn from o.RNG right after the
 // branch's own draws.
-func (n *TrainNet) sublayer(o *StepOptions, x kernels.Buffer, rows int, l *tlayer, i int, before bool, alpha float32, prof *profiler,
-	branch func(h kernels.Buffer) (kernels.Buffer, back)) (kernels.Buffer, back) {
+//
+// x16, when not nil, is x rounded to 16 bits (kernels.HalfBuffers), for the branch's
+// first Linear; the sub-layer returns its output's the same way where the backend
+// writes it with the LayerNorm (kernels.RoundedResidualNormer), else nil.
+func (n *TrainNet) sublayer(o *StepOptions, x, x16 kernels.Buffer, rows int, l *tlayer, i int, before bool, alpha float32, prof *profiler,
+	branch func(h, h16 kernels.Buffer) (kernels.Buffer, back)) (kernels.Buffer, kernels.Buffer, back) {
 	be, d := n.be, n.d
 	ln := l.ln[i]
 	if before {
 		h := n.out(rows * d)
 		be.LayerNorm(h, x, ln.g.w, ln.b.w, rows, d, lnEps)
-		out, bb := branch(h)
+		out, bb := branch(h, nil)
 		out, bb = n.withDropout(n.newDrop(o, o.Dropout, rows*d), out, bb)
 		y := n.out(rows * d)
 		be.Residual(y, x, out, nil, 1, rows, d)
-		return y, func(dy kernels.Buffer) kernels.Buffer {
+		return y, nil, func(dy kernels.Buffer) kernels.Buffer {
 			dh := bb(dy)
 			dx := n.out(rows * d)
 			be.LayerNormBackward(dx, ln.g.g, ln.b.g, dh, x, ln.g.w, rows, d, lnEps)
@@ -444,7 +448,7 @@ func (n *TrainNet) sublayer(o *StepOptions, x kernels.Buffer, rows int, l *tlaye
 			return dx
 		}
 	}
-	out, bb := branch(x)
+	out, bb := branch(x, x16)
 	dr := n.newDrop(o, o.Dropout, rows*d)
 	// A backend with kernels.DropoutResidualNormer applies the dropout inside the fused
 	// residual+LayerNorm from the seed, same bits, two passes over memory fewer. A
@@ -476,7 +480,14 @@ func (n *TrainNet) sublayer(o *StepOptions, x kernels.Buffer, rows int, l *tlaye
 	// launches; its backward adds dω before the branch's backward instead of after,
 	// which nothing else reads in between.
 	rn, fused := be.(kernels.ResidualNormer)
+	var y16 kernels.Buffer
+	rr, rounds := be.(kernels.RoundedResidualNormer)
+	if fuseDrop && rounds {
+		y16 = n.half16(rows * d)
+	}
 	switch {
+	case fuseDrop && y16 != nil:
+		rr.ResidualLayerNormDropoutRounded(z, y, y16, x, out, omega, alpha, ln.g.w, ln.b.w, rows, d, lnEps, dr.p, dr.seed)
 	case fuseDrop:
 		rd.ResidualLayerNormDropout(z, y, x, out, omega, alpha, ln.g.w, ln.b.w, rows, d, lnEps, dr.p, dr.seed)
 	case fused:
@@ -485,7 +496,7 @@ func (n *TrainNet) sublayer(o *StepOptions, x kernels.Buffer, rows int, l *tlaye
 		be.Residual(z, x, out, omega, alpha, rows, d)
 		be.LayerNorm(y, z, ln.g.w, ln.b.w, rows, d, lnEps)
 	}
-	return y, func(dy kernels.Buffer) kernels.Buffer {
+	return y, y16, func(dy kernels.Buffer) kernels.Buffer {
 		dz, dom := n.out(rows*d), domega
 		dbranch := dz
 		switch {
@@ -617,6 +628,14 @@ func (n *TrainNet) linearKept(y, x, w, bias kernels.Buffer, m, nOut, k int) (fun
 	return func(dx, dw, db, dy kernels.Buffer) { be.LinearBackward(dx, dw, db, dy, x, w, m, nOut, k) }, false
 }
 
+// either is a when it is not nil, else b.
+func either(a, b kernels.Buffer) kernels.Buffer {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
 // backKept is lk.LinearBackwardKept, or LinearBackwardKeptFresh when the step's bias
 // gradients are still the zeros ZeroGrad wrote (n.biasFresh).
 func (n *TrainNet) backKept(lk kernels.LinearKeeper, dx, dw, db, dy, kept kernels.Buffer, m, nOut, k int) {
@@ -628,10 +647,11 @@ func (n *TrainNet) backKept(lk kernels.LinearKeeper, dx, dw, db, dy, kept kernel
 }
 
 // selfAttn is the self-attention branch over B sequences of T rows.
-func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T int, pad []bool, causal bool) (kernels.Buffer, back) {
+// h16 (may be nil) is h rounded to 16 bits, which the first Linear then takes.
+func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B, T int, pad []bool, causal bool) (kernels.Buffer, back) {
 	d, rows := n.d, B*T
 	qkv := n.out(rows * 3 * d)
-	qkvBack := n.linear(qkv, h, a.qkv.w.w, a.qkv.b.w, rows, 3*d, d)
+	qkvBack := n.linear(qkv, either(h16, h), a.qkv.w.w, a.qkv.b.w, rows, 3*d, d)
 	args := kernels.AttentionArgs{Batch: B, Heads: a.heads, HeadDim: d / a.heads, TQ: T, TK: T, Scale: n.headScale(a.heads),
 		KeyPadding: pad, KeyPadStride: T, Causal: causal}
 	view := func(b kernels.Buffer, off int) kernels.View {
@@ -662,14 +682,16 @@ func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T int
 //
 // dEnc is written by the first cross-attention backward to run (*dEncSet false; it
 // sets it) and accumulated into by the others, so it needs no clearing.
-func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T int, enc kernels.Buffer, S int, encPad []bool, dEnc kernels.Buffer, dEncSet *bool) (kernels.Buffer, back) {
+//
+// h16 and enc16 (may be nil) are h and enc rounded to 16 bits, for the Linears.
+func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B, T int, enc, enc16 kernels.Buffer, S int, encPad []bool, dEnc kernels.Buffer, dEncSet *bool) (kernels.Buffer, back) {
 	be, d, rows := n.be, n.d, B*T
 	wq, bq := be.Slice(a.qkv.w.w, 0, d*d), be.Slice(a.qkv.b.w, 0, d)
 	wkv, bkv := be.Slice(a.qkv.w.w, d*d, 2*d*d), be.Slice(a.qkv.b.w, d, 2*d)
 	q := n.out(rows * d)
-	qBack := n.linear(q, h, wq, bq, rows, d, d)
+	qBack := n.linear(q, either(h16, h), wq, bq, rows, d, d)
 	kv := n.out(B * S * 2 * d)
-	kvBack := n.linear(kv, enc, wkv, bkv, B*S, 2*d, d)
+	kvBack := n.linear(kv, either(enc16, enc), wkv, bkv, B*S, 2*d, d)
 	args := kernels.AttentionArgs{Batch: B, Heads: a.heads, HeadDim: d / a.heads, TQ: T, TK: S, Scale: n.headScale(a.heads),
 		KeyPadding: encPad, KeyPadStride: S}
 	qv := func(b kernels.Buffer) kernels.View { return kernels.View{Buf: b, BatchStride: T * d, RowStride: d} }
@@ -705,7 +727,10 @@ func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h kernels.Buffer, B, T in
 }
 
 // ffn is the feed-forward branch fc2(Drop_act(act(fc1 h))).
-func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h kernels.Buffer, rows int) (kernels.Buffer, back) {
+//
+// h16 (may be nil) is h rounded to 16 bits: the first Linear takes it where it keeps
+// its operands (LinearActKeep, LinearKeep).
+func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h, h16 kernels.Buffer, rows int) (kernels.Buffer, back) {
 	be, d, F := n.be, n.d, l.ffn
 	a := n.out(rows * F)
 	// Drawn first: nothing else in this branch draws from o.RNG, so the seeds keep
@@ -729,7 +754,7 @@ func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h kernels.Buffer, rows int) (k
 		// no place for the dropout): a backend that keeps the 16-bit operands of the
 		// forward lets it round only dpre, or nothing when dpre comes 16-bit.
 		if keeps && lk != nil && rd != nil {
-			aux, kept, ok = lak.LinearActKeep(a, h, l.fc1.w.w, l.fc1.b.w, rows, F, d, n.act)
+			aux, kept, ok = lak.LinearActKeep(a, either(h16, h), l.fc1.w.w, l.fc1.b.w, rows, F, d, n.act)
 		} else {
 			aux, ok = la.LinearAct(a, h, l.fc1.w.w, l.fc1.b.w, rows, F, d, n.act)
 		}
@@ -773,7 +798,7 @@ func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h kernels.Buffer, rows int) (k
 	if rd == nil {
 		pre = n.out(rows * F)
 	}
-	fc1Back, fc1Kept := n.linearKept(pre, h, l.fc1.w.w, l.fc1.b.w, rows, F, d)
+	fc1Back, fc1Kept := n.linearKept(pre, either(h16, h), l.fc1.w.w, l.fc1.b.w, rows, F, d)
 	be.Activate(a, pre, n.act)
 	fc2x := a
 	if dr != nil {
@@ -930,6 +955,7 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 	// Encoder.
 	encRows := B * S
 	x, eb := n.embed(&o, n.encEmbed, n.encPos, b.Src, B, S)
+	var x16 kernels.Buffer
 	encBacks := []back{eb}
 	encPad := padMask(b.Src)
 	for li := range n.enc {
@@ -938,27 +964,29 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 		}
 		l := &n.enc[li]
 		var bk back
-		x, bk = n.sublayer(&o, x, encRows, l, 0, n.cfg.EncoderNormalizeBefore, n.alphaEnc, profEnc, func(h kernels.Buffer) (kernels.Buffer, back) {
-			return n.selfAttn(&o, &l.self, h, B, S, encPad, false)
+		x, x16, bk = n.sublayer(&o, x, x16, encRows, l, 0, n.cfg.EncoderNormalizeBefore, n.alphaEnc, profEnc, func(h, h16 kernels.Buffer) (kernels.Buffer, back) {
+			return n.selfAttn(&o, &l.self, h, h16, B, S, encPad, false)
 		})
 		encBacks = append(encBacks, bk)
-		x, bk = n.sublayer(&o, x, encRows, l, 2, n.cfg.EncoderNormalizeBefore, n.alphaEnc, profEnc, func(h kernels.Buffer) (kernels.Buffer, back) {
-			return n.ffn(&o, l, h, encRows)
+		x, x16, bk = n.sublayer(&o, x, x16, encRows, l, 2, n.cfg.EncoderNormalizeBefore, n.alphaEnc, profEnc, func(h, h16 kernels.Buffer) (kernels.Buffer, back) {
+			return n.ffn(&o, l, h, h16, encRows)
 		})
 		encBacks = append(encBacks, bk)
 	}
 	if n.encLN != nil {
 		var bk back
 		x, bk = n.layerNorm(n.encLN, x, encRows)
+		x16 = nil
 		encBacks = append(encBacks, bk)
 	}
-	enc := x
+	enc, enc16 := x, x16
 	// Written by the first cross-attention backward, accumulated by the others.
 	dEnc, dEncSet := n.out(encRows*d), false
 
 	// Decoder.
 	rows := B * T
 	y, db := n.embed(&o, n.decEmbed, n.decPos, b.Prev, B, T)
+	var y16 kernels.Buffer
 	backs = append(backs, db)
 	decPad := padMask(b.Prev)
 	for li := range n.dec {
@@ -968,27 +996,28 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 		l := &n.dec[li]
 		before := n.cfg.DecoderNormalizeBefore
 		var bk back
-		y, bk = n.sublayer(&o, y, rows, l, 0, before, n.alphaDec, profDec, func(h kernels.Buffer) (kernels.Buffer, back) {
-			return n.selfAttn(&o, &l.self, h, B, T, decPad, true)
+		y, y16, bk = n.sublayer(&o, y, y16, rows, l, 0, before, n.alphaDec, profDec, func(h, h16 kernels.Buffer) (kernels.Buffer, back) {
+			return n.selfAttn(&o, &l.self, h, h16, B, T, decPad, true)
 		})
 		backs = append(backs, bk)
-		y, bk = n.sublayer(&o, y, rows, l, 1, before, n.alphaDec, profDec, func(h kernels.Buffer) (kernels.Buffer, back) {
-			return n.crossAttn(&o, &l.cross, h, B, T, enc, S, encPad, dEnc, &dEncSet)
+		y, y16, bk = n.sublayer(&o, y, y16, rows, l, 1, before, n.alphaDec, profDec, func(h, h16 kernels.Buffer) (kernels.Buffer, back) {
+			return n.crossAttn(&o, &l.cross, h, h16, B, T, enc, enc16, S, encPad, dEnc, &dEncSet)
 		})
 		backs = append(backs, bk)
-		y, bk = n.sublayer(&o, y, rows, l, 2, before, n.alphaDec, profDec, func(h kernels.Buffer) (kernels.Buffer, back) {
-			return n.ffn(&o, l, h, rows)
+		y, y16, bk = n.sublayer(&o, y, y16, rows, l, 2, before, n.alphaDec, profDec, func(h, h16 kernels.Buffer) (kernels.Buffer, back) {
+			return n.ffn(&o, l, h, h16, rows)
 		})
 		backs = append(backs, bk)
 	}
 	if n.decLN != nil {
 		var bk back
 		y, bk = n.layerNorm(n.decLN, y, rows)
+		y16 = nil
 		backs = append(backs, bk)
 	}
 	V := n.cfg.TgtVocab
 	logits := n.out(rows * V)
-	logitsBack := n.linear(logits, y, n.outProj.w, nil, rows, V, d)
+	logitsBack := n.linear(logits, either(y16, y), n.outProj.w, nil, rows, V, d)
 	var dlogits kernels.Buffer
 	if o.Backward {
 		dlogits = n.out16(rows * V)
