@@ -67,3 +67,43 @@ func TestLinearKeep(t *testing.T) {
 		}
 	})
 }
+
+// TestLinearBackwardKeptFresh: on a db of zeros, LinearBackwardKeptFresh (the BGRADB
+// epilogue writing db itself) gives the values LinearBackwardKept gives (adding the
+// epilogue's vector to the zeros; −0 and +0 compare equal, the only difference the
+// interface allows), and the same dx and dw bits; with the epilogue off (bgradOff) the
+// column sum adds into the zeros on both paths.
+func TestLinearBackwardKeptFresh(t *testing.T) {
+	for _, prec := range []Precision{BF16, FP16} {
+		for _, bgradOff := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%v/bgradOff=%v", prec, bgradOff), func(t *testing.T) {
+				g := withPrecision(t, prec)
+				g.bgradOff = bgradOff
+				defer func() { g.bgradOff = false }()
+				const m, n, k = 8000, 1536, 512
+				r := rand.New(rand.NewPCG(5, 6))
+				x, w, b, dy := g.Upload(randVec(r, m*k)), g.Upload(randVec(r, n*k)), g.Upload(randVec(r, n)), g.Upload(randVec(r, m*n))
+				dw0 := randVec(r, n*k)
+				run := func(fresh bool) (dx, dw, db []float32) {
+					y, dxb, dwb, dbb := g.Alloc(m*n), g.Alloc(m*k), g.Upload(dw0), g.Alloc(n)
+					kept := g.LinearKeep(y, x, w, b, m, n, k)
+					if fresh {
+						g.LinearBackwardKeptFresh(dxb, dwb, dbb, dy, kept, m, n, k)
+					} else {
+						g.LinearBackwardKept(dxb, dwb, dbb, dy, kept, m, n, k)
+					}
+					return down(g, dxb), down(g, dwb), down(g, dbb)
+				}
+				dx1, dw1, db1 := run(false)
+				dx2, dw2, db2 := run(true)
+				checkExact(t, "dx", dx2, dx1)
+				checkExact(t, "dw", dw2, dw1)
+				for i := range db1 {
+					if db1[i] != db2[i] {
+						t.Fatalf("db[%d]: fresh %v, accumulated %v", i, db2[i], db1[i])
+					}
+				}
+			})
+		}
+	}
+}
