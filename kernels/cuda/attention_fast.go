@@ -162,7 +162,7 @@ func (be *Backend) attentionForwardFast(out, q, k, v kernels.View, a kernels.Att
 	checkTrainAttention(a, probs, dropMask)
 	defer be.enter()()
 	padp := be.stagePadding(a)
-	if be.mmaForward(out, q, k, v, a, padp, probs, dropMask) {
+	if be.mmaForward(out, q, k, v, a, padp, probs, amDropout{mask: dropMask}) {
 		return true
 	}
 	be.launchFastForward(out, q, k, v, a, 0, padp, addr(probs), addr(dropMask))
@@ -182,7 +182,7 @@ func (be *Backend) attentionBackwardFast(dq, dk, dv, dout, q, k, v kernels.View,
 	checkTrainAttention(a, probs, dropMask)
 	ldk, shared := afBackwardShared(a)
 	defer be.enter()()
-	if be.mmaBackward(dq, dk, dv, dout, q, k, v, a, probs, dropMask) {
+	if be.mmaBackward(dq, dk, dv, dout, q, k, v, a, probs, amDropout{mask: dropMask}) {
 		return true
 	}
 	f := be.fastFns()

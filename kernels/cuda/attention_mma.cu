@@ -744,14 +744,29 @@ __device__ __forceinline__ void am_cp_wait() {
 #endif
 }
 
+// The second kernels take the dropout mask in one of two forms (kernels.SeededAttention):
+// stored (dropMask non-null, what DropoutMask wrote) or drawn from its seed where it is
+// used (dropMask null, threshold non-zero: kernels.DropoutThreshold, keepScale
+// kernels.DropoutScale), element ((b·H + h)·TQ + i)·TK + j for probability (b, h, i, j),
+// so the drawn value is the stored one, keep ? keepScale : 0, and p·m the same product,
+// bit for bit. Neither: no dropout. Drawing saves the dropout_mask launch, the mask's
+// write and both directions' reads of it (10.8 MB each at B 200, T 41, H 8) and, in the
+// forward, its shared-memory rows; the hash costs ~20 integer instructions per element.
+__device__ __forceinline__ float am2_drawn(unsigned long long seed, unsigned long long threshold, float keepScale,
+                                           long long e) {
+    return xf_dropout_keep(seed, (unsigned long long)e, threshold) ? keepScale : 0.0f;
+}
+
 // Forward: as am_fwd (block (x, h, b), a warp per 16 query rows, at most 4 warps). Shared
 // memory: Q [16W][AM_LD], K, V [TKp][AM_LD] (16-bit), the tile's dropout-mask rows
-// [16W][TK] (fp32, rounded up to 4 floats; only with a mask), then TK padding flags.
+// [16W][TK] (fp32, rounded up to 4 floats; only with a stored mask), then TK padding
+// flags.
 __device__ __forceinline__ void am2_fwd(bool kHalf, void* out, long long oBS, long long oRS, const float* q,
                                         long long qBS, long long qRS, const float* k, long long kBS, long long kRS,
                                         const float* v, long long vBS, long long vRS, int H, int TQ, int TK, float scale,
                                         const unsigned char* pad, long long padStride, int causal, int queryOffset,
-                                        float* probs, const float* dropMask, int outFmt) {
+                                        float* probs, const float* dropMask, int outFmt, unsigned long long seed,
+                                        unsigned long long threshold, float keepScale) {
     constexpr int MAXNT = 4;
     extern __shared__ uint4 am_smem4[];
     const int NT = (TK + 15) >> 4, TKp = 16 * NT;
@@ -818,8 +833,10 @@ __device__ __forceinline__ void am2_fwd(bool kHalf, void* out, long long oBS, lo
         }
     }
 
-    // 2. softmax of rows i0 + gr (e = 0, 1) and i0 + gr + 8 (e = 2, 3), as am_fwd; the
-    // mask from shared memory (local row 16·warp + gr + 8·hh).
+    // 2. softmax of rows i0 + gr (e = 0, 1) and i0 + gr + 8 (e = 2, 3), as am_fwd; a
+    // stored mask from shared memory (local row 16·warp + gr + 8·hh), a drawn one at the
+    // element's index in P (rowOff + 8·hh·TK + j).
+    const bool drawn = dropMask == nullptr && threshold != 0ull;
     const long long rowOff = tileOff + (long long)(16 * warp + gr) * TK;
 #pragma unroll
     for (int hh = 0; hh < 2; hh++) {
@@ -860,7 +877,11 @@ __device__ __forceinline__ void am2_fwd(bool kHalf, void* out, long long oBS, lo
                     p = s[n][e] * inv;
                     if (in) {
                         prow[j] = p;
-                        if (dropMask) p = p * mrow[j];
+                        if (dropMask) {
+                            p = p * mrow[j];
+                        } else if (drawn) {
+                            p = p * am2_drawn(seed, threshold, keepScale, rowOff + 8ll * hh * TK + j);
+                        }
                     }
                 }
                 s[n][e] = p;
@@ -916,9 +937,9 @@ extern "C" __global__ void __launch_bounds__(128, AM2_FWD_MINB) attention_mma2_f
     void* out, long long oBS, long long oRS, const float* q, long long qBS, long long qRS, const float* k,
     long long kBS, long long kRS, const float* v, long long vBS, long long vRS, int H, int TQ, int TK, float scale,
     const unsigned char* pad, long long padStride, int causal, int queryOffset, float* probs, const float* dropMask,
-    int half, int outFmt) {
+    int half, int outFmt, unsigned long long seed, unsigned long long threshold, float keepScale) {
     am2_fwd(half != 0, out, oBS, oRS, q, qBS, qRS, k, kBS, kRS, v, vBS, vRS, H, TQ, TK, scale, pad, padStride, causal,
-            queryOffset, probs, dropMask, outFmt);
+            queryOffset, probs, dropMask, outFmt, seed, threshold, keepScale);
 }
 
 // am2_zbytes is the size of each of the backward's two last regions: P (then dS) and M
@@ -945,16 +966,21 @@ __device__ __forceinline__ void am2_grad_rows(bool kHalf, int outFmt, void* g, l
 // Backward: block (h, b) = (blockIdx.y, blockIdx.z) with max(MT, NT) ≤ 4 warps, so that
 // phase A is one pass (a query block per warp) with barriers every warp reaches.
 // Shared memory: Qs [TQp][AM_LD] (scaled), K, V [TKp][AM_LD], dO [TQp][AM_LD] (16-bit),
-// then Z1 = P [TQ][TK] (fp32) later dS [TQp][LDZ], Z2 = M [TQ][TK] later P⊙M [TQp][LDZ].
-//  A. warp < MT: dP = dO·Vᵀ; dp = dP·m, dot, ds, p·m from the shared P and M, held
-//     rounded in registers; barrier; written into dS and P⊙M; dq += scale·round(ds)·K.
+// then Z1 = P [TQ][TK] (fp32) later dS [TQp][LDZ], Z2 = M [TQ][TK] later P⊙M [TQp][LDZ]
+// (with a drawn mask, am2_fwd's, Z2 holds only P⊙M: 2·TQp·LDZ bytes, which the launch
+// code then asks for instead of am2_zbytes).
+//  A. warp < MT: dP = dO·Vᵀ; dp = dP·m, dot, ds, p·m from the shared P and M (or m
+//     drawn, once per element: the keep bits of a lane's 32 elements in one register),
+//     held rounded in registers; barrier; written into dS and P⊙M; dq +=
+//     scale·round(ds)·K.
 //  B. as am_bwd: per (key block, dk or dv), dv = PMᵀ·dO, dk = dSᵀ·Qs.
 __device__ __forceinline__ void am2_bwd(bool kHalf, void* dq, long long dqBS, long long dqRS, void* dk,
                                         long long dkBS, long long dkRS, void* dv, long long dvBS, long long dvRS,
                                         const float* dout, long long doBS, long long doRS, const float* q,
                                         long long qBS, long long qRS, const float* k, long long kBS, long long kRS,
                                         const float* v, long long vBS, long long vRS, const float* probs,
-                                        const float* mask, int H, int TQ, int TK, float scale, int outFmt) {
+                                        const float* mask, int H, int TQ, int TK, float scale, int outFmt,
+                                        unsigned long long seed, unsigned long long threshold, float keepScale) {
     constexpr int MAXNT = 4;
     extern __shared__ uint4 am_smem4[];
     const int NT = (TK + 15) >> 4, TKp = 16 * NT, LDZ = TKp + 8;
@@ -1022,6 +1048,10 @@ __device__ __forceinline__ void am2_bwd(bool kHalf, void* dq, long long dqBS, lo
         const float* Pr = Pz + (i0 + gr) * TK;
         const float* Mr = Mz + (i0 + gr) * TK;
         const bool in0 = i0 + gr < TQ, in8 = i0 + gr + 8 < TQ;
+        // A drawn mask: element pbase + (i0 + gr)·TK + off, its keep bit at 4n + e.
+        const bool drawn = mask == nullptr && threshold != 0ull;
+        const long long mrow = pbase + (long long)(i0 + gr) * TK;
+        unsigned kept = 0u;
         float dot[2] = {0.0f, 0.0f};
 #pragma unroll
         for (int n = 0; n < 2 * MAXNT; n++)
@@ -1031,7 +1061,13 @@ __device__ __forceinline__ void am2_bwd(bool kHalf, void* dq, long long dqBS, lo
                 const int off = (e < 2 ? 0 : 8 * TK) + j;
                 if ((e < 2 ? in0 : in8) && j < TK) {
                     const float pv = Pr[off];
-                    if (mask) dp[n][e] = dp[n][e] * Mr[off];
+                    if (mask) {
+                        dp[n][e] = dp[n][e] * Mr[off];
+                    } else if (drawn) {
+                        const bool kp = xf_dropout_keep(seed, (unsigned long long)(mrow + off), threshold);
+                        kept |= (kp ? 1u : 0u) << (4 * n + e);
+                        dp[n][e] = dp[n][e] * (kp ? keepScale : 0.0f);
+                    }
                     if (pv != 0.0f) dot[e >> 1] = fmaf(dp[n][e], pv, dot[e >> 1]);
                 }
             }
@@ -1047,10 +1083,14 @@ __device__ __forceinline__ void am2_bwd(bool kHalf, void* dq, long long dqBS, lo
                 float pv = 0.0f, mv = 1.0f;
                 if ((e < 2 ? in0 : in8) && j < TK) {
                     pv = Pr[off];
-                    if (mask) mv = Mr[off];
+                    if (mask) {
+                        mv = Mr[off];
+                    } else if (drawn) {
+                        mv = (kept >> (4 * n + e)) & 1u ? keepScale : 0.0f;
+                    }
                 }
                 d4[e] = pv != 0.0f ? pv * (dp[n][e] - dot[e >> 1]) : 0.0f;
-                pm[e] = mask ? pv * mv : pv;
+                pm[e] = mask || drawn ? pv * mv : pv;
             }
             dsr[n][0] = am_pack(kHalf, d4[0], d4[1]);
             dsr[n][1] = am_pack(kHalf, d4[2], d4[3]);
@@ -1124,9 +1164,10 @@ extern "C" __global__ void __launch_bounds__(128, AM2_BWD_MINB) attention_mma2_b
     void* dq, long long dqBS, long long dqRS, void* dk, long long dkBS, long long dkRS, void* dv, long long dvBS,
     long long dvRS, const float* dout, long long doBS, long long doRS, const float* q, long long qBS, long long qRS,
     const float* k, long long kBS, long long kRS, const float* v, long long vBS, long long vRS, const float* probs,
-    const float* mask, int H, int TQ, int TK, float scale, int half, int outFmt) {
+    const float* mask, int H, int TQ, int TK, float scale, int half, int outFmt, unsigned long long seed,
+    unsigned long long threshold, float keepScale) {
     am2_bwd(half != 0, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, dout, doBS, doRS, q, qBS, qRS, k, kBS, kRS, v,
-            vBS, vRS, probs, mask, H, TQ, TK, scale, outFmt);
+            vBS, vRS, probs, mask, H, TQ, TK, scale, outFmt, seed, threshold, keepScale);
 }
 
 // attention_mma_round packs pairs of floats as the kernels above round their operands

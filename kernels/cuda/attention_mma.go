@@ -159,7 +159,7 @@ func (be *Backend) mmaUsable(a kernels.AttentionArgs, backward bool) bool {
 // the Backend.
 func (be *Backend) mma2(a kernels.AttentionArgs, backward bool) bool {
 	f := be.mmaFns()
-	return !f.first && a.TK <= am2MaxT && (!backward || a.TQ <= am2MaxT && amBackwardShared2(a) <= f.optinMax)
+	return !f.first && a.TK <= am2MaxT && (!backward || a.TQ <= am2MaxT && amBackwardShared2(a, true) <= f.optinMax)
 }
 
 // setMMAFirst has the first tensor-core kernels taken where the second ones fit (tests)
@@ -187,11 +187,18 @@ func planMMA2Forward(a kernels.AttentionArgs, mask bool) amForwardPlan {
 }
 
 // amBackwardShared2 is attention_mma2_bwd's dynamic shared memory: Qs, K, V, dO
-// [·][72] (16-bit), then two regions of am2_zbytes each (P then dS, M then P⊙M).
-func amBackwardShared2(a kernels.AttentionArgs) int {
+// [·][72] (16-bit), then a region of am2_zbytes (P then dS) and one for M then P⊙M:
+// am2_zbytes with a stored mask, else P⊙M's [TQp][TKp+8] 16-bit alone (no mask, or
+// one the kernel draws). mma2 decides with the larger, so whether a shape runs there
+// does not depend on the mask.
+func amBackwardShared2(a kernels.AttentionArgs, mask bool) int {
 	tqp, tkp := 16*amBlocks16(a.TQ), 16*amBlocks16(a.TK)
 	z := (max(4*a.TQ*a.TK, 2*tqp*(tkp+8)) + 15) &^ 15
-	return 2*amLD*(2*tqp+2*tkp) + 2*z
+	z2 := 2 * tqp * (tkp + 8) // a multiple of 16: tqp is
+	if mask {
+		z2 = z
+	}
+	return 2*amLD*(2*tqp+2*tkp) + z + z2
 }
 
 // amBackwardWarps2: a warp per query block (phase A in one pass) and at least one per
@@ -212,10 +219,40 @@ func (be *Backend) setMMABackward(on bool) bool {
 
 func (be *Backend) halfArg() int { return boolInt(be.precision == FP16) }
 
+// amDropout is a tensor-core launch's attention dropout: a stored mask (mask non-nil),
+// one the second kernels draw from seed (threshold non-zero, kernels.DropoutThreshold;
+// keep is kernels.DropoutScale), or none.
+type amDropout struct {
+	mask      kernels.Buffer
+	seed      uint64
+	threshold uint64
+	keep      float32
+}
+
+// drawn says whether the kernel draws the mask (and needs no shared memory for one).
+func (d amDropout) drawn() bool { return d.mask == nil && d.threshold != 0 }
+
+// seededDropout is the drawn mask of kernels.SeededAttention: DropoutMask's threshold
+// and scale, computed by the functions the CPU backend uses; p ≤ 0 gives threshold 0,
+// no dropout.
+func seededDropout(p float64, seed uint64) amDropout {
+	return amDropout{seed: seed, threshold: kernels.DropoutThreshold(p), keep: kernels.DropoutScale(p)}
+}
+
+// seededArgs appends the second kernels' (seed, threshold, keep) arguments: zeros
+// unless the mask is drawn, so a stored or absent mask is not multiplied again.
+func (p *params) seededArgs(d amDropout) *params {
+	if !d.drawn() {
+		return p.u64(0).u64(0).f32(0)
+	}
+	return p.u64(d.seed).u64(d.threshold).f32(d.keep)
+}
+
 // mmaForward runs AttentionForward on attention_mma_fwd when mmaUsable; false (nothing
 // done) otherwise. padp is the staged key padding (0: none). The caller holds the
-// Backend and has checked the arguments (checkTrainAttention).
-func (be *Backend) mmaForward(out, q, k, v kernels.View, a kernels.AttentionArgs, padp uint64, probs, dropMask kernels.Buffer) bool {
+// Backend and has checked the arguments (checkTrainAttention). A drawn mask needs the
+// second kernels (the caller has checked mma2: mmaSeeded).
+func (be *Backend) mmaForward(out, q, k, v kernels.View, a kernels.AttentionArgs, padp uint64, probs kernels.Buffer, drop amDropout) bool {
 	if !be.mmaUsable(a, false) {
 		return false
 	}
@@ -224,19 +261,22 @@ func (be *Backend) mmaForward(out, q, k, v kernels.View, a kernels.AttentionArgs
 		if halfOf(out.Buf) != nil {
 			panic("cuda backend: a 16-bit attention output outside Attention16's calls")
 		}
+		if drop.drawn() {
+			panic("cuda backend: a drawn attention dropout mask outside the second tensor-core kernels")
+		}
 		be.prm.reset().views(out, q, k, v)
 	} else {
 		// Only the second kernels write a 16-bit output (kernels.HalfAttention).
-		p, fn = planMMA2Forward(a, dropMask != nil), be.lazy.mma.fwd2
+		p, fn = planMMA2Forward(a, drop.mask != nil), be.lazy.mma.fwd2
 		be.prm.reset().views16(out).views(q, k, v)
 	}
 	be.prm.
 		i32(a.Heads).i32(a.TQ).i32(a.TK).f32(a.Scale).
 		ptr(padp).i64(a.KeyPadStride).
 		i32(boolInt(a.Causal)).i32(a.QueryOffset).
-		ptr(addr(probs)).ptr(addr(dropMask)).i32(be.halfArg())
+		ptr(addr(probs)).ptr(addr(drop.mask)).i32(be.halfArg())
 	if fn == be.lazy.mma.fwd2 {
-		be.prm.i32(be.viewsFormat(out))
+		be.prm.i32(be.viewsFormat(out)).seededArgs(drop)
 	}
 	grid := [3]uint32{uint32(p.tiles), uint32(a.Heads), uint32(a.Batch)}
 	be.run(fn, grid, uint32(32*p.warps), uint32(p.shared))
@@ -245,14 +285,15 @@ func (be *Backend) mmaForward(out, q, k, v kernels.View, a kernels.AttentionArgs
 
 // mmaBackward runs AttentionBackward on attention_mma_bwd, one block per (head, batch),
 // when mmaUsable; false (nothing done) otherwise. The caller holds the Backend and has
-// checked the arguments.
-func (be *Backend) mmaBackward(dq, dk, dv, dout, q, k, v kernels.View, a kernels.AttentionArgs, probs, dropMask kernels.Buffer) bool {
+// checked the arguments; a drawn mask needs the second kernels, as in mmaForward.
+func (be *Backend) mmaBackward(dq, dk, dv, dout, q, k, v kernels.View, a kernels.AttentionArgs, probs kernels.Buffer, drop amDropout) bool {
 	if !be.mmaUsable(a, true) {
 		return false
 	}
 	f := be.lazy.mma
+	dropMask := drop.mask
 	if be.mma2(a, true) {
-		shared := amBackwardShared2(a)
+		shared := amBackwardShared2(a, dropMask != nil)
 		if shared > afShared && !f.bwd2Opt {
 			must(be.drv.check("cuFuncSetAttribute", call(be.drv.cuFuncSetAttribute, f.bwd2,
 				funcAttrMaxDynamicShared, uintptr(f.optinMax))))
@@ -263,13 +304,17 @@ func (be *Backend) mmaBackward(dq, dk, dv, dout, q, k, v kernels.View, a kernels
 		be.prm.reset().
 			views16(dq, dk, dv).views(dout, q, k, v).
 			ptr(addr(probs)).ptr(addr(dropMask)).
-			i32(a.Heads).i32(a.TQ).i32(a.TK).f32(a.Scale).i32(be.halfArg()).i32(format)
+			i32(a.Heads).i32(a.TQ).i32(a.TK).f32(a.Scale).i32(be.halfArg()).i32(format).
+			seededArgs(drop)
 		grid := [3]uint32{1, uint32(a.Heads), uint32(a.Batch)}
 		be.run(f.bwd2, grid, uint32(32*amBackwardWarps2(a)), uint32(shared))
 		return true
 	}
 	if be.viewsFormat(dq, dk, dv) != xfOutF32 {
 		panic("cuda backend: 16-bit attention gradients outside Attention16's calls")
+	}
+	if drop.drawn() {
+		panic("cuda backend: a drawn attention dropout mask outside the second tensor-core kernels")
 	}
 	vi := amVariant(a.TK)
 	shared := amBackwardShared(a)

@@ -523,11 +523,18 @@ func TestAttentionMMALayout(t *testing.T) {
 				if w := amBackwardWarps2(a); w < amBlocks16(tq) || w < amBlocks16(tk) || w > 4 {
 					t.Fatalf("TQ %d TK %d: second backward %d warps", tq, tk, w)
 				}
+				// Without a stored mask (none, or drawn from the seed) the M region holds
+				// only P⊙M, 16-bit [TQp][TKp+8]: the same offsets, less at the end.
+				tqp, tkp := 16*amBlocks16(tq), 16*amBlocks16(tk)
+				stored, drawn := amBackwardShared2(a, true), amBackwardShared2(a, false)
+				if drawn%16 != 0 || stored-drawn != (max(4*tq*tk, 2*tqp*(tkp+8))+15)&^15-2*tqp*(tkp+8) {
+					t.Fatalf("TQ %d TK %d: second backward %d bytes with a stored mask, %d without", tq, tk, stored, drawn)
+				}
 			}
 		}
 	}
 	bench := kernels.AttentionArgs{Batch: 200, Heads: 8, HeadDim: 64, TQ: 41, TK: 41}
-	if s := amBackwardShared2(bench); s > afShared {
+	if s := amBackwardShared2(bench, true); s > afShared {
 		t.Errorf("bench shape second backward needs %d bytes of shared memory, over %d", s, afShared)
 	}
 	if s := amBackwardShared(bench); s > afShared {
@@ -918,7 +925,7 @@ func logMMAOccupancy(t *testing.T, be *Backend) {
 		{"attention_mma_fwd4", f.fwd[0], 32 * p1.warps, p1.shared},
 		{"attention_mma2_fwd", f.fwd2, 32 * p2.warps, p2.shared},
 		{"attention_mma_bwd4", f.bwd[0], 32 * amBackwardWarps(bench), amBackwardShared(bench)},
-		{"attention_mma2_bwd", f.bwd2, 32 * amBackwardWarps2(bench), amBackwardShared2(bench)},
+		{"attention_mma2_bwd", f.bwd2, 32 * amBackwardWarps2(bench), amBackwardShared2(bench, true)},
 		{"attention_fast_bwd2", fa.bwd[1], afThreads, fbs},
 	} {
 		var regs, local, blocks int32
