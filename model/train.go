@@ -577,6 +577,15 @@ func (n *TrainNet) attention(o *StepOptions, args kernels.AttentionArgs, out, q,
 	}
 	// Every forward kernel writes all of probs (masked entries as 0): no clearing.
 	probs := n.out(args.Batch * args.Heads * args.TQ * args.TK)
+	// A backend that draws the mask inside the attention kernels (same bits as the
+	// stored mask below) saves the mask's launch, its write and both directions' reads.
+	if sa, ok := be.(kernels.SeededAttention); ok && sa.AttentionForwardSeeded(out, q, k, v, args, probs, p, seed) {
+		return func(dq, dk, dv, dout kernels.View) {
+			if !sa.AttentionBackwardSeeded(dq, dk, dv, dout, q, k, v, args, probs, p, seed) {
+				panic("model: seeded attention backward declined a call its forward took")
+			}
+		}
+	}
 	var mask kernels.Buffer
 	if p > 0 {
 		mask = n.out(probs.Len())
