@@ -2,7 +2,6 @@ package cuda
 
 import (
 	"context"
-	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -52,18 +51,7 @@ func TestGraphedTrainingSameBits(t *testing.T) {
 				if rc.dropout > 0 && st.NodeUpdates == 0 {
 					t.Errorf("no kernel node updated although every step draws new dropout seeds")
 				}
-				for k := range eager.logs {
-					if eager.logs[k] != graphed.logs[k] {
-						t.Errorf("update %d: graphed %+v, eager %+v", k+1, graphed.logs[k], eager.logs[k])
-					}
-				}
-				for name, v := range eager.weights {
-					for i, x := range v {
-						if math.Float32bits(x) != math.Float32bits(graphed.weights[name][i]) {
-							t.Fatalf("%s[%d]: graphed %v, eager %v", name, i, graphed.weights[name][i], x)
-						}
-					}
-				}
+				checkSameRun(t, "graphed", graphed, "eager", eager)
 			})
 		}
 	}

@@ -281,18 +281,7 @@ func TestHalfTrainingSameBits(t *testing.T) {
 				halves := newGraphTestBackend(t, prec, false)
 				ref, _ := runTrain(t, m, plain, rc, batches)
 				got, _ := runTrain(t, m, halves, rc, batches)
-				for k := range ref.logs {
-					if ref.logs[k] != got.logs[k] {
-						t.Errorf("update %d: with 16-bit buffers %+v, without %+v", k+1, got.logs[k], ref.logs[k])
-					}
-				}
-				for name, v := range ref.weights {
-					for i, x := range v {
-						if math.Float32bits(x) != math.Float32bits(got.weights[name][i]) {
-							t.Fatalf("%s[%d]: with 16-bit buffers %v, without %v", name, i, got.weights[name][i], x)
-						}
-					}
-				}
+				checkSameRun(t, "with 16-bit buffers", got, "without", ref)
 			})
 		}
 	}

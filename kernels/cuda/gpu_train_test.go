@@ -212,3 +212,21 @@ func readRefBatches(t *testing.T, path string, n int) []*model.TrainBatch {
 	}
 	return out
 }
+
+// checkSameRun fails unless every update's log and every final weight of the run got
+// are the same bits as those of the run ref (gotName and refName say which is which).
+func checkSameRun(t *testing.T, gotName string, got trainResult, refName string, ref trainResult) {
+	t.Helper()
+	for k := range ref.logs {
+		if ref.logs[k] != got.logs[k] {
+			t.Errorf("update %d: %s %+v, %s %+v", k+1, gotName, got.logs[k], refName, ref.logs[k])
+		}
+	}
+	for name, v := range ref.weights {
+		for i, x := range v {
+			if math.Float32bits(x) != math.Float32bits(got.weights[name][i]) {
+				t.Fatalf("%s[%d]: %s %v, %s %v", name, i, gotName, got.weights[name][i], refName, x)
+			}
+		}
+	}
+}
