@@ -9,8 +9,9 @@ import (
 	"unsafe"
 )
 
-// maxParams bounds a kernel's parameter count (attention has 24).
-const maxParams = 32
+// maxParams bounds a kernel's parameter count (the largest, attention_mma2_bwd, has 32;
+// one more argument panics with an index out of range here, not in the driver).
+const maxParams = 40
 
 // params packs kernel arguments for cuLaunchKernel, which takes an array of pointers,
 // one per parameter, each pointing at the value. Every value sits in its own 8-byte
