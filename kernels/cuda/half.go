@@ -47,9 +47,7 @@ func (be *Backend) AllocHalf(n int) kernels.Buffer {
 	if err != nil {
 		panic(err)
 	}
-	if n := len(be.scopes); n > 0 {
-		be.scopes[n-1] = append(be.scopes[n-1], a)
-	}
+	be.scopeAlloc(a)
 	if be.poison && words > 0 {
 		nan := uint32(0x7fc07fc0) // two bf16 quiet NaNs
 		if be.precision == FP16 {
@@ -82,6 +80,15 @@ func (be *Backend) outOf(b kernels.Buffer) (ptr uint64, n int, format int) {
 		return 0, 0, xfOutF32
 	}
 	return x.dptr(), x.n, xfOutF32
+}
+
+// floatAddr is the address of b's values as float32: b itself, or a widened copy
+// (widen16) when b is 16-bit. The caller holds the Backend.
+func (be *Backend) floatAddr(b kernels.Buffer) uint64 {
+	if h := halfOf(b); h != nil {
+		return be.widen16(h).dptr()
+	}
+	return addr(b)
 }
 
 // widen16 returns a float32 copy of the 16-bit h in a block of the step's scope, for

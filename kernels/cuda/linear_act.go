@@ -96,13 +96,24 @@ func actAux(act kernels.Activation, m, n int) (ld, elems int) {
 // whose results stay the exact ones, and for activations other than ReLU and
 // GELUAccurate).
 func (be *Backend) LinearAct(a, x, w, bias kernels.Buffer, m, n, k int, act kernels.Activation) (kernels.Buffer, bool) {
+	aux, _, ok := be.linearAct(a, x, w, bias, m, n, k, act, false)
+	if !ok {
+		return nil, false
+	}
+	return aux, true
+}
+
+// linearAct is LinearAct, and LinearActKeep with keep: the operands then go to a kept
+// block of the step's scope (keep16) instead of the shared scratch (cast16), and the
+// kept copies are returned too.
+func (be *Backend) linearAct(a, x, w, bias kernels.Buffer, m, n, k int, act kernels.Activation, keep bool) (*buffer, *kept16, bool) {
 	fwd, _, _, ok := actEpilogues(act)
 	if !ok || be.precision == FP32 || bias == nil || m == 0 || n == 0 || k == 0 {
-		return nil, false
+		return nil, nil, false
 	}
 	ld, elems := actAux(act, m, n)
 	if ld == 0 {
-		return nil, false
+		return nil, nil, false
 	}
 	defer be.enter()()
 	// The aux joins the open scope like the step's other buffers; a fresh block is
@@ -110,13 +121,22 @@ func (be *Backend) LinearAct(a, x, w, bias kernels.Buffer, m, n, k int, act kern
 	aux := be.scoped(be.newBuffer(elems))
 	plan := be.ltPlanEpi(false, true, m, n, k, k, k, n, addr(a), fwd, addr(bias), aux.dptr(), ld)
 	if plan == nil {
-		return nil, false
+		return nil, nil, false
 	}
-	p := be.cast16([3]operand16{{addr(x), m * k}, {addr(w), n * k}})
-	if !be.ltRunAux(plan, p[0], p[1], 0, addr(a), addr(bias), aux.dptr()) {
-		return nil, false
+	var kp *kept16
+	var xa, wa uint64
+	if keep {
+		kp = be.keep16(x, w, m, n, k)
+		xa, wa = kp.x, kp.w
+	} else {
+		p := be.cast16([3]operand16{{addr(x), m * k}, {addr(w), n * k}})
+		xa, wa = p[0], p[1]
 	}
-	return aux, true
+	if !be.ltRunAux(plan, xa, wa, 0, addr(a), addr(bias), aux.dptr()) {
+		// Nothing written; the copies die with the scope.
+		return nil, nil, false
+	}
+	return aux, kp, true
 }
 
 // ltRunAux is ltRun for a plan whose epilogue has an auxiliary matrix: the descriptor
@@ -199,13 +219,7 @@ func (be *Backend) LinearActBackward(dpre, dw2, db2, db1, dy, a, w2, aux kernels
 		be.product16(pdw, true, false, n, k, m, p[0], n, p[2], k, 1, addr(dw2), k, 0)
 	}
 	if db2 != nil && n > 0 {
-		var src uint64
-		if dyh != nil {
-			src = be.widen16(dyh).dptr() // the column sum of the 16-bit values
-		} else {
-			src = addr(dy)
-		}
-		part, chunks, nout := be.colReduce(0, src, 0, 0, m, n)
+		part, chunks, nout := be.colReduce(0, be.floatAddr(dy), 0, 0, m, n)
 		be.colFinish(db2, part, chunks, nout, 0, n, 1)
 	}
 	if db1 == nil {

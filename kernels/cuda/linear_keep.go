@@ -101,14 +101,9 @@ func (be *Backend) linearBackwardKept(dx, dw, db, dy, kept kernels.Buffer, m, n,
 		dbDone = be.linearBackward16Kept(dx, dw, db, dy, nil, nil, kp.x, kp.w, m, n, k, dbFresh)
 	}
 	if db != nil && n > 0 && !dbDone {
-		var src uint64
-		if dyh != nil {
-			// The epilogue refused: the column sum of the widened 16-bit values.
-			src = be.widen16(dyh).dptr()
-		} else {
-			src = addr(dy)
-		}
-		part, chunks, nout := be.colReduce(0, src, 0, 0, m, n)
+		// The epilogue refused (or is off): the column sum, of the widened values when
+		// dy is 16-bit.
+		part, chunks, nout := be.colReduce(0, be.floatAddr(dy), 0, 0, m, n)
 		be.colFinish(db, part, chunks, nout, 0, n, 1)
 	}
 }
@@ -116,26 +111,8 @@ func (be *Backend) linearBackwardKept(dx, dw, db, dy, kept kernels.Buffer, m, n,
 // LinearActKeep implements kernels.LinearActKeeper: LinearAct on operands rounded into
 // a kept block (x taken as it is when 16-bit), returned for LinearBackwardKept.
 func (be *Backend) LinearActKeep(a, x, w, bias kernels.Buffer, m, n, k int, act kernels.Activation) (aux, kept kernels.Buffer, ok bool) {
-	if be.precision == FP32 {
-		return nil, nil, false
-	}
-	fwd, _, _, ok := actEpilogues(act)
-	if !ok || bias == nil || m == 0 || n == 0 || k == 0 {
-		return nil, nil, false
-	}
-	ld, elems := actAux(act, m, n)
-	if ld == 0 {
-		return nil, nil, false
-	}
-	defer be.enter()()
-	auxb := be.scoped(be.newBuffer(elems))
-	plan := be.ltPlanEpi(false, true, m, n, k, k, k, n, addr(a), fwd, addr(bias), auxb.dptr(), ld)
-	if plan == nil {
-		return nil, nil, false
-	}
-	kp := be.keep16(x, w, m, n, k)
-	if !be.ltRunAux(plan, kp.x, kp.w, 0, addr(a), addr(bias), auxb.dptr()) {
-		// Nothing written; the copies die with the scope.
+	auxb, kp, ok := be.linearAct(a, x, w, bias, m, n, k, act, true)
+	if !ok {
 		return nil, nil, false
 	}
 	return auxb, kp, true

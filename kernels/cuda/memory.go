@@ -207,10 +207,16 @@ func (be *Backend) EndScope() {
 
 // scoped records a buffer made by Alloc or Upload in the innermost scope.
 func (be *Backend) scoped(b *buffer) *buffer {
-	if n := len(be.scopes); n > 0 {
-		be.scopes[n-1] = append(be.scopes[n-1], b.a)
-	}
+	be.scopeAlloc(b.a)
 	return b
+}
+
+// scopeAlloc records an allocation (a float32 or 16-bit buffer's) in the innermost
+// scope, if one is open.
+func (be *Backend) scopeAlloc(a *allocation) {
+	if n := len(be.scopes); n > 0 {
+		be.scopes[n-1] = append(be.scopes[n-1], a)
+	}
 }
 
 func (be *Backend) freeBlocks(ptrs []uint64) {
