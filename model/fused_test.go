@@ -72,17 +72,7 @@ func TestResidualNormerSameBits(t *testing.T) {
 				return r
 			}
 			fused, plain := run(cpu.New(1)), run(unfusedTrainer{cpu.New(1)})
-			for k := range plain.res {
-				f, p := fused.res[k], plain.res[k]
-				if f.Loss != p.Loss || f.NLL != p.NLL || !equalF64(f.ProfileEncoder, p.ProfileEncoder) || !equalF64(f.ProfileDecoder, p.ProfileDecoder) {
-					t.Errorf("step %d: fused %+v, unfused %+v", k, f, p)
-				}
-			}
-			for i, g := range plain.grads {
-				if j := firstDiff(fused.grads[i], g); j >= 0 {
-					t.Errorf("gradient %d differs at %d: fused %v, unfused %v", i, j, fused.grads[i][j], g[j])
-				}
-			}
+			checkSameSteps(t, "fused", stepRun{res: fused.res, grads: fused.grads}, "unfused", stepRun{res: plain.res, grads: plain.grads})
 			if j := firstDiff(fused.lp, plain.lp); j >= 0 {
 				t.Errorf("inference log-prob %d: fused %v, unfused %v", j, fused.lp[j], plain.lp[j])
 			}

@@ -29,17 +29,7 @@ func TestDropoutResidualNormerSameBits(t *testing.T) {
 			m := trainTestModel(c, 17)
 			c := cpu.New(1)
 			fused, plain := twoDropoutSteps(t, m, c, 7, true), twoDropoutSteps(t, m, noResidualDropoutFusion{c, c, c}, 7, true)
-			for k := range plain.res {
-				f, p := fused.res[k], plain.res[k]
-				if f.Loss != p.Loss || f.NLL != p.NLL || !equalF64(f.ProfileEncoder, p.ProfileEncoder) || !equalF64(f.ProfileDecoder, p.ProfileDecoder) {
-					t.Errorf("step %d: fused dropout %+v, separate %+v", k, f, p)
-				}
-			}
-			for i, g := range plain.grads {
-				if j := firstDiff(fused.grads[i], g); j >= 0 {
-					t.Errorf("gradient %d differs at %d: fused dropout %v, separate %v", i, j, fused.grads[i][j], g[j])
-				}
-			}
+			checkSameSteps(t, "fused dropout", fused, "separate", plain)
 			if fused.next != plain.next {
 				t.Error("the RNG is at another draw after the steps")
 			}

@@ -90,16 +90,7 @@ func TestScopedBuffersAreDeadAtEndScope(t *testing.T) {
 			if ps.closed < 3 || ps.bufs == 0 {
 				t.Fatalf("%d scopes with %d buffers ended: the step and the search did not open scopes", ps.closed, ps.bufs)
 			}
-			for k := range plain.res {
-				if scoped.res[k].Loss != plain.res[k].Loss || scoped.res[k].NLL != plain.res[k].NLL {
-					t.Errorf("step %d: scoped %+v, plain %+v", k, scoped.res[k], plain.res[k])
-				}
-			}
-			for i, g := range plain.grads {
-				if j := firstDiff(scoped.grads[i], g); j >= 0 {
-					t.Errorf("gradient %d differs at %d: scoped %v, plain %v", i, j, scoped.grads[i][j], g[j])
-				}
-			}
+			checkSameSteps(t, "scoped", stepRun{res: scoped.res, grads: scoped.grads}, "plain", stepRun{res: plain.res, grads: plain.grads})
 			if !reflect.DeepEqual(scoped.hyps, plain.hyps) {
 				t.Errorf("hypotheses differ:\nscoped %v\nplain  %v", scoped.hyps, plain.hyps)
 			}

@@ -60,3 +60,24 @@ func gradients(net *model.TrainNet, be kernels.Trainer) [][]float32 {
 	}
 	return out
 }
+
+// checkSameSteps fails unless every step of got has the loss, nll and Admin profiling
+// ratios of ref's, bit for bit, and every gradient is the same bits (gotName and
+// refName say which run is which in the messages).
+func checkSameSteps(t *testing.T, gotName string, got stepRun, refName string, ref stepRun) {
+	t.Helper()
+	if len(got.res) != len(ref.res) {
+		t.Fatalf("%s ran %d steps, %s %d", gotName, len(got.res), refName, len(ref.res))
+	}
+	for k := range ref.res {
+		g, r := got.res[k], ref.res[k]
+		if g.Loss != r.Loss || g.NLL != r.NLL || !equalF64(g.ProfileEncoder, r.ProfileEncoder) || !equalF64(g.ProfileDecoder, r.ProfileDecoder) {
+			t.Errorf("step %d: %s %+v, %s %+v", k, gotName, g, refName, r)
+		}
+	}
+	for i := range ref.grads {
+		if j := firstDiff(got.grads[i], ref.grads[i]); j >= 0 {
+			t.Errorf("gradient %d differs at %d: %s %v, %s %v", i, j, gotName, got.grads[i][j], refName, ref.grads[i][j])
+		}
+	}
+}

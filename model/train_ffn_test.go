@@ -50,16 +50,7 @@ func TestReLUDropoutBackwardSameBits(t *testing.T) {
 			calls := 0
 			ref := twoDropoutSteps(t, m, withoutReLUDropout{Backend: cpu.New(1)}, 9, false)
 			got := twoDropoutSteps(t, m, countReLUDropout{Backend: cpu.New(1), calls: &calls}, 9, false)
-			for k := range ref.res {
-				if ref.res[k].Loss != got.res[k].Loss || ref.res[k].NLL != got.res[k].NLL {
-					t.Errorf("step %d: one-pass backward %+v, composition %+v", k, got.res[k], ref.res[k])
-				}
-			}
-			for i := range ref.grads {
-				if j := firstDiff(got.grads[i], ref.grads[i]); j >= 0 {
-					t.Errorf("gradient %d differs at %d: %v vs %v", i, j, got.grads[i][j], ref.grads[i][j])
-				}
-			}
+			checkSameSteps(t, "one-pass backward", got, "composition", ref)
 			if got.next != ref.next {
 				t.Errorf("RNG after the steps: %#x, want %#x (seeds drawn in another order)", got.next, ref.next)
 			}
