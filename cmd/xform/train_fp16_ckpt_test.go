@@ -12,8 +12,6 @@ import (
 
 	"github.com/xform-dev/xform/convert"
 	"github.com/xform-dev/xform/fairseqpt"
-	"github.com/xform-dev/xform/kernels/cpu"
-	"github.com/xform-dev/xform/model"
 	"github.com/xform-dev/xform/train"
 )
 
@@ -30,14 +28,7 @@ func TestFP16CheckpointHasFP16OptimizerState(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	net, err := model.NewTrainNet(m, cpu.New(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	opt, err := train.NewOptimizer(net, train.OptimConfig{Name: "radam", Beta1: 0.9, Beta2: 0.98, Eps: 1e-8})
-	if err != nil {
-		t.Fatal(err)
-	}
+	net, opt := cpuRAdam(t, m)
 	moments := train.OptimState{Name: "radam", Beta1: 0.9, Beta2: 0.98, Eps: 1e-8, Steps: 1000}
 	for _, p := range net.Params() {
 		w, err := m.Params[p.Name].F32()

@@ -111,14 +111,7 @@ func TestCheckpointKeepsLossScaler(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	net, err := model.NewTrainNet(m, cpu.New(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	opt, err := train.NewOptimizer(net, train.OptimConfig{Name: "radam", Beta1: 0.9, Beta2: 0.98, Eps: 1e-8})
-	if err != nil {
-		t.Fatal(err)
-	}
+	net, opt := cpuRAdam(t, m)
 	want := train.ScalerState{Scale: 0.03125, Iter: 1234, LastOverflowIter: 1200, LastRescaleIter: 1190, OverflowsSinceRescale: 3}
 	s := scaledStepper(t, net, opt, want)
 	path := filepath.Join(t.TempDir(), "checkpoint_last.pt")
@@ -159,6 +152,21 @@ func TestCheckpointKeepsLossScaler(t *testing.T) {
 	if prog, _, _, err := restoreTraining(im2.Checkpoint, im2.Model, "radam", io.Discard); err != nil || prog.LossScaler != nil {
 		t.Errorf("an fp32 checkpoint restores scaler state %+v (%v)", prog.LossScaler, err)
 	}
+}
+
+// cpuRAdam places m on the CPU backend for training, with the fixtures' RAdam
+// (β 0.9, 0.98, ε 1e-8), for the checkpoint-state tests.
+func cpuRAdam(t *testing.T, m *model.Model) (*model.TrainNet, *train.Optimizer) {
+	t.Helper()
+	net, err := model.NewTrainNet(m, cpu.New(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt, err := train.NewOptimizer(net, train.OptimConfig{Name: "radam", Beta1: 0.9, Beta2: 0.98, Eps: 1e-8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return net, opt
 }
 
 // scaledStepper is a Stepper of net and opt at update 1000 with a fixed learning rate and

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/xform-dev/xform/convert"
-	"github.com/xform-dev/xform/kernels/cpu"
 	"github.com/xform-dev/xform/model"
 	"github.com/xform-dev/xform/train"
 )
@@ -294,14 +293,7 @@ func TestTrainResumesFromClinicOptimizerState(t *testing.T) {
 	if prog.NumUpdates != 1000 || prog.Epoch != 39 || prog.BatchesInEpoch != 12 || !prog.HaveBest || prog.BestLoss != 2.793501985574577 {
 		t.Fatalf("progress %+v", prog)
 	}
-	net, err := model.NewTrainNet(im.Model, cpu.New(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	opt, err := train.NewOptimizer(net, train.OptimConfig{Name: "radam", Beta1: 0.9, Beta2: 0.98, Eps: 1e-8})
-	if err != nil {
-		t.Fatal(err)
-	}
+	net, opt := cpuRAdam(t, im.Model)
 	sched, err := train.NewSchedule(train.ScheduleConfig{Name: "inverse_sqrt", LR: []float64{3e-3}, WarmupUpdates: 100, WarmupInitLR: 1e-7})
 	if err != nil {
 		t.Fatal(err)
