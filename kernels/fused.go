@@ -206,6 +206,11 @@ type ReLUDropoutBackwarder interface {
 // w from it, so the backward rounds only dy. The results are the same bits: the same
 // products of the same rounded operands. x and w must not change in between (they
 // are a training step's activation and weight).
+//
+// On a HalfRounder backend w may also be a 16-bit buffer holding RN16 of the float32
+// weight (HalfRounder.RoundAll's output): the product takes it as it is, and kept
+// refers to it instead of copying it, so it must hold the same values until the
+// backward. The results are the bits of passing the float32 weight.
 type LinearKeeper interface {
 	LinearKeep(y, x, w, bias Buffer, m, n, k int) (kept Buffer)
 	LinearBackwardKept(dx, dw, db, dy, kept Buffer, m, n, k int)
@@ -221,11 +226,12 @@ type LinearKeeper interface {
 // over memory (the cast) and half of a write saved. Every other operation rejects it
 // (the CUDA backend panics), so it can only flow from such a writer to such a reader.
 //
-// Writers: LabelSmoothedLossDeferred's dlogits, ReLUDropoutBackward's dpre,
+// Writers: HalfRounder's RoundAll, LabelSmoothedLossDeferred's dlogits, ReLUDropoutBackward's dpre,
 // ApplyDropout's y, ResidualLayerNormBackwardDropout's dbranch, and the second outputs
 // of ApplyDropoutRounded and ResidualLayerNormDropoutRounded; HalfAttention's outputs
 // and gradients. Readers: LinearKeep's x, LinearBackwardKept's and LinearActBackward's
-// dy (the products take them as they are), LinearActKeep's x.
+// dy (the products take them as they are), LinearActKeep's x, and LinearKeep's and
+// LinearActKeep's w (HalfRounder).
 //
 // AllocHalf returns nil when the backend rounds nothing (its FP32 mode); callers then
 // use a float32 buffer. Otherwise the buffer is uninitialised and scoped as Alloc's.
@@ -233,12 +239,26 @@ type HalfBuffers interface {
 	AllocHalf(n int) Buffer
 }
 
+// HalfRounder is implemented by a HalfBuffers backend that rounds many float32 buffers
+// into 16-bit ones in one operation. A training step's weights change only at the
+// optimizer's update, yet every Linear rounded its weight (forward, and the backward
+// again before LinearKeeper): a model keeps one 16-bit copy per Linear weight, made
+// with AllocHalf before any step (outside a Scoper scope, so it lives as long as the
+// model), refreshes them all with one RoundAll at the start of each step, and passes
+// the copies as LinearKeep's and LinearActKeep's w. Same bits as passing the float32
+// weights: each copy is the rounding the Linear would have made of the same values.
+type HalfRounder interface {
+	// RoundAll sets dst[i][j] = RN16(src[i][j]) for every pair; dst[i] is a buffer
+	// from AllocHalf of src[i]'s length, src[i] float32 (a Slice is fine).
+	RoundAll(dst, src []Buffer)
+}
+
 // LinearActKeeper is LinearActivator.LinearAct that keeps its 16-bit operands, as
 // LinearKeeper.LinearKeep does: the first Linear of a feed-forward block whose backward
 // is not LinearActBackward (the activation dropout's path, ReLUDropoutBackwarder) runs
 // LinearBackwardKept(dx, dw, db, dpre, kept, m, n, k) with kept, and rounds only dpre.
 // ok false means nothing was written (as LinearAct); kept is nil when the backend
-// rounds nothing. aux is LinearAct's.
+// rounds nothing. aux is LinearAct's. w may be a 16-bit copy as for LinearKeep.
 type LinearActKeeper interface {
 	LinearActKeep(a, x, w, bias Buffer, m, n, k int, act Activation) (aux, kept Buffer, ok bool)
 }

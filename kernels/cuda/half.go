@@ -61,12 +61,79 @@ func (be *Backend) AllocHalf(n int) kernels.Buffer {
 // halfFunctions are the kernels that write 16-bit outputs for kernels.HalfBuffers.
 type halfFunctions struct {
 	dropoutApply16, dropoutApply2, reluDropoutBwd16 uintptr
+	roundList                                       uintptr
 }
 
 func (f *halfFunctions) add(m map[string]*uintptr) {
 	m["dropout_apply16"] = &f.dropoutApply16
 	m["dropout_apply2"] = &f.dropoutApply2
 	m["relu_dropout_bwd16"] = &f.reluDropoutBwd16
+	m["round_list"] = &f.roundList
+}
+
+var _ kernels.HalfRounder = (*Backend)(nil)
+
+// RoundAll implements kernels.HalfRounder with one launch (half.cu's round_list) over
+// every pair, whatever their number: dst[i] (a 16-bit buffer from AllocHalf) gets
+// RN16 of the float32 src[i] (a buffer or a Slice), element for element, the bits
+// cast16 gives the same values. A training step calls it once for all of a model's
+// Linear weights, so that no Linear casts its weight again.
+//
+// The descriptor goes through the staging block like the optimizer's lists (in a
+// graphed step the arena, so the recorded launch reads this step's copy), and depends
+// on the buffers alone: the same pairs give the same launch every step.
+func (be *Backend) RoundAll(dst, src []kernels.Buffer) {
+	if len(dst) != len(src) {
+		panic(fmt.Sprintf("cuda backend: RoundAll of %d sources into %d buffers", len(src), len(dst)))
+	}
+	if be.precision == FP32 {
+		if len(dst) > 0 {
+			panic("cuda backend: RoundAll in FP32")
+		}
+		return
+	}
+	defer be.enter()()
+	words, kept := roundListDescriptor(dst, src)
+	if kept == 0 {
+		return
+	}
+	head := len(words)
+	// listTasks skips the empty sources, as roundListDescriptor does.
+	words, blocks := listTasks(words, src)
+	desc := be.stageInts(slotList, words)
+	be.prm.reset().ptr(desc).i32(kept).ptr(desc + 4*uint64(head)).i32(be.outFormat())
+	be.run(be.fn.half.roundList, [3]uint32{uint32(blocks), 1, 1}, listThreads, 0)
+}
+
+// roundListDescriptor lays out round_list's desc: the 16-bit destinations, the float32
+// sources, the lengths, each a little-endian uint64 as two int32 words, for the pairs
+// whose source is not empty; it returns the words and the count of pairs kept.
+func roundListDescriptor(dst, src []kernels.Buffer) ([]int32, int) {
+	var keep []int
+	for i, s := range src {
+		h, b := halfOf(dst[i]), dev(s)
+		if h == nil || b == nil || h.n != b.n {
+			panic(fmt.Sprintf("cuda backend: RoundAll pair %d: %T into %T (16-bit buffers of the source's length wanted)", i, s, dst[i]))
+		}
+		if b.n > 0 {
+			keep = append(keep, i)
+		}
+	}
+	if len(keep) == 0 {
+		return nil, 0
+	}
+	words := make([]int32, 0, 6*len(keep))
+	put := func(d uint64) { words = append(words, int32(uint32(d)), int32(uint32(d>>32))) }
+	for _, i := range keep {
+		put(halfOf(dst[i]).dptr())
+	}
+	for _, i := range keep {
+		put(dev(src[i]).dptr())
+	}
+	for _, i := range keep {
+		put(uint64(dev(src[i]).n))
+	}
+	return words, len(keep)
 }
 
 // outOf is the address, element count and format (xfOut*) of an operation's output

@@ -115,6 +115,11 @@ func (be *Backend) linearAct(a, x, w, bias kernels.Buffer, m, n, k int, act kern
 	if ld == 0 {
 		return nil, nil, false
 	}
+	wh := halfOf(w)
+	if !keep && halfOf(x) != nil {
+		panic("cuda backend: LinearAct of a 16-bit x (LinearActKeep takes one)")
+	}
+	checkHalfOperands(halfOf(x), wh, m, n, k)
 	defer be.enter()()
 	// The aux joins the open scope like the step's other buffers; a fresh block is
 	// 256-byte aligned, more than the 16 bytes the epilogue needs.
@@ -129,8 +134,15 @@ func (be *Backend) linearAct(a, x, w, bias kernels.Buffer, m, n, k int, act kern
 		kp = be.keep16(x, w, m, n, k)
 		xa, wa = kp.x, kp.w
 	} else {
-		p := be.cast16([3]operand16{{addr(x), m * k}, {addr(w), n * k}})
+		ops := [3]operand16{{addr(x), m * k}}
+		if wh == nil {
+			ops[1] = operand16{addr(w), n * k}
+		}
+		p := be.cast16(ops)
 		xa, wa = p[0], p[1]
+		if wh != nil {
+			wa = wh.dptr()
+		}
 	}
 	if !be.ltRunAux(plan, xa, wa, 0, addr(a), addr(bias), aux.dptr()) {
 		// Nothing written; the copies die with the scope.

@@ -10,13 +10,14 @@ var _ kernels.LinearKeeper = (*Backend)(nil)
 
 // kept16 is what LinearKeep keeps for the backward: the device addresses of the 16-bit
 // x and w the product multiplied, and the blocks that hold them (the copies LinearKeep
-// made, and x itself when it came as a 16-bit buffer), so they live until the backward.
+// made, and x and w themselves when they came as 16-bit buffers), so they live until
+// the backward.
 type kept16 struct {
-	copies *buffer
-	x16    *half
-	x, w   uint64
-	m, k   int
-	n      int
+	copies   *buffer // nil when x and w both came 16-bit
+	x16, w16 *half
+	x, w     uint64
+	m, k     int
+	n        int
 }
 
 // Len is the number of 16-bit elements kept (x and w).
@@ -25,21 +26,20 @@ func (k *kept16) Len() int { return k.m*k.k + k.n*k.k }
 // LinearKeep implements kernels.LinearKeeper: in bf16/fp16 the 16-bit copies of x and
 // w that the product multiplies go to a buffer of the step's scope instead of the
 // shared scratch, so LinearBackwardKept rounds only dy (the backward rounded x and w
-// again before: about 0.7 ms of casts per 6L-6L step). x may be a 16-bit buffer
-// (kernels.HalfBuffers): it is multiplied and kept as it is. In FP32 nothing is
+// again before: about 0.7 ms of casts per 6L-6L step). x and w may be 16-bit buffers
+// (kernels.HalfBuffers, kernels.HalfRounder): they are multiplied and kept as they
+// are, and with both 16-bit nothing is rounded or allocated. In FP32 nothing is
 // rounded: it is Linear and returns nil.
 func (be *Backend) LinearKeep(y, x, w, bias kernels.Buffer, m, n, k int) kernels.Buffer {
-	xh := halfOf(x)
+	xh, wh := halfOf(x), halfOf(w)
 	if be.precision == FP32 || m == 0 || n == 0 {
-		if xh != nil {
-			panic("cuda backend: LinearKeep of a 16-bit x in FP32")
+		if xh != nil || wh != nil {
+			panic("cuda backend: LinearKeep of a 16-bit operand in FP32 or of an empty shape")
 		}
 		be.Linear(y, x, w, bias, m, n, k)
 		return nil
 	}
-	if xh != nil && xh.n != m*k {
-		panic(fmt.Sprintf("cuda backend: LinearKeep of a 16-bit x of %d elements as %d×%d", xh.n, m, k))
-	}
+	checkHalfOperands(xh, wh, m, n, k)
 	defer be.enter()()
 	kp := be.keep16(x, w, m, n, k)
 	plan := be.ltPlanFor(false, true, m, n, k, k, k, n, addr(y), addr(bias))
@@ -47,23 +47,39 @@ func (be *Backend) LinearKeep(y, x, w, bias kernels.Buffer, m, n, k int) kernels
 	return kp
 }
 
-// keep16 rounds x (unless it is already 16-bit) and w into a block of the step's scope,
-// in one launch. The caller holds the Backend.
-func (be *Backend) keep16(x, w kernels.Buffer, m, n, k int) *kept16 {
-	kp := &kept16{x16: halfOf(x), m: m, n: n, k: k}
-	ops := [3]operand16{{0, m * k}, {addr(w), n * k}}
-	if kp.x16 == nil {
-		ops[0].src = addr(x)
-	} else {
-		ops[0].n = 0
+// checkHalfOperands panics unless a 16-bit x holds m×k and a 16-bit w n×k elements.
+func checkHalfOperands(xh, wh *half, m, n, k int) {
+	if xh != nil && xh.n != m*k {
+		panic(fmt.Sprintf("cuda backend: Linear of a 16-bit x of %d elements as %d×%d", xh.n, m, k))
 	}
-	off, bytes := layout16(ops)
-	kp.copies = be.scoped(be.newBuffer(int((max(bytes, halfAlign) + 3) / 4)))
-	dst := [3]uint64{kp.copies.dptr() + off[0], kp.copies.dptr() + off[1], kp.copies.dptr() + off[2]}
-	be.castInto(dst, ops)
-	kp.x, kp.w = dst[0], dst[1]
+	if wh != nil && wh.n != n*k {
+		panic(fmt.Sprintf("cuda backend: Linear of a 16-bit w of %d elements as %d×%d", wh.n, n, k))
+	}
+}
+
+// keep16 rounds x and w, those that are not 16-bit already, into a block of the step's
+// scope, in one launch. The caller holds the Backend.
+func (be *Backend) keep16(x, w kernels.Buffer, m, n, k int) *kept16 {
+	kp := &kept16{x16: halfOf(x), w16: halfOf(w), m: m, n: n, k: k}
+	var ops [3]operand16
+	if kp.x16 == nil {
+		ops[0] = operand16{addr(x), m * k}
+	}
+	if kp.w16 == nil {
+		ops[1] = operand16{addr(w), n * k}
+	}
+	if ops[0].n+ops[1].n > 0 {
+		off, bytes := layout16(ops)
+		kp.copies = be.scoped(be.newBuffer(int((max(bytes, halfAlign) + 3) / 4)))
+		dst := [3]uint64{kp.copies.dptr() + off[0], kp.copies.dptr() + off[1], kp.copies.dptr() + off[2]}
+		be.castInto(dst, ops)
+		kp.x, kp.w = dst[0], dst[1]
+	}
 	if kp.x16 != nil {
 		kp.x = kp.x16.dptr()
+	}
+	if kp.w16 != nil {
+		kp.w = kp.w16.dptr()
 	}
 	return kp
 }
