@@ -75,7 +75,12 @@ type StepResult struct {
 // tparam is one parameter tensor and its gradient on the backend.
 type tparam struct{ w, g kernels.Buffer }
 
-type tlin struct{ w, b tparam }
+type tlin struct {
+	w, b tparam
+	// w16 is w rounded to 16 bits (kernels.HalfRounder; nil elsewhere), refreshed at
+	// the start of every step and multiplied by the forward in w's place.
+	w16 kernels.Buffer
+}
 
 type tnorm struct{ g, b tparam }
 
@@ -83,6 +88,10 @@ type tattn struct {
 	qkv   tlin // [3d, d] fused: q rows, then k, then v
 	o     tlin
 	heads int
+	// q16 and kv16 are the cross-attention's q rows and k/v rows of qkv.w rounded to
+	// 16 bits, as two buffers (a 16-bit buffer has no Slice); nil for self-attention,
+	// which uses qkv.w16.
+	q16, kv16 kernels.Buffer
 }
 
 type tlayer struct {
@@ -117,6 +126,12 @@ type TrainNet struct {
 	enc, dec                    []tlayer
 	encLN, decLN                *tnorm
 	params                      []NamedParam
+
+	// outProj16 is the output projection rounded to 16 bits (kernels.HalfRounder).
+	outProj16 kernels.Buffer
+	// half16Dst and half16Src are every 16-bit weight copy and its float32 weight, for
+	// the one RoundAll at the start of each step.
+	half16Dst, half16Src []kernels.Buffer
 
 	// gradsZero: every gradient holds the zeros ZeroGrad wrote (no backward since).
 	// biasFresh: the running step's backward is the first contribution to every
@@ -172,7 +187,7 @@ func NewTrainNet(m *Model, be kernels.Trainer) (*TrainNet, error) {
 		byName[name] = *p
 		return p
 	}
-	lin := func(p string) tlin { return tlin{*upload(p + ".weight"), *upload(p + ".bias")} }
+	lin := func(p string) tlin { return tlin{w: *upload(p + ".weight"), b: *upload(p + ".bias")} }
 	norm := func(p string) tnorm { return tnorm{*upload(p + ".weight"), *upload(p + ".bias")} }
 	d := n.d
 	attn := func(p string, heads int) tattn {
@@ -192,7 +207,7 @@ func NewTrainNet(m *Model, be kernels.Trainer) (*TrainNet, error) {
 		if firstErr != nil {
 			w, b = make([]float32, 3*d*d), make([]float32, 3*d)
 		}
-		a := tattn{qkv: tlin{tparam{be.Upload(w), be.Alloc(3 * d * d)}, tparam{be.Upload(b), be.Alloc(3 * d)}}, heads: heads}
+		a := tattn{qkv: tlin{w: tparam{be.Upload(w), be.Alloc(3 * d * d)}, b: tparam{be.Upload(b), be.Alloc(3 * d)}}, heads: heads}
 		for i, x := range []string{"q", "k", "v"} {
 			byName[p+x+"_proj.weight"] = tparam{be.Slice(a.qkv.w.w, i*d*d, d*d), be.Slice(a.qkv.w.g, i*d*d, d*d)}
 			byName[p+x+"_proj.bias"] = tparam{be.Slice(a.qkv.b.w, i*d, d), be.Slice(a.qkv.b.g, i*d, d)}
@@ -260,7 +275,61 @@ func NewTrainNet(m *Model, be kernels.Trainer) (*TrainNet, error) {
 		t := byName[p.Name]
 		n.params = append(n.params, NamedParam{Name: p.Name, Shape: p.Shape, P: t.w, G: t.g})
 	}
+	n.halfWeights()
 	return n, nil
+}
+
+// halfWeights gives every Linear weight, and the output projection, a 16-bit copy on a
+// kernels.HalfRounder backend. The copies are made here, outside any step's scope, so
+// they live as long as the net (and keep their addresses, which graphed steps record);
+// roundWeights refreshes them all in one operation at the start of each step, and the
+// Linears multiply them instead of rounding their weights one launch each. Same bits:
+// each copy is the rounding the Linear made of the same weight. Nothing is made where
+// the backend rounds nothing (AllocHalf nil).
+func (n *TrainNet) halfWeights() {
+	if _, ok := n.be.(kernels.HalfRounder); !ok {
+		return
+	}
+	hb, ok := n.be.(kernels.HalfBuffers)
+	if !ok {
+		return
+	}
+	add := func(w kernels.Buffer) kernels.Buffer {
+		h := hb.AllocHalf(w.Len())
+		if h != nil {
+			n.half16Dst, n.half16Src = append(n.half16Dst, h), append(n.half16Src, w)
+		}
+		return h
+	}
+	lin := func(l *tlin) { l.w16 = add(l.w.w) }
+	d := n.d
+	for i := range n.enc {
+		l := &n.enc[i]
+		lin(&l.self.qkv)
+		lin(&l.self.o)
+		lin(&l.fc1)
+		lin(&l.fc2)
+	}
+	for i := range n.dec {
+		l := &n.dec[i]
+		lin(&l.self.qkv)
+		lin(&l.self.o)
+		l.cross.q16 = add(n.be.Slice(l.cross.qkv.w.w, 0, d*d))
+		l.cross.kv16 = add(n.be.Slice(l.cross.qkv.w.w, d*d, 2*d*d))
+		lin(&l.cross.o)
+		lin(&l.fc1)
+		lin(&l.fc2)
+	}
+	n.outProj16 = add(n.outProj.w)
+}
+
+// roundWeights refreshes the 16-bit weight copies from the weights (one RoundAll), at
+// the start of every step: the optimizer, a checkpoint load or profiling may have
+// changed the weights since the last one.
+func (n *TrainNet) roundWeights() {
+	if len(n.half16Dst) > 0 {
+		n.be.(kernels.HalfRounder).RoundAll(n.half16Dst, n.half16Src)
+	}
 }
 
 // Config returns the model configuration.
@@ -617,18 +686,19 @@ func (n *TrainNet) attnGrad(size int, half16 bool) kernels.Buffer {
 // linear is Linear(y, x, w, bias, m, nOut, k) for the training step; it returns the
 // backward, (dx, dw, db, dy) ↦ LinearBackward(dx, dw, db, dy, x, w, m, nOut, k). A
 // backend that rounds GEMM operands (kernels.LinearKeeper) keeps the rounded x and w
-// for it, so the backward rounds only dy; same bits either way.
-func (n *TrainNet) linear(y, x, w, bias kernels.Buffer, m, nOut, k int) func(dx, dw, db, dy kernels.Buffer) {
-	back, _ := n.linearKept(y, x, w, bias, m, nOut, k)
+// for it, so the backward rounds only dy; same bits either way. w16, when not nil, is
+// w's 16-bit copy (halfWeights), which LinearKeep then takes instead of rounding w.
+func (n *TrainNet) linear(y, x, w, w16, bias kernels.Buffer, m, nOut, k int) func(dx, dw, db, dy kernels.Buffer) {
+	back, _ := n.linearKept(y, x, w, w16, bias, m, nOut, k)
 	return back
 }
 
 // linearKept is linear that also says whether the backend kept the rounded operands,
 // that is whether the backward may take a 16-bit dy from out16.
-func (n *TrainNet) linearKept(y, x, w, bias kernels.Buffer, m, nOut, k int) (func(dx, dw, db, dy kernels.Buffer), bool) {
+func (n *TrainNet) linearKept(y, x, w, w16, bias kernels.Buffer, m, nOut, k int) (func(dx, dw, db, dy kernels.Buffer), bool) {
 	be := n.be
 	if lk, ok := be.(kernels.LinearKeeper); ok {
-		if kept := lk.LinearKeep(y, x, w, bias, m, nOut, k); kept != nil {
+		if kept := lk.LinearKeep(y, x, either(w16, w), bias, m, nOut, k); kept != nil {
 			return func(dx, dw, db, dy kernels.Buffer) { n.backKept(lk, dx, dw, db, dy, kept, m, nOut, k) }, true
 		}
 	} else {
@@ -660,7 +730,7 @@ func (n *TrainNet) backKept(lk kernels.LinearKeeper, dx, dw, db, dy, kept kernel
 func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B, T int, pad []bool, causal bool) (kernels.Buffer, back) {
 	d, rows := n.d, B*T
 	qkv := n.out(rows * 3 * d)
-	qkvBack := n.linear(qkv, either(h16, h), a.qkv.w.w, a.qkv.b.w, rows, 3*d, d)
+	qkvBack := n.linear(qkv, either(h16, h), a.qkv.w.w, a.qkv.w16, a.qkv.b.w, rows, 3*d, d)
 	args := kernels.AttentionArgs{Batch: B, Heads: a.heads, HeadDim: d / a.heads, TQ: T, TK: T, Scale: n.headScale(a.heads),
 		KeyPadding: pad, KeyPadStride: T, Causal: causal}
 	view := func(b kernels.Buffer, off int) kernels.View {
@@ -674,7 +744,7 @@ func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B, 
 	cv := kernels.View{Buf: ctxv, BatchStride: T * d, RowStride: d}
 	attnBack := n.attention(o, args, cv, view(qkv, 0), view(qkv, d), view(qkv, 2*d), half16)
 	out := n.out(rows * d)
-	oBack := n.linear(out, ctxv, a.o.w.w, a.o.b.w, rows, d, d)
+	oBack := n.linear(out, ctxv, a.o.w.w, a.o.w16, a.o.b.w, rows, d, d)
 	return out, func(dout kernels.Buffer) kernels.Buffer {
 		dctx := n.out(rows * d)
 		oBack(dctx, a.o.w.g, a.o.b.g, dout)
@@ -698,9 +768,9 @@ func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B,
 	wq, bq := be.Slice(a.qkv.w.w, 0, d*d), be.Slice(a.qkv.b.w, 0, d)
 	wkv, bkv := be.Slice(a.qkv.w.w, d*d, 2*d*d), be.Slice(a.qkv.b.w, d, 2*d)
 	q := n.out(rows * d)
-	qBack := n.linear(q, either(h16, h), wq, bq, rows, d, d)
+	qBack := n.linear(q, either(h16, h), wq, a.q16, bq, rows, d, d)
 	kv := n.out(B * S * 2 * d)
-	kvBack := n.linear(kv, either(enc16, enc), wkv, bkv, B*S, 2*d, d)
+	kvBack := n.linear(kv, either(enc16, enc), wkv, a.kv16, bkv, B*S, 2*d, d)
 	args := kernels.AttentionArgs{Batch: B, Heads: a.heads, HeadDim: d / a.heads, TQ: T, TK: S, Scale: n.headScale(a.heads),
 		KeyPadding: encPad, KeyPadStride: S}
 	qv := func(b kernels.Buffer) kernels.View { return kernels.View{Buf: b, BatchStride: T * d, RowStride: d} }
@@ -714,7 +784,7 @@ func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B,
 	}
 	attnBack := n.attention(o, args, qv(ctxv), qv(q), kvv(kv, 0), kvv(kv, d), half16)
 	out := n.out(rows * d)
-	oBack := n.linear(out, ctxv, a.o.w.w, a.o.b.w, rows, d, d)
+	oBack := n.linear(out, ctxv, a.o.w.w, a.o.w16, a.o.b.w, rows, d, d)
 	return out, func(dout kernels.Buffer) kernels.Buffer {
 		dctx := n.out(rows * d)
 		oBack(dctx, a.o.w.g, a.o.b.g, dout)
@@ -763,7 +833,7 @@ func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h, h16 kernels.Buffer, rows in
 		// no place for the dropout): a backend that keeps the 16-bit operands of the
 		// forward lets it round only dpre, or nothing when dpre comes 16-bit.
 		if keeps && lk != nil && rd != nil {
-			aux, kept, ok = lak.LinearActKeep(a, either(h16, h), l.fc1.w.w, l.fc1.b.w, rows, F, d, n.act)
+			aux, kept, ok = lak.LinearActKeep(a, either(h16, h), either(l.fc1.w16, l.fc1.w.w), l.fc1.b.w, rows, F, d, n.act)
 		} else {
 			aux, ok = la.LinearAct(a, h, l.fc1.w.w, l.fc1.b.w, rows, F, d, n.act)
 		}
@@ -776,7 +846,7 @@ func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h, h16 kernels.Buffer, rows in
 			fc2Back := func(dx, dw, db, dy kernels.Buffer) { be.LinearBackward(dx, dw, db, dy, a, l.fc2.w.w, rows, d, F) }
 			if rd != nil {
 				// LinearActBackward (the other path) does fc2's backward itself.
-				fc2Back = n.linear(out, fc2x, l.fc2.w.w, l.fc2.b.w, rows, d, F)
+				fc2Back = n.linear(out, fc2x, l.fc2.w.w, l.fc2.w16, l.fc2.b.w, rows, d, F)
 			} else {
 				be.Linear(out, a, l.fc2.w.w, l.fc2.b.w, rows, d, F)
 			}
@@ -807,14 +877,14 @@ func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h, h16 kernels.Buffer, rows in
 	if rd == nil {
 		pre = n.out(rows * F)
 	}
-	fc1Back, fc1Kept := n.linearKept(pre, either(h16, h), l.fc1.w.w, l.fc1.b.w, rows, F, d)
+	fc1Back, fc1Kept := n.linearKept(pre, either(h16, h), l.fc1.w.w, l.fc1.w16, l.fc1.b.w, rows, F, d)
 	be.Activate(a, pre, n.act)
 	fc2x := a
 	if dr != nil {
 		fc2x = n.dropRounded(dr, a)
 	}
 	out := n.out(rows * d)
-	fc2Back := n.linear(out, fc2x, l.fc2.w.w, l.fc2.b.w, rows, d, F)
+	fc2Back := n.linear(out, fc2x, l.fc2.w.w, l.fc2.w16, l.fc2.b.w, rows, d, F)
 	return out, func(dout kernels.Buffer) kernels.Buffer {
 		da := n.out(rows * F)
 		fc2Back(da, l.fc2.w.g, l.fc2.b.g, dout)
@@ -960,6 +1030,7 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 		n.gradsZero = false
 	}
 	var backs []back
+	n.roundWeights()
 
 	// Encoder.
 	encRows := B * S
@@ -1026,7 +1097,7 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 	}
 	V := n.cfg.TgtVocab
 	logits := n.out(rows * V)
-	logitsBack := n.linear(logits, either(y16, y), n.outProj.w, nil, rows, V, d)
+	logitsBack := n.linear(logits, either(y16, y), n.outProj.w, n.outProj16, nil, rows, V, d)
 	var dlogits kernels.Buffer
 	if o.Backward {
 		dlogits = n.out16(rows * V)
