@@ -378,19 +378,40 @@ __device__ __forceinline__ void lfv_acc(float4& a, float4 b) {
     a.w += b.w;
 }
 
-// lfv_bwd<NV, SACC>: layernorm_fast_bwd's contract (dz may alias dy; dz null: not
-// written), plus dbranch = dz · mask (null: not written; may alias dy; format fmt,
-// XF_OUT_*; threshold 0 multiplies by keep without the hash, as dropout_apply). Per
-// warp the column sums [Σ dy·x̂ | Σ dy | Σ x·dz] run over its rows in order, in
+// lfv_extra is what the _p and _r backward kernels take beyond lfv_bwd's arguments.
+// dz2 not null: the row's dy is the input gradient the sub-layer above left as two
+// parts (kernels.ResidualSum), dy + (dz2·ω2)·α2 (ω2 null: dz2·α2), formed as
+// residual_bwd forms it, each product rounded (--fmad=false), so the sum has the bits
+// residual_bwd would have written into dy, and the pass that wrote it is gone. omega
+// and alpha are the sub-layer's own ω and α, which only the _r kernels read.
+struct lfv_extra {
+    const float* dz2;
+    const float* omega2;
+    float alpha2;
+    const float* omega;
+    float alpha;
+};
+
+// lfv_bwd<NV, SACC, EXTRA, RECOMP>: layernorm_fast_bwd's contract (dz may alias dy; dz
+// null: not written), plus dbranch = dz · mask (null: not written; may alias dy; format
+// fmt, XF_OUT_*; threshold 0 multiplies by keep without the hash, as dropout_apply).
+// Per warp the column sums [Σ dy·x̂ | Σ dy | Σ x·dz] run over its rows in order, in
 // registers (SACC false) or in its slice of the dynamic shared memory (SACC true; W
 // slices of 3·dim floats either way, the register variant stores into it at the end);
 // then one barrier and part[blockIdx.x] = the W slices added in warp order. x null
 // leaves the third sum 0.
-template <int NV, bool SACC>
+// EXTRA: ex.dz2 (may be null) as lfv_extra says. RECOMP (EXTRA too): z is not read —
+// the pointer z is the branch output and x must not be null — the row of z is
+// recomputed as lfv_fwd computed it, (x·ω)·α + branch·mask with ω = ex.omega and
+// α = ex.alpha, the same operations in the same order, so the same bits, and the mask
+// element found for z is the one dbranch takes (one hash per element, as before). The
+// forward then need not write z at all (16 MB at 8000×512). The four variants run the
+// same per-row arithmetic; EXTRA and RECOMP only change what is loaded.
+template <int NV, bool SACC, bool EXTRA = false, bool RECOMP = false>
 __device__ __forceinline__ void lfv_bwd(float* part, float* dz, void* dbranch, int fmt, const float* dy,
                                         const float* z, const float* x, const float* gamma, int rows, int dim,
                                         float eps, unsigned long long seed, unsigned long long threshold,
-                                        float keep) {
+                                        float keep, lfv_extra ex = lfv_extra{nullptr, nullptr, 0.f, nullptr, 1.f}) {
     extern __shared__ float4 lfv_sh[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     const int dim4 = dim >> 2;
@@ -399,6 +420,10 @@ __device__ __forceinline__ void lfv_bwd(float* part, float* dz, void* dbranch, i
     const float4* d4 = reinterpret_cast<const float4*>(dy);
     const float4* x4 = reinterpret_cast<const float4*>(x);
     const float4* g4 = reinterpret_cast<const float4*>(gamma);
+    const float4* e4 = reinterpret_cast<const float4*>(ex.dz2);
+    const float4* w24 = reinterpret_cast<const float4*>(ex.omega2);
+    const float4* w4 = reinterpret_cast<const float4*>(ex.omega);
+    const bool pair = EXTRA && ex.dz2 != nullptr;
     const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
     float4 ag[NV], ab[NV], aw[NV];
 #pragma unroll
@@ -410,15 +435,69 @@ __device__ __forceinline__ void lfv_bwd(float* part, float* dz, void* dbranch, i
     const long long warps = (long long)gridDim.x * nw;
     for (long long r = (long long)blockIdx.x * nw + warp; r < rows; r += warps) {
         const long long o4 = r * dim4;
-        float4 v[NV], d[NV], xv[NV];
+        float4 v[NV], d[NV], xv[NV], e[EXTRA ? NV : 1];
 #pragma unroll
         for (int c = 0; c < NV; c++) {
             const int q = lane + 32 * c;
             v[c] = d[c] = xv[c] = zero;
+            if (EXTRA) e[c] = zero;
             if (q < dim4) {
                 v[c] = z4[o4 + q];
                 d[c] = d4[o4 + q];
                 if (x) xv[c] = x4[o4 + q];
+                if (EXTRA && pair) e[c] = e4[o4 + q];
+            }
+        }
+        // RECOMP: bit 4c+k is mask element 4(o4 + lane + 32c) + k (all set when
+        // threshold is 0: every element kept, times keep, as lfv_keep gives).
+        unsigned int kept = 0xffffffffu;
+        if (EXTRA) {
+#pragma unroll
+            for (int c = 0; c < NV; c++) {
+                const int q = lane + 32 * c;
+                if (q < dim4) {
+                    if (pair) {
+                        float4 s = e[c];
+                        if (ex.omega2) {
+                            const float4 w = __ldg(w24 + q);
+                            s.x = s.x * w.x;
+                            s.y = s.y * w.y;
+                            s.z = s.z * w.z;
+                            s.w = s.w * w.w;
+                        }
+                        d[c].x = d[c].x + s.x * ex.alpha2;
+                        d[c].y = d[c].y + s.y * ex.alpha2;
+                        d[c].z = d[c].z + s.z * ex.alpha2;
+                        d[c].w = d[c].w + s.w * ex.alpha2;
+                    }
+                    if (RECOMP) {
+                        float4 t = xv[c], u = v[c];
+                        if (ex.omega) {
+                            const float4 w = __ldg(w4 + q);
+                            t.x = t.x * w.x;
+                            t.y = t.y * w.y;
+                            t.z = t.z * w.z;
+                            t.w = t.w * w.w;
+                        }
+                        if (threshold != 0ull) {
+                            const unsigned long long i = 4ull * (unsigned long long)(o4 + q);
+                            const unsigned int m = (xf_dropout_keep(seed, i, threshold) ? 1u : 0u) |
+                                                   (xf_dropout_keep(seed, i + 1, threshold) ? 2u : 0u) |
+                                                   (xf_dropout_keep(seed, i + 2, threshold) ? 4u : 0u) |
+                                                   (xf_dropout_keep(seed, i + 3, threshold) ? 8u : 0u);
+                            kept &= ~((15u & ~m) << (4 * c));
+                        }
+                        const unsigned int m = kept >> (4 * c);
+                        u.x = u.x * ((m & 1u) ? keep : 0.0f);
+                        u.y = u.y * ((m & 2u) ? keep : 0.0f);
+                        u.z = u.z * ((m & 4u) ? keep : 0.0f);
+                        u.w = u.w * ((m & 8u) ? keep : 0.0f);
+                        v[c].x = t.x * ex.alpha + u.x;
+                        v[c].y = t.y * ex.alpha + u.y;
+                        v[c].z = t.z * ex.alpha + u.z;
+                        v[c].w = t.w * ex.alpha + u.w;
+                    }
+                }
             }
         }
         float mean, rstd;
@@ -471,7 +550,13 @@ __device__ __forceinline__ void lfv_bwd(float* part, float* dz, void* dbranch, i
                 }
                 if (dz) reinterpret_cast<float4*>(dz)[o4 + q] = t;
                 if (dbranch) {
-                    if (threshold != 0ull) {
+                    if (RECOMP) {
+                        const unsigned int m = kept >> (4 * c);
+                        t.x = t.x * ((m & 1u) ? keep : 0.0f);
+                        t.y = t.y * ((m & 2u) ? keep : 0.0f);
+                        t.z = t.z * ((m & 4u) ? keep : 0.0f);
+                        t.w = t.w * ((m & 8u) ? keep : 0.0f);
+                    } else if (threshold != 0ull) {
                         const long long i = 4 * (o4 + q);
                         t.x = t.x * lfv_keep(seed, i, threshold, keep);
                         t.y = t.y * lfv_keep(seed, i + 1, threshold, keep);
@@ -531,6 +616,20 @@ __device__ __forceinline__ void lfv_bwd(float* part, float* dz, void* dbranch, i
         const float* gamma, int rows, int dim, float eps, unsigned long long seed, unsigned long long threshold, \
         float keep) {                                                                                           \
         lfv_bwd<NV, true>(part, dz, dbranch, fmt, dy, z, x, gamma, rows, dim, eps, seed, threshold, keep);     \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_vp##NV(                         \
+        float* part, float* dz, void* dbranch, int fmt, const float* dy, const float* dz2, const float* omega2, \
+        float alpha2, const float* z, const float* x, const float* gamma, int rows, int dim, float eps,         \
+        unsigned long long seed, unsigned long long threshold, float keep) {                                    \
+        lfv_bwd<NV, true, true, false>(part, dz, dbranch, fmt, dy, z, x, gamma, rows, dim, eps, seed, threshold, \
+                                       keep, lfv_extra{dz2, omega2, alpha2, nullptr, 1.f});                     \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_vr##NV(                         \
+        float* part, float* dz, void* dbranch, int fmt, const float* dy, const float* dz2, const float* omega2, \
+        float alpha2, const float* branch, const float* x, const float* omega, float alpha, const float* gamma, \
+        int rows, int dim, float eps, unsigned long long seed, unsigned long long threshold, float keep) {      \
+        lfv_bwd<NV, true, true, true>(part, dz, dbranch, fmt, dy, branch, x, gamma, rows, dim, eps, seed,       \
+                                      threshold, keep, lfv_extra{dz2, omega2, alpha2, omega, alpha});           \
     }
 
 LFV_INSTANCE(1)

@@ -34,6 +34,24 @@ type lnFastFns struct {
 	vbwd    [len(lfvNVs)]lfvKernel
 	vfinish uintptr
 
+	// vbwdSum and vbwdRecomp are the float4 backward reading dy as a
+	// kernels.ResidualSum (layernorm_fast_bwd_vp*), and that one recomputing z from x
+	// and the branch (layernorm_fast_bwd_vr*). They launch on vbwd's grid, so their
+	// column partials, and so dγ, dβ, dω, are the bits of vbwd's.
+	vbwdSum, vbwdRecomp [len(lfvNVs)]uintptr
+	// resBwd4 and resBwdDrop4 are residual.cu's float4 residual backward and its form
+	// with the dropout applied (kernels.ResidualSumNormer.ApplyDropoutSum).
+	resBwd4, resBwdDrop4 uintptr
+	// sumOff is a test switch for the kernels before kernels.ResidualSumNormer: its
+	// methods form the sum with ResidualBackward first, RecomputesResidual is false,
+	// and ResidualBackward runs the scalar residual_bwd (timings and bit comparisons).
+	sumOff bool
+	// recompute turns RecomputesResidual on (off by default: measured on the H200 at
+	// 8000×512 bf16, the backward recomputing z took 41.5 µs against 37.7 reading it,
+	// more than the 2.8 µs the forward saves by not writing it; it stays for memory,
+	// 4 bytes per activation element per sub-layer, and is tested).
+	recompute bool
+
 	// scalar is a test switch: the scalar kernels for every shape, with the dropout of
 	// the backward in a separate ApplyDropout (what ran before the float4 kernels), so
 	// tests can time and compare the two.
@@ -55,7 +73,8 @@ func (be *Backend) lnFns() *lnFastFns {
 	if f := be.lazy.lnFast; f != nil {
 		return f
 	}
-	f := &lnFastFns{finish: be.kernel("layernorm_fast_bwd_finish"), vfinish: be.kernel("layernorm_fast_bwd_finish_v")}
+	f := &lnFastFns{finish: be.kernel("layernorm_fast_bwd_finish"), vfinish: be.kernel("layernorm_fast_bwd_finish_v"),
+		resBwd4: be.kernel("residual_bwd4"), resBwdDrop4: be.kernel("residual_bwd_dropout4")}
 	for i, nc := range lfNCs {
 		f.fwd[i] = be.kernel(fmt.Sprintf("layernorm_fast_fwd%d", nc))
 		f.bwd[i] = be.kernel(fmt.Sprintf("layernorm_fast_bwd%d", nc))
@@ -64,6 +83,8 @@ func (be *Backend) lnFns() *lnFastFns {
 	for i, nv := range lfvNVs {
 		f.vfwd[i] = be.kernel(fmt.Sprintf("layernorm_fast_fwd_v%d", nv))
 		f.vbwd[i] = lfvKernel{fn: be.kernel(fmt.Sprintf("layernorm_fast_bwd_vs%d", nv)), warps: lfvWarps(nv)}
+		f.vbwdSum[i] = be.kernel(fmt.Sprintf("layernorm_fast_bwd_vp%d", nv))
+		f.vbwdRecomp[i] = be.kernel(fmt.Sprintf("layernorm_fast_bwd_vr%d", nv))
 	}
 	var occ uintptr
 	if bind(be.drv.handle, "libcuda", []symbol{{"cuOccupancyMaxActiveBlocksPerMultiprocessor", &occ}}) == nil {
@@ -228,20 +249,42 @@ func (be *Backend) residualLayerNormBackwardFast(dz, dbranch, dgamma, dbeta, dom
 // residualLayerNormBackwardVec runs the float4 backward and its finish, if the shape
 // allows (else it returns false, having done nothing).
 func (be *Backend) residualLayerNormBackwardVec(dz, dbranch, dgamma, dbeta, domega, dy, z, x, gamma kernels.Buffer, alpha float32, rows, dim int, eps float32, dr *resDrop) bool {
+	return be.lfvBackward(lfvPlain, dz, dbranch, dgamma, dbeta, domega, kernels.ResidualSum{D: dy}, z, x, nil, gamma, alpha, rows, dim, eps, dr)
+}
+
+// lfvMode picks the float4 backward: the plain one (dy alone), the one that forms a
+// kernels.ResidualSum as it loads it, or that one recomputing z from x and the branch.
+type lfvMode int
+
+const (
+	lfvPlain lfvMode = iota
+	lfvSum
+	lfvRecomp
+)
+
+// lfvBackward runs a float4 backward and its finish, if the shape allows (else it
+// returns false, having done nothing). zb is z, or the branch output for lfvRecomp
+// (then omega and alpha are the sub-layer's, and dr, never nil, its dropout, which z
+// was formed with even when dbranch is nil). dy.D and dy.DZ must be float32.
+func (be *Backend) lfvBackward(mode lfvMode, dz, dbranch, dgamma, dbeta, domega kernels.Buffer, dy kernels.ResidualSum, zb, x, omega, gamma kernels.Buffer, alpha float32, rows, dim int, eps float32, dr *resDrop) bool {
 	defer be.enter()()
 	f := be.lnFns()
-	if !f.lfvShape(dim, dz, dbranch, dy, z, x, gamma) {
+	if !f.lfvShape(dim, dz, dbranch, dy.D, dy.DZ, dy.Omega, zb, x, omega, gamma) {
 		return false
 	}
-	k := &f.vbwd[lfvIndex(dim)]
+	idx := lfvIndex(dim)
+	k := &f.vbwd[idx]
 	shared := lfvShared(k.warps, dim)
+	// Every mode on the plain kernel's grid: the same partials, so the same column
+	// sums, whichever kernel ran (their occupancy may differ; nothing here needs the
+	// blocks resident together).
 	nb := max(1, min((rows+k.warps-1)/k.warps, be.blocksPerSM(f, k, shared)*be.info.SMs))
 	// Scoped: a training step gives the partials back to the pool when it ends instead
 	// of when the collector notices, so the next call does not miss the pool (a miss
 	// frees cached blocks, and cuMemFree waits for the device).
 	part := be.scoped(be.newBuffer(nb * 3 * dim))
 	xp := uint64(0)
-	if domega != nil {
+	if domega != nil || mode == lfvRecomp {
 		xp = addr(x)
 	}
 	dbp, format := uint64(0), xfOutF32
@@ -253,10 +296,21 @@ func (be *Backend) residualLayerNormBackwardVec(dz, dbranch, dgamma, dbeta, dome
 	if dr == nil {
 		dr = &resDrop{keep: 1}
 	}
-	be.prm.reset().ptr(part.dptr()).ptr(addr(dz)).ptr(dbp).i32(format).
-		ptr(addr(dy)).ptr(addr(z)).ptr(xp).ptr(addr(gamma)).i32(rows).i32(dim).f32(eps)
+	fn := k.fn
+	be.prm.reset().ptr(part.dptr()).ptr(addr(dz)).ptr(dbp).i32(format).ptr(addr(dy.D))
+	switch mode {
+	case lfvSum:
+		fn = f.vbwdSum[idx]
+		be.prm.ptr(addr(dy.DZ)).ptr(addr(dy.Omega)).f32(dy.Alpha).ptr(addr(zb)).ptr(xp)
+	case lfvRecomp:
+		fn = f.vbwdRecomp[idx]
+		be.prm.ptr(addr(dy.DZ)).ptr(addr(dy.Omega)).f32(dy.Alpha).ptr(addr(zb)).ptr(xp).ptr(addr(omega)).f32(alpha)
+	default:
+		be.prm.ptr(addr(zb)).ptr(xp)
+	}
+	be.prm.ptr(addr(gamma)).i32(rows).i32(dim).f32(eps)
 	dr.args(be.prm)
-	be.run(k.fn, [3]uint32{uint32(nb), 1, 1}, uint32(32*k.warps), uint32(shared))
+	be.run(fn, [3]uint32{uint32(nb), 1, 1}, uint32(32*k.warps), uint32(shared))
 	if dgamma != nil || dbeta != nil || domega != nil {
 		be.prm.reset().ptr(addr(dgamma)).ptr(addr(dbeta)).ptr(addr(domega)).ptr(part.dptr()).i32(nb).i32(dim).f32(alpha)
 		be.runBlock(f.vfinish, [3]uint32{uint32((3*dim + 31) / 32), 1, 1}, [3]uint32{32, 32, 1}, 0)

@@ -171,6 +171,14 @@ func (be *Backend) ResidualBackward(dx, domega, dy, x, omega kernels.Buffer, alp
 		be.colFinish(domega, part, chunks, nout, 0, dim, float64(alpha))
 	}
 	if dx != nil {
+		if !be.lnFns().sumOff && dim%4 == 0 && addr(dx)%16 == 0 && addr(dy)%16 == 0 && addr(omega)%16 == 0 {
+			// residual_bwd4: the same arithmetic a float4 at a time, without the
+			// per-element 64-bit modulo (the same bits).
+			be.prm.reset().ptr(addr(dx)).ptr(addr(dy)).ptr(addr(omega)).f32(alpha).i32(rows).i32(dim / 4)
+			grid, block := rowBlocks(rows, dim/4)
+			be.run(be.lnFns().resBwd4, grid, block, 0)
+			return
+		}
 		be.prm.reset().ptr(addr(dx)).ptr(addr(dy)).ptr(addr(omega)).f32(alpha).i32(rows).i32(dim)
 		be.elem(be.fn.train.residualBwd, int64(rows)*int64(dim))
 	}

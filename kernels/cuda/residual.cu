@@ -27,3 +27,71 @@ extern "C" __global__ void residual_bwd(float* dx, const float* dy, const float*
         dx[i] = dx[i] + v * alpha;
     }
 }
+
+// residual_bwd4 is residual_bwd for dim a multiple of 4 with dx, dy (and ω) 16-byte
+// aligned (the Go side checks): a float4 per thread, blocks over rows, the column from
+// the thread index instead of a 64-bit i % dim per element (what held residual_bwd at
+// ~18 µs for 48 MB at 8000×512). The same products in the same order: the same bits.
+extern "C" __global__ void residual_bwd4(float* dx, const float* dy, const float* omega, float alpha, int rows,
+                                         int dim4) {
+    float4* x4 = reinterpret_cast<float4*>(dx);
+    const float4* d4 = reinterpret_cast<const float4*>(dy);
+    const float4* w4 = reinterpret_cast<const float4*>(omega);
+    for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
+        for (int q = threadIdx.x; q < dim4; q += blockDim.x) {
+            const long long k = r * dim4 + q;
+            float4 v = d4[k];
+            if (omega) {
+                const float4 w = __ldg(w4 + q);
+                v.x = v.x * w.x;
+                v.y = v.y * w.y;
+                v.z = v.z * w.z;
+                v.w = v.w * w.w;
+            }
+            float4 o = x4[k];
+            o.x = o.x + v.x * alpha;
+            o.y = o.y + v.y * alpha;
+            o.z = o.z + v.z * alpha;
+            o.w = o.w + v.w * alpha;
+            x4[k] = o;
+        }
+    }
+}
+
+// residual_bwd_dropout4 is residual_bwd4 on a copy of dx followed by dropout_apply into y
+// (kernels.ResidualSumNormer.ApplyDropoutSum): y = (dx + (dy·ω)·α) · mask element i,
+// the mask xf_dropout_keep's (keep or 0; threshold 0 keeps every element, times keep),
+// each product rounded as the two kernels round it, so the bits of the two passes in
+// one (dx is only read; y may alias dx).
+extern "C" __global__ void residual_bwd_dropout4(float* y, const float* dx, const float* dy, const float* omega,
+                                                 float alpha, int rows, int dim4, unsigned long long seed,
+                                                 unsigned long long threshold, float keep) {
+    float4* y4 = reinterpret_cast<float4*>(y);
+    const float4* x4 = reinterpret_cast<const float4*>(dx);
+    const float4* d4 = reinterpret_cast<const float4*>(dy);
+    const float4* w4 = reinterpret_cast<const float4*>(omega);
+    for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
+        for (int q = threadIdx.x; q < dim4; q += blockDim.x) {
+            const long long k = r * dim4 + q;
+            float4 v = d4[k];
+            if (omega) {
+                const float4 w = __ldg(w4 + q);
+                v.x = v.x * w.x;
+                v.y = v.y * w.y;
+                v.z = v.z * w.z;
+                v.w = v.w * w.w;
+            }
+            float4 o = x4[k];
+            o.x = o.x + v.x * alpha;
+            o.y = o.y + v.y * alpha;
+            o.z = o.z + v.z * alpha;
+            o.w = o.w + v.w * alpha;
+            const unsigned long long i = 4ull * (unsigned long long)k;
+            o.x = o.x * (xf_dropout_keep(seed, i, threshold) ? keep : 0.0f);
+            o.y = o.y * (xf_dropout_keep(seed, i + 1, threshold) ? keep : 0.0f);
+            o.z = o.z * (xf_dropout_keep(seed, i + 2, threshold) ? keep : 0.0f);
+            o.w = o.w * (xf_dropout_keep(seed, i + 3, threshold) ? keep : 0.0f);
+            y4[k] = o;
+        }
+    }
+}

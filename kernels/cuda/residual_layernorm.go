@@ -10,6 +10,8 @@ var (
 	_ kernels.ResidualNormer        = (*Backend)(nil)
 	_ kernels.DropoutResidualNormer = (*Backend)(nil)
 	_ kernels.RoundedResidualNormer = (*Backend)(nil)
+	_ kernels.ResidualSumNormer     = (*Backend)(nil)
+	_ kernels.ResidualRecomputer    = (*Backend)(nil)
 )
 
 // fusedFunctions are the kernels of residual_layernorm.cu.
@@ -163,4 +165,126 @@ func (be *Backend) residualLayerNormBackward(dz, dbranch, dgamma, dbeta, domega,
 			f64(float64(alpha))
 		be.elem(be.fn.fused.reslnBwdFinish, int64(dim))
 	}
+}
+
+// sumVec says whether the float4 backward kernels (layernorm_fast_bwd_vp*, _vr*) take
+// rows of dim elements (alignment aside): the float kernels' modes and shapes.
+func (be *Backend) sumVec(dim int) bool {
+	if be.precision == FP32 || dim%4 != 0 || dim > lfvMaxDim {
+		return false
+	}
+	f := be.lnFnsOutside()
+	return !f.scalar && !f.sumOff
+}
+
+// lnFnsOutside is lnFns for a caller that does not hold the Backend.
+func (be *Backend) lnFnsOutside() *lnFastFns {
+	defer be.enter()()
+	return be.lnFns()
+}
+
+// formSum is ResidualBackward(s.D, nil, s.DZ, nil, s.Omega, s.Alpha, rows, dim): the
+// fallback of the methods below where no kernel reads the two parts.
+func (be *Backend) formSum(s kernels.ResidualSum, rows, dim int) {
+	if s.DZ != nil {
+		be.ResidualBackward(s.D, nil, s.DZ, nil, s.Omega, s.Alpha, rows, dim)
+	}
+}
+
+// ResidualLayerNormBackwardSum implements kernels.ResidualSumNormer: in bf16/fp16 at
+// the float4 kernels' shapes one launch of layernorm_fast_bwd_vp* (+ the finish) that
+// forms dy.D + (dy.DZ·ω)·α as it loads dy — residual_bwd's pass (read 2, write 1) for
+// one more read — on the plain kernel's grid, so every output is the bits of
+// ResidualBackward followed by ResidualLayerNormBackwardDropout; elsewhere that
+// sequence.
+func (be *Backend) ResidualLayerNormBackwardSum(dz, dbranch, dgamma, dbeta, domega kernels.Buffer, dy kernels.ResidualSum, z, x, gamma kernels.Buffer, alpha float32, rows, dim int, eps float32, p float64, seed uint64) {
+	if rows == 0 || dim == 0 {
+		return
+	}
+	var dr *resDrop
+	if dbranch != nil {
+		dr = newResDrop(p, seed)
+	}
+	if dy.DZ != nil && be.sumVec(dim) &&
+		be.lfvBackward(lfvSum, dz, dbranch, dgamma, dbeta, domega, dy, z, x, nil, gamma, alpha, rows, dim, eps, dr) {
+		return
+	}
+	be.formSum(dy, rows, dim)
+	be.residualLayerNormBackward(dz, dbranch, dgamma, dbeta, domega, dy.D, z, x, gamma, alpha, rows, dim, eps, dr)
+}
+
+// RecomputesResidual implements kernels.ResidualRecomputer: false unless the
+// recompute switch is on (lnFastFns.recompute: slower than reading z on the H200),
+// then the float4 kernels' shapes in bf16/fp16.
+func (be *Backend) RecomputesResidual(dim int) bool {
+	return be.lnFnsOutside().recompute && be.sumVec(dim)
+}
+
+// ResidualLayerNormBackwardRecompute implements kernels.ResidualRecomputer with
+// layernorm_fast_bwd_vr* (+ the finish): ResidualLayerNormBackwardSum's kernel reading
+// the branch output instead of z and forming z as layernorm_fast_fwd_v* formed it, so
+// the forward can skip z's 16 MB write at the training shape (the backward reads as
+// many bytes as before). Where RecomputesResidual is false, or a tensor is not aligned
+// for the float4 kernel, z is formed first by ResidualLayerNormDropout into scratch
+// (the same bits, a forward pass more).
+func (be *Backend) ResidualLayerNormBackwardRecompute(dz, dbranch, dgamma, dbeta, domega kernels.Buffer, dy kernels.ResidualSum, x, branch, omega kernels.Buffer, alpha float32, gamma kernels.Buffer, rows, dim int, eps float32, p float64, seed uint64) {
+	if rows == 0 || dim == 0 {
+		return
+	}
+	dr := newResDrop(p, seed)
+	if be.sumVec(dim) && // the kernel runs whether or not RecomputesResidual says it is worth it
+		be.lfvBackward(lfvRecomp, dz, dbranch, dgamma, dbeta, domega, dy, branch, x, omega, gamma, alpha, rows, dim, eps, dr) {
+		return
+	}
+	n := rows * dim
+	z, y := be.AllocUninit(n), be.AllocUninit(n)
+	// beta only moves y, which is dropped: gamma stands in for it.
+	be.residualLayerNorm(z, y, nil, x, branch, omega, alpha, gamma, gamma, rows, dim, eps, dr)
+	be.ResidualLayerNormBackwardSum(dz, dbranch, dgamma, dbeta, domega, dy, z, x, gamma, alpha, rows, dim, eps, p, seed)
+}
+
+// ApplyDropoutSum implements kernels.ResidualSumNormer: one pass of
+// residual_bwd_dropout4 (read dy.D and dy.DZ, write y) where dim is a multiple of 4 and
+// the tensors are 16-byte aligned, in every precision (it is residual_bwd's and
+// dropout_apply's float arithmetic, so their bits); elsewhere ResidualBackward then
+// ApplyDropout.
+func (be *Backend) ApplyDropoutSum(y kernels.Buffer, s kernels.ResidualSum, rows, dim int, p float64, seed uint64) {
+	if s.DZ == nil {
+		be.ApplyDropout(y, s.D, p, seed)
+		return
+	}
+	if rows == 0 || dim == 0 {
+		return
+	}
+	if be.applyDropoutSum4(y, s, rows, dim, p, seed) {
+		return
+	}
+	be.formSum(s, rows, dim)
+	be.ApplyDropout(y, s.D, p, seed)
+}
+
+func (be *Backend) applyDropoutSum4(y kernels.Buffer, s kernels.ResidualSum, rows, dim int, p float64, seed uint64) bool {
+	if dim%4 != 0 || halfOf(y) != nil || be.lnFnsOutside().sumOff {
+		return false
+	}
+	for _, b := range []kernels.Buffer{y, s.D, s.DZ, s.Omega} {
+		if addr(b)%16 != 0 {
+			return false
+		}
+	}
+	defer be.enter()()
+	f := be.lnFns()
+	dr := newResDrop(p, seed)
+	be.prm.reset().ptr(addr(y)).ptr(addr(s.D)).ptr(addr(s.DZ)).ptr(addr(s.Omega)).f32(s.Alpha).i32(rows).i32(dim / 4)
+	dr.args(be.prm)
+	grid, block := rowBlocks(rows, dim/4)
+	be.run(f.resBwdDrop4, grid, block, 0)
+	return true
+}
+
+// rowBlocks is the launch of residual.cu's float4 row kernels: a block per row (grid-
+// stride beyond 65535·8 rows), a thread per float4 of the row up to 256.
+func rowBlocks(rows, dim4 int) ([3]uint32, uint32) {
+	block := min(256, max(32, (dim4+31)/32*32))
+	return [3]uint32{uint32(min(rows, 65535*8)), 1, 1}, uint32(block)
 }
