@@ -431,6 +431,29 @@ func (n *TrainNet) dropRounded(dr *drop, x kernels.Buffer) kernels.Buffer {
 // back maps the gradient of a forward value to the gradient of its input.
 type back func(dy kernels.Buffer) kernels.Buffer
 
+// grad is the gradient flowing down a stack's backward chain (sub-layers, final
+// LayerNorm, embedding): buf, or, when sum is set, the two parts the Post-LN
+// sub-layer above left unadded (kernels.ResidualSum, sum.D == buf), which a
+// kernels.ResidualSumNormer consumer reads as they are and any other consumer forms
+// first (n.whole): ResidualBackward's pass over memory is saved wherever the next
+// consumer can read the parts, and the bits are the same either way.
+type grad struct {
+	buf kernels.Buffer
+	sum *kernels.ResidualSum
+}
+
+// chainBack is back for the stack's chain, passing grads.
+type chainBack func(dy grad) grad
+
+// whole is g as one buffer: the sum formed in place (ResidualBackward, as the
+// sub-layer's backward ran it before the sum was handed on), rows of n.d.
+func (n *TrainNet) whole(g grad, rows int) kernels.Buffer {
+	if s := g.sum; s != nil {
+		n.be.ResidualBackward(s.D, nil, s.DZ, nil, s.Omega, s.Alpha, rows, n.d)
+	}
+	return g.buf
+}
+
 // profiler carries Admin's running ratio of one stack (clinic-spec §1.4).
 type profiler struct {
 	r   float64
@@ -499,7 +522,7 @@ func (n *TrainNet) host(b kernels.Buffer) []float32 {
 // first Linear; the sub-layer returns its output's the same way where the backend
 // writes it with the LayerNorm (kernels.RoundedResidualNormer), else nil.
 func (n *TrainNet) sublayer(o *StepOptions, x, x16 kernels.Buffer, rows int, l *tlayer, i int, before bool, alpha float32, prof *profiler,
-	branch func(h, h16 kernels.Buffer) (kernels.Buffer, back)) (kernels.Buffer, kernels.Buffer, back) {
+	branch func(h, h16 kernels.Buffer) (kernels.Buffer, back)) (kernels.Buffer, kernels.Buffer, chainBack) {
 	be, d := n.be, n.d
 	ln := l.ln[i]
 	if before {
@@ -509,12 +532,13 @@ func (n *TrainNet) sublayer(o *StepOptions, x, x16 kernels.Buffer, rows int, l *
 		out, bb = n.withDropout(n.newDrop(o, o.Dropout, rows*d), out, bb)
 		y := n.out(rows * d)
 		be.Residual(y, x, out, nil, 1, rows, d)
-		return y, nil, func(dy kernels.Buffer) kernels.Buffer {
+		return y, nil, func(g grad) grad {
+			dy := n.whole(g, rows)
 			dh := bb(dy)
 			dx := n.out(rows * d)
 			be.LayerNormBackward(dx, ln.g.g, ln.b.g, dh, x, ln.g.w, rows, d, lnEps)
 			be.AddTo(dx, dy)
-			return dx
+			return grad{buf: dx}
 		}
 	}
 	out, bb := branch(x, x16)
@@ -544,7 +568,15 @@ func (n *TrainNet) sublayer(o *StepOptions, x, x16 kernels.Buffer, rows int, l *
 		}
 		prof.r = float64(float32(math.Sqrt(float64(varF32(xs) + varF32(n.host(out))))))
 	}
-	z, y := n.out(rows*d), n.out(rows*d)
+	// A kernels.ResidualRecomputer backward forms z again from x and the branch
+	// output (the same bits), so the dropout forward need not write it.
+	rc, recompute := be.(kernels.ResidualRecomputer)
+	recompute = recompute && fuseDrop && rc.RecomputesResidual(d)
+	var z kernels.Buffer
+	if !recompute {
+		z = n.out(rows * d)
+	}
+	y := n.out(rows * d)
 	// A backend with the fused residual+LayerNorm gets the same bits in fewer
 	// launches; its backward adds dω before the branch's backward instead of after,
 	// which nothing else reads in between.
@@ -554,6 +586,9 @@ func (n *TrainNet) sublayer(o *StepOptions, x, x16 kernels.Buffer, rows int, l *
 	if fuseDrop && rounds {
 		y16 = n.half16(rows * d)
 	}
+	// rs reads its dy as a kernels.ResidualSum, and this backward hands its input
+	// gradient on as one, unformed, where dω is already done (the fused paths).
+	rs, sums := be.(kernels.ResidualSumNormer)
 	switch {
 	case fuseDrop && y16 != nil:
 		rr.ResidualLayerNormDropoutRounded(z, y, y16, x, out, omega, alpha, ln.g.w, ln.b.w, rows, d, lnEps, dr.p, dr.seed)
@@ -565,37 +600,56 @@ func (n *TrainNet) sublayer(o *StepOptions, x, x16 kernels.Buffer, rows int, l *
 		be.Residual(z, x, out, omega, alpha, rows, d)
 		be.LayerNorm(y, z, ln.g.w, ln.b.w, rows, d, lnEps)
 	}
-	return y, y16, func(dy kernels.Buffer) kernels.Buffer {
+	return y, y16, func(g grad) grad {
 		dz, dom := n.out(rows*d), domega
 		dbranch := dz
+		sum := kernels.ResidualSum{D: g.buf}
+		if g.sum != nil {
+			sum = *g.sum
+		}
 		switch {
 		case fuseDrop:
 			// Only the branch's last Linear reads it (its dy): 16-bit where the
 			// backend multiplies 16-bit operands.
 			dbranch = n.out16(rows * d)
-			rd.ResidualLayerNormBackwardDropout(dz, dbranch, ln.g.g, ln.b.g, domega, dy, z, x, ln.g.w, alpha, rows, d, lnEps, dr.p, dr.seed)
+			switch {
+			case recompute:
+				rc.ResidualLayerNormBackwardRecompute(dz, dbranch, ln.g.g, ln.b.g, domega, sum, x, out, omega, alpha, ln.g.w, rows, d, lnEps, dr.p, dr.seed)
+			case sums:
+				rs.ResidualLayerNormBackwardSum(dz, dbranch, ln.g.g, ln.b.g, domega, sum, z, x, ln.g.w, alpha, rows, d, lnEps, dr.p, dr.seed)
+			default:
+				rd.ResidualLayerNormBackwardDropout(dz, dbranch, ln.g.g, ln.b.g, domega, n.whole(g, rows), z, x, ln.g.w, alpha, rows, d, lnEps, dr.p, dr.seed)
+			}
 			dom = nil // done above
+		case fused && sums:
+			// dbranch nil: ResidualLayerNormBackward of the sum.
+			rs.ResidualLayerNormBackwardSum(dz, nil, ln.g.g, ln.b.g, domega, sum, z, x, ln.g.w, alpha, rows, d, lnEps, 0, 0)
+			dom = nil
 		case fused:
-			rn.ResidualLayerNormBackward(dz, ln.g.g, ln.b.g, domega, dy, z, x, ln.g.w, alpha, rows, d, lnEps)
+			rn.ResidualLayerNormBackward(dz, ln.g.g, ln.b.g, domega, n.whole(g, rows), z, x, ln.g.w, alpha, rows, d, lnEps)
 			dom = nil
 		default:
-			be.LayerNormBackward(dz, ln.g.g, ln.b.g, dy, z, ln.g.w, rows, d, lnEps)
+			be.LayerNormBackward(dz, ln.g.g, ln.b.g, n.whole(g, rows), z, ln.g.w, rows, d, lnEps)
 		}
 		dx := bb(dbranch)
+		if sums && dom == nil {
+			// The next consumer forms dx + (dz·ω)·α, or reads it as two parts.
+			return grad{buf: dx, sum: &kernels.ResidualSum{D: dx, DZ: dz, Omega: omega, Alpha: alpha}}
+		}
 		be.ResidualBackward(dx, dom, dz, x, omega, alpha, rows, d)
-		return dx
+		return grad{buf: dx}
 	}
 }
 
 // layerNorm is a stack's final LayerNorm (Pre-LN) of x [rows, d] and its backward.
-func (n *TrainNet) layerNorm(ln *tnorm, x kernels.Buffer, rows int) (kernels.Buffer, back) {
+func (n *TrainNet) layerNorm(ln *tnorm, x kernels.Buffer, rows int) (kernels.Buffer, chainBack) {
 	be, d := n.be, n.d
 	y := n.out(rows * d)
 	be.LayerNorm(y, x, ln.g.w, ln.b.w, rows, d, lnEps)
-	return y, func(dy kernels.Buffer) kernels.Buffer {
+	return y, func(g grad) grad {
 		dx := n.out(rows * d)
-		be.LayerNormBackward(dx, ln.g.g, ln.b.g, dy, x, ln.g.w, rows, d, lnEps)
-		return dx
+		be.LayerNormBackward(dx, ln.g.g, ln.b.g, n.whole(g, rows), x, ln.g.w, rows, d, lnEps)
+		return grad{buf: dx}
 	}
 }
 
@@ -908,7 +962,7 @@ func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h, h16 kernels.Buffer, rows in
 }
 
 // embed computes Drop(scale·E[ids] + P[pos]) and its backward into E (and learned P).
-func (n *TrainNet) embed(o *StepOptions, table, pos *tparam, ids []int32, B, T int) (kernels.Buffer, back) {
+func (n *TrainNet) embed(o *StepOptions, table, pos *tparam, ids []int32, B, T int) (kernels.Buffer, chainBack) {
 	be, d, rows := n.be, n.d, B*T
 	p := positionIDs(ids, B, T)
 	x := n.out(rows * d)
@@ -918,17 +972,24 @@ func (n *TrainNet) embed(o *StepOptions, table, pos *tparam, ids []int32, B, T i
 	if dr != nil {
 		dr.apply(be, x, x)
 	}
-	return x, func(dy kernels.Buffer) kernels.Buffer {
-		g := dy
-		if dr != nil {
-			g = n.out(dy.Len())
-			dr.apply(be, g, dy)
+	return x, func(dy grad) grad {
+		var g kernels.Buffer
+		switch rs, ok := be.(kernels.ResidualSumNormer); {
+		case dr != nil && dr.ap != nil && ok && dy.sum != nil:
+			// The sum formed and dropped in one pass.
+			g = n.out(rows * d)
+			rs.ApplyDropoutSum(g, *dy.sum, rows, d, dr.p, dr.seed)
+		case dr != nil:
+			g = n.out(rows * d)
+			dr.apply(be, g, n.whole(dy, rows))
+		default:
+			g = n.whole(dy, rows)
 		}
 		be.EmbedBackward(table.g, g, ids, d, n.embedScale, Pad)
 		if pos.g != nil {
 			be.EmbedBackward(pos.g, g, p, d, 1, Pad)
 		}
-		return nil
+		return grad{}
 	}
 }
 
@@ -1029,21 +1090,21 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 	if o.Backward {
 		n.gradsZero = false
 	}
-	var backs []back
+	var backs []chainBack
 	n.roundWeights()
 
 	// Encoder.
 	encRows := B * S
 	x, eb := n.embed(&o, n.encEmbed, n.encPos, b.Src, B, S)
 	var x16 kernels.Buffer
-	encBacks := []back{eb}
+	encBacks := []chainBack{eb}
 	encPad := padMask(b.Src)
 	for li := range n.enc {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
 		l := &n.enc[li]
-		var bk back
+		var bk chainBack
 		x, x16, bk = n.sublayer(&o, x, x16, encRows, l, 0, n.cfg.EncoderNormalizeBefore, n.alphaEnc, profEnc, func(h, h16 kernels.Buffer) (kernels.Buffer, back) {
 			return n.selfAttn(&o, &l.self, h, h16, B, S, encPad, false)
 		})
@@ -1054,7 +1115,7 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 		encBacks = append(encBacks, bk)
 	}
 	if n.encLN != nil {
-		var bk back
+		var bk chainBack
 		x, bk = n.layerNorm(n.encLN, x, encRows)
 		x16 = nil
 		encBacks = append(encBacks, bk)
@@ -1075,7 +1136,7 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 		}
 		l := &n.dec[li]
 		before := n.cfg.DecoderNormalizeBefore
-		var bk back
+		var bk chainBack
 		y, y16, bk = n.sublayer(&o, y, y16, rows, l, 0, before, n.alphaDec, profDec, func(h, h16 kernels.Buffer) (kernels.Buffer, back) {
 			return n.selfAttn(&o, &l.self, h, h16, B, T, decPad, true)
 		})
@@ -1090,7 +1151,7 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 		backs = append(backs, bk)
 	}
 	if n.decLN != nil {
-		var bk back
+		var bk chainBack
 		y, bk = n.layerNorm(n.decLN, y, rows)
 		y16 = nil
 		backs = append(backs, bk)
@@ -1112,8 +1173,8 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 	if !o.Backward {
 		return readLoss, nil
 	}
-	g := n.out(rows * d)
-	logitsBack(g, n.outProj.g, nil, dlogits)
+	g := grad{buf: n.out(rows * d)}
+	logitsBack(g.buf, n.outProj.g, nil, dlogits)
 	for i := len(backs) - 1; i >= 0; i-- {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -1123,7 +1184,7 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 	if !dEncSet { // no decoder layer: the encoder output gets no gradient
 		be.Fill(dEnc, 0)
 	}
-	g = dEnc
+	g = grad{buf: dEnc}
 	for i := len(encBacks) - 1; i >= 0; i-- {
 		g = encBacks[i](g)
 	}
