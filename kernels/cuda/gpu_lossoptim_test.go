@@ -30,6 +30,10 @@ import (
 //     bound) and every element within 1e-5·|scale|. A Go emulation of the kernel's
 //     arithmetic on these cases, expf perturbed by up to ±2 ulp, measured ≤ 1.6e-8 on
 //     the sums, ≤ 2.7e-7 norm-wise and ≤ 1.8e-6 per element (peaked rows the worst).
+//     ls_pipe_* forms p as exp(x − m_t)·exp(m_t − c) (m_t a thread's maximum) instead of
+//     exp(x − c): the roundings of x − m_t and m_t − c replace that of x − c, each
+//     ≤ |arg|·2⁻²⁴ relative in p, ~1e-6 at |lp| ≈ 16, so the same bounds hold (a Go
+//     emulation of ls_pipe's arithmetic: see gpu_loss16_test.go).
 //   - list kernels: Adam, scaling and filling bit for bit (the same float operations per
 //     element); Σx² 1e-12 relative (double sums in another order) and the same bits
 //     run to run and whatever the buffers' alignment.
@@ -210,8 +214,9 @@ func (p *pair) offsetUp(v []float32, off int) both {
 	return both{p.g.Slice(g, off, len(v)), p.c.Slice(c, off, len(v))}
 }
 
-// TestLabelSmoothedLossPaths runs every launch variant of ls_loss against the CPU: exact
-// (FP32) and float (BF16, FP16) arithmetic, the row staged in shared memory or read from
+// TestLabelSmoothedLossPaths runs every launch variant of ls_loss and ls_pipe_f32 (the
+// float-arithmetic rows of whole float4 groups up to 32,768, aligned) against the CPU:
+// exact (FP32) and float (BF16, FP16) arithmetic, the row staged in shared memory or read from
 // global memory (V beyond the opt-in bound), float4 or scalar accesses (V % 4 ≠ 0,
 // arrays starting off 16 bytes), with and without dlogits, in place, peaked rows,
 // ignored rows; and checks that a second call gives the same bits.
@@ -219,7 +224,7 @@ func TestLabelSmoothedLossPaths(t *testing.T) {
 	be := gpu(t)
 	var st *lossState
 	func() { defer be.enter()(); st = be.lossSetup() }()
-	seen := map[int]bool{}
+	seen, seenPipe := map[int]bool{}, false
 	for _, prec := range []Precision{FP32, BF16, FP16} {
 		for _, tc := range []struct {
 			rows, V       int
@@ -237,6 +242,7 @@ func TestLabelSmoothedLossPaths(t *testing.T) {
 			{60, 27473, 0, 0.1, 1, true, false, false},
 			{50, 27472, 0, 0.2, 1, false, false, false},
 			{50, 1000, 0, 0, 1, true, false, false},
+			{40, 40000, 0, 0.1, 1, true, false, false}, // staged float4 beyond the pipe kernels' rows
 			{24, 70000, 0, 0.1, 1, true, false, false},
 			{24, 70001, 0, 0.1, 1, true, true, false},
 			{24, 70000, 2, 0.1, 1, true, false, false},
@@ -268,7 +274,16 @@ func TestLabelSmoothedLossPaths(t *testing.T) {
 					d = p.offsetUp(randVec(p.r, tc.rows*tc.V), tc.off) // garbage: ignored rows must be zeroed
 				}
 				_, _, mode := lsLaunch(tc.V, st.maxStaged, addr(lg.g), addr(d.g), prec != FP32)
-				seen[mode] = true
+				pp, pipe := func() (lsPipe, bool) {
+					defer p.g.enter()()
+					return p.g.lsPipeFor(st, tc.rows, tc.V, xfOutF32, addr(lg.g), addr(d.g), xfOutF32)
+				}()
+				if pipe {
+					seenPipe = true
+					t.Logf("ls_pipe_f32: grid %d, block %d, %d stages", pp.grid, pp.block, pp.stages)
+				} else {
+					seen[mode] = true
+				}
 				gl, gn := p.g.LabelSmoothedLoss(d.g, lg.g, targets, tc.rows, tc.V, tc.eps, 1, tc.scale)
 				var want []float32
 				if tc.inPlace {
@@ -283,7 +298,9 @@ func TestLabelSmoothedLossPaths(t *testing.T) {
 						want = cpu.Data(d.c)
 					}
 				}
-				t.Logf("mode %d (staged %v, float4 %v, float %v)", mode, mode&lsStaged != 0, mode&lsVec != 0, mode&lsFast != 0)
+				if !pipe {
+					t.Logf("ls_loss mode %d (staged %v, float4 %v, float %v)", mode, mode&lsStaged != 0, mode&lsVec != 0, mode&lsFast != 0)
+				}
 				if want == nil {
 					return
 				}
@@ -316,6 +333,9 @@ func TestLabelSmoothedLossPaths(t *testing.T) {
 				t.Errorf("launch mode %d never taken: the cases no longer cover it on this device (maxStaged %d)", m|f, st.maxStaged)
 			}
 		}
+	}
+	if p := gpu(t); p.info.Major >= 8 && !seenPipe {
+		t.Errorf("ls_pipe_f32 never taken on sm_%d%d", p.info.Major, p.info.Minor)
 	}
 }
 

@@ -238,3 +238,306 @@ extern "C" __global__ void ls_loss(void* dlogits, double* rowOut, const float* l
         if (staged) __syncthreads();
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// ls_pipe_f32 / ls_pipe_bf16 / ls_pipe_f16: the float-arithmetic loss (bf16/fp16 modes)
+// for rows of up to 32·blockDim (≤ 32,768) elements whose logits are float32, bf16 or
+// IEEE half (the name is the logits' format; each element is widened to float as it
+// leaves shared memory). Same definitions as ls_row_fast: NaN-propagating row max m,
+// c = m + (float)log Σ exp(x − m), the loss from V·c − Σ x, the gradient
+// (p − ε̄ − [v = t](1 − ε))·scale with p = exp(x − c).
+//
+// Why another kernel: ls_loss stages a row and then computes on it, so an SM only reads
+// while some block is between rows (~2.6 TB/s), and each element costs two expf. Here a
+// persistent block (grid ≈ SMs) keeps `stages` rows of raw logits in flight with
+// cp.async (1 or 2 buffers of V·size bytes, as many as fit) while it computes on the
+// current row, which it holds in registers (LSP_NV float4 per thread), so each element
+// is read from HBM once and its buffer is refilled as soon as the block has read it.
+// One exp per element: e = exp(x − m) stays in registers and p = e·exp(m − c), which
+// keeps the CPU's rounding of c; p then differs from exp(x − c) by a few float ulps
+// (the rounding of x − m and m − c instead of that of x − c). Each thread sums its
+// elements in float (≤ 32 terms; the block sum is in double): the sum's error moves c by
+// ~1e-8, far below c's own rounding. Ignored rows are not read.
+//
+// fexp (a kernel argument): exp as ex2.approx((x − m)·log2 e) (2 instructions, ~2 ulp
+// plus the product's rounding, ≤ ~2e-6 relative where |x − m| ≈ 20, i.e. on p < 1e-8)
+// instead of expf (≤ 2 ulp, ~8 instructions); the host picks it (loss_backward.go).
+// The 16-bit gradient is rounded by cvt.rn (the same bits as xf_round16 except NaN
+// payloads).
+//
+// Host guarantees (loss_backward.go, lsPipeFor): V % 4 == 0, V·size % 16 == 0 and the
+// logits 16-byte aligned (cp.async of 16 bytes), V ≤ 4·LSP_NV·blockDim, dlogits (if
+// any) aligned for 16-byte (float32) or 8-byte (16-bit) stores, stages·V·size bytes of
+// dynamic shared memory. dlogits may alias logits when both have the same format (a row
+// is written only after it was copied on chip). sm_80+ for cp.async, max.NaN and
+// cvt.rn.*x2; older devices compile a synchronous fallback the host never launches.
+// ---------------------------------------------------------------------------------------
+#define LSP_NV 8
+
+__device__ __forceinline__ void lsp_cp16(void* dst, const void* src) {
+#if __CUDA_ARCH__ >= 800
+    const unsigned a = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("{\n .reg .u64 g;\n cvta.to.global.u64 g, %1;\n cp.async.cg.shared.global [%0], [g], 16;\n}\n" ::"r"(a),
+                 "l"(src)
+                 : "memory");
+#else
+    *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+#endif
+}
+
+__device__ __forceinline__ void lsp_commit() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+
+// lsp_wait waits until at most n of the thread's newest copy groups are in flight.
+template <int n>
+__device__ __forceinline__ void lsp_wait() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;" ::"n"(n) : "memory");
+#endif
+}
+
+// lsp_fetch starts the copy of one row (bytes, a multiple of 16) into buf.
+__device__ __forceinline__ void lsp_fetch(char* buf, const char* row, int bytes) {
+    for (int o = 16 * threadIdx.x; o < bytes; o += 16 * blockDim.x) lsp_cp16(buf + o, row + o);
+}
+
+// lsp_max is xf_max_nan in one instruction where the device has it.
+__device__ __forceinline__ float lsp_max(float a, float b) {
+#if __CUDA_ARCH__ >= 800
+    float r;
+    asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+    return r;
+#else
+    return xf_max_nan(a, b);
+#endif
+}
+
+__device__ __forceinline__ float lsp_ex2(float x) {
+    float r;
+    asm("ex2.approx.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
+
+// lsp_pack2 rounds lo, hi to the 16-bit format fmt, lo in the low half.
+__device__ __forceinline__ unsigned int lsp_pack2(float lo, float hi, int fmt) {
+#if __CUDA_ARCH__ >= 800
+    unsigned int r;
+    if (fmt == XF_OUT_F16)
+        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    else
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#else
+    return (unsigned int)xf_round16(lo, fmt) | ((unsigned int)xf_round16(hi, fmt) << 16);
+#endif
+}
+
+// lsp_store4 writes elements 4q … 4q+3 of a gradient row (streaming: the output
+// projection's backward reads it once, after the whole loss).
+__device__ __forceinline__ void lsp_store4(void* g, int q, float4 v, int fmt) {
+    if (fmt == XF_OUT_F32) {
+        __stcs(reinterpret_cast<float4*>(g) + q, v);
+    } else {
+        uint2 o;
+        o.x = lsp_pack2(v.x, v.y, fmt);
+        o.y = lsp_pack2(v.z, v.w, fmt);
+        __stcs(reinterpret_cast<uint2*>(g) + q, o);
+    }
+}
+
+// lsp_ld4 widens elements 4q … 4q+3 of a row in format IN (XF_OUT_*) to float.
+template <int IN>
+__device__ __forceinline__ float4 lsp_ld4(const char* s, int q) {
+    if (IN == XF_OUT_F32) return reinterpret_cast<const float4*>(s)[q];
+    const uint2 w = reinterpret_cast<const uint2*>(s)[q];
+    if (IN == XF_OUT_BF16)
+        return make_float4(__uint_as_float(w.x << 16), __uint_as_float(w.x & 0xffff0000u), __uint_as_float(w.y << 16),
+                           __uint_as_float(w.y & 0xffff0000u));
+    return make_float4(xf_f16_to_f32((unsigned short)(w.x & 0xffffu)), xf_f16_to_f32((unsigned short)(w.x >> 16)),
+                       xf_f16_to_f32((unsigned short)(w.y & 0xffffu)), xf_f16_to_f32((unsigned short)(w.y >> 16)));
+}
+
+template <int IN>
+__device__ __forceinline__ float lsp_ld1(const char* s, int j) {
+    if (IN == XF_OUT_F32) return reinterpret_cast<const float*>(s)[j];
+    const unsigned short h = reinterpret_cast<const unsigned short*>(s)[j];
+    if (IN == XF_OUT_BF16) return __uint_as_float((unsigned int)h << 16);
+    return xf_f16_to_f32(h);
+}
+
+// lsp_exp4 replaces x by exp(x − m) (m finite or ±Inf; NaN propagates) and adds the
+// four to s in float.
+template <bool kEx2>
+__device__ __forceinline__ void lsp_exp4(float4& x, float m, float& s) {
+    if (kEx2) {
+        const float l2e = 1.4426950408889634f;
+        x.x = lsp_ex2((x.x - m) * l2e);
+        x.y = lsp_ex2((x.y - m) * l2e);
+        x.z = lsp_ex2((x.z - m) * l2e);
+        x.w = lsp_ex2((x.w - m) * l2e);
+    } else {
+        x.x = expf(x.x - m);
+        x.y = expf(x.y - m);
+        x.z = expf(x.z - m);
+        x.w = expf(x.w - m);
+    }
+    s += (x.x + x.y) + (x.z + x.w);
+}
+
+template <int IN>
+__device__ __forceinline__ void lsp_body(void* dlogits, double* rowOut, const void* logits, const int* targets,
+                                         int rows, int V, float eps, int ignore, float scale, int ofmt, int stages,
+                                         int fexp) {
+    extern __shared__ float4 lsp_smem[];
+    __shared__ double sxs[32], ss[32];
+    __shared__ float ms[32];
+    __shared__ float kshare;
+    char* sbase = reinterpret_cast<char*>(lsp_smem);
+    const int bytes = V * (IN == XF_OUT_F32 ? 4 : 2);
+    const int n4 = V >> 2, gsize = ofmt == XF_OUT_F32 ? 4 : 2;
+    const double epsI = (double)eps / (double)V;
+    const float es = (float)epsI * scale, ts = (1.0f - eps) * scale;
+    const char* src = reinterpret_cast<const char*>(logits);
+    const long long G = gridDim.x;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    for (int k = 0; k < stages; k++) {
+        const long long r = blockIdx.x + k * G;
+        if (r < rows && targets[r] != ignore) lsp_fetch(sbase + k * bytes, src + r * bytes, bytes);
+        lsp_commit();  // an empty group keeps the count for lsp_wait
+    }
+    int k = 0;
+    for (long long r = blockIdx.x; r < rows; r += G) {
+        const int t = targets[r];
+        const bool live = t != ignore;
+        char* buf = sbase + k * bytes;
+        if (stages == 2) k ^= 1;
+        if (stages == 2)
+            lsp_wait<1>();
+        else
+            lsp_wait<0>();
+        __syncthreads();  // (A) the row is in buf; the previous row's scratch is read
+        void* g = dlogits ? reinterpret_cast<char*>(dlogits) + r * V * gsize : nullptr;
+        if (!live) {
+            __syncthreads();  // (C) as a live row: every thread is past its reads of buf
+            {
+                const long long rn = r + stages * G;
+                if (rn < rows && targets[rn] != ignore) lsp_fetch(buf, src + rn * bytes, bytes);
+                lsp_commit();
+            }
+            if (threadIdx.x == 0) {
+                rowOut[2 * r] = 0;
+                rowOut[2 * r + 1] = 0;
+            }
+            if (g)
+                for (int q = threadIdx.x; q < n4; q += blockDim.x) lsp_store4(g, q, make_float4(0, 0, 0, 0), ofmt);
+            continue;
+        }
+        float4 v[LSP_NV];
+        float mt = -XF_INF, sxt = 0;
+#pragma unroll
+        for (int u = 0; u < LSP_NV; u++) {
+            const int q = threadIdx.x + u * blockDim.x;
+            if (q < n4) {
+                const float4 x = lsp_ld4<IN>(buf, q);
+                v[u] = x;
+                mt = lsp_max(mt, lsp_max(lsp_max(x.x, x.y), lsp_max(x.z, x.w)));
+                sxt += (x.x + x.y) + (x.z + x.w);
+            }
+        }
+        float xt = 0;
+        if (threadIdx.x == 0) xt = lsp_ld1<IN>(buf, t);
+        for (int o = 16; o > 0; o >>= 1) mt = lsp_max(mt, __shfl_xor_sync(0xffffffffu, mt, o));
+        if (lane == 0) ms[warp] = mt;
+        __syncthreads();  // (C) the warps' maxima are in ms, and every thread has read buf
+        {
+            const long long rn = r + stages * G;
+            if (rn < rows && targets[rn] != ignore) lsp_fetch(buf, src + rn * bytes, bytes);
+            lsp_commit();
+        }
+        float m = lane < nw ? ms[lane] : -XF_INF;
+        for (int o = 16; o > 0; o >>= 1) m = lsp_max(m, __shfl_xor_sync(0xffffffffu, m, o));
+        float st = 0;
+        if (fexp) {
+#pragma unroll
+            for (int u = 0; u < LSP_NV; u++)
+                if (threadIdx.x + u * blockDim.x < n4) lsp_exp4<true>(v[u], m, st);
+        } else {
+#pragma unroll
+            for (int u = 0; u < LSP_NV; u++)
+                if (threadIdx.x + u * blockDim.x < n4) lsp_exp4<false>(v[u], m, st);
+        }
+        double s = (double)st, sx = (double)sxt;
+        s = xf_warp_sum(s);
+        sx = xf_warp_sum(sx);
+        if (lane == 0) {
+            ss[warp] = s;
+            sxs[warp] = sx;
+        }
+        __syncthreads();  // (D) the warps' sums are in ss, sxs
+        if (warp == 0) {
+            s = xf_warp_sum(lane < nw ? ss[lane] : 0.0);
+            sx = xf_warp_sum(lane < nw ? sxs[lane] : 0.0);
+            const float c = m + (float)log(s);
+            if (lane == 0) {
+                kshare = expf(m - c) * scale;
+                const float lpt = xt - c;
+                const double smooth = (double)V * (double)c - sx;
+                rowOut[2 * r] = (1 - (double)eps) * (double)(-lpt) + epsI * smooth;
+                rowOut[2 * r + 1] = (double)(-lpt);
+            }
+        }
+        if (!g) continue;
+        __syncthreads();  // (E) kshare is written
+        const float ks = kshare;
+#pragma unroll
+        for (int u = 0; u < LSP_NV; u++) {
+            const int q = threadIdx.x + u * blockDim.x;
+            if (q < n4) {
+                const float4 e = v[u];
+                float4 o;
+                o.x = e.x * ks - es;
+                o.y = e.y * ks - es;
+                o.z = e.z * ks - es;
+                o.w = e.w * ks - es;
+                if (q == (t >> 2)) {
+                    const int c = t & 3;
+                    if (c == 0) o.x = o.x - ts;
+                    if (c == 1) o.y = o.y - ts;
+                    if (c == 2) o.z = o.z - ts;
+                    if (c == 3) o.w = o.w - ts;
+                }
+                lsp_store4(g, q, o, ofmt);
+            }
+        }
+    }
+}
+
+// One 1024-thread block per SM at most (64 registers: the row's LSP_NV float4 live in
+// them); the bounds sit on declarations so the definitions keep the plain form.
+extern "C" __global__ void __launch_bounds__(1024, 1)
+    ls_pipe_f32(void* dlogits, double* rowOut, const void* logits, const int* targets, int rows, int V, float eps,
+                int ignore, float scale, int ofmt, int stages, int fexp);
+extern "C" __global__ void __launch_bounds__(1024, 1)
+    ls_pipe_bf16(void* dlogits, double* rowOut, const void* logits, const int* targets, int rows, int V, float eps,
+                 int ignore, float scale, int ofmt, int stages, int fexp);
+extern "C" __global__ void __launch_bounds__(1024, 1)
+    ls_pipe_f16(void* dlogits, double* rowOut, const void* logits, const int* targets, int rows, int V, float eps,
+                int ignore, float scale, int ofmt, int stages, int fexp);
+
+extern "C" __global__ void ls_pipe_f32(void* dlogits, double* rowOut, const void* logits, const int* targets, int rows,
+                                       int V, float eps, int ignore, float scale, int ofmt, int stages, int fexp) {
+    lsp_body<XF_OUT_F32>(dlogits, rowOut, logits, targets, rows, V, eps, ignore, scale, ofmt, stages, fexp);
+}
+
+extern "C" __global__ void ls_pipe_bf16(void* dlogits, double* rowOut, const void* logits, const int* targets, int rows,
+                                        int V, float eps, int ignore, float scale, int ofmt, int stages, int fexp) {
+    lsp_body<XF_OUT_BF16>(dlogits, rowOut, logits, targets, rows, V, eps, ignore, scale, ofmt, stages, fexp);
+}
+
+extern "C" __global__ void ls_pipe_f16(void* dlogits, double* rowOut, const void* logits, const int* targets, int rows,
+                                       int V, float eps, int ignore, float scale, int ofmt, int stages, int fexp) {
+    lsp_body<XF_OUT_F16>(dlogits, rowOut, logits, targets, rows, V, eps, ignore, scale, ofmt, stages, fexp);
+}
