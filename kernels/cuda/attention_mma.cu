@@ -61,6 +61,10 @@
 // Blocks per SM the second kernels are compiled for (__launch_bounds__): see am2_*.
 #define AM2_FWD_MINB 5
 #define AM2_BWD_MINB 4
+// The third kernels' (am3_*) blocks per SM for __launch_bounds__ (their shared memory
+// allows no more at T 41).
+#define AM3_FWD_MINB 4
+#define AM3_BWD_MINB 2
 
 // am_pack is a register of two 16-bit values, lo in the low half (the lower column),
 // each rounded to nearest even by the hardware converter (cvt.rn, sm_80): IEEE rounding
@@ -757,57 +761,21 @@ __device__ __forceinline__ float am2_drawn(unsigned long long seed, unsigned lon
     return xf_dropout_keep(seed, (unsigned long long)e, threshold) ? keepScale : 0.0f;
 }
 
-// Forward: as am_fwd (block (x, h, b), a warp per 16 query rows, at most 4 warps). Shared
-// memory: Q [16W][AM_LD], K, V [TKp][AM_LD] (16-bit), the tile's dropout-mask rows
-// [16W][TK] (fp32, rounded up to 4 floats; only with a stored mask), then TK padding
-// flags.
-__device__ __forceinline__ void am2_fwd(bool kHalf, void* out, long long oBS, long long oRS, const float* q,
-                                        long long qBS, long long qRS, const float* k, long long kBS, long long kRS,
-                                        const float* v, long long vBS, long long vRS, int H, int TQ, int TK, float scale,
-                                        const unsigned char* pad, long long padStride, int causal, int queryOffset,
-                                        float* probs, const float* dropMask, int outFmt, unsigned long long seed,
-                                        unsigned long long threshold, float keepScale) {
+// am2_fwd_tile is the forward's work after the staging: query tile tile0 of (b, h),
+// from the 16-bit tiles Qs, Ks, Vs, the stored mask rows Ms (or a drawn mask) and the
+// padding flags, each warp its 16 query rows. No barrier: warps past TQ return.
+__device__ __forceinline__ void am2_fwd_tile(bool kHalf, const unsigned short* Qs, const unsigned short* Ks,
+                                             const unsigned short* Vs, const float* Ms, const unsigned char* padded,
+                                             int b, int h, int tile0, void* out, long long oBS, long long oRS, int H,
+                                             int TQ, int TK, int causal, int queryOffset, float* probs,
+                                             const float* dropMask, int outFmt, unsigned long long seed,
+                                             unsigned long long threshold, float keepScale) {
     constexpr int MAXNT = 4;
-    extern __shared__ uint4 am_smem4[];
-    const int NT = (TK + 15) >> 4, TKp = 16 * NT;
-    const int nw = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int NT = (TK + 15) >> 4;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int gr = lane >> 2, t = lane & 3;
-    const int h = blockIdx.y, b = blockIdx.z;
-    const int rowsQ = 16 * nw, tile0 = blockIdx.x * rowsQ, nq = min(rowsQ, TQ - tile0);
-    unsigned short* Qs = reinterpret_cast<unsigned short*>(am_smem4);
-    unsigned short* Ks = Qs + rowsQ * AM_LD;
-    unsigned short* Vs = Ks + TKp * AM_LD;
-    float* Ms = reinterpret_cast<float*>(Vs + TKp * AM_LD);
-    unsigned char* padded = reinterpret_cast<unsigned char*>(Ms + (dropMask ? am_round4(rowsQ * TK) : 0));
     const long long hD = (long long)h * AM_D;
     const long long tileOff = (((long long)b * H + h) * TQ + tile0) * TK;  // (tile0, 0) of P and M
-
-    // The tile's mask rows are contiguous in global memory.
-    if (dropMask) am_cp_async(Ms, dropMask + tileOff, nq * TK);
-    // Padding flags: loaded before the staging, stored after it (4 rounds of ≥ 32
-    // threads cover TK ≤ 128).
-    const unsigned char* pr = pad ? pad + (long long)b * padStride : nullptr;
-    unsigned char pf[4];
-#pragma unroll
-    for (int u = 0; u < 4; u++) {
-        const int j = threadIdx.x + u * blockDim.x;
-        pf[u] = (pr && j < TK) ? __ldg(pr + j) : 0;
-    }
-    {
-        const AmSrc m[3] = {
-            {q + (long long)b * qBS + (long long)tile0 * qRS + hD, qRS, nq, rowsQ, 0, scale, true},
-            {k + (long long)b * kBS + hD, kRS, TK, TKp, (int)(Ks - Qs), 1.0f, false},
-            {v + (long long)b * vBS + hD, vRS, TK, TKp, (int)(Vs - Qs), 1.0f, false},
-        };
-        am_stage<3, 12>(kHalf, Qs, m);
-    }
-#pragma unroll
-    for (int u = 0; u < 4; u++) {
-        const int j = threadIdx.x + u * blockDim.x;
-        if (j < TK) padded[j] = pf[u] != 0 ? 1 : 0;
-    }
-    am_cp_wait();
-    __syncthreads();
     const int i0 = tile0 + 16 * warp;
     if (i0 >= TQ) return;  // uniform over the warp; no barrier follows
 
@@ -933,6 +901,59 @@ __device__ __forceinline__ void am2_fwd(bool kHalf, void* out, long long oBS, lo
     }
 }
 
+// Forward: as am_fwd (block (x, h, b), a warp per 16 query rows, at most 4 warps). Shared
+// memory: Q [16W][AM_LD], K, V [TKp][AM_LD] (16-bit), the tile's dropout-mask rows
+// [16W][TK] (fp32, rounded up to 4 floats; only with a stored mask), then TK padding
+// flags.
+__device__ __forceinline__ void am2_fwd(bool kHalf, void* out, long long oBS, long long oRS, const float* q,
+                                        long long qBS, long long qRS, const float* k, long long kBS, long long kRS,
+                                        const float* v, long long vBS, long long vRS, int H, int TQ, int TK, float scale,
+                                        const unsigned char* pad, long long padStride, int causal, int queryOffset,
+                                        float* probs, const float* dropMask, int outFmt, unsigned long long seed,
+                                        unsigned long long threshold, float keepScale) {
+    extern __shared__ uint4 am_smem4[];
+    const int NT = (TK + 15) >> 4, TKp = 16 * NT;
+    const int nw = blockDim.x >> 5;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int rowsQ = 16 * nw, tile0 = blockIdx.x * rowsQ, nq = min(rowsQ, TQ - tile0);
+    unsigned short* Qs = reinterpret_cast<unsigned short*>(am_smem4);
+    unsigned short* Ks = Qs + rowsQ * AM_LD;
+    unsigned short* Vs = Ks + TKp * AM_LD;
+    float* Ms = reinterpret_cast<float*>(Vs + TKp * AM_LD);
+    unsigned char* padded = reinterpret_cast<unsigned char*>(Ms + (dropMask ? am_round4(rowsQ * TK) : 0));
+    const long long hD = (long long)h * AM_D;
+    const long long tileOff = (((long long)b * H + h) * TQ + tile0) * TK;  // (tile0, 0) of P and M
+
+    // The tile's mask rows are contiguous in global memory.
+    if (dropMask) am_cp_async(Ms, dropMask + tileOff, nq * TK);
+    // Padding flags: loaded before the staging, stored after it (4 rounds of ≥ 32
+    // threads cover TK ≤ 128).
+    const unsigned char* pr = pad ? pad + (long long)b * padStride : nullptr;
+    unsigned char pf[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        const int j = threadIdx.x + u * blockDim.x;
+        pf[u] = (pr && j < TK) ? __ldg(pr + j) : 0;
+    }
+    {
+        const AmSrc m[3] = {
+            {q + (long long)b * qBS + (long long)tile0 * qRS + hD, qRS, nq, rowsQ, 0, scale, true},
+            {k + (long long)b * kBS + hD, kRS, TK, TKp, (int)(Ks - Qs), 1.0f, false},
+            {v + (long long)b * vBS + hD, vRS, TK, TKp, (int)(Vs - Qs), 1.0f, false},
+        };
+        am_stage<3, 12>(kHalf, Qs, m);
+    }
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        const int j = threadIdx.x + u * blockDim.x;
+        if (j < TK) padded[j] = pf[u] != 0 ? 1 : 0;
+    }
+    am_cp_wait();
+    __syncthreads();
+    am2_fwd_tile(kHalf, Qs, Ks, Vs, Ms, padded, b, h, tile0, out, oBS, oRS, H, TQ, TK, causal, queryOffset, probs,
+                 dropMask, outFmt, seed, threshold, keepScale);
+}
+
 extern "C" __global__ void __launch_bounds__(128, AM2_FWD_MINB) attention_mma2_fwd(
     void* out, long long oBS, long long oRS, const float* q, long long qBS, long long qRS, const float* k,
     long long kBS, long long kRS, const float* v, long long vBS, long long vRS, int H, int TQ, int TK, float scale,
@@ -963,57 +984,27 @@ __device__ __forceinline__ void am2_grad_rows(bool kHalf, int outFmt, void* g, l
     }
 }
 
-// Backward: block (h, b) = (blockIdx.y, blockIdx.z) with max(MT, NT) ≤ 4 warps, so that
-// phase A is one pass (a query block per warp) with barriers every warp reaches.
-// Shared memory: Qs [TQp][AM_LD] (scaled), K, V [TKp][AM_LD], dO [TQp][AM_LD] (16-bit),
-// then Z1 = P [TQ][TK] (fp32) later dS [TQp][LDZ], Z2 = M [TQ][TK] later P⊙M [TQp][LDZ]
-// (with a drawn mask, am2_fwd's, Z2 holds only P⊙M: 2·TQp·LDZ bytes, which the launch
-// code then asks for instead of am2_zbytes).
-//  A. warp < MT: dP = dO·Vᵀ; dp = dP·m, dot, ds, p·m from the shared P and M (or m
-//     drawn, once per element: the keep bits of a lane's 32 elements in one register),
-//     held rounded in registers; barrier; written into dS and P⊙M; dq +=
-//     scale·round(ds)·K.
-//  B. as am_bwd: per (key block, dk or dv), dv = PMᵀ·dO, dk = dSᵀ·Qs.
-__device__ __forceinline__ void am2_bwd(bool kHalf, void* dq, long long dqBS, long long dqRS, void* dk,
-                                        long long dkBS, long long dkRS, void* dv, long long dvBS, long long dvRS,
-                                        const float* dout, long long doBS, long long doRS, const float* q,
-                                        long long qBS, long long qRS, const float* k, long long kBS, long long kRS,
-                                        const float* v, long long vBS, long long vRS, const float* probs,
-                                        const float* mask, int H, int TQ, int TK, float scale, int outFmt,
-                                        unsigned long long seed, unsigned long long threshold, float keepScale) {
+// am2_bwd_pair is the backward's work after the staging, for (b, h): the 16-bit tiles
+// Qs (scaled), Ks, Vs, Os (dout), P in z1 (fp32 [TQ][TK]) and, with a stored mask, M in
+// z2; phases A and B below (barriers inside: every thread of the block calls it).
+__device__ __forceinline__ void am2_bwd_pair(bool kHalf, const unsigned short* Qs, const unsigned short* Ks,
+                                             const unsigned short* Vs, const unsigned short* Os, unsigned char* z1,
+                                             unsigned char* z2, int b, int h, void* dq, long long dqBS,
+                                             long long dqRS, void* dk, long long dkBS, long long dkRS, void* dv,
+                                             long long dvBS, long long dvRS, const float* mask, int H, int TQ, int TK,
+                                             float scale, int outFmt, unsigned long long seed,
+                                             unsigned long long threshold, float keepScale) {
     constexpr int MAXNT = 4;
-    extern __shared__ uint4 am_smem4[];
     const int NT = (TK + 15) >> 4, TKp = 16 * NT, LDZ = TKp + 8;
     const int nw = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int gr = lane >> 2, t = lane & 3;
-    const int h = blockIdx.y, b = blockIdx.z;
     const int TQp = (TQ + 15) & ~15, MT = TQp >> 4;
-    unsigned short* Qs = reinterpret_cast<unsigned short*>(am_smem4);
-    unsigned short* Ks = Qs + TQp * AM_LD;
-    unsigned short* Vs = Ks + TKp * AM_LD;
-    unsigned short* Os = Vs + TKp * AM_LD;
-    unsigned char* z1 = reinterpret_cast<unsigned char*>(Os + TQp * AM_LD);
-    unsigned char* z2 = z1 + am2_zbytes(TQ, TK);
     const float* Pz = reinterpret_cast<const float*>(z1);
     const float* Mz = reinterpret_cast<const float*>(z2);
     unsigned short* dS = reinterpret_cast<unsigned short*>(z1);
     unsigned short* PM = reinterpret_cast<unsigned short*>(z2);
     const long long hD = (long long)h * AM_D;
     const long long pbase = (((long long)b * H + h) * TQ) * TK;
-
-    am_cp_async(reinterpret_cast<float*>(z1), probs + pbase, TQ * TK);
-    if (mask) am_cp_async(reinterpret_cast<float*>(z2), mask + pbase, TQ * TK);
-    {
-        const AmSrc m[4] = {
-            {q + (long long)b * qBS + hD, qRS, TQ, TQp, 0, scale, true},
-            {k + (long long)b * kBS + hD, kRS, TK, TKp, (int)(Ks - Qs), 1.0f, false},
-            {v + (long long)b * vBS + hD, vRS, TK, TKp, (int)(Vs - Qs), 1.0f, false},
-            {dout + (long long)b * doBS + hD, doRS, TQ, TQp, (int)(Os - Qs), 1.0f, false},
-        };
-        am_stage<4, 12>(kHalf, Qs, m);
-    }
-    am_cp_wait();
-    __syncthreads();
 
     // A. ds and p·m of query block `warp`, rounded into registers (pairs: [n][0] row gr,
     // [n][1] row gr + 8).
@@ -1160,6 +1151,55 @@ __device__ __forceinline__ void am2_bwd(bool kHalf, void* dq, long long dqBS, lo
     }
 }
 
+// Backward: block (h, b) = (blockIdx.y, blockIdx.z) with max(MT, NT) ≤ 4 warps, so that
+// phase A is one pass (a query block per warp) with barriers every warp reaches.
+// Shared memory: Qs [TQp][AM_LD] (scaled), K, V [TKp][AM_LD], dO [TQp][AM_LD] (16-bit),
+// then Z1 = P [TQ][TK] (fp32) later dS [TQp][LDZ], Z2 = M [TQ][TK] later P⊙M [TQp][LDZ]
+// (with a drawn mask, am2_fwd's, Z2 holds only P⊙M: 2·TQp·LDZ bytes, which the launch
+// code then asks for instead of am2_zbytes).
+//  A. warp < MT: dP = dO·Vᵀ; dp = dP·m, dot, ds, p·m from the shared P and M (or m
+//     drawn, once per element: the keep bits of a lane's 32 elements in one register),
+//     held rounded in registers; barrier; written into dS and P⊙M; dq +=
+//     scale·round(ds)·K.
+//  B. as am_bwd: per (key block, dk or dv), dv = PMᵀ·dO, dk = dSᵀ·Qs.
+__device__ __forceinline__ void am2_bwd(bool kHalf, void* dq, long long dqBS, long long dqRS, void* dk,
+                                        long long dkBS, long long dkRS, void* dv, long long dvBS, long long dvRS,
+                                        const float* dout, long long doBS, long long doRS, const float* q,
+                                        long long qBS, long long qRS, const float* k, long long kBS, long long kRS,
+                                        const float* v, long long vBS, long long vRS, const float* probs,
+                                        const float* mask, int H, int TQ, int TK, float scale, int outFmt,
+                                        unsigned long long seed, unsigned long long threshold, float keepScale) {
+    extern __shared__ uint4 am_smem4[];
+    const int TKp = (TK + 15) & ~15;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int TQp = (TQ + 15) & ~15;
+    unsigned short* Qs = reinterpret_cast<unsigned short*>(am_smem4);
+    unsigned short* Ks = Qs + TQp * AM_LD;
+    unsigned short* Vs = Ks + TKp * AM_LD;
+    unsigned short* Os = Vs + TKp * AM_LD;
+    unsigned char* z1 = reinterpret_cast<unsigned char*>(Os + TQp * AM_LD);
+    unsigned char* z2 = z1 + am2_zbytes(TQ, TK);
+    const long long hD = (long long)h * AM_D;
+    const long long pbase = (((long long)b * H + h) * TQ) * TK;
+
+    am_cp_async(reinterpret_cast<float*>(z1), probs + pbase, TQ * TK);
+    if (mask) am_cp_async(reinterpret_cast<float*>(z2), mask + pbase, TQ * TK);
+    {
+        const AmSrc m[4] = {
+            {q + (long long)b * qBS + hD, qRS, TQ, TQp, 0, scale, true},
+            {k + (long long)b * kBS + hD, kRS, TK, TKp, (int)(Ks - Qs), 1.0f, false},
+            {v + (long long)b * vBS + hD, vRS, TK, TKp, (int)(Vs - Qs), 1.0f, false},
+            {dout + (long long)b * doBS + hD, doRS, TQ, TQp, (int)(Os - Qs), 1.0f, false},
+        };
+        am_stage<4, 12>(kHalf, Qs, m);
+    }
+    am_cp_wait();
+    __syncthreads();
+
+    am2_bwd_pair(kHalf, Qs, Ks, Vs, Os, z1, z2, b, h, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, mask, H, TQ,
+                 TK, scale, outFmt, seed, threshold, keepScale);
+}
+
 extern "C" __global__ void __launch_bounds__(128, AM2_BWD_MINB) attention_mma2_bwd(
     void* dq, long long dqBS, long long dqRS, void* dk, long long dkBS, long long dkRS, void* dv, long long dvBS,
     long long dvRS, const float* dout, long long doBS, long long doRS, const float* q, long long qBS, long long qRS,
@@ -1168,6 +1208,195 @@ extern "C" __global__ void __launch_bounds__(128, AM2_BWD_MINB) attention_mma2_b
     unsigned long long threshold, float keepScale) {
     am2_bwd(half != 0, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, dout, doBS, doRS, q, qBS, qRS, k, kBS, kRS, v,
             vBS, vRS, probs, mask, H, TQ, TK, scale, outFmt, seed, threshold, keepScale);
+}
+
+// ---------------------------------------------------------------------------------------
+// The third kernels (attention_mma3_fwd / attention_mma3_bwd): the second kernels' work
+// (am2_fwd_tile, am2_bwd_pair: the same arithmetic, so the same bits) in persistent
+// blocks. A second kernel's block is one chain, load → compute → store, and all blocks
+// of a wave load at once and then compute at once, so memory and arithmetic take turns
+// instead of overlapping. Here a grid of about as many blocks as fit on the device loops
+// over the work items (item = blockIdx.x, + gridDim.x, …), and while it computes one
+// item the next one's fp32 rows are on their way into a landing area of shared memory
+// by 16-byte cp.async (no registers held). Each item then starts with a shared-to-shared
+// pass that rounds the landed rows into the 16-bit tiles, as am_stage rounds them from
+// global memory (same products q·scale, same am_pack). The landing area costs shared
+// memory (fewer resident blocks), which the overlap has to pay for: the launch code
+// takes these kernels where the timing test found them faster.
+// Only a drawn mask or none (the training step's, kernels.SeededAttention): a stored mask
+// would need its own double buffer. Every row start of q, k, v (and dout) must be 16-byte
+// aligned (cp.async's 16-byte form); the launch code checks that, else it keeps the second
+// kernels.
+// ---------------------------------------------------------------------------------------
+
+// am3_smem is the dynamic shared memory, declared in a C++ function: a declaration in
+// an extern "C" kernel would give am_smem4 C linkage, which conflicts with the others.
+__device__ __forceinline__ unsigned short* am3_smem() {
+    extern __shared__ uint4 am_smem4[];
+    return reinterpret_cast<unsigned short*>(am_smem4);
+}
+
+// am3_cp16 copies 16 bytes from global src to shared dst without waiting (am_cp_wait).
+__device__ __forceinline__ void am3_cp16(float* dst, const float* src) {
+#if __CUDA_ARCH__ >= 800
+    const unsigned a = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("{\n .reg .u64 g;\n cvta.to.global.u64 g, %1;\n cp.async.cg.shared.global [%0], [g], 16;\n}\n" ::"r"(a),
+                 "l"(src)
+                 : "memory");
+#else
+    *reinterpret_cast<float4*>(dst) = *reinterpret_cast<const float4*>(src);
+#endif
+}
+
+// am3_fetch starts the copy of rows [rows][AM_D] of a global fp32 matrix (row stride rs)
+// into the landing area dst (row stride AM_D floats), with the whole block.
+__device__ __forceinline__ void am3_fetch(float* dst, const float* src, long long rs, int rows) {
+    for (int e = threadIdx.x; e < rows * 16; e += blockDim.x) {
+        const int r = e >> 4, c = e & 15;
+        am3_cp16(dst + r * AM_D + 4 * c, src + (long long)r * rs + 4 * c);
+    }
+}
+
+// am3_round rounds landed rows into a 16-bit tile [rowsPad][AM_LD] (rows past `rows`
+// zeros), times s when scaled: am_stage's arithmetic on the same fp32 values.
+__device__ __forceinline__ void am3_round(bool kHalf, unsigned short* tile, const float* src, int rows, int rowsPad,
+                                          float s, bool scaled) {
+    for (int e = threadIdx.x; e < rowsPad * 16; e += blockDim.x) {
+        const int r = e >> 4, c = e & 15;
+        float4 y = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (r < rows) {
+            y = *reinterpret_cast<const float4*>(src + r * AM_D + 4 * c);
+            if (scaled) {
+                y.x = y.x * s;
+                y.y = y.y * s;
+                y.z = y.z * s;
+                y.w = y.w * s;
+            }
+        }
+        uint2 o;
+        o.x = am_pack(kHalf, y.x, y.y);
+        o.y = am_pack(kHalf, y.z, y.w);
+        *reinterpret_cast<uint2*>(tile + r * AM_LD + 4 * c) = o;
+    }
+}
+
+// Forward items: (tile x, head h, batch b), item = (b·H + h)·tiles + x. Shared memory:
+// Q [16W][AM_LD], K, V [TKp][AM_LD] (16-bit), TK padding flags rounded up to 16 bytes,
+// then the landing area: Q rows [16W][AM_D], K and V rows [TK][AM_D] (fp32).
+// The padding flags of the next item travel in two registers (W = 1 gives 32 threads for
+// TK ≤ 64).
+extern "C" __global__ void __launch_bounds__(128, AM3_FWD_MINB) attention_mma3_fwd(
+    void* out, long long oBS, long long oRS, const float* q, long long qBS, long long qRS, const float* k,
+    long long kBS, long long kRS, const float* v, long long vBS, long long vRS, int H, int TQ, int TK, float scale,
+    const unsigned char* pad, long long padStride, int causal, int queryOffset, float* probs, const float* dropMask,
+    int half, int outFmt, unsigned long long seed, unsigned long long threshold, float keepScale, int tiles, int items) {
+    const bool kHalf = half != 0;
+    const int TKp = (TK + 15) & ~15;
+    const int rowsQ = 16 * (blockDim.x >> 5);
+    unsigned short* Qs = am3_smem();
+    unsigned short* Ks = Qs + rowsQ * AM_LD;
+    unsigned short* Vs = Ks + TKp * AM_LD;
+    unsigned char* padded = reinterpret_cast<unsigned char*>(Vs + TKp * AM_LD);
+    float* Lq = reinterpret_cast<float*>(padded + ((TK + 15) & ~15));
+    float* Lk = Lq + rowsQ * AM_D;
+    float* Lv = Lk + TK * AM_D;
+    (void)dropMask;  // always null here (the launch code keeps stored masks on attention_mma2_fwd)
+
+    int item = blockIdx.x;
+    unsigned char pf[2] = {0, 0};
+    // fetch starts the copies and the padding-flag loads of item it.
+    auto fetch = [&](int it) {
+        const int x = it % tiles, hb = it / tiles, h = hb % H, b = hb / H;
+        const int tile0 = x * rowsQ, nq = min(rowsQ, TQ - tile0);
+        const long long hD = (long long)h * AM_D;
+        am3_fetch(Lq, q + (long long)b * qBS + (long long)tile0 * qRS + hD, qRS, nq);
+        am3_fetch(Lk, k + (long long)b * kBS + hD, kRS, TK);
+        am3_fetch(Lv, v + (long long)b * vBS + hD, vRS, TK);
+        const unsigned char* pr = pad ? pad + (long long)b * padStride : nullptr;
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            const int j = threadIdx.x + u * blockDim.x;
+            pf[u] = (pr && j < TK) ? __ldg(pr + j) : 0;
+        }
+    };
+    if (item < items) fetch(item);
+    while (item < items) {
+        const int x = item % tiles, hb = item / tiles, h = hb % H, b = hb / H;
+        const int tile0 = x * rowsQ, nq = min(rowsQ, TQ - tile0);
+        am_cp_wait();
+        __syncthreads();  // the landed rows are visible; the previous item's tiles are free
+        am3_round(kHalf, Qs, Lq, nq, rowsQ, scale, true);
+        am3_round(kHalf, Ks, Lk, TK, TKp, 1.0f, false);
+        am3_round(kHalf, Vs, Lv, TK, TKp, 1.0f, false);
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            const int j = threadIdx.x + u * blockDim.x;
+            if (j < TK) padded[j] = pf[u] != 0 ? 1 : 0;
+        }
+        __syncthreads();  // tiles complete; the landing area is free
+        const int next = item + gridDim.x;
+        if (next < items) fetch(next);
+        am2_fwd_tile(kHalf, Qs, Ks, Vs, nullptr, padded, b, h, tile0, out, oBS, oRS, H, TQ, TK, causal, queryOffset,
+                     probs, nullptr, outFmt, seed, threshold, keepScale);
+        item = next;
+    }
+}
+
+// Backward items: (h, b), item = b·H + h. Shared memory: as attention_mma2_bwd with a
+// drawn mask or none (Qs, Ks, Vs, Os tiles, Z1 of am2_zbytes for P then dS, Z2 for P⊙M),
+// then the landing area: q, k, v, dout rows ([TQ], [TK], [TK], [TQ] × AM_D fp32) and P
+// (TQ·TK fp32, by 4-byte copies: its rows start anywhere), which the rounding pass copies
+// into Z1. Warps: enough for phase A in one pass and phase B's 2·NT items in one
+// (amBackwardWarps3).
+extern "C" __global__ void __launch_bounds__(256, AM3_BWD_MINB) attention_mma3_bwd(
+    void* dq, long long dqBS, long long dqRS, void* dk, long long dkBS, long long dkRS, void* dv, long long dvBS,
+    long long dvRS, const float* dout, long long doBS, long long doRS, const float* q, long long qBS, long long qRS,
+    const float* k, long long kBS, long long kRS, const float* v, long long vBS, long long vRS, const float* probs,
+    const float* mask, int H, int TQ, int TK, float scale, int half, int outFmt, unsigned long long seed,
+    unsigned long long threshold, float keepScale, int items) {
+    const bool kHalf = half != 0;
+    const int TKp = (TK + 15) & ~15, TQp = (TQ + 15) & ~15, LDZ = TKp + 8;
+    unsigned short* Qs = am3_smem();
+    unsigned short* Ks = Qs + TQp * AM_LD;
+    unsigned short* Vs = Ks + TKp * AM_LD;
+    unsigned short* Os = Vs + TKp * AM_LD;
+    unsigned char* z1 = reinterpret_cast<unsigned char*>(Os + TQp * AM_LD);
+    unsigned char* z2 = z1 + am2_zbytes(TQ, TK);
+    float* Lq = reinterpret_cast<float*>(z2 + 2 * TQp * LDZ);
+    float* Lk = Lq + TQ * AM_D;
+    float* Lv = Lk + TK * AM_D;
+    float* Lo = Lv + TK * AM_D;
+    float* Lp = Lo + TQ * AM_D;
+    (void)mask;  // always null here (stored masks stay on attention_mma2_bwd)
+
+    auto fetch = [&](int it) {
+        const int h = it % H, b = it / H;
+        const long long hD = (long long)h * AM_D;
+        am_cp_async(Lp, probs + (((long long)b * H + h) * TQ) * TK, TQ * TK);
+        am3_fetch(Lq, q + (long long)b * qBS + hD, qRS, TQ);
+        am3_fetch(Lk, k + (long long)b * kBS + hD, kRS, TK);
+        am3_fetch(Lv, v + (long long)b * vBS + hD, vRS, TK);
+        am3_fetch(Lo, dout + (long long)b * doBS + hD, doRS, TQ);
+    };
+    int item = blockIdx.x;
+    if (item < items) fetch(item);
+    while (item < items) {
+        const int h = item % H, b = item / H;
+        am_cp_wait();
+        __syncthreads();  // the landed rows are visible; the previous item is done with every tile
+        am3_round(kHalf, Qs, Lq, TQ, TQp, scale, true);
+        am3_round(kHalf, Ks, Lk, TK, TKp, 1.0f, false);
+        am3_round(kHalf, Vs, Lv, TK, TKp, 1.0f, false);
+        am3_round(kHalf, Os, Lo, TQ, TQp, 1.0f, false);
+        float* Pz = reinterpret_cast<float*>(z1);
+        for (int e = threadIdx.x; e < TQ * TK; e += blockDim.x) Pz[e] = Lp[e];
+        __syncthreads();  // tiles and P complete; the landing area is free
+        const int next = item + gridDim.x;
+        if (next < items) fetch(next);
+        am2_bwd_pair(kHalf, Qs, Ks, Vs, Os, z1, z2, b, h, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, nullptr, H,
+                     TQ, TK, scale, outFmt, seed, threshold, keepScale);
+        item = next;
+    }
 }
 
 // attention_mma_round packs pairs of floats as the kernels above round their operands

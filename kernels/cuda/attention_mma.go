@@ -28,7 +28,7 @@ const (
 // amKernels are the kernel names: forward and backward for MAXNT 4 (TK ≤ 64) and 8, and
 // the rounding check of TestAttentionMMARounding.
 var amKernels = [...]string{"attention_mma_fwd4", "attention_mma_fwd8", "attention_mma_bwd4", "attention_mma_bwd8", "attention_mma_round",
-	"attention_mma2_fwd", "attention_mma2_bwd"}
+	"attention_mma2_fwd", "attention_mma2_bwd", "attention_mma3_fwd", "attention_mma3_bwd"}
 
 // am2MaxT bounds the second kernels (attention_mma2_*): TK ≤ 64 forward, TQ and TK ≤ 64
 // backward (MAXNT 4, a query block per warp). They replace the first kernels there; the
@@ -41,6 +41,7 @@ type attnMMAFns struct {
 	round     uintptr
 	fwd2      uintptr // attention_mma2_fwd
 	bwd2      uintptr // attention_mma2_bwd
+	third     am3Fns  // attention_mma3_fwd/bwd (attention_mma3.go)
 	bwd2Opt   bool    // attention_mma2_bwd allowed the device's whole shared memory
 	optinMax  int     // the device's bound on dynamic shared memory per block, opted in
 	bwdShared [2]int  // dynamic shared memory each backward kernel is allowed beyond afShared
@@ -68,6 +69,7 @@ func (be *Backend) mmaFns() *attnMMAFns {
 		round: be.kernel(amKernels[4]),
 		fwd2:  be.kernel(amKernels[5]),
 		bwd2:  be.kernel(amKernels[6]),
+		third: am3Fns{fwd: be.kernel(amKernels[7]), bwd: be.kernel(amKernels[8])},
 		ok:    be.info.Major >= 8,
 	}
 	optin, err := be.drv.attribute(be.dev, attrMaxSharedPerBlockOptin)
@@ -75,6 +77,11 @@ func (be *Backend) mmaFns() *attnMMAFns {
 		panic(fmt.Errorf("cuda: shared memory bound of the device: %w", err))
 	}
 	f.optinMax = max(optin, afShared)
+	perSM, err := be.drv.attribute(be.dev, attrMaxSharedPerSM)
+	if err != nil {
+		panic(fmt.Errorf("cuda: shared memory per multiprocessor of the device: %w", err))
+	}
+	f.third.sharedPerSM = perSM
 	be.lazy.mma = f
 	return f
 }
@@ -266,6 +273,9 @@ func (be *Backend) mmaForward(out, q, k, v kernels.View, a kernels.AttentionArgs
 		}
 		be.prm.reset().views(out, q, k, v)
 	} else {
+		if be.mma3Forward(out, q, k, v, a, padp, probs, drop) {
+			return true
+		}
 		// Only the second kernels write a 16-bit output (kernels.HalfAttention).
 		p, fn = planMMA2Forward(a, drop.mask != nil), be.lazy.mma.fwd2
 		be.prm.reset().views16(out).views(q, k, v)
@@ -293,6 +303,9 @@ func (be *Backend) mmaBackward(dq, dk, dv, dout, q, k, v kernels.View, a kernels
 	f := be.lazy.mma
 	dropMask := drop.mask
 	if be.mma2(a, true) {
+		if be.mma3Backward(dq, dk, dv, dout, q, k, v, a, probs, drop) {
+			return true
+		}
 		shared := amBackwardShared2(a, dropMask != nil)
 		if shared > afShared && !f.bwd2Opt {
 			must(be.drv.check("cuFuncSetAttribute", call(be.drv.cuFuncSetAttribute, f.bwd2,

@@ -463,7 +463,9 @@ func TestAttentionMMAKernelNames(t *testing.T) {
 	src := string(b)
 	defined := map[string]bool{"attention_mma_round": strings.Contains(src, "void attention_mma_round("),
 		"attention_mma2_fwd": strings.Contains(src, ") attention_mma2_fwd("),
-		"attention_mma2_bwd": strings.Contains(src, ") attention_mma2_bwd(")}
+		"attention_mma2_bwd": strings.Contains(src, ") attention_mma2_bwd("),
+		"attention_mma3_fwd": strings.Contains(src, ") attention_mma3_fwd("),
+		"attention_mma3_bwd": strings.Contains(src, ") attention_mma3_bwd(")}
 	for _, m := range []string{"4", "8"} {
 		defined["attention_mma_fwd"+m] = strings.Contains(src, ") attention_mma_fwd##MAXNT(") && strings.Contains(src, "\nAM_FWD("+m+")\n")
 		defined["attention_mma_bwd"+m] = strings.Contains(src, ") attention_mma_bwd##MAXNT(") && strings.Contains(src, "\nAM_BWD("+m+")\n")

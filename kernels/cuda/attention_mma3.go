@@ -1,0 +1,206 @@
+package cuda
+
+import "github.com/xform-dev/xform/kernels"
+
+// The third tensor-core kernels (attention_mma3_fwd/bwd in attention_mma.cu): the second
+// kernels' arithmetic in persistent blocks that fetch the next work item (cp.async into
+// a shared landing area) while they compute the current one, for the calls the training
+// step makes (no stored mask: a drawn one or none). They run inside mmaForward and
+// mmaBackward's second-kernel branch, so the dispatch and the results (bits) are the
+// second kernels'; only the speed differs.
+
+const (
+	am3FwdMinBlocks = 4    // AM3_FWD_MINB: blocks of 128 threads per SM the registers allow
+	am3BwdMinBlocks = 2    // AM3_BWD_MINB: blocks of 256 threads
+	am3Reserved     = 1024 // shared memory the driver keeps per block (sm_80 and newer)
+	am3MaxBlocks    = 32   // resident blocks per SM, sm_80 and newer
+	am3MaxThreads   = 2048 // resident threads per SM
+)
+
+// am3Fns are the third kernels and their switches (part of attnMMAFns).
+type am3Fns struct {
+	fwd, bwd       uintptr
+	fwdOpt, bwdOpt bool // allowed the device's whole shared memory per block
+	sharedPerSM    int  // the device's shared memory per SM
+	sw             am3Switch
+}
+
+// am3Switch are the tests' switches of the third kernels.
+type am3Switch struct {
+	off     bool // keep the second kernels
+	force   bool // take the third kernels wherever they fit (not only where they measured faster)
+	maxGrid int  // at most this many blocks (0: no bound), to make blocks loop over many items
+}
+
+// Where the third kernels run by default, from TestAttentionMMA3Timing on the H200
+// (bf16, seeded dropout, B·T ≈ 8000; µs per call, second → third kernels):
+//
+//	T 20: forward 56.8 → 62.7, backward 97.5 → 70.4
+//	T 28: forward 48.4 → 36.6, backward 88.8 → 62.7
+//	T 35: forward 62.3 → 48.1, backward 87.6 → 74.2
+//	T 41: forward 67.2 → 52.0, backward 93.6 → 84.5
+//	T 64: forward 59.2 → 48.0, backward 104.1 → 92.9 (1 block per SM)
+//
+// The forward wants at least 2 resident blocks per SM and 24 keys (T 20 was slower, T 28
+// faster; the boundary between them was not measured); the backward runs there whenever
+// one block fits.
+const (
+	am3FwdMinResident = 2
+	am3FwdMinKeys     = 24
+	am3BwdMinResident = 1
+)
+
+// fwdTakes says whether the forward of a, planned as p, runs on the third kernels.
+func (t *am3Fns) fwdTakes(a kernels.AttentionArgs, p am3Plan, optinMax int) bool {
+	if t.sw.off || p.shared > optinMax || p.perSM < 1 {
+		return false
+	}
+	return t.sw.force || p.perSM >= am3FwdMinResident && a.TK >= am3FwdMinKeys
+}
+
+// bwdTakes says the same for the backward.
+func (t *am3Fns) bwdTakes(p am3Plan, optinMax int) bool {
+	if t.sw.off || p.shared > optinMax || p.perSM < 1 {
+		return false
+	}
+	return t.sw.force || p.perSM >= am3BwdMinResident
+}
+
+// am3Plan is a third-kernel launch: grid blocks of warps warps, shared bytes each,
+// perSM of them resident per SM; tiles query tiles per (b, h) (forward).
+type am3Plan struct{ warps, tiles, shared, perSM, grid, items int }
+
+// am3Resident is how many blocks of threads threads and shared bytes fit on one SM, with
+// registers for minBlocks blocks of boundThreads threads (__launch_bounds__).
+func am3Resident(threads, shared, minBlocks, boundThreads, sharedPerSM int) int {
+	return max(0, min(minBlocks*boundThreads/threads, sharedPerSM/(shared+am3Reserved), am3MaxBlocks, am3MaxThreads/threads))
+}
+
+// am3Grid spreads items over at most sms·perSM blocks evenly: each block takes
+// ⌈items/resident⌉ of them, and no more blocks are launched than that needs, so no block
+// has one item more than most.
+func am3Grid(items, sms, perSM, maxGrid int) int {
+	res := max(sms*perSM, 1)
+	if maxGrid > 0 {
+		res = min(res, maxGrid)
+	}
+	per := (items + res - 1) / res
+	return max((items+per-1)/per, 1)
+}
+
+// planMMA3Forward: planMMA2Forward's blocks and tiles (no stored mask), then the landing
+// area: the Q rows [16·warps][64] and K, V rows [TK][64], fp32.
+func planMMA3Forward(a kernels.AttentionArgs, sms, sharedPerSM, maxGrid int) am3Plan {
+	p2 := planMMA2Forward(a, false)
+	p := am3Plan{warps: p2.warps, tiles: p2.tiles, items: p2.tiles * a.Heads * a.Batch}
+	p.shared = p2.shared + 4*amDim*(16*p.warps+2*a.TK)
+	p.perSM = am3Resident(32*p.warps, p.shared, am3FwdMinBlocks, 128, sharedPerSM)
+	p.grid = am3Grid(p.items, sms, max(p.perSM, 1), maxGrid)
+	return p
+}
+
+// amBackwardWarps3: phase A's query blocks and phase B's 2·NT items each in one pass.
+func amBackwardWarps3(a kernels.AttentionArgs) int {
+	return max(amBlocks16(a.TQ), 2*amBlocks16(a.TK))
+}
+
+// planMMA3Backward: attention_mma2_bwd's shared memory without a stored mask, then the
+// landing area: q, k, v, dout rows ([TQ], [TK], [TK], [TQ] × 64) and P (TQ·TK), fp32.
+func planMMA3Backward(a kernels.AttentionArgs, sms, sharedPerSM, maxGrid int) am3Plan {
+	p := am3Plan{warps: amBackwardWarps3(a), tiles: 1, items: a.Heads * a.Batch}
+	p.shared = amBackwardShared2(a, false) + 4*amDim*(2*a.TQ+2*a.TK) + 4*a.TQ*a.TK
+	p.perSM = am3Resident(32*p.warps, p.shared, am3BwdMinBlocks, 256, sharedPerSM)
+	p.grid = am3Grid(p.items, sms, max(p.perSM, 1), maxGrid)
+	return p
+}
+
+// am3Aligned says whether every row of the views starts on 16 bytes (the kernels' 16-byte
+// cp.async).
+func am3Aligned(vs ...kernels.View) bool {
+	for _, v := range vs {
+		if viewAddr(v)%16 != 0 || v.BatchStride%4 != 0 || v.RowStride%4 != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// mma3Forward runs the call on attention_mma3_fwd when it takes it (no stored mask,
+// aligned rows, enough resident blocks); false, nothing done, otherwise. The caller
+// (mmaForward) holds the Backend and has chosen the second kernels.
+func (be *Backend) mma3Forward(out, q, k, v kernels.View, a kernels.AttentionArgs, padp uint64, probs kernels.Buffer, drop amDropout) bool {
+	f := be.lazy.mma
+	t := &f.third
+	if drop.mask != nil || !am3Aligned(q, k, v) {
+		return false
+	}
+	p := planMMA3Forward(a, be.info.SMs, t.sharedPerSM, t.sw.maxGrid)
+	if !t.fwdTakes(a, p, f.optinMax) {
+		return false
+	}
+	if p.shared > afShared && !t.fwdOpt {
+		must(be.drv.check("cuFuncSetAttribute", call(be.drv.cuFuncSetAttribute, t.fwd,
+			funcAttrMaxDynamicShared, uintptr(f.optinMax))))
+		t.fwdOpt = true
+	}
+	be.prm.reset().views16(out).views(q, k, v).
+		i32(a.Heads).i32(a.TQ).i32(a.TK).f32(a.Scale).
+		ptr(padp).i64(a.KeyPadStride).
+		i32(boolInt(a.Causal)).i32(a.QueryOffset).
+		ptr(addr(probs)).ptr(0).i32(be.halfArg()).
+		i32(be.viewsFormat(out)).seededArgs(drop).
+		i32(p.tiles).i32(p.items)
+	be.run(t.fwd, [3]uint32{uint32(p.grid), 1, 1}, uint32(32*p.warps), uint32(p.shared))
+	return true
+}
+
+// mma3Backward runs the call on attention_mma3_bwd when it takes it, as mma3Forward.
+func (be *Backend) mma3Backward(dq, dk, dv, dout, q, k, v kernels.View, a kernels.AttentionArgs, probs kernels.Buffer, drop amDropout) bool {
+	f := be.lazy.mma
+	t := &f.third
+	if drop.mask != nil || !am3Aligned(dout, q, k, v) {
+		return false
+	}
+	p := planMMA3Backward(a, be.info.SMs, t.sharedPerSM, t.sw.maxGrid)
+	if !t.bwdTakes(p, f.optinMax) {
+		return false
+	}
+	if p.shared > afShared && !t.bwdOpt {
+		must(be.drv.check("cuFuncSetAttribute", call(be.drv.cuFuncSetAttribute, t.bwd,
+			funcAttrMaxDynamicShared, uintptr(f.optinMax))))
+		t.bwdOpt = true
+	}
+	be.prm.reset().
+		views16(dq, dk, dv).views(dout, q, k, v).
+		ptr(addr(probs)).ptr(0).
+		i32(a.Heads).i32(a.TQ).i32(a.TK).f32(a.Scale).i32(be.halfArg()).i32(be.viewsFormat(dq, dk, dv)).
+		seededArgs(drop).i32(p.items)
+	be.run(t.bwd, [3]uint32{uint32(p.grid), 1, 1}, uint32(32*p.warps), uint32(p.shared))
+	return true
+}
+
+// mma3Taken says whether a call of a's shape with these views and no stored mask would
+// run on the third kernels (tests). The caller holds the Backend.
+func (be *Backend) mma3Taken(a kernels.AttentionArgs, backward bool, views ...kernels.View) bool {
+	if !be.mmaUsable(a, backward) || !be.mma2(a, backward) {
+		return false
+	}
+	f := be.lazy.mma
+	t := &f.third
+	if !am3Aligned(views...) {
+		return false
+	}
+	if backward {
+		return t.bwdTakes(planMMA3Backward(a, be.info.SMs, t.sharedPerSM, t.sw.maxGrid), f.optinMax)
+	}
+	return t.fwdTakes(a, planMMA3Forward(a, be.info.SMs, t.sharedPerSM, t.sw.maxGrid), f.optinMax)
+}
+
+// setMMA3 sets the third kernels' test switches and returns the previous ones.
+func (be *Backend) setMMA3(sw am3Switch) am3Switch {
+	defer be.enter()()
+	t := &be.mmaFns().third
+	old := t.sw
+	t.sw = sw
+	return old
+}
