@@ -263,6 +263,30 @@ type LinearActKeeper interface {
 	LinearActKeep(a, x, w, bias Buffer, m, n, k int, act Activation) (aux, kept Buffer, ok bool)
 }
 
+// HalfOutputs is implemented by a HalfBuffers backend whose GEMMs can write their
+// outputs in the 16-bit format, so that a value only 16-bit readers take is never
+// written in float32: the feed-forward block as torch.autocast runs it, fc1's output,
+// its activation dropout and fc2's input gradient all bf16/fp16. HalfOutputs() says
+// whether the calls below are available (false: call them with float32 buffers only).
+//
+// Unlike the other HalfBuffers writers this changes results, on purpose: the value is
+// rounded where the float32 path kept it exact, as PyTorch's autocast does.
+//   - LinearKeep's y and LinearBackwardKept's dx may be 16-bit: RN16 of the float32
+//     result (the bias added before the one rounding), up to the GEMM's float32
+//     accumulation order.
+//   - LinearActKeep with ReLU may write a 16-bit a = RN16(ReLU(x·wᵀ + bias)); aux is nil
+//     then (the backward is ReLUDropoutBackward, which reads a > 0).
+//   - ApplyDropout(y, x, p, seed) may take a 16-bit x with a 16-bit y (y may alias x):
+//     y = RN16(x·m) with the same keep decisions and scale m as for a float32 x, a
+//     second rounding of an already rounded value, as PyTorch's bf16 dropout.
+//   - ReLUDropoutBackward(dpre, da, a, p) may take 16-bit da and a with a 16-bit dpre
+//     (dpre may alias da): dpre = RN16(da·s) where a > 0, else 0. With a 16-bit a,
+//     a > 0 is RN16(pre) > 0, which is what PyTorch's relu backward on its 16-bit
+//     output tests; in fp16 a pre below 2⁻²⁵ counts as not passed.
+type HalfOutputs interface {
+	HalfOutputs() bool
+}
+
 // HalfAttention is implemented by a HalfBuffers backend whose stored-probabilities
 // training attention (AttentionForward, AttentionBackward) writes its output and its
 // gradients in the 16-bit format for some calls. Attention16(a) says whether it does for

@@ -165,3 +165,36 @@ extern "C" __global__ void relu_dropout_bwd16(void* dpre, const float* da, const
     }
     for (long long i = done + xf_tid(); i < n; i += xf_stride()) xf_store(dpre, i, f(da[i], a[i]), fmt);
 }
+
+// rd_widen is the float32 value of the 16-bit h in format fmt (XF_OUT_BF16/F16): exact.
+__device__ __forceinline__ float rd_widen(unsigned int h, int fmt) {
+    return fmt == XF_OUT_F16 ? xf_f16_to_f32((unsigned short)h) : __uint_as_float(h << 16);
+}
+
+// relu_dropout_bwd_hh is relu_dropout_bwd on 16-bit da and a into a 16-bit dpre (all in
+// format fmt; dpre may alias da or a): RN16 of the float ReluDropBwd forms from the
+// widened values. Four elements per thread (8-byte loads and store) where the three
+// are 8-byte aligned.
+extern "C" __global__ void relu_dropout_bwd_hh(void* dpre, const void* da, const void* a, float s, long long n,
+                                               int fmt) {
+    const ReluDropBwd f{s};
+    const unsigned short* g16 = reinterpret_cast<const unsigned short*>(da);
+    const unsigned short* a16 = reinterpret_cast<const unsigned short*>(a);
+    long long done = 0;
+    if ((((unsigned long long)dpre | (unsigned long long)da | (unsigned long long)a) & 7ull) == 0) {
+        const long long n4 = n >> 2;
+        const uint2* u4 = reinterpret_cast<const uint2*>(da);
+        const uint2* v4 = reinterpret_cast<const uint2*>(a);
+        for (long long q = xf_tid(); q < n4; q += xf_stride()) {
+            const uint2 g = u4[q], w = v4[q];
+            const float4 r = make_float4(f(rd_widen(g.x & 0xffffu, fmt), rd_widen(w.x & 0xffffu, fmt)),
+                                         f(rd_widen(g.x >> 16, fmt), rd_widen(w.x >> 16, fmt)),
+                                         f(rd_widen(g.y & 0xffffu, fmt), rd_widen(w.y & 0xffffu, fmt)),
+                                         f(rd_widen(g.y >> 16, fmt), rd_widen(w.y >> 16, fmt)));
+            xf_store4(dpre, q, r, fmt);
+        }
+        done = n4 << 2;
+    }
+    for (long long i = done + xf_tid(); i < n; i += xf_stride())
+        xf_store(dpre, i, f(rd_widen(g16[i], fmt), rd_widen(a16[i], fmt)), fmt);
+}

@@ -46,8 +46,9 @@ const (
 	ltPrefAlignC       = 7
 	ltPrefAlignD       = 8
 
-	ltEpiDefault = 1 // CUBLASLT_EPILOGUE_DEFAULT
-	ltEpiBias    = 4 // CUBLASLT_EPILOGUE_BIAS: D += bias, one value per row of D
+	ltEpiDefault  = 1 // CUBLASLT_EPILOGUE_DEFAULT
+	ltEpiBias     = 4 // CUBLASLT_EPILOGUE_BIAS: D += bias, one value per row of D
+	ltEpiReluBias = 6 // CUBLASLT_EPILOGUE_RELU_BIAS: D = max(D + bias, 0), no auxiliary output
 	// CUBLASLT_EPILOGUE_BGRADB: the bias gradient of B, its sum over the GEMM's k, one
 	// value per column of D, written (not accumulated) to the bias pointer in the bias
 	// type. Its own bit, outside ltEpiFlagBias/ltEpiFlagBGrad (linear_act.go).
@@ -182,6 +183,8 @@ type ltKey struct {
 	transA, transB         bool
 	m, n, k, lda, ldb, ldc int
 	dtype                  uintptr
+	dtypeD                 uintptr // C and D: cudaR32F, or the 16-bit dtype (half outputs)
+	biasType               uintptr // the bias vector's: cudaR32F, or the 16-bit dtype
 	epilogue               uint32
 	alignAB, alignC, align uint32 // align: the bias pointer's class (0 without a bias)
 	// The epilogue's auxiliary matrix (linear_act.go): its pointer's alignment class
@@ -213,6 +216,12 @@ type ltState struct {
 	calls  int   // matmuls run through cuBLASLt
 	falls  int   // keys that fell back to GemmEx
 	first  error // the first reason anything fell back
+	// out16Off: tests: HalfOutputs answers false, so the model keeps its float32
+	// feed-forward activations (half_out.go).
+	out16Off bool
+	// halfOuts counts the forward products written 16-bit (linearHalfOut), and
+	// halfFallbacks the 16-bit products that took the fp32 scratch, for tests.
+	halfOuts, halfFallbacks int
 }
 
 // alignOf is the largest power of two dividing the address, up to 256 bytes (what
@@ -316,11 +325,24 @@ func (be *Backend) ltPlanFor(transA, transB bool, m, n, k, lda, ldb, ldc int, c,
 // gradient) vector, aux its auxiliary matrix with leading dimension auxLD (0 when the
 // epilogue has none).
 func (be *Backend) ltPlanEpi(transA, transB bool, m, n, k, lda, ldb, ldc int, c uint64, epi uint32, bias, aux uint64, auxLD int) *ltPlan {
+	return be.ltPlanD(transA, transB, m, n, k, lda, ldb, ldc, c, epi, bias, aux, auxLD, cudaR32F)
+}
+
+// ltPlanD is ltPlanEpi with C and D of type dtypeD: cudaR32F, or dataType16 for a
+// product written in 16 bits (half_out.go). The fp32 accumulation (computeF32) and the
+// fp32 bias are the same either way; only the store rounds.
+func (be *Backend) ltPlanD(transA, transB bool, m, n, k, lda, ldb, ldc int, c uint64, epi uint32, bias, aux uint64, auxLD int, dtypeD uintptr) *ltPlan {
+	return be.ltPlanDB(transA, transB, m, n, k, lda, ldb, ldc, c, epi, bias, aux, auxLD, dtypeD, cudaR32F)
+}
+
+// ltPlanDB is ltPlanD with a bias vector of type biasType (cuBLASLt may take a 16-bit D
+// only with a bias of D's type).
+func (be *Backend) ltPlanDB(transA, transB bool, m, n, k, lda, ldb, ldc int, c uint64, epi uint32, bias, aux uint64, auxLD int, dtypeD, biasType uintptr) *ltPlan {
 	if m == 0 || n == 0 || k == 0 || !be.ltReady() {
 		return nil
 	}
 	key := ltKey{transA: transA, transB: transB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc,
-		dtype: be.dataType16(), epilogue: epi, alignAB: halfAlign, alignC: alignOf(c)}
+		dtype: be.dataType16(), dtypeD: dtypeD, biasType: biasType, epilogue: epi, alignAB: halfAlign, alignC: alignOf(c)}
 	if bias != 0 {
 		key.align = alignOf(bias)
 	}
@@ -337,6 +359,12 @@ func (be *Backend) ltPlanEpi(transA, transB bool, m, n, k, lda, ldb, ldc int, c 
 		var err error
 		if p, err = be.ltNewPlan(key, bias, aux); err == nil {
 			p.name = fmt.Sprintf("cublasLt %dx%dx%d t%v%v epi%d", m, n, k, b2u(transA), b2u(transB), epi)
+			if dtypeD != cudaR32F {
+				p.name += " d16"
+			}
+			if biasType != cudaR32F && bias != 0 {
+				p.name += " b16"
+			}
 		}
 		if err != nil {
 			be.ltNote(fmt.Errorf("%d×%d×%d (transposes %v %v, epilogue %d): %w", m, n, k, transA, transB, key.epilogue, err))
@@ -381,9 +409,10 @@ func (be *Backend) ltNewPlan(key ltKey, bias, aux uint64) (_ *ltPlan, err error)
 		}
 	}
 	if epi&(ltEpiFlagBias|ltEpiFlagBGrad|ltEpiBGradB) != 0 {
-		// fp32 bias (or bias gradient), as D; the heuristic reads the pointer's
-		// alignment from it.
-		bt := int32(cudaR32F)
+		// fp32 bias (or bias gradient), as D, and also for a 16-bit D: the bias is
+		// added to the fp32 accumulator before the one rounding of the store. The
+		// heuristic reads the pointer's alignment from it.
+		bt := int32(key.biasType)
 		if err := l.setDesc(p.desc, ltDescBiasType, unsafe.Pointer(&bt), 4); err != nil {
 			return nil, err
 		}
@@ -406,7 +435,7 @@ func (be *Backend) ltNewPlan(key ltKey, bias, aux uint64) (_ *ltPlan, err error)
 	if p.b, err = l.newLayout(key.dtype, sh.bRows, sh.bCols, sh.bLD); err != nil {
 		return nil, err
 	}
-	if p.c, err = l.newLayout(cudaR32F, sh.cRows, sh.cCols, sh.cLD); err != nil {
+	if p.c, err = l.newLayout(key.dtypeD, sh.cRows, sh.cCols, sh.cLD); err != nil {
 		return nil, err
 	}
 	var pref uintptr

@@ -76,3 +76,35 @@ extern "C" __global__ void dropout_apply2(float* y, void* y16, const float* x, u
         xf_store(y16, i, v, fmt);
     }
 }
+
+// dr_widen is the float32 value of the 16-bit h in format fmt (XF_OUT_BF16/F16): exact.
+__device__ __forceinline__ float dr_widen(unsigned int h, int fmt) {
+    return fmt == XF_OUT_F16 ? xf_f16_to_f32((unsigned short)h) : __uint_as_float(h << 16);
+}
+
+// dropout_apply_hh is dropout_apply from a 16-bit x into a 16-bit y (format fmt; y may
+// alias x): element i is RN16(widen(x[i]) · mask element i), the float product
+// dropout_apply forms, rounded. Four elements per thread (one 8-byte load and store)
+// where x and y are 8-byte aligned.
+extern "C" __global__ void dropout_apply_hh(void* y, const void* x, unsigned long long seed,
+                                            unsigned long long threshold, float keep, long long n, int fmt) {
+    const unsigned short* xs = reinterpret_cast<const unsigned short*>(x);
+    long long done = 0;
+    if ((((unsigned long long)x | (unsigned long long)y) & 7ull) == 0) {
+        const long long n4 = n >> 2;
+        const uint2* x4 = reinterpret_cast<const uint2*>(x);
+        for (long long q = xf_tid(); q < n4; q += xf_stride()) {
+            const uint2 u = x4[q];
+            const long long i = 4 * q;
+            float4 v;
+            v.x = dr_widen(u.x & 0xffffu, fmt) * dropout_elem(seed, i, threshold, keep);
+            v.y = dr_widen(u.x >> 16, fmt) * dropout_elem(seed, i + 1, threshold, keep);
+            v.z = dr_widen(u.y & 0xffffu, fmt) * dropout_elem(seed, i + 2, threshold, keep);
+            v.w = dr_widen(u.y >> 16, fmt) * dropout_elem(seed, i + 3, threshold, keep);
+            xf_store4(y, q, v, fmt);
+        }
+        done = n4 << 2;
+    }
+    for (long long i = done + xf_tid(); i < n; i += xf_stride())
+        xf_store(y, i, dr_widen(xs[i], fmt) * dropout_elem(seed, i, threshold, keep), fmt);
+}

@@ -25,8 +25,23 @@ func (be *Backend) DropoutMask(mask kernels.Buffer, p float64, seed uint64) {
 // one pass, nothing stored.
 //
 // y may be a 16-bit buffer (kernels.HalfBuffers): it gets the rounding of each product.
+// x may be 16-bit too when y is (kernels.HalfOutputs; y may alias x): dropout_apply_hh
+// multiplies the widened values.
 func (be *Backend) ApplyDropout(y, x kernels.Buffer, p float64, seed uint64) {
 	yp, n, format := be.outOf(y)
+	if xh := halfOf(x); xh != nil {
+		if format == xfOutF32 || xh.n != n {
+			panic(fmt.Sprintf("cuda backend: ApplyDropout of a 16-bit x of %d elements into %T of %d", xh.n, y, n))
+		}
+		if n == 0 {
+			return
+		}
+		t, keep := kernels.DropoutThreshold(p), kernels.DropoutScale(p)
+		defer be.enter()()
+		be.prm.reset().ptr(yp).ptr(xh.dptr()).u64(seed).u64(t).f32(keep).i64(n).i32(format)
+		be.run(be.fn.half.dropoutApplyHH, [3]uint32{grid1D((int64(n)+3)/4, blockElem, be.info.SMs), 1, 1}, blockElem, 0)
+		return
+	}
 	if dev(x).n != n {
 		panic(fmt.Sprintf("cuda backend: ApplyDropout of %d elements into %d", dev(x).n, n))
 	}

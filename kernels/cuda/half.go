@@ -61,7 +61,7 @@ func (be *Backend) AllocHalf(n int) kernels.Buffer {
 // halfFunctions are the kernels that write 16-bit outputs for kernels.HalfBuffers.
 type halfFunctions struct {
 	dropoutApply16, dropoutApply2, reluDropoutBwd16 uintptr
-	roundList                                       uintptr
+	roundList, dropoutApplyHH, reluDropoutBwdHH     uintptr
 }
 
 func (f *halfFunctions) add(m map[string]*uintptr) {
@@ -69,6 +69,8 @@ func (f *halfFunctions) add(m map[string]*uintptr) {
 	m["dropout_apply2"] = &f.dropoutApply2
 	m["relu_dropout_bwd16"] = &f.reluDropoutBwd16
 	m["round_list"] = &f.roundList
+	m["dropout_apply_hh"] = &f.dropoutApplyHH
+	m["relu_dropout_bwd_hh"] = &f.reluDropoutBwdHH
 }
 
 var _ kernels.HalfRounder = (*Backend)(nil)

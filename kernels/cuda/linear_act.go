@@ -115,11 +115,20 @@ func (be *Backend) linearAct(a, x, w, bias kernels.Buffer, m, n, k int, act kern
 	if ld == 0 {
 		return nil, nil, false
 	}
-	wh := halfOf(w)
+	wh, ah := halfOf(w), halfOf(a)
 	if !keep && halfOf(x) != nil {
 		panic("cuda backend: LinearAct of a 16-bit x (LinearActKeep takes one)")
 	}
 	checkHalfOperands(halfOf(x), wh, m, n, k)
+	if ah != nil {
+		if !keep || act != kernels.ReLU {
+			panic(fmt.Sprintf("cuda backend: LinearAct of %q into a 16-bit output (LinearActKeep with ReLU writes one)", act))
+		}
+		defer be.enter()()
+		kp := be.keep16(x, w, m, n, k)
+		be.linearHalfOut(ah, kp, bias, m, n, k, true)
+		return nil, kp, true
+	}
 	defer be.enter()()
 	// The aux joins the open scope like the step's other buffers; a fresh block is
 	// 256-byte aligned, more than the 16 bytes the epilogue needs.

@@ -29,11 +29,12 @@ func (k *kept16) Len() int { return k.m*k.k + k.n*k.k }
 // again before: about 0.7 ms of casts per 6L-6L step). x and w may be 16-bit buffers
 // (kernels.HalfBuffers, kernels.HalfRounder): they are multiplied and kept as they
 // are, and with both 16-bit nothing is rounded or allocated. In FP32 nothing is
-// rounded: it is Linear and returns nil.
+// rounded: it is Linear and returns nil. y may be a 16-bit buffer (kernels.HalfOutputs):
+// the product is written rounded (half_out.go).
 func (be *Backend) LinearKeep(y, x, w, bias kernels.Buffer, m, n, k int) kernels.Buffer {
-	xh, wh := halfOf(x), halfOf(w)
+	xh, wh, yh := halfOf(x), halfOf(w), halfOf(y)
 	if be.precision == FP32 || m == 0 || n == 0 {
-		if xh != nil || wh != nil {
+		if xh != nil || wh != nil || yh != nil {
 			panic("cuda backend: LinearKeep of a 16-bit operand in FP32 or of an empty shape")
 		}
 		be.Linear(y, x, w, bias, m, n, k)
@@ -42,6 +43,10 @@ func (be *Backend) LinearKeep(y, x, w, bias kernels.Buffer, m, n, k int) kernels
 	checkHalfOperands(xh, wh, m, n, k)
 	defer be.enter()()
 	kp := be.keep16(x, w, m, n, k)
+	if yh != nil {
+		be.linearHalfOut(yh, kp, bias, m, n, k, false)
+		return kp
+	}
 	plan := be.ltPlanFor(false, true, m, n, k, k, k, n, addr(y), addr(bias))
 	be.product16(plan, false, true, m, n, k, kp.x, k, kp.w, k, 0, addr(y), n, addr(bias))
 	return kp
@@ -111,6 +116,9 @@ func (be *Backend) linearBackwardKept(dx, dw, db, dy, kept kernels.Buffer, m, n,
 	if dyh != nil && dyh.n != m*n {
 		panic(fmt.Sprintf("cuda backend: LinearBackwardKept of a 16-bit dy of %d elements as %d×%d", dyh.n, m, n))
 	}
+	if dxh := halfOf(dx); dxh != nil && dxh.n != m*k {
+		panic(fmt.Sprintf("cuda backend: LinearBackwardKept into a 16-bit dx of %d elements as %d×%d", dxh.n, m, k))
+	}
 	defer be.enter()()
 	dbDone := false
 	if dx != nil || dw != nil {
@@ -125,11 +133,17 @@ func (be *Backend) linearBackwardKept(dx, dw, db, dy, kept kernels.Buffer, m, n,
 }
 
 // LinearActKeep implements kernels.LinearActKeeper: LinearAct on operands rounded into
-// a kept block (x taken as it is when 16-bit), returned for LinearBackwardKept.
+// a kept block (x taken as it is when 16-bit), returned for LinearBackwardKept. With
+// ReLU, a may be a 16-bit buffer (kernels.HalfOutputs): it gets RN16(ReLU(x·wᵀ + bias))
+// and aux is nil (CUBLASLT_EPILOGUE_RELU_BIAS writes no mask; the backward, a
+// ReLUDropoutBackward, reads a > 0).
 func (be *Backend) LinearActKeep(a, x, w, bias kernels.Buffer, m, n, k int, act kernels.Activation) (aux, kept kernels.Buffer, ok bool) {
 	auxb, kp, ok := be.linearAct(a, x, w, bias, m, n, k, act, true)
 	if !ok {
 		return nil, nil, false
+	}
+	if auxb == nil {
+		return nil, kp, true
 	}
 	return auxb, kp, true
 }

@@ -219,6 +219,9 @@ func (be *Backend) linearBackward16(dx, dw, db, dy, x, w kernels.Buffer, m, n, k
 // 16-bit copies of x and w that the forward made (LinearKeep): only dy is rounded, and
 // not even dy when it is a 16-bit buffer (kernels.HalfBuffers).
 //
+// dx may be a 16-bit buffer (kernels.HalfOutputs): the product is written rounded
+// (half_out.go).
+//
 // dbFresh says db holds zeros that nothing else adds to before this call
 // (kernels.FreshBiasGrad): the BGRADB epilogue then writes it directly, without the
 // scratch vector and the add_to launch (the same values, up to the sign of a zero).
@@ -231,11 +234,16 @@ func (be *Backend) linearBackward16Kept(dx, dw, db, dy, x, w kernels.Buffer, x16
 		ops[0] = operand16{addr(dy), m * n}
 	}
 	var pdx, pdw *ltPlan
+	dxh := halfOf(dx)
 	if dx != nil {
 		if w16 == 0 {
 			ops[1] = operand16{addr(w), n * k}
 		}
-		pdx = be.ltPlanFor(false, false, m, k, n, n, k, k, addr(dx), 0)
+		if dxh != nil {
+			pdx = be.ltPlanD(false, false, m, k, n, n, k, k, dxh.dptr(), ltEpiDefault, 0, 0, 0, be.dataType16())
+		} else {
+			pdx = be.ltPlanFor(false, false, m, k, n, n, k, k, addr(dx), 0)
+		}
 	}
 	// bgrad is where the BGRADB epilogue writes the bias gradient (0: no epilogue).
 	var bgrad uint64
@@ -268,7 +276,10 @@ func (be *Backend) linearBackward16Kept(dx, dw, db, dy, x, w kernels.Buffer, x16
 	if x16 != 0 {
 		p[2] = x16
 	}
-	if dx != nil {
+	switch {
+	case dxh != nil:
+		be.product16Half(pdx, false, false, m, k, n, p[0], n, p[1], k, dxh.dptr(), 0, 0, false)
+	case dx != nil:
 		be.product16(pdx, false, false, m, k, n, p[0], n, p[1], k, 0, addr(dx), k, 0)
 	}
 	if dw == nil {

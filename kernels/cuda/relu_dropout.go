@@ -17,8 +17,23 @@ var _ kernels.ReLUDropoutBackwarder = (*Backend)(nil)
 //
 // dpre may be a 16-bit buffer (kernels.HalfBuffers), then not aliasing da or a: it gets
 // the rounding of each element (relu_dropout_bwd16).
+//
+// da and a may be 16-bit too, both, with a 16-bit dpre (kernels.HalfOutputs; dpre may
+// alias da or a): relu_dropout_bwd_hh on the widened values.
 func (be *Backend) ReLUDropoutBackward(dpre, da, a kernels.Buffer, p float64) {
 	dp, n, format := be.outOf(dpre)
+	if dah, ah := halfOf(da), halfOf(a); dah != nil || ah != nil {
+		if dah == nil || ah == nil || format == xfOutF32 || dah.n != n || ah.n != n {
+			panic(fmt.Sprintf("cuda backend: ReLUDropoutBackward of %T and %T into %T: 16-bit inputs need all three 16-bit, of one length", da, a, dpre))
+		}
+		if n == 0 {
+			return
+		}
+		defer be.enter()()
+		be.prm.reset().ptr(dp).ptr(dah.dptr()).ptr(ah.dptr()).f32(kernels.DropoutScale(p)).i64(n).i32(format)
+		be.run(be.fn.half.reluDropoutBwdHH, [3]uint32{grid1D((int64(n)+3)/4, blockElem, be.info.SMs), 1, 1}, blockElem, 0)
+		return
+	}
 	if dev(da).n != n || dev(a).n != n {
 		panic(fmt.Sprintf("cuda backend: ReLUDropoutBackward of %d and %d elements into %d", dev(da).n, dev(a).n, n))
 	}
