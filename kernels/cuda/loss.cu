@@ -262,6 +262,11 @@ extern "C" __global__ void ls_loss(void* dlogits, double* rowOut, const float* l
 // fexp (a kernel argument): exp as ex2.approx((x − m)·log2 e) (2 instructions, ~2 ulp
 // plus the product's rounding, ≤ ~2e-6 relative where |x − m| ≈ 20, i.e. on p < 1e-8)
 // instead of expf (≤ 2 ulp, ~8 instructions); the host picks it (loss_backward.go).
+//
+// Measured on the H200 (7,900 rows × 27,472, bf16 gradient, µs per call): ls_loss on
+// float32 logits 519, ls_pipe_f32 417 (ex2 401), ls_pipe_bf16 368 (ex2 351); at 32,000
+// columns 782, 437, 388. bf16 input is only 12 % faster than float32: the one block per
+// SM is bound by its per-row barriers and reductions, not by bytes (floor ~220 µs).
 // The 16-bit gradient is rounded by cvt.rn (the same bits as xf_round16 except NaN
 // payloads).
 //
