@@ -498,6 +498,17 @@ func (n *TrainNet) out16(size int) kernels.Buffer {
 	return n.out(size)
 }
 
+// outHalf allocates, like out, a buffer that a GEMM overwrites whole, 16-bit where the
+// backend writes 16-bit GEMM outputs (kernels.HalfOutputs) and the reader takes them.
+func (n *TrainNet) outHalf(size int) kernels.Buffer {
+	if ho, ok := n.be.(kernels.HalfOutputs); ok && ho.HalfOutputs() {
+		if b := n.half16(size); b != nil {
+			return b
+		}
+	}
+	return n.out(size)
+}
+
 // half16 is a 16-bit buffer of size elements (kernels.HalfBuffers), or nil where the
 // backend has none.
 func (n *TrainNet) half16(size int) kernels.Buffer {
@@ -869,6 +880,9 @@ func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h, h16 kernels.Buffer, rows in
 	// Drawn first: nothing else in this branch draws from o.RNG, so the seeds keep
 	// their order.
 	dr := n.newDrop(o, o.ActivationDropout, rows*F)
+	if out, bk, ok := n.ffn16(l, h, h16, rows, dr); ok {
+		return out, bk
+	}
 	// After ReLU the dropped activation a is positive exactly where the gradient passes
 	// (pre > 0 and the element kept), so with kernels.ReLUDropoutBackwarder the backward
 	// needs neither pre nor the mask, and the activation dropout no longer keeps the
@@ -959,6 +973,50 @@ func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h, h16 kernels.Buffer, rows in
 		fc1Back(dh, l.fc1.w.g, l.fc1.b.g, da)
 		return dh
 	}
+}
+
+// ffn16 is the ReLU feed-forward branch with its activation and gradients in 16 bits,
+// as torch.autocast runs it (kernels.HalfOutputs): fc1 writes a = RN16(ReLU(h·w1ᵀ + b1))
+// from its GEMM epilogue, the activation dropout dr (nil: none) rounds in place, fc2
+// multiplies a as it is; in the backward fc2's dx writes RN16(dy·w2) and one pass
+// applies the dropout and ReLU backward to it in place (a > 0 is the mask), which fc1's
+// backward takes uncast. Against the float32 path, a and fc2's input gradient are
+// rounded where they were exact (a then rounded twice with dropout, as PyTorch's bf16
+// dropout does): the results change, within the GEMMs' own 16-bit rounding. ok is false,
+// nothing done, where the backend lacks a piece (or dr is a stored mask): the caller
+// takes the float32 path.
+func (n *TrainNet) ffn16(l *tlayer, h, h16 kernels.Buffer, rows int, dr *drop) (kernels.Buffer, back, bool) {
+	be, d, F := n.be, n.d, l.ffn
+	ho, ok := be.(kernels.HalfOutputs)
+	if !ok || !ho.HalfOutputs() || n.act != kernels.ReLU || (dr != nil && dr.ap == nil) {
+		return nil, nil, false
+	}
+	rd, ok1 := be.(kernels.ReLUDropoutBackwarder)
+	lak, ok2 := be.(kernels.LinearActKeeper)
+	lk, ok3 := be.(kernels.LinearKeeper)
+	a := n.half16(rows * F)
+	if !ok1 || !ok2 || !ok3 || a == nil {
+		return nil, nil, false
+	}
+	_, kept, ok := lak.LinearActKeep(a, either(h16, h), either(l.fc1.w16, l.fc1.w.w), l.fc1.b.w, rows, F, d, kernels.ReLU)
+	if !ok || kept == nil {
+		return nil, nil, false
+	}
+	p := 0.0
+	if dr != nil {
+		p = dr.p
+		dr.ap.ApplyDropout(a, a, dr.p, dr.seed)
+	}
+	out := n.out(rows * d)
+	fc2Back := n.linear(out, a, l.fc2.w.w, l.fc2.w16, l.fc2.b.w, rows, d, F)
+	return out, func(dout kernels.Buffer) kernels.Buffer {
+		g := n.half16(rows * F)
+		fc2Back(g, l.fc2.w.g, l.fc2.b.g, dout)
+		rd.ReLUDropoutBackward(g, g, a, p)
+		dh := n.out(rows * d)
+		n.backKept(lk, dh, l.fc1.w.g, l.fc1.b.g, g, kept, rows, F, d)
+		return dh
+	}, true
 }
 
 // embed computes Drop(scale·E[ids] + P[pos]) and its backward into E (and learned P).
@@ -1157,7 +1215,12 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 		backs = append(backs, bk)
 	}
 	V := n.cfg.TgtVocab
-	logits := n.out(rows * V)
+	// 16-bit logits where the backend writes 16-bit GEMM outputs (kernels.HalfOutputs),
+	// as torch.autocast's output projection does (and the Clinic fork in fp16): the loss
+	// widens each to float and computes in float, and the step moves half the bytes
+	// (7,900 × 27,472 logits: 435 MB instead of 870 MB). A numerics change: the loss
+	// sees RN16 of the float logits.
+	logits := n.outHalf(rows * V)
 	logitsBack := n.linear(logits, either(y16, y), n.outProj.w, n.outProj16, nil, rows, V, d)
 	var dlogits kernels.Buffer
 	if o.Backward {
