@@ -1236,24 +1236,12 @@ __device__ __forceinline__ unsigned short* am3_smem() {
     return reinterpret_cast<unsigned short*>(am_smem4);
 }
 
-// am3_cp16 copies 16 bytes from global src to shared dst without waiting (am_cp_wait).
-__device__ __forceinline__ void am3_cp16(float* dst, const float* src) {
-#if __CUDA_ARCH__ >= 800
-    const unsigned a = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("{\n .reg .u64 g;\n cvta.to.global.u64 g, %1;\n cp.async.cg.shared.global [%0], [g], 16;\n}\n" ::"r"(a),
-                 "l"(src)
-                 : "memory");
-#else
-    *reinterpret_cast<float4*>(dst) = *reinterpret_cast<const float4*>(src);
-#endif
-}
-
 // am3_fetch starts the copy of rows [rows][AM_D] of a global fp32 matrix (row stride rs)
 // into the landing area dst (row stride AM_D floats), with the whole block.
 __device__ __forceinline__ void am3_fetch(float* dst, const float* src, long long rs, int rows) {
     for (int e = threadIdx.x; e < rows * 16; e += blockDim.x) {
         const int r = e >> 4, c = e & 15;
-        am3_cp16(dst + r * AM_D + 4 * c, src + (long long)r * rs + 4 * c);
+        xf_cp_async16(dst + r * AM_D + 4 * c, src + (long long)r * rs + 4 * c);
     }
 }
 

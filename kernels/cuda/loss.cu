@@ -279,17 +279,6 @@ extern "C" __global__ void ls_loss(void* dlogits, double* rowOut, const float* l
 // ---------------------------------------------------------------------------------------
 #define LSP_NV 8
 
-__device__ __forceinline__ void lsp_cp16(void* dst, const void* src) {
-#if __CUDA_ARCH__ >= 800
-    const unsigned a = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("{\n .reg .u64 g;\n cvta.to.global.u64 g, %1;\n cp.async.cg.shared.global [%0], [g], 16;\n}\n" ::"r"(a),
-                 "l"(src)
-                 : "memory");
-#else
-    *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-#endif
-}
-
 __device__ __forceinline__ void lsp_commit() {
 #if __CUDA_ARCH__ >= 800
     asm volatile("cp.async.commit_group;" ::: "memory");
@@ -306,7 +295,7 @@ __device__ __forceinline__ void lsp_wait() {
 
 // lsp_fetch starts the copy of one row (bytes, a multiple of 16) into buf.
 __device__ __forceinline__ void lsp_fetch(char* buf, const char* row, int bytes) {
-    for (int o = 16 * threadIdx.x; o < bytes; o += 16 * blockDim.x) lsp_cp16(buf + o, row + o);
+    for (int o = 16 * threadIdx.x; o < bytes; o += 16 * blockDim.x) xf_cp_async16(buf + o, row + o);
 }
 
 // lsp_max is xf_max_nan in one instruction where the device has it.

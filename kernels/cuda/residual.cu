@@ -28,6 +28,26 @@ extern "C" __global__ void residual_bwd(float* dx, const float* dy, const float*
     }
 }
 
+// rb_sum4 is element group k (column group q) of dx + (dy·ω)·α, rounded as
+// residual_bwd rounds it (ω null: dy·α).
+__device__ __forceinline__ float4 rb_sum4(const float4* x4, const float4* d4, const float4* w4, float alpha,
+                                          long long k, int q) {
+    float4 v = d4[k];
+    if (w4) {
+        const float4 w = __ldg(w4 + q);
+        v.x = v.x * w.x;
+        v.y = v.y * w.y;
+        v.z = v.z * w.z;
+        v.w = v.w * w.w;
+    }
+    float4 o = x4[k];
+    o.x = o.x + v.x * alpha;
+    o.y = o.y + v.y * alpha;
+    o.z = o.z + v.z * alpha;
+    o.w = o.w + v.w * alpha;
+    return o;
+}
+
 // residual_bwd4 is residual_bwd for dim a multiple of 4 with dx, dy (and ω) 16-byte
 // aligned (the Go side checks): a float4 per thread, blocks over rows, the column from
 // the thread index instead of a 64-bit i % dim per element (what held residual_bwd at
@@ -40,19 +60,7 @@ extern "C" __global__ void residual_bwd4(float* dx, const float* dy, const float
     for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
         for (int q = threadIdx.x; q < dim4; q += blockDim.x) {
             const long long k = r * dim4 + q;
-            float4 v = d4[k];
-            if (omega) {
-                const float4 w = __ldg(w4 + q);
-                v.x = v.x * w.x;
-                v.y = v.y * w.y;
-                v.z = v.z * w.z;
-                v.w = v.w * w.w;
-            }
-            float4 o = x4[k];
-            o.x = o.x + v.x * alpha;
-            o.y = o.y + v.y * alpha;
-            o.z = o.z + v.z * alpha;
-            o.w = o.w + v.w * alpha;
+            float4 o = rb_sum4(x4, d4, w4, alpha, k, q);
             x4[k] = o;
         }
     }
@@ -73,19 +81,7 @@ extern "C" __global__ void residual_bwd_dropout4(float* y, const float* dx, cons
     for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
         for (int q = threadIdx.x; q < dim4; q += blockDim.x) {
             const long long k = r * dim4 + q;
-            float4 v = d4[k];
-            if (omega) {
-                const float4 w = __ldg(w4 + q);
-                v.x = v.x * w.x;
-                v.y = v.y * w.y;
-                v.z = v.z * w.z;
-                v.w = v.w * w.w;
-            }
-            float4 o = x4[k];
-            o.x = o.x + v.x * alpha;
-            o.y = o.y + v.y * alpha;
-            o.z = o.z + v.z * alpha;
-            o.w = o.w + v.w * alpha;
+            float4 o = rb_sum4(x4, d4, w4, alpha, k, q);
             const unsigned long long i = 4ull * (unsigned long long)k;
             o.x = o.x * (xf_dropout_keep(seed, i, threshold) ? keep : 0.0f);
             o.y = o.y * (xf_dropout_keep(seed, i + 1, threshold) ? keep : 0.0f);

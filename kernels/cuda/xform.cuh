@@ -194,3 +194,18 @@ __device__ __forceinline__ void xf_store4(void* y, long long q, float4 v, int fm
 __device__ __forceinline__ bool xf_out_aligned(const void* y, int fmt) {
     return ((unsigned long long)y & (fmt == XF_OUT_F32 ? 15ull : 7ull)) == 0;
 }
+
+// xf_cp_async16 copies 16 bytes from global src to shared dst (both 16-byte aligned)
+// without waiting: cp.async.cg on sm_80 and newer, whose callers wait with
+// cp.async.wait_all (or a group wait) and then a barrier; older devices compile a
+// synchronous copy their callers never launch.
+__device__ __forceinline__ void xf_cp_async16(void* dst, const void* src) {
+#if __CUDA_ARCH__ >= 800
+    const unsigned a = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("{\n .reg .u64 g;\n cvta.to.global.u64 g, %1;\n cp.async.cg.shared.global [%0], [g], 16;\n}\n" ::"r"(a),
+                 "l"(src)
+                 : "memory");
+#else
+    *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+#endif
+}
