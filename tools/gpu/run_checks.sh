@@ -24,7 +24,7 @@ rc=$?
 echo "exit $rc, $(grep -c '^--- PASS' "$OUT/cudatest.log") passed"
 grep -B2 -A20 '^--- FAIL' "$OUT/cudatest.log" | head -120
 echo "== cmd/xform GPU tests"
-(cd cmd/xform && XFORM_CUDA_REQUIRE=1 timeout 200 "$L/clitest" -test.count=1 -test.run 'GPU|Device|FP16' >"$OUT/clitest.log" 2>&1)
+(cd cmd/xform && XFORM_CUDA_REQUIRE=1 timeout 200 "$L/clitest" -test.count=1 -test.run 'GPU|CUDA|Device|FP16' >"$OUT/clitest.log" 2>&1)
 echo "exit $?"
 grep -A20 -- '--- FAIL' "$OUT/clitest.log" | head -60
 for p in --bf16 --fp16 ""; do
