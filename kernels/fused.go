@@ -230,8 +230,9 @@ type LinearKeeper interface {
 // ApplyDropout's y, ResidualLayerNormBackwardDropout's dbranch, and the second outputs
 // of ApplyDropoutRounded and ResidualLayerNormDropoutRounded; HalfAttention's outputs
 // and gradients. Readers: LinearKeep's x, LinearBackwardKept's and LinearActBackward's
-// dy (the products take them as they are), LinearActKeep's x, and LinearKeep's and
-// LinearActKeep's w (HalfRounder).
+// dy (the products take them as they are), LinearActKeep's x, LinearKeep's and
+// LinearActKeep's w (HalfRounder), and LabelSmoothedLoss's (and the Deferred form's)
+// logits, which it widens to float32 (a HalfOutputs backend's LinearKeep writes them).
 //
 // AllocHalf returns nil when the backend rounds nothing (its FP32 mode); callers then
 // use a float32 buffer. Otherwise the buffer is uninitialised and scoped as Alloc's.
