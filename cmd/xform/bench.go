@@ -253,6 +253,11 @@ func hooks(be kernels.Backend) bench.Hooks {
 			st, err := g.MemoryStats()
 			return bench.DeviceMemory{PeakAllocated: st.PeakLive, PeakHeld: st.PeakHeld, Used: st.DeviceUsed, Total: st.DeviceTotal}, err
 		},
+		Host: func() bench.HostUse {
+			st := g.HostStats()
+			return bench.HostUse{GEMMPlans: st.LtPlans, GEMMRefused: st.LtRefused, GEMMPlanMs: st.LtPlanTime.Seconds() * 1e3,
+				DeviceAllocs: st.Allocs, DeviceAllocGiB: float64(st.AllocBytes) / (1 << 30)}
+		},
 	}
 }
 

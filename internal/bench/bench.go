@@ -35,6 +35,30 @@ type Hooks struct {
 	Sync func() error
 	// Memory reads the device's memory counters after the run.
 	Memory func() (DeviceMemory, error)
+	// Host reads the backend's cumulative host-side costs (HostUse's counters); Train
+	// reports their growth over the timed updates.
+	Host func() HostUse
+}
+
+// HostUse counts host-side work that depends on how many distinct step shapes a run
+// meets rather than on its size: GEMM plans built (each a cuBLASLt heuristic query;
+// Refused of them were declined) and the time they took, and device allocations the
+// block cache could not serve (each synchronises the device). With fairseq's batching
+// every batch has a new row count; with static buckets the timed updates should
+// count none.
+type HostUse struct {
+	GEMMPlans      int     `json:"gemm_plans"`
+	GEMMRefused    int     `json:"gemm_plans_refused"`
+	GEMMPlanMs     float64 `json:"gemm_plan_ms"`
+	DeviceAllocs   int     `json:"device_allocs"`
+	DeviceAllocGiB float64 `json:"device_alloc_gib"`
+}
+
+// sub is h − o, counter by counter.
+func (h HostUse) sub(o HostUse) HostUse {
+	return HostUse{GEMMPlans: h.GEMMPlans - o.GEMMPlans, GEMMRefused: h.GEMMRefused - o.GEMMRefused,
+		GEMMPlanMs: h.GEMMPlanMs - o.GEMMPlanMs, DeviceAllocs: h.DeviceAllocs - o.DeviceAllocs,
+		DeviceAllocGiB: h.DeviceAllocGiB - o.DeviceAllocGiB}
 }
 
 // ModelInfo identifies the benchmarked model.
@@ -93,9 +117,12 @@ type TrainResult struct {
 	Batching      string `json:"batching"`
 	BucketLengths []int  `json:"bucket_lengths"`
 	// Graphs says how the CUDA graphs of the training step were used (nil: off).
-	Graphs  *GraphUse `json:"cuda_graphs,omitempty"`
-	Warmup  int       `json:"warmup_updates"`
-	Updates int       `json:"updates"`
+	Graphs *GraphUse `json:"cuda_graphs,omitempty"`
+	// Host is the host-side work of the timed updates (nil: the backend has no
+	// counters, as the CPU).
+	Host    *HostUse `json:"host_costs,omitempty"`
+	Warmup  int      `json:"warmup_updates"`
+	Updates int      `json:"updates"`
 
 	TargetTokens int     `json:"target_tokens"`
 	SourceTokens int     `json:"source_tokens"`
@@ -144,9 +171,13 @@ func Train(ctx context.Context, s *train.Stepper, batches []*model.TrainBatch, o
 		Model: Info(s.Net.Model()), Warmup: opt.Warmup, Updates: opt.Updates, PeakTFLOPs: peak}
 	var times []float64
 	var flops, slots float64
+	var host0 HostUse
 	for i := 0; i < opt.Warmup+opt.Updates; i++ {
 		if err := ctx.Err(); err != nil {
 			return nil, err
+		}
+		if i == opt.Warmup && opt.Hooks.Host != nil {
+			host0 = opt.Hooks.Host()
 		}
 		b := batches[i%len(batches)]
 		t0 := time.Now()
@@ -186,6 +217,10 @@ func Train(ctx context.Context, s *train.Stepper, batches []*model.TrainBatch, o
 		}
 	}
 	res.Updates = len(times)
+	if opt.Hooks.Host != nil {
+		h := opt.Hooks.Host().sub(host0)
+		res.Host = &h
+	}
 	n := float64(res.Updates)
 	res.TargetTokensPerSec = float64(res.TargetTokens) / res.Seconds
 	res.UpdatesPerSec = n / res.Seconds
@@ -439,6 +474,10 @@ func (r *TrainResult) WriteText(w io.Writer) error {
 	if g := r.Graphs; g != nil {
 		fmt.Fprintf(bw, "| CUDA graphs: %d steps eager, %d captured, %d replayed (%d diverged, host %.2f ms each), %d kernel nodes updated, arena %s\n",
 			g.Eager, g.Captures, g.Replays, g.Divergences, g.ReplayHostMs, g.NodeUpdates, gib(g.ArenaBytes))
+	}
+	if h := r.Host; h != nil {
+		fmt.Fprintf(bw, "| host, timed updates: %d GEMM plans built (%d refused) in %.1f ms, %d device allocations (%.3f GiB)\n",
+			h.GEMMPlans, h.GEMMRefused, h.GEMMPlanMs, h.DeviceAllocs, h.DeviceAllocGiB)
 	}
 	return bw.Flush()
 }

@@ -211,10 +211,22 @@ func TestTrainTinyCPU(t *testing.T) {
 		t.Fatalf("%d batches from %d frozen ones; want 40 from fewer (the epochs cycle)", len(batches), nFrozen)
 	}
 	syncs := 0
+	// Host counters that every update advances (as a backend's plan and allocation
+	// counts would): the result must hold the growth over the 4 timed updates only.
+	var host HostUse
 	var progress bytes.Buffer
 	res, err := Train(ctx, s, batches[:5], TrainOptions{Warmup: 2, Updates: 4, Progress: &progress, Hooks: Hooks{
-		Sync:   func() error { syncs++; return nil },
+		Sync: func() error {
+			syncs++
+			host.GEMMPlans += 3
+			host.GEMMRefused++
+			host.GEMMPlanMs += 0.5
+			host.DeviceAllocs += 2
+			host.DeviceAllocGiB += 0.25
+			return nil
+		},
 		Memory: func() (DeviceMemory, error) { return DeviceMemory{PeakAllocated: 1 << 20, Total: 1 << 30}, nil },
+		Host:   func() HostUse { return host },
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -246,13 +258,17 @@ func TestTrainTinyCPU(t *testing.T) {
 	if math.IsNaN(res.FirstLoss) || math.IsNaN(res.LastLoss) || res.Model.Params != m.NumParams() {
 		t.Errorf("loss %g -> %g, params %d", res.FirstLoss, res.LastLoss, res.Model.Params)
 	}
+	if want := (HostUse{GEMMPlans: 12, GEMMRefused: 4, GEMMPlanMs: 2, DeviceAllocs: 8, DeviceAllocGiB: 1}); res.Host == nil || *res.Host != want {
+		t.Errorf("host costs %+v, want %+v (the 4 timed updates' growth)", res.Host, want)
+	}
 	var text bytes.Buffer
-	if err := res.WriteText(&text); err != nil || !strings.Contains(text.String(), "target tokens/s") {
+	if err := res.WriteText(&text); err != nil || !strings.Contains(text.String(), "target tokens/s") ||
+		!strings.Contains(text.String(), "12 GEMM plans built (4 refused) in 2.0 ms, 8 device allocations (1.000 GiB)") {
 		t.Errorf("text %q, %v", text.String(), err)
 	}
 	// A time limit ends the timed updates early, after at least one.
 	res, err = Train(ctx, s, batches, TrainOptions{Updates: 30, MaxSeconds: 1e-9})
-	if err != nil || res.Updates != 1 || res.TargetTokens != batches[0].NTokens {
+	if err != nil || res.Updates != 1 || res.TargetTokens != batches[0].NTokens || res.Host != nil {
 		t.Errorf("time limit: %v updates, %v tokens, %v", res.Updates, res.TargetTokens, err)
 	}
 	for _, bad := range []TrainOptions{{Updates: 0}, {Updates: 1, Warmup: -1}} {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"time"
 
 	"github.com/xform-dev/xform/kernels"
 )
@@ -418,6 +419,28 @@ func (be *Backend) MemoryStats() (MemoryStats, error) {
 	}
 	st.DeviceUsed, st.DeviceTotal = total-free, total
 	return st, nil
+}
+
+// HostStats are host-side costs that grow with the number of distinct step shapes,
+// counted since New (callers take differences): cuBLASLt plans built (each one
+// heuristic query, refused ones included; LtRefused of them fell back to GemmEx) and
+// the host time they took, and device allocations the block cache missed (cuMemAlloc,
+// which synchronises the device). xform bench reports them over its timed updates.
+type HostStats struct {
+	LtPlans, LtRefused int
+	LtPlanTime         time.Duration
+	Allocs             int
+	AllocBytes         uint64
+}
+
+// HostStats returns the counters.
+func (be *Backend) HostStats() HostStats {
+	be.pool.mu.Lock()
+	st := HostStats{Allocs: be.pool.allocs, AllocBytes: be.pool.allocBytes}
+	be.pool.mu.Unlock()
+	defer be.enter()()
+	st.LtPlans, st.LtRefused, st.LtPlanTime = be.lt.made, be.lt.falls, be.lt.planTime
+	return st
 }
 
 // ResetPeakMemory restarts the peaks of MemoryStats from the present usage.

@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"strings"
+	"time"
 	"unsafe"
 
 	"github.com/ebitengine/purego"
@@ -213,9 +214,15 @@ type ltState struct {
 	wsSize uint64
 	plans  map[ltKey]*ltPlan
 	clock  uint64
-	calls  int   // matmuls run through cuBLASLt
-	falls  int   // keys that fell back to GemmEx
-	first  error // the first reason anything fell back
+	calls  int // matmuls run through cuBLASLt
+	falls  int // keys that fell back to GemmEx
+	// made counts the plans built (heuristic queries, refused ones included) and
+	// planTime the host time they took, for HostStats: every new GEMM shape costs
+	// one per product, which fairseq's batching (a new row count per batch) pays
+	// every update.
+	made     int
+	planTime time.Duration
+	first    error // the first reason anything fell back
 	// out16Off: tests: HalfOutputs answers false, so the model keeps its float32
 	// feed-forward activations (half_out.go).
 	out16Off bool
@@ -357,7 +364,11 @@ func (be *Backend) ltPlanDB(transA, transB bool, m, n, k, lda, ldb, ldc int, c u
 			be.ltEvict()
 		}
 		var err error
-		if p, err = be.ltNewPlan(key, bias, aux); err == nil {
+		t0 := time.Now()
+		p, err = be.ltNewPlan(key, bias, aux)
+		s.made++
+		s.planTime += time.Since(t0)
+		if err == nil {
 			p.name = fmt.Sprintf("cublasLt %dx%dx%d t%v%v epi%d", m, n, k, b2u(transA), b2u(transB), epi)
 			if dtypeD != cudaR32F {
 				p.name += " d16"

@@ -51,6 +51,10 @@ type pool struct {
 	// peakLive and peakHeld are the most bytes ever handed out, and handed out plus
 	// cached, since New or the last ResetPeakMemory (for xform bench).
 	peakLive, peakHeld uint64
+	// allocs and allocBytes count the blocks the driver was asked for (cuMemAlloc,
+	// which synchronises the device: a miss of the cache), for HostStats.
+	allocs     int
+	allocBytes uint64
 }
 
 // grow records class more bytes handed out (the caller holds p.mu).
@@ -162,6 +166,8 @@ func (be *Backend) alloc(bytes uint64) (*allocation, error) {
 	}
 	be.pool.mu.Lock()
 	be.pool.grow(class)
+	be.pool.allocs++
+	be.pool.allocBytes += class
 	be.pool.mu.Unlock()
 	return be.track(ptr, class), nil
 }
