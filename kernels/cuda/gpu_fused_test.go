@@ -4,10 +4,8 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"path/filepath"
 	"testing"
 
-	"github.com/xform-dev/xform/convert"
 	"github.com/xform-dev/xform/kernels"
 	"github.com/xform-dev/xform/model"
 	"github.com/xform-dev/xform/tensor"
@@ -180,12 +178,7 @@ type hideFused struct{ kernels.Trainer }
 // and the decoder's log-probabilities.
 func TestResidualNormerModelSameBits(t *testing.T) {
 	g := gpu(t)
-	dir := filepath.Join("..", "..", "fixtures")
-	admin, err := convert.LoadCheckpoint(filepath.Join(dir, "clinic", "runs", "a_admin", "ckpt_u1", "checkpoint_last.pt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	batches := readRefBatches(t, filepath.Join(dir, "train", "batches.npz"), 2)
+	admin, batches := fixtureTraining(t, 2)
 	deep := &model.Model{Config: admin.Config, Params: map[string]*tensor.Tensor{}}
 	deep.Config.Init = model.InitDeepNet
 	r := rand.New(rand.NewPCG(33, 1))

@@ -3,12 +3,10 @@ package cuda
 import (
 	"context"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/xform-dev/xform/convert"
 	"github.com/xform-dev/xform/kernels"
 	"github.com/xform-dev/xform/model"
 )
@@ -23,21 +21,13 @@ import (
 // nodes updated (the dropout seeds), no divergence.
 func TestGraphedTrainingSameBits(t *testing.T) {
 	gpu(t)
-	dir := filepath.Join("..", "..", "fixtures")
-	m, err := convert.LoadCheckpoint(filepath.Join(dir, "clinic", "runs", "a_admin", "ckpt_u1", "checkpoint_last.pt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref := readRefBatches(t, filepath.Join(dir, "train", "batches.npz"), 3)
+	m, ref := fixtureTraining(t, 3)
 	var batches []*model.TrainBatch
 	for r := 0; r < 4; r++ {
 		batches = append(batches, ref...)
 	}
 	for _, prec := range []Precision{FP32, BF16} {
-		for _, rc := range []trainCase{
-			{name: "radam, dropout 0", optim: "radam", beta2: 0.98, lr: 3e-3, warmup: 100},
-			{name: "adam, clip 0.5, dropout 0.1", optim: "adam", beta2: 0.98, lr: 5e-4, warmup: 4, wd: 1e-4, clip: 0.5, dropout: 0.1},
-		} {
+		for _, rc := range sameBitsCases {
 			t.Run(prec.String()+"/"+rc.name, func(t *testing.T) {
 				eagerBE := newGraphTestBackend(t, prec, false)
 				graphBE := newGraphTestBackend(t, prec, true)

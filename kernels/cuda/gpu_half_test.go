@@ -4,10 +4,8 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"path/filepath"
 	"testing"
 
-	"github.com/xform-dev/xform/convert"
 	"github.com/xform-dev/xform/kernels"
 )
 
@@ -266,17 +264,9 @@ func TestHalfAttention(t *testing.T) {
 // scale, so the rounded gradients are the scaled ones in both runs.
 func TestHalfTrainingSameBits(t *testing.T) {
 	gpu(t)
-	dir := filepath.Join("..", "..", "fixtures")
-	m, err := convert.LoadCheckpoint(filepath.Join(dir, "clinic", "runs", "a_admin", "ckpt_u1", "checkpoint_last.pt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	batches := readRefBatches(t, filepath.Join(dir, "train", "batches.npz"), 3)
+	m, batches := fixtureTraining(t, 3)
 	for _, prec := range []Precision{BF16, FP16} {
-		for _, rc := range []trainCase{
-			{name: "radam, dropout 0", optim: "radam", beta2: 0.98, lr: 3e-3, warmup: 100},
-			{name: "adam, clip 0.5, dropout 0.1", optim: "adam", beta2: 0.98, lr: 5e-4, warmup: 4, wd: 1e-4, clip: 0.5, dropout: 0.1},
-		} {
+		for _, rc := range sameBitsCases {
 			t.Run(prec.String()+"/"+rc.name, func(t *testing.T) {
 				plain := newGraphTestBackend(t, prec, false)
 				plain.halfOff = true

@@ -6,12 +6,10 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
-	"github.com/xform-dev/xform/convert"
 	"github.com/xform-dev/xform/kernels"
 	"github.com/xform-dev/xform/kernels/cpu"
 )
@@ -482,12 +480,7 @@ func TestFP16Overflow(t *testing.T) {
 // TestTrainStepsMatchCPU).
 func TestTrainBF16(t *testing.T) {
 	g := gpu(t)
-	dir := filepath.Join("..", "..", "fixtures")
-	m, err := convert.LoadCheckpoint(filepath.Join(dir, "clinic", "runs", "a_admin", "ckpt_u1", "checkpoint_last.pt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	batches := readRefBatches(t, filepath.Join(dir, "train", "batches.npz"), 10)
+	m, batches := fixtureTraining(t, 10)
 	rc := trainCase{name: "radam recipe, dropout 0", optim: "radam", beta2: 0.98, lr: 3e-3, warmup: 100}
 	c, _ := runTrain(t, m, cpu.New(0), rc, batches)
 	f32, _ := runTrain(t, m, g, rc, batches)

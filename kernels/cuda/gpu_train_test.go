@@ -36,12 +36,7 @@ import (
 // bounded by the sum of the learning rates instead, as in train's parity test.
 func TestTrainStepsMatchCPU(t *testing.T) {
 	g := gpu(t)
-	dir := filepath.Join("..", "..", "fixtures")
-	m, err := convert.LoadCheckpoint(filepath.Join(dir, "clinic", "runs", "a_admin", "ckpt_u1", "checkpoint_last.pt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	batches := readRefBatches(t, filepath.Join(dir, "train", "batches.npz"), 10)
+	m, batches := fixtureTraining(t, 10)
 	for _, rc := range []trainCase{
 		{name: "radam recipe, dropout 0", optim: "radam", beta2: 0.98, lr: 3e-3, warmup: 100},
 		{name: "adam, wd, clip 0.5, dropout 0.1", optim: "adam", beta2: 0.98, lr: 5e-4, warmup: 4, wd: 1e-4, clip: 0.5, dropout: 0.1},
@@ -103,6 +98,26 @@ func TestTrainStepsMatchCPU(t *testing.T) {
 			}
 		})
 	}
+}
+
+// fixtureTraining returns the training fixture the step tests share: the Admin
+// checkpoint the reference saved after one update (fixtures/clinic/runs/a_admin/ckpt_u1)
+// and the first n of the reference's batches (fixtures/train/batches.npz).
+func fixtureTraining(t *testing.T, n int) (*model.Model, []*model.TrainBatch) {
+	t.Helper()
+	dir := filepath.Join("..", "..", "fixtures")
+	m, err := convert.LoadCheckpoint(filepath.Join(dir, "clinic", "runs", "a_admin", "ckpt_u1", "checkpoint_last.pt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, readRefBatches(t, filepath.Join(dir, "train", "batches.npz"), n)
+}
+
+// sameBitsCases are the two recipes the bit-identity training tests run: RAdam without
+// dropout, and Adam with weight decay, clipping and every dropout on.
+var sameBitsCases = []trainCase{
+	{name: "radam, dropout 0", optim: "radam", beta2: 0.98, lr: 3e-3, warmup: 100},
+	{name: "adam, clip 0.5, dropout 0.1", optim: "adam", beta2: 0.98, lr: 5e-4, warmup: 4, wd: 1e-4, clip: 0.5, dropout: 0.1},
 }
 
 type trainCase struct {
