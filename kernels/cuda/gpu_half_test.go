@@ -147,16 +147,7 @@ func TestHalfReaders(t *testing.T) {
 					dw0, db0 := randVec(r, sh.n*sh.k), randVec(r, sh.n)
 					run := func(x, dy kernels.Buffer, act bool) (y, dx, dw, db []float32) {
 						yb, dxb, dwb, dbb := g.Alloc(sh.m*sh.n), g.Alloc(sh.m*sh.k), g.Upload(dw0), g.Upload(db0)
-						var kept kernels.Buffer
-						if act {
-							_, k, ok := g.LinearActKeep(yb, x, w, b, sh.m, sh.n, sh.k, kernels.ReLU)
-							if !ok || k == nil {
-								t.Fatal("LinearActKeep declined")
-							}
-							kept = k
-						} else {
-							kept = g.LinearKeep(yb, x, w, b, sh.m, sh.n, sh.k)
-						}
+						kept := keepForward(t, g, yb, x, w, b, sh.m, sh.n, sh.k, act)
 						g.LinearBackwardKept(dxb, dwb, dbb, dy, kept, sh.m, sh.n, sh.k)
 						return down(g, yb), down(g, dxb), down(g, dwb), down(g, dbb)
 					}
@@ -278,4 +269,18 @@ func TestHalfTrainingSameBits(t *testing.T) {
 			})
 		}
 	}
+}
+
+// keepForward is the forward of a kept Linear, LinearActKeep with ReLU when act else
+// LinearKeep, into y; it returns what the backward takes (LinearBackwardKept's kept).
+func keepForward(t *testing.T, g *Backend, y, x, w, b kernels.Buffer, m, n, k int, act bool) kernels.Buffer {
+	t.Helper()
+	if !act {
+		return g.LinearKeep(y, x, w, b, m, n, k)
+	}
+	_, kept, ok := g.LinearActKeep(y, x, w, b, m, n, k, kernels.ReLU)
+	if !ok || kept == nil {
+		t.Fatal("LinearActKeep declined")
+	}
+	return kept
 }

@@ -104,16 +104,7 @@ func TestLinearKeepHalfWeight(t *testing.T) {
 				dw0, db0 := randVec(r, sh.n*sh.k), randVec(r, sh.n)
 				run := func(x, w kernels.Buffer, act bool) (y, dx, dw, db []float32) {
 					yb, dxb, dwb, dbb := g.Alloc(sh.m*sh.n), g.Alloc(sh.m*sh.k), g.Upload(dw0), g.Upload(db0)
-					var kept kernels.Buffer
-					if act {
-						_, k, ok := g.LinearActKeep(yb, x, w, b, sh.m, sh.n, sh.k, kernels.ReLU)
-						if !ok || k == nil {
-							t.Fatal("LinearActKeep declined")
-						}
-						kept = k
-					} else {
-						kept = g.LinearKeep(yb, x, w, b, sh.m, sh.n, sh.k)
-					}
+					kept := keepForward(t, g, yb, x, w, b, sh.m, sh.n, sh.k, act)
 					if kp := kept.(*kept16); (halfOf(x) != nil && halfOf(w) != nil) != (kp.copies == nil) {
 						t.Fatalf("x 16-bit %v, w 16-bit %v: copies %v", halfOf(x) != nil, halfOf(w) != nil, kp.copies != nil)
 					}

@@ -370,21 +370,7 @@ func TestLabelSmoothedLoss16Timing(t *testing.T) {
 	for _, V := range []int{27472, 32000} {
 		const rows = 7900
 		r := rand.New(rand.NewPCG(3, uint64(V)))
-		tile := randVec(r, 64*V) // 64 distinct rows repeated: the time does not depend on the values
-		for i := range tile {
-			tile[i] = bf16Round(tile[i] * 4)
-		}
-		host := make([]float32, rows*V)
-		for i := 0; i < rows; i += 64 {
-			copy(host[i*V:], tile)
-		}
-		targets := make([]int32, rows)
-		for i := range targets {
-			targets[i] = int32(r.IntN(V))
-			if i%8 == 5 {
-				targets[i] = 1 // ~12 % padding, not read by the pipe kernels
-			}
-		}
+		host, targets := timingLogits(r, rows, V, bf16Round) // the pipe kernels do not read the padding rows
 		lf, lh, dh := g.Upload(host), upload16(g, host), g.AllocHalf(rows*V)
 		call := func(logits kernels.Buffer, off bool) func() {
 			return func() {

@@ -367,21 +367,7 @@ func TestLabelSmoothedLossTiming(t *testing.T) {
 	defer func() { be.precision = old }()
 	const rows, V = 8000, 27472
 	r := rand.New(rand.NewPCG(3, 4))
-	tile := randVec(r, 64*V) // 64 distinct rows repeated: the time does not depend on the values
-	for i := range tile {
-		tile[i] *= 4
-	}
-	host := make([]float32, rows*V)
-	for i := 0; i < rows; i += 64 {
-		copy(host[i*V:], tile)
-	}
-	targets := make([]int32, rows)
-	for i := range targets {
-		targets[i] = int32(r.IntN(V))
-		if i%8 == 5 {
-			targets[i] = 1 // ~12 % padding
-		}
-	}
+	host, targets := timingLogits(r, rows, V, func(x float32) float32 { return x })
 	logits, dl := be.Upload(host), be.AllocUninit(rows*V)
 	callV0 := func(d kernels.Buffer) func() {
 		return func() {
@@ -644,4 +630,26 @@ func TestListKernelsTiming(t *testing.T) {
 		t.Logf("%-22s %d tensors, %.1f MB each pass: previous %.1f µs (%.0f GB/s), chunked %.1f µs (%.0f GB/s)",
 			c.name, len(gs), mb, a, c.passes*mb/a*1e3, b, c.passes*mb/b*1e3)
 	}
+}
+
+// timingLogits makes the loss timings' inputs: rows × V logits, 64 distinct random rows
+// (×4, then round) repeated, since the time does not depend on the values, and random
+// targets with every eighth row padding (~12 %).
+func timingLogits(r *rand.Rand, rows, V int, round func(float32) float32) ([]float32, []int32) {
+	tile := randVec(r, 64*V)
+	for i := range tile {
+		tile[i] = round(tile[i] * 4)
+	}
+	host := make([]float32, rows*V)
+	for i := 0; i < rows; i += 64 {
+		copy(host[i*V:], tile)
+	}
+	targets := make([]int32, rows)
+	for i := range targets {
+		targets[i] = int32(r.IntN(V))
+		if i%8 == 5 {
+			targets[i] = 1
+		}
+	}
+	return host, targets
 }
