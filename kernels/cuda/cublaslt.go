@@ -432,9 +432,9 @@ func (be *Backend) ltPlanDB(transA, transB bool, m, n, k, lda, ldb, ldc int, c u
 }
 
 // ltNewPlan makes the descriptor and layouts of key and gives them an algorithm: with
-// reuse, its class's when cublasLtMatmulAlgoCheck accepts it for this exact shape,
-// else the heuristic's best within the workspace and the pointers' alignment (kept
-// for the class when reuse is on).
+// reuse, its class's (the heuristic's for the class's representative, asked at the
+// class's first key) when cublasLtMatmulAlgoCheck accepts it for this exact shape,
+// else the heuristic's best for key within the workspace and the pointers' alignment.
 func (be *Backend) ltNewPlan(key ltKey, bias, aux uint64, reuse bool) (_ *ltPlan, err error) {
 	s := &be.lt
 	p := &ltPlan{key: key}
@@ -446,8 +446,15 @@ func (be *Backend) ltNewPlan(key ltKey, bias, aux uint64, reuse bool) (_ *ltPlan
 	if err := be.ltBuild(p, key, bias, aux); err != nil {
 		return nil, err
 	}
-	if reuse && s.lib.algoCheck != 0 {
-		if algo, ok := s.reuse.algo(key); ok {
+	// A key that is its class's representative asks for itself (below), and its
+	// answer is the class's.
+	rep := key.classKey() == key
+	if reuse && s.lib.algoCheck != 0 && !rep {
+		algo, ok, known := s.reuse.algo(key)
+		if !known {
+			algo, ok = be.ltClassAlgo(key, bias, aux)
+		}
+		if ok {
 			if be.ltAlgoFits(p, algo) {
 				p.algo, p.reused = algo, true
 				s.reused++
@@ -458,10 +465,15 @@ func (be *Backend) ltNewPlan(key ltKey, bias, aux uint64, reuse bool) (_ *ltPlan
 	}
 	s.queries++
 	if p.algo, err = be.ltHeuristic(p, key); err != nil {
+		if reuse && rep {
+			s.reuse.keepNone(key)
+		}
 		return nil, err
 	}
-	if be.planReuse {
+	if reuse && rep {
 		s.reuse.keep(key, p.algo)
+	} else if reuse {
+		s.reuse.accept(key)
 	}
 	return p, nil
 }

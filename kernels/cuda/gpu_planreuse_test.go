@@ -146,8 +146,11 @@ func runReuseShape(t *testing.T, g *Backend, m, n, k int, x, w, b, dy kernels.Bu
 // cublasLtMatmulAlgoCheck — against the exact products of the rounded operands within
 // the derived bounds, and against the same products without reuse (the heuristic's
 // algorithm for 8000 rows): bit-identical for each output whose products ran the same
-// algorithms in both runs, within the bounds otherwise. Logged: which outputs took
-// another algorithm, and the plan counters.
+// algorithms in both runs, within the bounds otherwise. Also m2 with reuse but without
+// m1 before it: the same algorithms and bits (a class's algorithm does not depend on
+// which of its shapes came first). Must show: no failure, plans at m2 on the class's
+// algorithm (none if cublasLtMatmulAlgoCheck is missing). Logged: which outputs took
+// another algorithm than the heuristic's, and the plan counters.
 func TestPlanReuseLinear(t *testing.T) {
 	for _, ft := range formats {
 		for _, sh := range []struct{ n, k int }{{2048, 512}, {512, 2048}} {
@@ -180,6 +183,22 @@ func TestPlanReuseLinear(t *testing.T) {
 				if check && st1.LtReused == st0.LtReused {
 					t.Errorf("no plan at %d rows took the algorithm kept for %d rows (cublasLtMatmulAlgoCheck refused all %d)",
 						m2, m1, st1.LtCheckRefused-st0.LtCheckRefused)
+				}
+
+				// History independence: m2 alone, with reuse, takes the same
+				// algorithms (the class's is the representative's, whatever came
+				// first) and so gives the same bits.
+				setPlanReuse(t, g, true)
+				alone := runReuseShape(t, g, m2, n, k, x, w, b, dy, dw0, db0)
+				if algosAlone := ltAlgos(g, m2); !sameAlgos(algosOn, algosAlone, func(ltKey) bool { return true }) {
+					t.Errorf("m %d with reuse took other algorithms after m %d than alone", m2, m1)
+				}
+				for _, c := range []struct {
+					name      string
+					got, want []float32
+				}{{"y", alone.y, on.y}, {"a", alone.a, on.a}, {"dx", alone.dx, on.dx}, {"16-bit dx", alone.dx16, on.dx16},
+					{"dw", alone.dw, on.dw}, {"db", alone.db, on.db}} {
+					checkExact(t, c.name+" (reuse, alone vs after m1)", c.got, c.want)
 				}
 
 				setPlanReuse(t, g, false)

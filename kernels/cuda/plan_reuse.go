@@ -13,17 +13,22 @@ import (
 // step then built a plan from scratch: descriptor, layouts, a preference and one
 // cublasLtMatmulAlgoGetHeuristic query, the costly part (the heuristic evaluates its
 // candidate kernels for the shape). The algorithm the heuristic picks changes with the
-// number of tiles and waves, which a few percent more or fewer rows barely move. So the
-// heuristic's answer is also kept per class key: the plan key with m, n and k each
-// rounded up to its class (ltDimClass). A new exact shape of a known class builds only
-// its descriptor and layouts and takes the class's algorithm once
-// cublasLtMatmulAlgoCheck accepts it for the exact shape (that check is cuBLASLt's own
-// validation of an algorithm against descriptors, and returns the workspace the shape
-// needs); a refusal, or a library without the symbol, asks the heuristic as before. All
+// number of tiles and waves, which a few percent more or fewer rows barely move. So each
+// class key — the plan key with m, n and k rounded up to their classes (ltDimClass) —
+// gets one heuristic query, at the class's representative shape (the class key itself,
+// whatever exact shape came first), and its answer is kept. A new exact shape of a known
+// class builds only its descriptor and layouts and takes the class's algorithm once
+// cublasLtMatmulAlgoCheck accepts it for the exact shape (cuBLASLt's own validation of
+// an algorithm against descriptors; it also gives the workspace the shape needs); a
+// refusal, or a library without the symbol, asks the heuristic for the exact shape as
+// before. So a key's algorithm depends on the key alone, not on the shapes met before
+// it: runs stay reproducible, a resumed run picks what the uninterrupted one did. All
 // three dimensions are classed because the varying one is not always m: a weight
-// gradient dw += dyᵀ·x has the batch's rows as its reduction length k. The leading
-// dimensions, types, epilogue and alignment classes stay exact (they decide which
-// kernels are valid at all).
+// gradient dw += dyᵀ·x has the batch's rows as its reduction length k. A dimension
+// bounded by a leading dimension (n by ldc; k or m by the operand layouts) keeps its
+// exact value where its class would exceed that bound, so the representative's layouts
+// are valid; the rows of a batch never are bounded. Leading dimensions, types, epilogue
+// and alignment classes stay exact (they decide which kernels are valid at all).
 //
 // Refusals that do not depend on the shape are remembered per kind: the plan key
 // without m, n and k (leading dimensions, types, transposes, epilogue and alignments
@@ -70,10 +75,31 @@ func ltDimClass(d int) int {
 	return (d + step - 1) / step * step
 }
 
-// classKey is k with its dimensions rounded to their classes.
+// classKey is k with its dimensions rounded to their classes, each that a leading
+// dimension bounds kept exact where its class would exceed the bound: the key of the
+// class's representative product, a valid one.
 func (k ltKey) classKey() ltKey {
-	k.m, k.n, k.k = ltDimClass(k.m), ltDimClass(k.n), ltDimClass(k.k)
-	return k
+	c := k
+	c.m, c.n, c.k = ltDimClass(k.m), ltDimClass(k.n), ltDimClass(k.k)
+	sh := ltColMajor(c.transA, c.transB, c.m, c.n, c.k, c.lda, c.ldb, c.ldc)
+	if sh.cRows > c.ldc {
+		c.n = k.n
+	}
+	if sh.aRows > c.ldb { // cuBLASLt's A is the caller's B: n×k, or k×n transposed
+		if c.transB {
+			c.k = k.k
+		} else {
+			c.n = k.n
+		}
+	}
+	if sh.bRows > c.lda { // cuBLASLt's B is the caller's A: k×m, or m×k transposed
+		if c.transA {
+			c.m = k.m
+		} else {
+			c.k = k.k
+		}
+	}
+	return c
 }
 
 // kindKey is k without its dimensions.
@@ -82,9 +108,11 @@ func (k ltKey) kindKey() ltKey {
 	return k
 }
 
-// ltAlgoEntry is the heuristic's latest answer for a class key.
+// ltAlgoEntry is the heuristic's answer for a class's representative (none: it had no
+// algorithm, and exact keys of the class ask for themselves).
 type ltAlgoEntry struct {
 	algo [8]uint64
+	none bool
 	used uint64
 }
 
@@ -102,20 +130,29 @@ type ltReuse struct {
 	clock uint64
 }
 
-// algo returns the algorithm kept for key's class.
-func (r *ltReuse) algo(key ltKey) ([8]uint64, bool) {
+// algo returns the algorithm kept for key's class; known says whether the class has
+// an entry at all (ok false with known: the representative had no algorithm).
+func (r *ltReuse) algo(key ltKey) (algo [8]uint64, ok, known bool) {
 	e := r.algos[key.classKey()]
 	if e == nil {
-		return [8]uint64{}, false
+		return [8]uint64{}, false, false
 	}
 	r.clock++
 	e.used = r.clock
-	return e.algo, true
+	return e.algo, !e.none, true
 }
 
-// keep records the heuristic's algorithm for key: its class's entry from now on, and
-// its kind accepted.
+// keep records the heuristic's algorithm for key's class representative, and its
+// kind as accepted.
 func (r *ltReuse) keep(key ltKey, algo [8]uint64) {
+	r.put(key, &ltAlgoEntry{algo: algo})
+	r.accept(key)
+}
+
+// keepNone records that key's class representative has no algorithm.
+func (r *ltReuse) keepNone(key ltKey) { r.put(key, &ltAlgoEntry{none: true}) }
+
+func (r *ltReuse) put(key ltKey, e *ltAlgoEntry) {
 	if r.algos == nil {
 		r.algos = map[ltKey]*ltAlgoEntry{}
 	}
@@ -126,12 +163,17 @@ func (r *ltReuse) keep(key ltKey, algo [8]uint64) {
 		}
 	}
 	r.clock++
-	r.algos[c] = &ltAlgoEntry{algo: algo, used: r.clock}
-	r.accept(key)
+	e.used = r.clock
+	r.algos[c] = e
 }
 
-// forget drops key's class entry (its algorithm was refused at run time).
-func (r *ltReuse) forget(key ltKey) { delete(r.algos, key.classKey()) }
+// forget marks key's class as having no algorithm to reuse (it was refused at run
+// time): its exact keys ask for themselves from now on.
+func (r *ltReuse) forget(key ltKey) {
+	if r.algos[key.classKey()] != nil {
+		r.keepNone(key)
+	}
+}
 
 // accept marks key's kind as one cuBLASLt takes.
 func (r *ltReuse) accept(key ltKey) {
@@ -213,6 +255,31 @@ func (be *Backend) ltAlgoFits(p *ltPlan, algo [8]uint64) bool {
 	var res ltHeuristicResult
 	r := call(s.lib.algoCheck, s.handle, p.desc, p.a, p.b, p.c, p.c, uintptr(unsafe.Pointer(&algo)), uintptr(unsafe.Pointer(&res)))
 	return r == 0 && res.state == 0 && res.workspaceSize <= s.wsSize
+}
+
+// ltClassAlgo asks the heuristic for the algorithm of key's class representative
+// (descriptor and layouts built for it with key's bias and auxiliary pointers, then
+// dropped) and keeps the answer, or that there is none. The caller holds the Backend.
+func (be *Backend) ltClassAlgo(key ltKey, bias, aux uint64) ([8]uint64, bool) {
+	s := &be.lt
+	c := key.classKey()
+	rp := &ltPlan{}
+	defer be.ltDestroy(rp)
+	err := be.ltBuild(rp, c, bias, aux)
+	var algo [8]uint64
+	if err == nil {
+		s.queries++
+		algo, err = be.ltHeuristic(rp, c)
+	}
+	if err != nil {
+		if ltPlanRefused(err) {
+			s.reuse.refuse(c)
+		}
+		s.reuse.keepNone(key)
+		return algo, false
+	}
+	s.reuse.keep(key, algo)
+	return algo, true
 }
 
 // ltPlanCap is the plan cache's bound: XFORM_CUDA_LT_PLANS when set, else by reuse.

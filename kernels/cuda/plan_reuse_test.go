@@ -42,18 +42,49 @@ func TestLtDimClass(t *testing.T) {
 	}
 }
 
-// The class key rounds m, n and k and nothing else; the kind key drops them.
+// The class key rounds m, n and k and nothing else, except that a dimension bounded by
+// a leading dimension stays exact where its class would pass the bound (the
+// representative's layouts must be valid); the kind key drops the dimensions.
 func TestLtKeys(t *testing.T) {
-	k := ltKey{transA: true, m: 7000, n: 2048, k: 8001, lda: 2048, ldb: 512, ldc: 512, dtype: cudaR16BF,
-		dtypeD: cudaR32F, biasType: cudaR32F, epilogue: ltEpiBGradB, alignAB: 256, alignC: 256, align: 256}
-	c := k.classKey()
-	want := k
-	want.m, want.n, want.k = 7168, 2048, 8192
-	if c != want {
-		t.Errorf("classKey = %+v, want %+v", c, want)
+	// The products of a Linear with n outputs and k inputs at 8001 rows, as
+	// linear16 and linearBackward16Kept plan them, each with n and k whose classes
+	// are themselves (2048, 512) and not (2000, 500): the rows always go to their
+	// class, n and k only where their class is theirs.
+	for _, c := range []struct{ n, k, cn, ck int }{{2048, 512, 2048, 512}, {2000, 500, 2000, 500}} {
+		n, k, rows := c.n, c.k, 8001
+		base := ltKey{dtype: cudaR16BF, dtypeD: cudaR32F, biasType: cudaR32F, alignAB: 256, alignC: 256}
+		fwd, dx, dw := base, base, base
+		fwd.transB, fwd.m, fwd.n, fwd.k, fwd.lda, fwd.ldb, fwd.ldc = true, rows, n, k, k, k, n
+		dx.m, dx.n, dx.k, dx.lda, dx.ldb, dx.ldc = rows, k, n, n, k, k
+		dw.transA, dw.m, dw.n, dw.k, dw.lda, dw.ldb, dw.ldc = true, n, k, rows, n, k, k
+		for _, kc := range []struct {
+			name      string
+			key       ltKey
+			m, nn, kk int
+		}{
+			{"forward", fwd, 8192, c.cn, c.ck},
+			{"dx", dx, 8192, c.ck, c.cn},
+			{"dw", dw, c.cn, c.ck, 8192},
+		} {
+			got := kc.key.classKey()
+			want := kc.key
+			want.m, want.n, want.k = kc.m, kc.nn, kc.kk
+			if got != want {
+				t.Errorf("n %d k %d %s: classKey dims %d×%d×%d, want %d×%d×%d", n, k, kc.name, got.m, got.n, got.k, want.m, want.n, want.k)
+			}
+			sh := ltColMajor(got.transA, got.transB, got.m, got.n, got.k, got.lda, got.ldb, got.ldc)
+			if sh.aRows > sh.aLD || sh.bRows > sh.bLD || sh.cRows > sh.cLD {
+				t.Errorf("n %d k %d %s: representative layouts invalid: %+v", n, k, kc.name, sh)
+			}
+			if got.classKey() != got {
+				t.Errorf("n %d k %d %s: the representative is not its own class", n, k, kc.name)
+			}
+		}
 	}
+	k := ltKey{transA: true, m: 2048, n: 512, k: 8001, lda: 2048, ldb: 512, ldc: 512, dtype: cudaR16BF,
+		dtypeD: cudaR32F, biasType: cudaR32F, epilogue: ltEpiBGradB, alignAB: 256, alignC: 256, align: 256}
 	kind := k.kindKey()
-	want = k
+	want := k
 	want.m, want.n, want.k = 0, 0, 0
 	if kind != want {
 		t.Errorf("kindKey = %+v, want %+v", kind, want)
@@ -61,41 +92,52 @@ func TestLtKeys(t *testing.T) {
 }
 
 // Class entries: a key of the same class finds the kept algorithm, another class or
-// another alignment does not; the latest keep wins; forget drops it; past ltMaxAlgos
-// the least recently used eighth goes.
+// another alignment does not; the latest keep wins; forget and keepNone leave a known
+// class without an algorithm; past ltMaxAlgos the least recently used eighth goes.
 func TestLtReuseAlgos(t *testing.T) {
 	var r ltReuse
 	base := ltKey{transB: true, n: 2048, k: 512, lda: 512, ldb: 512, ldc: 2048, dtype: cudaR16BF, dtypeD: cudaR16BF,
 		biasType: cudaR16BF, epilogue: ltEpiReluBias, alignAB: 256, alignC: 256, align: 256}
 	at := func(m int) ltKey { k := base; k.m = m; return k }
-	if _, ok := r.algo(at(8000)); ok {
+	if _, ok, known := r.algo(at(8000)); ok || known {
 		t.Fatal("an algorithm before any was kept")
 	}
 	a1 := [8]uint64{1, 2, 3}
 	r.keep(at(8000), a1)
 	for _, m := range []int{7937, 8000, 8192} {
-		if got, ok := r.algo(at(m)); !ok || got != a1 {
-			t.Errorf("m %d: %v, %v; want the class's algorithm", m, got, ok)
+		if got, ok, known := r.algo(at(m)); !ok || !known || got != a1 {
+			t.Errorf("m %d: %v, %v, %v; want the class's algorithm", m, got, ok, known)
 		}
 	}
 	for _, m := range []int{7936, 8193} {
-		if _, ok := r.algo(at(m)); ok {
-			t.Errorf("m %d (another class) found an algorithm", m)
+		if _, ok, known := r.algo(at(m)); ok || known {
+			t.Errorf("m %d (another class) found an entry", m)
 		}
 	}
 	other := at(8000)
 	other.alignC = 16
-	if _, ok := r.algo(other); ok {
-		t.Error("another alignment class found the algorithm")
+	if _, _, known := r.algo(other); known {
+		t.Error("another alignment class found the entry")
 	}
 	a2 := [8]uint64{4}
 	r.keep(at(7990), a2)
-	if got, _ := r.algo(at(8100)); got != a2 {
+	if got, _, _ := r.algo(at(8100)); got != a2 {
 		t.Errorf("after a second keep: %v, want %v", got, a2)
 	}
 	r.forget(at(8001))
-	if _, ok := r.algo(at(8000)); ok {
-		t.Error("forget left the class's algorithm")
+	if _, ok, known := r.algo(at(8000)); ok || !known {
+		t.Errorf("after forget: ok %v, known %v; want a known class without an algorithm", ok, known)
+	}
+	r.forget(at(7000)) // a class without an entry stays without one
+	if _, _, known := r.algo(at(7000)); known {
+		t.Error("forget made an entry")
+	}
+	r.keepNone(at(7100))
+	if _, ok, known := r.algo(at(7000)); ok || !known {
+		t.Errorf("keepNone: ok %v, known %v", ok, known)
+	}
+	if r.kinds[at(7100).kindKey()] != nil && r.kinds[at(7100).kindKey()].refused != 0 {
+		t.Error("keepNone counted a refusal")
 	}
 
 	// Eviction: fill, touch the first eighth, add one more: the untouched oldest go.
@@ -113,6 +155,12 @@ func TestLtReuseAlgos(t *testing.T) {
 	}
 	for i := 0; i < ltMaxAlgos; i++ {
 		_, ok := r.algos[ld(i).classKey()]
+		if i == 0 {
+			_, _, known := r.algo(ld(ltMaxAlgos - 1))
+			if !known {
+				t.Fatal("the newest entry was evicted")
+			}
+		}
 		recent := i < ltMaxAlgos/8 || i >= ltMaxAlgos/4
 		if ok != recent {
 			t.Fatalf("entry %d kept %v, want %v", i, ok, recent)
