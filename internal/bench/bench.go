@@ -46,10 +46,18 @@ type Hooks struct {
 // block cache could not serve (each synchronises the device). With fairseq's batching
 // every batch has a new row count; with static buckets the timed updates should
 // count none.
+//
+// With plan reuse (the CUDA backend's XFORM_CUDA_PLAN_REUSE) a plan need not be a
+// query: GEMMQueries counts the heuristic queries, GEMMReused the plans built on an
+// algorithm kept for nearby shapes, GEMMSkipped the products answered "no plan" from
+// refusals remembered per kind (no plan built).
 type HostUse struct {
 	GEMMPlans      int     `json:"gemm_plans"`
 	GEMMRefused    int     `json:"gemm_plans_refused"`
 	GEMMPlanMs     float64 `json:"gemm_plan_ms"`
+	GEMMQueries    int     `json:"gemm_heuristic_queries"`
+	GEMMReused     int     `json:"gemm_plans_reused"`
+	GEMMSkipped    int     `json:"gemm_refusals_remembered"`
 	DeviceAllocs   int     `json:"device_allocs"`
 	DeviceAllocGiB float64 `json:"device_alloc_gib"`
 }
@@ -57,8 +65,9 @@ type HostUse struct {
 // sub is h − o, counter by counter.
 func (h HostUse) sub(o HostUse) HostUse {
 	return HostUse{GEMMPlans: h.GEMMPlans - o.GEMMPlans, GEMMRefused: h.GEMMRefused - o.GEMMRefused,
-		GEMMPlanMs: h.GEMMPlanMs - o.GEMMPlanMs, DeviceAllocs: h.DeviceAllocs - o.DeviceAllocs,
-		DeviceAllocGiB: h.DeviceAllocGiB - o.DeviceAllocGiB}
+		GEMMPlanMs: h.GEMMPlanMs - o.GEMMPlanMs, GEMMQueries: h.GEMMQueries - o.GEMMQueries,
+		GEMMReused: h.GEMMReused - o.GEMMReused, GEMMSkipped: h.GEMMSkipped - o.GEMMSkipped,
+		DeviceAllocs: h.DeviceAllocs - o.DeviceAllocs, DeviceAllocGiB: h.DeviceAllocGiB - o.DeviceAllocGiB}
 }
 
 // ModelInfo identifies the benchmarked model.
@@ -476,8 +485,8 @@ func (r *TrainResult) WriteText(w io.Writer) error {
 			g.Eager, g.Captures, g.Replays, g.Divergences, g.ReplayHostMs, g.NodeUpdates, gib(g.ArenaBytes))
 	}
 	if h := r.Host; h != nil {
-		fmt.Fprintf(bw, "| host, timed updates: %d GEMM plans built (%d refused) in %.1f ms, %d device allocations (%.3f GiB)\n",
-			h.GEMMPlans, h.GEMMRefused, h.GEMMPlanMs, h.DeviceAllocs, h.DeviceAllocGiB)
+		fmt.Fprintf(bw, "| host, timed updates: %d GEMM plans built (%d refused) in %.1f ms, %d device allocations (%.3f GiB); %d heuristic queries, %d plans on a reused algorithm, %d remembered refusals\n",
+			h.GEMMPlans, h.GEMMRefused, h.GEMMPlanMs, h.DeviceAllocs, h.DeviceAllocGiB, h.GEMMQueries, h.GEMMReused, h.GEMMSkipped)
 	}
 	return bw.Flush()
 }

@@ -221,6 +221,9 @@ func TestTrainTinyCPU(t *testing.T) {
 			host.GEMMPlans += 3
 			host.GEMMRefused++
 			host.GEMMPlanMs += 0.5
+			host.GEMMQueries += 2
+			host.GEMMReused++
+			host.GEMMSkipped += 3
 			host.DeviceAllocs += 2
 			host.DeviceAllocGiB += 0.25
 			return nil
@@ -258,12 +261,12 @@ func TestTrainTinyCPU(t *testing.T) {
 	if math.IsNaN(res.FirstLoss) || math.IsNaN(res.LastLoss) || res.Model.Params != m.NumParams() {
 		t.Errorf("loss %g -> %g, params %d", res.FirstLoss, res.LastLoss, res.Model.Params)
 	}
-	if want := (HostUse{GEMMPlans: 12, GEMMRefused: 4, GEMMPlanMs: 2, DeviceAllocs: 8, DeviceAllocGiB: 1}); res.Host == nil || *res.Host != want {
+	if want := (HostUse{GEMMPlans: 12, GEMMRefused: 4, GEMMPlanMs: 2, GEMMQueries: 8, GEMMReused: 4, GEMMSkipped: 12, DeviceAllocs: 8, DeviceAllocGiB: 1}); res.Host == nil || *res.Host != want {
 		t.Errorf("host costs %+v, want %+v (the 4 timed updates' growth)", res.Host, want)
 	}
 	var text bytes.Buffer
 	if err := res.WriteText(&text); err != nil || !strings.Contains(text.String(), "target tokens/s") ||
-		!strings.Contains(text.String(), "12 GEMM plans built (4 refused) in 2.0 ms, 8 device allocations (1.000 GiB)") {
+		!strings.Contains(text.String(), "12 GEMM plans built (4 refused) in 2.0 ms, 8 device allocations (1.000 GiB); 8 heuristic queries, 4 plans on a reused algorithm, 12 remembered refusals") {
 		t.Errorf("text %q, %v", text.String(), err)
 	}
 	// A time limit ends the timed updates early, after at least one.

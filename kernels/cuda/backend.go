@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strconv"
 	"sync"
 	"time"
 
@@ -108,7 +109,13 @@ type Backend struct {
 	// linearActForce: tests: LinearActBackward skips its first 1 or 2 epilogue
 	// choices (linear_act.go), so the fallbacks run.
 	linearActForce int
-	graph          graphState
+	// planReuse: cuBLASLt plans of a new shape reuse their class's algorithm and
+	// remember refusals per kind (plan_reuse.go); XFORM_CUDA_PLAN_REUSE=0 turns it
+	// off at New, tests flip it. ltPlans bounds the plan cache (0: by planReuse;
+	// XFORM_CUDA_LT_PLANS).
+	planReuse bool
+	ltPlans   int
+	graph     graphState
 	// kernelNames maps kernels to their names for XFORM_CUDA_PROFILE=gpu (profile.go);
 	// the lazily looked-up ones are added by kernel.
 	kernelNames map[uintptr]string
@@ -183,6 +190,14 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 	be := &Backend{drv: drv, prm: newParams(), syncCheck: opt.SyncCheck || os.Getenv("XFORM_CUDA_SYNC") == "1",
 		pool: &pool{free: map[uint64][]uint64{}}, precision: opt.Precision}
 	be.poison = opt.PoisonUninit || os.Getenv("XFORM_CUDA_POISON") == "1"
+	be.planReuse = os.Getenv("XFORM_CUDA_PLAN_REUSE") != "0"
+	if v := os.Getenv("XFORM_CUDA_LT_PLANS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 2*ltKeepRecent {
+			return nil, fmt.Errorf("cuda: XFORM_CUDA_LT_PLANS=%q: want a plan count ≥ %d", v, 2*ltKeepRecent)
+		}
+		be.ltPlans = n
+	}
 	switch os.Getenv("XFORM_CUDA_PROFILE") {
 	case "1":
 		be.profile = newOpProfile()
@@ -422,15 +437,20 @@ func (be *Backend) MemoryStats() (MemoryStats, error) {
 }
 
 // HostStats are host-side costs that grow with the number of distinct step shapes,
-// counted since New (callers take differences): cuBLASLt plans built (each one
-// heuristic query, refused ones included; LtRefused of them fell back to GemmEx) and
-// the host time they took, and device allocations the block cache missed (cuMemAlloc,
+// counted since New (callers take differences): cuBLASLt plans built (refused ones
+// included; LtRefused of them fell back to GemmEx; without plan reuse each is one
+// heuristic query) and the host time they took, and device allocations the block cache missed (cuMemAlloc,
 // which synchronises the device). xform bench reports them over its timed updates.
 type HostStats struct {
 	LtPlans, LtRefused int
 	LtPlanTime         time.Duration
-	Allocs             int
-	AllocBytes         uint64
+	// Plan reuse (plan_reuse.go): heuristic queries made (one per plan without
+	// reuse), plans built on their class's algorithm, class algorithms that
+	// cublasLtMatmulAlgoCheck refused (a query followed), and keys answered "no plan"
+	// from their kind's refusals (no plan built, not in LtPlans).
+	LtQueries, LtReused, LtCheckRefused, LtSkipped int
+	Allocs                                         int
+	AllocBytes                                     uint64
 }
 
 // HostStats returns the counters.
@@ -439,7 +459,9 @@ func (be *Backend) HostStats() HostStats {
 	st := HostStats{Allocs: be.pool.allocs, AllocBytes: be.pool.allocBytes}
 	be.pool.mu.Unlock()
 	defer be.enter()()
-	st.LtPlans, st.LtRefused, st.LtPlanTime = be.lt.made, be.lt.falls, be.lt.planTime
+	s := &be.lt
+	st.LtPlans, st.LtRefused, st.LtPlanTime = s.made, s.falls, s.planTime
+	st.LtQueries, st.LtReused, st.LtCheckRefused, st.LtSkipped = s.queries, s.reused, s.checkRefused, s.skipped
 	return st
 }
 

@@ -32,6 +32,9 @@ type cublasLt struct {
 	layoutCreate, layoutDestroy          uintptr
 	prefCreate, prefSetAttr, prefDestroy uintptr
 	heuristic, matmul                    uintptr
+	// algoCheck is cublasLtMatmulAlgoCheck, 0 when the library lacks it: plan reuse
+	// (plan_reuse.go) validates a class's algorithm with it.
+	algoCheck uintptr
 }
 
 const (
@@ -58,8 +61,8 @@ const (
 	// ltWorkspaceBytes is the workspace offered to every algorithm (split-K and
 	// stream-K kernels want some; 32 MiB is the size cuBLAS recommends on Hopper).
 	ltWorkspaceBytes = 32 << 20
-	// ltMaxPlans bounds the cache of plans: training batches vary m from step to
-	// step, and every m is its own layout.
+	// ltMaxPlans bounds the cache of plans without plan reuse (ltMaxPlansReuse with
+	// it): training batches vary m from step to step, and every m is its own layout.
 	ltMaxPlans = 256
 	// rtldNoload is glibc's RTLD_NOLOAD: dlopen only finds a library already loaded.
 	rtldNoload = 0x4
@@ -112,6 +115,8 @@ func loadCublasLt(blasPath string) (*cublasLt, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoLibrary, err)
 	}
+	// Optional: without it every new shape asks the heuristic, as before plan reuse.
+	_ = bind(h, "libcublasLt", []symbol{{"cublasLtMatmulAlgoCheck", &l.algoCheck}})
 	return l, nil
 }
 
@@ -201,6 +206,11 @@ type ltPlan struct {
 	used          uint64 // ltState.clock at the last use
 	none          bool   // cuBLASLt cannot do this key: GemmEx
 	name          string // for XFORM_CUDA_PROFILE=gpu: shape and epilogue
+	key           ltKey  // for forgetting the class's algorithm after a refusal
+	// reused: the algorithm is its class's (plan_reuse.go), not the heuristic's answer
+	// for this exact key. requery: that algorithm was refused at run time, so the next
+	// lookup rebuilds the plan with a heuristic query.
+	reused, requery bool
 }
 
 // ltState is the Backend's cuBLASLt: made at the first 16-bit Linear, released by Close.
@@ -216,13 +226,19 @@ type ltState struct {
 	clock  uint64
 	calls  int // matmuls run through cuBLASLt
 	falls  int // keys that fell back to GemmEx
-	// made counts the plans built (heuristic queries, refused ones included) and
-	// planTime the host time they took, for HostStats: every new GEMM shape costs
-	// one per product, which fairseq's batching (a new row count per batch) pays
-	// every update.
+	// made counts the plans built (refused ones included) and planTime the host time
+	// they took (kind refusals too), for HostStats: every new GEMM shape costs one per
+	// product, which fairseq's batching (a new row count per batch) pays every
+	// update; without plan reuse each is a heuristic query.
 	made     int
 	planTime time.Duration
-	first    error // the first reason anything fell back
+	// Plan reuse (plan_reuse.go): its bookkeeping; heuristic queries made; plans
+	// built on a class's algorithm; class algorithms the check refused; keys answered
+	// "no plan" from their kind's refusals without a query.
+	reuse                         ltReuse
+	queries, reused, checkRefused int
+	skipped                       int
+	first                         error // the first reason anything fell back
 	// out16Off: tests: HalfOutputs answers false, so the model keeps its float32
 	// feed-forward activations (half_out.go).
 	out16Off bool
@@ -273,6 +289,13 @@ func (be *Backend) LtStatus() string {
 		return fmt.Sprintf("cuBLASLt unused: %v", s.err)
 	}
 	msg := fmt.Sprintf("cuBLASLt: %d plans, %d matmuls, workspace %s", len(s.plans), s.calls, fmtBytes(s.wsSize))
+	if be.planReuse {
+		msg += fmt.Sprintf("; plan reuse: %d heuristic queries, %d plans on a class's algorithm (%d checks refused), %d kind refusals",
+			s.queries, s.reused, s.checkRefused, s.skipped)
+		if s.lib != nil && s.lib.algoCheck == 0 {
+			msg += ", cublasLtMatmulAlgoCheck missing"
+		}
+	}
 	if s.first != nil {
 		msg += fmt.Sprintf("; %d fallbacks to GemmEx, first: %v", s.falls, s.first)
 	}
@@ -359,28 +382,46 @@ func (be *Backend) ltPlanDB(transA, transB bool, m, n, k, lda, ldb, ldc int, c u
 	s := &be.lt
 	s.clock++
 	p := s.plans[key]
+	requery := false
+	if p != nil && p.requery {
+		delete(s.plans, key)
+		p, requery = nil, true
+	}
 	if p == nil {
-		if len(s.plans) >= ltMaxPlans {
-			be.ltEvict()
+		if capacity := be.ltPlanCap(); len(s.plans) >= capacity {
+			n := len(s.plans) - capacity + 1
+			if be.planReuse {
+				// An eighth more at once: with reuse a miss is cheap, and a scan of
+				// the cache per miss would cost as much as the plan.
+				n += capacity / 8
+			}
+			be.ltEvict(n)
 		}
-		var err error
 		t0 := time.Now()
-		p, err = be.ltNewPlan(key, bias, aux)
-		s.made++
-		s.planTime += time.Since(t0)
-		if err == nil {
-			p.name = fmt.Sprintf("cublasLt %dx%dx%d t%v%v epi%d", m, n, k, b2u(transA), b2u(transB), epi)
-			if dtypeD != cudaR32F {
-				p.name += " d16"
-			}
-			if biasType != cudaR32F && bias != 0 {
-				p.name += " b16"
-			}
-		}
-		if err != nil {
-			be.ltNote(fmt.Errorf("%d×%d×%d (transposes %v %v, epilogue %d): %w", m, n, k, transA, transB, key.epilogue, err))
+		if be.planReuse && s.reuse.skip(key) {
+			s.skipped++
 			p = &ltPlan{none: true}
+		} else {
+			var err error
+			p, err = be.ltNewPlan(key, bias, aux, be.planReuse && !requery)
+			s.made++
+			if err == nil {
+				p.name = fmt.Sprintf("cublasLt %dx%dx%d t%v%v epi%d", m, n, k, b2u(transA), b2u(transB), epi)
+				if dtypeD != cudaR32F {
+					p.name += " d16"
+				}
+				if biasType != cudaR32F && bias != 0 {
+					p.name += " b16"
+				}
+			} else {
+				if be.planReuse && ltPlanRefused(err) {
+					s.reuse.refuse(key)
+				}
+				be.ltNote(fmt.Errorf("%d×%d×%d (transposes %v %v, epilogue %d): %w", m, n, k, transA, transB, key.epilogue, err))
+				p = &ltPlan{none: true}
+			}
 		}
+		s.planTime += time.Since(t0)
 		s.plans[key] = p
 	}
 	p.used = s.clock
@@ -390,20 +431,60 @@ func (be *Backend) ltPlanDB(transA, transB bool, m, n, k, lda, ldb, ldc int, c u
 	return p
 }
 
-// ltNewPlan makes the descriptor and layouts of key and asks the heuristic for its
-// best algorithm within the workspace and the pointers' alignment.
-func (be *Backend) ltNewPlan(key ltKey, bias, aux uint64) (_ *ltPlan, err error) {
+// ltNewPlan makes the descriptor and layouts of key and gives them an algorithm: with
+// reuse, its class's (the heuristic's for the class's representative, asked at the
+// class's first key) when cublasLtMatmulAlgoCheck accepts it for this exact shape,
+// else the heuristic's best for key within the workspace and the pointers' alignment.
+func (be *Backend) ltNewPlan(key ltKey, bias, aux uint64, reuse bool) (_ *ltPlan, err error) {
 	s := &be.lt
-	l := s.lib
-	p := &ltPlan{}
+	p := &ltPlan{key: key}
 	defer func() {
 		if err != nil {
 			be.ltDestroy(p)
 		}
 	}()
+	if err := be.ltBuild(p, key, bias, aux); err != nil {
+		return nil, err
+	}
+	// A key that is its class's representative asks for itself (below), and its
+	// answer is the class's.
+	rep := key.classKey() == key
+	if reuse && s.lib.algoCheck != 0 && !rep {
+		algo, ok, known := s.reuse.algo(key)
+		if !known {
+			algo, ok = be.ltClassAlgo(key, bias, aux)
+		}
+		if ok {
+			if be.ltAlgoFits(p, algo) {
+				p.algo, p.reused = algo, true
+				s.reused++
+				return p, nil
+			}
+			s.checkRefused++
+		}
+	}
+	s.queries++
+	if p.algo, err = be.ltHeuristic(p, key); err != nil {
+		if reuse && rep {
+			s.reuse.keepNone(key)
+		}
+		return nil, err
+	}
+	if reuse && rep {
+		s.reuse.keep(key, p.algo)
+	} else if reuse {
+		s.reuse.accept(key)
+	}
+	return p, nil
+}
+
+// ltBuild makes p's descriptor (transposes, epilogue, bias and auxiliary pointers) and
+// its layouts for key.
+func (be *Backend) ltBuild(p *ltPlan, key ltKey, bias, aux uint64) (err error) {
+	l := be.lt.lib
 	sh := ltColMajor(key.transA, key.transB, key.m, key.n, key.k, key.lda, key.ldb, key.ldc)
 	if err := ltCheck("cublasLtMatmulDescCreate", call(l.descCreate, uintptr(unsafe.Pointer(&p.desc)), computeF32, cudaR32F)); err != nil {
-		return nil, err
+		return err
 	}
 	epi := key.epilogue
 	for _, a := range []struct {
@@ -416,7 +497,7 @@ func (be *Backend) ltNewPlan(key ltKey, bias, aux uint64) (_ *ltPlan, err error)
 		{ltDescEpilogue, unsafe.Pointer(&epi), 4},
 	} {
 		if err := l.setDesc(p.desc, a.attr, a.p, a.size); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if epi&(ltEpiFlagBias|ltEpiFlagBGrad|ltEpiBGradB) != 0 {
@@ -425,38 +506,46 @@ func (be *Backend) ltNewPlan(key ltKey, bias, aux uint64) (_ *ltPlan, err error)
 		// heuristic reads the pointer's alignment from it.
 		bt := int32(key.biasType)
 		if err := l.setDesc(p.desc, ltDescBiasType, unsafe.Pointer(&bt), 4); err != nil {
-			return nil, err
+			return err
 		}
 		if err := l.setDesc(p.desc, ltDescBiasPointer, unsafe.Pointer(&bias), 8); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if epi&ltEpiFlagAux != 0 {
 		ld := int64(key.auxLD)
 		if err := l.setDesc(p.desc, ltDescAuxLD, unsafe.Pointer(&ld), 8); err != nil {
-			return nil, err
+			return err
 		}
 		if err := l.setDesc(p.desc, ltDescAuxPointer, unsafe.Pointer(&aux), 8); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if p.a, err = l.newLayout(key.dtype, sh.aRows, sh.aCols, sh.aLD); err != nil {
-		return nil, err
+		return err
 	}
 	if p.b, err = l.newLayout(key.dtype, sh.bRows, sh.bCols, sh.bLD); err != nil {
-		return nil, err
+		return err
 	}
 	if p.c, err = l.newLayout(key.dtypeD, sh.cRows, sh.cCols, sh.cLD); err != nil {
-		return nil, err
+		return err
 	}
+	return nil
+}
+
+// ltHeuristic asks cuBLASLt's heuristic for the best algorithm of p's descriptor and
+// layouts within the workspace and key's pointer alignments.
+func (be *Backend) ltHeuristic(p *ltPlan, key ltKey) ([8]uint64, error) {
+	s := &be.lt
+	l := s.lib
 	var pref uintptr
 	if err := ltCheck("cublasLtMatmulPreferenceCreate", call(l.prefCreate, uintptr(unsafe.Pointer(&pref)))); err != nil {
-		return nil, err
+		return [8]uint64{}, err
 	}
 	defer call(l.prefDestroy, pref)
 	ws := s.wsSize
 	if err := l.setPref(pref, ltPrefMaxWorkspace, unsafe.Pointer(&ws), 8); err != nil {
-		return nil, err
+		return [8]uint64{}, err
 	}
 	// The defaults assume 256-byte aligned matrices; a Slice of a buffer can start on
 	// any float, and an algorithm chosen for 256 bytes would fault on it.
@@ -466,20 +555,19 @@ func (be *Backend) ltNewPlan(key ltKey, bias, aux uint64) (_ *ltPlan, err error)
 	}{{ltPrefAlignA, key.alignAB}, {ltPrefAlignB, key.alignAB}, {ltPrefAlignC, key.alignC}, {ltPrefAlignD, key.alignC}} {
 		v := a.align
 		if err := l.setPref(pref, a.attr, unsafe.Pointer(&v), 4); err != nil {
-			return nil, err
+			return [8]uint64{}, err
 		}
 	}
 	var res ltHeuristicResult
 	var got int32
 	if err := ltCheck("cublasLtMatmulAlgoGetHeuristic", call(l.heuristic, s.handle, p.desc, p.a, p.b, p.c, p.c, pref,
 		1, uintptr(unsafe.Pointer(&res)), uintptr(unsafe.Pointer(&got)))); err != nil {
-		return nil, err
+		return [8]uint64{}, err
 	}
 	if got < 1 || res.state != 0 || res.workspaceSize > s.wsSize {
-		return nil, fmt.Errorf("cuBLASLt heuristic returned no algorithm (%d results, state %d)", got, res.state)
+		return [8]uint64{}, fmt.Errorf("%w (%d results, state %d)", errLtNoAlgo, got, res.state)
 	}
-	p.algo = res.algo
-	return p, nil
+	return res.algo, nil
 }
 
 // ltRun computes c = a·b (row-major, as planned) + beta·c, plus the bias through the
@@ -510,7 +598,15 @@ func (be *Backend) ltRun(p *ltPlan, a, b uint64, beta float32, c, bias uint64) b
 			panic(err)
 		}
 		be.ltDestroy(p)
-		*p = ltPlan{none: true, used: p.used}
+		if p.reused {
+			// The class's algorithm passed cublasLtMatmulAlgoCheck but not the matmul:
+			// forget it, and let the next call of this key ask the heuristic rather
+			// than take GemmEx for good.
+			be.lt.reuse.forget(p.key)
+			*p = ltPlan{none: true, used: p.used, requery: true}
+		} else {
+			*p = ltPlan{none: true, used: p.used}
+		}
 		be.ltNote(err)
 		return false
 	}
@@ -521,20 +617,15 @@ func (be *Backend) ltRun(p *ltPlan, a, b uint64, beta float32, c, bias uint64) b
 	return true
 }
 
-// ltEvict drops the least recently used plan (a miss already pays for a heuristic
-// call, so the linear scan is cheap beside it).
-func (be *Backend) ltEvict() {
+// ltEvict drops the n least recently used plans. Plans handed out by the calling
+// operation's earlier lookups (at most three) are the most recent, and the eight most
+// recent always stay.
+func (be *Backend) ltEvict(n int) {
 	s := &be.lt
-	var oldest ltKey
-	first := true
-	for k, p := range s.plans {
-		if first || p.used < s.plans[oldest].used {
-			oldest, first = k, false
-		}
-	}
-	if !first {
-		be.ltDestroy(s.plans[oldest])
-		delete(s.plans, oldest)
+	n = min(n, len(s.plans)-ltKeepRecent)
+	for _, k := range ltOldest(s.plans, func(p *ltPlan) uint64 { return p.used }, n) {
+		be.ltDestroy(s.plans[k])
+		delete(s.plans, k)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"math/bits"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 	"unsafe"
@@ -43,11 +44,16 @@ func (b *buffer) dptr() uint64 { return b.a.ptr + uint64(b.off)*4 }
 // goroutine and only touch the cache under its own lock; CUDA calls happen on the
 // Backend's locked thread.
 type pool struct {
-	mu     sync.Mutex
-	free   map[uint64][]uint64 // size class → device pointers
-	cached uint64              // bytes held in free
-	live   uint64              // bytes handed out
-	limit  uint64              // most bytes kept cached before blocks go back to the driver
+	mu   sync.Mutex
+	free map[uint64][]uint64 // size class → device pointers
+	// classes are the size classes whose lists in free are not empty, sorted: take
+	// searches them for a larger block instead of scanning free, which keeps an
+	// entry for every class ever freed (fairseq's batching makes new sizes every
+	// update, so that scan grew with the run).
+	classes []uint64
+	cached  uint64 // bytes held in free
+	live    uint64 // bytes handed out
+	limit   uint64 // most bytes kept cached before blocks go back to the driver
 	// peakLive and peakHeld are the most bytes ever handed out, and handed out plus
 	// cached, since New or the last ResetPeakMemory (for xform bench).
 	peakLive, peakHeld uint64
@@ -87,19 +93,18 @@ func (p *pool) take(class uint64) (uint64, uint64, bool) {
 	defer p.mu.Unlock()
 	got := class
 	if len(p.free[class]) == 0 {
-		got = 0
-		for c, l := range p.free {
-			if len(l) > 0 && c > class && 2*c <= 3*class && (got == 0 || c < got) {
-				got = c
-			}
-		}
-		if got == 0 {
+		i, _ := slices.BinarySearch(p.classes, class+1)
+		if i == len(p.classes) || 2*p.classes[i] > 3*class {
 			return 0, 0, false
 		}
+		got = p.classes[i]
 	}
 	l := p.free[got]
 	ptr := l[len(l)-1]
 	p.free[got] = l[:len(l)-1]
+	if len(l) == 1 {
+		p.dropClass(got)
+	}
 	p.cached -= got
 	p.grow(got)
 	return ptr, got, true
@@ -108,9 +113,20 @@ func (p *pool) take(class uint64) (uint64, uint64, bool) {
 func (p *pool) put(ptr, class uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if len(p.free[class]) == 0 {
+		i, _ := slices.BinarySearch(p.classes, class)
+		p.classes = slices.Insert(p.classes, i, class)
+	}
 	p.free[class] = append(p.free[class], ptr)
 	p.cached += class
 	p.live -= class
+}
+
+// dropClass removes class from classes (its list has become empty; p.mu held).
+func (p *pool) dropClass(class uint64) {
+	if i, ok := slices.BinarySearch(p.classes, class); ok {
+		p.classes = slices.Delete(p.classes, i, i+1)
+	}
 }
 
 // drain removes cached blocks until at most keep bytes stay cached and returns them
@@ -120,12 +136,16 @@ func (p *pool) drain(keep uint64) []uint64 {
 	defer p.mu.Unlock()
 	var out []uint64
 	for class, l := range p.free {
+		had := len(l) > 0
 		for len(l) > 0 && p.cached > keep {
 			out = append(out, l[len(l)-1])
 			l = l[:len(l)-1]
 			p.cached -= class
 		}
 		p.free[class] = l
+		if had && len(l) == 0 {
+			p.dropClass(class)
+		}
 		if p.cached <= keep {
 			break
 		}
