@@ -229,7 +229,8 @@ type LinearKeeper interface {
 // Writers: HalfRounder's RoundAll, LabelSmoothedLossDeferred's dlogits, ReLUDropoutBackward's dpre,
 // ApplyDropout's y, ResidualLayerNormBackwardDropout's dbranch, and the second outputs
 // of ApplyDropoutRounded and ResidualLayerNormDropoutRounded; HalfAttention's outputs
-// and gradients. Readers: LinearKeep's x, LinearBackwardKept's and LinearActBackward's
+// and gradients. Readers: HalfAttentionInputs' q, k, v and dout (the attention's
+// operands, which it rounds anyway), LinearKeep's x, LinearBackwardKept's and LinearActBackward's
 // dy (the products take them as they are), LinearActKeep's x, LinearKeep's and
 // LinearActKeep's w (HalfRounder), and LabelSmoothedLoss's (and the Deferred form's)
 // logits, which it widens to float32 (a HalfOutputs backend's LinearKeep writes them).
@@ -304,4 +305,24 @@ type HalfOutputs interface {
 // 16-bit elements.
 type HalfAttention interface {
 	Attention16(a AttentionArgs) bool
+}
+
+// HalfAttentionInputs is implemented by a HalfAttention backend whose training attention
+// also reads 16-bit inputs, as torch.autocast's attention reads the bf16/fp16 q, k and v
+// its Linear projections return and the bf16/fp16 gradient of its output. For calls
+// where AttentionInputs16(a) is true (it implies Attention16(a); the answer depends on a
+// and the backend's configuration only), AttentionForward and AttentionForwardSeeded
+// may take q, k and v, and AttentionBackward and AttentionBackwardSeeded dout, q, k and
+// v, as views of buffers from AllocHalf, each view 16-bit or float32 independently
+// (offsets and strides of a 16-bit view count 16-bit elements). The results are the
+// bits of float32 views holding the same (widened) values: the kernels round exactly
+// those operands to 16 bits anyway, q after the float32 product q·scale (so a 16-bit
+// q is scaled as a float32 q holding its value would be). Every other call rejects
+// 16-bit inputs (the CUDA backend panics), so a caller allocates them 16-bit only for
+// calls this accepts. The numerics a model sees change only through who rounds: a
+// HalfOutputs GEMM writing q, k, v (or the out-projection's input gradient, dout)
+// rounds its fp32 result once, where the float32 path kept it exact until the
+// attention rounded it.
+type HalfAttentionInputs interface {
+	AttentionInputs16(a AttentionArgs) bool
 }

@@ -739,6 +739,27 @@ func (n *TrainNet) attention16(args kernels.AttentionArgs) bool {
 	return ok && h.Attention16(args)
 }
 
+// attentionIn16 says whether training attention of args reads 16-bit q, k, v and dout
+// (kernels.HalfAttentionInputs) that the backend's GEMMs write (kernels.HalfOutputs):
+// the projections then write them rounded, as torch.autocast's Linears do. Only asked
+// where attention16(args) holds (the attention writes 16-bit outputs too).
+func (n *TrainNet) attentionIn16(args kernels.AttentionArgs) bool {
+	if ho, ok := n.be.(kernels.HalfOutputs); !ok || !ho.HalfOutputs() {
+		return false
+	}
+	hi, ok := n.be.(kernels.HalfAttentionInputs)
+	return ok && hi.AttentionInputs16(args)
+}
+
+// attnIn allocates a GEMM output that only the attention reads (q, k, v, or the context
+// gradient as its dout): 16-bit when in16 (outHalf), else out's float32 buffer.
+func (n *TrainNet) attnIn(size int, in16 bool) kernels.Buffer {
+	if in16 {
+		return n.outHalf(size)
+	}
+	return n.out(size)
+}
+
 // attnGrad allocates an attention gradient buffer: 16-bit and written whole when
 // half16, else float32 zeros that the backward accumulates into.
 func (n *TrainNet) attnGrad(size int, half16 bool) kernels.Buffer {
@@ -792,16 +813,21 @@ func (n *TrainNet) backKept(lk kernels.LinearKeeper, dx, dw, db, dy, kept kernel
 
 // selfAttn is the self-attention branch over B sequences of T rows.
 // h16 (may be nil) is h rounded to 16 bits, which the first Linear then takes.
+//
+// With 16-bit attention inputs (n.attentionIn16) the qkv projection writes qkv 16-bit and
+// the out projection's backward writes the context gradient 16-bit, as torch.autocast's
+// Linears return them; the attention reads them as they are.
 func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B, T int, pad []bool, causal bool) (kernels.Buffer, back) {
 	d, rows := n.d, B*T
-	qkv := n.out(rows * 3 * d)
-	qkvBack := n.linear(qkv, either(h16, h), a.qkv.w.w, a.qkv.w16, a.qkv.b.w, rows, 3*d, d)
 	args := kernels.AttentionArgs{Batch: B, Heads: a.heads, HeadDim: d / a.heads, TQ: T, TK: T, Scale: n.headScale(a.heads),
 		KeyPadding: pad, KeyPadStride: T, Causal: causal}
+	half16 := n.attention16(args)
+	in16 := half16 && n.attentionIn16(args)
+	qkv := n.attnIn(rows*3*d, in16)
+	qkvBack := n.linear(qkv, either(h16, h), a.qkv.w.w, a.qkv.w16, a.qkv.b.w, rows, 3*d, d)
 	view := func(b kernels.Buffer, off int) kernels.View {
 		return kernels.View{Buf: b, Off: off, BatchStride: T * 3 * d, RowStride: 3 * d}
 	}
-	half16 := n.attention16(args)
 	ctxv := n.out(rows * d)
 	if half16 {
 		ctxv = n.out16(rows * d)
@@ -809,9 +835,9 @@ func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B, 
 	cv := kernels.View{Buf: ctxv, BatchStride: T * d, RowStride: d}
 	attnBack := n.attention(o, args, cv, view(qkv, 0), view(qkv, d), view(qkv, 2*d), half16)
 	out := n.out(rows * d)
-	oBack := n.linear(out, ctxv, a.o.w.w, a.o.w16, a.o.b.w, rows, d, d)
+	oBack, oKept := n.linearKept(out, ctxv, a.o.w.w, a.o.w16, a.o.b.w, rows, d, d)
 	return out, func(dout kernels.Buffer) kernels.Buffer {
-		dctx := n.out(rows * d)
+		dctx := n.attnIn(rows*d, in16 && oKept)
 		oBack(dctx, a.o.w.g, a.o.b.g, dout)
 		dqkv := n.attnGrad(rows*3*d, half16)
 		attnBack(view(dqkv, 0), view(dqkv, d), view(dqkv, 2*d), kernels.View{Buf: dctx, BatchStride: T * d, RowStride: d})
@@ -828,30 +854,35 @@ func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B, 
 // sets it) and accumulated into by the others, so it needs no clearing.
 //
 // h16 and enc16 (may be nil) are h and enc rounded to 16 bits, for the Linears.
+//
+// With 16-bit attention inputs (n.attentionIn16) q, the fused k/v and the context
+// gradient are written 16-bit, as in selfAttn; the encoder output's gradient (kv's
+// backward into dEnc) stays float32.
 func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B, T int, enc, enc16 kernels.Buffer, S int, encPad []bool, dEnc kernels.Buffer, dEncSet *bool) (kernels.Buffer, back) {
 	be, d, rows := n.be, n.d, B*T
-	wq, bq := be.Slice(a.qkv.w.w, 0, d*d), be.Slice(a.qkv.b.w, 0, d)
-	wkv, bkv := be.Slice(a.qkv.w.w, d*d, 2*d*d), be.Slice(a.qkv.b.w, d, 2*d)
-	q := n.out(rows * d)
-	qBack := n.linear(q, either(h16, h), wq, a.q16, bq, rows, d, d)
-	kv := n.out(B * S * 2 * d)
-	kvBack := n.linear(kv, either(enc16, enc), wkv, a.kv16, bkv, B*S, 2*d, d)
 	args := kernels.AttentionArgs{Batch: B, Heads: a.heads, HeadDim: d / a.heads, TQ: T, TK: S, Scale: n.headScale(a.heads),
 		KeyPadding: encPad, KeyPadStride: S}
+	half16 := n.attention16(args)
+	in16 := half16 && n.attentionIn16(args)
+	wq, bq := be.Slice(a.qkv.w.w, 0, d*d), be.Slice(a.qkv.b.w, 0, d)
+	wkv, bkv := be.Slice(a.qkv.w.w, d*d, 2*d*d), be.Slice(a.qkv.b.w, d, 2*d)
+	q := n.attnIn(rows*d, in16)
+	qBack := n.linear(q, either(h16, h), wq, a.q16, bq, rows, d, d)
+	kv := n.attnIn(B*S*2*d, in16)
+	kvBack := n.linear(kv, either(enc16, enc), wkv, a.kv16, bkv, B*S, 2*d, d)
 	qv := func(b kernels.Buffer) kernels.View { return kernels.View{Buf: b, BatchStride: T * d, RowStride: d} }
 	kvv := func(b kernels.Buffer, off int) kernels.View {
 		return kernels.View{Buf: b, Off: off, BatchStride: S * 2 * d, RowStride: 2 * d}
 	}
-	half16 := n.attention16(args)
 	ctxv := n.out(rows * d)
 	if half16 {
 		ctxv = n.out16(rows * d)
 	}
 	attnBack := n.attention(o, args, qv(ctxv), qv(q), kvv(kv, 0), kvv(kv, d), half16)
 	out := n.out(rows * d)
-	oBack := n.linear(out, ctxv, a.o.w.w, a.o.w16, a.o.b.w, rows, d, d)
+	oBack, oKept := n.linearKept(out, ctxv, a.o.w.w, a.o.w16, a.o.b.w, rows, d, d)
 	return out, func(dout kernels.Buffer) kernels.Buffer {
-		dctx := n.out(rows * d)
+		dctx := n.attnIn(rows*d, in16 && oKept)
 		oBack(dctx, a.o.w.g, a.o.b.g, dout)
 		dq := n.attnGrad(rows*d, half16)
 		dkv := n.attnGrad(B*S*2*d, half16)
