@@ -254,6 +254,36 @@ type HalfRounder interface {
 	RoundAll(dst, src []Buffer)
 }
 
+// HalfTarget is where a RoundingOptimizer update writes one parameter's 16-bit copy:
+// elements [Off, Off+n) of Buf, a buffer from HalfBuffers.AllocHalf, n the parameter's
+// length. A parameter may so map to a range of a larger copy (the q, k and v weights
+// are slices of one fused [3d, d] weight whose copy is one buffer). Buf nil: the
+// parameter has no copy (biases, LayerNorm, ω, embeddings that no Linear multiplies).
+type HalfTarget struct {
+	Buf Buffer
+	Off int
+}
+
+// RoundingOptimizer is implemented by a HalfRounder backend whose list updates can also
+// write the updated weights' 16-bit copies in the same pass: the optimizer has each
+// weight in registers as it stores it, so the copy costs a 2-byte store per element
+// instead of RoundAll's extra read of every weight at the next step.
+//
+// Both methods are the ClippedOptimizer / MultiTensor update of the same name without
+// "Rounded", with the same bits for p, m and v, and in addition, for every i whose
+// half[i].Buf is not nil, elements [half[i].Off, half[i].Off+len(p[i])) of half[i].Buf
+// hold RN16 of p[i] as it is after the call: the bits RoundAll(half, p) would write
+// then. That holds whatever the copies held before, also when AdamStepClippedRounded
+// skips the update (a non-finite norm): the copies are then rewritten from the
+// unchanged weights. So a caller that keeps copies may treat the call as a RoundAll of
+// every listed pair. half is nil or as long as p. RoundsUpdates says whether the
+// methods may be called (false: keep to the plain update and RoundAll).
+type RoundingOptimizer interface {
+	RoundsUpdates() bool
+	AdamStepClippedRounded(p, g, m, v []Buffer, half []HalfTarget, pre float32, maxNorm float64, s OptimStep) (norm func() float64)
+	AdamStepAllRounded(p, g, m, v []Buffer, half []HalfTarget, s OptimStep)
+}
+
 // LinearActKeeper is LinearActivator.LinearAct that keeps its 16-bit operands, as
 // LinearKeeper.LinearKeep does: the first Linear of a feed-forward block whose backward
 // is not LinearActBackward (the activation dropout's path, ReLUDropoutBackwarder) runs
