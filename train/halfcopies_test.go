@@ -32,8 +32,8 @@ type halfFake struct {
 	// roundAlls and rounded count RoundAll calls and updates that wrote the copies;
 	// stale counts forwards that found a copy different from its weight.
 	roundAlls, rounded, stale int
-	firstStale            string
-	poison                [][]int32
+	firstStale                string
+	poison                    [][]int32
 }
 
 func newHalfFake(rounds bool) *halfFake {
