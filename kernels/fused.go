@@ -245,9 +245,10 @@ type HalfBuffers interface {
 // optimizer's update, yet every Linear rounded its weight (forward, and the backward
 // again before LinearKeeper): a model keeps one 16-bit copy per Linear weight, made
 // with AllocHalf before any step (outside a Scoper scope, so it lives as long as the
-// model), refreshes them all with one RoundAll at the start of each step, and passes
-// the copies as LinearKeep's and LinearActKeep's w. Same bits as passing the float32
-// weights: each copy is the rounding the Linear would have made of the same values.
+// model), refreshes them all with one RoundAll before a step (unless a
+// RoundingOptimizer update wrote them with the weights), and passes the copies as
+// LinearKeep's and LinearActKeep's w. Same bits as passing the float32 weights: each
+// copy is the rounding the Linear would have made of the same values.
 type HalfRounder interface {
 	// RoundAll sets dst[i][j] = RN16(src[i][j]) for every pair; dst[i] is a buffer
 	// from AllocHalf of src[i]'s length, src[i] float32 (a Slice is fine).

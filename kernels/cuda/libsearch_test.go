@@ -246,7 +246,7 @@ func TestSourcesEmbedded(t *testing.T) {
 	}
 	for name := range fns.table() {
 		// A kernel may carry launch bounds between void and its name.
-		if !regexp.MustCompile(`extern "C" __global__ void (__launch_bounds__\([^)]*\) )?` + name + `\(`).MatchString(all) {
+		if !regexp.MustCompile(`extern "C" __global__ void (__launch_bounds__\([^)]*\)\s+)?` + name + `\(`).MatchString(all) {
 			t.Errorf("kernel %s is not defined in any .cu file", name)
 		}
 	}

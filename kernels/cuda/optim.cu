@@ -173,20 +173,20 @@ extern "C" __global__ void adam_list(const unsigned long long* desc, int nbuf, f
                                maxNorm, nullptr);
 }
 
-extern "C" __global__ void __launch_bounds__(LIST_THREADS, 3) adam_list_bf16(const unsigned long long* desc, int nbuf, float beta1, float beta2,
-                                          float omb1, float omb2, float eps, float decay, float step, int update,
-                                          const int2* tasks, float pre, const double* sumsq, double maxNorm,
-                                          const unsigned long long* half) {
+extern "C" __global__ void __launch_bounds__(LIST_THREADS, 3)
+    adam_list_bf16(const unsigned long long* desc, int nbuf, float beta1, float beta2, float omb1, float omb2, float eps,
+               float decay, float step, int update, const int2* tasks, float pre, const double* sumsq,
+               double maxNorm, const unsigned long long* half) {
     adam_list_body<XF_OUT_BF16>(desc, nbuf, beta1, beta2, omb1, omb2, eps, decay, step, update, tasks, pre, sumsq,
-                                maxNorm, half);
+                               maxNorm, half);
 }
 
-extern "C" __global__ void __launch_bounds__(LIST_THREADS, 3) adam_list_f16(const unsigned long long* desc, int nbuf, float beta1, float beta2,
-                                         float omb1, float omb2, float eps, float decay, float step, int update,
-                                         const int2* tasks, float pre, const double* sumsq, double maxNorm,
-                                         const unsigned long long* half) {
+extern "C" __global__ void __launch_bounds__(LIST_THREADS, 3)
+    adam_list_f16(const unsigned long long* desc, int nbuf, float beta1, float beta2, float omb1, float omb2, float eps,
+              float decay, float step, int update, const int2* tasks, float pre, const double* sumsq,
+              double maxNorm, const unsigned long long* half) {
     adam_list_body<XF_OUT_F16>(desc, nbuf, beta1, beta2, omb1, omb2, eps, decay, step, update, tasks, pre, sumsq,
-                               maxNorm, half);
+                              maxNorm, half);
 }
 
 // fill_list sets every element of every buffer of desc (addresses, then lengths) to
