@@ -229,7 +229,8 @@ type LinearKeeper interface {
 // Writers: HalfRounder's RoundAll, LabelSmoothedLossDeferred's dlogits, ReLUDropoutBackward's dpre,
 // ApplyDropout's y, ResidualLayerNormBackwardDropout's dbranch, and the second outputs
 // of ApplyDropoutRounded and ResidualLayerNormDropoutRounded; HalfAttention's outputs
-// and gradients. Readers: LinearKeep's x, LinearBackwardKept's and LinearActBackward's
+// and gradients. Readers: HalfAttentionInputs' q, k, v and dout (the attention's
+// operands, which it rounds anyway), LinearKeep's x, LinearBackwardKept's and LinearActBackward's
 // dy (the products take them as they are), LinearActKeep's x, LinearKeep's and
 // LinearActKeep's w (HalfRounder), and LabelSmoothedLoss's (and the Deferred form's)
 // logits, which it widens to float32 (a HalfOutputs backend's LinearKeep writes them).
@@ -245,13 +246,44 @@ type HalfBuffers interface {
 // optimizer's update, yet every Linear rounded its weight (forward, and the backward
 // again before LinearKeeper): a model keeps one 16-bit copy per Linear weight, made
 // with AllocHalf before any step (outside a Scoper scope, so it lives as long as the
-// model), refreshes them all with one RoundAll at the start of each step, and passes
-// the copies as LinearKeep's and LinearActKeep's w. Same bits as passing the float32
-// weights: each copy is the rounding the Linear would have made of the same values.
+// model), refreshes them all with one RoundAll before a step (unless a
+// RoundingOptimizer update wrote them with the weights), and passes the copies as
+// LinearKeep's and LinearActKeep's w. Same bits as passing the float32 weights: each
+// copy is the rounding the Linear would have made of the same values.
 type HalfRounder interface {
 	// RoundAll sets dst[i][j] = RN16(src[i][j]) for every pair; dst[i] is a buffer
 	// from AllocHalf of src[i]'s length, src[i] float32 (a Slice is fine).
 	RoundAll(dst, src []Buffer)
+}
+
+// HalfTarget is where a RoundingOptimizer update writes one parameter's 16-bit copy:
+// elements [Off, Off+n) of Buf, a buffer from HalfBuffers.AllocHalf, n the parameter's
+// length. A parameter may so map to a range of a larger copy (the q, k and v weights
+// are slices of one fused [3d, d] weight whose copy is one buffer). Buf nil: the
+// parameter has no copy (biases, LayerNorm, ω, embeddings that no Linear multiplies).
+type HalfTarget struct {
+	Buf Buffer
+	Off int
+}
+
+// RoundingOptimizer is implemented by a HalfRounder backend whose list updates can also
+// write the updated weights' 16-bit copies in the same pass: the optimizer has each
+// weight in registers as it stores it, so the copy costs a 2-byte store per element
+// instead of RoundAll's extra read of every weight at the next step.
+//
+// Both methods are the ClippedOptimizer / MultiTensor update of the same name without
+// "Rounded", with the same bits for p, m and v, and in addition, for every i whose
+// half[i].Buf is not nil, elements [half[i].Off, half[i].Off+len(p[i])) of half[i].Buf
+// hold RN16 of p[i] as it is after the call: the bits RoundAll(half, p) would write
+// then. That holds whatever the copies held before, also when AdamStepClippedRounded
+// skips the update (a non-finite norm): the copies are then rewritten from the
+// unchanged weights. So a caller that keeps copies may treat the call as a RoundAll of
+// every listed pair. half is nil or as long as p. RoundsUpdates says whether the
+// methods may be called (false: keep to the plain update and RoundAll).
+type RoundingOptimizer interface {
+	RoundsUpdates() bool
+	AdamStepClippedRounded(p, g, m, v []Buffer, half []HalfTarget, pre float32, maxNorm float64, s OptimStep) (norm func() float64)
+	AdamStepAllRounded(p, g, m, v []Buffer, half []HalfTarget, s OptimStep)
 }
 
 // LinearActKeeper is LinearActivator.LinearAct that keeps its 16-bit operands, as
@@ -304,4 +336,24 @@ type HalfOutputs interface {
 // 16-bit elements.
 type HalfAttention interface {
 	Attention16(a AttentionArgs) bool
+}
+
+// HalfAttentionInputs is implemented by a HalfAttention backend whose training attention
+// also reads 16-bit inputs, as torch.autocast's attention reads the bf16/fp16 q, k and v
+// its Linear projections return and the bf16/fp16 gradient of its output. For calls
+// where AttentionInputs16(a) is true (it implies Attention16(a); the answer depends on a
+// and the backend's configuration only), AttentionForward and AttentionForwardSeeded
+// may take q, k and v, and AttentionBackward and AttentionBackwardSeeded dout, q, k and
+// v, as views of buffers from AllocHalf, each view 16-bit or float32 independently
+// (offsets and strides of a 16-bit view count 16-bit elements). The results are the
+// bits of float32 views holding the same (widened) values: the kernels round exactly
+// those operands to 16 bits anyway, q after the float32 product q·scale (so a 16-bit
+// q is scaled as a float32 q holding its value would be). Every other call rejects
+// 16-bit inputs (the CUDA backend panics), so a caller allocates them 16-bit only for
+// calls this accepts. The numerics a model sees change only through who rounds: a
+// HalfOutputs GEMM writing q, k, v (or the out-projection's input gradient, dout)
+// rounds its fp32 result once, where the float32 path kept it exact until the
+// attention rounded it.
+type HalfAttentionInputs interface {
+	AttentionInputs16(a AttentionArgs) bool
 }

@@ -132,6 +132,16 @@ type TrainNet struct {
 	// half16Dst and half16Src are every 16-bit weight copy and its float32 weight, for
 	// the one RoundAll at the start of each step.
 	half16Dst, half16Src []kernels.Buffer
+	// halfTargets[i] is where a kernels.RoundingOptimizer update writes params[i]'s
+	// 16-bit copy (Buf nil: no copy); nil when the net keeps no copies.
+	halfTargets []kernels.HalfTarget
+	// halfFresh: the copies hold RN16 of the weights as they are now, so the next step
+	// need not RoundAll. Only two things set it: roundWeights' RoundAll and an update
+	// the net ran itself with the copies written in the same pass (AdamStepClipped,
+	// AdamStepAll on a RoundingOptimizer). Everything that may write the weights clears
+	// it (Params, WeightsChanged, a profiling step, the net's updates without copies), so
+	// a path that forgets about the copies costs a RoundAll, never a stale copy.
+	halfFresh bool
 
 	// gradsZero: every gradient holds the zeros ZeroGrad wrote (no backward since).
 	// biasFresh: the running step's backward is the first contribution to every
@@ -294,6 +304,10 @@ func (n *TrainNet) halfWeights() {
 	if !ok {
 		return
 	}
+	// Where each parameter's copy lies, by canonical name, for halfTargets: q, k and v
+	// are thirds of their fused weight's copy (self-attention) or the q copy and halves
+	// of the k/v copy (cross-attention).
+	at := map[string]kernels.HalfTarget{}
 	add := func(w kernels.Buffer) kernels.Buffer {
 		h := hb.AllocHalf(w.Len())
 		if h != nil {
@@ -301,35 +315,124 @@ func (n *TrainNet) halfWeights() {
 		}
 		return h
 	}
-	lin := func(l *tlin) { l.w16 = add(l.w.w) }
+	lin := func(l *tlin, name string) {
+		l.w16 = add(l.w.w)
+		at[name+".weight"] = kernels.HalfTarget{Buf: l.w16}
+	}
 	d := n.d
+	qkv := func(prefix string, q, kv kernels.Buffer, qOff, kOff, vOff int) {
+		at[prefix+"q_proj.weight"] = kernels.HalfTarget{Buf: q, Off: qOff}
+		at[prefix+"k_proj.weight"] = kernels.HalfTarget{Buf: kv, Off: kOff}
+		at[prefix+"v_proj.weight"] = kernels.HalfTarget{Buf: kv, Off: vOff}
+	}
+	self := func(p string, a *tattn) {
+		a.qkv.w16 = add(a.qkv.w.w)
+		qkv(p+"self_attn.", a.qkv.w16, a.qkv.w16, 0, d*d, 2*d*d)
+		lin(&a.o, p+"self_attn.out_proj")
+	}
 	for i := range n.enc {
-		l := &n.enc[i]
-		lin(&l.self.qkv)
-		lin(&l.self.o)
-		lin(&l.fc1)
-		lin(&l.fc2)
+		l, p := &n.enc[i], EncLayer(i)
+		self(p, &l.self)
+		lin(&l.fc1, p+"fc1")
+		lin(&l.fc2, p+"fc2")
 	}
 	for i := range n.dec {
-		l := &n.dec[i]
-		lin(&l.self.qkv)
-		lin(&l.self.o)
+		l, p := &n.dec[i], DecLayer(i)
+		self(p, &l.self)
 		l.cross.q16 = add(n.be.Slice(l.cross.qkv.w.w, 0, d*d))
 		l.cross.kv16 = add(n.be.Slice(l.cross.qkv.w.w, d*d, 2*d*d))
-		lin(&l.cross.o)
-		lin(&l.fc1)
-		lin(&l.fc2)
+		qkv(p+"encoder_attn.", l.cross.q16, l.cross.kv16, 0, 0, d*d)
+		lin(&l.cross.o, p+"encoder_attn.out_proj")
+		lin(&l.fc1, p+"fc1")
+		lin(&l.fc2, p+"fc2")
 	}
 	n.outProj16 = add(n.outProj.w)
+	switch {
+	case !n.cfg.TiedOutput():
+		at[OutProj] = kernels.HalfTarget{Buf: n.outProj16}
+	case n.cfg.ShareAllEmbeddings:
+		at[EncEmbed] = kernels.HalfTarget{Buf: n.outProj16}
+	default:
+		at[DecEmbed] = kernels.HalfTarget{Buf: n.outProj16}
+	}
+	if len(n.half16Dst) == 0 {
+		return
+	}
+	n.halfTargets = make([]kernels.HalfTarget, len(n.params))
+	for i, p := range n.params {
+		if t, ok := at[p.Name]; ok && t.Buf != nil {
+			n.halfTargets[i] = t
+		}
+	}
 }
 
-// roundWeights refreshes the 16-bit weight copies from the weights (one RoundAll), at
-// the start of every step: the optimizer, a checkpoint load or profiling may have
-// changed the weights since the last one.
+// roundWeights refreshes the 16-bit weight copies from the weights (one RoundAll)
+// before a step, unless they are known to hold the current weights (halfFresh): the
+// net's last update wrote them, or nothing that may write the weights happened since
+// the last RoundAll.
 func (n *TrainNet) roundWeights() {
-	if len(n.half16Dst) > 0 {
-		n.be.(kernels.HalfRounder).RoundAll(n.half16Dst, n.half16Src)
+	if len(n.half16Dst) == 0 || n.halfFresh {
+		return
 	}
+	n.be.(kernels.HalfRounder).RoundAll(n.half16Dst, n.half16Src)
+	n.halfFresh = true
+}
+
+// WeightsChanged tells the net that its weights were written other than by its own
+// update methods, through buffers taken from an earlier Params call: the next step
+// rounds the 16-bit copies again. (Params itself already assumes its caller writes.)
+func (n *TrainNet) WeightsChanged() { n.halfFresh = false }
+
+// AdamStepClipped applies co's AdamStepClipped to every parameter, in Params order,
+// with the moments m and v (Params order) and returns the norm's reader. On a
+// kernels.RoundingOptimizer backend that rounds updates, the same pass writes the
+// 16-bit weight copies and the next step skips its RoundAll; a skipped update (a
+// non-finite norm) leaves the copies equal to the unchanged weights, so it needs no
+// RoundAll either.
+func (n *TrainNet) AdamStepClipped(co kernels.ClippedOptimizer, m, v []kernels.Buffer, pre float32, maxNorm float64, s kernels.OptimStep) (norm func() float64) {
+	ps, gs := n.paramLists()
+	if ro := n.roundingOptimizer(); ro != nil {
+		norm = ro.AdamStepClippedRounded(ps, gs, m, v, n.halfTargets, pre, maxNorm, s)
+		n.halfFresh = true
+		return norm
+	}
+	n.halfFresh = false
+	return co.AdamStepClipped(ps, gs, m, v, pre, maxNorm, s)
+}
+
+// AdamStepAll applies mt's AdamStepAll to every parameter with the moments m and v
+// (Params order), writing the 16-bit copies in the same pass where the backend can, as
+// AdamStepClipped does.
+func (n *TrainNet) AdamStepAll(mt kernels.MultiTensor, m, v []kernels.Buffer, s kernels.OptimStep) {
+	ps, gs := n.paramLists()
+	if ro := n.roundingOptimizer(); ro != nil {
+		ro.AdamStepAllRounded(ps, gs, m, v, n.halfTargets, s)
+		n.halfFresh = true
+		return
+	}
+	n.halfFresh = false
+	mt.AdamStepAll(ps, gs, m, v, s)
+}
+
+// roundingOptimizer is the backend's kernels.RoundingOptimizer when the net keeps
+// 16-bit copies and the backend rounds updates, else nil.
+func (n *TrainNet) roundingOptimizer() kernels.RoundingOptimizer {
+	if n.halfTargets == nil {
+		return nil
+	}
+	if ro, ok := n.be.(kernels.RoundingOptimizer); ok && ro.RoundsUpdates() {
+		return ro
+	}
+	return nil
+}
+
+// paramLists returns the parameter and gradient buffers in Params order.
+func (n *TrainNet) paramLists() (ps, gs []kernels.Buffer) {
+	ps, gs = make([]kernels.Buffer, len(n.params)), make([]kernels.Buffer, len(n.params))
+	for i, p := range n.params {
+		ps[i], gs[i] = p.P, p.G
+	}
+	return ps, gs
 }
 
 // Config returns the model configuration.
@@ -338,8 +441,15 @@ func (n *TrainNet) Config() Config { return n.cfg }
 // Backend returns the training backend.
 func (n *TrainNet) Backend() kernels.Trainer { return n.be }
 
-// Params lists the trainable parameters in canonical (fairseq state-dict) order.
-func (n *TrainNet) Params() []NamedParam { return n.params }
+// Params lists the trainable parameters in canonical (fairseq state-dict) order. The
+// caller may write the weights through these buffers, so the net no longer trusts its
+// 16-bit weight copies: the next step rounds them again (one RoundAll, ~150 µs at
+// 6L-6L). Code that keeps the buffers and writes them after a later step or update
+// must call WeightsChanged.
+func (n *TrainNet) Params() []NamedParam {
+	n.halfFresh = false
+	return n.params
+}
 
 // ZeroGrad clears every gradient.
 func (n *TrainNet) ZeroGrad() {
@@ -739,6 +849,27 @@ func (n *TrainNet) attention16(args kernels.AttentionArgs) bool {
 	return ok && h.Attention16(args)
 }
 
+// attentionIn16 says whether training attention of args reads 16-bit q, k, v and dout
+// (kernels.HalfAttentionInputs) that the backend's GEMMs write (kernels.HalfOutputs):
+// the projections then write them rounded, as torch.autocast's Linears do. Only asked
+// where attention16(args) holds (the attention writes 16-bit outputs too).
+func (n *TrainNet) attentionIn16(args kernels.AttentionArgs) bool {
+	if ho, ok := n.be.(kernels.HalfOutputs); !ok || !ho.HalfOutputs() {
+		return false
+	}
+	hi, ok := n.be.(kernels.HalfAttentionInputs)
+	return ok && hi.AttentionInputs16(args)
+}
+
+// attnIn allocates a GEMM output that only the attention reads (q, k, v, or the context
+// gradient as its dout): 16-bit when in16 (outHalf), else out's float32 buffer.
+func (n *TrainNet) attnIn(size int, in16 bool) kernels.Buffer {
+	if in16 {
+		return n.outHalf(size)
+	}
+	return n.out(size)
+}
+
 // attnGrad allocates an attention gradient buffer: 16-bit and written whole when
 // half16, else float32 zeros that the backward accumulates into.
 func (n *TrainNet) attnGrad(size int, half16 bool) kernels.Buffer {
@@ -792,16 +923,21 @@ func (n *TrainNet) backKept(lk kernels.LinearKeeper, dx, dw, db, dy, kept kernel
 
 // selfAttn is the self-attention branch over B sequences of T rows.
 // h16 (may be nil) is h rounded to 16 bits, which the first Linear then takes.
+//
+// With 16-bit attention inputs (n.attentionIn16) the qkv projection writes qkv 16-bit and
+// the out projection's backward writes the context gradient 16-bit, as torch.autocast's
+// Linears return them; the attention reads them as they are.
 func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B, T int, pad []bool, causal bool) (kernels.Buffer, back) {
 	d, rows := n.d, B*T
-	qkv := n.out(rows * 3 * d)
-	qkvBack := n.linear(qkv, either(h16, h), a.qkv.w.w, a.qkv.w16, a.qkv.b.w, rows, 3*d, d)
 	args := kernels.AttentionArgs{Batch: B, Heads: a.heads, HeadDim: d / a.heads, TQ: T, TK: T, Scale: n.headScale(a.heads),
 		KeyPadding: pad, KeyPadStride: T, Causal: causal}
+	half16 := n.attention16(args)
+	in16 := half16 && n.attentionIn16(args)
+	qkv := n.attnIn(rows*3*d, in16)
+	qkvBack := n.linear(qkv, either(h16, h), a.qkv.w.w, a.qkv.w16, a.qkv.b.w, rows, 3*d, d)
 	view := func(b kernels.Buffer, off int) kernels.View {
 		return kernels.View{Buf: b, Off: off, BatchStride: T * 3 * d, RowStride: 3 * d}
 	}
-	half16 := n.attention16(args)
 	ctxv := n.out(rows * d)
 	if half16 {
 		ctxv = n.out16(rows * d)
@@ -809,9 +945,9 @@ func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B, 
 	cv := kernels.View{Buf: ctxv, BatchStride: T * d, RowStride: d}
 	attnBack := n.attention(o, args, cv, view(qkv, 0), view(qkv, d), view(qkv, 2*d), half16)
 	out := n.out(rows * d)
-	oBack := n.linear(out, ctxv, a.o.w.w, a.o.w16, a.o.b.w, rows, d, d)
+	oBack, oKept := n.linearKept(out, ctxv, a.o.w.w, a.o.w16, a.o.b.w, rows, d, d)
 	return out, func(dout kernels.Buffer) kernels.Buffer {
-		dctx := n.out(rows * d)
+		dctx := n.attnIn(rows*d, in16 && oKept)
 		oBack(dctx, a.o.w.g, a.o.b.g, dout)
 		dqkv := n.attnGrad(rows*3*d, half16)
 		attnBack(view(dqkv, 0), view(dqkv, d), view(dqkv, 2*d), kernels.View{Buf: dctx, BatchStride: T * d, RowStride: d})
@@ -828,30 +964,35 @@ func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B, 
 // sets it) and accumulated into by the others, so it needs no clearing.
 //
 // h16 and enc16 (may be nil) are h and enc rounded to 16 bits, for the Linears.
+//
+// With 16-bit attention inputs (n.attentionIn16) q, the fused k/v and the context
+// gradient are written 16-bit, as in selfAttn; the encoder output's gradient (kv's
+// backward into dEnc) stays float32.
 func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B, T int, enc, enc16 kernels.Buffer, S int, encPad []bool, dEnc kernels.Buffer, dEncSet *bool) (kernels.Buffer, back) {
 	be, d, rows := n.be, n.d, B*T
-	wq, bq := be.Slice(a.qkv.w.w, 0, d*d), be.Slice(a.qkv.b.w, 0, d)
-	wkv, bkv := be.Slice(a.qkv.w.w, d*d, 2*d*d), be.Slice(a.qkv.b.w, d, 2*d)
-	q := n.out(rows * d)
-	qBack := n.linear(q, either(h16, h), wq, a.q16, bq, rows, d, d)
-	kv := n.out(B * S * 2 * d)
-	kvBack := n.linear(kv, either(enc16, enc), wkv, a.kv16, bkv, B*S, 2*d, d)
 	args := kernels.AttentionArgs{Batch: B, Heads: a.heads, HeadDim: d / a.heads, TQ: T, TK: S, Scale: n.headScale(a.heads),
 		KeyPadding: encPad, KeyPadStride: S}
+	half16 := n.attention16(args)
+	in16 := half16 && n.attentionIn16(args)
+	wq, bq := be.Slice(a.qkv.w.w, 0, d*d), be.Slice(a.qkv.b.w, 0, d)
+	wkv, bkv := be.Slice(a.qkv.w.w, d*d, 2*d*d), be.Slice(a.qkv.b.w, d, 2*d)
+	q := n.attnIn(rows*d, in16)
+	qBack := n.linear(q, either(h16, h), wq, a.q16, bq, rows, d, d)
+	kv := n.attnIn(B*S*2*d, in16)
+	kvBack := n.linear(kv, either(enc16, enc), wkv, a.kv16, bkv, B*S, 2*d, d)
 	qv := func(b kernels.Buffer) kernels.View { return kernels.View{Buf: b, BatchStride: T * d, RowStride: d} }
 	kvv := func(b kernels.Buffer, off int) kernels.View {
 		return kernels.View{Buf: b, Off: off, BatchStride: S * 2 * d, RowStride: 2 * d}
 	}
-	half16 := n.attention16(args)
 	ctxv := n.out(rows * d)
 	if half16 {
 		ctxv = n.out16(rows * d)
 	}
 	attnBack := n.attention(o, args, qv(ctxv), qv(q), kvv(kv, 0), kvv(kv, d), half16)
 	out := n.out(rows * d)
-	oBack := n.linear(out, ctxv, a.o.w.w, a.o.w16, a.o.b.w, rows, d, d)
+	oBack, oKept := n.linearKept(out, ctxv, a.o.w.w, a.o.w16, a.o.b.w, rows, d, d)
 	return out, func(dout kernels.Buffer) kernels.Buffer {
-		dctx := n.out(rows * d)
+		dctx := n.attnIn(rows*d, in16 && oKept)
 		oBack(dctx, a.o.w.g, a.o.b.g, dout)
 		dq := n.attnGrad(rows*d, half16)
 		dkv := n.attnGrad(B*S*2*d, half16)
@@ -1112,6 +1253,15 @@ func (n *TrainNet) Step(ctx context.Context, b *TrainBatch, o StepOptions) (Step
 			res.NTokens++
 		}
 	}
+	// Outside the graphed work: whether the copies need rounding depends on what ran
+	// before the step, not on its shapes, so a RoundAll inside would make a replay
+	// diverge from its capture.
+	n.roundWeights()
+	if o.Profile {
+		// Profiling writes every ω; none has a copy, but the rule stays simple: a step
+		// that writes weights leaves the copies untrusted.
+		defer n.WeightsChanged()
+	}
 	var readLoss func() (float64, float64)
 	run := func() error {
 		var err error
@@ -1149,7 +1299,6 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 		n.gradsZero = false
 	}
 	var backs []chainBack
-	n.roundWeights()
 
 	// Encoder.
 	encRows := B * S

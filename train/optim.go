@@ -83,11 +83,9 @@ func (o *Optimizer) Step(net *model.TrainNet, lr float64) {
 	o.steps++
 	s := o.stepScalars(o.steps, lr)
 	if mt, ok := o.be.(kernels.MultiTensor); ok {
-		var ps, gs []kernels.Buffer
-		for _, p := range net.Params() {
-			ps, gs = append(ps, p.P), append(gs, p.G)
-		}
-		mt.AdamStepAll(ps, gs, o.m, o.v, s)
+		// Through the net, which knows where its 16-bit weight copies are and whether
+		// this update wrote them.
+		net.AdamStepAll(mt, o.m, o.v, s)
 		return
 	}
 	for i, p := range net.Params() {
@@ -99,14 +97,12 @@ func (o *Optimizer) Step(net *model.TrainNet, lr float64) {
 // gradients multiplied by pre, their norm, the clipping to maxNorm and the step with
 // learning rate lr, in one backend operation queued before the norm is read. It returns
 // the norm (of pre·g, before clipping, as GradNorm). When the norm is not finite the
-// backend changed nothing, and the step is not counted.
+// backend changed nothing, and the step is not counted. The net runs the update
+// (model.TrainNet.AdamStepClipped), so that it knows whether its 16-bit weight copies
+// were written with it.
 func (o *Optimizer) stepClipped(co kernels.ClippedOptimizer, net *model.TrainNet, lr float64, pre float32, maxNorm float64) float64 {
 	s := o.stepScalars(o.steps+1, lr)
-	var ps, gs []kernels.Buffer
-	for _, p := range net.Params() {
-		ps, gs = append(ps, p.P), append(gs, p.G)
-	}
-	norm := co.AdamStepClipped(ps, gs, o.m, o.v, pre, maxNorm, s)()
+	norm := net.AdamStepClipped(co, o.m, o.v, pre, maxNorm, s)()
 	if !math.IsNaN(norm) && !math.IsInf(norm, 0) {
 		o.steps++
 	}

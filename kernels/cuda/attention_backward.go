@@ -8,7 +8,14 @@ import (
 )
 
 // viewAddr is the device address of a view's first element.
-func viewAddr(w kernels.View) uint64 { return addr(w.Buf) + uint64(w.Off)*4 }
+func viewAddr(w kernels.View) uint64 {
+	if halfOf(w.Buf) != nil {
+		// Only the launches that take 16-bit views (views16) reach them; anything else
+		// would read them as float32.
+		panic("cuda backend: a 16-bit view where a kernel reads float32 (16-bit attention operands go only to the calls kernels.HalfAttention and kernels.HalfAttentionInputs accept)")
+	}
+	return addr(w.Buf) + uint64(w.Off)*4
+}
 
 // checkTrainAttention panics on arguments the training kernels do not take: they read
 // keys of batch b itself (no KVIndex) and index probs/masks as [Batch, Heads, TQ, TK].

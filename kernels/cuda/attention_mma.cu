@@ -176,13 +176,34 @@ __device__ __forceinline__ void am_ldm_bt(unsigned (&b)[4], const unsigned short
 // One [rows][AM_D] fp32 matrix (global, row stride rs) to stage as a 16-bit tile with
 // rowsPad ≥ rows rows (the rest zeros), times s when scaled.
 struct AmSrc {
-    const float* src;
-    long long rs;
+    const void* src;  // float32, or 16-bit where h16 (am_stage with MIX only)
+    long long rs;     // in elements of src's type
     int rows, rowsPad;
     int dst;  // offset of the tile in the block's shared memory, 16-bit elements
     float s;
     bool scaled;
+    bool h16;
 };
+
+// am_elem is element off of a float32 matrix, or of a 16-bit one when h16.
+__device__ __forceinline__ const void* am_elem(const void* p, long long off, bool h16) {
+    return reinterpret_cast<const char*>(p) + off * (h16 ? 2 : 4);
+}
+
+// am_widen2 is the two 16-bit values of a register (lo in the low half) as floats:
+// exact, so rounding them again (am_pack) gives them back (a NaN stays a NaN).
+__device__ __forceinline__ float2 am_widen2(bool kHalf, unsigned w) {
+    if (kHalf) {
+        float lo = 0.0f, hi = 0.0f;
+#if __CUDA_ARCH__ >= 800
+        asm("{\n .reg .b16 l, h;\n mov.b32 {l, h}, %2;\n cvt.f32.f16 %0, l;\n cvt.f32.f16 %1, h;\n}\n"
+            : "=f"(lo), "=f"(hi)
+            : "r"(w));
+#endif
+        return make_float2(lo, hi);
+    }
+    return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
+}
 
 // am_stage copies NA matrices into shared memory with the whole block, 16 float4 per
 // row, up to AM_U loads of a thread in flight before their stores: the tiles are a few
@@ -190,16 +211,22 @@ struct AmSrc {
 // loads, others four scalar ones (same values).
 // The second kernels (am2_*) take U = 12: they stage everything in one pass at the start,
 // so fewer trips to memory shorten each block's chain of latencies.
+// With MIX (the 16-bit input kernels, attention_mma2_*_h) a source may be 16-bit (h16):
+// its four elements come as one 8-byte load (four 2-byte ones when unaligned) and are
+// widened exactly, so what follows is the float32 source's arithmetic on the same
+// values: the same bits as staging a float32 copy of them.
 #define AM_U 8
-template <int NA, int U = AM_U>
+template <int NA, int U = AM_U, bool MIX = false>
 __device__ __forceinline__ void am_stage(bool kHalf, unsigned short* smem, const AmSrc (&m)[NA]) {
     int tot = 0;
     bool vec = true;
 #pragma unroll
     for (int a = 0; a < NA; a++) {
         tot += m[a].rowsPad * 16;
-        const unsigned long long bits = reinterpret_cast<unsigned long long>(m[a].src) | (unsigned long long)(m[a].rs * 4);
-        vec = vec && (bits & 15ull) == 0;
+        const bool h = MIX && m[a].h16;
+        const unsigned long long bits =
+            reinterpret_cast<unsigned long long>(m[a].src) | (unsigned long long)(m[a].rs * (h ? 2 : 4));
+        vec = vec && (bits & (h ? 7ull : 15ull)) == 0;
     }
     const int nt = blockDim.x;
     for (int e0 = threadIdx.x; e0 < tot; e0 += U * nt) {
@@ -211,6 +238,7 @@ __device__ __forceinline__ void am_stage(bool kHalf, unsigned short* smem, const
             x[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             d[u] = -1;
             const float* p = nullptr;
+            const unsigned short* p16 = nullptr;
             float s = 1.0f;
             bool scaled = false;
             if (e < tot) {
@@ -220,16 +248,31 @@ __device__ __forceinline__ void am_stage(bool kHalf, unsigned short* smem, const
                     if (e >= 0 && e < n) {
                         const int r = e >> 4, c = e & 15;
                         d[u] = m[a].dst + r * AM_LD + 4 * c;
-                        if (r < m[a].rows) p = m[a].src + (long long)r * m[a].rs + 4 * c;
+                        if (r < m[a].rows) {
+                            if (MIX && m[a].h16) {
+                                p16 = reinterpret_cast<const unsigned short*>(m[a].src) + (long long)r * m[a].rs + 4 * c;
+                            } else {
+                                p = reinterpret_cast<const float*>(m[a].src) + (long long)r * m[a].rs + 4 * c;
+                            }
+                        }
                         s = m[a].s;
                         scaled = m[a].scaled;
                     }
                     e -= n;
                 }
             }
-            if (p) {
-                float4 y = vec ? __ldg(reinterpret_cast<const float4*>(p))
-                               : make_float4(__ldg(p), __ldg(p + 1), __ldg(p + 2), __ldg(p + 3));
+            if (p || (MIX && p16)) {
+                float4 y;
+                if (MIX && p16) {
+                    const uint2 w = vec ? __ldg(reinterpret_cast<const uint2*>(p16))
+                                        : make_uint2((unsigned)__ldg(p16) | ((unsigned)__ldg(p16 + 1) << 16),
+                                                     (unsigned)__ldg(p16 + 2) | ((unsigned)__ldg(p16 + 3) << 16));
+                    const float2 lo = am_widen2(kHalf, w.x), hi = am_widen2(kHalf, w.y);
+                    y = make_float4(lo.x, lo.y, hi.x, hi.y);
+                } else {
+                    y = vec ? __ldg(reinterpret_cast<const float4*>(p))
+                            : make_float4(__ldg(p), __ldg(p + 1), __ldg(p + 2), __ldg(p + 3));
+                }
                 if (scaled) {
                     y.x = y.x * s;
                     y.y = y.y * s;
@@ -905,12 +948,14 @@ __device__ __forceinline__ void am2_fwd_tile(bool kHalf, const unsigned short* Q
 // memory: Q [16W][AM_LD], K, V [TKp][AM_LD] (16-bit), the tile's dropout-mask rows
 // [16W][TK] (fp32, rounded up to 4 floats; only with a stored mask), then TK padding
 // flags.
-__device__ __forceinline__ void am2_fwd(bool kHalf, void* out, long long oBS, long long oRS, const float* q,
-                                        long long qBS, long long qRS, const float* k, long long kBS, long long kRS,
-                                        const float* v, long long vBS, long long vRS, int H, int TQ, int TK, float scale,
+// MIX (attention_mma2_fwd_h): q, k, v are float32 or 16-bit each, bit 0, 1, 2 of in16.
+template <bool MIX>
+__device__ __forceinline__ void am2_fwd(bool kHalf, void* out, long long oBS, long long oRS, const void* q,
+                                        long long qBS, long long qRS, const void* k, long long kBS, long long kRS,
+                                        const void* v, long long vBS, long long vRS, int H, int TQ, int TK, float scale,
                                         const unsigned char* pad, long long padStride, int causal, int queryOffset,
                                         float* probs, const float* dropMask, int outFmt, unsigned long long seed,
-                                        unsigned long long threshold, float keepScale) {
+                                        unsigned long long threshold, float keepScale, int in16) {
     extern __shared__ uint4 am_smem4[];
     const int NT = (TK + 15) >> 4, TKp = 16 * NT;
     const int nw = blockDim.x >> 5;
@@ -936,12 +981,13 @@ __device__ __forceinline__ void am2_fwd(bool kHalf, void* out, long long oBS, lo
         pf[u] = (pr && j < TK) ? __ldg(pr + j) : 0;
     }
     {
+        const bool hq = MIX && (in16 & 1), hk = MIX && (in16 & 2), hv = MIX && (in16 & 4);
         const AmSrc m[3] = {
-            {q + (long long)b * qBS + (long long)tile0 * qRS + hD, qRS, nq, rowsQ, 0, scale, true},
-            {k + (long long)b * kBS + hD, kRS, TK, TKp, (int)(Ks - Qs), 1.0f, false},
-            {v + (long long)b * vBS + hD, vRS, TK, TKp, (int)(Vs - Qs), 1.0f, false},
+            {am_elem(q, (long long)b * qBS + (long long)tile0 * qRS + hD, hq), qRS, nq, rowsQ, 0, scale, true, hq},
+            {am_elem(k, (long long)b * kBS + hD, hk), kRS, TK, TKp, (int)(Ks - Qs), 1.0f, false, hk},
+            {am_elem(v, (long long)b * vBS + hD, hv), vRS, TK, TKp, (int)(Vs - Qs), 1.0f, false, hv},
         };
-        am_stage<3, 12>(kHalf, Qs, m);
+        am_stage<3, 12, MIX>(kHalf, Qs, m);
     }
 #pragma unroll
     for (int u = 0; u < 4; u++) {
@@ -959,8 +1005,21 @@ extern "C" __global__ void __launch_bounds__(128, AM2_FWD_MINB) attention_mma2_f
     long long kBS, long long kRS, const float* v, long long vBS, long long vRS, int H, int TQ, int TK, float scale,
     const unsigned char* pad, long long padStride, int causal, int queryOffset, float* probs, const float* dropMask,
     int half, int outFmt, unsigned long long seed, unsigned long long threshold, float keepScale) {
-    am2_fwd(half != 0, out, oBS, oRS, q, qBS, qRS, k, kBS, kRS, v, vBS, vRS, H, TQ, TK, scale, pad, padStride, causal,
-            queryOffset, probs, dropMask, outFmt, seed, threshold, keepScale);
+    am2_fwd<false>(half != 0, out, oBS, oRS, q, qBS, qRS, k, kBS, kRS, v, vBS, vRS, H, TQ, TK, scale, pad, padStride,
+                   causal, queryOffset, probs, dropMask, outFmt, seed, threshold, keepScale, 0);
+}
+
+// attention_mma2_fwd_h is attention_mma2_fwd whose q, k and v may each be 16-bit (in16:
+// bit 0 q, 1 k, 2 v; views counted in 16-bit elements), as the model's projections write
+// them with kernels.HalfOutputs. The same bits as attention_mma2_fwd on float32 copies of
+// the same values (am_stage).
+extern "C" __global__ void __launch_bounds__(128, AM2_FWD_MINB) attention_mma2_fwd_h(
+    void* out, long long oBS, long long oRS, const void* q, long long qBS, long long qRS, const void* k,
+    long long kBS, long long kRS, const void* v, long long vBS, long long vRS, int H, int TQ, int TK, float scale,
+    const unsigned char* pad, long long padStride, int causal, int queryOffset, float* probs, const float* dropMask,
+    int half, int outFmt, unsigned long long seed, unsigned long long threshold, float keepScale, int in16) {
+    am2_fwd<true>(half != 0, out, oBS, oRS, q, qBS, qRS, k, kBS, kRS, v, vBS, vRS, H, TQ, TK, scale, pad, padStride,
+                  causal, queryOffset, probs, dropMask, outFmt, seed, threshold, keepScale, in16);
 }
 
 // am2_zbytes is the size of each of the backward's two last regions: P (then dS) and M
@@ -1162,13 +1221,17 @@ __device__ __forceinline__ void am2_bwd_pair(bool kHalf, const unsigned short* Q
 //     held rounded in registers; barrier; written into dS and P⊙M; dq +=
 //     scale·round(ds)·K.
 //  B. as am_bwd: per (key block, dk or dv), dv = PMᵀ·dO, dk = dSᵀ·Qs.
+// MIX (attention_mma2_bwd_h): dout, q, k, v are float32 or 16-bit each, bit 3, 0, 1, 2 of
+// in16.
+template <bool MIX>
 __device__ __forceinline__ void am2_bwd(bool kHalf, void* dq, long long dqBS, long long dqRS, void* dk,
                                         long long dkBS, long long dkRS, void* dv, long long dvBS, long long dvRS,
-                                        const float* dout, long long doBS, long long doRS, const float* q,
-                                        long long qBS, long long qRS, const float* k, long long kBS, long long kRS,
-                                        const float* v, long long vBS, long long vRS, const float* probs,
+                                        const void* dout, long long doBS, long long doRS, const void* q,
+                                        long long qBS, long long qRS, const void* k, long long kBS, long long kRS,
+                                        const void* v, long long vBS, long long vRS, const float* probs,
                                         const float* mask, int H, int TQ, int TK, float scale, int outFmt,
-                                        unsigned long long seed, unsigned long long threshold, float keepScale) {
+                                        unsigned long long seed, unsigned long long threshold, float keepScale,
+                                        int in16) {
     extern __shared__ uint4 am_smem4[];
     const int TKp = (TK + 15) & ~15;
     const int h = blockIdx.y, b = blockIdx.z;
@@ -1185,13 +1248,14 @@ __device__ __forceinline__ void am2_bwd(bool kHalf, void* dq, long long dqBS, lo
     am_cp_async(reinterpret_cast<float*>(z1), probs + pbase, TQ * TK);
     if (mask) am_cp_async(reinterpret_cast<float*>(z2), mask + pbase, TQ * TK);
     {
+        const bool hq = MIX && (in16 & 1), hk = MIX && (in16 & 2), hv = MIX && (in16 & 4), ho = MIX && (in16 & 8);
         const AmSrc m[4] = {
-            {q + (long long)b * qBS + hD, qRS, TQ, TQp, 0, scale, true},
-            {k + (long long)b * kBS + hD, kRS, TK, TKp, (int)(Ks - Qs), 1.0f, false},
-            {v + (long long)b * vBS + hD, vRS, TK, TKp, (int)(Vs - Qs), 1.0f, false},
-            {dout + (long long)b * doBS + hD, doRS, TQ, TQp, (int)(Os - Qs), 1.0f, false},
+            {am_elem(q, (long long)b * qBS + hD, hq), qRS, TQ, TQp, 0, scale, true, hq},
+            {am_elem(k, (long long)b * kBS + hD, hk), kRS, TK, TKp, (int)(Ks - Qs), 1.0f, false, hk},
+            {am_elem(v, (long long)b * vBS + hD, hv), vRS, TK, TKp, (int)(Vs - Qs), 1.0f, false, hv},
+            {am_elem(dout, (long long)b * doBS + hD, ho), doRS, TQ, TQp, (int)(Os - Qs), 1.0f, false, ho},
         };
-        am_stage<4, 12>(kHalf, Qs, m);
+        am_stage<4, 12, MIX>(kHalf, Qs, m);
     }
     am_cp_wait();
     __syncthreads();
@@ -1206,8 +1270,21 @@ extern "C" __global__ void __launch_bounds__(128, AM2_BWD_MINB) attention_mma2_b
     const float* k, long long kBS, long long kRS, const float* v, long long vBS, long long vRS, const float* probs,
     const float* mask, int H, int TQ, int TK, float scale, int half, int outFmt, unsigned long long seed,
     unsigned long long threshold, float keepScale) {
-    am2_bwd(half != 0, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, dout, doBS, doRS, q, qBS, qRS, k, kBS, kRS, v,
-            vBS, vRS, probs, mask, H, TQ, TK, scale, outFmt, seed, threshold, keepScale);
+    am2_bwd<false>(half != 0, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, dout, doBS, doRS, q, qBS, qRS, k, kBS,
+                   kRS, v, vBS, vRS, probs, mask, H, TQ, TK, scale, outFmt, seed, threshold, keepScale, 0);
+}
+
+// attention_mma2_bwd_h is attention_mma2_bwd whose dout, q, k and v may each be 16-bit
+// (in16: bit 0 q, 1 k, 2 v, 3 dout), as attention_mma2_fwd_h: the same bits as
+// attention_mma2_bwd on float32 copies of the same values.
+extern "C" __global__ void __launch_bounds__(128, AM2_BWD_MINB) attention_mma2_bwd_h(
+    void* dq, long long dqBS, long long dqRS, void* dk, long long dkBS, long long dkRS, void* dv, long long dvBS,
+    long long dvRS, const void* dout, long long doBS, long long doRS, const void* q, long long qBS, long long qRS,
+    const void* k, long long kBS, long long kRS, const void* v, long long vBS, long long vRS, const float* probs,
+    const float* mask, int H, int TQ, int TK, float scale, int half, int outFmt, unsigned long long seed,
+    unsigned long long threshold, float keepScale, int in16) {
+    am2_bwd<true>(half != 0, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, dout, doBS, doRS, q, qBS, qRS, k, kBS,
+                  kRS, v, vBS, vRS, probs, mask, H, TQ, TK, scale, outFmt, seed, threshold, keepScale, in16);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1385,6 +1462,205 @@ extern "C" __global__ void __launch_bounds__(256, AM3_BWD_MINB) attention_mma3_b
                      TQ, TK, scale, outFmt, seed, threshold, keepScale);
         item = next;
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The third kernels with 16-bit inputs (attention_mma3_fwd_h / attention_mma3_bwd_h): q,
+// k, v (and dout) come 16-bit, as the model's projections write them with
+// kernels.HalfOutputs (torch.autocast's bf16/fp16 Linear outputs). The rows go by 16-byte
+// cp.async straight into the 16-bit tiles: no fp32 landing area and no rounding pass
+// (the tiles hold exactly what am3_round would have made of widened copies), half the
+// bytes. To overlap the next item's copies with the current item's compute the tiles
+// are double-buffered (buffer s computes while buffer s^1 fills); two 16-bit tile sets
+// take less shared memory than one set plus the fp32 landing area (T 41: forward 41.5 KB
+// instead of 54 KB, 5 blocks per SM instead of 4; backward 74 KB instead of 88 KB).
+// What remains per item is the scaling of q: am3h_scale replaces each landed q by
+// RN16(q·scale), the fp32 product rounded, exactly what am_stage and am3_round compute
+// from a float32 q holding the same value, so the results are the third (and second)
+// kernels' bits on the widened inputs. For a power-of-two scale (1/8 at head dimension
+// 64) the product is exact unless it leaves the format's normal range (fp16 below
+// 2⁻¹⁴·8), so the pass changes nothing there but the exponent; it is kept for every
+// scale, so other head dimensions stay right. Padding rows of K, V (and Q, dO in the
+// backward) past TK (TQ), which no copy writes, are zeroed once at the start; the
+// forward's last query tile of a (b, h) may be partial, so am3h_scale zeroes its rows past
+// nq every item. The same calls as the float32 third kernels (a drawn mask or none), and
+// every row start 16-byte aligned.
+// ---------------------------------------------------------------------------------------
+
+// am3h_fetch starts the copy of rows [rows][AM_D] of a 16-bit global matrix (row stride
+// rs elements) into a 16-bit tile (row stride AM_LD), 8 × 16 bytes a row, with the whole
+// block.
+__device__ __forceinline__ void am3h_fetch(unsigned short* tile, const unsigned short* src, long long rs, int rows) {
+    for (int e = threadIdx.x; e < rows * 8; e += blockDim.x) {
+        const int r = e >> 3, c = e & 7;
+        xf_cp_async16(tile + r * AM_LD + 8 * c, src + (long long)r * rs + 8 * c);
+    }
+}
+
+// am3h_zero writes zeros into rows [r0, r1) of a tile.
+__device__ __forceinline__ void am3h_zero(unsigned short* tile, int r0, int r1) {
+    for (int e = threadIdx.x; e < (r1 - r0) * 8; e += blockDim.x) {
+        *reinterpret_cast<uint4*>(tile + (r0 + (e >> 3)) * AM_LD + 8 * (e & 7)) = make_uint4(0u, 0u, 0u, 0u);
+    }
+}
+
+// am3h_scale replaces the landed 16-bit rows [0, rows) of the tile by RN16(x·s) (x
+// widened exactly, the fp32 product, am_pack) and writes zeros into rows [rows, rowsPad).
+__device__ __forceinline__ void am3h_scale(bool kHalf, unsigned short* tile, int rows, int rowsPad, float s) {
+    for (int e = threadIdx.x; e < rowsPad * 16; e += blockDim.x) {
+        const int r = e >> 4, c = e & 15;
+        uint2* p = reinterpret_cast<uint2*>(tile + r * AM_LD + 4 * c);
+        uint2 o = make_uint2(0u, 0u);
+        if (r < rows) {
+            const uint2 w = *p;
+            const float2 lo = am_widen2(kHalf, w.x), hi = am_widen2(kHalf, w.y);
+            o.x = am_pack(kHalf, lo.x * s, lo.y * s);
+            o.y = am_pack(kHalf, hi.x * s, hi.y * s);
+        }
+        *p = o;
+    }
+}
+
+// Forward items as attention_mma3_fwd. Shared memory: two buffers of Q [16W][AM_LD], K, V
+// [TKp][AM_LD] (16-bit), then TK padding flags (those of the item being computed; the
+// next item's travel in two registers).
+extern "C" __global__ void __launch_bounds__(128, AM3_FWD_MINB) attention_mma3_fwd_h(
+    void* out, long long oBS, long long oRS, const unsigned short* q, long long qBS, long long qRS,
+    const unsigned short* k, long long kBS, long long kRS, const unsigned short* v, long long vBS, long long vRS, int H,
+    int TQ, int TK, float scale, const unsigned char* pad, long long padStride, int causal, int queryOffset,
+    float* probs, int half, int outFmt, unsigned long long seed, unsigned long long threshold, float keepScale,
+    int tiles, int items) {
+    const bool kHalf = half != 0;
+    const int TKp = (TK + 15) & ~15;
+    const int rowsQ = 16 * (blockDim.x >> 5);
+    const int bufElems = (rowsQ + 2 * TKp) * AM_LD;
+    unsigned short* buf = am3_smem();
+    unsigned char* padded = reinterpret_cast<unsigned char*>(buf + 2 * bufElems);
+#pragma unroll
+    for (int s = 0; s < 2; s++) {
+        unsigned short* Ks = buf + s * bufElems + rowsQ * AM_LD;
+        am3h_zero(Ks, TK, TKp);
+        am3h_zero(Ks + TKp * AM_LD, TK, TKp);
+    }
+
+    int item = blockIdx.x;
+    unsigned char pf[2] = {0, 0};
+    // fetch starts the copies of item it into buffer s, and its padding-flag loads.
+    auto fetch = [&](int it, int s) {
+        const int x = it % tiles, hb = it / tiles, h = hb % H, b = hb / H;
+        const int tile0 = x * rowsQ, nq = min(rowsQ, TQ - tile0);
+        const long long hD = (long long)h * AM_D;
+        unsigned short* Qs = buf + s * bufElems;
+        am3h_fetch(Qs, q + (long long)b * qBS + (long long)tile0 * qRS + hD, qRS, nq);
+        am3h_fetch(Qs + rowsQ * AM_LD, k + (long long)b * kBS + hD, kRS, TK);
+        am3h_fetch(Qs + (rowsQ + TKp) * AM_LD, v + (long long)b * vBS + hD, vRS, TK);
+        const unsigned char* pr = pad ? pad + (long long)b * padStride : nullptr;
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            const int j = threadIdx.x + u * blockDim.x;
+            pf[u] = (pr && j < TK) ? __ldg(pr + j) : 0;
+        }
+    };
+    if (item < items) fetch(item, 0);
+    int s = 0;
+    while (item < items) {
+        const int x = item % tiles, hb = item / tiles, h = hb % H, b = hb / H;
+        const int tile0 = x * rowsQ, nq = min(rowsQ, TQ - tile0);
+        unsigned short* Qs = buf + s * bufElems;
+        am_cp_wait();
+        __syncthreads();  // buffer s landed and visible; every warp is done with buffer s^1 and the flags
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            const int j = threadIdx.x + u * blockDim.x;
+            if (j < TK) padded[j] = pf[u] != 0 ? 1 : 0;
+        }
+        const int next = item + gridDim.x;
+        if (next < items) fetch(next, s ^ 1);
+        am3h_scale(kHalf, Qs, nq, rowsQ, scale);
+        __syncthreads();  // q scaled, flags in place
+        am2_fwd_tile(kHalf, Qs, Qs + rowsQ * AM_LD, Qs + (rowsQ + TKp) * AM_LD, nullptr, padded, b, h, tile0, out, oBS,
+                     oRS, H, TQ, TK, causal, queryOffset, probs, nullptr, outFmt, seed, threshold, keepScale);
+        item = next;
+        s ^= 1;
+    }
+}
+
+// Backward items as attention_mma3_bwd. Shared memory: two buffers of Qs, Ks, Vs, Os
+// [·][AM_LD] (16-bit) and Z1 (am2_zbytes: P as it lands by 4-byte copies, then dS),
+// then one Z2 for P⊙M (only written and read inside an item). Warps: amBackwardWarps3's
+// (phase A's query blocks and phase B's 2·NT items each in one pass).
+__device__ __forceinline__ void am3h_bwd(bool kHalf, void* dq, long long dqBS, long long dqRS, void* dk, long long dkBS,
+                                         long long dkRS, void* dv, long long dvBS, long long dvRS,
+                                         const unsigned short* dout, long long doBS, long long doRS,
+                                         const unsigned short* q, long long qBS, long long qRS, const unsigned short* k,
+                                         long long kBS, long long kRS, const unsigned short* v, long long vBS,
+                                         long long vRS, const float* probs, int H, int TQ, int TK, float scale,
+                                         int outFmt, unsigned long long seed, unsigned long long threshold,
+                                         float keepScale, int items) {
+    const int TKp = (TK + 15) & ~15, TQp = (TQ + 15) & ~15;
+    const int bufElems = AM_LD * (2 * TQp + 2 * TKp) + am2_zbytes(TQ, TK) / 2;
+    unsigned short* buf = am3_smem();
+    unsigned char* z2 = reinterpret_cast<unsigned char*>(buf + 2 * bufElems);
+#pragma unroll
+    for (int s = 0; s < 2; s++) {
+        unsigned short* Qs = buf + s * bufElems;
+        am3h_zero(Qs, TQ, TQp);
+        am3h_zero(Qs + TQp * AM_LD, TK, TKp);
+        am3h_zero(Qs + (TQp + TKp) * AM_LD, TK, TKp);
+        am3h_zero(Qs + (TQp + 2 * TKp) * AM_LD, TQ, TQp);
+    }
+
+    auto fetch = [&](int it, int s) {
+        const int h = it % H, b = it / H;
+        const long long hD = (long long)h * AM_D;
+        unsigned short* Qs = buf + s * bufElems;
+        float* Pz = reinterpret_cast<float*>(Qs + AM_LD * (2 * TQp + 2 * TKp));
+        am_cp_async(Pz, probs + (((long long)b * H + h) * TQ) * TK, TQ * TK);
+        am3h_fetch(Qs, q + (long long)b * qBS + hD, qRS, TQ);
+        am3h_fetch(Qs + TQp * AM_LD, k + (long long)b * kBS + hD, kRS, TK);
+        am3h_fetch(Qs + (TQp + TKp) * AM_LD, v + (long long)b * vBS + hD, vRS, TK);
+        am3h_fetch(Qs + (TQp + 2 * TKp) * AM_LD, dout + (long long)b * doBS + hD, doRS, TQ);
+    };
+    int item = blockIdx.x;
+    if (item < items) fetch(item, 0);
+    // step computes item on buffer s (a constant at each call: the tiles' addresses are
+    // then fixed offsets, which keeps ptxas from holding them across the item).
+    auto step = [&](int s) {
+        const int h = item % H, b = item / H;
+        unsigned short* Qs = buf + s * bufElems;
+        am_cp_wait();
+        __syncthreads();  // buffer s landed and visible; every warp is done with buffer s^1 and Z2
+        const int next = item + gridDim.x;
+        if (next < items) fetch(next, s ^ 1);
+        am3h_scale(kHalf, Qs, TQ, TQp, scale);
+        __syncthreads();  // q scaled
+        unsigned short* Ks = Qs + TQp * AM_LD;
+        unsigned short* Vs = Ks + TKp * AM_LD;
+        unsigned short* Os = Vs + TKp * AM_LD;
+        unsigned char* z1 = reinterpret_cast<unsigned char*>(Os + TQp * AM_LD);
+        am2_bwd_pair(kHalf, Qs, Ks, Vs, Os, z1, z2, b, h, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, nullptr, H,
+                     TQ, TK, scale, outFmt, seed, threshold, keepScale);
+        item = next;
+    };
+    while (item < items) {
+        step(0);
+        if (item >= items) break;
+        step(1);
+    }
+}
+
+// attention_mma3_bwd_h: the float32 third backward's bound (128 registers, no spills on
+// sm_90; 2 blocks of 6 warps per SM at T 41, where the registers, not the shared memory,
+// now limit them). Held to 112 registers for 3 blocks (__maxnreg__), ptxas spilled 264
+// bytes a thread; with __launch_bounds__(192, 3) it stopped at 96 and spilled too.
+extern "C" __global__ void __launch_bounds__(256, AM3_BWD_MINB) attention_mma3_bwd_h(
+    void* dq, long long dqBS, long long dqRS, void* dk, long long dkBS, long long dkRS, void* dv, long long dvBS,
+    long long dvRS, const unsigned short* dout, long long doBS, long long doRS, const unsigned short* q, long long qBS,
+    long long qRS, const unsigned short* k, long long kBS, long long kRS, const unsigned short* v, long long vBS,
+    long long vRS, const float* probs, int H, int TQ, int TK, float scale, int half, int outFmt,
+    unsigned long long seed, unsigned long long threshold, float keepScale, int items) {
+    am3h_bwd(half != 0, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, dout, doBS, doRS, q, qBS, qRS, k, kBS, kRS, v,
+             vBS, vRS, probs, H, TQ, TK, scale, outFmt, seed, threshold, keepScale, items);
 }
 
 // attention_mma_round packs pairs of floats as the kernels above round their operands

@@ -28,7 +28,8 @@ const (
 // amKernels are the kernel names: forward and backward for MAXNT 4 (TK ≤ 64) and 8, and
 // the rounding check of TestAttentionMMARounding.
 var amKernels = [...]string{"attention_mma_fwd4", "attention_mma_fwd8", "attention_mma_bwd4", "attention_mma_bwd8", "attention_mma_round",
-	"attention_mma2_fwd", "attention_mma2_bwd", "attention_mma3_fwd", "attention_mma3_bwd"}
+	"attention_mma2_fwd", "attention_mma2_bwd", "attention_mma3_fwd", "attention_mma3_bwd",
+	"attention_mma2_fwd_h", "attention_mma2_bwd_h", "attention_mma3_fwd_h", "attention_mma3_bwd_h"}
 
 // am2MaxT bounds the second kernels (attention_mma2_*): TK ≤ 64 forward, TQ and TK ≤ 64
 // backward (MAXNT 4, a query block per warp). They replace the first kernels there; the
@@ -43,6 +44,7 @@ type attnMMAFns struct {
 	bwd2      uintptr // attention_mma2_bwd
 	third     am3Fns  // attention_mma3_fwd/bwd (attention_mma3.go)
 	bwd2Opt   bool    // attention_mma2_bwd allowed the device's whole shared memory
+	in16      am16Fns // the 16-bit input kernels (attention_mma16.go)
 	optinMax  int     // the device's bound on dynamic shared memory per block, opted in
 	bwdShared [2]int  // dynamic shared memory each backward kernel is allowed beyond afShared
 	ok        bool    // sm_80 or newer
@@ -70,7 +72,9 @@ func (be *Backend) mmaFns() *attnMMAFns {
 		fwd2:  be.kernel(amKernels[5]),
 		bwd2:  be.kernel(amKernels[6]),
 		third: am3Fns{fwd: be.kernel(amKernels[7]), bwd: be.kernel(amKernels[8])},
-		ok:    be.info.Major >= 8,
+		in16: am16Fns{fwd2: be.kernel(amKernels[9]), bwd2: be.kernel(amKernels[10]),
+			fwd3: be.kernel(amKernels[11]), bwd3: be.kernel(amKernels[12])},
+		ok: be.info.Major >= 8,
 	}
 	optin, err := be.drv.attribute(be.dev, attrMaxSharedPerBlockOptin)
 	if err != nil {
@@ -263,10 +267,15 @@ func (be *Backend) mmaForward(out, q, k, v kernels.View, a kernels.AttentionArgs
 	if !be.mmaUsable(a, false) {
 		return false
 	}
-	p, fn := planMMAForward(a), be.lazy.mma.fwd[amVariant(a.TK)]
+	f := be.lazy.mma
+	p, fn := planMMAForward(a), f.fwd[amVariant(a.TK)]
+	in16 := in16Bits(q, k, v)
 	if !be.mma2(a, false) {
 		if halfOf(out.Buf) != nil {
 			panic("cuda backend: a 16-bit attention output outside Attention16's calls")
+		}
+		if in16 != 0 {
+			panic("cuda backend: 16-bit attention inputs outside AttentionInputs16's calls")
 		}
 		if drop.drawn() {
 			panic("cuda backend: a drawn attention dropout mask outside the second tensor-core kernels")
@@ -276,17 +285,25 @@ func (be *Backend) mmaForward(out, q, k, v kernels.View, a kernels.AttentionArgs
 		if be.mma3Forward(out, q, k, v, a, padp, probs, drop) {
 			return true
 		}
-		// Only the second kernels write a 16-bit output (kernels.HalfAttention).
-		p, fn = planMMA2Forward(a, drop.mask != nil), be.lazy.mma.fwd2
-		be.prm.reset().views16(out).views(q, k, v)
+		// Only the second kernels write a 16-bit output (kernels.HalfAttention) and read
+		// 16-bit inputs (kernels.HalfAttentionInputs: the _h kernel).
+		p, fn = planMMA2Forward(a, drop.mask != nil), f.fwd2
+		if in16 != 0 {
+			fn = f.in16.fwd2
+			f.in16.calls++
+		}
+		be.prm.reset().views16(out, q, k, v)
 	}
 	be.prm.
 		i32(a.Heads).i32(a.TQ).i32(a.TK).f32(a.Scale).
 		ptr(padp).i64(a.KeyPadStride).
 		i32(boolInt(a.Causal)).i32(a.QueryOffset).
 		ptr(addr(probs)).ptr(addr(drop.mask)).i32(be.halfArg())
-	if fn == be.lazy.mma.fwd2 {
+	if fn == f.fwd2 || fn == f.in16.fwd2 {
 		be.prm.i32(be.viewsFormat(out)).seededArgs(drop)
+	}
+	if fn == f.in16.fwd2 {
+		be.prm.i32(in16)
 	}
 	grid := [3]uint32{uint32(p.tiles), uint32(a.Heads), uint32(a.Batch)}
 	be.run(fn, grid, uint32(32*p.warps), uint32(p.shared))
@@ -307,24 +324,37 @@ func (be *Backend) mmaBackward(dq, dk, dv, dout, q, k, v kernels.View, a kernels
 			return true
 		}
 		shared := amBackwardShared2(a, dropMask != nil)
-		if shared > afShared && !f.bwd2Opt {
-			must(be.drv.check("cuFuncSetAttribute", call(be.drv.cuFuncSetAttribute, f.bwd2,
+		// 16-bit inputs (kernels.HalfAttentionInputs) take the _h kernel: the same
+		// layout, so the same shared memory.
+		fn, opted, in16 := f.bwd2, &f.bwd2Opt, in16Bits(q, k, v, dout)
+		if in16 != 0 {
+			fn, opted = f.in16.bwd2, &f.in16.bwd2Opt
+			f.in16.calls++
+		}
+		if shared > afShared && !*opted {
+			must(be.drv.check("cuFuncSetAttribute", call(be.drv.cuFuncSetAttribute, fn,
 				funcAttrMaxDynamicShared, uintptr(f.optinMax))))
-			f.bwd2Opt = true
+			*opted = true
 		}
 		// Only the second kernels write 16-bit gradients (kernels.HalfAttention).
 		format := be.viewsFormat(dq, dk, dv)
 		be.prm.reset().
-			views16(dq, dk, dv).views(dout, q, k, v).
+			views16(dq, dk, dv).views16(dout, q, k, v).
 			ptr(addr(probs)).ptr(addr(dropMask)).
 			i32(a.Heads).i32(a.TQ).i32(a.TK).f32(a.Scale).i32(be.halfArg()).i32(format).
 			seededArgs(drop)
+		if in16 != 0 {
+			be.prm.i32(in16)
+		}
 		grid := [3]uint32{1, uint32(a.Heads), uint32(a.Batch)}
-		be.run(f.bwd2, grid, uint32(32*amBackwardWarps2(a)), uint32(shared))
+		be.run(fn, grid, uint32(32*amBackwardWarps2(a)), uint32(shared))
 		return true
 	}
 	if be.viewsFormat(dq, dk, dv) != xfOutF32 {
 		panic("cuda backend: 16-bit attention gradients outside Attention16's calls")
+	}
+	if in16Bits(q, k, v, dout) != 0 {
+		panic("cuda backend: 16-bit attention inputs outside AttentionInputs16's calls")
 	}
 	if drop.drawn() {
 		panic("cuda backend: a drawn attention dropout mask outside the second tensor-core kernels")

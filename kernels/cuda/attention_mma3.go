@@ -131,6 +131,13 @@ func am3Aligned(vs ...kernels.View) bool {
 func (be *Backend) mma3Forward(out, q, k, v kernels.View, a kernels.AttentionArgs, padp uint64, probs kernels.Buffer, drop amDropout) bool {
 	f := be.lazy.mma
 	t := &f.third
+	switch in16Bits(q, k, v) {
+	case 0:
+	case 7:
+		return be.mma3ForwardH(out, q, k, v, a, padp, probs, drop)
+	default:
+		return false // mixed: the second kernels' _h variant
+	}
 	if drop.mask != nil || !am3Aligned(q, k, v) {
 		return false
 	}
@@ -158,6 +165,13 @@ func (be *Backend) mma3Forward(out, q, k, v kernels.View, a kernels.AttentionArg
 func (be *Backend) mma3Backward(dq, dk, dv, dout, q, k, v kernels.View, a kernels.AttentionArgs, probs kernels.Buffer, drop amDropout) bool {
 	f := be.lazy.mma
 	t := &f.third
+	switch in16Bits(q, k, v, dout) {
+	case 0:
+	case 15:
+		return be.mma3BackwardH(dq, dk, dv, dout, q, k, v, a, probs, drop)
+	default:
+		return false // mixed: the second kernels' _h variant
+	}
 	if drop.mask != nil || !am3Aligned(dout, q, k, v) {
 		return false
 	}
@@ -180,13 +194,23 @@ func (be *Backend) mma3Backward(dq, dk, dv, dout, q, k, v kernels.View, a kernel
 }
 
 // mma3Taken says whether a call of a's shape with these views and no stored mask would
-// run on the third kernels (tests). The caller holds the Backend.
+// run on the third kernels (tests): attention_mma3_*_h when every view is 16-bit. The
+// caller holds the Backend.
 func (be *Backend) mma3Taken(a kernels.AttentionArgs, backward bool, views ...kernels.View) bool {
 	if !be.mmaUsable(a, backward) || !be.mma2(a, backward) {
 		return false
 	}
 	f := be.lazy.mma
 	t := &f.third
+	if n := in16Bits(views...); n != 0 {
+		if n != 1<<len(views)-1 || !am3Aligned16(views...) {
+			return false
+		}
+		if backward {
+			return t.bwdTakes(planMMA3BackwardH(a, be.info.SMs, t.sharedPerSM, t.sw.maxGrid), f.optinMax)
+		}
+		return t.fwdTakes(a, planMMA3ForwardH(a, be.info.SMs, t.sharedPerSM, t.sw.maxGrid), f.optinMax)
+	}
 	if !am3Aligned(views...) {
 		return false
 	}

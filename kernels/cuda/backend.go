@@ -106,6 +106,12 @@ type Backend struct {
 	// halfOff: tests: AllocHalf returns nil, so the model takes float32 buffers and
 	// the Linears cast them (half.go).
 	halfOff bool
+	// roundedAdamOff: tests and XFORM_CUDA_ROUNDED_ADAM=0: RoundsUpdates is false, so a
+	// model refreshes its 16-bit weight copies with RoundAll (optim_backward.go).
+	roundedAdamOff bool
+	// roundAlls and roundedUpdates count RoundAll calls and the updates that wrote the
+	// copies (kernels.RoundingOptimizer), for tests.
+	roundAlls, roundedUpdates int
 	// linearActForce: tests: LinearActBackward skips its first 1 or 2 epilogue
 	// choices (linear_act.go), so the fallbacks run.
 	linearActForce int
@@ -198,6 +204,8 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 		}
 		be.ltPlans = n
 	}
+	// The A/B switch for the bench: the copies refreshed by RoundAll, as before.
+	be.roundedAdamOff = os.Getenv("XFORM_CUDA_ROUNDED_ADAM") == "0"
 	switch os.Getenv("XFORM_CUDA_PROFILE") {
 	case "1":
 		be.profile = newOpProfile()

@@ -465,7 +465,12 @@ func TestAttentionMMAKernelNames(t *testing.T) {
 		"attention_mma2_fwd": strings.Contains(src, ") attention_mma2_fwd("),
 		"attention_mma2_bwd": strings.Contains(src, ") attention_mma2_bwd("),
 		"attention_mma3_fwd": strings.Contains(src, ") attention_mma3_fwd("),
-		"attention_mma3_bwd": strings.Contains(src, ") attention_mma3_bwd(")}
+		"attention_mma3_bwd": strings.Contains(src, ") attention_mma3_bwd("),
+		// The 16-bit input kernels (attention_mma16.go).
+		"attention_mma2_fwd_h": strings.Contains(src, ") attention_mma2_fwd_h("),
+		"attention_mma2_bwd_h": strings.Contains(src, ") attention_mma2_bwd_h("),
+		"attention_mma3_fwd_h": strings.Contains(src, ") attention_mma3_fwd_h("),
+		"attention_mma3_bwd_h": strings.Contains(src, ") attention_mma3_bwd_h(")}
 	for _, m := range []string{"4", "8"} {
 		defined["attention_mma_fwd"+m] = strings.Contains(src, ") attention_mma_fwd##MAXNT(") && strings.Contains(src, "\nAM_FWD("+m+")\n")
 		defined["attention_mma_bwd"+m] = strings.Contains(src, ") attention_mma_bwd##MAXNT(") && strings.Contains(src, "\nAM_BWD("+m+")\n")

@@ -38,6 +38,11 @@ func TestGraphedTrainingSameBits(t *testing.T) {
 				if st.Captures != 3 || st.Replays != 6 || st.Divergences != 0 || st.Eager != 3 {
 					t.Errorf("graph use %+v: want 3 eager, 3 captures, 6 replays, no divergence", st)
 				}
+				// In bf16 the optimizer writes the weights' 16-bit copies: one RoundAll, at
+				// the first step, outside the graphs (a RoundAll inside would diverge).
+				if prec != FP32 && (graphBE.roundAlls != 1 || graphBE.roundedUpdates != len(batches)) {
+					t.Errorf("graphed: %d RoundAll, %d rounding updates; want 1 and %d", graphBE.roundAlls, graphBE.roundedUpdates, len(batches))
+				}
 				if rc.dropout > 0 && st.NodeUpdates == 0 {
 					t.Errorf("no kernel node updated although every step draws new dropout seeds")
 				}

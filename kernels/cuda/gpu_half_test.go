@@ -252,7 +252,10 @@ func TestHalfAttention(t *testing.T) {
 // bits, since each 16-bit buffer holds exactly the rounding the Linear would have
 // made. The 16-bit GEMM outputs (kernels.HalfOutputs) change results on purpose and
 // are off here (lt.out16Off; TestHalfFFNTraining checks them). fp16 runs with its loss
-// scale, so the rounded gradients are the scaled ones in both runs.
+// scale, so the rounded gradients are the scaled ones in both runs. The copies are
+// written by the optimizer (kernels.RoundingOptimizer: one RoundAll, at the first step,
+// then every update writes them) and, in a third run, by a RoundAll before every step
+// (roundedAdamOff): the same bits again.
 func TestHalfTrainingSameBits(t *testing.T) {
 	gpu(t)
 	m, batches := fixtureTraining(t, 3)
@@ -263,9 +266,20 @@ func TestHalfTrainingSameBits(t *testing.T) {
 				plain.halfOff = true
 				halves := newGraphTestBackend(t, prec, false)
 				halves.lt.out16Off = true
+				rounds := newGraphTestBackend(t, prec, false)
+				rounds.lt.out16Off = true
+				rounds.roundedAdamOff = true
 				ref, _ := runTrain(t, m, plain, rc, batches)
 				got, _ := runTrain(t, m, halves, rc, batches)
 				checkSameRun(t, "with 16-bit buffers", got, "without", ref)
+				again, _ := runTrain(t, m, rounds, rc, batches)
+				checkSameRun(t, "with copies rounded every step", again, "without 16-bit buffers", ref)
+				if halves.roundAlls != 1 || halves.roundedUpdates != len(batches) {
+					t.Errorf("copies written by %d RoundAll and %d updates, want 1 and %d", halves.roundAlls, halves.roundedUpdates, len(batches))
+				}
+				if rounds.roundAlls != len(batches) || rounds.roundedUpdates != 0 {
+					t.Errorf("with roundedAdamOff: %d RoundAll, %d rounding updates; want %d and 0", rounds.roundAlls, rounds.roundedUpdates, len(batches))
+				}
 			})
 		}
 	}

@@ -95,6 +95,7 @@ func (be *Backend) RoundAll(dst, src []kernels.Buffer) {
 		return
 	}
 	defer be.enter()()
+	be.roundAlls++
 	words, kept := roundListDescriptor(dst, src)
 	if kept == 0 {
 		return
@@ -136,6 +137,43 @@ func roundListDescriptor(dst, src []kernels.Buffer) ([]int32, int) {
 		put(uint64(dev(src[i]).n))
 	}
 	return words, len(keep)
+}
+
+// halfTargetWords lays out adam_list's half list for the parameters p (the kept ones,
+// as listDescriptor keeps them: not empty): per parameter the address of the 16-bit
+// element that mirrors p[i][0], or 0 when half[i].Buf is nil, as two int32 words each.
+// It returns nil when no parameter has a copy (adam_list then gets a null list).
+func (be *Backend) halfTargetWords(half []kernels.HalfTarget, p []kernels.Buffer) []int32 {
+	if half == nil {
+		return nil
+	}
+	if len(half) != len(p) {
+		panic(fmt.Sprintf("cuda backend: %d 16-bit targets for %d parameters", len(half), len(p)))
+	}
+	var words []int32
+	any := false
+	for i, x := range p {
+		b := dev(x)
+		if b == nil || b.n == 0 {
+			continue
+		}
+		var a uint64
+		if t := half[i]; t.Buf != nil {
+			h := halfOf(t.Buf)
+			if h == nil || t.Off < 0 || t.Off+b.n > h.n {
+				panic(fmt.Sprintf("cuda backend: 16-bit target %d: %T at %d for %d elements (a 16-bit buffer that holds them wanted)", i, t.Buf, t.Off, b.n))
+			}
+			if be.precision == FP32 {
+				panic("cuda backend: 16-bit copies in FP32")
+			}
+			a, any = h.dptr()+2*uint64(t.Off), true
+		}
+		words = append(words, int32(uint32(a)), int32(uint32(a>>32)))
+	}
+	if !any {
+		return nil
+	}
+	return words
 }
 
 // outOf is the address, element count and format (xfOut*) of an operation's output

@@ -21,6 +21,7 @@ var _ kernels.Trainer = (*Backend)(nil)
 type trainFunctions struct {
 	colPartial, colFinish, sumsqPartial, scaleList, sumStrided uintptr
 	adamList, fillList                                         uintptr
+	adamListBF16, adamListF16                                  uintptr
 	mul, addTo, scale                                          uintptr
 	layernormBwd, residualBwd, activateBwd, embedBwd           uintptr
 	attentionBwdQ, attentionBwdKV                              uintptr
@@ -32,7 +33,7 @@ func (f *trainFunctions) add(m map[string]*uintptr) {
 	for name, p := range map[string]*uintptr{
 		"col_partial": &f.colPartial, "col_finish": &f.colFinish, "sumsq_partial": &f.sumsqPartial,
 		"scale_list": &f.scaleList, "sum_strided": &f.sumStrided,
-		"adam_list": &f.adamList, "fill_list": &f.fillList,
+		"adam_list": &f.adamList, "fill_list": &f.fillList, "adam_list_bf16": &f.adamListBF16, "adam_list_f16": &f.adamListF16,
 		"mul": &f.mul, "add_to": &f.addTo, "scale": &f.scale,
 		"layernorm_bwd": &f.layernormBwd, "residual_bwd": &f.residualBwd, "activate_bwd": &f.activateBwd,
 		"embed_bwd": &f.embedBwd, "attention_bwd_q": &f.attentionBwdQ, "attention_bwd_kv": &f.attentionBwdKV,

@@ -27,15 +27,16 @@ __device__ __forceinline__ void adam_val(float& x, float gi, float& mi, float& v
 // scale_list would have stored it (kernels.ClippedOptimizer); pre = clip = 1 is exact.
 __device__ __forceinline__ float adam_grad(float g, float pre, float clip) { return (g * pre) * clip; }
 
-// adam_elem updates element i in memory.
-__device__ __forceinline__ void adam_elem(float* p, const float* g, float* m, float* v, long long i, float beta1,
-                                          float beta2, float omb1, float omb2, float eps, float decay, float step,
-                                          int update, float pre, float clip) {
+// adam_elem updates element i in memory and returns the new weight.
+__device__ __forceinline__ float adam_elem(float* p, const float* g, float* m, float* v, long long i, float beta1,
+                                           float beta2, float omb1, float omb2, float eps, float decay, float step,
+                                           int update, float pre, float clip) {
     float x = p[i], mi = m[i], vi = v[i];
     adam_val(x, adam_grad(g[i], pre, clip), mi, vi, beta1, beta2, omb1, omb2, eps, decay, step, update);
     v[i] = vi;
     m[i] = mi;
     p[i] = x;
+    return x;
 }
 
 extern "C" __global__ void adam_step(float* p, const float* g, float* m, float* v, long long n, float beta1,
@@ -48,6 +49,21 @@ extern "C" __global__ void adam_step(float* p, const float* g, float* m, float* 
 
 // The list kernels run on chunks of the buffers, one chunk per block (list_span_of and
 // the layout of desc and tasks: xform.cuh).
+
+// adam_copy_span writes RN16 of a chunk's n weights into its 16-bit copy h, as
+// round_list does (the float4 path where both are aligned for it): the copies of a
+// skipped update. Not inlined: it runs only then, and kept out of the update's
+// register allocation.
+__device__ __noinline__ void adam_copy_span(unsigned short* h, const float* p, int n, int fmt) {
+    int done = 0;
+    if (aligned16(p) && xf_out_aligned(h, fmt)) {
+        const float4* p4 = reinterpret_cast<const float4*>(p);
+        const int n4 = n >> 2;
+        for (int q = threadIdx.x; q < n4; q += LIST_THREADS) xf_store4(h, q, p4[q], fmt);
+        done = 4 * n4;
+    }
+    for (int e = done + threadIdx.x; e < n; e += LIST_THREADS) h[e] = xf_round16(p[e], fmt);
+}
 
 // Two float4 of each of p, g, m, v per thread in flight: 64 registers, four blocks of
 // 256 per SM. Four float4 each took 102 registers, halving the resident threads for
@@ -69,22 +85,43 @@ extern "C" __global__ void adam_step(float* p, const float* g, float* m, float* 
 //   else                             → clip = 1
 // So the gradients are read here once, not scaled in place before (scale_list) and
 // after (clipping) the norm, and the host need not see the norm before this launch.
-extern "C" __global__ void adam_list(const unsigned long long* desc, int nbuf, float beta1, float beta2,
-                                     float omb1, float omb2, float eps, float decay, float step, int update,
-                                     const int2* tasks, float pre, const double* sumsq, double maxNorm) {
+//
+// adam_list_bf16 and adam_list_f16 (kernels.RoundingOptimizer) also write 16-bit copies
+// of the weights: half[k], when not 0, is the address of the 16-bit element that
+// mirrors p_k[0], and each updated weight is stored there as xf_round16 of the register
+// the float store takes: the bits round_list (half.cu) would write from p afterwards,
+// without reading p again. A skipped update rewrites the copies from the unchanged
+// weights, so after any launch the copies hold RN16(p) whatever they held before.
+// Registers (NVRTC 13.5, sm_90, no spills): adam_list 68, three blocks of 256 per SM.
+// With the format a run-time argument of one kernel it took 84 (two blocks per SM);
+// templated 82; __launch_bounds__(256, 3) brings bf16 to 72 and fp16 to 80, keeping
+// three blocks. kFmt == XF_OUT_F32 is adam_list, with no copies.
+template <int kFmt>
+__device__ __forceinline__ void adam_list_body(const unsigned long long* desc, int nbuf, float beta1, float beta2,
+                                               float omb1, float omb2, float eps, float decay, float step,
+                                               int update, const int2* tasks, float pre, const double* sumsq,
+                                               double maxNorm, const unsigned long long* half) {
     float clip = 1.0f;
+    bool skip = false;
     if (sumsq != nullptr) {
         const double norm = sqrt(*sumsq);
-        if (!isfinite(norm)) return;  // the whole block: no __syncthreads below
+        skip = !isfinite(norm);
+        if (skip && kFmt == XF_OUT_F32) return;  // the whole block: no __syncthreads below
         if (maxNorm > 0.0 && norm > maxNorm) clip = (float)(maxNorm / (norm + 1e-6));
     }
     const list_span sp = list_span_of(tasks, desc + 4 * nbuf);
     float* p = (float*)desc[sp.k] + sp.start;
+    unsigned short* h = nullptr;
+    if (kFmt != XF_OUT_F32 && half[sp.k] != 0ull) h = (unsigned short*)half[sp.k] + sp.start;
+    if (kFmt != XF_OUT_F32 && skip) {
+        if (h != nullptr) adam_copy_span(h, p, sp.len, kFmt);
+        return;
+    }
     const float* g = (const float*)desc[nbuf + sp.k] + sp.start;
     float* m = (float*)desc[2 * nbuf + sp.k] + sp.start;
     float* v = (float*)desc[3 * nbuf + sp.k] + sp.start;
     int done = 0;
-    if (aligned16(p) && aligned16(g) && aligned16(m) && aligned16(v)) {
+    if (aligned16(p) && aligned16(g) && aligned16(m) && aligned16(v) && (h == nullptr || xf_out_aligned(h, kFmt))) {
         float4* p4 = reinterpret_cast<float4*>(p);
         const float4* g4 = reinterpret_cast<const float4*>(g);
         float4* m4 = reinterpret_cast<float4*>(m);
@@ -117,13 +154,39 @@ extern "C" __global__ void adam_list(const unsigned long long* desc, int nbuf, f
                     v4[q] = vr[u];
                     m4[q] = mr[u];
                     p4[q] = pr[u];
+                    if (kFmt != XF_OUT_F32 && h != nullptr) xf_store4(h, q, pr[u], kFmt);
                 }
             }
         }
         done = 4 * n4;
     }
-    for (int e = done + threadIdx.x; e < sp.len; e += LIST_THREADS)
-        adam_elem(p, g, m, v, e, beta1, beta2, omb1, omb2, eps, decay, step, update, pre, clip);
+    for (int e = done + threadIdx.x; e < sp.len; e += LIST_THREADS) {
+        const float x = adam_elem(p, g, m, v, e, beta1, beta2, omb1, omb2, eps, decay, step, update, pre, clip);
+        if (kFmt != XF_OUT_F32 && h != nullptr) h[e] = xf_round16(x, kFmt);
+    }
+}
+
+extern "C" __global__ void adam_list(const unsigned long long* desc, int nbuf, float beta1, float beta2,
+                                     float omb1, float omb2, float eps, float decay, float step, int update,
+                                     const int2* tasks, float pre, const double* sumsq, double maxNorm) {
+    adam_list_body<XF_OUT_F32>(desc, nbuf, beta1, beta2, omb1, omb2, eps, decay, step, update, tasks, pre, sumsq,
+                               maxNorm, nullptr);
+}
+
+extern "C" __global__ void __launch_bounds__(LIST_THREADS, 3)
+    adam_list_bf16(const unsigned long long* desc, int nbuf, float beta1, float beta2, float omb1, float omb2, float eps,
+               float decay, float step, int update, const int2* tasks, float pre, const double* sumsq,
+               double maxNorm, const unsigned long long* half) {
+    adam_list_body<XF_OUT_BF16>(desc, nbuf, beta1, beta2, omb1, omb2, eps, decay, step, update, tasks, pre, sumsq,
+                               maxNorm, half);
+}
+
+extern "C" __global__ void __launch_bounds__(LIST_THREADS, 3)
+    adam_list_f16(const unsigned long long* desc, int nbuf, float beta1, float beta2, float omb1, float omb2, float eps,
+              float decay, float step, int update, const int2* tasks, float pre, const double* sumsq,
+              double maxNorm, const unsigned long long* half) {
+    adam_list_body<XF_OUT_F16>(desc, nbuf, beta1, beta2, omb1, omb2, eps, decay, step, update, tasks, pre, sumsq,
+                              maxNorm, half);
 }
 
 // fill_list sets every element of every buffer of desc (addresses, then lengths) to
