@@ -35,7 +35,7 @@ type am16Fns struct {
 // (both directions on the second tensor-core kernels, whose _h variants take every one
 // of them; the third kernels' only where they also fit), unless switched off (tests).
 func (be *Backend) AttentionInputs16(a kernels.AttentionArgs) bool {
-	if !be.Attention16(a) {
+	if !be.Attention16(a) || be.attnIn16EnvOff {
 		return false
 	}
 	defer be.enter()()

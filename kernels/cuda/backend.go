@@ -109,6 +109,9 @@ type Backend struct {
 	// roundedAdamOff: tests and XFORM_CUDA_ROUNDED_ADAM=0: RoundsUpdates is false, so a
 	// model refreshes its 16-bit weight copies with RoundAll (optim_backward.go).
 	roundedAdamOff bool
+	// attnIn16EnvOff: XFORM_CUDA_ATTN16=0, the bench's A/B switch: the attention reads
+	// float32 q, k, v and dout, as before the 16-bit inputs.
+	attnIn16EnvOff bool
 	// roundAlls and roundedUpdates count RoundAll calls and the updates that wrote the
 	// copies (kernels.RoundingOptimizer), for tests.
 	roundAlls, roundedUpdates int
@@ -206,6 +209,7 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 	}
 	// The A/B switch for the bench: the copies refreshed by RoundAll, as before.
 	be.roundedAdamOff = os.Getenv("XFORM_CUDA_ROUNDED_ADAM") == "0"
+	be.attnIn16EnvOff = os.Getenv("XFORM_CUDA_ATTN16") == "0"
 	switch os.Getenv("XFORM_CUDA_PROFILE") {
 	case "1":
 		be.profile = newOpProfile()
