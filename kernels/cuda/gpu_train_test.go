@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/xform-dev/xform/kernels"
 	"github.com/xform-dev/xform/kernels/cpu"
 	"github.com/xform-dev/xform/model"
+	"github.com/xform-dev/xform/tensor"
 	"github.com/xform-dev/xform/train"
 )
 
@@ -111,6 +113,61 @@ func fixtureTraining(t *testing.T, n int) (*model.Model, []*model.TrainBatch) {
 		t.Fatal(err)
 	}
 	return m, readRefBatches(t, filepath.Join(dir, "train", "batches.npz"), n)
+}
+
+// headDim64Training returns a random Admin model with head dimension 64 that the
+// training fixture's batches fit, and the first n of those batches. The fixture model
+// (d 32, 4 heads: head dimension 8) never reaches the tensor-core attention, which
+// takes head dimension 64 only (mmaShape), so a training test of that attention (and
+// of the 16-bit attention inputs, which ride on it) needs this one: the fixture's
+// vocabulary, shared embeddings and Admin init, d 128 in 2 heads, FFN 256, 2+2 layers
+// (the CPU's 10 updates stay at seconds). The weights are what the reference's
+// initialisations give in distribution, so that the steps behave like a real model's:
+// matrices and embeddings N(0, 1/fan-in) (q, k entries ~1, attention logits ~1, the
+// tied output's logits ~1), small biases, LayerNorm gains and Admin's ω near 1 (ω is
+// the residual's weight: LN(f(x) + ω⊙x)).
+func headDim64Training(t *testing.T, n int) (*model.Model, []*model.TrainBatch) {
+	t.Helper()
+	fix, batches := fixtureTraining(t, n)
+	c := fix.Config
+	if !c.Init.HasOmega() {
+		t.Fatalf("fixture init %q: not Admin", c.Init)
+	}
+	c.EncoderEmbedDim, c.DecoderEmbedDim = 128, 128
+	c.EncoderHeads, c.DecoderHeads = 2, 2
+	c.EncoderFFNDim, c.DecoderFFNDim = 256, 256
+	c.EncoderLayers, c.DecoderLayers = min(c.EncoderLayers, 2), min(c.DecoderLayers, 2)
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range batches {
+		for _, ids := range [][]int32{b.Src, b.Prev, b.Target} {
+			for _, id := range ids {
+				if id < 0 || int(id) >= min(c.SrcVocab, c.TgtVocab) {
+					t.Fatalf("batch token %d outside the vocabulary (%d, %d)", id, c.SrcVocab, c.TgtVocab)
+				}
+			}
+		}
+	}
+	m := &model.Model{Config: c, Params: map[string]*tensor.Tensor{}}
+	r := rand.New(rand.NewPCG(64, 65))
+	for _, p := range c.Expected() {
+		v := randVec(r, tensor.Numel(p.Shape))
+		scale, shift := 0.02, 0.0 // biases
+		switch {
+		case strings.HasSuffix(p.Name, "_omega"), strings.Contains(p.Name, "layer_norm.weight"):
+			scale, shift = 0.05, 1
+		case strings.Contains(p.Name, "layer_norm.bias"):
+			scale = 0.05
+		case len(p.Shape) == 2:
+			scale = 1 / math.Sqrt(float64(p.Shape[1]))
+		}
+		for i := range v {
+			v[i] = float32(shift + scale*float64(v[i]))
+		}
+		m.Params[p.Name] = tensor.FromF32(p.Shape, v)
+	}
+	return m, batches
 }
 
 // sameBitsCases are the two recipes the bit-identity training tests run: RAdam without
