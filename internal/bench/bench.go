@@ -60,6 +60,10 @@ type HostUse struct {
 	GEMMSkipped    int     `json:"gemm_refusals_remembered"`
 	DeviceAllocs   int     `json:"device_allocs"`
 	DeviceAllocGiB float64 `json:"device_alloc_gib"`
+	// DeviceWaitMs is the host time spent blocked on the device (synchronisations,
+	// reads of results). Wall time minus it is the host's own work: where that is
+	// close to the update's wall time, the host, not the GPU, sets the pace.
+	DeviceWaitMs float64 `json:"device_wait_ms"`
 }
 
 // sub is h − o, counter by counter.
@@ -67,7 +71,8 @@ func (h HostUse) sub(o HostUse) HostUse {
 	return HostUse{GEMMPlans: h.GEMMPlans - o.GEMMPlans, GEMMRefused: h.GEMMRefused - o.GEMMRefused,
 		GEMMPlanMs: h.GEMMPlanMs - o.GEMMPlanMs, GEMMQueries: h.GEMMQueries - o.GEMMQueries,
 		GEMMReused: h.GEMMReused - o.GEMMReused, GEMMSkipped: h.GEMMSkipped - o.GEMMSkipped,
-		DeviceAllocs: h.DeviceAllocs - o.DeviceAllocs, DeviceAllocGiB: h.DeviceAllocGiB - o.DeviceAllocGiB}
+		DeviceAllocs: h.DeviceAllocs - o.DeviceAllocs, DeviceAllocGiB: h.DeviceAllocGiB - o.DeviceAllocGiB,
+		DeviceWaitMs: h.DeviceWaitMs - o.DeviceWaitMs}
 }
 
 // ModelInfo identifies the benchmarked model.
@@ -487,6 +492,11 @@ func (r *TrainResult) WriteText(w io.Writer) error {
 	if h := r.Host; h != nil {
 		fmt.Fprintf(bw, "| host, timed updates: %d GEMM plans built (%d refused) in %.1f ms, %d device allocations (%.3f GiB); %d heuristic queries, %d plans on a reused algorithm, %d remembered refusals\n",
 			h.GEMMPlans, h.GEMMRefused, h.GEMMPlanMs, h.DeviceAllocs, h.DeviceAllocGiB, h.GEMMQueries, h.GEMMReused, h.GEMMSkipped)
+		if r.Updates > 0 && r.Seconds > 0 {
+			per := h.DeviceWaitMs / float64(r.Updates)
+			fmt.Fprintf(bw, "| host, timed updates: blocked on the device %.2f ms per update, busy %.2f ms per update (%.0f%% of the wall time)\n",
+				per, 1e3*r.Seconds/float64(r.Updates)-per, 100*(1-h.DeviceWaitMs/(1e3*r.Seconds)))
+		}
 	}
 	return bw.Flush()
 }

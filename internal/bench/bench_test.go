@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -226,6 +227,7 @@ func TestTrainTinyCPU(t *testing.T) {
 			host.GEMMSkipped += 3
 			host.DeviceAllocs += 2
 			host.DeviceAllocGiB += 0.25
+			host.DeviceWaitMs += 0.125
 			return nil
 		},
 		Memory: func() (DeviceMemory, error) { return DeviceMemory{PeakAllocated: 1 << 20, Total: 1 << 30}, nil },
@@ -261,13 +263,18 @@ func TestTrainTinyCPU(t *testing.T) {
 	if math.IsNaN(res.FirstLoss) || math.IsNaN(res.LastLoss) || res.Model.Params != m.NumParams() {
 		t.Errorf("loss %g -> %g, params %d", res.FirstLoss, res.LastLoss, res.Model.Params)
 	}
-	if want := (HostUse{GEMMPlans: 12, GEMMRefused: 4, GEMMPlanMs: 2, GEMMQueries: 8, GEMMReused: 4, GEMMSkipped: 12, DeviceAllocs: 8, DeviceAllocGiB: 1}); res.Host == nil || *res.Host != want {
+	if want := (HostUse{GEMMPlans: 12, GEMMRefused: 4, GEMMPlanMs: 2, GEMMQueries: 8, GEMMReused: 4, GEMMSkipped: 12, DeviceAllocs: 8, DeviceAllocGiB: 1, DeviceWaitMs: 0.5}); res.Host == nil || *res.Host != want {
 		t.Errorf("host costs %+v, want %+v (the 4 timed updates' growth)", res.Host, want)
 	}
 	var text bytes.Buffer
 	if err := res.WriteText(&text); err != nil || !strings.Contains(text.String(), "target tokens/s") ||
 		!strings.Contains(text.String(), "12 GEMM plans built (4 refused) in 2.0 ms, 8 device allocations (1.000 GiB); 8 heuristic queries, 4 plans on a reused algorithm, 12 remembered refusals") {
 		t.Errorf("text %q, %v", text.String(), err)
+	}
+	// Blocked 0.125 ms per update; busy is the rest of the mean update time.
+	wantBusy := fmt.Sprintf("blocked on the device 0.12 ms per update, busy %.2f ms per update", res.MsPerUpdateMean-0.125)
+	if !strings.Contains(text.String(), wantBusy) {
+		t.Errorf("text %q lacks %q", text.String(), wantBusy)
 	}
 	// A time limit ends the timed updates early, after at least one.
 	res, err = Train(ctx, s, batches, TrainOptions{Updates: 30, MaxSeconds: 1e-9})

@@ -463,12 +463,15 @@ type HostStats struct {
 	LtQueries, LtReused, LtCheckRefused, LtSkipped int
 	Allocs                                         int
 	AllocBytes                                     uint64
+	// DeviceWait is the host time spent blocked on the device: synchronisations,
+	// event waits and device-to-host copies (which wait for the queued work).
+	DeviceWait time.Duration
 }
 
 // HostStats returns the counters.
 func (be *Backend) HostStats() HostStats {
 	be.pool.mu.Lock()
-	st := HostStats{Allocs: be.pool.allocs, AllocBytes: be.pool.allocBytes}
+	st := HostStats{Allocs: be.pool.allocs, AllocBytes: be.pool.allocBytes, DeviceWait: time.Duration(be.drv.waited.Load())}
 	be.pool.mu.Unlock()
 	defer be.enter()()
 	s := &be.lt

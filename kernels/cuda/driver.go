@@ -3,6 +3,8 @@ package cuda
 import (
 	"fmt"
 	"path/filepath"
+	"sync/atomic"
+	"time"
 	"unsafe"
 )
 
@@ -26,6 +28,11 @@ const (
 type driver struct {
 	path   string
 	handle uintptr // the dlopen handle, for entry points bound later (graphs.go)
+	// waited is the host time spent blocked on the device (synchronisations and
+	// device-to-host copies, which wait for the queue), in nanoseconds: with the wall
+	// time of a training update it says how much of it the host had nothing to do
+	// (HostStats.DeviceWait).
+	waited atomic.Int64
 
 	cuInit, cuDriverGetVersion, cuGetErrorName, cuGetErrorString     uintptr
 	cuDeviceGetCount, cuDeviceGet, cuDeviceGetName, cuDeviceTotalMem uintptr
@@ -182,8 +189,18 @@ func (d *driver) setCurrent(ctx uintptr) error {
 }
 
 func (d *driver) synchronize() error {
+	defer d.wait(time.Now())
 	return d.check("cuCtxSynchronize", call(d.cuCtxSynchronize))
 }
+
+// eventSync waits for event ev; the time counts as waiting for the device.
+func (d *driver) eventSync(ev uintptr) error {
+	defer d.wait(time.Now())
+	return d.check("cuEventSynchronize", call(d.cuEventSynchronize, ev))
+}
+
+// wait adds the time since t0 to the host time spent blocked on the device.
+func (d *driver) wait(t0 time.Time) { d.waited.Add(int64(time.Since(t0))) }
 
 func (d *driver) memInfo() (free, total uint64, err error) {
 	err = d.check("cuMemGetInfo_v2", call(d.cuMemGetInfo, uintptr(unsafe.Pointer(&free)), uintptr(unsafe.Pointer(&total))))

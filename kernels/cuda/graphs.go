@@ -287,7 +287,7 @@ func (be *Backend) Graphed(key string, f func() error) error {
 		return f()
 	}
 	// The previous launch must be done before its pinned uploads are overwritten.
-	must(be.drv.check("cuEventSynchronize", call(be.drv.cuEventSynchronize, g.done)))
+	must(be.drv.eventSync(g.done))
 	g.dev.reset()
 	g.host.reset()
 	g.pos = 0
@@ -417,7 +417,7 @@ func (be *Backend) launchGraph(sg *stepGraph) {
 
 func (be *Backend) dropGraph(sg *stepGraph) {
 	g := &be.graph
-	must(be.drv.check("cuEventSynchronize", call(be.drv.cuEventSynchronize, g.done)))
+	must(be.drv.eventSync(g.done))
 	call(g.api.execDestroy, sg.exec)
 	call(g.api.graphDestroy, sg.graph)
 	delete(g.graphs, sg.key)
@@ -656,7 +656,7 @@ func (be *Backend) readLater(b *buffer, bytes int) func() []byte {
 func (be *Backend) pinnedReader(host unsafe.Pointer, bytes int) func() []byte {
 	return func() []byte {
 		defer be.enter()()
-		must(be.drv.check("cuEventSynchronize", call(be.drv.cuEventSynchronize, be.graph.done)))
+		must(be.drv.eventSync(be.graph.done))
 		return append([]byte(nil), unsafe.Slice((*byte)(host), bytes)...)
 	}
 }

@@ -275,6 +275,7 @@ func (d *driver) htodQueued(dst uint64, src unsafe.Pointer, bytes uint64) error 
 }
 
 func (d *driver) dtoh(dst unsafe.Pointer, src uint64, bytes uint64) error {
+	defer d.wait(time.Now())
 	return d.check("cuMemcpyDtoH_v2", call(d.cuMemcpyDtoH, uintptr(dst), uintptr(src), uintptr(bytes)))
 }
 
