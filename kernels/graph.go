@@ -26,3 +26,13 @@ type StepGrapher interface {
 type DeferredLosser interface {
 	LabelSmoothedLossDeferred(dlogits, logits Buffer, targets []int32, rows, V int, eps float32, ignore int32, scale float32) func() (loss, nll float64)
 }
+
+// DeferredReader is a backend whose deferred results (DeferredLosser's sums,
+// ClippedOptimizer's norm) may be read after more work was queued: a reader then waits
+// for the work queued before it alone, not for everything queued since. A trainer can
+// then queue update n+1 before reading update n's loss, so the device never waits for
+// the host between updates. DeferredReads may answer false (e.g. while steps are
+// graphed, whose read-backs the next replay overwrites).
+type DeferredReader interface {
+	DeferredReads() bool
+}

@@ -53,6 +53,10 @@ type StepOptions struct {
 	// every ω is set from the running ratio before its sub-layer computes. The ratios
 	// are returned in StepResult.
 	Profile bool
+	// DeferLoss leaves StepResult.Loss and NLL zero and sets ReadLoss instead, which
+	// the caller calls later (after queueing more work, where the backend is a
+	// kernels.DeferredReader). Ignored with Profile, which reads mid-step anyway.
+	DeferLoss bool
 }
 
 func (o *StepOptions) gradScale() float32 {
@@ -67,6 +71,9 @@ type StepResult struct {
 	Loss, NLL  float64
 	NTokens    int
 	NSentences int
+	// ReadLoss returns Loss and NLL where StepOptions.DeferLoss was set (nil
+	// otherwise); call it once.
+	ReadLoss func() (loss, nll float64)
 	// ProfileEncoder and ProfileDecoder are ω per branch when StepOptions.Profile was set
 	// (encoder 2 per layer, decoder 3 per layer, in forward order).
 	ProfileEncoder, ProfileDecoder []float64
@@ -1281,7 +1288,11 @@ func (n *TrainNet) Step(ctx context.Context, b *TrainBatch, o StepOptions) (Step
 	if err != nil {
 		return StepResult{}, err
 	}
-	res.Loss, res.NLL = readLoss()
+	if o.DeferLoss && !o.Profile {
+		res.ReadLoss = readLoss
+	} else {
+		res.Loss, res.NLL = readLoss()
+	}
 	if o.Profile {
 		res.ProfileEncoder, res.ProfileDecoder = profEnc.out, profDec.out
 	}

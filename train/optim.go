@@ -109,6 +109,14 @@ func (o *Optimizer) stepClipped(co kernels.ClippedOptimizer, net *model.TrainNet
 	return norm
 }
 
+// queueClipped is stepClipped returning the norm's reader instead of the norm: the
+// update is queued and counted at once (Stepper.Queue; an update the device skips for
+// a non-finite norm ends the run, so the count matters no more).
+func (o *Optimizer) queueClipped(co kernels.ClippedOptimizer, net *model.TrainNet, lr float64, pre float32, maxNorm float64) func() float64 {
+	o.steps++
+	return net.AdamStepClipped(co, o.m, o.v, pre, maxNorm, o.stepScalars(o.steps, lr))
+}
+
 // GradNorm returns the L2 norm of all gradients; when maxNorm > 0 and the norm exceeds
 // it, the gradients are scaled by maxNorm/(norm+1e-6) as torch's clip_grad_norm_ does.
 // The norm before clipping is returned either way (fairseq logs it as gnorm).

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/xform-dev/xform/kernels"
 	"github.com/xform-dev/xform/kernels/cpu"
 	"github.com/xform-dev/xform/model"
 	"github.com/xform-dev/xform/train"
@@ -39,10 +40,16 @@ func flt(t *testing.T, argv []string, flag string) float64 {
 // stepperFor builds our trainer with the reference run's flags and starting weights.
 func stepperFor(t *testing.T, run refRun, z npz, name string) *train.Stepper {
 	t.Helper()
+	return stepperOn(t, run, z, name, cpu.New(2))
+}
+
+// stepperOn is stepperFor on backend be.
+func stepperOn(t *testing.T, run refRun, z npz, name string, be kernels.Trainer) *train.Stepper {
+	t.Helper()
 	argv := run.Argv
 	cfg := refConfig(argv)
 	m := &model.Model{Config: cfg, Params: canonicalParams(t, z, name+"/state0/", cfg.EncoderEmbedDim)}
-	net, err := model.NewTrainNet(m, cpu.New(2))
+	net, err := model.NewTrainNet(m, be)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,4 +199,75 @@ func TestFirstGradientMatchesReference(t *testing.T) {
 		}
 	}
 	t.Logf("max |Δgrad| %.3g", worst)
+}
+
+// deferredCPU is the CPU backend declaring deferred reads (kernels.DeferredReader), so
+// that a Stepper pipelines on it as on the GPU: its results are computed when queued,
+// so reading them late is always right, and the test checks the bookkeeping.
+type deferredCPU struct{ *cpu.Backend }
+
+func (deferredCPU) DeferredReads() bool { return true }
+
+// TestPipelinedStepsMatchReference trains the Admin reference runs with update k+1
+// queued before update k's results are read (Stepper.Queue / Pending.Wait, as xform
+// train and xform bench do on the GPU) and checks every update's log against the
+// reference with TestStepsMatchReference's tolerances, and the weights after the last
+// update (the earlier ones are not observable: the next update is queued by then).
+func TestPipelinedStepsMatchReference(t *testing.T) {
+	dir := refDir(t)
+	meta := readMeta(t, dir)
+	batches := readNPZ(t, dir+"/batches.npz")
+	z := readNPZ(t, dir+"/runs_admin.npz")
+	for _, name := range []string{"admin_adam", "admin_radam"} {
+		run, ok := meta.Runs[name]
+		if !ok || run.Init != "ckpt_u1" || max(run.UpdateFreq, 1) != 1 {
+			t.Fatalf("reference run %s missing or not a one-batch Admin run", name)
+		}
+		t.Run(name, func(t *testing.T) {
+			s := stepperOn(t, run, z, name, deferredCPU{cpu.New(2)})
+			if !s.Pipelined() {
+				t.Fatal("Stepper.Pipelined false on a backend with deferred reads and the fused optimizer")
+			}
+			rel := func(a, b float64) float64 { return math.Abs(a-b) / math.Max(math.Abs(b), 1e-12) }
+			check := func(k int, p *train.Pending) {
+				ref := run.Steps[k]
+				lg, err := p.Wait()
+				if err != nil {
+					t.Fatalf("update %d: %v", ref.Update, err)
+				}
+				if rel(lg.LR, ref.LR) > 1e-12 || lg.SampleSize != ref.SampleSize || lg.NSentences != ref.NSentences {
+					t.Errorf("update %d: lr %.12g sample_size %d nsentences %d, reference %.12g %d %d", ref.Update, lg.LR, lg.SampleSize,
+						lg.NSentences, ref.LR, ref.SampleSize, ref.NSentences)
+				}
+				if rel(lg.Loss, ref.Loss) > 1e-5 || rel(lg.NLL, ref.NLL) > 1e-5 || rel(lg.GNorm, ref.GNorm) > 1e-4 {
+					t.Errorf("update %d: loss %.7f nll %.7f gnorm %.7f, reference %.7f %.7f %.7f", ref.Update, lg.Loss, lg.NLL, lg.GNorm,
+						ref.Loss, ref.NLL, ref.GNorm)
+				}
+			}
+			var prev *train.Pending
+			for k := range run.Steps {
+				b, _ := refBatch(t, batches, k)
+				p, err := s.Queue(context.Background(), []*model.TrainBatch{b})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if s.NumUpdates != k+1 {
+					t.Fatalf("after queueing update %d NumUpdates is %d", k+1, s.NumUpdates)
+				}
+				if prev != nil {
+					check(k-1, prev)
+				}
+				prev = p
+			}
+			last := len(run.Steps) - 1
+			check(last, prev)
+			if _, err := prev.Wait(); err != nil {
+				t.Fatalf("a second Wait: %v", err)
+			}
+			d, where, _ := maxDiff(t, s.Net, z, fmt.Sprintf("%s/state%d/", name, run.Steps[last].Update))
+			if d > 1e-5 {
+				t.Errorf("after update %d: weights differ by %.3g at %s", run.Steps[last].Update, d, where)
+			}
+		})
+	}
 }

@@ -87,23 +87,8 @@ func (s *Stepper) Step(ctx context.Context, batches []*model.TrainBatch) (StepLo
 		lg.NSentences += res.NSentences
 	}
 	lg.SampleSize = lg.NTokens
-	// The loss scale comes off in the same multiplication as the 1/sample-size
-	// normalisation, as FP16Optimizer's multiply_grads does. With a power-of-two scale
-	// both factors are exact, so the unscaled gradients equal an unscaled run's bits.
-	pre := float32(1)
-	if lg.SampleSize > 0 || scale != 1 {
-		inv := 1 / scale
-		if lg.SampleSize > 0 {
-			inv = 1 / float64(lg.SampleSize) / scale
-		}
-		pre = float32(inv)
-	}
-	if lg.SampleSize > 0 {
-		lg.Loss = lg.LossSum / float64(lg.SampleSize) / math.Ln2
-	}
-	if lg.NTokens > 0 {
-		lg.NLL = lg.NLLSum / float64(lg.NTokens) / math.Ln2
-	}
+	pre := gradFactor(lg.SampleSize, scale)
+	lg.perToken()
 	// A backend that folds the multiply, the norm, the clipping and the skip of a
 	// non-finite update into the optimizer (the GPU) gets the update queued before the
 	// norm is read, with the same bits. A NaN loss stops the run before any update, so
@@ -144,6 +129,118 @@ func (s *Stepper) Step(ctx context.Context, batches []*model.TrainBatch) (StepLo
 	s.NumUpdates++
 	s.Sched.StepUpdate(s.NumUpdates)
 	return lg, nil
+}
+
+// gradFactor is the factor the gradients are multiplied by before the norm: the loss
+// scale comes off in the same multiplication as the 1/sample-size normalisation, as
+// FP16Optimizer's multiply_grads does. With a power-of-two scale both factors are
+// exact, so the unscaled gradients equal an unscaled run's bits.
+func gradFactor(sampleSize int, scale float64) float32 {
+	pre := float32(1)
+	if sampleSize > 0 || scale != 1 {
+		inv := 1 / scale
+		if sampleSize > 0 {
+			inv = 1 / float64(sampleSize) / scale
+		}
+		pre = float32(inv)
+	}
+	return pre
+}
+
+// perToken sets Loss and NLL, in bits per target token, from the sums.
+func (lg *StepLog) perToken() {
+	if lg.SampleSize > 0 {
+		lg.Loss = lg.LossSum / float64(lg.SampleSize) / math.Ln2
+	}
+	if lg.NTokens > 0 {
+		lg.NLL = lg.NLLSum / float64(lg.NTokens) / math.Ln2
+	}
+}
+
+// Pipelined says whether Queue returns before the update's loss and gradient norm are
+// read, so that the caller can queue the next update first and the device does not
+// wait for the host between updates. That needs a backend that folds the clipping into
+// the optimizer (kernels.ClippedOptimizer) and reads results after later work was
+// queued (kernels.DeferredReader: the GPU backend without graphs), and no loss scaler
+// (fp16's scaler decides the next update's scale from this one's norm).
+func (s *Stepper) Pipelined() bool {
+	be := s.Net.Backend()
+	_, fused := be.(kernels.ClippedOptimizer)
+	dr, ok := be.(kernels.DeferredReader)
+	return fused && ok && s.Scaler == nil && dr.DeferredReads()
+}
+
+// Pending is an update queued by Queue; Wait reads its results.
+type Pending struct {
+	lg     StepLog
+	update int // 1-based, for the divergence error
+	losses []func() (float64, float64)
+	norm   func() float64
+	clip   float64
+	done   bool
+	err    error
+}
+
+// Queue starts one update over the sub-batches, as Step, and returns before its results
+// are read where Pipelined holds (otherwise it runs Step and the Pending holds its
+// result). NumUpdates and the schedule advance at once. Call Wait before reading the
+// model's weights.
+//
+// Pipelined, an update is applied on the device unless its gradient norm is not finite
+// (the optimizer skips it there, as Step does), and the check Step makes before
+// queueing the update (a NaN loss) comes at Wait: a NaN loss with finite gradients is
+// applied before Wait reports the divergence. Either way Wait returns ErrDiverged and
+// the run must stop; the optimizer's step count took the update as done.
+func (s *Stepper) Queue(ctx context.Context, batches []*model.TrainBatch) (*Pending, error) {
+	if !s.Pipelined() {
+		lg, err := s.Step(ctx, batches)
+		return &Pending{lg: lg, err: err, done: true}, err
+	}
+	p := &Pending{lg: StepLog{LR: s.Sched.LR()}, update: s.NumUpdates + 1, clip: s.Cfg.ClipNorm}
+	net := s.Net
+	net.ZeroGrad()
+	rng := rand.New(rand.NewPCG(s.Cfg.Seed, uint64(s.NumUpdates)))
+	for _, b := range batches {
+		res, err := net.Step(ctx, b, model.StepOptions{
+			Dropout: s.Cfg.Dropout, AttentionDropout: s.Cfg.AttentionDropout, ActivationDropout: s.Cfg.ActivationDropout,
+			RNG: rng, LabelSmoothing: s.Cfg.LabelSmoothing, Train: true, Backward: true, DeferLoss: true,
+		})
+		if err != nil {
+			return nil, err
+		}
+		p.losses = append(p.losses, res.ReadLoss)
+		p.lg.NTokens += res.NTokens
+		p.lg.NSentences += res.NSentences
+	}
+	p.lg.SampleSize = p.lg.NTokens
+	co := net.Backend().(kernels.ClippedOptimizer)
+	p.norm = s.Opt.queueClipped(co, net, p.lg.LR, gradFactor(p.lg.SampleSize, 1), s.Cfg.ClipNorm)
+	s.NumUpdates++
+	s.Sched.StepUpdate(s.NumUpdates)
+	return p, nil
+}
+
+// Wait reads the update's loss and gradient norm (waiting for the device to finish
+// that update only) and returns its log, or ErrDiverged.
+func (p *Pending) Wait() (StepLog, error) {
+	if p.done {
+		return p.lg, p.err
+	}
+	p.done = true
+	lg := &p.lg
+	for _, read := range p.losses {
+		l, n := read()
+		lg.LossSum += l
+		lg.NLLSum += n
+	}
+	lg.perToken()
+	lg.GNorm = p.norm()
+	if math.IsNaN(lg.GNorm) || math.IsInf(lg.GNorm, 0) || math.IsNaN(lg.LossSum) {
+		p.err = fmt.Errorf("%w at update %d: loss %g, gradient norm %g", ErrDiverged, p.update, lg.Loss, lg.GNorm)
+		return *lg, p.err
+	}
+	lg.Clipped = p.clip > 0 && lg.GNorm > p.clip
+	return *lg, nil
 }
 
 // scaleGrads multiplies every gradient by c: one launch on a MultiTensor backend, the

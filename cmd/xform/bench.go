@@ -32,6 +32,7 @@ type benchFlags struct {
 	sentences, genWarmup        int
 	lr, clip, ls, peak, maxLenA float64
 	maxSeconds                  float64
+	syncEach                    bool
 	jsonOut, verbose            bool
 }
 
@@ -119,6 +120,7 @@ pairs, DIR/valid.{src,tgt} with --valid-pairs) for xform preprocess and exits.`,
 	fl.IntVar(&f.updates, "updates", 100, "timed training updates")
 	fl.IntVar(&f.warmup, "warmup", 10, "untimed training updates first")
 	fl.Float64Var(&f.maxSeconds, "time-limit", 0, "stop the timed updates once they took this many seconds (0 = run all --updates)")
+	fl.BoolVar(&f.syncEach, "sync-each-update", false, "read each update's loss and gradient norm before queueing the next (no pipelining; for comparison)")
 	fl.StringVar(&f.initType, "init", "adaptive", "initialisation: adaptive (Admin, profiled untimed), default or deepnet")
 	fl.StringVar(&f.optimizer, "optimizer", "radam", "radam or adam")
 	fl.StringVar(&f.betas, "adam-betas", "(0.9, 0.98)", "Adam betas")
@@ -336,7 +338,8 @@ func benchTrain(ctx context.Context, f *benchFlags, init model.Init, errw io.Wri
 			return nil, err
 		}
 	}
-	o := bench.TrainOptions{Warmup: len(shapes) + f.warmup, Updates: f.updates, MaxSeconds: f.maxSeconds, PeakTFLOPs: f.peak, Hooks: hooks(be)}
+	o := bench.TrainOptions{Warmup: len(shapes) + f.warmup, Updates: f.updates, MaxSeconds: f.maxSeconds, PeakTFLOPs: f.peak, Hooks: hooks(be),
+		NoPipeline: f.syncEach}
 	if f.verbose {
 		o.Progress = errw
 	}

@@ -113,6 +113,9 @@ type TrainOptions struct {
 	Hooks      Hooks
 	// Progress, when set, gets one line per update.
 	Progress io.Writer
+	// NoPipeline reads each update's results before queueing the next even where the
+	// Stepper could pipeline (xform bench --sync-each-update).
+	NoPipeline bool
 }
 
 // TrainResult is what xform bench --mode train reports. Rates count the timed
@@ -134,9 +137,12 @@ type TrainResult struct {
 	Graphs *GraphUse `json:"cuda_graphs,omitempty"`
 	// Host is the host-side work of the timed updates (nil: the backend has no
 	// counters, as the CPU).
-	Host    *HostUse `json:"host_costs,omitempty"`
-	Warmup  int      `json:"warmup_updates"`
-	Updates int      `json:"updates"`
+	Host *HostUse `json:"host_costs,omitempty"`
+	// Pipelined says each update was queued before the previous one's results were
+	// read (train.Stepper.Pipelined), as xform train runs on the GPU.
+	Pipelined bool `json:"pipelined"`
+	Warmup    int  `json:"warmup_updates"`
+	Updates   int  `json:"updates"`
 
 	TargetTokens int     `json:"target_tokens"`
 	SourceTokens int     `json:"source_tokens"`
@@ -167,8 +173,7 @@ type TrainResult struct {
 
 // Train runs opt.Warmup+opt.Updates updates of s (the trainer xform train uses), one
 // batch each, taking batches in order (cycling when there are fewer), and measures the
-// timed ones. Each update's time runs from the start of Stepper.Step to the end of
-// Hooks.Sync after it.
+// timed ones (see the loop for what an update's time is, pipelined or not).
 func Train(ctx context.Context, s *train.Stepper, batches []*model.TrainBatch, opt TrainOptions) (*TrainResult, error) {
 	if opt.Updates < 1 || opt.Warmup < 0 {
 		return nil, fmt.Errorf("bench: need at least one timed update and no negative warm-up (got %d, %d)", opt.Updates, opt.Warmup)
@@ -186,25 +191,19 @@ func Train(ctx context.Context, s *train.Stepper, batches []*model.TrainBatch, o
 	var times []float64
 	var flops, slots float64
 	var host0 HostUse
-	for i := 0; i < opt.Warmup+opt.Updates; i++ {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		if i == opt.Warmup && opt.Hooks.Host != nil {
-			host0 = opt.Hooks.Host()
-		}
-		b := batches[i%len(batches)]
-		t0 := time.Now()
-		lg, err := s.Step(ctx, []*model.TrainBatch{b})
-		if err != nil {
-			return nil, fmt.Errorf("bench: update %d: %w", i+1, err)
-		}
+	res.Pipelined = s.Pipelined() && !opt.NoPipeline
+	sync := func(i int) error {
 		if opt.Hooks.Sync != nil {
 			if err := opt.Hooks.Sync(); err != nil {
-				return nil, fmt.Errorf("bench: update %d: %w", i+1, err)
+				return fmt.Errorf("bench: update %d: %w", i+1, err)
 			}
 		}
-		dt := time.Since(t0).Seconds()
+		return nil
+	}
+	// record books update i (its log lg, dt seconds); it reports whether the timed
+	// updates are done (the time limit).
+	record := func(i int, lg train.StepLog, dt float64) bool {
+		b := batches[i%len(batches)]
 		if i == 0 {
 			res.FirstLoss = lg.Loss
 		}
@@ -217,7 +216,7 @@ func Train(ctx context.Context, s *train.Stepper, batches []*model.TrainBatch, o
 			fmt.Fprintf(opt.Progress, "| update %d (%s): %.1f ms, %d target tokens, loss %.3f\n", i+1, tag, 1e3*dt, lg.NTokens, lg.Loss)
 		}
 		if i < opt.Warmup {
-			continue
+			return false
 		}
 		times = append(times, dt)
 		res.Seconds += dt
@@ -226,9 +225,86 @@ func Train(ctx context.Context, s *train.Stepper, batches []*model.TrainBatch, o
 		res.SourceTokens += countNonPad(b.Src)
 		flops += TrainFLOPs(c, b)
 		slots += float64(b.B * (b.S + b.T))
-		if opt.MaxSeconds > 0 && res.Seconds >= opt.MaxSeconds {
+		return opt.MaxSeconds > 0 && res.Seconds >= opt.MaxSeconds
+	}
+	// Pipelined (the GPU without graphs), update i+1 is queued before update i's
+	// results are read, as xform train runs, and the host syncs only at the warm-up's
+	// end and after the last update: an update's time runs from the previous update's
+	// results to its own (the device's pace once the queue is full). Otherwise each
+	// update runs from the start of Stepper.Step to the end of Hooks.Sync after it.
+	var prev *train.Pending
+	prevAt, prevI := time.Now(), -1
+	finish := func() (bool, error) {
+		if prev == nil {
+			return false, nil
+		}
+		lg, err := prev.Wait()
+		if err != nil {
+			return false, fmt.Errorf("bench: update %d: %w", prevI+1, err)
+		}
+		now := time.Now()
+		dt := now.Sub(prevAt).Seconds()
+		prevAt, prev = now, nil
+		return record(prevI, lg, dt), nil
+	}
+	for i := 0; i < opt.Warmup+opt.Updates; i++ {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if i == opt.Warmup {
+			// The timed updates start on an idle device (unpipelined, each update
+			// ends with a synchronisation already).
+			if res.Pipelined {
+				if _, err := finish(); err != nil {
+					return nil, err
+				}
+				if err := sync(i); err != nil {
+					return nil, err
+				}
+			}
+			if opt.Hooks.Host != nil {
+				host0 = opt.Hooks.Host()
+			}
+			prevAt = time.Now()
+		}
+		b := batches[i%len(batches)]
+		t0 := time.Now()
+		if !res.Pipelined {
+			lg, err := s.Step(ctx, []*model.TrainBatch{b})
+			if err != nil {
+				return nil, fmt.Errorf("bench: update %d: %w", i+1, err)
+			}
+			if err := sync(i); err != nil {
+				return nil, err
+			}
+			if record(i, lg, time.Since(t0).Seconds()) {
+				break
+			}
+			continue
+		}
+		p, err := s.Queue(ctx, []*model.TrainBatch{b})
+		if err != nil {
+			return nil, fmt.Errorf("bench: update %d: %w", i+1, err)
+		}
+		done, err := finish()
+		if err != nil {
+			return nil, err
+		}
+		prev, prevI = p, i
+		if done {
 			break
 		}
+	}
+	if prev != nil {
+		// The last update: its time includes the final synchronisation.
+		lg, err := prev.Wait()
+		if err != nil {
+			return nil, fmt.Errorf("bench: update %d: %w", prevI+1, err)
+		}
+		if err := sync(prevI); err != nil {
+			return nil, err
+		}
+		record(prevI, lg, time.Since(prevAt).Seconds())
 	}
 	res.Updates = len(times)
 	if opt.Hooks.Host != nil {
@@ -478,7 +554,11 @@ func (r *TrainResult) WriteText(w io.Writer) error {
 	if len(r.BucketLengths) > 0 {
 		batching += fmt.Sprintf(" (lengths %v)", r.BucketLengths)
 	}
-	fmt.Fprintf(bw, "| data %s, max tokens %d, %s batching, %d warm-up + %d timed updates (%s)\n", r.Data, r.MaxTokens, batching, r.Warmup, r.Updates, r.Date)
+	pipe := ""
+	if r.Pipelined {
+		pipe = ", pipelined (results read one update late)"
+	}
+	fmt.Fprintf(bw, "| data %s, max tokens %d, %s batching, %d warm-up + %d timed updates%s (%s)\n", r.Data, r.MaxTokens, batching, r.Warmup, r.Updates, pipe, r.Date)
 	fmt.Fprintf(bw, "| target tokens/s %.0f | updates/s %.2f | ms/update mean %.1f p50 %.1f (min %.1f, max %.1f) | target tokens/update %.0f | padding %.1f%%\n",
 		r.TargetTokensPerSec, r.UpdatesPerSec, r.MsPerUpdateMean, r.MsPerUpdateP50, r.MsPerUpdateMin, r.MsPerUpdateMax, r.TargetTokensPerUpdate,
 		100*r.PaddingFraction)

@@ -276,6 +276,41 @@ func TestTrainTinyCPU(t *testing.T) {
 	if !strings.Contains(text.String(), wantBusy) {
 		t.Errorf("text %q lacks %q", text.String(), wantBusy)
 	}
+	// Pipelined (a backend with deferred reads): the same updates and losses (the CPU
+	// computes when queued, so the bits match), two synchronisations (the warm-up's end
+	// and the last update), and the host counters' growth of the one in the timed part.
+	m2, err := train.InitModel(c, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	net2, err := model.NewTrainNet(m2, deferredCPU{cpu.New(1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sched2, _ := train.NewSchedule(train.ScheduleConfig{Name: "inverse_sqrt", LR: []float64{1e-3}, WarmupUpdates: 10, WarmupInitLR: 1e-7})
+	opt2, err := train.NewOptimizer(net2, train.OptimConfig{Name: "adam", Beta1: 0.9, Beta2: 0.98, Eps: 1e-8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2 := &train.Stepper{Net: net2, Opt: opt2, Sched: sched2, Cfg: train.StepConfig{LabelSmoothing: 0.1, Seed: 1}}
+	syncs, host = 0, HostUse{}
+	progress.Reset()
+	piped, err := Train(ctx, s2, batches[:5], TrainOptions{Warmup: 2, Updates: 4, Progress: &progress, Hooks: Hooks{
+		Sync: func() error { syncs++; host.DeviceAllocs++; return nil },
+		Host: func() HostUse { return host },
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !piped.Pipelined || syncs != 2 || strings.Count(progress.String(), "\n") != 6 || s2.NumUpdates != 6 || piped.Updates != 4 {
+		t.Errorf("pipelined %v: %d syncs, %d progress lines, %d updates (%d timed); want true, 2, 6, 6 (4)", piped.Pipelined, syncs,
+			strings.Count(progress.String(), "\n"), s2.NumUpdates, piped.Updates)
+	}
+	if piped.TargetTokens != res.TargetTokens || piped.FirstLoss != res.FirstLoss || piped.LastLoss != res.LastLoss ||
+		piped.Host == nil || piped.Host.DeviceAllocs != 1 {
+		t.Errorf("pipelined: %d tokens, loss %v -> %v, host %+v; unpipelined %d, %v -> %v, one sync's growth", piped.TargetTokens,
+			piped.FirstLoss, piped.LastLoss, piped.Host, res.TargetTokens, res.FirstLoss, res.LastLoss)
+	}
 	// A time limit ends the timed updates early, after at least one.
 	res, err = Train(ctx, s, batches, TrainOptions{Updates: 30, MaxSeconds: 1e-9})
 	if err != nil || res.Updates != 1 || res.TargetTokens != batches[0].NTokens || res.Host != nil {
@@ -327,3 +362,9 @@ func ProcessRSSAvailable() bool {
 	p, _ := ProcessRSS()
 	return p > 0
 }
+
+// deferredCPU is the CPU backend declaring deferred reads, so a Stepper pipelines on it
+// as on the GPU.
+type deferredCPU struct{ *cpu.Backend }
+
+func (deferredCPU) DeferredReads() bool { return true }

@@ -125,6 +125,8 @@ type Backend struct {
 	planReuse bool
 	ltPlans   int
 	graph     graphState
+	// reads are the free slots of deferred reads, readsMade all of them (read_async.go).
+	reads, readsMade []*asyncRead
 	// kernelNames maps kernels to their names for XFORM_CUDA_PROFILE=gpu (profile.go);
 	// the lazily looked-up ones are added by kernel.
 	kernelNames map[uintptr]string
@@ -340,6 +342,7 @@ func (be *Backend) Close() error {
 		return nil
 	}
 	err := be.drv.synchronize()
+	be.closeReads()
 	be.closeGraphs()
 	if be.blasWS != 0 {
 		_ = be.drv.memFree(be.blasWS)

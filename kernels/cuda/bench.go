@@ -129,6 +129,14 @@ func (d *driver) newEvent() (uintptr, error) {
 	return e, err
 }
 
+// newEventNoTiming makes an event for waiting only (CU_EVENT_DISABLE_TIMING: cheaper to
+// record and to wait for).
+func (d *driver) newEventNoTiming() (uintptr, error) {
+	var e uintptr
+	err := d.check("cuEventCreate", call(d.cuEventCreate, uintptr(unsafe.Pointer(&e)), 2))
+	return e, err
+}
+
 func (d *driver) destroyEvent(e uintptr) { call(d.cuEventDestroy, e) }
 
 func (d *driver) record(e uintptr) error {

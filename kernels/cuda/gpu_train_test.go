@@ -183,6 +183,9 @@ type trainCase struct {
 	beta2, lr, wd float64
 	clip, dropout float64
 	warmup        int
+	// pipelined: update k+1 is queued before update k's results are read
+	// (train.Stepper.Queue), as xform train and xform bench run on the GPU.
+	pipelined bool
 }
 
 type trainResult struct {
@@ -209,12 +212,37 @@ func runTrain(t *testing.T, m *model.Model, be kernels.Trainer, rc trainCase, ba
 		Dropout: rc.dropout, AttentionDropout: rc.dropout, ActivationDropout: rc.dropout, Seed: 1111}}
 	var res trainResult
 	start := time.Now()
-	for _, b := range batches {
-		lg, err := s.Step(context.Background(), []*model.TrainBatch{b})
+	if rc.pipelined && !s.Pipelined() {
+		t.Fatal("Stepper.Pipelined false: the backend has no deferred reads (graphs on?)")
+	}
+	var prev *train.Pending
+	wait := func() {
+		lg, err := prev.Wait()
 		if err != nil {
 			t.Fatal(err)
 		}
 		res.logs = append(res.logs, lg)
+	}
+	for _, b := range batches {
+		if !rc.pipelined {
+			lg, err := s.Step(context.Background(), []*model.TrainBatch{b})
+			if err != nil {
+				t.Fatal(err)
+			}
+			res.logs = append(res.logs, lg)
+			continue
+		}
+		p, err := s.Queue(context.Background(), []*model.TrainBatch{b})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if prev != nil {
+			wait()
+		}
+		prev = p
+	}
+	if prev != nil {
+		wait()
 	}
 	res.weights = map[string][]float32{}
 	for _, p := range net.Params() {

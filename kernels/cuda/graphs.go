@@ -644,6 +644,9 @@ func (be *Backend) readLater(b *buffer, bytes int) func() []byte {
 		}
 		return be.pinnedReader(op.host, bytes)
 	}
+	if read, ok := be.readAsync(b, bytes); ok {
+		return read
+	}
 	return func() []byte {
 		defer be.enter()()
 		out := make([]byte, bytes)
