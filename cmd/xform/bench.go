@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
+	"runtime/pprof"
 
 	"github.com/spf13/cobra"
 
@@ -33,6 +35,7 @@ type benchFlags struct {
 	lr, clip, ls, peak, maxLenA float64
 	maxSeconds                  float64
 	syncEach                    bool
+	cpuProfile                  string
 	jsonOut, verbose            bool
 }
 
@@ -120,6 +123,7 @@ pairs, DIR/valid.{src,tgt} with --valid-pairs) for xform preprocess and exits.`,
 	fl.IntVar(&f.updates, "updates", 100, "timed training updates")
 	fl.IntVar(&f.warmup, "warmup", 10, "untimed training updates first")
 	fl.Float64Var(&f.maxSeconds, "time-limit", 0, "stop the timed updates once they took this many seconds (0 = run all --updates)")
+	fl.StringVar(&f.cpuProfile, "cpuprofile", "", "write a Go CPU profile of the host during the timed training updates to this file (go tool pprof)")
 	fl.BoolVar(&f.syncEach, "sync-each-update", false, "read each update's loss and gradient norm before queueing the next (no pipelining; for comparison)")
 	fl.StringVar(&f.initType, "init", "adaptive", "initialisation: adaptive (Admin, profiled untimed), default or deepnet")
 	fl.StringVar(&f.optimizer, "optimizer", "radam", "radam or adam")
@@ -340,6 +344,26 @@ func benchTrain(ctx context.Context, f *benchFlags, init model.Init, errw io.Wri
 	}
 	o := bench.TrainOptions{Warmup: len(shapes) + f.warmup, Updates: f.updates, MaxSeconds: f.maxSeconds, PeakTFLOPs: f.peak, Hooks: hooks(be),
 		NoPipeline: f.syncEach}
+	if f.cpuProfile != "" {
+		pf, err := os.Create(f.cpuProfile)
+		if err != nil {
+			return nil, fmt.Errorf("bench: --cpuprofile: %w", err)
+		}
+		defer pf.Close()
+		var perr error
+		o.Timed = func(start bool) {
+			if start {
+				perr = pprof.StartCPUProfile(pf)
+			} else if perr == nil {
+				pprof.StopCPUProfile()
+			}
+		}
+		defer func() {
+			if perr != nil {
+				fmt.Fprintf(errw, "| warning: --cpuprofile: %v\n", perr)
+			}
+		}()
+	}
 	if f.verbose {
 		o.Progress = errw
 	}

@@ -116,6 +116,9 @@ type TrainOptions struct {
 	// NoPipeline reads each update's results before queueing the next even where the
 	// Stepper could pipeline (xform bench --sync-each-update).
 	NoPipeline bool
+	// Timed, when set, is called with true as the timed updates start and with false
+	// when they end (xform bench --cpuprofile profiles the host there alone).
+	Timed func(start bool)
 }
 
 // TrainResult is what xform bench --mode train reports. Rates count the timed
@@ -264,6 +267,10 @@ func Train(ctx context.Context, s *train.Stepper, batches []*model.TrainBatch, o
 			}
 			if opt.Hooks.Host != nil {
 				host0 = opt.Hooks.Host()
+			}
+			if opt.Timed != nil {
+				opt.Timed(true)
+				defer opt.Timed(false)
 			}
 			prevAt = time.Now()
 		}
