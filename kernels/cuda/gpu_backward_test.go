@@ -2,7 +2,9 @@ package cuda
 
 import (
 	"fmt"
+	"maps"
 	"math"
+	"math/rand/v2"
 	"regexp"
 	"slices"
 	"testing"
@@ -54,11 +56,67 @@ func TestEmbedCSR(t *testing.T) {
 		{[]int32{1, 1, 3}, 1, []int32{0, 1, 3, 2}, 1},
 		{[]int32{1, 1}, 1, []int32{0}, 0},
 		{[]int32{7}, 1, []int32{0, 1, 7, 0}, 1},
+		{[]int32{-3, 2, -3, 1 << 30}, 2, []int32{0, 2, 3, -3, 1 << 30, 0, 2, 3}, 2},
+		{nil, 1, []int32{0}, 0},
 	} {
-		got, nu := embedCSR(tc.ids, tc.skip)
-		if nu != tc.nu || !slices.Equal(got, tc.want) {
-			t.Errorf("embedCSR(%v, %d) = %v, %d; want %v, %d", tc.ids, tc.skip, got, nu, tc.want, tc.nu)
+		for name, f := range map[string]func([]int32, int32) ([]int32, int){"counting": embedCSR, "sorted": embedCSRSorted} {
+			got, nu := f(tc.ids, tc.skip)
+			if nu != tc.nu || !slices.Equal(got, tc.want) {
+				t.Errorf("%s embedCSR(%v, %d) = %v, %d; want %v, %d", name, tc.ids, tc.skip, got, nu, tc.want, tc.nu)
+			}
 		}
+	}
+	// Batches of a 27k vocabulary with padding: the counting sort against a grouping by
+	// map (ids in increasing order, each id's rows in increasing order).
+	r := rand.New(rand.NewPCG(3, 4))
+	for range 20 {
+		ids := make([]int32, 1+r.IntN(20000))
+		for i := range ids {
+			ids[i] = int32(r.IntN(27472))
+			if r.IntN(8) == 0 {
+				ids[i] = 1 // fairseq's pad
+			}
+		}
+		rows := map[int32][]int32{}
+		for i, id := range ids {
+			if id != 1 {
+				rows[id] = append(rows[id], int32(i))
+			}
+		}
+		uniq := slices.Sorted(maps.Keys(rows))
+		want := []int32{}
+		off := int32(0)
+		for _, id := range uniq {
+			want = append(want, off)
+			off += int32(len(rows[id]))
+		}
+		want = append(want, off)
+		want = append(want, uniq...)
+		for _, id := range uniq {
+			want = append(want, rows[id]...)
+		}
+		got, nu := embedCSR(ids, 1)
+		if nu != len(uniq) || !slices.Equal(got, want) {
+			t.Fatalf("%d ids: embedCSR differs from the grouping by map (%d vs %d distinct)", len(ids), nu, len(uniq))
+		}
+	}
+}
+
+func BenchmarkEmbedCSR(b *testing.B) {
+	r := rand.New(rand.NewPCG(3, 4))
+	ids := make([]int32, 16000)
+	for i := range ids {
+		ids[i] = int32(r.IntN(27472))
+	}
+	for _, f := range []struct {
+		name string
+		fn   func([]int32, int32) ([]int32, int)
+	}{{"counting", embedCSR}, {"sorted", embedCSRSorted}} {
+		b.Run(f.name, func(b *testing.B) {
+			for b.Loop() {
+				f.fn(ids, 1)
+			}
+		})
 	}
 }
 

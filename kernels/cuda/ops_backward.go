@@ -222,7 +222,65 @@ func (be *Backend) ActivateBackward(dx, dy, x kernels.Buffer, act kernels.Activa
 
 // embedCSR groups the rows of ids by id (stable, so each id's rows stay in increasing
 // order) leaving out skip: offsets [nu+1], the distinct ids [nu], then the row indices.
+//
+// A counting sort over the ids' range: the host builds this for both embeddings every
+// training step, and the comparison sort it replaced took ~4 ms of host time per 6L-6L
+// update (~16,000 ids), a third of the host's work once updates were pipelined. Ids
+// outside [0, 4·len(ids)+2²⁰) (never a vocabulary's) take the comparison sort, so a
+// wild id cannot make the count table large.
 func embedCSR(ids []int32, skip int32) (csr []int32, nu int) {
+	n, maxID := 0, int32(-1)
+	for _, id := range ids {
+		if id == skip {
+			continue
+		}
+		if id < 0 {
+			return embedCSRSorted(ids, skip)
+		}
+		n++
+		maxID = max(maxID, id)
+	}
+	if int64(maxID) >= 4*int64(len(ids))+1<<20 {
+		return embedCSRSorted(ids, skip)
+	}
+	// start[id] becomes the position of id's first row in the row list.
+	start := make([]int32, int(maxID)+2)
+	for _, id := range ids {
+		if id != skip {
+			start[id+1]++
+		}
+	}
+	for id := int32(0); id <= maxID; id++ {
+		if start[id+1] > 0 {
+			nu++
+		}
+	}
+	csr = make([]int32, 0, 2*nu+1+n)
+	for id := int32(0); id <= maxID; id++ {
+		if start[id+1] > 0 {
+			csr = append(csr, start[id])
+		}
+		start[id+1] += start[id]
+	}
+	csr = append(csr, int32(n))
+	for id := int32(0); id <= maxID; id++ {
+		if start[id+1] > start[id] {
+			csr = append(csr, id)
+		}
+	}
+	rows := csr[len(csr) : len(csr)+n]
+	csr = csr[:len(csr)+n]
+	for i, id := range ids {
+		if id != skip {
+			rows[start[id]] = int32(i)
+			start[id]++
+		}
+	}
+	return csr, nu
+}
+
+// embedCSRSorted is embedCSR by a comparison sort, for any ids.
+func embedCSRSorted(ids []int32, skip int32) (csr []int32, nu int) {
 	order := make([]int32, 0, len(ids))
 	for i, id := range ids {
 		if id != skip {
