@@ -109,9 +109,9 @@ type Backend struct {
 	// roundedAdamOff: tests and XFORM_CUDA_ROUNDED_ADAM=0: RoundsUpdates is false, so a
 	// model refreshes its 16-bit weight copies with RoundAll (optim_backward.go).
 	roundedAdamOff bool
-	// attnIn16EnvOff: XFORM_CUDA_ATTN16=0, the bench's A/B switch: the attention reads
-	// float32 q, k, v and dout, as before the 16-bit inputs.
-	attnIn16EnvOff bool
+	// attnIn16On: XFORM_CUDA_ATTN16=1 (tests: withAttnIn16): the training attention
+	// reads 16-bit q, k, v and dout (attention_mma16.go; off by default, see there).
+	attnIn16On bool
 	// roundAlls and roundedUpdates count RoundAll calls and the updates that wrote the
 	// copies (kernels.RoundingOptimizer), for tests.
 	roundAlls, roundedUpdates int
@@ -211,7 +211,7 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 	}
 	// The A/B switch for the bench: the copies refreshed by RoundAll, as before.
 	be.roundedAdamOff = os.Getenv("XFORM_CUDA_ROUNDED_ADAM") == "0"
-	be.attnIn16EnvOff = os.Getenv("XFORM_CUDA_ATTN16") == "0"
+	be.attnIn16On = os.Getenv("XFORM_CUDA_ATTN16") == "1"
 	switch os.Getenv("XFORM_CUDA_PROFILE") {
 	case "1":
 		be.profile = newOpProfile()

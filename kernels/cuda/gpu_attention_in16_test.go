@@ -151,6 +151,22 @@ func shift16(t *testing.T, be *Backend, x kernels.Buffer) kernels.Buffer {
 	return to16(be, be.Upload(append([]float32{0}, downHalf(t, be, x)...)))
 }
 
+// withAttnIn16 switches the 16-bit attention inputs on (XFORM_CUDA_ATTN16=1's setting)
+// for the test and returns be.
+func withAttnIn16(t *testing.T, be *Backend) *Backend {
+	t.Helper()
+	func() {
+		defer be.enter()()
+		old := be.attnIn16On
+		be.attnIn16On = true
+		t.Cleanup(func() {
+			defer be.enter()()
+			be.attnIn16On = old
+		})
+	}()
+	return be
+}
+
 // in16Calls is the count of attention launches with a 16-bit input.
 func (be *Backend) in16Calls() int {
 	defer be.enter()()
@@ -187,7 +203,7 @@ func in16Runs() []in16Run {
 // 16-bit kernels ran (launch count) and that the third kernels take the bench shape
 // with 16-bit inputs in both directions by default.
 func TestAttentionInputs16SameBits(t *testing.T) {
-	be := withPrecision(t, BF16)
+	be := withAttnIn16(t, withPrecision(t, BF16))
 	if be.info.Major < 8 {
 		t.Skip("the tensor-core kernels need sm_80")
 	}
@@ -206,7 +222,7 @@ func TestAttentionInputs16SameBits(t *testing.T) {
 			for _, dropP := range []float64{0.1, 0} {
 				for _, out16 := range []bool{false, true} {
 					t.Run(fmt.Sprintf("%s/%v/p%g/out16=%v", tc.name, ft.prec, dropP, out16), func(t *testing.T) {
-						be := withPrecision(t, ft.prec)
+						be := withAttnIn16(t, withPrecision(t, ft.prec))
 						p := newPair(t, uint64(701+ci))
 						a := tc.args(p)
 						if tc.name == mmaAllMaskedCase.name {
@@ -264,7 +280,7 @@ func TestAttentionInputs16SameBits(t *testing.T) {
 // the float kernels (TK 100 training shape), the inference attention, and the flash
 // kernels.
 func TestAttentionInputs16Rejects(t *testing.T) {
-	be := withPrecision(t, BF16)
+	be := withAttnIn16(t, withPrecision(t, BF16))
 	if be.info.Major < 8 {
 		t.Skip("the tensor-core kernels need sm_80")
 	}
@@ -381,7 +397,7 @@ func TestHalfAttentionInputsTraining(t *testing.T) {
 		var cpuRun *trainResult
 		for _, prec := range []Precision{BF16, FP16} {
 			t.Run(prec.String()+"/"+rc.name, func(t *testing.T) {
-				half := newGraphTestBackend(t, prec, false)
+				half := withAttnIn16(t, newGraphTestBackend(t, prec, false))
 				if half.info.Major < 8 {
 					t.Skip("the tensor-core kernels need sm_80")
 				}
@@ -435,7 +451,7 @@ func TestAttentionInputs16Timing(t *testing.T) {
 	if testing.Short() {
 		t.Skip("timing only")
 	}
-	be := withPrecision(t, BF16)
+	be := withAttnIn16(t, withPrecision(t, BF16))
 	if be.info.Major < 8 {
 		t.Skip("the tensor-core kernels need sm_80")
 	}
