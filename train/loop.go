@@ -293,12 +293,74 @@ func Run(ctx context.Context, s *Stepper, d *Data, cfg RunConfig, prog Progress)
 		} else {
 			m.reset()
 		}
-		for i := skip; i < groups; i++ {
-			if err := ctx.Err(); err != nil {
-				return prog, err
+		// Pipelined (Stepper.Pipelined: the GPU), update k+1 is queued before update k's
+		// results are read and logged, so the device does not wait for the host between
+		// updates. An update after which the weights are read (a mid-epoch save, the
+		// last update of the epoch or of the run) is finished before anything more is
+		// queued, so saves and validation see exactly the weights after it.
+		var pend *queuedUpdate
+		stop, piped := false, s.Pipelined()
+		// The fork resets every meter before iteration i's update (clinic-spec §4.2);
+		// pipelined, before it is logged (after update i-1 is).
+		resetAt := func(i int) bool { return i > 1 && cfg.LogInterval > 0 && i%cfg.LogInterval == 1 }
+		// finish reads pend's results and does what fairseq does after an update:
+		// meters, the log line, a save at --save-interval-updates; stop says
+		// --max-update was reached.
+		finish := func() error {
+			q := pend
+			pend = nil
+			lg, err := q.p.Wait()
+			if err != nil {
+				return fmt.Errorf("epoch %d, update %d: %w", epoch, q.update, err)
 			}
-			if i > 1 && cfg.LogInterval > 0 && i%cfg.LogInterval == 1 {
-				m.reset() // the fork resets every meter here (clinic-spec §4.2)
+			dt := time.Since(q.start)
+			prog = Progress{Epoch: epoch, IterationsInEpoch: q.i + 1, BatchesInEpoch: min((q.i+1)*uf, len(order)), NumUpdates: q.numUpdates,
+				OptimizerSteps: q.optSteps, BestLoss: prog.BestLoss, HaveBest: prog.HaveBest}
+			atInterval := cfg.LogInterval > 0 && (q.i+1)%cfg.LogInterval == 0
+			if lg.Overflow {
+				// The batches are consumed but no meter but the wall time moves, and,
+				// as fairseq's train loop continues past such an update, nothing is
+				// saved and --max-update is not checked (the count did not change).
+				m.trainWall += dt
+				if atInterval && lastMid != nil {
+					st := lastMid
+					if log.json {
+						st = m.stats(q.numUpdates, q.lr, time.Since(start), s.Scaler)
+					}
+					log.mid(epoch, q.i+1, groups, st)
+				}
+				return nil
+			}
+			m.add(lg, dt)
+			if atInterval || s.Scaler != nil {
+				lastMid = m.stats(q.numUpdates, q.lr, time.Since(start), s.Scaler)
+			}
+			if atInterval {
+				log.mid(epoch, q.i+1, groups, lastMid)
+			}
+			if q.saves {
+				vl, err := validate(ctx, s, valid, cfg, epoch, &prog, log)
+				if err != nil {
+					return err
+				}
+				prog.Meters = m.sums()
+				if err := saveCheckpoints(s, cfg, &prog, vl, false, out); err != nil {
+					return err
+				}
+			}
+			stop = q.numUpdates >= maxUpdate
+			return nil
+		}
+		lastFinish := time.Time{}
+		for i := skip; i < groups && !stop; i++ {
+			if err := ctx.Err(); err != nil {
+				if pend != nil {
+					// The queued update has changed the weights: count and log it.
+					if ferr := finish(); ferr != nil {
+						return prog, ferr
+					}
+				}
+				return prog, err
 			}
 			var group []*model.TrainBatch
 			for _, b := range order[i*uf : min((i+1)*uf, len(order))] {
@@ -308,47 +370,44 @@ func Run(ctx context.Context, s *Stepper, d *Data, cfg RunConfig, prog Progress)
 				}
 				group = append(group, tb)
 			}
+			if !piped && resetAt(i) {
+				m.reset()
+			}
 			t0 := time.Now()
-			lg, err := s.Step(ctx, group)
+			p, err := s.Queue(ctx, group)
 			if err != nil {
 				return prog, fmt.Errorf("epoch %d, update %d: %w", epoch, s.NumUpdates+1, err)
 			}
-			prog = Progress{Epoch: epoch, IterationsInEpoch: i + 1, BatchesInEpoch: min((i+1)*uf, len(order)), NumUpdates: s.NumUpdates,
-				OptimizerSteps: s.Opt.Steps(), BestLoss: prog.BestLoss, HaveBest: prog.HaveBest}
-			atInterval := cfg.LogInterval > 0 && (i+1)%cfg.LogInterval == 0
-			if lg.Overflow {
-				// The batches are consumed but no meter but the wall time moves, and,
-				// as fairseq's train loop continues past such an update, nothing is
-				// saved and --max-update is not checked (the count did not change).
-				m.trainWall += time.Since(t0)
-				if atInterval && lastMid != nil {
-					st := lastMid
-					if log.json {
-						st = m.stats(s.NumUpdates, s.Sched.LR(), time.Since(start), s.Scaler)
-					}
-					log.mid(epoch, i+1, groups, st)
-				}
-				continue
+			q := &queuedUpdate{p: p, i: i, update: s.NumUpdates, numUpdates: s.NumUpdates, optSteps: s.Opt.Steps(), lr: s.Sched.LR(), start: t0}
+			if !lastFinish.IsZero() && lastFinish.After(t0) {
+				q.start = lastFinish
 			}
-			m.add(lg, time.Since(t0))
-			if atInterval || s.Scaler != nil {
-				lastMid = m.stats(s.NumUpdates, s.Sched.LR(), time.Since(start), s.Scaler)
-			}
-			if atInterval {
-				log.mid(epoch, i+1, groups, lastMid)
-			}
-			if cfg.SaveIntervalUpdates > 0 && s.NumUpdates%cfg.SaveIntervalUpdates == 0 && s.NumUpdates < maxUpdate {
-				vl, err := validate(ctx, s, valid, cfg, epoch, &prog, log)
-				if err != nil {
+			q.saves = cfg.SaveIntervalUpdates > 0 && q.numUpdates%cfg.SaveIntervalUpdates == 0 && q.numUpdates < maxUpdate
+			if pend != nil {
+				if err := finish(); err != nil {
 					return prog, err
 				}
-				prog.Meters = m.sums()
-				if err := saveCheckpoints(s, cfg, &prog, vl, false, out); err != nil {
-					return prog, err
+				lastFinish = time.Now()
+				if q.start.Before(lastFinish) {
+					q.start = lastFinish
 				}
 			}
-			if s.NumUpdates >= maxUpdate {
-				break
+			if piped && resetAt(i) {
+				m.reset()
+			}
+			pend = q
+			// Finish at once where the weights after this update are read next (a
+			// save, the epoch's or the run's end) or where nothing is pipelined.
+			if !piped || q.saves || i == groups-1 || q.numUpdates >= maxUpdate {
+				if err := finish(); err != nil {
+					return prog, err
+				}
+				lastFinish = time.Now()
+			}
+		}
+		if pend != nil {
+			if err := finish(); err != nil {
+				return prog, err
 			}
 		}
 		skip = 0
@@ -379,6 +438,19 @@ func Run(ctx context.Context, s *Stepper, d *Data, cfg RunConfig, prog Progress)
 	}
 	fmt.Fprintf(out, "| done training in %.1f seconds\n", time.Since(start).Seconds())
 	return prog, nil
+}
+
+// queuedUpdate is an update Run queued and has not logged yet, with the counters as
+// they were right after it (the next update may be queued before it is logged).
+type queuedUpdate struct {
+	p          *Pending
+	i          int // iteration in the epoch
+	update     int // its 1-based number, for errors
+	numUpdates int
+	optSteps   int
+	lr         float64   // the learning rate after it, which fairseq logs
+	start      time.Time // when the device could start it (for train_wall)
+	saves      bool      // --save-interval-updates saves after it
 }
 
 // normalizeProgress turns a Progress read from a fairseq checkpoint, which has only
