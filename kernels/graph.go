@@ -31,8 +31,9 @@ type DeferredLosser interface {
 // ClippedOptimizer's norm) may be read after more work was queued: a reader then waits
 // for the work queued before it alone, not for everything queued since. A trainer can
 // then queue update n+1 before reading update n's loss, so the device never waits for
-// the host between updates. DeferredReads may answer false (e.g. while steps are
-// graphed, whose read-backs the next replay overwrites).
+// the host between updates. This holds for reads made inside StepGrapher.Graphed as
+// well. DeferredReads may answer false (e.g. where the device lacks asynchronous
+// copies to the host): readers then wait for everything queued before they return.
 type DeferredReader interface {
 	DeferredReads() bool
 }

@@ -161,7 +161,7 @@ func (lg *StepLog) perToken() {
 // read, so that the caller can queue the next update first and the device does not
 // wait for the host between updates. That needs a backend that folds the clipping into
 // the optimizer (kernels.ClippedOptimizer) and reads results after later work was
-// queued (kernels.DeferredReader: the GPU backend without graphs), and no loss scaler
+// queued (kernels.DeferredReader: the GPU backend, graphed steps included), and no loss scaler
 // (fp16's scaler decides the next update's scale from this one's norm).
 func (s *Stepper) Pipelined() bool {
 	be := s.Net.Backend()

@@ -379,6 +379,7 @@ func benchTrain(ctx context.Context, f *benchFlags, init model.Init, errw io.Wri
 			NodeUpdates: st.NodeUpdates, ArenaBytes: st.ArenaBytes}
 		if st.Replays > 0 {
 			res.Graphs.ReplayHostMs = st.ReplayHost.Seconds() * 1e3 / float64(st.Replays)
+			res.Graphs.ReplayWaitMs = st.ReplayWait.Seconds() * 1e3 / float64(st.Replays)
 		}
 	}
 	return res, nil

@@ -230,7 +230,7 @@ func Train(ctx context.Context, s *train.Stepper, batches []*model.TrainBatch, o
 		slots += float64(b.B * (b.S + b.T))
 		return opt.MaxSeconds > 0 && res.Seconds >= opt.MaxSeconds
 	}
-	// Pipelined (the GPU without graphs), update i+1 is queued before update i's
+	// Pipelined (the GPU), update i+1 is queued before update i's
 	// results are read, as xform train runs, and the host syncs only at the warm-up's
 	// end and after the last update: an update's time runs from the previous update's
 	// results to its own (the device's pace once the queue is full). Otherwise each
@@ -544,8 +544,11 @@ type GraphUse struct {
 	Divergences int    `json:"divergences"`
 	NodeUpdates int    `json:"node_updates"`
 	ArenaBytes  uint64 `json:"arena_bytes"`
-	// ReplayHostMs is the host time per replay (dry run, node updates, launch).
+	// ReplayHostMs is the host time per replay (dry run, node updates, launch);
+	// ReplayWaitMs the time per replay it then waited for the previous launch (pipelined:
+	// what is left of the previous update's device work after the dry run).
 	ReplayHostMs float64 `json:"replay_host_ms"`
+	ReplayWaitMs float64 `json:"replay_wait_ms"`
 }
 
 // WriteText prints r for people.
@@ -573,8 +576,8 @@ func (r *TrainResult) WriteText(w io.Writer) error {
 		r.FLOPsPerTargetToken/1e6, r.SixNPerTargetToken/1e6, r.ModelTFLOPsPerSec, 100*r.MFU, r.PeakTFLOPs)
 	fmt.Fprintf(bw, "| loss %.3f -> %.3f bits | %s\n", r.FirstLoss, r.LastLoss, r.Memory.text())
 	if g := r.Graphs; g != nil {
-		fmt.Fprintf(bw, "| CUDA graphs: %d steps eager, %d captured, %d replayed (%d diverged, host %.2f ms each), %d kernel nodes updated, arena %s\n",
-			g.Eager, g.Captures, g.Replays, g.Divergences, g.ReplayHostMs, g.NodeUpdates, gib(g.ArenaBytes))
+		fmt.Fprintf(bw, "| CUDA graphs: %d steps eager, %d captured, %d replayed (%d diverged, host %.2f ms each, then %.2f ms waiting for the previous launch), %d kernel nodes updated, arena %s\n",
+			g.Eager, g.Captures, g.Replays, g.Divergences, g.ReplayHostMs, g.ReplayWaitMs, g.NodeUpdates, gib(g.ArenaBytes))
 	}
 	if h := r.Host; h != nil {
 		fmt.Fprintf(bw, "| host, timed updates: %d GEMM plans built (%d refused) in %.1f ms, %d device allocations (%.3f GiB); %d heuristic queries, %d plans on a reused algorithm, %d remembered refusals\n",

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"math"
 	"testing"
+	"time"
 
 	"github.com/xform-dev/xform/kernels"
 	"github.com/xform-dev/xform/model"
@@ -52,7 +53,7 @@ func TestPipelinedTrainingSameBits(t *testing.T) {
 
 // TestReadAsyncOrder: a deferred read returns the bytes its buffer held when the read
 // was queued, though the buffer is overwritten by work queued after it and the reads
-// are made out of order; a graphed backend declines deferred reads.
+// are made out of order; a graphed backend offers deferred reads too.
 func TestReadAsyncOrder(t *testing.T) {
 	gpu(t)
 	be := newGraphTestBackend(t, FP32, false)
@@ -81,7 +82,65 @@ func TestReadAsyncOrder(t *testing.T) {
 	}
 	var _ kernels.DeferredReader = be
 	graphed := newGraphTestBackend(t, FP32, true)
-	if graphed.DeferredReads() {
-		t.Error("a graphed backend says DeferredReads")
+	if !graphed.DeferredReads() {
+		t.Error("a graphed backend declines DeferredReads")
+	}
+}
+
+// TestGraphedPipelinedSameBits trains with CUDA graphs and update k+1 queued before
+// update k's results are read (train.Stepper.Queue: the replay's dry run of k+1 runs
+// while the GPU runs graph k, its uploads staged until graph k is done, graph k's loss
+// copied out of the shared pinned memory before graph k+1 overwrites it), against the
+// eager run step by step. The device runs the same kernels with the same arguments in
+// the same order, so every update's loss, nll and gradient norm and the final weights
+// must be the same bits. Batches: 3 reference batches 4 times (3 shapes: eager, capture,
+// then 2 replays each), FP32 and BF16, the fixture model and the head-dim-64 model
+// (the same batches), both recipes.
+func TestGraphedPipelinedSameBits(t *testing.T) {
+	gpu(t)
+	fix, fixRef := fixtureTraining(t, 3)
+	wide, wideRef := headDim64Training(t, 3)
+	repeat := func(ref []*model.TrainBatch) []*model.TrainBatch {
+		var out []*model.TrainBatch
+		for range 4 {
+			out = append(out, ref...)
+		}
+		return out
+	}
+	models := []struct {
+		name    string
+		m       *model.Model
+		batches []*model.TrainBatch
+	}{{"fixture", fix, repeat(fixRef)}, {"head dim 64", wide, repeat(wideRef)}}
+	for _, prec := range []Precision{FP32, BF16} {
+		for _, md := range models {
+			for _, rc := range sameBitsCases {
+				t.Run(prec.String()+"/"+md.name+"/"+rc.name, func(t *testing.T) {
+					m, batches := md.m, md.batches
+					eagerBE := newGraphTestBackend(t, prec, false)
+					graphBE := newGraphTestBackend(t, prec, true)
+					if !graphBE.DeferredReads() {
+						t.Fatal("DeferredReads false on a graphed backend")
+					}
+					eager, _ := runTrain(t, m, eagerBE, rc, batches)
+					prc := rc
+					prc.pipelined = true
+					graphed, _ := runTrain(t, m, graphBE, prc, batches)
+					st := graphBE.GraphStats()
+					t.Logf("%+v; per replay: host %v, waiting for the previous launch %v", st,
+						st.ReplayHost/time.Duration(max(st.Replays, 1)), st.ReplayWait/time.Duration(max(st.Replays, 1)))
+					if st.Captures != 3 || st.Replays != 6 || st.Divergences != 0 || st.Eager != 3 {
+						t.Errorf("graph use %+v: want 3 eager, 3 captures, 6 replays, no divergence", st)
+					}
+					if prec != FP32 && (graphBE.roundAlls != 1 || graphBE.roundedUpdates != len(batches)) {
+						t.Errorf("graphed: %d RoundAll, %d rounding updates; want 1 and %d", graphBE.roundAlls, graphBE.roundedUpdates, len(batches))
+					}
+					if r := &graphBE.graph.reads; len(r.pending) != 0 || len(r.staged) != 0 {
+						t.Errorf("after the last read: %d read-backs pending, %d staged; want none", len(r.pending), len(r.staged))
+					}
+					checkSameRun(t, "graphed pipelined", graphed, "eager step by step", eager)
+				})
+			}
+		}
 	}
 }

@@ -213,7 +213,7 @@ func runTrain(t *testing.T, m *model.Model, be kernels.Trainer, rc trainCase, ba
 	var res trainResult
 	start := time.Now()
 	if rc.pipelined && !s.Pipelined() {
-		t.Fatal("Stepper.Pipelined false: the backend has no deferred reads (graphs on?)")
+		t.Fatal("Stepper.Pipelined false: the backend has no deferred reads")
 	}
 	var prev *train.Pending
 	wait := func() {

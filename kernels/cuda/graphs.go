@@ -12,16 +12,21 @@ package cuda
 // uploads of ids and masks) but, instead of launching, checks that it is the same
 // operation on the same buffers as at capture and remembers what changed. Kernel
 // arguments may change (dropout seeds differ every step): the graph's kernel node is
-// updated before the launch. Uploads write their new data into the pinned host memory
-// the recorded copy reads from. Anything else that differs (another cuBLAS call,
-// another memset) is a divergence: the graph is dropped and the step runs eagerly.
+// updated before the launch. Uploads stage their new data in Go memory, written into
+// the pinned host memory the recorded copy reads from right before the launch
+// (graph_reads.go). Anything else that differs (another cuBLAS call, another memset) is
+// a divergence: the graph is dropped and the step runs eagerly.
 //
 // Buffers allocated during a graphed step come from an arena that restarts at every
 // graphed step, so the same sequence of allocations gets the same addresses; all
 // graphs share it, because one graph's buffers are dead before the next graph runs
 // (the step's results are host values and gradients accumulated into buffers made
-// outside it). Host reads (the loss) are recorded copies into pinned memory, read
-// after the launch.
+// outside it). Host reads (the loss) are recorded copies into pinned memory, copied out
+// before the next launch can overwrite them.
+//
+// A replay does not wait for the previous launch until its own launch: the dry run
+// touches neither the device nor the pinned memory, so the host prepares step n+1 while
+// the GPU runs step n (train.Stepper.Queue pipelines graphed steps too).
 
 import (
 	"errors"
@@ -165,6 +170,8 @@ type graphOp struct {
 	sig     [16]uint64
 	host    unsafe.Pointer // uploads and reads: the pinned bytes the copy uses
 	cap     int
+	stage   []byte // uploads: a replay's data until its launch (flushUploads)
+	staged  int
 }
 
 type stepGraph struct {
@@ -188,16 +195,20 @@ type graphState struct {
 	apiErr  error
 	stream  uintptr
 	done    uintptr // event after the last graph launch
-	mode    graphMode
-	cur     *stepGraph
-	pos     int
-	seen    map[string]int
-	graphs  map[string]*stepGraph
-	dev     arena
-	host    arena
-	patch   *params
-	stats   GraphStats
-	warned  bool
+	// launches counts the graph launches; reads holds the read-backs not yet copied
+	// out of the pinned memory (graph_reads.go).
+	launches uint64
+	reads    graphReads
+	mode     graphMode
+	cur      *stepGraph
+	pos      int
+	seen     map[string]int
+	graphs   map[string]*stepGraph
+	dev      arena
+	host     arena
+	patch    *params
+	stats    GraphStats
+	warned   bool
 }
 
 // GraphStats counts what Graphed did (xform bench prints them).
@@ -206,8 +217,15 @@ type GraphStats struct {
 	NodeUpdates                           int
 	ArenaBytes, PinnedBytes               uint64
 	// ReplayHost is the host time of the replays: the dry run of the step, the node
-	// updates and the launch call (what the host spends per step instead of launching).
+	// updates, the copy of the staged uploads and the launch call (what the host spends
+	// per step instead of launching), not counting ReplayWait.
 	ReplayHost time.Duration
+	// ReplayWait is the host time the replays spent waiting, after their dry run, for the
+	// previous graph launch to finish before writing their uploads into the pinned
+	// memory and launching. Pipelined, the dry run overlaps the previous step's GPU work
+	// and the wait is what is left of it; step by step the previous launch is done by
+	// then and the wait is near 0.
+	ReplayWait time.Duration
 }
 
 // GraphStats reports the counts so far.
@@ -286,15 +304,39 @@ func (be *Backend) Graphed(key string, f func() error) error {
 		unlock()
 		return f()
 	}
-	// The previous launch must be done before its pinned uploads are overwritten.
-	must(be.drv.eventSync(g.done))
+	if sg == nil {
+		// A capture writes its uploads into the pinned memory as it records them, and its
+		// read-backs get addresses there that earlier graphs' read-backs used: the previous
+		// launch must be done and its reads copied out first. Captures are once per key.
+		be.settleLaunch()
+	}
+	// Neither reset touches memory, so a replay makes them with the previous launch
+	// still running. The device arena's addresses are used by this step's launch alone,
+	// queued on g.stream behind the previous launch (and behind eager work queued since,
+	// see launchGraph); the dry run queues nothing. The pinned arena is written only by
+	// captures (after the wait above) and by flushUploads (after the replay's wait).
 	g.dev.reset()
 	g.host.reset()
 	g.pos = 0
+	// Left over only by a step that failed between its dry run and its launch (a fault
+	// reported by the wait): its reads must not be taken for this step's.
+	g.reads.discard()
 	if sg == nil {
 		return be.capture(key, f, unlock)
 	}
 	return be.replay(sg, f, unlock)
+}
+
+// settleLaunch waits for the latest graph launch and copies its read-backs out of the
+// pinned memory, which whatever comes next may overwrite; it returns the time waited.
+// The caller holds the Backend.
+func (be *Backend) settleLaunch() time.Duration {
+	g := &be.graph
+	t0 := time.Now()
+	must(be.drv.eventSync(g.done))
+	waited := time.Since(t0)
+	g.reads.harvest(g.launches)
+	return waited
 }
 
 // capture records f's work into a new graph, instantiates it and launches it (a
@@ -315,6 +357,7 @@ func (be *Backend) capture(key string, f func() error, unlock func()) error {
 	be.blasStreams(0)
 	g.mode, g.cur = graphOff, nil
 	if fpanic != nil || endErr != nil || ferr != nil {
+		g.reads.discard()
 		if graph != 0 {
 			call(api.graphDestroy, graph)
 		}
@@ -328,6 +371,7 @@ func (be *Backend) capture(key string, f func() error, unlock func()) error {
 	}
 	sg.graph = graph
 	if e := be.drv.check("cuGraphInstantiateWithFlags", call(api.instantiate, uintptr(unsafe.Pointer(&sg.exec)), graph, 0)); e != nil {
+		g.reads.discard()
 		call(api.graphDestroy, graph)
 		panic(e)
 	}
@@ -348,8 +392,10 @@ func callCatching(f func() error) (err error, panicked any) {
 }
 
 // replay runs f dry against sg's recording, updates the kernel nodes whose arguments
-// changed and launches the graph. On a divergence the graph is dropped and f runs again
-// eagerly (nothing of the dry run reached the GPU).
+// changed, waits for the previous launch, writes the staged uploads and launches the
+// graph. On a divergence the graph is dropped and f runs again eagerly (nothing of the
+// dry run reached the GPU or the pinned memory; its staged uploads and reads are
+// dropped).
 func (be *Backend) replay(sg *stepGraph, f func() error, unlock func()) error {
 	g := &be.graph
 	start := time.Now()
@@ -361,6 +407,7 @@ func (be *Backend) replay(sg *stepGraph, f func() error, unlock func()) error {
 		if !ok {
 			relock := be.enter()
 			g.mode, g.cur = graphOff, nil
+			g.reads.discard()
 			relock()
 			panic(fpanic)
 		}
@@ -368,6 +415,9 @@ func (be *Backend) replay(sg *stepGraph, f func() error, unlock func()) error {
 	}
 	relock := be.enter()
 	g.mode, g.cur = graphOff, nil
+	if ferr != nil || g.pos != len(sg.ops) {
+		g.reads.discard()
+	}
 	var d *divergence
 	if errors.As(ferr, &d) || ferr == nil && g.pos != len(sg.ops) {
 		if d == nil {
@@ -400,24 +450,41 @@ func (be *Backend) replay(sg *stepGraph, f func() error, unlock func()) error {
 		kp := kernelNodeParams{fn: op.fn, gx: op.grid[0], gy: op.grid[1], gz: op.grid[2],
 			bx: op.block[0], by: op.block[1], bz: op.block[2], shared: op.shared,
 			params: uintptr(unsafe.Pointer(&p.ptrs[0]))}
+		// Before the wait: an update affects later launches only, not one of this graph
+		// still running (cuGraphExecKernelNodeSetParams).
 		must(be.drv.check("cuGraphExecKernelNodeSetParams", call(g.api.nodeSetParam, sg.exec, op.node, uintptr(unsafe.Pointer(&kp)))))
 		g.stats.NodeUpdates++
 	}
+	wait := be.settleLaunch()
+	sg.flushUploads()
 	g.stats.Replays++
 	be.launchGraph(sg)
-	g.stats.ReplayHost += time.Since(start)
+	g.stats.ReplayWait += wait
+	g.stats.ReplayHost += time.Since(start) - wait
 	return nil
 }
 
+// launchGraph launches sg on the capture stream and marks its end with g.done; the
+// step's read-backs now wait for it.
+//
+// The eager work around it stays in order on the device although the host does not
+// wait: g.stream is a blocking stream (graphSetup), so work on the legacy stream 0 queued
+// after this launch (the optimizer's AdamStepClipped and its norm read, the next
+// ZeroGrad) waits for the graph, and the next launch waits for that work: each update's
+// optimizer runs after its graph and before the next graph reads the weights, and a
+// pool block freed after the step is reused only behind it.
 func (be *Backend) launchGraph(sg *stepGraph) {
 	g := &be.graph
 	must(be.drv.check("cuGraphLaunch", call(g.api.launch, sg.exec, g.stream)))
 	must(be.drv.check("cuEventRecord", call(be.drv.cuEventRecord, g.done, g.stream)))
+	g.launches++
+	g.reads.launched(g.launches)
 }
 
+// dropGraph destroys sg after the latest launch (which may be sg's) is done.
 func (be *Backend) dropGraph(sg *stepGraph) {
 	g := &be.graph
-	must(be.drv.eventSync(g.done))
+	be.settleLaunch()
 	call(g.api.execDestroy, sg.exec)
 	call(g.api.graphDestroy, sg.graph)
 	delete(g.graphs, sg.key)
@@ -436,6 +503,10 @@ func (be *Backend) closeGraphs() {
 		call(g.api.graphDestroy, sg.graph)
 	}
 	g.graphs = map[string]*stepGraph{}
+	// Close synchronised: the read-backs of the last launch are in the pinned memory
+	// about to be freed.
+	g.reads.harvest(g.launches)
+	g.reads.discard()
 	for _, c := range g.dev.chunks {
 		_ = be.drv.memFree(c.ptr)
 	}
@@ -618,14 +689,16 @@ func (be *Backend) upload(dst uint64, src unsafe.Pointer, bytes, capacity int) {
 		if op.sig[0] != dst || bytes > op.cap {
 			panic(&divergence{key: g.cur.key, at: g.pos - 1, what: fmt.Sprintf("an upload of %d bytes to %#x (capture: at most %d to %#x)", bytes, dst, op.cap, op.sig[0])})
 		}
-		copy(unsafe.Slice((*byte)(op.host), bytes), unsafe.Slice((*byte)(src), bytes))
+		// The previous launch may still read op.host (the pinned area is shared).
+		op.stageUpload(src, bytes)
 	}
 }
 
 // readLater returns a function that waits for the work queued so far to write the first
 // bytes of b and returns them. Eagerly the function reads b when called (the host
 // queues more work meanwhile); in a graphed step a copy into pinned memory is part of
-// the graph and the function reads that after the launch.
+// the graph, and its bytes are copied out after the launch, by the function or before
+// the next launch, whichever comes first.
 func (be *Backend) readLater(b *buffer, bytes int) func() []byte {
 	g := &be.graph
 	src := b.dptr()
@@ -636,13 +709,13 @@ func (be *Backend) readLater(b *buffer, bytes int) func() []byte {
 		op := graphOp{kind: opRead, host: host, cap: bytes}
 		op.sig[0] = src
 		g.cur.ops = append(g.cur.ops, op)
-		return be.pinnedReader(host, bytes)
+		return be.graphReader(g.reads.add(host, bytes))
 	case graphReplay:
 		op := be.next(opRead)
 		if op.sig[0] != src || op.cap != bytes {
 			panic(&divergence{key: g.cur.key, at: g.pos - 1, what: "a read-back of another buffer"})
 		}
-		return be.pinnedReader(op.host, bytes)
+		return be.graphReader(g.reads.add(op.host, bytes))
 	}
 	if read, ok := be.readAsync(b, bytes); ok {
 		return read
@@ -655,12 +728,19 @@ func (be *Backend) readLater(b *buffer, bytes int) func() []byte {
 	}
 }
 
-// pinnedReader waits for the graph launch that writes host and copies the bytes out.
-func (be *Backend) pinnedReader(host unsafe.Pointer, bytes int) func() []byte {
+// graphReader returns rd's bytes: harvested already if a launch came after rd's, else
+// rd is pending and its launch is the latest (every launch harvests first), so waiting
+// for g.done waits for rd's launch alone.
+func (be *Backend) graphReader(rd *graphRead) func() []byte {
 	return func() []byte {
 		defer be.enter()()
-		must(be.drv.eventSync(be.graph.done))
-		return append([]byte(nil), unsafe.Slice((*byte)(host), bytes)...)
+		if !rd.done {
+			if rd.seq == 0 {
+				panic("cuda: read-back of a graphed step that was not launched (it failed or diverged)")
+			}
+			be.settleLaunch()
+		}
+		return rd.data
 	}
 }
 

@@ -76,9 +76,12 @@ func (be *Backend) closeReads() {
 }
 
 // DeferredReads implements kernels.DeferredReader: a result's reader may be called after
-// more work was queued, and waits only for the work before it. Not in graphed steps,
-// whose reads come from one pinned area per graph that the next replay overwrites.
+// more work was queued, and waits only for the work before it. Graphed steps too: their
+// read-backs are copied out of the shared pinned area before the next launch can
+// overwrite them, and a replay writes its uploads there only once the previous launch
+// is done (graph_reads.go). False where the driver lacks the asynchronous copies and
+// events (graphSetup failed): reads are then synchronous and wait for everything queued.
 func (be *Backend) DeferredReads() bool {
 	defer be.enter()()
-	return !be.graph.enabled && be.graphSetup() == nil
+	return be.graphSetup() == nil
 }

@@ -28,6 +28,8 @@
 #   XFORM_NODROP=1  also run xform with every dropout 0 (6L only) to show what dropout costs [1]
 #   XFORM_BUCKET=1  also run xform with --batching bucket --buckets $BUCKETS: the compile modes' batches
 #                (static padded shapes), so that row compares like with like with them [1]
+#   XFORM_GRAPHS=1  also run that bucket row with --cuda-graphs (each shape's step replayed as a CUDA
+#                graph; warm-up XFORM_GRAPH_WARMUP [10] so the captures fall before the timed updates) [0]
 #   BUDGET       seconds for the whole script; parts that would start later are skipped [470]
 #   PART_TIMEOUT seconds one part may take [180]
 # Two invocations (LAYERS=6, then LAYERS=18) measure everything if one does not fit the budget.
@@ -54,6 +56,8 @@ BUDGET=${BUDGET:-470}
 PART_TIMEOUT=${PART_TIMEOUT:-180}
 XFORM_NODROP=${XFORM_NODROP:-1}
 XFORM_BUCKET=${XFORM_BUCKET:-1}
+XFORM_GRAPHS=${XFORM_GRAPHS:-0}
+XFORM_GRAPH_WARMUP=${XFORM_GRAPH_WARMUP:-10}
 D=${D:-512}
 FFN=${FFN:-2048}
 HEADS=${HEADS:-8}
@@ -213,6 +217,11 @@ for L in $LAYERS; do
 			xbf="xform ($XFORM_PRECISION, $DEVICE, bucket batching as the compile modes, $BUCKETS buckets)"
 			part "xform_${L}l_bucket" "$L" "$xbf" -- "${xb[@]}" --batching bucket --buckets "$BUCKETS" &&
 				record "xform_${L}l_bucket" "$L" "$xbf" ok "$W/xform_${L}l_bucket.log"
+			if [ "$XFORM_GRAPHS" = 1 ]; then
+				xbg="xform ($XFORM_PRECISION, $DEVICE, bucket batching, $BUCKETS buckets, CUDA graphs)"
+				part "xform_${L}l_graphs" "$L" "$xbg" -- "${xb[@]}" --batching bucket --buckets "$BUCKETS" --cuda-graphs --warmup "$XFORM_GRAPH_WARMUP" &&
+					record "xform_${L}l_graphs" "$L" "$xbg" ok "$W/xform_${L}l_graphs.log"
+			fi
 		fi
 	fi
 	if [ "${SKIP_CLINIC:-0}" != 1 ] && [ -n "$CL" ]; then
