@@ -24,25 +24,37 @@ const asyncReadBytes = 64
 
 // readAsync queues a copy of the first bytes of b to page-locked memory and returns a
 // function that waits for that copy and returns the bytes. ok is false where the driver
-// lacks the entry points (graphSetup failed) or bytes exceeds a slot: the caller then
-// reads synchronously. Called with the Backend held, outside graph capture and replay.
+// lacks the entry points (graphSetup failed; DeferredReads says false then): the caller
+// then reads when its function is called. Called with the Backend held, outside graph
+// capture and replay.
 func (be *Backend) readAsync(b *buffer, bytes int) (read func() []byte, ok bool) {
-	if bytes > asyncReadBytes || be.graphSetup() != nil {
+	if be.graphSetup() != nil {
 		return nil, false
 	}
 	g := &be.graph
+	// Where no slot fits or can be made (page-locked memory or an event refused), read
+	// now: slower (it waits for the queue) but right, since the caller was told reads
+	// may come after the buffer is reused.
+	readNow := func() (func() []byte, bool) {
+		out := make([]byte, bytes)
+		must(be.drv.dtoh(unsafe.Pointer(&out[0]), b.dptr(), uint64(bytes)))
+		return func() []byte { return out }, true
+	}
+	if bytes > asyncReadBytes {
+		return readNow()
+	}
 	var r *asyncRead
 	if n := len(be.reads); n > 0 {
 		r, be.reads = be.reads[n-1], be.reads[:n-1]
 	} else {
 		r = &asyncRead{}
 		if err := be.drv.check("cuMemHostAlloc", call(g.api.hostAlloc, uintptr(unsafe.Pointer(&r.host)), asyncReadBytes, 0)); err != nil {
-			return nil, false
+			return readNow()
 		}
 		ev, err := be.drv.newEventNoTiming()
 		if err != nil {
 			call(g.api.hostFree, uintptr(r.host))
-			return nil, false
+			return readNow()
 		}
 		r.event = ev
 		be.readsMade = append(be.readsMade, r)
