@@ -146,15 +146,7 @@ func TestStepsMatchReference(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				rel := func(a, b float64) float64 { return math.Abs(a-b) / math.Max(math.Abs(b), 1e-12) }
-				if rel(lg.LR, ref.LR) > 1e-12 || lg.SampleSize != ref.SampleSize || lg.NSentences != ref.NSentences {
-					t.Errorf("update %d: lr %.12g sample_size %d nsentences %d, reference %.12g %d %d", ref.Update, lg.LR, lg.SampleSize,
-						lg.NSentences, ref.LR, ref.SampleSize, ref.NSentences)
-				}
-				if rel(lg.Loss, ref.Loss) > 1e-5 || rel(lg.NLL, ref.NLL) > 1e-5 || rel(lg.GNorm, ref.GNorm) > 1e-4 {
-					t.Errorf("update %d: loss %.7f nll %.7f gnorm %.7f, reference %.7f %.7f %.7f", ref.Update, lg.Loss, lg.NLL, lg.GNorm,
-						ref.Loss, ref.NLL, ref.GNorm)
-				}
+				checkStepLog(t, lg, ref)
 				d, where, kb := maxDiff(t, s.Net, z, fmt.Sprintf("%s/state%d/", name, ref.Update))
 				t.Logf("update %d: loss %.6f (ref %.6f) gnorm %.6f (ref %.6f) max |Δw| %.3g at %s; key biases %.3g", ref.Update, lg.Loss, ref.Loss,
 					lg.GNorm, ref.GNorm, d, where, kb)
@@ -167,6 +159,24 @@ func TestStepsMatchReference(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+
+// checkStepLog compares an update's log with the reference's: the learning rate, sample
+// size and sentence count exactly (1e-12), loss and nll within 1e-5 relative and the
+// gradient norm within 1e-4 (TestStepsMatchReference's tolerances: float64 sums here,
+// float32 there).
+func checkStepLog(t *testing.T, lg train.StepLog, ref refStep) {
+	t.Helper()
+	rel := func(a, b float64) float64 { return math.Abs(a-b) / math.Max(math.Abs(b), 1e-12) }
+	if rel(lg.LR, ref.LR) > 1e-12 || lg.SampleSize != ref.SampleSize || lg.NSentences != ref.NSentences {
+		t.Errorf("update %d: lr %.12g sample_size %d nsentences %d, reference %.12g %d %d", ref.Update, lg.LR, lg.SampleSize,
+			lg.NSentences, ref.LR, ref.SampleSize, ref.NSentences)
+	}
+	if rel(lg.Loss, ref.Loss) > 1e-5 || rel(lg.NLL, ref.NLL) > 1e-5 || rel(lg.GNorm, ref.GNorm) > 1e-4 {
+		t.Errorf("update %d: loss %.7f nll %.7f gnorm %.7f, reference %.7f %.7f %.7f", ref.Update, lg.Loss, lg.NLL, lg.GNorm,
+			ref.Loss, ref.NLL, ref.GNorm)
 	}
 }
 
@@ -228,21 +238,12 @@ func TestPipelinedStepsMatchReference(t *testing.T) {
 			if !s.Pipelined() {
 				t.Fatal("Stepper.Pipelined false on a backend with deferred reads and the fused optimizer")
 			}
-			rel := func(a, b float64) float64 { return math.Abs(a-b) / math.Max(math.Abs(b), 1e-12) }
 			check := func(k int, p *train.Pending) {
-				ref := run.Steps[k]
 				lg, err := p.Wait()
 				if err != nil {
-					t.Fatalf("update %d: %v", ref.Update, err)
+					t.Fatalf("update %d: %v", run.Steps[k].Update, err)
 				}
-				if rel(lg.LR, ref.LR) > 1e-12 || lg.SampleSize != ref.SampleSize || lg.NSentences != ref.NSentences {
-					t.Errorf("update %d: lr %.12g sample_size %d nsentences %d, reference %.12g %d %d", ref.Update, lg.LR, lg.SampleSize,
-						lg.NSentences, ref.LR, ref.SampleSize, ref.NSentences)
-				}
-				if rel(lg.Loss, ref.Loss) > 1e-5 || rel(lg.NLL, ref.NLL) > 1e-5 || rel(lg.GNorm, ref.GNorm) > 1e-4 {
-					t.Errorf("update %d: loss %.7f nll %.7f gnorm %.7f, reference %.7f %.7f %.7f", ref.Update, lg.Loss, lg.NLL, lg.GNorm,
-						ref.Loss, ref.NLL, ref.GNorm)
-				}
+				checkStepLog(t, lg, run.Steps[k])
 			}
 			var prev *train.Pending
 			for k := range run.Steps {
