@@ -162,7 +162,6 @@ func TestStepsMatchReference(t *testing.T) {
 	}
 }
 
-
 // checkStepLog compares an update's log with the reference's: the learning rate, sample
 // size and sentence count exactly (1e-12), loss and nll within 1e-5 relative and the
 // gradient norm within 1e-4 (TestStepsMatchReference's tolerances: float64 sums here,
