@@ -38,6 +38,9 @@ type Stepper struct {
 	// Log receives the fork's overflow warning; nil means Run's log (RunConfig.Log)
 	// inside Run and nowhere outside it.
 	Log io.Writer
+	// NoPipeline keeps Queue from pipelining (xform train --sync-each-update): each
+	// update's results are read before the next is queued.
+	NoPipeline bool
 }
 
 // StepLog is what one update logs. Loss and NLL are per target token in bits, as
@@ -167,7 +170,7 @@ func (s *Stepper) Pipelined() bool {
 	be := s.Net.Backend()
 	_, fused := be.(kernels.ClippedOptimizer)
 	dr, ok := be.(kernels.DeferredReader)
-	return fused && ok && s.Scaler == nil && dr.DeferredReads()
+	return fused && ok && s.Scaler == nil && !s.NoPipeline && dr.DeferredReads()
 }
 
 // Pending is an update queued by Queue; Wait reads its results.

@@ -35,6 +35,7 @@ type trainFlags struct {
 	encLayers, decLayers, encDim, decDim, encFFN, decFFN, encHeads, decHeads                  int
 	warmupInit, minLR, eps, clip, ls, wd, dropout, attnDropout, actDropout                    float64
 	resetOptimizer, noSave, noEpochCkpt, disableValid, shareAll, shareDecIO, encPre, decPre   bool
+	syncEach                                                                                  bool
 	fastLinear                                                                                bool
 	pauseBeforeRename                                                                         int
 	device                                                                                    deviceFlag // --device (train only)
@@ -253,6 +254,7 @@ func (f *trainFlags) register(c *cobra.Command, training bool) {
 	fl.IntVar(&f.saveIntervalUpdates, "save-interval-updates", 0, "also validate and save every N updates")
 	fl.IntVar(&f.keepLastEpochs, "keep-last-epochs", -1, "keep only the last N epoch checkpoints")
 	fl.BoolVar(&f.noSave, "no-save", false, "save no checkpoints")
+	fl.BoolVar(&f.syncEach, "sync-each-update", false, "GPU: read each update's loss and gradient norm before queueing the next (by default the next update is queued first; same results)")
 	fl.BoolVar(&f.noEpochCkpt, "no-epoch-checkpoints", false, "only checkpoint_last.pt and checkpoint_best.pt")
 	fl.BoolVar(&f.disableValid, "disable-validation", false, "no validation")
 	fl.StringVar(&f.validSubset, "valid-subset", "valid", "validation split")
@@ -509,7 +511,8 @@ func runTrain(ctx context.Context, dir string, f *trainFlags, out io.Writer) err
 		return usageError{err}
 	}
 	s := &train.Stepper{Net: net, Opt: opt, Sched: sched, Cfg: train.StepConfig{ClipNorm: f.clip, LabelSmoothing: f.ls,
-		Dropout: drops[0], AttentionDropout: drops[1], ActivationDropout: drops[2], Seed: uint64(f.seed)}, Scaler: scaler}
+		Dropout: drops[0], AttentionDropout: drops[1], ActivationDropout: drops[2], Seed: uint64(f.seed)}, Scaler: scaler,
+		NoPipeline: f.syncEach}
 	var prog train.Progress
 	if resumed && !f.resetOptimizer {
 		p, st, ok, err := restoreTraining(ck, m, f.optimizer, out)
