@@ -123,7 +123,7 @@ pairs, DIR/valid.{src,tgt} with --valid-pairs) for xform preprocess and exits.`,
 	fl.IntVar(&f.updates, "updates", 100, "timed training updates")
 	fl.IntVar(&f.warmup, "warmup", 10, "untimed training updates first")
 	fl.Float64Var(&f.maxSeconds, "time-limit", 0, "stop the timed updates once they took this many seconds (0 = run all --updates)")
-	fl.StringVar(&f.cpuProfile, "cpuprofile", "", "write a Go CPU profile of the host during the timed training updates to this file (go tool pprof)")
+	fl.StringVar(&f.cpuProfile, "cpuprofile", "", "write a Go CPU profile of the host during the timed part (training updates or generation) to this file (go tool pprof)")
 	fl.BoolVar(&f.syncEach, "sync-each-update", false, "read each update's loss and gradient norm before queueing the next (no pipelining; for comparison)")
 	fl.StringVar(&f.initType, "init", "adaptive", "initialisation: adaptive (Admin, profiled untimed), default or deepnet")
 	fl.StringVar(&f.optimizer, "optimizer", "radam", "radam or adam")
@@ -180,7 +180,7 @@ func runBench(ctx context.Context, f *benchFlags, out, errw io.Writer) error {
 	if f.mode == "train" {
 		res, err = benchTrain(ctx, f, init, errw)
 	} else {
-		res, err = benchGenerate(ctx, f, init)
+		res, err = benchGenerate(ctx, f, init, errw)
 	}
 	if err != nil {
 		return err
@@ -344,26 +344,12 @@ func benchTrain(ctx context.Context, f *benchFlags, init model.Init, errw io.Wri
 	}
 	o := bench.TrainOptions{Warmup: len(shapes) + f.warmup, Updates: f.updates, MaxSeconds: f.maxSeconds, PeakTFLOPs: f.peak, Hooks: hooks(be),
 		NoPipeline: f.syncEach}
-	if f.cpuProfile != "" {
-		pf, err := os.Create(f.cpuProfile)
-		if err != nil {
-			return nil, fmt.Errorf("bench: --cpuprofile: %w", err)
-		}
-		defer pf.Close()
-		var perr error
-		o.Timed = func(start bool) {
-			if start {
-				perr = pprof.StartCPUProfile(pf)
-			} else if perr == nil {
-				pprof.StopCPUProfile()
-			}
-		}
-		defer func() {
-			if perr != nil {
-				fmt.Fprintf(errw, "| warning: --cpuprofile: %v\n", perr)
-			}
-		}()
+	timed, done, err := cpuProfiler(f.cpuProfile, errw)
+	if err != nil {
+		return nil, err
 	}
+	defer done()
+	o.Timed = timed
 	if f.verbose {
 		o.Progress = errw
 	}
@@ -385,7 +371,36 @@ func benchTrain(ctx context.Context, f *benchFlags, init model.Init, errw io.Wri
 	return res, nil
 }
 
-func benchGenerate(ctx context.Context, f *benchFlags, init model.Init) (*bench.GenerateResult, error) {
+// cpuProfiler returns the bench's Timed hook for --cpuprofile path (nil hook and a no-op
+// without it): a Go CPU profile from the start of the timed work to its end, and the
+// function that closes the file (after the hook's end) and reports a profile that could
+// not start.
+func cpuProfiler(path string, errw io.Writer) (timed func(start bool), done func(), err error) {
+	if path == "" {
+		return nil, func() {}, nil
+	}
+	pf, err := os.Create(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("bench: --cpuprofile: %w", err)
+	}
+	var perr error
+	timed = func(start bool) {
+		if start {
+			perr = pprof.StartCPUProfile(pf)
+		} else if perr == nil {
+			pprof.StopCPUProfile()
+		}
+	}
+	done = func() {
+		if perr != nil {
+			fmt.Fprintf(errw, "| warning: --cpuprofile: %v\n", perr)
+		}
+		pf.Close()
+	}
+	return timed, done, nil
+}
+
+func benchGenerate(ctx context.Context, f *benchFlags, init model.Init, errw io.Writer) (*bench.GenerateResult, error) {
 	if f.beam < 1 || f.sentences < 0 || f.genWarmup < 0 {
 		return nil, usageError{fmt.Errorf("need --beam ≥ 1, --sentences ≥ 0 and --gen-warmup ≥ 0")}
 	}
@@ -431,10 +446,15 @@ func benchGenerate(ctx context.Context, f *benchFlags, init model.Init) (*bench.
 	}
 	search := model.DefaultBeamOptions()
 	search.Beam, search.MaxLenA, search.MaxLenB = f.beam, f.maxLenA, f.maxLenB
+	timed, done, err := cpuProfiler(f.cpuProfile, errw)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
 	res, err := bench.Generate(ctx, r, m, sp, bench.GenerateOptions{
 		Search: generate.Options{Subset: f.genSubset, Search: search, BatchSize: f.train.maxSentences, MaxTokens: f.train.maxTokens,
 			RequiredBatchSizeMultiple: f.train.mult, Seed: uint32(f.train.seed)},
-		Warmup: f.genWarmup, Hooks: hooks(be)})
+		Warmup: f.genWarmup, Hooks: hooks(be), Timed: timed})
 	if err != nil {
 		return nil, err
 	}

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"compress/gzip"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -36,20 +38,24 @@ func hasKeys(t *testing.T, obj map[string]any, paths ...string) {
 	}
 }
 
-// xform bench --json (train and generate) prints one object with every documented field.
+// xform bench --json (train and generate) prints one object with every documented field,
+// and --cpuprofile writes a Go CPU profile (gzip-compressed protobuf) of the timed part.
 func TestBenchJSON(t *testing.T) {
+	prof := t.TempDir()
 	cases := []struct {
 		name string
 		args []string
 		keys []string
 	}{
-		{"train", benchArgs("--pairs", "300", "--max-tokens", "512", "--updates", "3", "--warmup", "1", "--json"),
+		{"train", benchArgs("--pairs", "300", "--max-tokens", "512", "--updates", "3", "--warmup", "1", "--json",
+			"--cpuprofile", filepath.Join(prof, "train")),
 			[]string{"mode", "date", "device", "data", "max_tokens", "warmup_updates", "updates", "target_tokens", "seconds",
 				"target_tokens_per_s", "updates_per_s", "ms_per_update_mean", "ms_per_update_p50", "target_tokens_per_update",
 				"flops_per_target_token", "six_n_per_target_token", "model_tflops_per_s", "peak_tflops", "mfu",
 				"first_loss", "last_loss", "memory.peak_rss_bytes", "memory.rss_bytes",
 				"model.arch", "model.init", "model.encoder_layers", "model.decoder_layers", "model.embed_dim", "model.vocab", "model.params"}},
-		{"generate", benchArgs("--mode", "generate", "--sentences", "8", "--gen-warmup", "2", "--beam", "2", "--max-len-b", "2", "--max-len-a", "0", "--json"),
+		{"generate", benchArgs("--mode", "generate", "--sentences", "8", "--gen-warmup", "2", "--beam", "2", "--max-len-b", "2", "--max-len-a", "0", "--json",
+			"--cpuprofile", filepath.Join(prof, "generate")),
 			[]string{"mode", "date", "device", "data", "beam", "sentences", "tokens", "seconds", "tokens_per_s", "sentences_per_s",
 				"warmup_sentences", "memory.peak_rss_bytes", "model.params"}},
 	}
@@ -66,6 +72,18 @@ func TestBenchJSON(t *testing.T) {
 			hasKeys(t, obj, c.keys...)
 			if obj["mode"] != c.name || obj["device"] != "cpu" {
 				t.Errorf("mode %v, device %v", obj["mode"], obj["device"])
+			}
+			f, err := os.Open(filepath.Join(prof, c.name))
+			if err != nil {
+				t.Fatalf("--cpuprofile: %v", err)
+			}
+			defer f.Close()
+			zr, err := gzip.NewReader(f)
+			if err != nil {
+				t.Fatalf("--cpuprofile: not a Go profile (gzip): %v", err)
+			}
+			if b, err := io.ReadAll(zr); err != nil || len(b) == 0 {
+				t.Errorf("--cpuprofile: %d bytes, %v", len(b), err)
 			}
 			if c.name == "train" {
 				if obj["updates"].(float64) != 3 || obj["target_tokens_per_s"].(float64) <= 0 || obj["mfu"].(float64) <= 0 {

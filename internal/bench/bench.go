@@ -364,6 +364,8 @@ type GenerateOptions struct {
 	// the timed run over the whole split.
 	Warmup int
 	Hooks  Hooks
+	// Timed, as TrainOptions.Timed, brackets the timed translation.
+	Timed func(start bool)
 }
 
 // Generate times beam search (generate.Run, what xform generate runs) over sp.
@@ -390,6 +392,10 @@ func Generate(ctx context.Context, r *model.Runner, m *model.Model, sp *generate
 		if err := opt.Hooks.Sync(); err != nil {
 			return nil, fmt.Errorf("bench: %w", err)
 		}
+	}
+	if opt.Timed != nil {
+		opt.Timed(true)
+		defer opt.Timed(false)
 	}
 	t0 := time.Now()
 	out, err := generate.Run(ctx, r, sp, so, io.Discard, io.Discard)
