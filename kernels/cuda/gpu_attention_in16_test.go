@@ -375,25 +375,7 @@ func TestAttentionMMA3HalfPlans(t *testing.T) {
 func TestHalfAttentionInputsTraining(t *testing.T) {
 	gpu(t)
 	m, batches := headDim64Training(t, 10)
-	rel := func(a, b float64) float64 { return math.Abs(a-b) / math.Max(math.Abs(b), 1e-12) }
-	compare := func(t *testing.T, got, ref trainResult, refName string) {
-		t.Helper()
-		worst := [3]float64{}
-		for k := range ref.logs {
-			gl, rl := got.logs[k], ref.logs[k]
-			dl, dn, dg := rel(gl.Loss, rl.Loss), rel(gl.NLL, rl.NLL), rel(gl.GNorm, rl.GNorm)
-			worst = [3]float64{max(worst[0], dl), max(worst[1], dn), max(worst[2], dg)}
-			if !(dl <= 1e-2) || !(dn <= 1e-2) || !(dg <= 5e-2) {
-				t.Errorf("update %d: 16-bit attention inputs loss %.7f nll %.7f gnorm %.7f; %s %.7f %.7f %.7f", k+1,
-					gl.Loss, gl.NLL, gl.GNorm, refName, rl.Loss, rl.NLL, rl.GNorm)
-			}
-		}
-		t.Logf("vs %s: worst relative difference loss %.3g, nll %.3g, gnorm %.3g", refName, worst[0], worst[1], worst[2])
-	}
-	for _, rc := range []trainCase{
-		{name: "radam, dropout 0", optim: "radam", beta2: 0.98, lr: 3e-3, warmup: 100},
-		{name: "adam, clip 0.5, dropout 0.1", optim: "adam", beta2: 0.98, lr: 5e-4, warmup: 4, wd: 1e-4, clip: 0.5, dropout: 0.1},
-	} {
+	for _, rc := range sameBitsCases {
 		var cpuRun *trainResult
 		for _, prec := range []Precision{BF16, FP16} {
 			t.Run(prec.String()+"/"+rc.name, func(t *testing.T) {
@@ -405,34 +387,21 @@ func TestHalfAttentionInputsTraining(t *testing.T) {
 				if half.in16Calls() == 0 {
 					t.Fatal("no attention launch with 16-bit inputs: the model did not take them")
 				}
-				for name, v := range got.weights {
-					for i, x := range v {
-						if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
-							t.Fatalf("%s[%d] = %v", name, i, x)
-						}
-					}
-				}
 				plain := newGraphTestBackend(t, prec, false)
 				plain.setAttnIn16Off(true)
 				ref, _ := runTrain(t, m, plain, rc, batches)
 				if n := plain.in16Calls(); n != 0 {
 					t.Fatalf("%d launches with 16-bit inputs while AttentionInputs16 is off", n)
 				}
-				compare(t, got, ref, fmt.Sprintf("%v with float32 attention inputs", prec))
+				checkTrainClose(t, "16-bit attention inputs", got, fmt.Sprintf("%v with float32 attention inputs", prec), ref)
 				if prec == BF16 {
 					if cpuRun == nil {
 						c, _ := runTrain(t, m, cpu.New(0), rc, batches)
 						cpuRun = &c
 					}
-					compare(t, got, *cpuRun, "fp32 CPU")
+					checkTrainClose(t, "16-bit attention inputs", got, "fp32 CPU", *cpuRun)
 				}
-				same := true
-				for name, v := range got.weights {
-					for i, x := range v {
-						same = same && math.Float32bits(x) == math.Float32bits(ref.weights[name][i])
-					}
-				}
-				if same {
+				if sameWeights(got, ref) {
 					t.Error("16-bit attention inputs gave the float32 inputs' weights bit for bit: they were not used")
 				}
 			})

@@ -499,29 +499,8 @@ func TestTrainBF16(t *testing.T) {
 			withPrecision(t, BF16)
 			b, bt := runTrain(t, m, g, rc, batches)
 			t.Logf("10 updates with bf16 GEMMs (SyncCheck): %v", bt)
-			rel := func(a, b float64) float64 { return math.Abs(a-b) / math.Max(math.Abs(b), 1e-12) }
-			worst := [3]float64{}
-			for k := range c.logs {
-				cl, bl := c.logs[k], b.logs[k]
-				t.Logf("update %d: loss %.7f/%.7f nll %.7f/%.7f gnorm %.7f/%.7f (bf16 GPU/fp32 CPU)", k+1, bl.Loss, cl.Loss, bl.NLL, cl.NLL, bl.GNorm, cl.GNorm)
-				dl, dn, dg := rel(bl.Loss, cl.Loss), rel(bl.NLL, cl.NLL), rel(bl.GNorm, cl.GNorm)
-				worst = [3]float64{max(worst[0], dl), max(worst[1], dn), max(worst[2], dg)}
-				if !(dl <= 1e-2) || !(dn <= 1e-2) || !(dg <= 5e-2) {
-					t.Errorf("update %d: bf16 loss %.7f nll %.7f gnorm %.7f; fp32 CPU %.7f %.7f %.7f", k+1,
-						bl.Loss, bl.NLL, bl.GNorm, cl.Loss, cl.NLL, cl.GNorm)
-				}
-			}
-			t.Logf("worst relative difference: loss %.3g, nll %.3g, gnorm %.3g", worst[0], worst[1], worst[2])
-			same := true
-			for name, v := range b.weights {
-				for i, x := range v {
-					if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
-						t.Fatalf("bf16 run: %s[%d] = %v", name, i, x)
-					}
-					same = same && math.Float32bits(x) == math.Float32bits(f32.weights[name][i])
-				}
-			}
-			if same {
+			checkTrainClose(t, "bf16 GPU", b, "fp32 CPU", c)
+			if sameWeights(b, f32) {
 				t.Error("the bf16 run gave the fp32 GPU run's weights bit for bit: the precision was not used")
 			}
 		})

@@ -330,3 +330,44 @@ func checkSameRun(t *testing.T, gotName string, got trainResult, refName string,
 		}
 	}
 }
+
+// checkTrainClose checks a 16-bit run against a reference run of the same recipe: every
+// update's loss and nll within 1e-2 relative and its gradient norm within 5e-2
+// (TestTrainBF16's bounds: bf16 operands move every product by about 2⁻⁸, and a few more
+// 16-bit roundings of GEMM inputs add errors of the same size), and finite final
+// weights. It logs the worst differences.
+func checkTrainClose(t *testing.T, gotName string, got trainResult, refName string, ref trainResult) {
+	t.Helper()
+	rel := func(a, b float64) float64 { return math.Abs(a-b) / math.Max(math.Abs(b), 1e-12) }
+	worst := [3]float64{}
+	for k := range ref.logs {
+		gl, rl := got.logs[k], ref.logs[k]
+		dl, dn, dg := rel(gl.Loss, rl.Loss), rel(gl.NLL, rl.NLL), rel(gl.GNorm, rl.GNorm)
+		worst = [3]float64{max(worst[0], dl), max(worst[1], dn), max(worst[2], dg)}
+		if !(dl <= 1e-2) || !(dn <= 1e-2) || !(dg <= 5e-2) {
+			t.Errorf("update %d: %s loss %.7f nll %.7f gnorm %.7f; %s %.7f %.7f %.7f", k+1,
+				gotName, gl.Loss, gl.NLL, gl.GNorm, refName, rl.Loss, rl.NLL, rl.GNorm)
+		}
+	}
+	t.Logf("%s vs %s: worst relative difference loss %.3g, nll %.3g, gnorm %.3g", gotName, refName, worst[0], worst[1], worst[2])
+	for name, v := range got.weights {
+		for i, x := range v {
+			if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+				t.Fatalf("%s: %s[%d] = %v", gotName, name, i, x)
+			}
+		}
+	}
+}
+
+// sameWeights says whether two runs ended with bit-identical weights (a test of a
+// numerics change uses it to see that the change was taken at all).
+func sameWeights(a, b trainResult) bool {
+	for name, v := range a.weights {
+		for i, x := range v {
+			if math.Float32bits(x) != math.Float32bits(b.weights[name][i]) {
+				return false
+			}
+		}
+	}
+	return true
+}
