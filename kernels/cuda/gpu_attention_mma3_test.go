@@ -39,50 +39,16 @@ func withMMA3(t *testing.T, be *Backend, sw am3Switch) {
 type mma3Outputs struct{ probs, out, dq, dkv []float32 }
 
 // runSeededOnce runs m's case through AttentionForwardSeeded and AttentionBackwardSeeded
-// (float32 gradients start from m.dq, m.dkv; 16-bit ones are written whole).
+// with float32 inputs holding m's values (float32 gradients start from m.dq, m.dkv;
+// 16-bit ones are written whole): runIn16's all-float32 seeded run.
 func runSeededOnce(t *testing.T, be *Backend, m *mmaData, dropP float64, seed uint64, out16 bool) mma3Outputs {
 	t.Helper()
-	tc, vw, a := m.tc, m.vw, m.a
-	np := tc.B * tc.H * tc.TQ * tc.TK
-	qb := be.Upload(m.q)
-	kvb := qb
-	if tc.cross {
-		kvb = be.Upload(m.kv)
+	in := in16Inputs{q32: be.Upload(m.q), dout32: be.Upload(m.dout)}
+	in.kv32 = in.q32
+	if m.tc.cross {
+		in.kv32 = be.Upload(m.kv)
 	}
-	doutb := be.Upload(m.dout)
-	alloc := func(n int, init []float32) kernels.Buffer {
-		if out16 {
-			return be.AllocHalf(n)
-		}
-		if init != nil {
-			return be.Upload(init)
-		}
-		return be.Alloc(n)
-	}
-	read := func(b kernels.Buffer) []float32 {
-		if out16 {
-			return downHalf(t, be, b)
-		}
-		return down(be, b)
-	}
-	probs, out := be.Alloc(np), alloc(tc.B*tc.TQ*tc.H*tc.D, nil)
-	if !be.AttentionForwardSeeded(m.outView(out), vw.q(qb), vw.k(kvb), vw.v(kvb), a, probs, dropP, seed) {
-		t.Fatal("AttentionForwardSeeded declined a shape the second kernels take")
-	}
-	dq := alloc(vw.qn, m.dq)
-	dkv := dq
-	if tc.cross {
-		dkv = alloc(vw.kvn, m.dkv)
-	}
-	if !be.AttentionBackwardSeeded(vw.q(dq), vw.k(dkv), vw.v(dkv), m.outView(doutb), vw.q(qb), vw.k(kvb), vw.v(kvb), a, probs, dropP, seed) {
-		t.Fatal("AttentionBackwardSeeded declined a call its forward took")
-	}
-	o := mma3Outputs{probs: down(be, probs), out: read(out), dq: read(dq)}
-	o.dkv = o.dq
-	if tc.cross {
-		o.dkv = read(dkv)
-	}
-	return o
+	return runIn16(t, be, m, in, in16Run{}, dropP, seed, out16)
 }
 
 // TestAttentionMMA3SameBits compares, for bf16 and fp16, dropout 0.1 and 0, float32 and
