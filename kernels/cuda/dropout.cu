@@ -12,6 +12,16 @@ __device__ __forceinline__ float dropout_elem(unsigned long long seed, long long
     return xf_dropout_keep(seed, (unsigned long long)i, threshold) ? keep : 0.0f;
 }
 
+// dropout_elem4 multiplies elements i … i+3 (v.x … v.w) by their mask values.
+__device__ __forceinline__ float4 dropout_elem4(float4 v, unsigned long long seed, long long i,
+                                                unsigned long long threshold, float keep) {
+    v.x = v.x * dropout_elem(seed, i, threshold, keep);
+    v.y = v.y * dropout_elem(seed, i + 1, threshold, keep);
+    v.z = v.z * dropout_elem(seed, i + 2, threshold, keep);
+    v.w = v.w * dropout_elem(seed, i + 3, threshold, keep);
+    return v;
+}
+
 // m[i] = the mask element, for i < n.
 extern "C" __global__ void dropout_mask(float* m, unsigned long long seed, unsigned long long threshold,
                                         float keep, long long n) {
@@ -35,12 +45,7 @@ extern "C" __global__ void dropout_apply16(void* y, const float* x, unsigned lon
         const long long n4 = n >> 2;
         const float4* x4 = reinterpret_cast<const float4*>(x);
         for (long long q = xf_tid(); q < n4; q += xf_stride()) {
-            float4 v = x4[q];
-            const long long i = 4 * q;
-            v.x = v.x * dropout_elem(seed, i, threshold, keep);
-            v.y = v.y * dropout_elem(seed, i + 1, threshold, keep);
-            v.z = v.z * dropout_elem(seed, i + 2, threshold, keep);
-            v.w = v.w * dropout_elem(seed, i + 3, threshold, keep);
+            const float4 v = dropout_elem4(x4[q], seed, 4 * q, threshold, keep);
             xf_store4(y, q, v, fmt);
         }
         done = n4 << 2;
@@ -59,12 +64,7 @@ extern "C" __global__ void dropout_apply2(float* y, void* y16, const float* x, u
         const float4* x4 = reinterpret_cast<const float4*>(x);
         float4* yv = reinterpret_cast<float4*>(y);
         for (long long q = xf_tid(); q < n4; q += xf_stride()) {
-            float4 v = x4[q];
-            const long long i = 4 * q;
-            v.x = v.x * dropout_elem(seed, i, threshold, keep);
-            v.y = v.y * dropout_elem(seed, i + 1, threshold, keep);
-            v.z = v.z * dropout_elem(seed, i + 2, threshold, keep);
-            v.w = v.w * dropout_elem(seed, i + 3, threshold, keep);
+            const float4 v = dropout_elem4(x4[q], seed, 4 * q, threshold, keep);
             yv[q] = v;
             xf_store4(y16, q, v, fmt);
         }
