@@ -67,23 +67,15 @@ var ErrDiverged = fmt.Errorf("training diverged")
 func (s *Stepper) Step(ctx context.Context, batches []*model.TrainBatch) (StepLog, error) {
 	lg := StepLog{LR: s.Sched.LR()}
 	net := s.Net
-	net.ZeroGrad()
-	// fairseq reseeds torch with seed+num_updates before every update, so the masks
-	// depend on the update index alone; ours are drawn from a PCG stream the same way
-	// (the values cannot equal torch's).
-	rng := rand.New(rand.NewPCG(s.Cfg.Seed, uint64(s.NumUpdates)))
 	scale := 1.0
 	if s.Scaler != nil {
 		scale = s.Scaler.Scale()
 	}
-	for _, b := range batches {
-		res, err := net.Step(ctx, b, model.StepOptions{
-			Dropout: s.Cfg.Dropout, AttentionDropout: s.Cfg.AttentionDropout, ActivationDropout: s.Cfg.ActivationDropout,
-			RNG: rng, LabelSmoothing: s.Cfg.LabelSmoothing, Train: true, Backward: true, GradScale: float32(scale),
-		})
-		if err != nil {
-			return lg, err
-		}
+	results, err := s.runBatches(ctx, batches, scale, false)
+	if err != nil {
+		return lg, err
+	}
+	for _, res := range results {
 		lg.LossSum += res.Loss
 		lg.NLLSum += res.NLL
 		lg.NTokens += res.NTokens
@@ -132,6 +124,29 @@ func (s *Stepper) Step(ctx context.Context, batches []*model.TrainBatch) (StepLo
 	s.NumUpdates++
 	s.Sched.StepUpdate(s.NumUpdates)
 	return lg, nil
+}
+
+// runBatches zeroes the gradients and runs forward and backward of every sub-batch of an
+// update, the loss gradient times scale. fairseq reseeds torch with seed+num_updates
+// before every update, so the masks depend on the update index alone; ours are drawn
+// from a PCG stream the same way (the values cannot equal torch's). With deferLoss the
+// results carry ReadLoss instead of Loss and NLL (model.StepOptions.DeferLoss).
+func (s *Stepper) runBatches(ctx context.Context, batches []*model.TrainBatch, scale float64, deferLoss bool) ([]model.StepResult, error) {
+	s.Net.ZeroGrad()
+	rng := rand.New(rand.NewPCG(s.Cfg.Seed, uint64(s.NumUpdates)))
+	results := make([]model.StepResult, 0, len(batches))
+	for _, b := range batches {
+		res, err := s.Net.Step(ctx, b, model.StepOptions{
+			Dropout: s.Cfg.Dropout, AttentionDropout: s.Cfg.AttentionDropout, ActivationDropout: s.Cfg.ActivationDropout,
+			RNG: rng, LabelSmoothing: s.Cfg.LabelSmoothing, Train: true, Backward: true, GradScale: float32(scale),
+			DeferLoss: deferLoss,
+		})
+		if err != nil {
+			return nil, err
+		}
+		results = append(results, res)
+	}
+	return results, nil
 }
 
 // gradFactor is the factor the gradients are multiplied by before the norm: the loss
@@ -201,16 +216,11 @@ func (s *Stepper) Queue(ctx context.Context, batches []*model.TrainBatch) (*Pend
 	}
 	p := &Pending{lg: StepLog{LR: s.Sched.LR()}, update: s.NumUpdates + 1, clip: s.Cfg.ClipNorm}
 	net := s.Net
-	net.ZeroGrad()
-	rng := rand.New(rand.NewPCG(s.Cfg.Seed, uint64(s.NumUpdates)))
-	for _, b := range batches {
-		res, err := net.Step(ctx, b, model.StepOptions{
-			Dropout: s.Cfg.Dropout, AttentionDropout: s.Cfg.AttentionDropout, ActivationDropout: s.Cfg.ActivationDropout,
-			RNG: rng, LabelSmoothing: s.Cfg.LabelSmoothing, Train: true, Backward: true, DeferLoss: true,
-		})
-		if err != nil {
-			return nil, err
-		}
+	results, err := s.runBatches(ctx, batches, 1, true)
+	if err != nil {
+		return nil, err
+	}
+	for _, res := range results {
 		p.losses = append(p.losses, res.ReadLoss)
 		p.lg.NTokens += res.NTokens
 		p.lg.NSentences += res.NSentences
