@@ -804,15 +804,88 @@ __device__ __forceinline__ float am2_drawn(unsigned long long seed, unsigned lon
     return xf_dropout_keep(seed, (unsigned long long)e, threshold) ? keepScale : 0.0f;
 }
 
+// The keep bits of a drawn mask, computed ahead (the third kernels' "bits" variants,
+// attention_mma3_*_b): am2_fwd_tile and am2_bwd_pair drew each element's bit inside
+// their per-element loops, where the hash's ~25 dependent integer instructions sat under
+// a per-element branch (the bounds test) that ptxas kept as a branch, so a warp walked
+// its 32 elements one chain at a time; in the backward only the query-block warps (half
+// the block) did that while the others waited at the barrier. The bits variants have the
+// whole block draw the item's bits first, as independent hashes (am3_keep_bits), into a
+// bitmap in shared memory, and the per-element loops read a bit and run branch-free. The
+// bits are xf_dropout_keep's, so the products, and the results, are the same.
+//
+// am_keep_mixed is xf_dropout_keep's test from z1 = seed + (i + 1)·0x9E3779B97F4A7C15 on
+// (the caller steps z1 by additions, which wrap as the product does). Only the top 24
+// bits of SplitMix64's output count, and its last step z ^= z >> 31 leaves bits 33 and up
+// as they are, so the output's top 32 bits are those of the last product, whose high
+// word needs one high and two low 32-bit multiplies instead of a 64-bit product.
+__device__ __forceinline__ bool am_keep_mixed(unsigned long long z, unsigned long long threshold) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z ^= z >> 27;
+    const unsigned lo = (unsigned)z, hi = (unsigned)(z >> 32);
+    const unsigned top = __umulhi(lo, 0x133111EBu) + lo * 0x94D049BBu + hi * 0x133111EBu;
+    return (unsigned long long)(top >> 8) >= threshold;
+}
+
+// am3_keep_bits writes bit l of bits (l < n) = the keep bit of mask element e0 + l, with
+// the whole block (blockDim.x a multiple of 32, so each warp's 32 elements are one word),
+// and zeros the two words after the last (am3_row_bits reads up to two words past a row).
+__device__ __forceinline__ void am3_keep_bits(unsigned* bits, int n, long long e0, unsigned long long seed,
+                                              unsigned long long threshold) {
+    const unsigned long long c1 = 0x9E3779B97F4A7C15ull;
+    const int n32 = (n + 31) & ~31;
+    unsigned long long z = seed + ((unsigned long long)e0 + threadIdx.x + 1ull) * c1;
+    const unsigned long long step = (unsigned long long)blockDim.x * c1;
+#pragma unroll 4
+    for (int l = threadIdx.x; l < n32; l += blockDim.x) {
+        const unsigned w = __ballot_sync(0xffffffffu, l < n && am_keep_mixed(z, threshold));
+        if ((threadIdx.x & 31) == 0) bits[l >> 5] = w;
+        z += step;
+    }
+    if (threadIdx.x < 2) bits[(n32 >> 5) + threadIdx.x] = 0u;
+}
+
+// am3_row_bits is the keep bits of the TK ≤ 64 elements of local row r (bit j: key j;
+// bits from TK on belong to the next rows), from the bitmap at bit r·TK.
+__device__ __forceinline__ unsigned long long am3_row_bits(const unsigned* bits, int r, int TK) {
+    const int b0 = r * TK, w = b0 >> 5, s = b0 & 31;
+    const unsigned w0 = bits[w], w1 = bits[w + 1], w2 = bits[w + 2];
+    return (unsigned long long)__funnelshift_r(w0, w1, s) |
+           ((unsigned long long)__funnelshift_r(w1, w2, s) << 32);
+}
+
+// am3_bit is bit k (a constant after unrolling) of a lane's row bits pre-shifted by 2t.
+__device__ __forceinline__ bool am3_bit(unsigned long long rb, int k) { return (rb >> k) & 1ull; }
+
+// am3_pairs keeps of a lane's row bits pre-shifted by 2t the ones it uses, keys 8n + 2t
+// and 8n + 2t + 1 (n < 8), as bits 2n and 2n + 1: two rows fit one register, which the
+// backward holds across its phase A.
+__device__ __forceinline__ unsigned am3_pairs(unsigned long long rb) {
+    unsigned lo = (unsigned)rb & 0x03030303u, hi = (unsigned)(rb >> 32) & 0x03030303u;
+    lo = (lo | lo >> 6) & 0x000F000Fu;
+    hi = (hi | hi >> 6) & 0x000F000Fu;
+    lo = (lo | lo >> 12) & 0xFFu;
+    hi = (hi | hi >> 12) & 0xFFu;
+    return lo | hi << 8;
+}
+
+// am3_keep_words is the bitmap's size in words for n elements (am3_keep_bits), rounded up
+// to 16 bytes; attention_mma3.go's am3KeepBytes computes the same in bytes.
+__device__ __forceinline__ int am3_keep_words(int n) { return (((n + 31) >> 5) + 2 + 3) & ~3; }
+
 // am2_fwd_tile is the forward's work after the staging: query tile tile0 of (b, h),
 // from the 16-bit tiles Qs, Ks, Vs, the stored mask rows Ms (or a drawn mask) and the
 // padding flags, each warp its 16 query rows. No barrier: warps past TQ return.
+// BITS (the third kernels' bits variant): no stored mask, and a drawn one's keep bits
+// come from keepBits (am3_keep_bits of the tile's rows, from element tileOff on).
+template <bool BITS = false>
 __device__ __forceinline__ void am2_fwd_tile(bool kHalf, const unsigned short* Qs, const unsigned short* Ks,
                                              const unsigned short* Vs, const float* Ms, const unsigned char* padded,
                                              int b, int h, int tile0, void* out, long long oBS, long long oRS, int H,
                                              int TQ, int TK, int causal, int queryOffset, float* probs,
                                              const float* dropMask, int outFmt, unsigned long long seed,
-                                             unsigned long long threshold, float keepScale) {
+                                             unsigned long long threshold, float keepScale,
+                                             const unsigned* keepBits = nullptr) {
     constexpr int MAXNT = 4;
     const int NT = (TK + 15) >> 4;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -877,26 +950,44 @@ __device__ __forceinline__ void am2_fwd_tile(bool kHalf, const unsigned short* Q
         const float inv = 1.0f / am_quad_sum(sum);
         const bool in = i < TQ;
         float* prow = probs + rowOff + 8ll * hh * TK;
-        const float* mrow = Ms + (16 * warp + gr + 8 * hh) * TK;
+        if constexpr (BITS) {
+            // The same values as below, branch-free: the row's keep bits (its row in the
+            // tile's bitmap; a row past TQ reads the last row's and keeps p unmasked).
+            const int lr = min(16 * warp + gr + 8 * hh, TQ - 1 - tile0);
+            const unsigned long long rb = drawn ? am3_row_bits(keepBits, lr, TK) >> (2 * t) : 0ull;
 #pragma unroll
-        for (int n = 0; n < 2 * MAXNT; n++)
+            for (int n = 0; n < 2 * MAXNT; n++)
 #pragma unroll
-            for (int e = 2 * hh; e < 2 * hh + 2; e++) {
-                const int j = 8 * n + 2 * t + (e & 1);
-                float p = 0.0f;
-                if (j < TK) {
-                    p = s[n][e] * inv;
-                    if (in) {
-                        prow[j] = p;
-                        if (dropMask) {
-                            p = p * mrow[j];
-                        } else if (drawn) {
-                            p = p * am2_drawn(seed, threshold, keepScale, rowOff + 8ll * hh * TK + j);
+                for (int e = 2 * hh; e < 2 * hh + 2; e++) {
+                    const int j = 8 * n + 2 * t + (e & 1);
+                    const bool ok = j < TK;
+                    const float p = ok ? s[n][e] * inv : 0.0f;
+                    if (ok && in) prow[j] = p;
+                    const float f = am3_bit(rb, 8 * n + (e & 1)) ? keepScale : 0.0f;
+                    s[n][e] = ok && in && drawn ? p * f : p;
+                }
+        } else {
+            const float* mrow = Ms + (16 * warp + gr + 8 * hh) * TK;
+#pragma unroll
+            for (int n = 0; n < 2 * MAXNT; n++)
+#pragma unroll
+                for (int e = 2 * hh; e < 2 * hh + 2; e++) {
+                    const int j = 8 * n + 2 * t + (e & 1);
+                    float p = 0.0f;
+                    if (j < TK) {
+                        p = s[n][e] * inv;
+                        if (in) {
+                            prow[j] = p;
+                            if (dropMask) {
+                                p = p * mrow[j];
+                            } else if (drawn) {
+                                p = p * am2_drawn(seed, threshold, keepScale, rowOff + 8ll * hh * TK + j);
+                            }
                         }
                     }
+                    s[n][e] = p;
                 }
-                s[n][e] = p;
-            }
+        }
     }
 
     // 3. out = round(P⊙M)·V
@@ -1046,13 +1137,17 @@ __device__ __forceinline__ void am2_grad_rows(bool kHalf, int outFmt, void* g, l
 // am2_bwd_pair is the backward's work after the staging, for (b, h): the 16-bit tiles
 // Qs (scaled), Ks, Vs, Os (dout), P in z1 (fp32 [TQ][TK]) and, with a stored mask, M in
 // z2; phases A and B below (barriers inside: every thread of the block calls it).
+// BITS (the third kernels' bits variant): no stored mask, and a drawn one's keep bits
+// come from keepBits (am3_keep_bits of (b, h)'s TQ·TK elements).
+template <bool BITS = false>
 __device__ __forceinline__ void am2_bwd_pair(bool kHalf, const unsigned short* Qs, const unsigned short* Ks,
                                              const unsigned short* Vs, const unsigned short* Os, unsigned char* z1,
                                              unsigned char* z2, int b, int h, void* dq, long long dqBS,
                                              long long dqRS, void* dk, long long dkBS, long long dkRS, void* dv,
                                              long long dvBS, long long dvRS, const float* mask, int H, int TQ, int TK,
                                              float scale, int outFmt, unsigned long long seed,
-                                             unsigned long long threshold, float keepScale) {
+                                             unsigned long long threshold, float keepScale,
+                                             const unsigned* keepBits = nullptr) {
     constexpr int MAXNT = 4;
     const int NT = (TK + 15) >> 4, TKp = 16 * NT, LDZ = TKp + 8;
     const int nw = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -1098,54 +1193,99 @@ __device__ __forceinline__ void am2_bwd_pair(bool kHalf, const unsigned short* Q
         const float* Pr = Pz + (i0 + gr) * TK;
         const float* Mr = Mz + (i0 + gr) * TK;
         const bool in0 = i0 + gr < TQ, in8 = i0 + gr + 8 < TQ;
-        // A drawn mask: element pbase + (i0 + gr)·TK + off, its keep bit at 4n + e.
-        const bool drawn = mask == nullptr && threshold != 0ull;
-        const long long mrow = pbase + (long long)(i0 + gr) * TK;
-        unsigned kept = 0u;
-        float dot[2] = {0.0f, 0.0f};
+        if constexpr (BITS) {
+            // The same values as the loops below, branch-free, the keep bits from the
+            // bitmap (rows past TQ read the last row's: their p is 0, so ds and p·m are 0
+            // whatever dp holds, and so are those of keys past TK).
+            const bool drawn = threshold != 0ull;
+            // kept: bit 4n + e as the loops below number them, bit (e/2)·16 + 2n + e%2 here.
+            const unsigned kept =
+                drawn ? am3_pairs(am3_row_bits(keepBits, min(i0 + gr, TQ - 1), TK) >> (2 * t)) |
+                            am3_pairs(am3_row_bits(keepBits, min(i0 + gr + 8, TQ - 1), TK) >> (2 * t)) << 16
+                      : 0u;
+            float dot[2] = {0.0f, 0.0f};
 #pragma unroll
-        for (int n = 0; n < 2 * MAXNT; n++)
+            for (int n = 0; n < 2 * MAXNT; n++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int j = 8 * n + 2 * t + (e & 1);
-                const int off = (e < 2 ? 0 : 8 * TK) + j;
-                if ((e < 2 ? in0 : in8) && j < TK) {
-                    const float pv = Pr[off];
-                    if (mask) {
-                        dp[n][e] = dp[n][e] * Mr[off];
-                    } else if (drawn) {
-                        const bool kp = xf_dropout_keep(seed, (unsigned long long)(mrow + off), threshold);
-                        kept |= (kp ? 1u : 0u) << (4 * n + e);
-                        dp[n][e] = dp[n][e] * (kp ? keepScale : 0.0f);
-                    }
-                    if (pv != 0.0f) dot[e >> 1] = fmaf(dp[n][e], pv, dot[e >> 1]);
+                for (int e = 0; e < 4; e++) {
+                    const int j = 8 * n + 2 * t + (e & 1);
+                    const int off = (e < 2 ? 0 : 8 * TK) + j;
+                    float pv = 0.0f;
+                    if ((e < 2 ? in0 : in8) && j < TK) pv = Pr[off];
+                    const float f = (kept >> (16 * (e >> 1) + 2 * n + (e & 1))) & 1u ? keepScale : 0.0f;
+                    dp[n][e] = drawn ? dp[n][e] * f : dp[n][e];
+                    dot[e >> 1] = pv != 0.0f ? fmaf(dp[n][e], pv, dot[e >> 1]) : dot[e >> 1];
                 }
+            dot[0] = am_quad_sum(dot[0]);
+            dot[1] = am_quad_sum(dot[1]);
+#pragma unroll
+            for (int n = 0; n < 2 * MAXNT; n++) {
+                float d4[4], pm[4];
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int j = 8 * n + 2 * t + (e & 1);
+                    const int off = (e < 2 ? 0 : 8 * TK) + j;
+                    float pv = 0.0f;
+                    if ((e < 2 ? in0 : in8) && j < TK) pv = Pr[off];
+                    const float f = (kept >> (16 * (e >> 1) + 2 * n + (e & 1))) & 1u ? keepScale : 0.0f;
+                    d4[e] = pv != 0.0f ? pv * (dp[n][e] - dot[e >> 1]) : 0.0f;
+                    pm[e] = drawn ? pv * f : pv;
+                }
+                dsr[n][0] = am_pack(kHalf, d4[0], d4[1]);
+                dsr[n][1] = am_pack(kHalf, d4[2], d4[3]);
+                pmr[n][0] = am_pack(kHalf, pm[0], pm[1]);
+                pmr[n][1] = am_pack(kHalf, pm[2], pm[3]);
             }
-        dot[0] = am_quad_sum(dot[0]);
-        dot[1] = am_quad_sum(dot[1]);
+        } else {
+            // A drawn mask: element pbase + (i0 + gr)·TK + off, its keep bit at 4n + e.
+            const bool drawn = mask == nullptr && threshold != 0ull;
+            const long long mrow = pbase + (long long)(i0 + gr) * TK;
+            unsigned kept = 0u;
+            float dot[2] = {0.0f, 0.0f};
 #pragma unroll
-        for (int n = 0; n < 2 * MAXNT; n++) {
-            float d4[4], pm[4];
+            for (int n = 0; n < 2 * MAXNT; n++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int j = 8 * n + 2 * t + (e & 1);
-                const int off = (e < 2 ? 0 : 8 * TK) + j;
-                float pv = 0.0f, mv = 1.0f;
-                if ((e < 2 ? in0 : in8) && j < TK) {
-                    pv = Pr[off];
-                    if (mask) {
-                        mv = Mr[off];
-                    } else if (drawn) {
-                        mv = (kept >> (4 * n + e)) & 1u ? keepScale : 0.0f;
+                for (int e = 0; e < 4; e++) {
+                    const int j = 8 * n + 2 * t + (e & 1);
+                    const int off = (e < 2 ? 0 : 8 * TK) + j;
+                    if ((e < 2 ? in0 : in8) && j < TK) {
+                        const float pv = Pr[off];
+                        if (mask) {
+                            dp[n][e] = dp[n][e] * Mr[off];
+                        } else if (drawn) {
+                            const bool kp = xf_dropout_keep(seed, (unsigned long long)(mrow + off), threshold);
+                            kept |= (kp ? 1u : 0u) << (4 * n + e);
+                            dp[n][e] = dp[n][e] * (kp ? keepScale : 0.0f);
+                        }
+                        if (pv != 0.0f) dot[e >> 1] = fmaf(dp[n][e], pv, dot[e >> 1]);
                     }
                 }
-                d4[e] = pv != 0.0f ? pv * (dp[n][e] - dot[e >> 1]) : 0.0f;
-                pm[e] = mask || drawn ? pv * mv : pv;
+            dot[0] = am_quad_sum(dot[0]);
+            dot[1] = am_quad_sum(dot[1]);
+#pragma unroll
+            for (int n = 0; n < 2 * MAXNT; n++) {
+                float d4[4], pm[4];
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int j = 8 * n + 2 * t + (e & 1);
+                    const int off = (e < 2 ? 0 : 8 * TK) + j;
+                    float pv = 0.0f, mv = 1.0f;
+                    if ((e < 2 ? in0 : in8) && j < TK) {
+                        pv = Pr[off];
+                        if (mask) {
+                            mv = Mr[off];
+                        } else if (drawn) {
+                            mv = (kept >> (4 * n + e)) & 1u ? keepScale : 0.0f;
+                        }
+                    }
+                    d4[e] = pv != 0.0f ? pv * (dp[n][e] - dot[e >> 1]) : 0.0f;
+                    pm[e] = mask || drawn ? pv * mv : pv;
+                }
+                dsr[n][0] = am_pack(kHalf, d4[0], d4[1]);
+                dsr[n][1] = am_pack(kHalf, d4[2], d4[3]);
+                pmr[n][0] = am_pack(kHalf, pm[0], pm[1]);
+                pmr[n][1] = am_pack(kHalf, pm[2], pm[3]);
             }
-            dsr[n][0] = am_pack(kHalf, d4[0], d4[1]);
-            dsr[n][1] = am_pack(kHalf, d4[2], d4[3]);
-            pmr[n][0] = am_pack(kHalf, pm[0], pm[1]);
-            pmr[n][1] = am_pack(kHalf, pm[2], pm[3]);
         }
     }
     __syncthreads();  // every p and m read: dS and P⊙M go over them
@@ -1347,14 +1487,17 @@ __device__ __forceinline__ void am3_round(bool kHalf, unsigned short* tile, cons
 
 // Forward items: (tile x, head h, batch b), item = (b·H + h)·tiles + x. Shared memory:
 // Q [16W][AM_LD], K, V [TKp][AM_LD] (16-bit), TK padding flags rounded up to 16 bytes,
-// then the landing area: Q rows [16W][AM_D], K and V rows [TK][AM_D] (fp32).
+// with BITS the keep bitmap of the tile's rows (am3_keep_words(16W·TK) words), then the
+// landing area: Q rows [16W][AM_D], K and V rows [TK][AM_D] (fp32).
 // The padding flags of the next item travel in two registers (W = 1 gives 32 threads for
 // TK ≤ 64).
-extern "C" __global__ void __launch_bounds__(128, AM3_FWD_MINB) attention_mma3_fwd(
-    void* out, long long oBS, long long oRS, const float* q, long long qBS, long long qRS, const float* k,
-    long long kBS, long long kRS, const float* v, long long vBS, long long vRS, int H, int TQ, int TK, float scale,
-    const unsigned char* pad, long long padStride, int causal, int queryOffset, float* probs, const float* dropMask,
-    int half, int outFmt, unsigned long long seed, unsigned long long threshold, float keepScale, int tiles, int items) {
+template <bool BITS>
+__device__ __forceinline__ void am3_fwd(void* out, long long oBS, long long oRS, const float* q, long long qBS,
+                                        long long qRS, const float* k, long long kBS, long long kRS, const float* v,
+                                        long long vBS, long long vRS, int H, int TQ, int TK, float scale,
+                                        const unsigned char* pad, long long padStride, int causal, int queryOffset,
+                                        float* probs, int half, int outFmt, unsigned long long seed,
+                                        unsigned long long threshold, float keepScale, int tiles, int items) {
     const bool kHalf = half != 0;
     const int TKp = (TK + 15) & ~15;
     const int rowsQ = 16 * (blockDim.x >> 5);
@@ -1362,10 +1505,11 @@ extern "C" __global__ void __launch_bounds__(128, AM3_FWD_MINB) attention_mma3_f
     unsigned short* Ks = Qs + rowsQ * AM_LD;
     unsigned short* Vs = Ks + TKp * AM_LD;
     unsigned char* padded = reinterpret_cast<unsigned char*>(Vs + TKp * AM_LD);
-    float* Lq = reinterpret_cast<float*>(padded + ((TK + 15) & ~15));
+    unsigned* keepBits = reinterpret_cast<unsigned*>(padded + ((TK + 15) & ~15));
+    float* Lq = reinterpret_cast<float*>(keepBits + (BITS ? am3_keep_words(rowsQ * TK) : 0));
     float* Lk = Lq + rowsQ * AM_D;
     float* Lv = Lk + TK * AM_D;
-    (void)dropMask;  // always null here (the launch code keeps stored masks on attention_mma2_fwd)
+    const bool drawn = threshold != 0ull;
 
     int item = blockIdx.x;
     unsigned char pf[2] = {0, 0};
@@ -1389,7 +1533,8 @@ extern "C" __global__ void __launch_bounds__(128, AM3_FWD_MINB) attention_mma3_f
         const int x = item % tiles, hb = item / tiles, h = hb % H, b = hb / H;
         const int tile0 = x * rowsQ, nq = min(rowsQ, TQ - tile0);
         am_cp_wait();
-        __syncthreads();  // the landed rows are visible; the previous item's tiles are free
+        __syncthreads();  // the landed rows are visible; the previous item's tiles (and bits) are free
+        if (BITS && drawn) am3_keep_bits(keepBits, nq * TK, (((long long)b * H + h) * TQ + tile0) * TK, seed, threshold);
         am3_round(kHalf, Qs, Lq, nq, rowsQ, scale, true);
         am3_round(kHalf, Ks, Lk, TK, TKp, 1.0f, false);
         am3_round(kHalf, Vs, Lv, TK, TKp, 1.0f, false);
@@ -1401,24 +1546,48 @@ extern "C" __global__ void __launch_bounds__(128, AM3_FWD_MINB) attention_mma3_f
         __syncthreads();  // tiles complete; the landing area is free
         const int next = item + gridDim.x;
         if (next < items) fetch(next);
-        am2_fwd_tile(kHalf, Qs, Ks, Vs, nullptr, padded, b, h, tile0, out, oBS, oRS, H, TQ, TK, causal, queryOffset,
-                     probs, nullptr, outFmt, seed, threshold, keepScale);
+        am2_fwd_tile<BITS>(kHalf, Qs, Ks, Vs, nullptr, padded, b, h, tile0, out, oBS, oRS, H, TQ, TK, causal,
+                           queryOffset, probs, nullptr, outFmt, seed, threshold, keepScale, keepBits);
         item = next;
     }
 }
 
+// dropMask is always null here (the launch code keeps stored masks on attention_mma2_fwd).
+extern "C" __global__ void __launch_bounds__(128, AM3_FWD_MINB) attention_mma3_fwd(
+    void* out, long long oBS, long long oRS, const float* q, long long qBS, long long qRS, const float* k,
+    long long kBS, long long kRS, const float* v, long long vBS, long long vRS, int H, int TQ, int TK, float scale,
+    const unsigned char* pad, long long padStride, int causal, int queryOffset, float* probs, const float* dropMask,
+    int half, int outFmt, unsigned long long seed, unsigned long long threshold, float keepScale, int tiles, int items) {
+    (void)dropMask;
+    am3_fwd<false>(out, oBS, oRS, q, qBS, qRS, k, kBS, kRS, v, vBS, vRS, H, TQ, TK, scale, pad, padStride, causal,
+                   queryOffset, probs, half, outFmt, seed, threshold, keepScale, tiles, items);
+}
+
+// attention_mma3_fwd_b: attention_mma3_fwd with the keep bits drawn ahead (am3_keep_bits).
+extern "C" __global__ void __launch_bounds__(128, AM3_FWD_MINB) attention_mma3_fwd_b(
+    void* out, long long oBS, long long oRS, const float* q, long long qBS, long long qRS, const float* k,
+    long long kBS, long long kRS, const float* v, long long vBS, long long vRS, int H, int TQ, int TK, float scale,
+    const unsigned char* pad, long long padStride, int causal, int queryOffset, float* probs, const float* dropMask,
+    int half, int outFmt, unsigned long long seed, unsigned long long threshold, float keepScale, int tiles, int items) {
+    (void)dropMask;
+    am3_fwd<true>(out, oBS, oRS, q, qBS, qRS, k, kBS, kRS, v, vBS, vRS, H, TQ, TK, scale, pad, padStride, causal,
+                  queryOffset, probs, half, outFmt, seed, threshold, keepScale, tiles, items);
+}
+
 // Backward items: (h, b), item = b·H + h. Shared memory: as attention_mma2_bwd with a
 // drawn mask or none (Qs, Ks, Vs, Os tiles, Z1 of am2_zbytes for P then dS, Z2 for P⊙M),
-// then the landing area: q, k, v, dout rows ([TQ], [TK], [TK], [TQ] × AM_D fp32) and P
-// (TQ·TK fp32, by 4-byte copies: its rows start anywhere), which the rounding pass copies
-// into Z1. Warps: enough for phase A in one pass and phase B's 2·NT items in one
-// (amBackwardWarps3).
-extern "C" __global__ void __launch_bounds__(256, AM3_BWD_MINB) attention_mma3_bwd(
-    void* dq, long long dqBS, long long dqRS, void* dk, long long dkBS, long long dkRS, void* dv, long long dvBS,
-    long long dvRS, const float* dout, long long doBS, long long doRS, const float* q, long long qBS, long long qRS,
-    const float* k, long long kBS, long long kRS, const float* v, long long vBS, long long vRS, const float* probs,
-    const float* mask, int H, int TQ, int TK, float scale, int half, int outFmt, unsigned long long seed,
-    unsigned long long threshold, float keepScale, int items) {
+// with BITS the keep bitmap (am3_keep_words(TQ·TK) words), then the landing area: q, k,
+// v, dout rows ([TQ], [TK], [TK], [TQ] × AM_D fp32) and P (TQ·TK fp32, by 4-byte copies:
+// its rows start anywhere), which the rounding pass copies into Z1. Warps: enough for
+// phase A in one pass and phase B's 2·NT items in one (amBackwardWarps3).
+template <bool BITS>
+__device__ __forceinline__ void am3_bwd(void* dq, long long dqBS, long long dqRS, void* dk, long long dkBS,
+                                        long long dkRS, void* dv, long long dvBS, long long dvRS, const float* dout,
+                                        long long doBS, long long doRS, const float* q, long long qBS, long long qRS,
+                                        const float* k, long long kBS, long long kRS, const float* v, long long vBS,
+                                        long long vRS, const float* probs, int H, int TQ, int TK, float scale, int half,
+                                        int outFmt, unsigned long long seed, unsigned long long threshold,
+                                        float keepScale, int items) {
     const bool kHalf = half != 0;
     const int TKp = (TK + 15) & ~15, TQp = (TQ + 15) & ~15, LDZ = TKp + 8;
     unsigned short* Qs = am3_smem();
@@ -1427,12 +1596,13 @@ extern "C" __global__ void __launch_bounds__(256, AM3_BWD_MINB) attention_mma3_b
     unsigned short* Os = Vs + TKp * AM_LD;
     unsigned char* z1 = reinterpret_cast<unsigned char*>(Os + TQp * AM_LD);
     unsigned char* z2 = z1 + am2_zbytes(TQ, TK);
-    float* Lq = reinterpret_cast<float*>(z2 + 2 * TQp * LDZ);
+    unsigned* keepBits = reinterpret_cast<unsigned*>(z2 + 2 * TQp * LDZ);
+    float* Lq = reinterpret_cast<float*>(keepBits + (BITS ? am3_keep_words(TQ * TK) : 0));
     float* Lk = Lq + TQ * AM_D;
     float* Lv = Lk + TK * AM_D;
     float* Lo = Lv + TK * AM_D;
     float* Lp = Lo + TQ * AM_D;
-    (void)mask;  // always null here (stored masks stay on attention_mma2_bwd)
+    const bool drawn = threshold != 0ull;
 
     auto fetch = [&](int it) {
         const int h = it % H, b = it / H;
@@ -1449,6 +1619,7 @@ extern "C" __global__ void __launch_bounds__(256, AM3_BWD_MINB) attention_mma3_b
         const int h = item % H, b = item / H;
         am_cp_wait();
         __syncthreads();  // the landed rows are visible; the previous item is done with every tile
+        if (BITS && drawn) am3_keep_bits(keepBits, TQ * TK, (((long long)b * H + h) * TQ) * TK, seed, threshold);
         am3_round(kHalf, Qs, Lq, TQ, TQp, scale, true);
         am3_round(kHalf, Ks, Lk, TK, TKp, 1.0f, false);
         am3_round(kHalf, Vs, Lv, TK, TKp, 1.0f, false);
@@ -1458,10 +1629,34 @@ extern "C" __global__ void __launch_bounds__(256, AM3_BWD_MINB) attention_mma3_b
         __syncthreads();  // tiles and P complete; the landing area is free
         const int next = item + gridDim.x;
         if (next < items) fetch(next);
-        am2_bwd_pair(kHalf, Qs, Ks, Vs, Os, z1, z2, b, h, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, nullptr, H,
-                     TQ, TK, scale, outFmt, seed, threshold, keepScale);
+        am2_bwd_pair<BITS>(kHalf, Qs, Ks, Vs, Os, z1, z2, b, h, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS,
+                           nullptr, H, TQ, TK, scale, outFmt, seed, threshold, keepScale, keepBits);
         item = next;
     }
+}
+
+// mask is always null here (stored masks stay on attention_mma2_bwd).
+extern "C" __global__ void __launch_bounds__(256, AM3_BWD_MINB) attention_mma3_bwd(
+    void* dq, long long dqBS, long long dqRS, void* dk, long long dkBS, long long dkRS, void* dv, long long dvBS,
+    long long dvRS, const float* dout, long long doBS, long long doRS, const float* q, long long qBS, long long qRS,
+    const float* k, long long kBS, long long kRS, const float* v, long long vBS, long long vRS, const float* probs,
+    const float* mask, int H, int TQ, int TK, float scale, int half, int outFmt, unsigned long long seed,
+    unsigned long long threshold, float keepScale, int items) {
+    (void)mask;
+    am3_bwd<false>(dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, dout, doBS, doRS, q, qBS, qRS, k, kBS, kRS, v, vBS,
+                   vRS, probs, H, TQ, TK, scale, half, outFmt, seed, threshold, keepScale, items);
+}
+
+// attention_mma3_bwd_b: attention_mma3_bwd with the keep bits drawn ahead (am3_keep_bits).
+extern "C" __global__ void __launch_bounds__(256, AM3_BWD_MINB) attention_mma3_bwd_b(
+    void* dq, long long dqBS, long long dqRS, void* dk, long long dkBS, long long dkRS, void* dv, long long dvBS,
+    long long dvRS, const float* dout, long long doBS, long long doRS, const float* q, long long qBS, long long qRS,
+    const float* k, long long kBS, long long kRS, const float* v, long long vBS, long long vRS, const float* probs,
+    const float* mask, int H, int TQ, int TK, float scale, int half, int outFmt, unsigned long long seed,
+    unsigned long long threshold, float keepScale, int items) {
+    (void)mask;
+    am3_bwd<true>(dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, dout, doBS, doRS, q, qBS, qRS, k, kBS, kRS, v, vBS,
+                  vRS, probs, H, TQ, TK, scale, half, outFmt, seed, threshold, keepScale, items);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -25,11 +25,14 @@ const (
 	amBwdWarps = 8   // AM_THREADS / 32
 )
 
-// amKernels are the kernel names: forward and backward for MAXNT 4 (TK ≤ 64) and 8, and
-// the rounding check of TestAttentionMMARounding.
+// amKernels are the kernel names: forward and backward for MAXNT 4 (TK ≤ 64) and 8, the
+// rounding check of TestAttentionMMARounding, then the second and third kernels, their
+// 16-bit input variants (attention_mma16.go) and the third kernels' bits variants
+// (attention_mma3.go).
 var amKernels = [...]string{"attention_mma_fwd4", "attention_mma_fwd8", "attention_mma_bwd4", "attention_mma_bwd8", "attention_mma_round",
 	"attention_mma2_fwd", "attention_mma2_bwd", "attention_mma3_fwd", "attention_mma3_bwd",
-	"attention_mma2_fwd_h", "attention_mma2_bwd_h", "attention_mma3_fwd_h", "attention_mma3_bwd_h"}
+	"attention_mma2_fwd_h", "attention_mma2_bwd_h", "attention_mma3_fwd_h", "attention_mma3_bwd_h",
+	"attention_mma3_fwd_b", "attention_mma3_bwd_b"}
 
 // am2MaxT bounds the second kernels (attention_mma2_*): TK ≤ 64 forward, TQ and TK ≤ 64
 // backward (MAXNT 4, a query block per warp). They replace the first kernels there; the
@@ -71,7 +74,8 @@ func (be *Backend) mmaFns() *attnMMAFns {
 		round: be.kernel(amKernels[4]),
 		fwd2:  be.kernel(amKernels[5]),
 		bwd2:  be.kernel(amKernels[6]),
-		third: am3Fns{fwd: be.kernel(amKernels[7]), bwd: be.kernel(amKernels[8])},
+		third: am3Fns{fwd: be.kernel(amKernels[7]), bwd: be.kernel(amKernels[8]),
+			fwdB: be.kernel(amKernels[13]), bwdB: be.kernel(amKernels[14])},
 		in16: am16Fns{fwd2: be.kernel(amKernels[9]), bwd2: be.kernel(amKernels[10]),
 			fwd3: be.kernel(amKernels[11]), bwd3: be.kernel(amKernels[12])},
 		ok: be.info.Major >= 8,

@@ -470,7 +470,10 @@ func TestAttentionMMAKernelNames(t *testing.T) {
 		"attention_mma2_fwd_h": strings.Contains(src, ") attention_mma2_fwd_h("),
 		"attention_mma2_bwd_h": strings.Contains(src, ") attention_mma2_bwd_h("),
 		"attention_mma3_fwd_h": strings.Contains(src, ") attention_mma3_fwd_h("),
-		"attention_mma3_bwd_h": strings.Contains(src, ") attention_mma3_bwd_h(")}
+		"attention_mma3_bwd_h": strings.Contains(src, ") attention_mma3_bwd_h("),
+		// The third kernels' bits variants (attention_mma3.go).
+		"attention_mma3_fwd_b": strings.Contains(src, ") attention_mma3_fwd_b("),
+		"attention_mma3_bwd_b": strings.Contains(src, ") attention_mma3_bwd_b(")}
 	for _, m := range []string{"4", "8"} {
 		defined["attention_mma_fwd"+m] = strings.Contains(src, ") attention_mma_fwd##MAXNT(") && strings.Contains(src, "\nAM_FWD("+m+")\n")
 		defined["attention_mma_bwd"+m] = strings.Contains(src, ") attention_mma_bwd##MAXNT(") && strings.Contains(src, "\nAM_BWD("+m+")\n")
