@@ -54,7 +54,12 @@ type am3Switch struct {
 //
 // The forward wants at least 2 resident blocks per SM and 24 keys (T 20 was slower, T 28
 // faster; the boundary between them was not measured); the backward runs there whenever
-// one block fits.
+// one block fits. Those were the first variant's times; the bits variant (the default)
+// has the same plans but for its bitmap (≤ 528 bytes; the blocks per SM unchanged at T
+// 28–64, TestAttentionMMA3Plans checks T 41; T 20's forward goes from 7 to 6, and the
+// dispatch keeps that one on the second kernels) and is expected faster at every shape, so the
+// same rule holds for it until TestAttentionMMA3Timing says otherwise (its "forced" rows
+// show whether T 20's forward should move to it too).
 const (
 	am3FwdMinResident = 2
 	am3FwdMinKeys     = 24
