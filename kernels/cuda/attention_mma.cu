@@ -857,18 +857,6 @@ __device__ __forceinline__ unsigned long long am3_row_bits(const unsigned* bits,
 // am3_bit is bit k (a constant after unrolling) of a lane's row bits pre-shifted by 2t.
 __device__ __forceinline__ bool am3_bit(unsigned long long rb, int k) { return (rb >> k) & 1ull; }
 
-// am3_pairs keeps of a lane's row bits pre-shifted by 2t the ones it uses, keys 8n + 2t
-// and 8n + 2t + 1 (n < 8), as bits 2n and 2n + 1: two rows fit one register, which the
-// backward holds across its phase A.
-__device__ __forceinline__ unsigned am3_pairs(unsigned long long rb) {
-    unsigned lo = (unsigned)rb & 0x03030303u, hi = (unsigned)(rb >> 32) & 0x03030303u;
-    lo = (lo | lo >> 6) & 0x000F000Fu;
-    hi = (hi | hi >> 6) & 0x000F000Fu;
-    lo = (lo | lo >> 12) & 0xFFu;
-    hi = (hi | hi >> 12) & 0xFFu;
-    return lo | hi << 8;
-}
-
 // am3_keep_words is the bitmap's size in words for n elements (am3_keep_bits), rounded up
 // to 16 bytes; attention_mma3.go's am3KeepBytes computes the same in bytes.
 __device__ __forceinline__ int am3_keep_words(int n) { return (((n + 31) >> 5) + 2 + 3) & ~3; }
@@ -1198,11 +1186,9 @@ __device__ __forceinline__ void am2_bwd_pair(bool kHalf, const unsigned short* Q
             // bitmap (rows past TQ read the last row's: their p is 0, so ds and p·m are 0
             // whatever dp holds, and so are those of keys past TK).
             const bool drawn = threshold != 0ull;
-            // kept: bit 4n + e as the loops below number them, bit (e/2)·16 + 2n + e%2 here.
-            const unsigned kept =
-                drawn ? am3_pairs(am3_row_bits(keepBits, min(i0 + gr, TQ - 1), TK) >> (2 * t)) |
-                            am3_pairs(am3_row_bits(keepBits, min(i0 + gr + 8, TQ - 1), TK) >> (2 * t)) << 16
-                      : 0u;
+            const unsigned long long rb0 = drawn ? am3_row_bits(keepBits, min(i0 + gr, TQ - 1), TK) >> (2 * t) : 0ull;
+            const unsigned long long rb8 =
+                drawn ? am3_row_bits(keepBits, min(i0 + gr + 8, TQ - 1), TK) >> (2 * t) : 0ull;
             float dot[2] = {0.0f, 0.0f};
 #pragma unroll
             for (int n = 0; n < 2 * MAXNT; n++)
@@ -1212,7 +1198,7 @@ __device__ __forceinline__ void am2_bwd_pair(bool kHalf, const unsigned short* Q
                     const int off = (e < 2 ? 0 : 8 * TK) + j;
                     float pv = 0.0f;
                     if ((e < 2 ? in0 : in8) && j < TK) pv = Pr[off];
-                    const float f = (kept >> (16 * (e >> 1) + 2 * n + (e & 1))) & 1u ? keepScale : 0.0f;
+                    const float f = am3_bit(e < 2 ? rb0 : rb8, 8 * n + (e & 1)) ? keepScale : 0.0f;
                     dp[n][e] = drawn ? dp[n][e] * f : dp[n][e];
                     dot[e >> 1] = pv != 0.0f ? fmaf(dp[n][e], pv, dot[e >> 1]) : dot[e >> 1];
                 }
@@ -1227,7 +1213,7 @@ __device__ __forceinline__ void am2_bwd_pair(bool kHalf, const unsigned short* Q
                     const int off = (e < 2 ? 0 : 8 * TK) + j;
                     float pv = 0.0f;
                     if ((e < 2 ? in0 : in8) && j < TK) pv = Pr[off];
-                    const float f = (kept >> (16 * (e >> 1) + 2 * n + (e & 1))) & 1u ? keepScale : 0.0f;
+                    const float f = am3_bit(e < 2 ? rb0 : rb8, 8 * n + (e & 1)) ? keepScale : 0.0f;
                     d4[e] = pv != 0.0f ? pv * (dp[n][e] - dot[e >> 1]) : 0.0f;
                     pm[e] = drawn ? pv * f : pv;
                 }
