@@ -284,3 +284,29 @@ func TestHH8Timing(t *testing.T) {
 		})
 	}
 }
+
+// TestHH8TrainingSameBits trains the fixture model with the 16-bit feed-forward block
+// (model.ffn16, whose dropout and ReLU + dropout backward run in place on 16-bit
+// buffers) on the new kernels and on the previous ones (hh4), bf16 and fp16, both
+// recipes (dropout 0 and 0.1): every update's loss, nll and gradient norm and the final
+// weights must be the same bits. It fails when the model wrote no 16-bit GEMM output
+// (the block was not taken).
+func TestHH8TrainingSameBits(t *testing.T) {
+	gpu(t)
+	m, batches := fixtureTraining(t, 3)
+	for _, prec := range []Precision{BF16, FP16} {
+		for _, rc := range sameBitsCases {
+			t.Run(prec.String()+"/"+rc.name, func(t *testing.T) {
+				old := newGraphTestBackend(t, prec, false)
+				old.fn.half.hh4 = true
+				ref, _ := runTrain(t, m, old, rc, batches)
+				nw := newGraphTestBackend(t, prec, false)
+				got, _ := runTrain(t, m, nw, rc, batches)
+				if nw.lt.halfOuts == 0 {
+					t.Fatal("the model wrote no 16-bit GEMM outputs: model.TrainNet.ffn16 was not taken")
+				}
+				checkSameRun(t, "eight-per-thread kernels", got, "previous kernels", ref)
+			})
+		}
+	}
+}
