@@ -117,7 +117,7 @@ extern "C" __global__ void dropout_apply_hh(void* y, const void* x, unsigned lon
 // a 64-bit multiply for (i+1)·γ, the format tested per element, and the software
 // rounding (~7 instructions for bf16, ~15 for fp16). This kernel:
 //   - loads and stores 16 bytes (eight 16-bit elements) per thread;
-//   - evaluates the same hash in 32-bit halves (dh_top32): the state of element i+1 is
+//   - evaluates the same hash in 32-bit halves (xf_dropout_hash_hi): the state of element i+1 is
 //     that of i plus γ (one 64-bit add), the last multiply forms only the high word,
 //     and the final xor-shift is dropped because it cannot change the bits compared;
 //   - widens and rounds with the hardware converters (cvt.f32.f16, cvt.rn.*x2.f32),
@@ -130,28 +130,10 @@ extern "C" __global__ void dropout_apply_hh(void* y, const void* x, unsigned lon
 // always, take dropout_apply_hh's per-element code.
 // ---------------------------------------------------------------------------------------
 
-// SplitMix64's constants (kernels.DropoutHash): γ, and the two multipliers as 32-bit
-// halves.
+// SplitMix64's γ (kernels.DropoutHash): the state of element i is seed + (i+1)·γ, so
+// consecutive elements' states are γ apart (additions instead of a multiply each); the
+// hash itself is xform.cuh's xf_dropout_hash_hi.
 #define DH_GAMMA 0x9E3779B97F4A7C15ull
-#define DH_M1_LO 0x1CE4E5B9u
-#define DH_M1_HI 0xBF58476Du
-#define DH_M2_LO 0x133111EBu
-#define DH_M2_HI 0x94D049BBu
-
-// dh_top32 is the high 32 bits of kernels.DropoutHash for the state z = seed + (i+1)·γ
-// (z = hi:lo), in 32-bit operations: t = z ^ z>>30, u = t·M1, w = u ^ u>>27, and the
-// high word of w·M2 (mod 2⁶⁴), which needs one high product and two low ones. The
-// hash's last step, z ^ z>>31, changes bit k only from bit k+31, so bits 33…63 are
-// already final; xf_dropout_keep compares bits 40…63, i.e. dh_top32(z) >> 8.
-// TestDropoutHash32 checks this arithmetic against kernels.DropoutHash in Go.
-__device__ __forceinline__ unsigned dh_top32(unsigned long long z) {
-    const unsigned lo = (unsigned)z, hi = (unsigned)(z >> 32);
-    const unsigned tlo = lo ^ __funnelshift_r(lo, hi, 30), thi = hi ^ (hi >> 30);
-    const unsigned long long p = (unsigned long long)tlo * DH_M1_LO;
-    const unsigned ulo = (unsigned)p, uhi = (unsigned)(p >> 32) + tlo * DH_M1_HI + thi * DH_M1_LO;
-    const unsigned wlo = ulo ^ __funnelshift_r(ulo, uhi, 27), whi = uhi ^ (uhi >> 27);
-    return __umulhi(wlo, DH_M2_LO) + wlo * DH_M2_HI + whi * DH_M2_LO;
-}
 
 // dh_widen2 is the two 16-bit values of w (the low half first) as float32: exact.
 template <bool kHalf>
@@ -195,7 +177,7 @@ __device__ __forceinline__ void dropout_hh8(void* y, const void* x, unsigned lon
     constexpr int fmt = kHalf ? XF_OUT_F16 : XF_OUT_BF16;
     const unsigned short* xs = reinterpret_cast<const unsigned short*>(x);
     long long done = 0;
-    // A threshold of 2²⁴ or more keeps nothing (dh_top32 >> 8 < 2²⁴), which the 32-bit
+    // A threshold of 2²⁴ or more keeps nothing (xf_dropout_hash_hi >> 8 < 2²⁴), which the 32-bit
     // comparison with t8 cannot say: such launches (p ≥ 1) take the per-element code.
     if ((((unsigned long long)x | (unsigned long long)y) & 15ull) == 0 && threshold < (1ull << 24)) {
         const unsigned t8 = (unsigned)threshold << 8;
@@ -217,8 +199,8 @@ __device__ __forceinline__ void dropout_hh8(void* y, const void* x, unsigned lon
 #pragma unroll
             for (int j = 0; j < 4; j++) {
                 const float2 f = dh_widen2<kHalf>(w[j]);
-                v[2 * j] = f.x * (dh_top32(z + (2 * j) * DH_GAMMA) >= t8 ? keep : 0.0f);
-                v[2 * j + 1] = f.y * (dh_top32(z + (2 * j + 1) * DH_GAMMA) >= t8 ? keep : 0.0f);
+                v[2 * j] = f.x * (xf_dropout_hash_hi(z + (2 * j) * DH_GAMMA) >= t8 ? keep : 0.0f);
+                v[2 * j + 1] = f.y * (xf_dropout_hash_hi(z + (2 * j + 1) * DH_GAMMA) >= t8 ? keep : 0.0f);
             }
             unsigned o[4];
             if (!dh_any_nan8(v)) {

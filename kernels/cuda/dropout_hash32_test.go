@@ -7,16 +7,19 @@ import (
 	"github.com/xform-dev/xform/kernels"
 )
 
-// dhTop32 is dropout.cu's dh_top32 written out in Go, operation for operation (32-bit
-// words, __funnelshift_r(lo, hi, s) = lo>>s | hi<<(32−s), __umulhi the high word of the
-// 64-bit product), so that the algebra the kernel relies on is checked on any machine.
-func dhTop32(z uint64) uint32 {
+// dropoutHashHi is xform.cuh's xf_dropout_hash_hi written out in Go, operation for
+// operation (32-bit words, __funnelshift_r(lo, hi, s) = lo>>s | hi<<(32−s), __umulhi
+// the high word of the 64-bit product), so that the algebra the kernels rely on
+// (dropout.cu's eight-per-thread kernels, layernorm_fast.cu's _w kernels) is checked on
+// any machine.
+func dropoutHashHi(z uint64) uint32 {
+	umulhi := func(a, b uint32) uint32 { return uint32(uint64(a) * uint64(b) >> 32) }
 	lo, hi := uint32(z), uint32(z>>32)
 	tlo, thi := lo^(lo>>30|hi<<2), hi^hi>>30
-	p := uint64(tlo) * 0x1CE4E5B9
-	ulo, uhi := uint32(p), uint32(p>>32)+tlo*0xBF58476D+thi*0x1CE4E5B9
+	ulo := tlo * 0x1CE4E5B9
+	uhi := umulhi(tlo, 0x1CE4E5B9) + tlo*0xBF58476D + thi*0x1CE4E5B9
 	wlo, whi := ulo^(ulo>>27|uhi<<5), uhi^uhi>>27
-	return uint32(uint64(wlo)*0x133111EB>>32) + wlo*0x94D049BB + whi*0x133111EB
+	return umulhi(wlo, 0x133111EB) + wlo*0x94D049BB + whi*0x133111EB
 }
 
 // TestDropoutHash32: the 32-bit evaluation dropout_apply_hh8 uses gives
@@ -52,9 +55,9 @@ func TestDropoutHash32(t *testing.T) {
 			if want := seed + (i+1)*gamma; z != want {
 				t.Fatalf("state of %d: %#x, want %#x", i, z, want)
 			}
-			top, h := dhTop32(z), kernels.DropoutHash(seed, i)
+			top, h := dropoutHashHi(z), kernels.DropoutHash(seed, i)
 			if uint64(top>>1) != h>>33 {
-				t.Fatalf("seed %#x i %d: dh_top32 %#08x, DropoutHash %#016x", seed, i, top, h)
+				t.Fatalf("seed %#x i %d: xf_dropout_hash_hi %#08x, DropoutHash %#016x", seed, i, top, h)
 			}
 			for _, th := range ts {
 				got, want := top >= uint32(th)<<8, kernels.DropoutKeep(seed, i, th)

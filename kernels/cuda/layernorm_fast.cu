@@ -277,21 +277,6 @@ __device__ __forceinline__ float lfv_keep(unsigned long long seed, long long i, 
     return xf_dropout_keep(seed, (unsigned long long)i, threshold) ? keep : 0.0f;
 }
 
-// lfw_hash_hi is the high word of SplitMix64's last product for the state
-// z = seed + (i + 1)·γ (kernels.DropoutHash before its final xor-shift), in 32-bit
-// halves. The final xor-shift (z ^ z>>31) leaves bits 40…63 alone, and those are all
-// the dropout compares, so only the product's high word is formed (three 32-bit
-// multiplies, no 64-bit one), and the threshold is compared with the word as it comes
-// (lfw_keep4): xf_dropout_keep's bits with fewer instructions, checked in Go
-// (TestDropoutHashHiWord, same formulas) and on the GPU (the w-vs-v kernel tests).
-__device__ __forceinline__ unsigned lfw_hash_hi(unsigned long long z) {
-    const unsigned lo = (unsigned)z, hi = (unsigned)(z >> 32);
-    const unsigned ylo = lo ^ __funnelshift_r(lo, hi, 30), yhi = hi ^ (hi >> 30);
-    const unsigned zlo = ylo * 0x1CE4E5B9u;
-    const unsigned zhi = __umulhi(ylo, 0x1CE4E5B9u) + ylo * 0xBF58476Du + yhi * 0x1CE4E5B9u;
-    const unsigned wlo = zlo ^ __funnelshift_r(zlo, zhi, 27), whi = zhi ^ (zhi >> 27);
-    return __umulhi(wlo, 0x133111EBu) + wlo * 0x94D049BBu + whi * 0x133111EBu;
-}
 
 // lfw_thr is a dropout threshold as lfw_keep4 compares it: element kept when the hash's
 // top 24 bits r ≥ threshold, i.e. high word ≥ threshold·256 (t8), which fits 32 bits
@@ -313,7 +298,7 @@ __device__ __forceinline__ unsigned lfw_keep4(unsigned long long seed, long long
     unsigned m = 0u;
 #pragma unroll
     for (int k = 0; k < 4; k++) {
-        m |= (lfw_hash_hi(z) >= t.t8 ? 1u : 0u) << k;
+        m |= (xf_dropout_hash_hi(z) >= t.t8 ? 1u : 0u) << k;
         z += g;
     }
     return t.none ? 0u : m;

@@ -7,20 +7,6 @@ import (
 	"github.com/xform-dev/xform/kernels"
 )
 
-// lfwHashHi is layernorm_fast.cu's lfw_hash_hi in Go, operation for operation (32-bit
-// halves, the funnel shifts written out, the high words of 32×32 products from 64-bit
-// ones).
-func lfwHashHi(z uint64) uint32 {
-	umulhi := func(a, b uint32) uint32 { return uint32(uint64(a) * uint64(b) >> 32) }
-	funnel := func(lo, hi uint32, s uint) uint32 { return uint32((uint64(hi)<<32 | uint64(lo)) >> s) }
-	lo, hi := uint32(z), uint32(z>>32)
-	ylo, yhi := lo^funnel(lo, hi, 30), hi^hi>>30
-	zlo := ylo * 0x1CE4E5B9
-	zhi := umulhi(ylo, 0x1CE4E5B9) + ylo*0xBF58476D + yhi*0x1CE4E5B9
-	wlo, whi := zlo^funnel(zlo, zhi, 27), zhi^zhi>>27
-	return umulhi(wlo, 0x133111EB) + wlo*0x94D049BB + whi*0x133111EB
-}
-
 // lfwKeep4 is lfw_keep4 in Go: bit k is element 4q + k's keep decision.
 func lfwKeep4(seed uint64, q uint64, threshold uint64) uint32 {
 	const g = 0x9E3779B97F4A7C15
@@ -28,7 +14,7 @@ func lfwKeep4(seed uint64, q uint64, threshold uint64) uint32 {
 	z := seed + (4*q+1)*g
 	var m uint32
 	for k := range 4 {
-		if lfwHashHi(z) >= t8 {
+		if dropoutHashHi(z) >= t8 {
 			m |= 1 << k
 		}
 		z += g
@@ -40,7 +26,7 @@ func lfwKeep4(seed uint64, q uint64, threshold uint64) uint32 {
 }
 
 // TestDropoutHashHiWord: the _w LayerNorm kernels' 32-bit form of the dropout hash
-// (lfw_hash_hi, lfw_keep4) gives kernels.DropoutHash's top 24 bits and
+// (xf_dropout_hash_hi, lfw_keep4) gives kernels.DropoutHash's top 24 bits and
 // kernels.DropoutKeep's decisions for random seeds and indices (small, near 2^32 and
 // 2^64) and the thresholds of p = 0, 0.1, 0.5, 1 and the extremes 1 and 2^24 − 1. A GPU
 // is not needed: the CUDA function is these operations (the GPU tests compare the
@@ -63,7 +49,7 @@ func TestDropoutHashHiWord(t *testing.T) {
 		}
 		for k := range uint64(4) {
 			i := 4*q + k
-			if got, want := lfwHashHi(seed+(i+1)*0x9E3779B97F4A7C15)>>8, uint32(kernels.DropoutHash(seed, i)>>40); got != want {
+			if got, want := dropoutHashHi(seed+(i+1)*0x9E3779B97F4A7C15)>>8, uint32(kernels.DropoutHash(seed, i)>>40); got != want {
 				bad++
 				if bad < 5 {
 					t.Errorf("seed %#x i %d: top 24 bits %#x, want %#x", seed, i, got, want)
