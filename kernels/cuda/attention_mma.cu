@@ -1,7 +1,9 @@
 // attention_mma.cu — training attention on the tensor cores (mma.sync m16n8k16, 16-bit
-// operands, fp32 accumulators) for the mixed-precision modes, head dimension 64 and at
-// most 128 keys (the backward also at most 128 query rows): the shape of a Transformer
-// base model's self and cross attention. Other shapes keep attention_fast.cu.
+// operands, fp32 accumulators) for the mixed-precision modes, head dimension 64: the
+// forward up to 128 keys, the backward up to 64 keys and query rows (the shape of a
+// Transformer base model's self and cross attention). Other shapes keep
+// attention_fast.cu. (A first backward for up to 128, am_bwd, ran only under a test
+// switch, slower than attention_fast.cu's there; the eighth session removed it.)
 //
 // Contract of attention_fast.cu (kernels.Trainer AttentionForward/AttentionBackward):
 // probabilities [B, H, TQ, TK] stored in fp32 before the dropout mask multiplies them,
@@ -57,7 +59,6 @@
 
 #define AM_D 64        // head dimension
 #define AM_LD 72       // row stride (16-bit elements) of a [rows][AM_D] tile
-#define AM_THREADS 256 // at most 8 warps per block
 // Blocks per SM the second kernels are compiled for (__launch_bounds__): see am2_*.
 #define AM2_FWD_MINB 5
 #define AM2_BWD_MINB 4
@@ -562,199 +563,12 @@ AM_FWD(4)
 AM_FWD(8)
 
 // ---------------------------------------------------------------------------------------
-// Backward: one block per (h, b) = (blockIdx.y, blockIdx.z), since dk and dv sum over
-// every query row (no atomics: the same result every run). TQ, TK ≤ 128; MT = TQp/16
-// query blocks, NT = TKp/16 ≤ MAXNT key blocks.
-// Shared memory (16-bit): Qs [TQp][AM_LD] (scaled), K [TKp][AM_LD], V [TKp][AM_LD],
-// dO [TQp][AM_LD], dS [TQp][LDZ], PM [TQp][LDZ] (P⊙M), LDZ = TKp + 8.
-//  A. per query block (a warp each, in turn): dP = dO·Vᵀ in C tiles; with p and m from
-//     global memory (this lane's elements), dp = dP·m, dot (quad shuffles), ds; ds and
-//     p·m rounded into dS and PM; dq += scale·round(ds)·K (ds from the registers, K by
-//     ldmatrix.trans).
-//  B. after a barrier, per (key block, dk or dv) (a warp each, in turn): dv = PMᵀ·dO or
-//     dk = dSᵀ·Qs over the query blocks (both operands by ldmatrix.trans).
-// Blocks write disjoint rows and columns (their batch and head); dq, dk, dv may be
-// column views of one buffer.
-// ---------------------------------------------------------------------------------------
-template <int MAXNT>
-__device__ __forceinline__ void am_bwd(bool kHalf, float* dq, long long dqBS, long long dqRS, float* dk,
-                                       long long dkBS, long long dkRS, float* dv, long long dvBS, long long dvRS,
-                                       const float* dout, long long doBS, long long doRS, const float* q, long long qBS,
-                                       long long qRS, const float* k, long long kBS, long long kRS, const float* v,
-                                       long long vBS, long long vRS, const float* probs, const float* mask, int H,
-                                       int TQ, int TK, float scale) {
-    extern __shared__ uint4 am_smem4[];
-    const int NT = (TK + 15) >> 4, TKp = 16 * NT, LDZ = TKp + 8;
-    const int nw = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int gr = lane >> 2, t = lane & 3;
-    const int h = blockIdx.y, b = blockIdx.z;
-    const int TQp = (TQ + 15) & ~15, MT = TQp >> 4;
-    unsigned short* Qs = reinterpret_cast<unsigned short*>(am_smem4);
-    unsigned short* Ks = Qs + TQp * AM_LD;
-    unsigned short* Vs = Ks + TKp * AM_LD;
-    unsigned short* Os = Vs + TKp * AM_LD;
-    unsigned short* dS = Os + TQp * AM_LD;
-    unsigned short* PM = dS + TQp * LDZ;
-    const long long hD = (long long)h * AM_D;
-    const long long pbase = (((long long)b * H + h) * TQ) * TK;
-    const float* P = probs + pbase;
-    const float* Mk = mask ? mask + pbase : nullptr;
-
-    {
-        const AmSrc m[4] = {
-            {q + (long long)b * qBS + hD, qRS, TQ, TQp, 0, scale, true},
-            {k + (long long)b * kBS + hD, kRS, TK, TKp, (int)(Ks - Qs), 1.0f, false},
-            {v + (long long)b * vBS + hD, vRS, TK, TKp, (int)(Vs - Qs), 1.0f, false},
-            {dout + (long long)b * doBS + hD, doRS, TQ, TQp, (int)(Os - Qs), 1.0f, false},
-        };
-        am_stage<4>(kHalf, Qs, m);
-    }
-    __syncthreads();
-
-    // A. ds, p·m and dq per query block
-    float* dqb = dq + (long long)b * dqBS + hD;
-    const bool dqVec = am_vec2(dq, dqBS, dqRS);
-    for (int qb = warp; qb < MT; qb += nw) {
-        const int i0 = 16 * qb;
-        float dp[2 * MAXNT][4];
-#pragma unroll
-        for (int n = 0; n < 2 * MAXNT; n++) dp[n][0] = dp[n][1] = dp[n][2] = dp[n][3] = 0.0f;
-        {
-            unsigned a[4][4];
-#pragma unroll
-            for (int kk = 0; kk < 4; kk++) am_ldm_a(a[kk], Os, AM_LD, i0, 16 * kk);
-#pragma unroll
-            for (int jj = 0; jj < MAXNT; jj++) {
-                if (jj < NT) {
-#pragma unroll
-                    for (int kk = 0; kk < 4; kk++) {
-                        unsigned bb[4];
-                        am_ldm_bt(bb, Vs, AM_LD, 16 * jj, 16 * kk);
-                        am_mma(kHalf, dp[2 * jj], a[kk][0], a[kk][1], a[kk][2], a[kk][3], bb[0], bb[1]);
-                        am_mma(kHalf, dp[2 * jj + 1], a[kk][0], a[kk][1], a[kk][2], a[kk][3], bb[2], bb[3]);
-                    }
-                }
-            }
-        }
-        // This lane's p and m (row i0 + gr + 8·(e/2), key 8n + 2t + e%2; 0 and 1 outside
-        // TQ × TK) are read twice, for the dot and for ds, rather than held: 16·MAXNT
-        // registers more would halve the blocks per SM. The second read hits L1.
-        // Zero probabilities (masked keys, padding) leave ds = 0 and stay out of the dot,
-        // as the CPU skips them.
-        const float* Pr = P + (long long)(i0 + gr) * TK;
-        const float* Mr = Mk ? Mk + (long long)(i0 + gr) * TK : nullptr;
-        const bool in0 = i0 + gr < TQ, in8 = i0 + gr + 8 < TQ;
-        float dot[2] = {0.0f, 0.0f};
-#pragma unroll
-        for (int n = 0; n < 2 * MAXNT; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int j = 8 * n + 2 * t + (e & 1);
-                const long long off = (e < 2 ? 0ll : 8ll * TK) + j;
-                if ((e < 2 ? in0 : in8) && j < TK) {
-                    const float pv = __ldg(Pr + off);
-                    if (Mr) dp[n][e] = dp[n][e] * __ldg(Mr + off);
-                    if (pv != 0.0f) dot[e >> 1] = fmaf(dp[n][e], pv, dot[e >> 1]);
-                }
-            }
-        dot[0] = am_quad_sum(dot[0]);
-        dot[1] = am_quad_sum(dot[1]);
-        unsigned dsr[2 * MAXNT][2];  // ds rounded, as pairs: [n][0] row gr, [n][1] row gr + 8
-#pragma unroll
-        for (int n = 0; n < 2 * MAXNT; n++) {
-            float d4[4], pm[4];
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int j = 8 * n + 2 * t + (e & 1);
-                const long long off = (e < 2 ? 0ll : 8ll * TK) + j;
-                float pv = 0.0f, mv = 1.0f;
-                if ((e < 2 ? in0 : in8) && j < TK) {
-                    pv = __ldg(Pr + off);
-                    if (Mr) mv = __ldg(Mr + off);
-                }
-                d4[e] = pv != 0.0f ? pv * (dp[n][e] - dot[e >> 1]) : 0.0f;
-                pm[e] = Mr ? pv * mv : pv;
-            }
-            dsr[n][0] = am_pack(kHalf, d4[0], d4[1]);
-            dsr[n][1] = am_pack(kHalf, d4[2], d4[3]);
-            if (n < 2 * NT) {
-                const int c = 8 * n + 2 * t, r = i0 + gr;
-                *reinterpret_cast<unsigned*>(dS + r * LDZ + c) = dsr[n][0];
-                *reinterpret_cast<unsigned*>(dS + (r + 8) * LDZ + c) = dsr[n][1];
-                *reinterpret_cast<unsigned*>(PM + r * LDZ + c) = am_pack(kHalf, pm[0], pm[1]);
-                *reinterpret_cast<unsigned*>(PM + (r + 8) * LDZ + c) = am_pack(kHalf, pm[2], pm[3]);
-            }
-        }
-        // dq += scale·round(ds)·K
-        float acc[8][4];
-#pragma unroll
-        for (int n = 0; n < 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < MAXNT; kk++) {
-            if (kk < NT) {
-#pragma unroll
-                for (int dd = 0; dd < 4; dd++) {
-                    unsigned bb[4];
-                    am_ldm_b(bb, Ks, AM_LD, 16 * kk, 16 * dd);
-                    am_mma(kHalf, acc[2 * dd], dsr[2 * kk][0], dsr[2 * kk][1], dsr[2 * kk + 1][0],
-                                  dsr[2 * kk + 1][1], bb[0], bb[1]);
-                    am_mma(kHalf, acc[2 * dd + 1], dsr[2 * kk][0], dsr[2 * kk][1], dsr[2 * kk + 1][0],
-                                  dsr[2 * kk + 1][1], bb[2], bb[3]);
-                }
-            }
-        }
-        am_add_rows(dqb, dqRS, i0, TQ, acc, scale, dqVec);
-    }
-    __syncthreads();  // dS and PM complete
-
-    // B. dv = PMᵀ·dO and dk = dSᵀ·Qs per key block
-    for (int w = warp; w < 2 * NT; w += nw) {
-        const int j0 = 16 * (w >> 1);
-        const bool isK = (w & 1) != 0;
-        const unsigned short* Z = isK ? dS : PM;
-        const unsigned short* Y = isK ? Qs : Os;
-        float acc[8][4];
-#pragma unroll
-        for (int n = 0; n < 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
-        for (int ib = 0; ib < MT; ib++) {
-            unsigned a[4];
-            am_ldm_at(a, Z, LDZ, 16 * ib, j0);
-#pragma unroll
-            for (int dd = 0; dd < 4; dd++) {
-                unsigned bb[4];
-                am_ldm_b(bb, Y, AM_LD, 16 * ib, 16 * dd);
-                am_mma(kHalf, acc[2 * dd], a[0], a[1], a[2], a[3], bb[0], bb[1]);
-                am_mma(kHalf, acc[2 * dd + 1], a[0], a[1], a[2], a[3], bb[2], bb[3]);
-            }
-        }
-        if (isK) {
-            am_add_rows(dk + (long long)b * dkBS + hD, dkRS, j0, TK, acc, 1.0f, am_vec2(dk, dkBS, dkRS));
-        } else {
-            am_add_rows(dv + (long long)b * dvBS + hD, dvRS, j0, TK, acc, 1.0f, am_vec2(dv, dvBS, dvRS));
-        }
-    }
-}
-
-#define AM_BWD(MAXNT)                                                                                     \
-    extern "C" __global__ void __launch_bounds__(AM_THREADS) attention_mma_bwd##MAXNT(                            \
-        float* dq, long long dqBS, long long dqRS, float* dk, long long dkBS, long long dkRS, float* dv,          \
-        long long dvBS, long long dvRS, const float* dout, long long doBS, long long doRS, const float* q,       \
-        long long qBS, long long qRS, const float* k, long long kBS, long long kRS, const float* v,              \
-        long long vBS, long long vRS, const float* probs, const float* mask, int H, int TQ, int TK, float scale, \
-        int half) {                                                                                               \
-        am_bwd<MAXNT>(half != 0, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, dout, doBS, doRS, q, qBS, qRS,   \
-                      k, kBS, kRS, v, vBS, vRS, probs, mask, H, TQ, TK, scale);                                   \
-    }
-AM_BWD(4)
-AM_BWD(8)
-
-// ---------------------------------------------------------------------------------------
 // The second kernels (am2_*, attention_mma2_fwd / attention_mma2_bwd): TK ≤ 64 forward,
 // TQ, TK ≤ 64 backward (MAXNT 4), the Transformer base training shapes. Same arithmetic
-// as am_fwd / am_bwd (the same operands rounded, the same fp32 sums in the same fragment
-// order, so the same references and bounds hold), organised for what bounded the first
-// kernels there (B·T ≈ 8000, T 20–64: ~1,600 blocks of 3 warps, each a chain of 5–8
-// dependent trips to memory, 5 blocks per SM by registers):
+// as am_fwd and the removed first backward (the same operands rounded, the same fp32 sums
+// in the same fragment order, so the same references and bounds hold), organised for
+// what bounded the first kernels there (B·T ≈ 8000, T 20–64: ~1,600 blocks of 3 warps,
+// each a chain of 5–8 dependent trips to memory, 5 blocks per SM by registers):
 //  * every global load of a block is issued at its start: the dropout mask (forward) or
 //    the probabilities and mask (backward) by cp.async straight into shared memory (no
 //    registers held while they fly), q, k, v (, dout) staged with 12 loads of a thread
@@ -1346,7 +1160,9 @@ __device__ __forceinline__ void am2_bwd_pair(bool kHalf, const unsigned short* Q
 //     drawn, once per element: the keep bits of a lane's 32 elements in one register),
 //     held rounded in registers; barrier; written into dS and P⊙M; dq +=
 //     scale·round(ds)·K.
-//  B. as am_bwd: per (key block, dk or dv), dv = PMᵀ·dO, dk = dSᵀ·Qs.
+//  B. after a barrier, per (key block, dk or dv) (a warp each, in turn): dv = PMᵀ·dO or
+//     dk = dSᵀ·Qs over the query blocks (both operands by ldmatrix.trans). No atomics:
+//     the block owns its (b, h), so the sums are the same every run.
 // MIX (attention_mma2_bwd_h): dout, q, k, v are float32 or 16-bit each, bit 3, 0, 1, 2 of
 // in16.
 template <bool MIX>
