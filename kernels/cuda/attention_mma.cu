@@ -383,6 +383,68 @@ __device__ __forceinline__ void am_store_rows16(bool kHalf, unsigned short* g, l
     }
 }
 
+// The forward's masked softmax and output product, shared by the first (am_fwd) and the
+// second and third kernels (am2_fwd_tile), which differ in where the dropout mask comes
+// from and what they stage: one copy of the arithmetic, so the same bits by
+// construction. s holds a warp's scores, [16][TKp] as 2·MAXNT C tiles (register
+// arrays: MAXNT is a template argument), NT ≤ MAXNT key blocks of them real.
+//
+// am_fwd_row_exp is the masked softmax's first part for the lane's elements of row half
+// hh (e = 2hh, 2hh + 1; the 4 lanes of a quad hold the row): keys past last or padded
+// masked, s replaced by exp(s − max) (NaN for a row with every key masked, as the CPU),
+// and 1/Σ returned for the caller to scale by.
+template <int MAXNT>
+__device__ __forceinline__ float am_fwd_row_exp(float (&s)[2 * MAXNT][4], int hh, int t, int last,
+                                                const unsigned char* padded) {
+    float m = -XF_INF;
+#pragma unroll
+    for (int n = 0; n < 2 * MAXNT; n++)
+#pragma unroll
+        for (int e = 2 * hh; e < 2 * hh + 2; e++) {
+            const int j = 8 * n + 2 * t + (e & 1);
+            const bool keep = j <= last && !padded[j];
+            s[n][e] = keep ? s[n][e] : -XF_INF;
+            m = fmaxf(m, s[n][e]);
+        }
+    m = am_quad_max(m);
+    float sum = 0.0f;
+#pragma unroll
+    for (int n = 0; n < 2 * MAXNT; n++)
+#pragma unroll
+        for (int e = 2 * hh; e < 2 * hh + 2; e++) {
+            float x = expf(s[n][e] - m);  // masked keys: exp(−inf) = 0
+            if (m == -XF_INF) x = __int_as_float(0x7fc00000);  // all masked: NaN, as the CPU
+            s[n][e] = x;
+            sum += x;
+        }
+    return 1.0f / am_quad_sum(sum);
+}
+
+// am_fwd_pv: o[16][64] = round(P⊙M)·V, P⊙M from the registers (two C tiles make an A
+// fragment), V by ldmatrix.trans.
+template <int MAXNT>
+__device__ __forceinline__ void am_fwd_pv(bool kHalf, float (&o)[8][4], const float (&s)[2 * MAXNT][4],
+                                          const unsigned short* Vs, int NT) {
+#pragma unroll
+    for (int n = 0; n < 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < MAXNT; kk++) {
+        if (kk < NT) {
+            const unsigned a0 = am_pack(kHalf, s[2 * kk][0], s[2 * kk][1]);
+            const unsigned a1 = am_pack(kHalf, s[2 * kk][2], s[2 * kk][3]);
+            const unsigned a2 = am_pack(kHalf, s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            const unsigned a3 = am_pack(kHalf, s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+            for (int dd = 0; dd < 4; dd++) {
+                unsigned bb[4];
+                am_ldm_b(bb, Vs, AM_LD, 16 * kk, 16 * dd);
+                am_mma(kHalf, o[2 * dd], a0, a1, a2, a3, bb[0], bb[1]);
+                am_mma(kHalf, o[2 * dd + 1], a0, a1, a2, a3, bb[2], bb[3]);
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Forward: block (x, h, b) of W warps takes query rows [x·16W, (x+1)·16W), warp w the 16
 // rows from i0 = x·16W + 16w. NT = TKp/16 key blocks, at most MAXNT (a template argument,
@@ -471,28 +533,7 @@ __device__ __forceinline__ void am_fwd(bool kHalf, float* out, long long oBS, lo
     for (int hh = 0; hh < 2; hh++) {
         const int i = i0 + gr + 8 * hh;
         const int last = causal ? min(TK - 1, i + queryOffset) : TK - 1;
-        float m = -XF_INF;
-#pragma unroll
-        for (int n = 0; n < 2 * MAXNT; n++)
-#pragma unroll
-            for (int e = 2 * hh; e < 2 * hh + 2; e++) {
-                const int j = 8 * n + 2 * t + (e & 1);
-                const bool keep = j <= last && !padded[j];
-                s[n][e] = keep ? s[n][e] : -XF_INF;
-                m = fmaxf(m, s[n][e]);
-            }
-        m = am_quad_max(m);
-        float sum = 0.0f;
-#pragma unroll
-        for (int n = 0; n < 2 * MAXNT; n++)
-#pragma unroll
-            for (int e = 2 * hh; e < 2 * hh + 2; e++) {
-                float x = expf(s[n][e] - m);  // masked keys: exp(−inf) = 0
-                if (m == -XF_INF) x = __int_as_float(0x7fc00000);  // all masked: NaN, as the CPU
-                s[n][e] = x;
-                sum += x;
-            }
-        const float inv = 1.0f / am_quad_sum(sum);
+        const float inv = am_fwd_row_exp<MAXNT>(s, hh, t, last, padded);
         const bool in = hh == 0 ? in0 : in8;
         float* pr = probs + (hh == 0 ? rowOff : rowOff8);
 #pragma unroll
@@ -512,24 +553,7 @@ __device__ __forceinline__ void am_fwd(bool kHalf, float* out, long long oBS, lo
 
     // 3. out = round(P⊙M)·V
     float o[8][4];
-#pragma unroll
-    for (int n = 0; n < 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < MAXNT; kk++) {
-        if (kk < NT) {
-            const unsigned a0 = am_pack(kHalf, s[2 * kk][0], s[2 * kk][1]);
-            const unsigned a1 = am_pack(kHalf, s[2 * kk][2], s[2 * kk][3]);
-            const unsigned a2 = am_pack(kHalf, s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            const unsigned a3 = am_pack(kHalf, s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-            for (int dd = 0; dd < 4; dd++) {
-                unsigned bb[4];
-                am_ldm_b(bb, Vs, AM_LD, 16 * kk, 16 * dd);
-                am_mma(kHalf, o[2 * dd], a0, a1, a2, a3, bb[0], bb[1]);
-                am_mma(kHalf, o[2 * dd + 1], a0, a1, a2, a3, bb[2], bb[3]);
-            }
-        }
-    }
+    am_fwd_pv<MAXNT>(kHalf, o, s, Vs, NT);
     float* ob = out + (long long)b * oBS + hD;
     const bool vec2 = am_vec2(out, oBS, oRS);
 #pragma unroll
@@ -728,28 +752,7 @@ __device__ __forceinline__ void am2_fwd_tile(bool kHalf, const unsigned short* Q
     for (int hh = 0; hh < 2; hh++) {
         const int i = i0 + gr + 8 * hh;
         const int last = causal ? min(TK - 1, i + queryOffset) : TK - 1;
-        float m = -XF_INF;
-#pragma unroll
-        for (int n = 0; n < 2 * MAXNT; n++)
-#pragma unroll
-            for (int e = 2 * hh; e < 2 * hh + 2; e++) {
-                const int j = 8 * n + 2 * t + (e & 1);
-                const bool keep = j <= last && !padded[j];
-                s[n][e] = keep ? s[n][e] : -XF_INF;
-                m = fmaxf(m, s[n][e]);
-            }
-        m = am_quad_max(m);
-        float sum = 0.0f;
-#pragma unroll
-        for (int n = 0; n < 2 * MAXNT; n++)
-#pragma unroll
-            for (int e = 2 * hh; e < 2 * hh + 2; e++) {
-                float x = expf(s[n][e] - m);  // masked keys: exp(−inf) = 0
-                if (m == -XF_INF) x = __int_as_float(0x7fc00000);  // all masked: NaN, as the CPU
-                s[n][e] = x;
-                sum += x;
-            }
-        const float inv = 1.0f / am_quad_sum(sum);
+        const float inv = am_fwd_row_exp<MAXNT>(s, hh, t, last, padded);
         const bool in = i < TQ;
         float* prow = probs + rowOff + 8ll * hh * TK;
         if constexpr (BITS) {
@@ -794,24 +797,7 @@ __device__ __forceinline__ void am2_fwd_tile(bool kHalf, const unsigned short* Q
 
     // 3. out = round(P⊙M)·V
     float o[8][4];
-#pragma unroll
-    for (int n = 0; n < 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < MAXNT; kk++) {
-        if (kk < NT) {
-            const unsigned a0 = am_pack(kHalf, s[2 * kk][0], s[2 * kk][1]);
-            const unsigned a1 = am_pack(kHalf, s[2 * kk][2], s[2 * kk][3]);
-            const unsigned a2 = am_pack(kHalf, s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            const unsigned a3 = am_pack(kHalf, s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-            for (int dd = 0; dd < 4; dd++) {
-                unsigned bb[4];
-                am_ldm_b(bb, Vs, AM_LD, 16 * kk, 16 * dd);
-                am_mma(kHalf, o[2 * dd], a0, a1, a2, a3, bb[0], bb[1]);
-                am_mma(kHalf, o[2 * dd + 1], a0, a1, a2, a3, bb[2], bb[3]);
-            }
-        }
-    }
+    am_fwd_pv<MAXNT>(kHalf, o, s, Vs, NT);
     if (outFmt != XF_OUT_F32) {
         am_store_rows16(kHalf, reinterpret_cast<unsigned short*>(out) + (long long)b * oBS + hD, oRS, i0, TQ, o, 1.0f,
                         am_vec2_16(out, oBS, oRS));
