@@ -314,6 +314,32 @@ __device__ __forceinline__ float4 lfw_mask4(float4 u, unsigned m, float keep) {
     return u;
 }
 
+// lfv_drop4 multiplies u by mask elements i … i + 3 (lfv_keep each: the hash per element).
+__device__ __forceinline__ void lfv_drop4(float4& u, unsigned long long seed, long long i,
+                                          unsigned long long threshold, float keep) {
+    u.x = u.x * lfv_keep(seed, i, threshold, keep);
+    u.y = u.y * lfv_keep(seed, i + 1, threshold, keep);
+    u.z = u.z * lfv_keep(seed, i + 2, threshold, keep);
+    u.w = u.w * lfv_keep(seed, i + 3, threshold, keep);
+}
+
+// lfv_mul4 is t⊙w (the ω scaling), lfv_resid4 the residual sum t·α + u, each product
+// rounded (--fmad=false), as residual.cu forms it: the forward and the backward that
+// recomputes z share them, so they form the same bits.
+__device__ __forceinline__ void lfv_mul4(float4& t, float4 w) {
+    t.x = t.x * w.x;
+    t.y = t.y * w.y;
+    t.z = t.z * w.z;
+    t.w = t.w * w.w;
+}
+
+__device__ __forceinline__ void lfv_resid4(float4& v, float4 t, float alpha, float4 u) {
+    v.x = t.x * alpha + u.x;
+    v.y = t.y * alpha + u.y;
+    v.z = t.z * alpha + u.z;
+    v.w = t.w * alpha + u.w;
+}
+
 // lfv_rowstats: mean and 1/sqrt(var + eps) of the row held as v (invalid float4s 0).
 template <int NV>
 __device__ __forceinline__ void lfv_rowstats(const float4 (&v)[NV], int lane, int dim4, int dim, float eps,
@@ -370,26 +396,13 @@ __device__ __forceinline__ void lfv_fwd(float* z, float* y, const float* x, cons
             const int q = lane + 32 * c;
             if (q < dim4) {
                 float4 t = v[c], u = b[c];
-                if (omega) {
-                    const float4 w = __ldg(w4 + q);
-                    t.x = t.x * w.x;
-                    t.y = t.y * w.y;
-                    t.z = t.z * w.z;
-                    t.w = t.w * w.w;
-                }
+                if (omega) lfv_mul4(t, __ldg(w4 + q));
                 if (drop && W) {
                     u = lfw_mask4(u, lfw_keep4(seed, o4 + q, wt), keep);
                 } else if (drop) {
-                    const long long i = 4 * (o4 + q);
-                    u.x = u.x * lfv_keep(seed, i, threshold, keep);
-                    u.y = u.y * lfv_keep(seed, i + 1, threshold, keep);
-                    u.z = u.z * lfv_keep(seed, i + 2, threshold, keep);
-                    u.w = u.w * lfv_keep(seed, i + 3, threshold, keep);
+                    lfv_drop4(u, seed, 4 * (o4 + q), threshold, keep);
                 }
-                v[c].x = t.x * alpha + u.x;
-                v[c].y = t.y * alpha + u.y;
-                v[c].z = t.z * alpha + u.z;
-                v[c].w = t.w * alpha + u.w;
+                lfv_resid4(v[c], t, alpha, u);
             }
         }
         float mean, rstd;
@@ -596,13 +609,7 @@ __device__ __forceinline__ void lfv_bwd(float* part, float* dz, void* dbranch, i
                 if (q < dim4) {
                     if (pair) {
                         float4 s = e[c];
-                        if (ex.omega2) {
-                            const float4 w = __ldg(w24 + q);
-                            s.x = s.x * w.x;
-                            s.y = s.y * w.y;
-                            s.z = s.z * w.z;
-                            s.w = s.w * w.w;
-                        }
+                        if (ex.omega2) lfv_mul4(s, __ldg(w24 + q));
                         d[c].x = d[c].x + s.x * ex.alpha2;
                         d[c].y = d[c].y + s.y * ex.alpha2;
                         d[c].z = d[c].z + s.z * ex.alpha2;
@@ -610,13 +617,7 @@ __device__ __forceinline__ void lfv_bwd(float* part, float* dz, void* dbranch, i
                     }
                     if (RECOMP) {
                         float4 t = xv[c], u = v[c];
-                        if (ex.omega) {
-                            const float4 w = __ldg(w4 + q);
-                            t.x = t.x * w.x;
-                            t.y = t.y * w.y;
-                            t.z = t.z * w.z;
-                            t.w = t.w * w.w;
-                        }
+                        if (ex.omega) lfv_mul4(t, __ldg(w4 + q));
                         if (W && threshold != 0ull) {
                             kept &= ~((15u & ~lfw_keep4(seed, o4 + q, wt)) << (4 * c));
                         } else if (threshold != 0ull) {
@@ -627,15 +628,7 @@ __device__ __forceinline__ void lfv_bwd(float* part, float* dz, void* dbranch, i
                                                    (xf_dropout_keep(seed, i + 3, threshold) ? 8u : 0u);
                             kept &= ~((15u & ~m) << (4 * c));
                         }
-                        const unsigned int m = kept >> (4 * c);
-                        u.x = u.x * ((m & 1u) ? keep : 0.0f);
-                        u.y = u.y * ((m & 2u) ? keep : 0.0f);
-                        u.z = u.z * ((m & 4u) ? keep : 0.0f);
-                        u.w = u.w * ((m & 8u) ? keep : 0.0f);
-                        v[c].x = t.x * ex.alpha + u.x;
-                        v[c].y = t.y * ex.alpha + u.y;
-                        v[c].z = t.z * ex.alpha + u.z;
-                        v[c].w = t.w * ex.alpha + u.w;
+                        lfv_resid4(v[c], t, ex.alpha, lfw_mask4(u, kept >> (4 * c), keep));
                     }
                 }
             }
@@ -691,19 +684,11 @@ __device__ __forceinline__ void lfv_bwd(float* part, float* dz, void* dbranch, i
                 if (dz) reinterpret_cast<float4*>(dz)[o4 + q] = t;
                 if (dbranch) {
                     if (RECOMP) {
-                        const unsigned int m = kept >> (4 * c);
-                        t.x = t.x * ((m & 1u) ? keep : 0.0f);
-                        t.y = t.y * ((m & 2u) ? keep : 0.0f);
-                        t.z = t.z * ((m & 4u) ? keep : 0.0f);
-                        t.w = t.w * ((m & 8u) ? keep : 0.0f);
+                        t = lfw_mask4(t, kept >> (4 * c), keep);
                     } else if (W && threshold != 0ull) {
                         t = lfw_mask4(t, lfw_keep4(seed, o4 + q, wt), keep);
                     } else if (threshold != 0ull) {
-                        const long long i = 4 * (o4 + q);
-                        t.x = t.x * lfv_keep(seed, i, threshold, keep);
-                        t.y = t.y * lfv_keep(seed, i + 1, threshold, keep);
-                        t.z = t.z * lfv_keep(seed, i + 2, threshold, keep);
-                        t.w = t.w * lfv_keep(seed, i + 3, threshold, keep);
+                        lfv_drop4(t, seed, 4 * (o4 + q), threshold, keep);
                     } else {
                         t.x = t.x * keep;
                         t.y = t.y * keep;
@@ -740,37 +725,43 @@ __device__ __forceinline__ void lfv_bwd(float* part, float* dz, void* dbranch, i
 // Blocks of at most LFV_THREADS threads (the Go side's lfvMaxWarps warps).
 #define LFV_THREADS 256
 
+// The kernels' parameter lists, each shared by a _v kernel and its _w twin (which adds
+// LFW_FIN_PARAMS): FWD the forward, BWD the plain backward (_v, _vs, _ws), PAIR the
+// backward with dy in two parts (_vp, _wp), RECOMP the one that recomputes z (_vr,
+// _wr).
+#define LFV_FWD_PARAMS                                                                                          \
+    float *z, float *y, const float *x, const float *branch, const float *omega, float alpha,                  \
+        const float *gamma, const float *beta, int rows, int dim, float eps, int drop, unsigned long long seed, \
+        unsigned long long threshold, float keep, void *y16, int fmt
+#define LFV_BWD_PARAMS                                                                                          \
+    float *part, float *dz, void *dbranch, int fmt, const float *dy, const float *z, const float *x,           \
+        const float *gamma, int rows, int dim, float eps, unsigned long long seed, unsigned long long threshold, \
+        float keep
+#define LFV_PAIR_PARAMS                                                                                         \
+    float *part, float *dz, void *dbranch, int fmt, const float *dy, const float *dz2, const float *omega2,    \
+        float alpha2, const float *z, const float *x, const float *gamma, int rows, int dim, float eps,         \
+        unsigned long long seed, unsigned long long threshold, float keep
+#define LFV_RECOMP_PARAMS                                                                                       \
+    float *part, float *dz, void *dbranch, int fmt, const float *dy, const float *dz2, const float *omega2,    \
+        float alpha2, const float *branch, const float *x, const float *omega, float alpha, const float *gamma, \
+        int rows, int dim, float eps, unsigned long long seed, unsigned long long threshold, float keep
+
 #define LFV_INSTANCE(NV)                                                                                        \
-    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_fwd_v##NV(                          \
-        float* z, float* y, const float* x, const float* branch, const float* omega, float alpha,              \
-        const float* gamma, const float* beta, int rows, int dim, float eps, int drop, unsigned long long seed, \
-        unsigned long long threshold, float keep, void* y16, int fmt) {                                         \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_fwd_v##NV(LFV_FWD_PARAMS) {        \
         lfv_fwd<NV>(z, y, x, branch, omega, alpha, gamma, beta, rows, dim, eps, drop, seed, threshold, keep,   \
                     y16, fmt);                                                                                  \
     }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_v##NV(                          \
-        float* part, float* dz, void* dbranch, int fmt, const float* dy, const float* z, const float* x,       \
-        const float* gamma, int rows, int dim, float eps, unsigned long long seed, unsigned long long threshold, \
-        float keep) {                                                                                           \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_v##NV(LFV_BWD_PARAMS) {        \
         lfv_bwd<NV, false>(part, dz, dbranch, fmt, dy, z, x, gamma, rows, dim, eps, seed, threshold, keep);    \
     }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_vs##NV(                         \
-        float* part, float* dz, void* dbranch, int fmt, const float* dy, const float* z, const float* x,       \
-        const float* gamma, int rows, int dim, float eps, unsigned long long seed, unsigned long long threshold, \
-        float keep) {                                                                                           \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_vs##NV(LFV_BWD_PARAMS) {       \
         lfv_bwd<NV, true>(part, dz, dbranch, fmt, dy, z, x, gamma, rows, dim, eps, seed, threshold, keep);     \
     }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_vp##NV(                         \
-        float* part, float* dz, void* dbranch, int fmt, const float* dy, const float* dz2, const float* omega2, \
-        float alpha2, const float* z, const float* x, const float* gamma, int rows, int dim, float eps,         \
-        unsigned long long seed, unsigned long long threshold, float keep) {                                    \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_vp##NV(LFV_PAIR_PARAMS) {      \
         lfv_bwd<NV, true, true, false>(part, dz, dbranch, fmt, dy, z, x, gamma, rows, dim, eps, seed, threshold, \
                                        keep, lfv_extra{dz2, omega2, alpha2, nullptr, 1.f});                     \
     }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_vr##NV(                         \
-        float* part, float* dz, void* dbranch, int fmt, const float* dy, const float* dz2, const float* omega2, \
-        float alpha2, const float* branch, const float* x, const float* omega, float alpha, const float* gamma, \
-        int rows, int dim, float eps, unsigned long long seed, unsigned long long threshold, float keep) {      \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_vr##NV(LFV_RECOMP_PARAMS) {    \
         lfv_bwd<NV, true, true, true>(part, dz, dbranch, fmt, dy, branch, x, gamma, rows, dim, eps, seed,       \
                                       threshold, keep, lfv_extra{dz2, omega2, alpha2, omega, alpha});           \
     }
@@ -783,37 +774,27 @@ LFV_INSTANCE(8)
 // The _w kernels: layernorm_fast_fwd_v / _bwd_vs / _vp / _vr with the mask from
 // lfw_keep4 and (cnt not null) the finish at the end of the backward (lfw_finish):
 // the same arguments, the backward's followed by the finish's; the same bits.
-#define LFW_FIN_ARGS unsigned *cnt, float *dgamma, float *dbeta, float *domega, float fin_alpha
+#define LFW_FIN_PARAMS unsigned *cnt, float *dgamma, float *dbeta, float *domega, float fin_alpha
 #define LFW_FIN lfv_fin{cnt, dgamma, dbeta, domega, fin_alpha}
 #define LFW_INSTANCE(NV)                                                                                        \
-    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_fwd_w##NV(                          \
-        float* z, float* y, const float* x, const float* branch, const float* omega, float alpha,              \
-        const float* gamma, const float* beta, int rows, int dim, float eps, int drop, unsigned long long seed, \
-        unsigned long long threshold, float keep, void* y16, int fmt) {                                         \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_fwd_w##NV(LFV_FWD_PARAMS) {        \
         lfv_fwd<NV, true>(z, y, x, branch, omega, alpha, gamma, beta, rows, dim, eps, drop, seed, threshold,   \
                           keep, y16, fmt);                                                                      \
     }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_ws##NV(                         \
-        float* part, float* dz, void* dbranch, int fmt, const float* dy, const float* z, const float* x,       \
-        const float* gamma, int rows, int dim, float eps, unsigned long long seed, unsigned long long threshold, \
-        float keep, LFW_FIN_ARGS) {                                                                             \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS)                                                   \
+        layernorm_fast_bwd_ws##NV(LFV_BWD_PARAMS, LFW_FIN_PARAMS) {                                             \
         lfv_bwd<NV, true, false, false, true>(part, dz, dbranch, fmt, dy, z, x, gamma, rows, dim, eps, seed,    \
                                               threshold, keep, lfv_extra{nullptr, nullptr, 0.f, nullptr, 1.f},  \
                                               LFW_FIN);                                                         \
     }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_wp##NV(                         \
-        float* part, float* dz, void* dbranch, int fmt, const float* dy, const float* dz2, const float* omega2, \
-        float alpha2, const float* z, const float* x, const float* gamma, int rows, int dim, float eps,         \
-        unsigned long long seed, unsigned long long threshold, float keep, LFW_FIN_ARGS) {                      \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS)                                                   \
+        layernorm_fast_bwd_wp##NV(LFV_PAIR_PARAMS, LFW_FIN_PARAMS) {                                            \
         lfv_bwd<NV, true, true, false, true>(part, dz, dbranch, fmt, dy, z, x, gamma, rows, dim, eps, seed,     \
                                              threshold, keep, lfv_extra{dz2, omega2, alpha2, nullptr, 1.f},     \
                                              LFW_FIN);                                                          \
     }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_wr##NV(                         \
-        float* part, float* dz, void* dbranch, int fmt, const float* dy, const float* dz2, const float* omega2, \
-        float alpha2, const float* branch, const float* x, const float* omega, float alpha, const float* gamma, \
-        int rows, int dim, float eps, unsigned long long seed, unsigned long long threshold, float keep,        \
-        LFW_FIN_ARGS) {                                                                                         \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS)                                                   \
+        layernorm_fast_bwd_wr##NV(LFV_RECOMP_PARAMS, LFW_FIN_PARAMS) {                                          \
         lfv_bwd<NV, true, true, true, true>(part, dz, dbranch, fmt, dy, branch, x, gamma, rows, dim, eps, seed, \
                                             threshold, keep, lfv_extra{dz2, omega2, alpha2, omega, alpha},      \
                                             LFW_FIN);                                                           \
