@@ -198,3 +198,104 @@ extern "C" __global__ void relu_dropout_bwd_hh(void* dpre, const void* da, const
     for (long long i = done + xf_tid(); i < n; i += xf_stride())
         xf_store(dpre, i, f(rd_widen(g16[i], fmt), rd_widen(a16[i], fmt)), fmt);
 }
+
+// ---------------------------------------------------------------------------------------
+// relu_dropout_bwd_hh8: relu_dropout_bwd_hh with the same bits, eight elements per
+// thread: 16-byte loads of da and a and a 16-byte store (the old kernel's 8-byte
+// accesses and per-element format tests ran at ~3.5 TB/s; this pass is 3 × 32 MB at the
+// bench shape), the format a template argument, widening and rounding by the hardware
+// converters (cvt.f32.f16 is exact; cvt.rn.*x2.f32 gives xf_round16's bits for every
+// non-NaN value, checked on the GPU by TestAttentionMMARounding). A group whose result
+// has a NaN (a NaN or infinite da where a > 0) is redone with relu_dropout_bwd_hh's
+// arithmetic, so NaN payloads are the same bits too. Unaligned arrays, and the last
+// n mod 8 elements, take relu_dropout_bwd_hh's per-element code.
+// ---------------------------------------------------------------------------------------
+
+// rd_widen2 is the two 16-bit values of w (the low half first) as float32: exact.
+template <bool kHalf>
+__device__ __forceinline__ float2 rd_widen2(unsigned w) {
+    if (!kHalf) return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
+    float2 r;
+    asm("{\n .reg .b16 l, h;\n mov.b32 {l, h}, %2;\n cvt.f32.f16 %0, l;\n cvt.f32.f16 %1, h;\n}"
+        : "=f"(r.x), "=f"(r.y)
+        : "r"(w));
+    return r;
+}
+
+// rd_pack2 is RN16(lo) | RN16(hi) << 16 for non-NaN lo and hi.
+template <bool kHalf>
+__device__ __forceinline__ unsigned rd_pack2(float lo, float hi) {
+#if __CUDA_ARCH__ >= 800
+    unsigned r;
+    if (kHalf)
+        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    else
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#else
+    return (unsigned)xf_cast1<kHalf>(lo) | ((unsigned)xf_cast1<kHalf>(hi) << 16);
+#endif
+}
+
+// rd_any_nan8 says whether any of the eight is a NaN (four unordered comparisons).
+__device__ __forceinline__ bool rd_any_nan8(const float (&v)[8]) {
+    unsigned r;
+    asm("{\n .reg .pred p;\n setp.nan.f32 p, %1, %2;\n setp.nan.or.f32 p, %3, %4, p;\n"
+        " setp.nan.or.f32 p, %5, %6, p;\n setp.nan.or.f32 p, %7, %8, p;\n selp.u32 %0, 1, 0, p;\n}"
+        : "=r"(r)
+        : "f"(v[0]), "f"(v[1]), "f"(v[2]), "f"(v[3]), "f"(v[4]), "f"(v[5]), "f"(v[6]), "f"(v[7]));
+    return r != 0u;
+}
+
+template <bool kHalf>
+__device__ __forceinline__ void relu_drop_hh8(void* dpre, const void* da, const void* a, float s, long long n) {
+    constexpr int fmt = kHalf ? XF_OUT_F16 : XF_OUT_BF16;
+    const ReluDropBwd f{s};
+    const unsigned short* g16 = reinterpret_cast<const unsigned short*>(da);
+    const unsigned short* a16 = reinterpret_cast<const unsigned short*>(a);
+    long long done = 0;
+    if ((((unsigned long long)dpre | (unsigned long long)da | (unsigned long long)a) & 15ull) == 0) {
+        const long long n8 = n >> 3;
+        const uint4* g8 = reinterpret_cast<const uint4*>(da);
+        const uint4* a8 = reinterpret_cast<const uint4*>(a);
+        uint4* d8 = reinterpret_cast<uint4*>(dpre);
+        for (long long q = xf_tid(); q < n8; q += xf_stride()) {
+            const uint4 gu = g8[q], au = a8[q];
+            const unsigned gw[4] = {gu.x, gu.y, gu.z, gu.w}, aw[4] = {au.x, au.y, au.z, au.w};
+            float v[8];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const float2 g = rd_widen2<kHalf>(gw[j]), w = rd_widen2<kHalf>(aw[j]);
+                v[2 * j] = f(g.x, w.x);
+                v[2 * j + 1] = f(g.y, w.y);
+            }
+            unsigned o[4];
+            if (!rd_any_nan8(v)) {
+#pragma unroll
+                for (int j = 0; j < 4; j++) o[j] = rd_pack2<kHalf>(v[2 * j], v[2 * j + 1]);
+            } else {
+                // relu_dropout_bwd_hh's arithmetic, element for element.
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    const float lo = f(rd_widen(gw[j] & 0xffffu, fmt), rd_widen(aw[j] & 0xffffu, fmt));
+                    const float hi = f(rd_widen(gw[j] >> 16, fmt), rd_widen(aw[j] >> 16, fmt));
+                    o[j] = (unsigned)xf_round16(lo, fmt) | ((unsigned)xf_round16(hi, fmt) << 16);
+                }
+            }
+            d8[q] = make_uint4(o[0], o[1], o[2], o[3]);
+        }
+        done = n8 << 3;
+    }
+    for (long long i = done + xf_tid(); i < n; i += xf_stride())
+        xf_store(dpre, i, f(rd_widen(g16[i], fmt), rd_widen(a16[i], fmt)), fmt);
+}
+
+// relu_dropout_bwd_hh8 is relu_dropout_bwd_hh (same arguments, same bits; dpre may alias
+// da or a) for a grid sized for n/8 threads.
+extern "C" __global__ void relu_dropout_bwd_hh8(void* dpre, const void* da, const void* a, float s, long long n,
+                                                int fmt) {
+    if (fmt == XF_OUT_F16)
+        relu_drop_hh8<true>(dpre, da, a, s, n);
+    else
+        relu_drop_hh8<false>(dpre, da, a, s, n);
+}

@@ -169,8 +169,8 @@ func (be *Backend) attentionForwardFast(out, q, k, v kernels.View, a kernels.Att
 	return true
 }
 
-// attentionBackwardFast is AttentionBackward on attention_mma_bwd (tensor cores, where
-// mmaUsable) or attention_fast_bwd, one block per (head, batch); false (nothing done)
+// attentionBackwardFast is AttentionBackward on the tensor-core kernels (mmaBackward,
+// where mmaUsable) or attention_fast_bwd, one block per (head, batch); false (nothing done)
 // when the shape is outside the fast kernels or its tiles exceed the device's shared
 // memory (TQ and TK near 128 need the opt-in beyond 48 KiB; much longer query sequences
 // need more than any device has).

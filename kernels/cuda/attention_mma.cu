@@ -1,7 +1,9 @@
 // attention_mma.cu — training attention on the tensor cores (mma.sync m16n8k16, 16-bit
-// operands, fp32 accumulators) for the mixed-precision modes, head dimension 64 and at
-// most 128 keys (the backward also at most 128 query rows): the shape of a Transformer
-// base model's self and cross attention. Other shapes keep attention_fast.cu.
+// operands, fp32 accumulators) for the mixed-precision modes, head dimension 64: the
+// forward up to 128 keys, the backward up to 64 keys and query rows (the shape of a
+// Transformer base model's self and cross attention). Other shapes keep
+// attention_fast.cu. (A first backward for up to 128, am_bwd, ran only under a test
+// switch, slower than attention_fast.cu's there; the eighth session removed it.)
 //
 // Contract of attention_fast.cu (kernels.Trainer AttentionForward/AttentionBackward):
 // probabilities [B, H, TQ, TK] stored in fp32 before the dropout mask multiplies them,
@@ -57,7 +59,6 @@
 
 #define AM_D 64        // head dimension
 #define AM_LD 72       // row stride (16-bit elements) of a [rows][AM_D] tile
-#define AM_THREADS 256 // at most 8 warps per block
 // Blocks per SM the second kernels are compiled for (__launch_bounds__): see am2_*.
 #define AM2_FWD_MINB 5
 #define AM2_BWD_MINB 4
@@ -382,6 +383,68 @@ __device__ __forceinline__ void am_store_rows16(bool kHalf, unsigned short* g, l
     }
 }
 
+// The forward's masked softmax and output product, shared by the first (am_fwd) and the
+// second and third kernels (am2_fwd_tile), which differ in where the dropout mask comes
+// from and what they stage: one copy of the arithmetic, so the same bits by
+// construction. s holds a warp's scores, [16][TKp] as 2·MAXNT C tiles (register
+// arrays: MAXNT is a template argument), NT ≤ MAXNT key blocks of them real.
+//
+// am_fwd_row_exp is the masked softmax's first part for the lane's elements of row half
+// hh (e = 2hh, 2hh + 1; the 4 lanes of a quad hold the row): keys past last or padded
+// masked, s replaced by exp(s − max) (NaN for a row with every key masked, as the CPU),
+// and 1/Σ returned for the caller to scale by.
+template <int MAXNT>
+__device__ __forceinline__ float am_fwd_row_exp(float (&s)[2 * MAXNT][4], int hh, int t, int last,
+                                                const unsigned char* padded) {
+    float m = -XF_INF;
+#pragma unroll
+    for (int n = 0; n < 2 * MAXNT; n++)
+#pragma unroll
+        for (int e = 2 * hh; e < 2 * hh + 2; e++) {
+            const int j = 8 * n + 2 * t + (e & 1);
+            const bool keep = j <= last && !padded[j];
+            s[n][e] = keep ? s[n][e] : -XF_INF;
+            m = fmaxf(m, s[n][e]);
+        }
+    m = am_quad_max(m);
+    float sum = 0.0f;
+#pragma unroll
+    for (int n = 0; n < 2 * MAXNT; n++)
+#pragma unroll
+        for (int e = 2 * hh; e < 2 * hh + 2; e++) {
+            float x = expf(s[n][e] - m);  // masked keys: exp(−inf) = 0
+            if (m == -XF_INF) x = __int_as_float(0x7fc00000);  // all masked: NaN, as the CPU
+            s[n][e] = x;
+            sum += x;
+        }
+    return 1.0f / am_quad_sum(sum);
+}
+
+// am_fwd_pv: o[16][64] = round(P⊙M)·V, P⊙M from the registers (two C tiles make an A
+// fragment), V by ldmatrix.trans.
+template <int MAXNT>
+__device__ __forceinline__ void am_fwd_pv(bool kHalf, float (&o)[8][4], const float (&s)[2 * MAXNT][4],
+                                          const unsigned short* Vs, int NT) {
+#pragma unroll
+    for (int n = 0; n < 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < MAXNT; kk++) {
+        if (kk < NT) {
+            const unsigned a0 = am_pack(kHalf, s[2 * kk][0], s[2 * kk][1]);
+            const unsigned a1 = am_pack(kHalf, s[2 * kk][2], s[2 * kk][3]);
+            const unsigned a2 = am_pack(kHalf, s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            const unsigned a3 = am_pack(kHalf, s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+            for (int dd = 0; dd < 4; dd++) {
+                unsigned bb[4];
+                am_ldm_b(bb, Vs, AM_LD, 16 * kk, 16 * dd);
+                am_mma(kHalf, o[2 * dd], a0, a1, a2, a3, bb[0], bb[1]);
+                am_mma(kHalf, o[2 * dd + 1], a0, a1, a2, a3, bb[2], bb[3]);
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Forward: block (x, h, b) of W warps takes query rows [x·16W, (x+1)·16W), warp w the 16
 // rows from i0 = x·16W + 16w. NT = TKp/16 key blocks, at most MAXNT (a template argument,
@@ -470,28 +533,7 @@ __device__ __forceinline__ void am_fwd(bool kHalf, float* out, long long oBS, lo
     for (int hh = 0; hh < 2; hh++) {
         const int i = i0 + gr + 8 * hh;
         const int last = causal ? min(TK - 1, i + queryOffset) : TK - 1;
-        float m = -XF_INF;
-#pragma unroll
-        for (int n = 0; n < 2 * MAXNT; n++)
-#pragma unroll
-            for (int e = 2 * hh; e < 2 * hh + 2; e++) {
-                const int j = 8 * n + 2 * t + (e & 1);
-                const bool keep = j <= last && !padded[j];
-                s[n][e] = keep ? s[n][e] : -XF_INF;
-                m = fmaxf(m, s[n][e]);
-            }
-        m = am_quad_max(m);
-        float sum = 0.0f;
-#pragma unroll
-        for (int n = 0; n < 2 * MAXNT; n++)
-#pragma unroll
-            for (int e = 2 * hh; e < 2 * hh + 2; e++) {
-                float x = expf(s[n][e] - m);  // masked keys: exp(−inf) = 0
-                if (m == -XF_INF) x = __int_as_float(0x7fc00000);  // all masked: NaN, as the CPU
-                s[n][e] = x;
-                sum += x;
-            }
-        const float inv = 1.0f / am_quad_sum(sum);
+        const float inv = am_fwd_row_exp<MAXNT>(s, hh, t, last, padded);
         const bool in = hh == 0 ? in0 : in8;
         float* pr = probs + (hh == 0 ? rowOff : rowOff8);
 #pragma unroll
@@ -511,24 +553,7 @@ __device__ __forceinline__ void am_fwd(bool kHalf, float* out, long long oBS, lo
 
     // 3. out = round(P⊙M)·V
     float o[8][4];
-#pragma unroll
-    for (int n = 0; n < 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < MAXNT; kk++) {
-        if (kk < NT) {
-            const unsigned a0 = am_pack(kHalf, s[2 * kk][0], s[2 * kk][1]);
-            const unsigned a1 = am_pack(kHalf, s[2 * kk][2], s[2 * kk][3]);
-            const unsigned a2 = am_pack(kHalf, s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            const unsigned a3 = am_pack(kHalf, s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-            for (int dd = 0; dd < 4; dd++) {
-                unsigned bb[4];
-                am_ldm_b(bb, Vs, AM_LD, 16 * kk, 16 * dd);
-                am_mma(kHalf, o[2 * dd], a0, a1, a2, a3, bb[0], bb[1]);
-                am_mma(kHalf, o[2 * dd + 1], a0, a1, a2, a3, bb[2], bb[3]);
-            }
-        }
-    }
+    am_fwd_pv<MAXNT>(kHalf, o, s, Vs, NT);
     float* ob = out + (long long)b * oBS + hD;
     const bool vec2 = am_vec2(out, oBS, oRS);
 #pragma unroll
@@ -562,199 +587,12 @@ AM_FWD(4)
 AM_FWD(8)
 
 // ---------------------------------------------------------------------------------------
-// Backward: one block per (h, b) = (blockIdx.y, blockIdx.z), since dk and dv sum over
-// every query row (no atomics: the same result every run). TQ, TK ≤ 128; MT = TQp/16
-// query blocks, NT = TKp/16 ≤ MAXNT key blocks.
-// Shared memory (16-bit): Qs [TQp][AM_LD] (scaled), K [TKp][AM_LD], V [TKp][AM_LD],
-// dO [TQp][AM_LD], dS [TQp][LDZ], PM [TQp][LDZ] (P⊙M), LDZ = TKp + 8.
-//  A. per query block (a warp each, in turn): dP = dO·Vᵀ in C tiles; with p and m from
-//     global memory (this lane's elements), dp = dP·m, dot (quad shuffles), ds; ds and
-//     p·m rounded into dS and PM; dq += scale·round(ds)·K (ds from the registers, K by
-//     ldmatrix.trans).
-//  B. after a barrier, per (key block, dk or dv) (a warp each, in turn): dv = PMᵀ·dO or
-//     dk = dSᵀ·Qs over the query blocks (both operands by ldmatrix.trans).
-// Blocks write disjoint rows and columns (their batch and head); dq, dk, dv may be
-// column views of one buffer.
-// ---------------------------------------------------------------------------------------
-template <int MAXNT>
-__device__ __forceinline__ void am_bwd(bool kHalf, float* dq, long long dqBS, long long dqRS, float* dk,
-                                       long long dkBS, long long dkRS, float* dv, long long dvBS, long long dvRS,
-                                       const float* dout, long long doBS, long long doRS, const float* q, long long qBS,
-                                       long long qRS, const float* k, long long kBS, long long kRS, const float* v,
-                                       long long vBS, long long vRS, const float* probs, const float* mask, int H,
-                                       int TQ, int TK, float scale) {
-    extern __shared__ uint4 am_smem4[];
-    const int NT = (TK + 15) >> 4, TKp = 16 * NT, LDZ = TKp + 8;
-    const int nw = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int gr = lane >> 2, t = lane & 3;
-    const int h = blockIdx.y, b = blockIdx.z;
-    const int TQp = (TQ + 15) & ~15, MT = TQp >> 4;
-    unsigned short* Qs = reinterpret_cast<unsigned short*>(am_smem4);
-    unsigned short* Ks = Qs + TQp * AM_LD;
-    unsigned short* Vs = Ks + TKp * AM_LD;
-    unsigned short* Os = Vs + TKp * AM_LD;
-    unsigned short* dS = Os + TQp * AM_LD;
-    unsigned short* PM = dS + TQp * LDZ;
-    const long long hD = (long long)h * AM_D;
-    const long long pbase = (((long long)b * H + h) * TQ) * TK;
-    const float* P = probs + pbase;
-    const float* Mk = mask ? mask + pbase : nullptr;
-
-    {
-        const AmSrc m[4] = {
-            {q + (long long)b * qBS + hD, qRS, TQ, TQp, 0, scale, true},
-            {k + (long long)b * kBS + hD, kRS, TK, TKp, (int)(Ks - Qs), 1.0f, false},
-            {v + (long long)b * vBS + hD, vRS, TK, TKp, (int)(Vs - Qs), 1.0f, false},
-            {dout + (long long)b * doBS + hD, doRS, TQ, TQp, (int)(Os - Qs), 1.0f, false},
-        };
-        am_stage<4>(kHalf, Qs, m);
-    }
-    __syncthreads();
-
-    // A. ds, p·m and dq per query block
-    float* dqb = dq + (long long)b * dqBS + hD;
-    const bool dqVec = am_vec2(dq, dqBS, dqRS);
-    for (int qb = warp; qb < MT; qb += nw) {
-        const int i0 = 16 * qb;
-        float dp[2 * MAXNT][4];
-#pragma unroll
-        for (int n = 0; n < 2 * MAXNT; n++) dp[n][0] = dp[n][1] = dp[n][2] = dp[n][3] = 0.0f;
-        {
-            unsigned a[4][4];
-#pragma unroll
-            for (int kk = 0; kk < 4; kk++) am_ldm_a(a[kk], Os, AM_LD, i0, 16 * kk);
-#pragma unroll
-            for (int jj = 0; jj < MAXNT; jj++) {
-                if (jj < NT) {
-#pragma unroll
-                    for (int kk = 0; kk < 4; kk++) {
-                        unsigned bb[4];
-                        am_ldm_bt(bb, Vs, AM_LD, 16 * jj, 16 * kk);
-                        am_mma(kHalf, dp[2 * jj], a[kk][0], a[kk][1], a[kk][2], a[kk][3], bb[0], bb[1]);
-                        am_mma(kHalf, dp[2 * jj + 1], a[kk][0], a[kk][1], a[kk][2], a[kk][3], bb[2], bb[3]);
-                    }
-                }
-            }
-        }
-        // This lane's p and m (row i0 + gr + 8·(e/2), key 8n + 2t + e%2; 0 and 1 outside
-        // TQ × TK) are read twice, for the dot and for ds, rather than held: 16·MAXNT
-        // registers more would halve the blocks per SM. The second read hits L1.
-        // Zero probabilities (masked keys, padding) leave ds = 0 and stay out of the dot,
-        // as the CPU skips them.
-        const float* Pr = P + (long long)(i0 + gr) * TK;
-        const float* Mr = Mk ? Mk + (long long)(i0 + gr) * TK : nullptr;
-        const bool in0 = i0 + gr < TQ, in8 = i0 + gr + 8 < TQ;
-        float dot[2] = {0.0f, 0.0f};
-#pragma unroll
-        for (int n = 0; n < 2 * MAXNT; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int j = 8 * n + 2 * t + (e & 1);
-                const long long off = (e < 2 ? 0ll : 8ll * TK) + j;
-                if ((e < 2 ? in0 : in8) && j < TK) {
-                    const float pv = __ldg(Pr + off);
-                    if (Mr) dp[n][e] = dp[n][e] * __ldg(Mr + off);
-                    if (pv != 0.0f) dot[e >> 1] = fmaf(dp[n][e], pv, dot[e >> 1]);
-                }
-            }
-        dot[0] = am_quad_sum(dot[0]);
-        dot[1] = am_quad_sum(dot[1]);
-        unsigned dsr[2 * MAXNT][2];  // ds rounded, as pairs: [n][0] row gr, [n][1] row gr + 8
-#pragma unroll
-        for (int n = 0; n < 2 * MAXNT; n++) {
-            float d4[4], pm[4];
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int j = 8 * n + 2 * t + (e & 1);
-                const long long off = (e < 2 ? 0ll : 8ll * TK) + j;
-                float pv = 0.0f, mv = 1.0f;
-                if ((e < 2 ? in0 : in8) && j < TK) {
-                    pv = __ldg(Pr + off);
-                    if (Mr) mv = __ldg(Mr + off);
-                }
-                d4[e] = pv != 0.0f ? pv * (dp[n][e] - dot[e >> 1]) : 0.0f;
-                pm[e] = Mr ? pv * mv : pv;
-            }
-            dsr[n][0] = am_pack(kHalf, d4[0], d4[1]);
-            dsr[n][1] = am_pack(kHalf, d4[2], d4[3]);
-            if (n < 2 * NT) {
-                const int c = 8 * n + 2 * t, r = i0 + gr;
-                *reinterpret_cast<unsigned*>(dS + r * LDZ + c) = dsr[n][0];
-                *reinterpret_cast<unsigned*>(dS + (r + 8) * LDZ + c) = dsr[n][1];
-                *reinterpret_cast<unsigned*>(PM + r * LDZ + c) = am_pack(kHalf, pm[0], pm[1]);
-                *reinterpret_cast<unsigned*>(PM + (r + 8) * LDZ + c) = am_pack(kHalf, pm[2], pm[3]);
-            }
-        }
-        // dq += scale·round(ds)·K
-        float acc[8][4];
-#pragma unroll
-        for (int n = 0; n < 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < MAXNT; kk++) {
-            if (kk < NT) {
-#pragma unroll
-                for (int dd = 0; dd < 4; dd++) {
-                    unsigned bb[4];
-                    am_ldm_b(bb, Ks, AM_LD, 16 * kk, 16 * dd);
-                    am_mma(kHalf, acc[2 * dd], dsr[2 * kk][0], dsr[2 * kk][1], dsr[2 * kk + 1][0],
-                                  dsr[2 * kk + 1][1], bb[0], bb[1]);
-                    am_mma(kHalf, acc[2 * dd + 1], dsr[2 * kk][0], dsr[2 * kk][1], dsr[2 * kk + 1][0],
-                                  dsr[2 * kk + 1][1], bb[2], bb[3]);
-                }
-            }
-        }
-        am_add_rows(dqb, dqRS, i0, TQ, acc, scale, dqVec);
-    }
-    __syncthreads();  // dS and PM complete
-
-    // B. dv = PMᵀ·dO and dk = dSᵀ·Qs per key block
-    for (int w = warp; w < 2 * NT; w += nw) {
-        const int j0 = 16 * (w >> 1);
-        const bool isK = (w & 1) != 0;
-        const unsigned short* Z = isK ? dS : PM;
-        const unsigned short* Y = isK ? Qs : Os;
-        float acc[8][4];
-#pragma unroll
-        for (int n = 0; n < 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
-        for (int ib = 0; ib < MT; ib++) {
-            unsigned a[4];
-            am_ldm_at(a, Z, LDZ, 16 * ib, j0);
-#pragma unroll
-            for (int dd = 0; dd < 4; dd++) {
-                unsigned bb[4];
-                am_ldm_b(bb, Y, AM_LD, 16 * ib, 16 * dd);
-                am_mma(kHalf, acc[2 * dd], a[0], a[1], a[2], a[3], bb[0], bb[1]);
-                am_mma(kHalf, acc[2 * dd + 1], a[0], a[1], a[2], a[3], bb[2], bb[3]);
-            }
-        }
-        if (isK) {
-            am_add_rows(dk + (long long)b * dkBS + hD, dkRS, j0, TK, acc, 1.0f, am_vec2(dk, dkBS, dkRS));
-        } else {
-            am_add_rows(dv + (long long)b * dvBS + hD, dvRS, j0, TK, acc, 1.0f, am_vec2(dv, dvBS, dvRS));
-        }
-    }
-}
-
-#define AM_BWD(MAXNT)                                                                                     \
-    extern "C" __global__ void __launch_bounds__(AM_THREADS) attention_mma_bwd##MAXNT(                            \
-        float* dq, long long dqBS, long long dqRS, float* dk, long long dkBS, long long dkRS, float* dv,          \
-        long long dvBS, long long dvRS, const float* dout, long long doBS, long long doRS, const float* q,       \
-        long long qBS, long long qRS, const float* k, long long kBS, long long kRS, const float* v,              \
-        long long vBS, long long vRS, const float* probs, const float* mask, int H, int TQ, int TK, float scale, \
-        int half) {                                                                                               \
-        am_bwd<MAXNT>(half != 0, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, dout, doBS, doRS, q, qBS, qRS,   \
-                      k, kBS, kRS, v, vBS, vRS, probs, mask, H, TQ, TK, scale);                                   \
-    }
-AM_BWD(4)
-AM_BWD(8)
-
-// ---------------------------------------------------------------------------------------
 // The second kernels (am2_*, attention_mma2_fwd / attention_mma2_bwd): TK ≤ 64 forward,
 // TQ, TK ≤ 64 backward (MAXNT 4), the Transformer base training shapes. Same arithmetic
-// as am_fwd / am_bwd (the same operands rounded, the same fp32 sums in the same fragment
-// order, so the same references and bounds hold), organised for what bounded the first
-// kernels there (B·T ≈ 8000, T 20–64: ~1,600 blocks of 3 warps, each a chain of 5–8
-// dependent trips to memory, 5 blocks per SM by registers):
+// as am_fwd and the removed first backward (the same operands rounded, the same fp32 sums
+// in the same fragment order, so the same references and bounds hold), organised for
+// what bounded the first kernels there (B·T ≈ 8000, T 20–64: ~1,600 blocks of 3 warps,
+// each a chain of 5–8 dependent trips to memory, 5 blocks per SM by registers):
 //  * every global load of a block is issued at its start: the dropout mask (forward) or
 //    the probabilities and mask (backward) by cp.async straight into shared memory (no
 //    registers held while they fly), q, k, v (, dout) staged with 12 loads of a thread
@@ -804,15 +642,76 @@ __device__ __forceinline__ float am2_drawn(unsigned long long seed, unsigned lon
     return xf_dropout_keep(seed, (unsigned long long)e, threshold) ? keepScale : 0.0f;
 }
 
+// The keep bits of a drawn mask, computed ahead (the third kernels' "bits" variants,
+// attention_mma3_*_b): am2_fwd_tile and am2_bwd_pair drew each element's bit inside
+// their per-element loops, where the hash's ~25 dependent integer instructions sat under
+// a per-element branch (the bounds test) that ptxas kept as a branch, so a warp walked
+// its 32 elements one chain at a time; in the backward only the query-block warps (half
+// the block) did that while the others waited at the barrier. The bits variants have the
+// whole block draw the item's bits first, as independent hashes (am3_keep_bits), into a
+// bitmap in shared memory, and the per-element loops read a bit and run branch-free. The
+// bits are xf_dropout_keep's, so the products, and the results, are the same.
+//
+// am_keep_mixed is xf_dropout_keep's test from z1 = seed + (i + 1)·0x9E3779B97F4A7C15 on
+// (the caller steps z1 by additions, which wrap as the product does). Only the top 24
+// bits of SplitMix64's output count, and its last step z ^= z >> 31 leaves bits 33 and up
+// as they are, so the output's top 32 bits are those of the last product, whose high
+// word needs one high and two low 32-bit multiplies instead of a 64-bit product.
+__device__ __forceinline__ bool am_keep_mixed(unsigned long long z, unsigned long long threshold) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z ^= z >> 27;
+    const unsigned lo = (unsigned)z, hi = (unsigned)(z >> 32);
+    const unsigned top = __umulhi(lo, 0x133111EBu) + lo * 0x94D049BBu + hi * 0x133111EBu;
+    return (unsigned long long)(top >> 8) >= threshold;
+}
+
+// am3_keep_bits writes bit l of bits (l < n) = the keep bit of mask element e0 + l, with
+// the whole block (blockDim.x a multiple of 32, so each warp's 32 elements are one word),
+// and zeros the two words after the last (am3_row_bits reads up to two words past a row).
+__device__ __forceinline__ void am3_keep_bits(unsigned* bits, int n, long long e0, unsigned long long seed,
+                                              unsigned long long threshold) {
+    const unsigned long long c1 = 0x9E3779B97F4A7C15ull;
+    const int n32 = (n + 31) & ~31;
+    unsigned long long z = seed + ((unsigned long long)e0 + threadIdx.x + 1ull) * c1;
+    const unsigned long long step = (unsigned long long)blockDim.x * c1;
+#pragma unroll 4
+    for (int l = threadIdx.x; l < n32; l += blockDim.x) {
+        const unsigned w = __ballot_sync(0xffffffffu, l < n && am_keep_mixed(z, threshold));
+        if ((threadIdx.x & 31) == 0) bits[l >> 5] = w;
+        z += step;
+    }
+    if (threadIdx.x < 2) bits[(n32 >> 5) + threadIdx.x] = 0u;
+}
+
+// am3_row_bits is the keep bits of the TK ≤ 64 elements of local row r (bit j: key j;
+// bits from TK on belong to the next rows), from the bitmap at bit r·TK.
+__device__ __forceinline__ unsigned long long am3_row_bits(const unsigned* bits, int r, int TK) {
+    const int b0 = r * TK, w = b0 >> 5, s = b0 & 31;
+    const unsigned w0 = bits[w], w1 = bits[w + 1], w2 = bits[w + 2];
+    return (unsigned long long)__funnelshift_r(w0, w1, s) |
+           ((unsigned long long)__funnelshift_r(w1, w2, s) << 32);
+}
+
+// am3_bit is bit k (a constant after unrolling) of a lane's row bits pre-shifted by 2t.
+__device__ __forceinline__ bool am3_bit(unsigned long long rb, int k) { return (rb >> k) & 1ull; }
+
+// am3_keep_words is the bitmap's size in words for n elements (am3_keep_bits), rounded up
+// to 16 bytes; attention_mma3.go's am3KeepBytes computes the same in bytes.
+__device__ __forceinline__ int am3_keep_words(int n) { return (((n + 31) >> 5) + 2 + 3) & ~3; }
+
 // am2_fwd_tile is the forward's work after the staging: query tile tile0 of (b, h),
 // from the 16-bit tiles Qs, Ks, Vs, the stored mask rows Ms (or a drawn mask) and the
 // padding flags, each warp its 16 query rows. No barrier: warps past TQ return.
+// BITS (the third kernels' bits variant): no stored mask, and a drawn one's keep bits
+// come from keepBits (am3_keep_bits of the tile's rows, from element tileOff on).
+template <bool BITS = false>
 __device__ __forceinline__ void am2_fwd_tile(bool kHalf, const unsigned short* Qs, const unsigned short* Ks,
                                              const unsigned short* Vs, const float* Ms, const unsigned char* padded,
                                              int b, int h, int tile0, void* out, long long oBS, long long oRS, int H,
                                              int TQ, int TK, int causal, int queryOffset, float* probs,
                                              const float* dropMask, int outFmt, unsigned long long seed,
-                                             unsigned long long threshold, float keepScale) {
+                                             unsigned long long threshold, float keepScale,
+                                             const unsigned* keepBits = nullptr) {
     constexpr int MAXNT = 4;
     const int NT = (TK + 15) >> 4;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -853,72 +752,52 @@ __device__ __forceinline__ void am2_fwd_tile(bool kHalf, const unsigned short* Q
     for (int hh = 0; hh < 2; hh++) {
         const int i = i0 + gr + 8 * hh;
         const int last = causal ? min(TK - 1, i + queryOffset) : TK - 1;
-        float m = -XF_INF;
-#pragma unroll
-        for (int n = 0; n < 2 * MAXNT; n++)
-#pragma unroll
-            for (int e = 2 * hh; e < 2 * hh + 2; e++) {
-                const int j = 8 * n + 2 * t + (e & 1);
-                const bool keep = j <= last && !padded[j];
-                s[n][e] = keep ? s[n][e] : -XF_INF;
-                m = fmaxf(m, s[n][e]);
-            }
-        m = am_quad_max(m);
-        float sum = 0.0f;
-#pragma unroll
-        for (int n = 0; n < 2 * MAXNT; n++)
-#pragma unroll
-            for (int e = 2 * hh; e < 2 * hh + 2; e++) {
-                float x = expf(s[n][e] - m);  // masked keys: exp(−inf) = 0
-                if (m == -XF_INF) x = __int_as_float(0x7fc00000);  // all masked: NaN, as the CPU
-                s[n][e] = x;
-                sum += x;
-            }
-        const float inv = 1.0f / am_quad_sum(sum);
+        const float inv = am_fwd_row_exp<MAXNT>(s, hh, t, last, padded);
         const bool in = i < TQ;
         float* prow = probs + rowOff + 8ll * hh * TK;
-        const float* mrow = Ms + (16 * warp + gr + 8 * hh) * TK;
+        if constexpr (BITS) {
+            // The same values as below, branch-free: the row's keep bits (its row in the
+            // tile's bitmap; a row past TQ reads the last row's and keeps p unmasked).
+            const int lr = min(16 * warp + gr + 8 * hh, TQ - 1 - tile0);
+            const unsigned long long rb = drawn ? am3_row_bits(keepBits, lr, TK) >> (2 * t) : 0ull;
 #pragma unroll
-        for (int n = 0; n < 2 * MAXNT; n++)
+            for (int n = 0; n < 2 * MAXNT; n++)
 #pragma unroll
-            for (int e = 2 * hh; e < 2 * hh + 2; e++) {
-                const int j = 8 * n + 2 * t + (e & 1);
-                float p = 0.0f;
-                if (j < TK) {
-                    p = s[n][e] * inv;
-                    if (in) {
-                        prow[j] = p;
-                        if (dropMask) {
-                            p = p * mrow[j];
-                        } else if (drawn) {
-                            p = p * am2_drawn(seed, threshold, keepScale, rowOff + 8ll * hh * TK + j);
+                for (int e = 2 * hh; e < 2 * hh + 2; e++) {
+                    const int j = 8 * n + 2 * t + (e & 1);
+                    const bool ok = j < TK;
+                    const float p = ok ? s[n][e] * inv : 0.0f;
+                    if (ok && in) prow[j] = p;
+                    const float f = am3_bit(rb, 8 * n + (e & 1)) ? keepScale : 0.0f;
+                    s[n][e] = ok && in && drawn ? p * f : p;
+                }
+        } else {
+            const float* mrow = Ms + (16 * warp + gr + 8 * hh) * TK;
+#pragma unroll
+            for (int n = 0; n < 2 * MAXNT; n++)
+#pragma unroll
+                for (int e = 2 * hh; e < 2 * hh + 2; e++) {
+                    const int j = 8 * n + 2 * t + (e & 1);
+                    float p = 0.0f;
+                    if (j < TK) {
+                        p = s[n][e] * inv;
+                        if (in) {
+                            prow[j] = p;
+                            if (dropMask) {
+                                p = p * mrow[j];
+                            } else if (drawn) {
+                                p = p * am2_drawn(seed, threshold, keepScale, rowOff + 8ll * hh * TK + j);
+                            }
                         }
                     }
+                    s[n][e] = p;
                 }
-                s[n][e] = p;
-            }
+        }
     }
 
     // 3. out = round(P⊙M)·V
     float o[8][4];
-#pragma unroll
-    for (int n = 0; n < 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < MAXNT; kk++) {
-        if (kk < NT) {
-            const unsigned a0 = am_pack(kHalf, s[2 * kk][0], s[2 * kk][1]);
-            const unsigned a1 = am_pack(kHalf, s[2 * kk][2], s[2 * kk][3]);
-            const unsigned a2 = am_pack(kHalf, s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            const unsigned a3 = am_pack(kHalf, s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-            for (int dd = 0; dd < 4; dd++) {
-                unsigned bb[4];
-                am_ldm_b(bb, Vs, AM_LD, 16 * kk, 16 * dd);
-                am_mma(kHalf, o[2 * dd], a0, a1, a2, a3, bb[0], bb[1]);
-                am_mma(kHalf, o[2 * dd + 1], a0, a1, a2, a3, bb[2], bb[3]);
-            }
-        }
-    }
+    am_fwd_pv<MAXNT>(kHalf, o, s, Vs, NT);
     if (outFmt != XF_OUT_F32) {
         am_store_rows16(kHalf, reinterpret_cast<unsigned short*>(out) + (long long)b * oBS + hD, oRS, i0, TQ, o, 1.0f,
                         am_vec2_16(out, oBS, oRS));
@@ -1046,13 +925,17 @@ __device__ __forceinline__ void am2_grad_rows(bool kHalf, int outFmt, void* g, l
 // am2_bwd_pair is the backward's work after the staging, for (b, h): the 16-bit tiles
 // Qs (scaled), Ks, Vs, Os (dout), P in z1 (fp32 [TQ][TK]) and, with a stored mask, M in
 // z2; phases A and B below (barriers inside: every thread of the block calls it).
+// BITS (the third kernels' bits variant): no stored mask, and a drawn one's keep bits
+// come from keepBits (am3_keep_bits of (b, h)'s TQ·TK elements).
+template <bool BITS = false>
 __device__ __forceinline__ void am2_bwd_pair(bool kHalf, const unsigned short* Qs, const unsigned short* Ks,
                                              const unsigned short* Vs, const unsigned short* Os, unsigned char* z1,
                                              unsigned char* z2, int b, int h, void* dq, long long dqBS,
                                              long long dqRS, void* dk, long long dkBS, long long dkRS, void* dv,
                                              long long dvBS, long long dvRS, const float* mask, int H, int TQ, int TK,
                                              float scale, int outFmt, unsigned long long seed,
-                                             unsigned long long threshold, float keepScale) {
+                                             unsigned long long threshold, float keepScale,
+                                             const unsigned* keepBits = nullptr) {
     constexpr int MAXNT = 4;
     const int NT = (TK + 15) >> 4, TKp = 16 * NT, LDZ = TKp + 8;
     const int nw = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -1098,54 +981,97 @@ __device__ __forceinline__ void am2_bwd_pair(bool kHalf, const unsigned short* Q
         const float* Pr = Pz + (i0 + gr) * TK;
         const float* Mr = Mz + (i0 + gr) * TK;
         const bool in0 = i0 + gr < TQ, in8 = i0 + gr + 8 < TQ;
-        // A drawn mask: element pbase + (i0 + gr)·TK + off, its keep bit at 4n + e.
-        const bool drawn = mask == nullptr && threshold != 0ull;
-        const long long mrow = pbase + (long long)(i0 + gr) * TK;
-        unsigned kept = 0u;
-        float dot[2] = {0.0f, 0.0f};
+        if constexpr (BITS) {
+            // The same values as the loops below, branch-free, the keep bits from the
+            // bitmap (rows past TQ read the last row's: their p is 0, so ds and p·m are 0
+            // whatever dp holds, and so are those of keys past TK).
+            const bool drawn = threshold != 0ull;
+            const unsigned long long rb0 = drawn ? am3_row_bits(keepBits, min(i0 + gr, TQ - 1), TK) >> (2 * t) : 0ull;
+            const unsigned long long rb8 =
+                drawn ? am3_row_bits(keepBits, min(i0 + gr + 8, TQ - 1), TK) >> (2 * t) : 0ull;
+            float dot[2] = {0.0f, 0.0f};
 #pragma unroll
-        for (int n = 0; n < 2 * MAXNT; n++)
+            for (int n = 0; n < 2 * MAXNT; n++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int j = 8 * n + 2 * t + (e & 1);
-                const int off = (e < 2 ? 0 : 8 * TK) + j;
-                if ((e < 2 ? in0 : in8) && j < TK) {
-                    const float pv = Pr[off];
-                    if (mask) {
-                        dp[n][e] = dp[n][e] * Mr[off];
-                    } else if (drawn) {
-                        const bool kp = xf_dropout_keep(seed, (unsigned long long)(mrow + off), threshold);
-                        kept |= (kp ? 1u : 0u) << (4 * n + e);
-                        dp[n][e] = dp[n][e] * (kp ? keepScale : 0.0f);
-                    }
-                    if (pv != 0.0f) dot[e >> 1] = fmaf(dp[n][e], pv, dot[e >> 1]);
+                for (int e = 0; e < 4; e++) {
+                    const int j = 8 * n + 2 * t + (e & 1);
+                    const int off = (e < 2 ? 0 : 8 * TK) + j;
+                    float pv = 0.0f;
+                    if ((e < 2 ? in0 : in8) && j < TK) pv = Pr[off];
+                    const float f = am3_bit(e < 2 ? rb0 : rb8, 8 * n + (e & 1)) ? keepScale : 0.0f;
+                    dp[n][e] = drawn ? dp[n][e] * f : dp[n][e];
+                    dot[e >> 1] = pv != 0.0f ? fmaf(dp[n][e], pv, dot[e >> 1]) : dot[e >> 1];
                 }
+            dot[0] = am_quad_sum(dot[0]);
+            dot[1] = am_quad_sum(dot[1]);
+#pragma unroll
+            for (int n = 0; n < 2 * MAXNT; n++) {
+                float d4[4], pm[4];
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int j = 8 * n + 2 * t + (e & 1);
+                    const int off = (e < 2 ? 0 : 8 * TK) + j;
+                    float pv = 0.0f;
+                    if ((e < 2 ? in0 : in8) && j < TK) pv = Pr[off];
+                    const float f = am3_bit(e < 2 ? rb0 : rb8, 8 * n + (e & 1)) ? keepScale : 0.0f;
+                    d4[e] = pv != 0.0f ? pv * (dp[n][e] - dot[e >> 1]) : 0.0f;
+                    pm[e] = drawn ? pv * f : pv;
+                }
+                dsr[n][0] = am_pack(kHalf, d4[0], d4[1]);
+                dsr[n][1] = am_pack(kHalf, d4[2], d4[3]);
+                pmr[n][0] = am_pack(kHalf, pm[0], pm[1]);
+                pmr[n][1] = am_pack(kHalf, pm[2], pm[3]);
             }
-        dot[0] = am_quad_sum(dot[0]);
-        dot[1] = am_quad_sum(dot[1]);
+        } else {
+            // A drawn mask: element pbase + (i0 + gr)·TK + off, its keep bit at 4n + e.
+            const bool drawn = mask == nullptr && threshold != 0ull;
+            const long long mrow = pbase + (long long)(i0 + gr) * TK;
+            unsigned kept = 0u;
+            float dot[2] = {0.0f, 0.0f};
 #pragma unroll
-        for (int n = 0; n < 2 * MAXNT; n++) {
-            float d4[4], pm[4];
+            for (int n = 0; n < 2 * MAXNT; n++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int j = 8 * n + 2 * t + (e & 1);
-                const int off = (e < 2 ? 0 : 8 * TK) + j;
-                float pv = 0.0f, mv = 1.0f;
-                if ((e < 2 ? in0 : in8) && j < TK) {
-                    pv = Pr[off];
-                    if (mask) {
-                        mv = Mr[off];
-                    } else if (drawn) {
-                        mv = (kept >> (4 * n + e)) & 1u ? keepScale : 0.0f;
+                for (int e = 0; e < 4; e++) {
+                    const int j = 8 * n + 2 * t + (e & 1);
+                    const int off = (e < 2 ? 0 : 8 * TK) + j;
+                    if ((e < 2 ? in0 : in8) && j < TK) {
+                        const float pv = Pr[off];
+                        if (mask) {
+                            dp[n][e] = dp[n][e] * Mr[off];
+                        } else if (drawn) {
+                            const bool kp = xf_dropout_keep(seed, (unsigned long long)(mrow + off), threshold);
+                            kept |= (kp ? 1u : 0u) << (4 * n + e);
+                            dp[n][e] = dp[n][e] * (kp ? keepScale : 0.0f);
+                        }
+                        if (pv != 0.0f) dot[e >> 1] = fmaf(dp[n][e], pv, dot[e >> 1]);
                     }
                 }
-                d4[e] = pv != 0.0f ? pv * (dp[n][e] - dot[e >> 1]) : 0.0f;
-                pm[e] = mask || drawn ? pv * mv : pv;
+            dot[0] = am_quad_sum(dot[0]);
+            dot[1] = am_quad_sum(dot[1]);
+#pragma unroll
+            for (int n = 0; n < 2 * MAXNT; n++) {
+                float d4[4], pm[4];
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int j = 8 * n + 2 * t + (e & 1);
+                    const int off = (e < 2 ? 0 : 8 * TK) + j;
+                    float pv = 0.0f, mv = 1.0f;
+                    if ((e < 2 ? in0 : in8) && j < TK) {
+                        pv = Pr[off];
+                        if (mask) {
+                            mv = Mr[off];
+                        } else if (drawn) {
+                            mv = (kept >> (4 * n + e)) & 1u ? keepScale : 0.0f;
+                        }
+                    }
+                    d4[e] = pv != 0.0f ? pv * (dp[n][e] - dot[e >> 1]) : 0.0f;
+                    pm[e] = mask || drawn ? pv * mv : pv;
+                }
+                dsr[n][0] = am_pack(kHalf, d4[0], d4[1]);
+                dsr[n][1] = am_pack(kHalf, d4[2], d4[3]);
+                pmr[n][0] = am_pack(kHalf, pm[0], pm[1]);
+                pmr[n][1] = am_pack(kHalf, pm[2], pm[3]);
             }
-            dsr[n][0] = am_pack(kHalf, d4[0], d4[1]);
-            dsr[n][1] = am_pack(kHalf, d4[2], d4[3]);
-            pmr[n][0] = am_pack(kHalf, pm[0], pm[1]);
-            pmr[n][1] = am_pack(kHalf, pm[2], pm[3]);
         }
     }
     __syncthreads();  // every p and m read: dS and P⊙M go over them
@@ -1220,7 +1146,9 @@ __device__ __forceinline__ void am2_bwd_pair(bool kHalf, const unsigned short* Q
 //     drawn, once per element: the keep bits of a lane's 32 elements in one register),
 //     held rounded in registers; barrier; written into dS and P⊙M; dq +=
 //     scale·round(ds)·K.
-//  B. as am_bwd: per (key block, dk or dv), dv = PMᵀ·dO, dk = dSᵀ·Qs.
+//  B. after a barrier, per (key block, dk or dv) (a warp each, in turn): dv = PMᵀ·dO or
+//     dk = dSᵀ·Qs over the query blocks (both operands by ldmatrix.trans). No atomics:
+//     the block owns its (b, h), so the sums are the same every run.
 // MIX (attention_mma2_bwd_h): dout, q, k, v are float32 or 16-bit each, bit 3, 0, 1, 2 of
 // in16.
 template <bool MIX>
@@ -1347,14 +1275,17 @@ __device__ __forceinline__ void am3_round(bool kHalf, unsigned short* tile, cons
 
 // Forward items: (tile x, head h, batch b), item = (b·H + h)·tiles + x. Shared memory:
 // Q [16W][AM_LD], K, V [TKp][AM_LD] (16-bit), TK padding flags rounded up to 16 bytes,
-// then the landing area: Q rows [16W][AM_D], K and V rows [TK][AM_D] (fp32).
+// with BITS the keep bitmap of the tile's rows (am3_keep_words(16W·TK) words), then the
+// landing area: Q rows [16W][AM_D], K and V rows [TK][AM_D] (fp32).
 // The padding flags of the next item travel in two registers (W = 1 gives 32 threads for
 // TK ≤ 64).
-extern "C" __global__ void __launch_bounds__(128, AM3_FWD_MINB) attention_mma3_fwd(
-    void* out, long long oBS, long long oRS, const float* q, long long qBS, long long qRS, const float* k,
-    long long kBS, long long kRS, const float* v, long long vBS, long long vRS, int H, int TQ, int TK, float scale,
-    const unsigned char* pad, long long padStride, int causal, int queryOffset, float* probs, const float* dropMask,
-    int half, int outFmt, unsigned long long seed, unsigned long long threshold, float keepScale, int tiles, int items) {
+template <bool BITS>
+__device__ __forceinline__ void am3_fwd(void* out, long long oBS, long long oRS, const float* q, long long qBS,
+                                        long long qRS, const float* k, long long kBS, long long kRS, const float* v,
+                                        long long vBS, long long vRS, int H, int TQ, int TK, float scale,
+                                        const unsigned char* pad, long long padStride, int causal, int queryOffset,
+                                        float* probs, int half, int outFmt, unsigned long long seed,
+                                        unsigned long long threshold, float keepScale, int tiles, int items) {
     const bool kHalf = half != 0;
     const int TKp = (TK + 15) & ~15;
     const int rowsQ = 16 * (blockDim.x >> 5);
@@ -1362,10 +1293,11 @@ extern "C" __global__ void __launch_bounds__(128, AM3_FWD_MINB) attention_mma3_f
     unsigned short* Ks = Qs + rowsQ * AM_LD;
     unsigned short* Vs = Ks + TKp * AM_LD;
     unsigned char* padded = reinterpret_cast<unsigned char*>(Vs + TKp * AM_LD);
-    float* Lq = reinterpret_cast<float*>(padded + ((TK + 15) & ~15));
+    unsigned* keepBits = reinterpret_cast<unsigned*>(padded + ((TK + 15) & ~15));
+    float* Lq = reinterpret_cast<float*>(keepBits + (BITS ? am3_keep_words(rowsQ * TK) : 0));
     float* Lk = Lq + rowsQ * AM_D;
     float* Lv = Lk + TK * AM_D;
-    (void)dropMask;  // always null here (the launch code keeps stored masks on attention_mma2_fwd)
+    const bool drawn = threshold != 0ull;
 
     int item = blockIdx.x;
     unsigned char pf[2] = {0, 0};
@@ -1389,7 +1321,8 @@ extern "C" __global__ void __launch_bounds__(128, AM3_FWD_MINB) attention_mma3_f
         const int x = item % tiles, hb = item / tiles, h = hb % H, b = hb / H;
         const int tile0 = x * rowsQ, nq = min(rowsQ, TQ - tile0);
         am_cp_wait();
-        __syncthreads();  // the landed rows are visible; the previous item's tiles are free
+        __syncthreads();  // the landed rows are visible; the previous item's tiles (and bits) are free
+        if (BITS && drawn) am3_keep_bits(keepBits, nq * TK, (((long long)b * H + h) * TQ + tile0) * TK, seed, threshold);
         am3_round(kHalf, Qs, Lq, nq, rowsQ, scale, true);
         am3_round(kHalf, Ks, Lk, TK, TKp, 1.0f, false);
         am3_round(kHalf, Vs, Lv, TK, TKp, 1.0f, false);
@@ -1401,24 +1334,48 @@ extern "C" __global__ void __launch_bounds__(128, AM3_FWD_MINB) attention_mma3_f
         __syncthreads();  // tiles complete; the landing area is free
         const int next = item + gridDim.x;
         if (next < items) fetch(next);
-        am2_fwd_tile(kHalf, Qs, Ks, Vs, nullptr, padded, b, h, tile0, out, oBS, oRS, H, TQ, TK, causal, queryOffset,
-                     probs, nullptr, outFmt, seed, threshold, keepScale);
+        am2_fwd_tile<BITS>(kHalf, Qs, Ks, Vs, nullptr, padded, b, h, tile0, out, oBS, oRS, H, TQ, TK, causal,
+                           queryOffset, probs, nullptr, outFmt, seed, threshold, keepScale, keepBits);
         item = next;
     }
 }
 
+// dropMask is always null here (the launch code keeps stored masks on attention_mma2_fwd).
+extern "C" __global__ void __launch_bounds__(128, AM3_FWD_MINB) attention_mma3_fwd(
+    void* out, long long oBS, long long oRS, const float* q, long long qBS, long long qRS, const float* k,
+    long long kBS, long long kRS, const float* v, long long vBS, long long vRS, int H, int TQ, int TK, float scale,
+    const unsigned char* pad, long long padStride, int causal, int queryOffset, float* probs, const float* dropMask,
+    int half, int outFmt, unsigned long long seed, unsigned long long threshold, float keepScale, int tiles, int items) {
+    (void)dropMask;
+    am3_fwd<false>(out, oBS, oRS, q, qBS, qRS, k, kBS, kRS, v, vBS, vRS, H, TQ, TK, scale, pad, padStride, causal,
+                   queryOffset, probs, half, outFmt, seed, threshold, keepScale, tiles, items);
+}
+
+// attention_mma3_fwd_b: attention_mma3_fwd with the keep bits drawn ahead (am3_keep_bits).
+extern "C" __global__ void __launch_bounds__(128, AM3_FWD_MINB) attention_mma3_fwd_b(
+    void* out, long long oBS, long long oRS, const float* q, long long qBS, long long qRS, const float* k,
+    long long kBS, long long kRS, const float* v, long long vBS, long long vRS, int H, int TQ, int TK, float scale,
+    const unsigned char* pad, long long padStride, int causal, int queryOffset, float* probs, const float* dropMask,
+    int half, int outFmt, unsigned long long seed, unsigned long long threshold, float keepScale, int tiles, int items) {
+    (void)dropMask;
+    am3_fwd<true>(out, oBS, oRS, q, qBS, qRS, k, kBS, kRS, v, vBS, vRS, H, TQ, TK, scale, pad, padStride, causal,
+                  queryOffset, probs, half, outFmt, seed, threshold, keepScale, tiles, items);
+}
+
 // Backward items: (h, b), item = b·H + h. Shared memory: as attention_mma2_bwd with a
 // drawn mask or none (Qs, Ks, Vs, Os tiles, Z1 of am2_zbytes for P then dS, Z2 for P⊙M),
-// then the landing area: q, k, v, dout rows ([TQ], [TK], [TK], [TQ] × AM_D fp32) and P
-// (TQ·TK fp32, by 4-byte copies: its rows start anywhere), which the rounding pass copies
-// into Z1. Warps: enough for phase A in one pass and phase B's 2·NT items in one
-// (amBackwardWarps3).
-extern "C" __global__ void __launch_bounds__(256, AM3_BWD_MINB) attention_mma3_bwd(
-    void* dq, long long dqBS, long long dqRS, void* dk, long long dkBS, long long dkRS, void* dv, long long dvBS,
-    long long dvRS, const float* dout, long long doBS, long long doRS, const float* q, long long qBS, long long qRS,
-    const float* k, long long kBS, long long kRS, const float* v, long long vBS, long long vRS, const float* probs,
-    const float* mask, int H, int TQ, int TK, float scale, int half, int outFmt, unsigned long long seed,
-    unsigned long long threshold, float keepScale, int items) {
+// with BITS the keep bitmap (am3_keep_words(TQ·TK) words), then the landing area: q, k,
+// v, dout rows ([TQ], [TK], [TK], [TQ] × AM_D fp32) and P (TQ·TK fp32, by 4-byte copies:
+// its rows start anywhere), which the rounding pass copies into Z1. Warps: enough for
+// phase A in one pass and phase B's 2·NT items in one (amBackwardWarps3).
+template <bool BITS>
+__device__ __forceinline__ void am3_bwd(void* dq, long long dqBS, long long dqRS, void* dk, long long dkBS,
+                                        long long dkRS, void* dv, long long dvBS, long long dvRS, const float* dout,
+                                        long long doBS, long long doRS, const float* q, long long qBS, long long qRS,
+                                        const float* k, long long kBS, long long kRS, const float* v, long long vBS,
+                                        long long vRS, const float* probs, int H, int TQ, int TK, float scale, int half,
+                                        int outFmt, unsigned long long seed, unsigned long long threshold,
+                                        float keepScale, int items) {
     const bool kHalf = half != 0;
     const int TKp = (TK + 15) & ~15, TQp = (TQ + 15) & ~15, LDZ = TKp + 8;
     unsigned short* Qs = am3_smem();
@@ -1427,12 +1384,13 @@ extern "C" __global__ void __launch_bounds__(256, AM3_BWD_MINB) attention_mma3_b
     unsigned short* Os = Vs + TKp * AM_LD;
     unsigned char* z1 = reinterpret_cast<unsigned char*>(Os + TQp * AM_LD);
     unsigned char* z2 = z1 + am2_zbytes(TQ, TK);
-    float* Lq = reinterpret_cast<float*>(z2 + 2 * TQp * LDZ);
+    unsigned* keepBits = reinterpret_cast<unsigned*>(z2 + 2 * TQp * LDZ);
+    float* Lq = reinterpret_cast<float*>(keepBits + (BITS ? am3_keep_words(TQ * TK) : 0));
     float* Lk = Lq + TQ * AM_D;
     float* Lv = Lk + TK * AM_D;
     float* Lo = Lv + TK * AM_D;
     float* Lp = Lo + TQ * AM_D;
-    (void)mask;  // always null here (stored masks stay on attention_mma2_bwd)
+    const bool drawn = threshold != 0ull;
 
     auto fetch = [&](int it) {
         const int h = it % H, b = it / H;
@@ -1449,6 +1407,7 @@ extern "C" __global__ void __launch_bounds__(256, AM3_BWD_MINB) attention_mma3_b
         const int h = item % H, b = item / H;
         am_cp_wait();
         __syncthreads();  // the landed rows are visible; the previous item is done with every tile
+        if (BITS && drawn) am3_keep_bits(keepBits, TQ * TK, (((long long)b * H + h) * TQ) * TK, seed, threshold);
         am3_round(kHalf, Qs, Lq, TQ, TQp, scale, true);
         am3_round(kHalf, Ks, Lk, TK, TKp, 1.0f, false);
         am3_round(kHalf, Vs, Lv, TK, TKp, 1.0f, false);
@@ -1458,10 +1417,34 @@ extern "C" __global__ void __launch_bounds__(256, AM3_BWD_MINB) attention_mma3_b
         __syncthreads();  // tiles and P complete; the landing area is free
         const int next = item + gridDim.x;
         if (next < items) fetch(next);
-        am2_bwd_pair(kHalf, Qs, Ks, Vs, Os, z1, z2, b, h, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, nullptr, H,
-                     TQ, TK, scale, outFmt, seed, threshold, keepScale);
+        am2_bwd_pair<BITS>(kHalf, Qs, Ks, Vs, Os, z1, z2, b, h, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS,
+                           nullptr, H, TQ, TK, scale, outFmt, seed, threshold, keepScale, keepBits);
         item = next;
     }
+}
+
+// mask is always null here (stored masks stay on attention_mma2_bwd).
+extern "C" __global__ void __launch_bounds__(256, AM3_BWD_MINB) attention_mma3_bwd(
+    void* dq, long long dqBS, long long dqRS, void* dk, long long dkBS, long long dkRS, void* dv, long long dvBS,
+    long long dvRS, const float* dout, long long doBS, long long doRS, const float* q, long long qBS, long long qRS,
+    const float* k, long long kBS, long long kRS, const float* v, long long vBS, long long vRS, const float* probs,
+    const float* mask, int H, int TQ, int TK, float scale, int half, int outFmt, unsigned long long seed,
+    unsigned long long threshold, float keepScale, int items) {
+    (void)mask;
+    am3_bwd<false>(dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, dout, doBS, doRS, q, qBS, qRS, k, kBS, kRS, v, vBS,
+                   vRS, probs, H, TQ, TK, scale, half, outFmt, seed, threshold, keepScale, items);
+}
+
+// attention_mma3_bwd_b: attention_mma3_bwd with the keep bits drawn ahead (am3_keep_bits).
+extern "C" __global__ void __launch_bounds__(256, AM3_BWD_MINB) attention_mma3_bwd_b(
+    void* dq, long long dqBS, long long dqRS, void* dk, long long dkBS, long long dkRS, void* dv, long long dvBS,
+    long long dvRS, const float* dout, long long doBS, long long doRS, const float* q, long long qBS, long long qRS,
+    const float* k, long long kBS, long long kRS, const float* v, long long vBS, long long vRS, const float* probs,
+    const float* mask, int H, int TQ, int TK, float scale, int half, int outFmt, unsigned long long seed,
+    unsigned long long threshold, float keepScale, int items) {
+    (void)mask;
+    am3_bwd<true>(dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, dout, doBS, doRS, q, qBS, qRS, k, kBS, kRS, v, vBS,
+                  vRS, probs, H, TQ, TK, scale, half, outFmt, seed, threshold, keepScale, items);
 }
 
 // ---------------------------------------------------------------------------------------

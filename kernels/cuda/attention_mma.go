@@ -15,47 +15,46 @@ import (
 // (attention_fast.go) keep every operand in fp32. Other shapes and older devices keep
 // the float kernels; Backend.lazy.mma.off (tests) forces them. Up to 64 keys (and 64
 // query rows for the backward) the second kernels (attention_mma2_*) run, forward and
-// backward; beyond, the first forward and the float backward.
+// backward; beyond, the first forward (attention_mma_fwd8) and the float backward.
+// (A first tensor-core backward, attention_mma_bwd4/8, ran only under a test switch:
+// slower than the float kernels at the training shapes, 255 against 136 µs at B 200,
+// T 41; removed in the eighth session.)
 const (
 	amDim      = 64  // AM_D: the head dimension the kernels take
 	amLD       = 72  // AM_LD: row stride, 16-bit elements, of a [rows][64] shared tile
 	amMaxKeys  = 128 // 8 key blocks of 16 (MAXNT 8)
 	amMaxRows  = 128 // the backward keeps every query row of a (b, h) in shared memory
 	amFwdWarps = 4   // the forward's block: up to 64 query rows (__launch_bounds__(128))
-	amBwdWarps = 8   // AM_THREADS / 32
 )
 
-// amKernels are the kernel names: forward and backward for MAXNT 4 (TK ≤ 64) and 8, and
-// the rounding check of TestAttentionMMARounding.
-var amKernels = [...]string{"attention_mma_fwd4", "attention_mma_fwd8", "attention_mma_bwd4", "attention_mma_bwd8", "attention_mma_round",
+// amKernels are the kernel names: the first forward for MAXNT 4 (TK ≤ 64) and 8, the
+// rounding check of TestAttentionMMARounding, then the second and third kernels, their
+// 16-bit input variants (attention_mma16.go) and the third kernels' bits variants
+// (attention_mma3.go).
+var amKernels = [...]string{"attention_mma_fwd4", "attention_mma_fwd8", "attention_mma_round",
 	"attention_mma2_fwd", "attention_mma2_bwd", "attention_mma3_fwd", "attention_mma3_bwd",
-	"attention_mma2_fwd_h", "attention_mma2_bwd_h", "attention_mma3_fwd_h", "attention_mma3_bwd_h"}
+	"attention_mma2_fwd_h", "attention_mma2_bwd_h", "attention_mma3_fwd_h", "attention_mma3_bwd_h",
+	"attention_mma3_fwd_b", "attention_mma3_bwd_b"}
 
 // am2MaxT bounds the second kernels (attention_mma2_*): TK ≤ 64 forward, TQ and TK ≤ 64
-// backward (MAXNT 4, a query block per warp). They replace the first kernels there; the
-// first ones keep longer sequences.
+// backward (MAXNT 4, a query block per warp). They replace the first forward there; it
+// keeps longer key sequences, and the float backward longer ones in either direction.
 const am2MaxT = 64
 
 // attnMMAFns are one Backend's tensor-core kernels (lazyKernels) and the test switch.
 type attnMMAFns struct {
-	fwd, bwd  [2]uintptr // by MAXNT: 4, 8
-	round     uintptr
-	fwd2      uintptr // attention_mma2_fwd
-	bwd2      uintptr // attention_mma2_bwd
-	third     am3Fns  // attention_mma3_fwd/bwd (attention_mma3.go)
-	bwd2Opt   bool    // attention_mma2_bwd allowed the device's whole shared memory
-	in16      am16Fns // the 16-bit input kernels (attention_mma16.go)
-	optinMax  int     // the device's bound on dynamic shared memory per block, opted in
-	bwdShared [2]int  // dynamic shared memory each backward kernel is allowed beyond afShared
-	ok        bool    // sm_80 or newer
-	off       bool    // tests: keep the float kernels
-	// bwdOn takes the tensor-core backward too. Off by default: on the H200 at B 200,
-	// T 41 it took 255 µs against the float kernels' 136 µs (the forward: 74 against
-	// 92 µs), so the training step pairs the tensor-core forward with the float
-	// backward, which reads the stored probabilities either way. Tests turn it on.
-	bwdOn bool
-	// first: tests: the first kernels (attention_mma_fwd4/8, and attention_mma_bwd with
-	// bwdOn) also where the second ones fit, for comparison.
+	fwd      [2]uintptr // the first forward by MAXNT: 4, 8
+	round    uintptr
+	fwd2     uintptr // attention_mma2_fwd
+	bwd2     uintptr // attention_mma2_bwd
+	third    am3Fns  // attention_mma3_fwd/bwd (attention_mma3.go)
+	bwd2Opt  bool    // attention_mma2_bwd allowed the device's whole shared memory
+	in16     am16Fns // the 16-bit input kernels (attention_mma16.go)
+	optinMax int     // the device's bound on dynamic shared memory per block, opted in
+	ok       bool    // sm_80 or newer
+	off      bool    // tests: keep the float kernels
+	// first: tests: the first forward (attention_mma_fwd4/8) also where the second
+	// kernels fit, for comparison; the backward then takes the float kernels.
 	first bool
 }
 
@@ -67,13 +66,13 @@ func (be *Backend) mmaFns() *attnMMAFns {
 	}
 	f := &attnMMAFns{
 		fwd:   [2]uintptr{be.kernel(amKernels[0]), be.kernel(amKernels[1])},
-		bwd:   [2]uintptr{be.kernel(amKernels[2]), be.kernel(amKernels[3])},
-		round: be.kernel(amKernels[4]),
-		fwd2:  be.kernel(amKernels[5]),
-		bwd2:  be.kernel(amKernels[6]),
-		third: am3Fns{fwd: be.kernel(amKernels[7]), bwd: be.kernel(amKernels[8])},
-		in16: am16Fns{fwd2: be.kernel(amKernels[9]), bwd2: be.kernel(amKernels[10]),
-			fwd3: be.kernel(amKernels[11]), bwd3: be.kernel(amKernels[12])},
+		round: be.kernel(amKernels[2]),
+		fwd2:  be.kernel(amKernels[3]),
+		bwd2:  be.kernel(amKernels[4]),
+		third: am3Fns{fwd: be.kernel(amKernels[5]), bwd: be.kernel(amKernels[6]),
+			fwdB: be.kernel(amKernels[11]), bwdB: be.kernel(amKernels[12])},
+		in16: am16Fns{fwd2: be.kernel(amKernels[7]), bwd2: be.kernel(amKernels[8]),
+			fwd3: be.kernel(amKernels[9]), bwd3: be.kernel(amKernels[10])},
 		ok: be.info.Major >= 8,
 	}
 	optin, err := be.drv.attribute(be.dev, attrMaxSharedPerBlockOptin)
@@ -134,21 +133,10 @@ func planMMAForward(a kernels.AttentionArgs) amForwardPlan {
 	return amForwardPlan{warps: w, tiles: tiles, shared: shared}
 }
 
-// amBackwardShared is the backward's dynamic shared memory: Qs, K, V, dO [·][72] and
-// dS, P⊙M [TQp][TKp+8], 16-bit.
-func amBackwardShared(a kernels.AttentionArgs) int {
-	tqp, tkp := 16*amBlocks16(a.TQ), 16*amBlocks16(a.TK)
-	return 2 * (amLD*(2*tqp+2*tkp) + 2*tqp*(tkp+8))
-}
-
-// amBackwardWarps: a warp per query block (phase A) and per key block (phase B does dv
-// and dk of a key block in turn when there are fewer warps than items).
-func amBackwardWarps(a kernels.AttentionArgs) int {
-	return min(max(amBlocks16(a.TQ), amBlocks16(a.TK)), amBwdWarps)
-}
-
-// mmaUsable says whether this Backend would run a call on the tensor-core kernels. The
-// caller holds the Backend.
+// mmaUsable says whether this Backend would run a call on the tensor-core kernels: a
+// forward of mmaShape on the first or the second kernels, a backward only where the
+// second ones fit (mma2; the float kernels take the others). The caller holds the
+// Backend.
 func (be *Backend) mmaUsable(a kernels.AttentionArgs, backward bool) bool {
 	if be.precision == FP32 || !mmaShape(a, backward) {
 		return false
@@ -157,13 +145,7 @@ func (be *Backend) mmaUsable(a kernels.AttentionArgs, backward bool) bool {
 	if !f.ok || f.off {
 		return false
 	}
-	if !backward {
-		return true
-	}
-	if be.mma2(a, true) {
-		return true
-	}
-	return f.bwdOn && amBackwardShared(a) <= f.optinMax
+	return !backward || be.mma2(a, true)
 }
 
 // mma2 says whether a call mmaUsable takes runs on the second kernels. The caller holds
@@ -216,16 +198,6 @@ func amBackwardShared2(a kernels.AttentionArgs, mask bool) int {
 // key block.
 func amBackwardWarps2(a kernels.AttentionArgs) int {
 	return max(amBlocks16(a.TQ), amBlocks16(a.TK))
-}
-
-// setMMABackward switches the tensor-core backward on or off (tests) and returns the
-// previous setting.
-func (be *Backend) setMMABackward(on bool) bool {
-	defer be.enter()()
-	f := be.mmaFns()
-	old := f.bwdOn
-	f.bwdOn = on
-	return old
 }
 
 func (be *Backend) halfArg() int { return boolInt(be.precision == FP16) }
@@ -310,68 +282,42 @@ func (be *Backend) mmaForward(out, q, k, v kernels.View, a kernels.AttentionArgs
 	return true
 }
 
-// mmaBackward runs AttentionBackward on attention_mma_bwd, one block per (head, batch),
-// when mmaUsable; false (nothing done) otherwise. The caller holds the Backend and has
-// checked the arguments; a drawn mask needs the second kernels, as in mmaForward.
+// mmaBackward runs AttentionBackward on the third or second tensor-core kernels, one
+// block per (head, batch) for the second, when mmaUsable; false (nothing done)
+// otherwise. The caller holds the Backend and has checked the arguments.
 func (be *Backend) mmaBackward(dq, dk, dv, dout, q, k, v kernels.View, a kernels.AttentionArgs, probs kernels.Buffer, drop amDropout) bool {
 	if !be.mmaUsable(a, true) {
 		return false
 	}
-	f := be.lazy.mma
-	dropMask := drop.mask
-	if be.mma2(a, true) {
-		if be.mma3Backward(dq, dk, dv, dout, q, k, v, a, probs, drop) {
-			return true
-		}
-		shared := amBackwardShared2(a, dropMask != nil)
-		// 16-bit inputs (kernels.HalfAttentionInputs) take the _h kernel: the same
-		// layout, so the same shared memory.
-		fn, opted, in16 := f.bwd2, &f.bwd2Opt, in16Bits(q, k, v, dout)
-		if in16 != 0 {
-			fn, opted = f.in16.bwd2, &f.in16.bwd2Opt
-			f.in16.calls++
-		}
-		if shared > afShared && !*opted {
-			must(be.drv.check("cuFuncSetAttribute", call(be.drv.cuFuncSetAttribute, fn,
-				funcAttrMaxDynamicShared, uintptr(f.optinMax))))
-			*opted = true
-		}
-		// Only the second kernels write 16-bit gradients (kernels.HalfAttention).
-		format := be.viewsFormat(dq, dk, dv)
-		be.prm.reset().
-			views16(dq, dk, dv).views16(dout, q, k, v).
-			ptr(addr(probs)).ptr(addr(dropMask)).
-			i32(a.Heads).i32(a.TQ).i32(a.TK).f32(a.Scale).i32(be.halfArg()).i32(format).
-			seededArgs(drop)
-		if in16 != 0 {
-			be.prm.i32(in16)
-		}
-		grid := [3]uint32{1, uint32(a.Heads), uint32(a.Batch)}
-		be.run(fn, grid, uint32(32*amBackwardWarps2(a)), uint32(shared))
+	if be.mma3Backward(dq, dk, dv, dout, q, k, v, a, probs, drop) {
 		return true
 	}
-	if be.viewsFormat(dq, dk, dv) != xfOutF32 {
-		panic("cuda backend: 16-bit attention gradients outside Attention16's calls")
+	f := be.lazy.mma
+	dropMask := drop.mask
+	shared := amBackwardShared2(a, dropMask != nil)
+	// 16-bit inputs (kernels.HalfAttentionInputs) take the _h kernel: the same
+	// layout, so the same shared memory.
+	fn, opted, in16 := f.bwd2, &f.bwd2Opt, in16Bits(q, k, v, dout)
+	if in16 != 0 {
+		fn, opted = f.in16.bwd2, &f.in16.bwd2Opt
+		f.in16.calls++
 	}
-	if in16Bits(q, k, v, dout) != 0 {
-		panic("cuda backend: 16-bit attention inputs outside AttentionInputs16's calls")
-	}
-	if drop.drawn() {
-		panic("cuda backend: a drawn attention dropout mask outside the second tensor-core kernels")
-	}
-	vi := amVariant(a.TK)
-	shared := amBackwardShared(a)
-	if shared > afShared && shared > f.bwdShared[vi] {
-		// Allow the device's whole bound once, rather than growing it shape by shape.
-		must(be.drv.check("cuFuncSetAttribute", call(be.drv.cuFuncSetAttribute, f.bwd[vi],
+	if shared > afShared && !*opted {
+		must(be.drv.check("cuFuncSetAttribute", call(be.drv.cuFuncSetAttribute, fn,
 			funcAttrMaxDynamicShared, uintptr(f.optinMax))))
-		f.bwdShared[vi] = f.optinMax
+		*opted = true
 	}
+	// Only the second kernels write 16-bit gradients (kernels.HalfAttention).
+	format := be.viewsFormat(dq, dk, dv)
 	be.prm.reset().
-		views(dq, dk, dv, dout, q, k, v).
+		views16(dq, dk, dv).views16(dout, q, k, v).
 		ptr(addr(probs)).ptr(addr(dropMask)).
-		i32(a.Heads).i32(a.TQ).i32(a.TK).f32(a.Scale).i32(be.halfArg())
+		i32(a.Heads).i32(a.TQ).i32(a.TK).f32(a.Scale).i32(be.halfArg()).i32(format).
+		seededArgs(drop)
+	if in16 != 0 {
+		be.prm.i32(in16)
+	}
 	grid := [3]uint32{1, uint32(a.Heads), uint32(a.Batch)}
-	be.run(f.bwd[vi], grid, uint32(32*amBackwardWarps(a)), uint32(shared))
+	be.run(fn, grid, uint32(32*amBackwardWarps2(a)), uint32(shared))
 	return true
 }

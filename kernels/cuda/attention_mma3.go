@@ -8,6 +8,14 @@ import "github.com/xform-dev/xform/kernels"
 // step makes (no stored mask: a drawn one or none). They run inside mmaForward and
 // mmaBackward's second-kernel branch, so the dispatch and the results (bits) are the
 // second kernels'; only the speed differs.
+//
+// Each comes in two variants: attention_mma3_fwd/bwd as first measured, and the "bits"
+// variants attention_mma3_fwd_b/bwd_b (the default), which draw an item's dropout keep
+// bits with the whole block into a shared bitmap before its compute, so the per-element
+// loops of the softmax and of the backward's phase A run branch-free (attention_mma.cu,
+// am3_keep_bits). The same bits either way; am3Switch.old keeps the first variant
+// (TestAttentionMMA3SameBits compares both with the second kernels, TestAttentionMMA3Timing
+// times both).
 
 const (
 	am3FwdMinBlocks = 4    // AM3_FWD_MINB: blocks of 128 threads per SM the registers allow
@@ -19,10 +27,12 @@ const (
 
 // am3Fns are the third kernels and their switches (part of attnMMAFns).
 type am3Fns struct {
-	fwd, bwd       uintptr
-	fwdOpt, bwdOpt bool // allowed the device's whole shared memory per block
-	sharedPerSM    int  // the device's shared memory per SM
-	sw             am3Switch
+	fwd, bwd         uintptr
+	fwdB, bwdB       uintptr // the bits variants (attention_mma3_fwd_b, attention_mma3_bwd_b)
+	fwdOpt, bwdOpt   bool    // allowed the device's whole shared memory per block
+	fwdBOpt, bwdBOpt bool
+	sharedPerSM      int // the device's shared memory per SM
+	sw               am3Switch
 }
 
 // am3Switch are the tests' switches of the third kernels.
@@ -30,6 +40,7 @@ type am3Switch struct {
 	off     bool // keep the second kernels
 	force   bool // take the third kernels wherever they fit (not only where they measured faster)
 	maxGrid int  // at most this many blocks (0: no bound), to make blocks loop over many items
+	old     bool // the first variant (attention_mma3_fwd/bwd) instead of the bits variant
 }
 
 // Where the third kernels run by default, from TestAttentionMMA3Timing on the H200
@@ -43,7 +54,12 @@ type am3Switch struct {
 //
 // The forward wants at least 2 resident blocks per SM and 24 keys (T 20 was slower, T 28
 // faster; the boundary between them was not measured); the backward runs there whenever
-// one block fits.
+// one block fits. Those were the first variant's times; the bits variant (the default)
+// has the same plans but for its bitmap (≤ 528 bytes; the blocks per SM unchanged at T
+// 28–64, TestAttentionMMA3Plans checks T 41; T 20's forward goes from 7 to 6, and the
+// dispatch keeps that one on the second kernels) and is expected faster at every shape, so the
+// same rule holds for it until TestAttentionMMA3Timing says otherwise (its "forced" rows
+// show whether T 20's forward should move to it too).
 const (
 	am3FwdMinResident = 2
 	am3FwdMinKeys     = 24
@@ -114,6 +130,48 @@ func planMMA3Backward(a kernels.AttentionArgs, sms, sharedPerSM, maxGrid int) am
 	return p
 }
 
+// am3KeepBytes is am3_keep_words's bitmap for n mask elements, in bytes: a bit each, two
+// words of slack for am3_row_bits, rounded up to 16 bytes.
+func am3KeepBytes(n int) int {
+	return 4 * (((n+31)/32 + 2 + 3) &^ 3)
+}
+
+// planMMA3ForwardB is planMMA3Forward with the bits variant's bitmap of a query tile's
+// rows (attention_mma3_fwd_b).
+func planMMA3ForwardB(a kernels.AttentionArgs, sms, sharedPerSM, maxGrid int) am3Plan {
+	p := planMMA3Forward(a, sms, sharedPerSM, maxGrid)
+	p.shared += am3KeepBytes(16 * p.warps * a.TK)
+	p.perSM = am3Resident(32*p.warps, p.shared, am3FwdMinBlocks, 128, sharedPerSM)
+	p.grid = am3Grid(p.items, sms, max(p.perSM, 1), maxGrid)
+	return p
+}
+
+// planMMA3BackwardB is planMMA3Backward with the bitmap of a (b, h)'s TQ·TK elements
+// (attention_mma3_bwd_b).
+func planMMA3BackwardB(a kernels.AttentionArgs, sms, sharedPerSM, maxGrid int) am3Plan {
+	p := planMMA3Backward(a, sms, sharedPerSM, maxGrid)
+	p.shared += am3KeepBytes(a.TQ * a.TK)
+	p.perSM = am3Resident(32*p.warps, p.shared, am3BwdMinBlocks, 256, sharedPerSM)
+	p.grid = am3Grid(p.items, sms, max(p.perSM, 1), maxGrid)
+	return p
+}
+
+// planForward is the float32-input forward's plan for the variant the switches choose.
+func (t *am3Fns) planForward(a kernels.AttentionArgs, sms int) am3Plan {
+	if t.sw.old {
+		return planMMA3Forward(a, sms, t.sharedPerSM, t.sw.maxGrid)
+	}
+	return planMMA3ForwardB(a, sms, t.sharedPerSM, t.sw.maxGrid)
+}
+
+// planBackward is the same for the backward.
+func (t *am3Fns) planBackward(a kernels.AttentionArgs, sms int) am3Plan {
+	if t.sw.old {
+		return planMMA3Backward(a, sms, t.sharedPerSM, t.sw.maxGrid)
+	}
+	return planMMA3BackwardB(a, sms, t.sharedPerSM, t.sw.maxGrid)
+}
+
 // am3Aligned says whether every row of the views starts on 16 bytes (the kernels' 16-byte
 // cp.async).
 func am3Aligned(vs ...kernels.View) bool {
@@ -141,14 +199,16 @@ func (be *Backend) mma3Forward(out, q, k, v kernels.View, a kernels.AttentionArg
 	if drop.mask != nil || !am3Aligned(q, k, v) {
 		return false
 	}
-	p := planMMA3Forward(a, be.info.SMs, t.sharedPerSM, t.sw.maxGrid)
+	p := t.planForward(a, be.info.SMs)
 	if !t.fwdTakes(a, p, f.optinMax) {
 		return false
 	}
-	if p.shared > afShared && !t.fwdOpt {
-		must(be.drv.check("cuFuncSetAttribute", call(be.drv.cuFuncSetAttribute, t.fwd,
-			funcAttrMaxDynamicShared, uintptr(f.optinMax))))
-		t.fwdOpt = true
+	fn := t.fwdB
+	if t.sw.old {
+		fn = t.fwd
+		be.optIn(fn, p.shared, &t.fwdOpt)
+	} else {
+		be.optIn(fn, p.shared, &t.fwdBOpt)
 	}
 	be.prm.reset().views16(out).views(q, k, v).
 		i32(a.Heads).i32(a.TQ).i32(a.TK).f32(a.Scale).
@@ -157,7 +217,7 @@ func (be *Backend) mma3Forward(out, q, k, v kernels.View, a kernels.AttentionArg
 		ptr(addr(probs)).ptr(0).i32(be.halfArg()).
 		i32(be.viewsFormat(out)).seededArgs(drop).
 		i32(p.tiles).i32(p.items)
-	be.run(t.fwd, [3]uint32{uint32(p.grid), 1, 1}, uint32(32*p.warps), uint32(p.shared))
+	be.run(fn, [3]uint32{uint32(p.grid), 1, 1}, uint32(32*p.warps), uint32(p.shared))
 	return true
 }
 
@@ -175,21 +235,23 @@ func (be *Backend) mma3Backward(dq, dk, dv, dout, q, k, v kernels.View, a kernel
 	if drop.mask != nil || !am3Aligned(dout, q, k, v) {
 		return false
 	}
-	p := planMMA3Backward(a, be.info.SMs, t.sharedPerSM, t.sw.maxGrid)
+	p := t.planBackward(a, be.info.SMs)
 	if !t.bwdTakes(p, f.optinMax) {
 		return false
 	}
-	if p.shared > afShared && !t.bwdOpt {
-		must(be.drv.check("cuFuncSetAttribute", call(be.drv.cuFuncSetAttribute, t.bwd,
-			funcAttrMaxDynamicShared, uintptr(f.optinMax))))
-		t.bwdOpt = true
+	fn := t.bwdB
+	if t.sw.old {
+		fn = t.bwd
+		be.optIn(fn, p.shared, &t.bwdOpt)
+	} else {
+		be.optIn(fn, p.shared, &t.bwdBOpt)
 	}
 	be.prm.reset().
 		views16(dq, dk, dv).views(dout, q, k, v).
 		ptr(addr(probs)).ptr(0).
 		i32(a.Heads).i32(a.TQ).i32(a.TK).f32(a.Scale).i32(be.halfArg()).i32(be.viewsFormat(dq, dk, dv)).
 		seededArgs(drop).i32(p.items)
-	be.run(t.bwd, [3]uint32{uint32(p.grid), 1, 1}, uint32(32*p.warps), uint32(p.shared))
+	be.run(fn, [3]uint32{uint32(p.grid), 1, 1}, uint32(32*p.warps), uint32(p.shared))
 	return true
 }
 
@@ -215,9 +277,9 @@ func (be *Backend) mma3Taken(a kernels.AttentionArgs, backward bool, views ...ke
 		return false
 	}
 	if backward {
-		return t.bwdTakes(planMMA3Backward(a, be.info.SMs, t.sharedPerSM, t.sw.maxGrid), f.optinMax)
+		return t.bwdTakes(t.planBackward(a, be.info.SMs), f.optinMax)
 	}
-	return t.fwdTakes(a, planMMA3Forward(a, be.info.SMs, t.sharedPerSM, t.sw.maxGrid), f.optinMax)
+	return t.fwdTakes(a, t.planForward(a, be.info.SMs), f.optinMax)
 }
 
 // setMMA3 sets the third kernels' test switches and returns the previous ones.

@@ -25,8 +25,8 @@ func (be *Backend) DropoutMask(mask kernels.Buffer, p float64, seed uint64) {
 // one pass, nothing stored.
 //
 // y may be a 16-bit buffer (kernels.HalfBuffers): it gets the rounding of each product.
-// x may be 16-bit too when y is (kernels.HalfOutputs; y may alias x): dropout_apply_hh
-// multiplies the widened values.
+// x may be 16-bit too when y is (kernels.HalfOutputs; y may alias x): dropout_apply_hh8
+// multiplies the widened values (dropout_apply_hh's bits, eight elements per thread).
 func (be *Backend) ApplyDropout(y, x kernels.Buffer, p float64, seed uint64) {
 	yp, n, format := be.outOf(y)
 	if xh := halfOf(x); xh != nil {
@@ -39,7 +39,8 @@ func (be *Backend) ApplyDropout(y, x kernels.Buffer, p float64, seed uint64) {
 		t, keep := kernels.DropoutThreshold(p), kernels.DropoutScale(p)
 		defer be.enter()()
 		be.prm.reset().ptr(yp).ptr(xh.dptr()).u64(seed).u64(t).f32(keep).i64(n).i32(format)
-		be.run(be.fn.half.dropoutApplyHH, [3]uint32{grid1D((int64(n)+3)/4, blockElem, be.info.SMs), 1, 1}, blockElem, 0)
+		fn, grid := be.hhLaunch(be.fn.half.dropoutApplyHH8, be.fn.half.dropoutApplyHH, n)
+		be.run(fn, grid, blockElem, 0)
 		return
 	}
 	if dev(x).n != n {

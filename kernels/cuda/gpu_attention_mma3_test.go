@@ -55,8 +55,11 @@ func runSeededOnce(t *testing.T, be *Backend, m *mmaData, dropP float64, seed ui
 // 16-bit outputs, the seeded calls on the third kernels (taken wherever they fit, also
 // where the dispatch would keep the second ones; unbounded grid, and a grid of 7 blocks
 // so that every block loops over many items and the last items land unevenly) with the
-// same calls on the second kernels, bit for bit. It also checks that the default
-// dispatch takes the third kernels at the bench shape in both directions.
+// same calls on the second kernels, bit for bit, for both variants of the third kernels:
+// the bits variant (attention_mma3_*_b, the default: keep bits drawn ahead into shared
+// memory, branch-free element loops) and the first one (am3Switch.old), so the two also
+// match each other. It also checks that the default dispatch takes the third kernels at
+// the bench shape in both directions.
 func TestAttentionMMA3SameBits(t *testing.T) {
 	be := withPrecision(t, BF16)
 	if be.info.Major < 8 {
@@ -76,8 +79,12 @@ func TestAttentionMMA3SameBits(t *testing.T) {
 		for _, ft := range formats {
 			for _, dropP := range []float64{0.1, 0} {
 				for _, out16 := range []bool{false, true} {
-					for _, grid := range []int{0, 7} {
-						t.Run(fmt.Sprintf("%s/%v/p%g/out16=%v/grid%d", tc.name, ft.prec, dropP, out16, grid), func(t *testing.T) {
+					for _, v := range []struct {
+						grid int
+						old  bool
+					}{{0, false}, {7, false}, {0, true}, {7, true}} {
+						grid := v.grid
+						t.Run(fmt.Sprintf("%s/%v/p%g/out16=%v/grid%d/old=%v", tc.name, ft.prec, dropP, out16, grid, v.old), func(t *testing.T) {
 							be := withPrecision(t, ft.prec)
 							p := newPair(t, uint64(501+ci))
 							a := tc.args(p)
@@ -91,7 +98,7 @@ func TestAttentionMMA3SameBits(t *testing.T) {
 							seed := 0x3000 + uint64(ci)
 							withMMA3(t, be, am3Switch{off: true})
 							want := runSeededOnce(t, be, m, dropP, seed, out16)
-							be.setMMA3(am3Switch{force: true, maxGrid: grid})
+							be.setMMA3(am3Switch{force: true, maxGrid: grid, old: v.old})
 							qv := m.vw.q(be.Alloc(m.vw.qn)) // Alloc takes the Backend: before enter
 							func() {
 								defer be.enter()()
@@ -125,8 +132,12 @@ func TestAttentionMMA3ForwardTiles(t *testing.T) {
 		t.Skip("the tensor-core kernels need sm_80")
 	}
 	tc := attnCase{name: "cross B9 TQ100 TK41", B: 9, H: 8, D: 64, TQ: 100, TK: 41, cross: true, pad: true, left: true, minLen: 10}
-	for _, grid := range []int{0, 5} {
-		t.Run(fmt.Sprintf("grid%d", grid), func(t *testing.T) {
+	for _, v := range []struct {
+		grid int
+		old  bool
+	}{{0, false}, {5, false}, {0, true}, {5, true}} {
+		grid := v.grid
+		t.Run(fmt.Sprintf("grid%d/old=%v", grid, v.old), func(t *testing.T) {
 			p := newPair(t, 577)
 			a := tc.args(p)
 			m := newMMAData(p.r, a, tc)
@@ -140,7 +151,7 @@ func TestAttentionMMA3ForwardTiles(t *testing.T) {
 			}
 			withMMA3(t, be, am3Switch{off: true})
 			wp, wo := run()
-			be.setMMA3(am3Switch{maxGrid: grid})
+			be.setMMA3(am3Switch{maxGrid: grid, old: v.old})
 			qv := m.vw.q(be.Alloc(m.vw.qn)) // Alloc takes the Backend: before enter
 			func() {
 				defer be.enter()()
@@ -186,15 +197,30 @@ func TestAttentionMMA3Plans(t *testing.T) {
 	if want := 2*72*4*48 + z1 + 2*48*56 + 4*64*164 + 4*41*41; b.shared != want || b.warps != 6 || b.items != 1600 {
 		t.Errorf("backward plan %+v, want shared %d, 6 warps, 1600 items", b, want)
 	}
+	// The bits variants add the keep bitmap: ⌈bits/32⌉ + 2 words rounded up to 4 words
+	// (forward: the tile's 48 rows × 41 keys, 62 + 2 words; backward 41 × 41, 53 + 2 → 56),
+	// and keep the blocks per SM at the bench shape (4 forward, 2 backward).
+	if fb := planMMA3ForwardB(a, 132, perSM, 0); fb.shared != f.shared+4*64 || fb.perSM != f.perSM || fb.perSM != 4 || fb.grid != f.grid {
+		t.Errorf("bits forward plan %+v, want %+v with %d more bytes shared", fb, f, 4*64)
+	}
+	if bb := planMMA3BackwardB(a, 132, perSM, 0); bb.shared != b.shared+4*56 || bb.perSM != b.perSM || bb.perSM != 2 || bb.grid != b.grid {
+		t.Errorf("bits backward plan %+v, want %+v with %d more bytes shared", bb, b, 4*56)
+	}
+	for _, c := range []struct{ n, want int }{{1, 16}, {32, 16}, {33, 16}, {64, 16}, {65, 32}, {1681, 224}, {4096, 528}} {
+		if got := am3KeepBytes(c.n); got != c.want {
+			t.Errorf("am3KeepBytes(%d) = %d, want %d", c.n, got, c.want)
+		}
+	}
 }
 
 // TestAttentionMMA3Timing logs the device time per call of the seeded training calls
 // (AttentionForwardSeeded, AttentionBackwardSeeded: bf16, dropout 0.1, 16-bit outputs
 // as the training step writes them) on the second and the third kernels, same run, at
 // B·T ≈ 8000 for T 20, 28, 35, 41 and 64, with the third kernels' plans (blocks per SM,
-// grid); "third (default dispatch)" runs them where the dispatch takes them (else the
-// second kernels), "third (forced)" wherever they fit. It checks nothing; -short skips
-// it.
+// grid); "default dispatch" runs the third kernels' bits variant where the dispatch takes
+// them (else the second kernels), "forced" wherever they fit, and the "first variant"
+// rows are the same with am3Switch.old (the third kernels before the bits variant: the
+// "before" of that change). It checks nothing; -short skips it.
 func TestAttentionMMA3Timing(t *testing.T) {
 	if testing.Short() {
 		t.Skip("timing only")
@@ -234,22 +260,38 @@ func TestAttentionMMA3Timing(t *testing.T) {
 				t.Fatal("AttentionBackwardSeeded declined")
 			}
 		}
-		var pf, pb am3Plan
+		var pf, pb, pfb, pbb am3Plan
 		func() {
 			defer be.enter()()
 			f := be.mmaFns()
 			pf = planMMA3Forward(a, be.info.SMs, f.third.sharedPerSM, 0)
 			pb = planMMA3Backward(a, be.info.SMs, f.third.sharedPerSM, 0)
+			pfb = planMMA3ForwardB(a, be.info.SMs, f.third.sharedPerSM, 0)
+			pbb = planMMA3BackwardB(a, be.info.SMs, f.third.sharedPerSM, 0)
 		}()
-		var us [3][2]float64
-		for v, name := range []string{"second", "third (default dispatch)", "third (forced)"} {
-			be.setMMA3(am3Switch{off: v == 0, force: v == 2})
+		variants := []struct {
+			name string
+			sw   am3Switch
+		}{
+			{"second kernels", am3Switch{off: true}},
+			{"third, first variant (default dispatch)", am3Switch{old: true}},
+			{"third, first variant (forced)", am3Switch{old: true, force: true}},
+			{"third, bits variant (default dispatch)", am3Switch{}},
+			{"third, bits variant (forced)", am3Switch{force: true}},
+		}
+		us := make([][2]float64, len(variants))
+		for v, vr := range variants {
+			be.setMMA3(vr.sw)
 			fwd()
 			us[v][0] = timeDevice(t, be, 50, fwd).Seconds() * 1e6
 			us[v][1] = timeDevice(t, be, 50, bwd).Seconds() * 1e6
-			t.Logf("B %d T %d causal=%v: %s kernels forward %.1f µs, backward %.1f µs per call", tc.B, s.T, s.causal, name, us[v][0], us[v][1])
+			t.Logf("B %d T %d causal=%v: %s: forward %.1f µs, backward %.1f µs per call", tc.B, s.T, s.causal, vr.name, us[v][0], us[v][1])
 		}
-		t.Logf("B %d T %d causal=%v: third plans: forward %d warps, %d B shared, %d blocks/SM, grid %d; backward %d warps, %d B, %d blocks/SM, grid %d; speed-up forward %.2fx, backward %.2fx",
-			tc.B, s.T, s.causal, pf.warps, pf.shared, pf.perSM, pf.grid, pb.warps, pb.shared, pb.perSM, pb.grid, us[0][0]/us[1][0], us[0][1]/us[1][1])
+		t.Logf("B %d T %d causal=%v: third plans (first variant / bits): forward %d warps, %d / %d B shared, %d / %d blocks/SM, grid %d / %d; backward %d warps, %d / %d B, %d / %d blocks/SM, grid %d / %d",
+			tc.B, s.T, s.causal, pf.warps, pf.shared, pfb.shared, pf.perSM, pfb.perSM, pf.grid, pfb.grid,
+			pb.warps, pb.shared, pbb.shared, pb.perSM, pbb.perSM, pb.grid, pbb.grid)
+		t.Logf("B %d T %d causal=%v: default dispatch, first variant → bits: forward %.1f → %.1f µs (%.2fx), backward %.1f → %.1f µs (%.2fx); forced: forward %.2fx, backward %.2fx; bits against the second kernels: forward %.2fx, backward %.2fx",
+			tc.B, s.T, s.causal, us[1][0], us[3][0], us[1][0]/us[3][0], us[1][1], us[3][1], us[1][1]/us[3][1],
+			us[2][0]/us[4][0], us[2][1]/us[4][1], us[0][0]/us[4][0], us[0][1]/us[4][1])
 	}
 }

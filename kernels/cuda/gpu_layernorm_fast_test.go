@@ -266,7 +266,9 @@ func TestResidualLayerNormFastTiming(t *testing.T) {
 // TestResidualLayerNormVecTiming logs the device time per call at the bench shape
 // (8000 rows, dim 512, per-channel ω, residual dropout 0.1, BF16) of the scalar kernels
 // as they ran before (the backward with dropout: the scalar backward + finish, then
-// ApplyDropout) against the float4 kernels, and of each float4 backward variant
+// ApplyDropout) against the float4 kernels (the legacy _v ones and the default _w
+// ones: 32-bit hash words, the finish in the backward), and of each legacy float4
+// backward variant
 // (column sums in registers or shared memory, 8 or 4 warps per block). Each variant's dz and dbranch must be the default's bits (the per-row
 // arithmetic is the same code; only the launch shape differs) and its dγ within
 // tolTight of the default's (another partial count). -short skips it.
@@ -321,8 +323,14 @@ func TestResidualLayerNormVecTiming(t *testing.T) {
 	lnScalar(t, be, true)
 	oldF, oldB := report("scalar kernels (before)")
 	lnScalar(t, be, false)
-	newF, newB := report("float4 kernels (default)")
-	t.Logf("forward+dropout %.1f → %.1f µs, backward+dropout %.1f → %.1f µs per call", oldF, newF, oldB, newB)
+	lnLegacy(t, be, true)
+	vF, vB := report("float4 _v kernels (legacy)")
+	lnLegacy(t, be, false)
+	newF, newB := report("float4 _w kernels (default)")
+	t.Logf("forward+dropout %.1f → %.1f → %.1f µs, backward+dropout %.1f → %.1f → %.1f µs per call (scalar → _v → _w)",
+		oldF, vF, newF, oldB, vB, newB)
+	// The variants below swap the legacy backward's kernel and warps.
+	lnLegacy(t, be, true)
 	bwd()
 	refDz, refDbr := down(be, dz), down(be, dbr)
 	zero := func() {

@@ -58,10 +58,27 @@ func (be *Backend) AllocHalf(n int) kernels.Buffer {
 	return &half{a: a, n: n}
 }
 
+// hhLaunch is the kernel and grid for a 16-bit feed-forward elementwise pass over n
+// elements: the eight-per-thread kernel fn8, or fn4 (four per thread) under the hh4
+// test switch. Both loop grid-stride, so the grid only sizes the work per thread.
+func (be *Backend) hhLaunch(fn8, fn4 uintptr, n int) (uintptr, [3]uint32) {
+	fn, per := fn8, int64(8)
+	if be.fn.half.hh4 {
+		fn, per = fn4, 4
+	}
+	return fn, [3]uint32{grid1D((int64(n)+per-1)/per, blockElem, be.info.SMs), 1, 1}
+}
+
 // halfFunctions are the kernels that write 16-bit outputs for kernels.HalfBuffers.
 type halfFunctions struct {
 	dropoutApply16, dropoutApply2, reluDropoutBwd16 uintptr
 	roundList, dropoutApplyHH, reluDropoutBwdHH     uintptr
+	dropoutApplyHH8, reluDropoutBwdHH8              uintptr
+
+	// hh4: tests: the 16-bit feed-forward elementwise passes take the previous kernels
+	// (dropout_apply_hh, relu_dropout_bwd_hh: four elements per thread) instead of
+	// dropout_apply_hh8 and relu_dropout_bwd_hh8, which give the same bits.
+	hh4 bool
 }
 
 func (f *halfFunctions) add(m map[string]*uintptr) {
@@ -71,6 +88,8 @@ func (f *halfFunctions) add(m map[string]*uintptr) {
 	m["round_list"] = &f.roundList
 	m["dropout_apply_hh"] = &f.dropoutApplyHH
 	m["relu_dropout_bwd_hh"] = &f.reluDropoutBwdHH
+	m["dropout_apply_hh8"] = &f.dropoutApplyHH8
+	m["relu_dropout_bwd_hh8"] = &f.reluDropoutBwdHH8
 }
 
 var _ kernels.HalfRounder = (*Backend)(nil)

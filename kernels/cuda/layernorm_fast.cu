@@ -277,6 +277,69 @@ __device__ __forceinline__ float lfv_keep(unsigned long long seed, long long i, 
     return xf_dropout_keep(seed, (unsigned long long)i, threshold) ? keep : 0.0f;
 }
 
+
+// lfw_thr is a dropout threshold as lfw_keep4 compares it: element kept when the hash's
+// top 24 bits r ≥ threshold, i.e. high word ≥ threshold·256 (t8), which fits 32 bits
+// for every threshold below 2^24; threshold ≥ 2^24 (p ≥ 1) keeps nothing (none).
+struct lfw_thr {
+    unsigned t8;
+    bool none;
+};
+
+__device__ __forceinline__ lfw_thr lfw_threshold(unsigned long long threshold) {
+    return lfw_thr{(unsigned)(threshold << 8), threshold > 0xffffffull};
+}
+
+// lfw_keep4: bit k (k < 4) is xf_dropout_keep(seed, 4q + k, threshold). The four states
+// are consecutive multiples of γ apart, so one product and three 64-bit adds.
+__device__ __forceinline__ unsigned lfw_keep4(unsigned long long seed, long long q, lfw_thr t) {
+    const unsigned long long g = 0x9E3779B97F4A7C15ull;
+    unsigned long long z = seed + (4ull * (unsigned long long)q + 1ull) * g;
+    unsigned m = 0u;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        m |= (xf_dropout_hash_hi(z) >= t.t8 ? 1u : 0u) << k;
+        z += g;
+    }
+    return t.none ? 0u : m;
+}
+
+// lfw_mask4 multiplies u by the mask elements whose keep bits m holds (keep or 0 each,
+// the factor dropout_apply multiplies by).
+__device__ __forceinline__ float4 lfw_mask4(float4 u, unsigned m, float keep) {
+    u.x = u.x * ((m & 1u) ? keep : 0.0f);
+    u.y = u.y * ((m & 2u) ? keep : 0.0f);
+    u.z = u.z * ((m & 4u) ? keep : 0.0f);
+    u.w = u.w * ((m & 8u) ? keep : 0.0f);
+    return u;
+}
+
+// lfv_drop4 multiplies u by mask elements i … i + 3 (lfv_keep each: the hash per element).
+__device__ __forceinline__ void lfv_drop4(float4& u, unsigned long long seed, long long i,
+                                          unsigned long long threshold, float keep) {
+    u.x = u.x * lfv_keep(seed, i, threshold, keep);
+    u.y = u.y * lfv_keep(seed, i + 1, threshold, keep);
+    u.z = u.z * lfv_keep(seed, i + 2, threshold, keep);
+    u.w = u.w * lfv_keep(seed, i + 3, threshold, keep);
+}
+
+// lfv_mul4 is t⊙w (the ω scaling), lfv_resid4 the residual sum t·α + u, each product
+// rounded (--fmad=false), as residual.cu forms it: the forward and the backward that
+// recomputes z share them, so they form the same bits.
+__device__ __forceinline__ void lfv_mul4(float4& t, float4 w) {
+    t.x = t.x * w.x;
+    t.y = t.y * w.y;
+    t.z = t.z * w.z;
+    t.w = t.w * w.w;
+}
+
+__device__ __forceinline__ void lfv_resid4(float4& v, float4 t, float alpha, float4 u) {
+    v.x = t.x * alpha + u.x;
+    v.y = t.y * alpha + u.y;
+    v.z = t.z * alpha + u.z;
+    v.w = t.w * alpha + u.w;
+}
+
 // lfv_rowstats: mean and 1/sqrt(var + eps) of the row held as v (invalid float4s 0).
 template <int NV>
 __device__ __forceinline__ void lfv_rowstats(const float4 (&v)[NV], int lane, int dim4, int dim, float eps,
@@ -300,8 +363,9 @@ __device__ __forceinline__ void lfv_rowstats(const float4 (&v)[NV], int lane, in
 // multiplies branch element i by mask element i as it is loaded (the _drop kernels).
 // y16 (null: none; 8-byte aligned) also gets y in format fmt (XF_OUT_BF16/F16): the
 // rounding of the very float stored to y, so the next sub-layer's Linear reads it
-// instead of casting y (kernels.RoundedResidualNormer).
-template <int NV>
+// instead of casting y (kernels.RoundedResidualNormer). W (the _w kernels) draws the
+// mask with lfw_keep4 instead of xf_dropout_keep: the same bits.
+template <int NV, bool W = false>
 __device__ __forceinline__ void lfv_fwd(float* z, float* y, const float* x, const float* branch,
                                         const float* omega, float alpha, const float* gamma, const float* beta,
                                         int rows, int dim, float eps, int drop, unsigned long long seed,
@@ -314,6 +378,7 @@ __device__ __forceinline__ void lfv_fwd(float* z, float* y, const float* x, cons
     const float4* w4 = reinterpret_cast<const float4*>(omega);
     const float4* g4 = reinterpret_cast<const float4*>(gamma);
     const float4* e4 = reinterpret_cast<const float4*>(beta);
+    const lfw_thr wt = lfw_threshold(threshold);
     for (long long r = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += warps) {
         const long long o4 = r * dim4;
         float4 v[NV], b[NV];
@@ -331,24 +396,13 @@ __device__ __forceinline__ void lfv_fwd(float* z, float* y, const float* x, cons
             const int q = lane + 32 * c;
             if (q < dim4) {
                 float4 t = v[c], u = b[c];
-                if (omega) {
-                    const float4 w = __ldg(w4 + q);
-                    t.x = t.x * w.x;
-                    t.y = t.y * w.y;
-                    t.z = t.z * w.z;
-                    t.w = t.w * w.w;
+                if (omega) lfv_mul4(t, __ldg(w4 + q));
+                if (drop && W) {
+                    u = lfw_mask4(u, lfw_keep4(seed, o4 + q, wt), keep);
+                } else if (drop) {
+                    lfv_drop4(u, seed, 4 * (o4 + q), threshold, keep);
                 }
-                if (drop) {
-                    const long long i = 4 * (o4 + q);
-                    u.x = u.x * lfv_keep(seed, i, threshold, keep);
-                    u.y = u.y * lfv_keep(seed, i + 1, threshold, keep);
-                    u.z = u.z * lfv_keep(seed, i + 2, threshold, keep);
-                    u.w = u.w * lfv_keep(seed, i + 3, threshold, keep);
-                }
-                v[c].x = t.x * alpha + u.x;
-                v[c].y = t.y * alpha + u.y;
-                v[c].z = t.z * alpha + u.z;
-                v[c].w = t.w * alpha + u.w;
+                lfv_resid4(v[c], t, alpha, u);
             }
         }
         float mean, rstd;
@@ -392,7 +446,100 @@ struct lfv_extra {
     float alpha;
 };
 
-// lfv_bwd<NV, SACC, EXTRA, RECOMP>: layernorm_fast_bwd's contract (dz may alias dy; dz
+// lfv_fin is the finish the _w backward kernels do themselves (cnt null: none, the Go
+// side launches layernorm_fast_bwd_finish_v): 33 arrival counters, zero before the
+// launch and left zero after it (the Backend's, one set for every launch: they all run
+// in stream order), and the column gradients finish_v would add to (a null one is
+// skipped), alpha scaling dω.
+struct lfv_fin {
+    unsigned* cnt;
+    float *dgamma, *dbeta, *domega;
+    float alpha;
+};
+
+// lfw_finish: layernorm_fast_bwd_finish_v's sums, the same bits, at the end of the
+// backward instead of in a launch of their own (~5 µs per call in the step's profile,
+// most of it the launch and the re-read of the partials from another kernel). Every
+// block calls it after storing part[blockIdx.x] (nparts = gridDim.x partials of
+// n4 = 3·dim/4 float4s). finish_v's thread (tx, ty) adds partials ty, ty + 32, … of a
+// column in order, and then the 32 thread sums in ty order; here the class of block b
+// is b mod 32, and the last block of a class to arrive (atomic counter cnt[class]) adds
+// the class's partials in that order into S[class] (32 more partial rows at the end of
+// part), and the last class to finish (cnt[32]) adds S[0], S[1], …, S[31] (+0 for
+// classes without blocks, as finish_v adds its idle threads' zeros) into the column
+// gradients. Same operands, same order, so the same bits whichever blocks finish last;
+// the counters are reset by those last blocks, when nothing else will touch them in
+// this launch. Writers fence their stores before their ticket; readers read through
+// L2 (ld.cg) after theirs.
+__device__ __forceinline__ void lfw_finish(float* part, int dim4, const lfv_fin& fin) {
+    __shared__ unsigned lfw_last;
+    const int nb = gridDim.x, cls = blockIdx.x & 31, ncls = min(nb, 32);
+    const int n4 = 3 * dim4;
+    const float4* p4 = reinterpret_cast<const float4*>(part);
+    float4* s4 = reinterpret_cast<float4*>(part) + (long long)nb * n4;
+    const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const unsigned members = (unsigned)((nb - cls + 31) >> 5);
+        const unsigned t = atomicAdd(fin.cnt + cls, 1u);
+        lfw_last = t == members - 1u;
+        if (lfw_last) fin.cnt[cls] = 0u;  // every member has taken its ticket
+    }
+    __syncthreads();
+    if (!lfw_last) return;
+    __threadfence();
+    for (int i = threadIdx.x; i < n4; i += blockDim.x) {
+        float4 s = zero;
+        for (int p = cls; p < nb; p += 32) lfv_acc(s, __ldcg(p4 + (long long)p * n4 + i));
+        __stcg(s4 + (long long)cls * n4 + i, s);
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const unsigned t = atomicAdd(fin.cnt + 32, 1u);
+        lfw_last = t == (unsigned)ncls - 1u;
+        if (lfw_last) fin.cnt[32] = 0u;
+    }
+    __syncthreads();
+    if (!lfw_last) return;
+    __threadfence();
+    for (int i = threadIdx.x; i < n4; i += blockDim.x) {
+        // Eight loads requested before the first add they feed.
+        float4 t = zero;
+#pragma unroll
+        for (int k0 = 0; k0 < 32; k0 += 8) {
+            float4 v[8];
+#pragma unroll
+            for (int k = 0; k < 8; k++) v[k] = k0 + k < ncls ? __ldcg(s4 + (long long)(k0 + k) * n4 + i) : zero;
+#pragma unroll
+            for (int k = 0; k < 8; k++) lfv_acc(t, v[k]);
+        }
+        const int which = i / dim4, j = 4 * (i - which * dim4);
+        if (which == 0) {
+            if (fin.dgamma) {
+                fin.dgamma[j] += t.x;
+                fin.dgamma[j + 1] += t.y;
+                fin.dgamma[j + 2] += t.z;
+                fin.dgamma[j + 3] += t.w;
+            }
+        } else if (which == 1) {
+            if (fin.dbeta) {
+                fin.dbeta[j] += t.x;
+                fin.dbeta[j + 1] += t.y;
+                fin.dbeta[j + 2] += t.z;
+                fin.dbeta[j + 3] += t.w;
+            }
+        } else if (fin.domega) {
+            fin.domega[j] += t.x * fin.alpha;
+            fin.domega[j + 1] += t.y * fin.alpha;
+            fin.domega[j + 2] += t.z * fin.alpha;
+            fin.domega[j + 3] += t.w * fin.alpha;
+        }
+    }
+}
+
+// lfv_bwd<NV, SACC, EXTRA, RECOMP, W>: layernorm_fast_bwd's contract (dz may alias dy; dz
 // null: not written), plus dbranch = dz · mask (null: not written; may alias dy; format
 // fmt, XF_OUT_*; threshold 0 multiplies by keep without the hash, as dropout_apply).
 // Per warp the column sums [Σ dy·x̂ | Σ dy | Σ x·dz] run over its rows in order, in
@@ -407,11 +554,14 @@ struct lfv_extra {
 // element found for z is the one dbranch takes (one hash per element, as before). The
 // forward then need not write z at all (16 MB at 8000×512). The four variants run the
 // same per-row arithmetic; EXTRA and RECOMP only change what is loaded.
-template <int NV, bool SACC, bool EXTRA = false, bool RECOMP = false>
+// W (the _w kernels): the mask from lfw_keep4 (xf_dropout_keep's bits), and with
+// fin.cnt the finish done here (lfw_finish; part then has gridDim.x + 32 rows).
+template <int NV, bool SACC, bool EXTRA = false, bool RECOMP = false, bool W = false>
 __device__ __forceinline__ void lfv_bwd(float* part, float* dz, void* dbranch, int fmt, const float* dy,
                                         const float* z, const float* x, const float* gamma, int rows, int dim,
                                         float eps, unsigned long long seed, unsigned long long threshold,
-                                        float keep, lfv_extra ex = lfv_extra{nullptr, nullptr, 0.f, nullptr, 1.f}) {
+                                        float keep, lfv_extra ex = lfv_extra{nullptr, nullptr, 0.f, nullptr, 1.f},
+                                        lfv_fin fin = lfv_fin{nullptr, nullptr, nullptr, nullptr, 1.f}) {
     extern __shared__ float4 lfv_sh[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     const int dim4 = dim >> 2;
@@ -425,6 +575,7 @@ __device__ __forceinline__ void lfv_bwd(float* part, float* dz, void* dbranch, i
     const float4* w4 = reinterpret_cast<const float4*>(ex.omega);
     const bool pair = EXTRA && ex.dz2 != nullptr;
     const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+    const lfw_thr wt = lfw_threshold(threshold);
     float4 ag[NV], ab[NV], aw[NV];
 #pragma unroll
     for (int c = 0; c < NV; c++) {
@@ -458,13 +609,7 @@ __device__ __forceinline__ void lfv_bwd(float* part, float* dz, void* dbranch, i
                 if (q < dim4) {
                     if (pair) {
                         float4 s = e[c];
-                        if (ex.omega2) {
-                            const float4 w = __ldg(w24 + q);
-                            s.x = s.x * w.x;
-                            s.y = s.y * w.y;
-                            s.z = s.z * w.z;
-                            s.w = s.w * w.w;
-                        }
+                        if (ex.omega2) lfv_mul4(s, __ldg(w24 + q));
                         d[c].x = d[c].x + s.x * ex.alpha2;
                         d[c].y = d[c].y + s.y * ex.alpha2;
                         d[c].z = d[c].z + s.z * ex.alpha2;
@@ -472,14 +617,10 @@ __device__ __forceinline__ void lfv_bwd(float* part, float* dz, void* dbranch, i
                     }
                     if (RECOMP) {
                         float4 t = xv[c], u = v[c];
-                        if (ex.omega) {
-                            const float4 w = __ldg(w4 + q);
-                            t.x = t.x * w.x;
-                            t.y = t.y * w.y;
-                            t.z = t.z * w.z;
-                            t.w = t.w * w.w;
-                        }
-                        if (threshold != 0ull) {
+                        if (ex.omega) lfv_mul4(t, __ldg(w4 + q));
+                        if (W && threshold != 0ull) {
+                            kept &= ~((15u & ~lfw_keep4(seed, o4 + q, wt)) << (4 * c));
+                        } else if (threshold != 0ull) {
                             const unsigned long long i = 4ull * (unsigned long long)(o4 + q);
                             const unsigned int m = (xf_dropout_keep(seed, i, threshold) ? 1u : 0u) |
                                                    (xf_dropout_keep(seed, i + 1, threshold) ? 2u : 0u) |
@@ -487,15 +628,7 @@ __device__ __forceinline__ void lfv_bwd(float* part, float* dz, void* dbranch, i
                                                    (xf_dropout_keep(seed, i + 3, threshold) ? 8u : 0u);
                             kept &= ~((15u & ~m) << (4 * c));
                         }
-                        const unsigned int m = kept >> (4 * c);
-                        u.x = u.x * ((m & 1u) ? keep : 0.0f);
-                        u.y = u.y * ((m & 2u) ? keep : 0.0f);
-                        u.z = u.z * ((m & 4u) ? keep : 0.0f);
-                        u.w = u.w * ((m & 8u) ? keep : 0.0f);
-                        v[c].x = t.x * ex.alpha + u.x;
-                        v[c].y = t.y * ex.alpha + u.y;
-                        v[c].z = t.z * ex.alpha + u.z;
-                        v[c].w = t.w * ex.alpha + u.w;
+                        lfv_resid4(v[c], t, ex.alpha, lfw_mask4(u, kept >> (4 * c), keep));
                     }
                 }
             }
@@ -551,17 +684,11 @@ __device__ __forceinline__ void lfv_bwd(float* part, float* dz, void* dbranch, i
                 if (dz) reinterpret_cast<float4*>(dz)[o4 + q] = t;
                 if (dbranch) {
                     if (RECOMP) {
-                        const unsigned int m = kept >> (4 * c);
-                        t.x = t.x * ((m & 1u) ? keep : 0.0f);
-                        t.y = t.y * ((m & 2u) ? keep : 0.0f);
-                        t.z = t.z * ((m & 4u) ? keep : 0.0f);
-                        t.w = t.w * ((m & 8u) ? keep : 0.0f);
+                        t = lfw_mask4(t, kept >> (4 * c), keep);
+                    } else if (W && threshold != 0ull) {
+                        t = lfw_mask4(t, lfw_keep4(seed, o4 + q, wt), keep);
                     } else if (threshold != 0ull) {
-                        const long long i = 4 * (o4 + q);
-                        t.x = t.x * lfv_keep(seed, i, threshold, keep);
-                        t.y = t.y * lfv_keep(seed, i + 1, threshold, keep);
-                        t.z = t.z * lfv_keep(seed, i + 2, threshold, keep);
-                        t.w = t.w * lfv_keep(seed, i + 3, threshold, keep);
+                        lfv_drop4(t, seed, 4 * (o4 + q), threshold, keep);
                     } else {
                         t.x = t.x * keep;
                         t.y = t.y * keep;
@@ -592,42 +719,49 @@ __device__ __forceinline__ void lfv_bwd(float* part, float* dz, void* dbranch, i
         for (int w = 1; w < nw; w++) lfv_acc(s, lfv_sh[(long long)w * n4 + i]);
         out[i] = s;
     }
+    if (W && fin.cnt != nullptr) lfw_finish(part, dim4, fin);
 }
 
 // Blocks of at most LFV_THREADS threads (the Go side's lfvMaxWarps warps).
 #define LFV_THREADS 256
 
+// The kernels' parameter lists, each shared by a _v kernel and its _w twin (which adds
+// LFW_FIN_PARAMS): FWD the forward, BWD the plain backward (_v, _vs, _ws), PAIR the
+// backward with dy in two parts (_vp, _wp), RECOMP the one that recomputes z (_vr,
+// _wr).
+#define LFV_FWD_PARAMS                                                                                          \
+    float *z, float *y, const float *x, const float *branch, const float *omega, float alpha,                  \
+        const float *gamma, const float *beta, int rows, int dim, float eps, int drop, unsigned long long seed, \
+        unsigned long long threshold, float keep, void *y16, int fmt
+#define LFV_BWD_PARAMS                                                                                          \
+    float *part, float *dz, void *dbranch, int fmt, const float *dy, const float *z, const float *x,           \
+        const float *gamma, int rows, int dim, float eps, unsigned long long seed, unsigned long long threshold, \
+        float keep
+#define LFV_PAIR_PARAMS                                                                                         \
+    float *part, float *dz, void *dbranch, int fmt, const float *dy, const float *dz2, const float *omega2,    \
+        float alpha2, const float *z, const float *x, const float *gamma, int rows, int dim, float eps,         \
+        unsigned long long seed, unsigned long long threshold, float keep
+#define LFV_RECOMP_PARAMS                                                                                       \
+    float *part, float *dz, void *dbranch, int fmt, const float *dy, const float *dz2, const float *omega2,    \
+        float alpha2, const float *branch, const float *x, const float *omega, float alpha, const float *gamma, \
+        int rows, int dim, float eps, unsigned long long seed, unsigned long long threshold, float keep
+
 #define LFV_INSTANCE(NV)                                                                                        \
-    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_fwd_v##NV(                          \
-        float* z, float* y, const float* x, const float* branch, const float* omega, float alpha,              \
-        const float* gamma, const float* beta, int rows, int dim, float eps, int drop, unsigned long long seed, \
-        unsigned long long threshold, float keep, void* y16, int fmt) {                                         \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_fwd_v##NV(LFV_FWD_PARAMS) {        \
         lfv_fwd<NV>(z, y, x, branch, omega, alpha, gamma, beta, rows, dim, eps, drop, seed, threshold, keep,   \
                     y16, fmt);                                                                                  \
     }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_v##NV(                          \
-        float* part, float* dz, void* dbranch, int fmt, const float* dy, const float* z, const float* x,       \
-        const float* gamma, int rows, int dim, float eps, unsigned long long seed, unsigned long long threshold, \
-        float keep) {                                                                                           \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_v##NV(LFV_BWD_PARAMS) {        \
         lfv_bwd<NV, false>(part, dz, dbranch, fmt, dy, z, x, gamma, rows, dim, eps, seed, threshold, keep);    \
     }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_vs##NV(                         \
-        float* part, float* dz, void* dbranch, int fmt, const float* dy, const float* z, const float* x,       \
-        const float* gamma, int rows, int dim, float eps, unsigned long long seed, unsigned long long threshold, \
-        float keep) {                                                                                           \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_vs##NV(LFV_BWD_PARAMS) {       \
         lfv_bwd<NV, true>(part, dz, dbranch, fmt, dy, z, x, gamma, rows, dim, eps, seed, threshold, keep);     \
     }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_vp##NV(                         \
-        float* part, float* dz, void* dbranch, int fmt, const float* dy, const float* dz2, const float* omega2, \
-        float alpha2, const float* z, const float* x, const float* gamma, int rows, int dim, float eps,         \
-        unsigned long long seed, unsigned long long threshold, float keep) {                                    \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_vp##NV(LFV_PAIR_PARAMS) {      \
         lfv_bwd<NV, true, true, false>(part, dz, dbranch, fmt, dy, z, x, gamma, rows, dim, eps, seed, threshold, \
                                        keep, lfv_extra{dz2, omega2, alpha2, nullptr, 1.f});                     \
     }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_vr##NV(                         \
-        float* part, float* dz, void* dbranch, int fmt, const float* dy, const float* dz2, const float* omega2, \
-        float alpha2, const float* branch, const float* x, const float* omega, float alpha, const float* gamma, \
-        int rows, int dim, float eps, unsigned long long seed, unsigned long long threshold, float keep) {      \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_vr##NV(LFV_RECOMP_PARAMS) {    \
         lfv_bwd<NV, true, true, true>(part, dz, dbranch, fmt, dy, branch, x, gamma, rows, dim, eps, seed,       \
                                       threshold, keep, lfv_extra{dz2, omega2, alpha2, omega, alpha});           \
     }
@@ -636,6 +770,40 @@ LFV_INSTANCE(1)
 LFV_INSTANCE(2)
 LFV_INSTANCE(4)
 LFV_INSTANCE(8)
+
+// The _w kernels: layernorm_fast_fwd_v / _bwd_vs / _vp / _vr with the mask from
+// lfw_keep4 and (cnt not null) the finish at the end of the backward (lfw_finish):
+// the same arguments, the backward's followed by the finish's; the same bits.
+#define LFW_FIN_PARAMS unsigned *cnt, float *dgamma, float *dbeta, float *domega, float fin_alpha
+#define LFW_FIN lfv_fin{cnt, dgamma, dbeta, domega, fin_alpha}
+#define LFW_INSTANCE(NV)                                                                                        \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_fwd_w##NV(LFV_FWD_PARAMS) {        \
+        lfv_fwd<NV, true>(z, y, x, branch, omega, alpha, gamma, beta, rows, dim, eps, drop, seed, threshold,   \
+                          keep, y16, fmt);                                                                      \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS)                                                   \
+        layernorm_fast_bwd_ws##NV(LFV_BWD_PARAMS, LFW_FIN_PARAMS) {                                             \
+        lfv_bwd<NV, true, false, false, true>(part, dz, dbranch, fmt, dy, z, x, gamma, rows, dim, eps, seed,    \
+                                              threshold, keep, lfv_extra{nullptr, nullptr, 0.f, nullptr, 1.f},  \
+                                              LFW_FIN);                                                         \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS)                                                   \
+        layernorm_fast_bwd_wp##NV(LFV_PAIR_PARAMS, LFW_FIN_PARAMS) {                                            \
+        lfv_bwd<NV, true, true, false, true>(part, dz, dbranch, fmt, dy, z, x, gamma, rows, dim, eps, seed,     \
+                                             threshold, keep, lfv_extra{dz2, omega2, alpha2, nullptr, 1.f},     \
+                                             LFW_FIN);                                                          \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS)                                                   \
+        layernorm_fast_bwd_wr##NV(LFV_RECOMP_PARAMS, LFW_FIN_PARAMS) {                                          \
+        lfv_bwd<NV, true, true, true, true>(part, dz, dbranch, fmt, dy, branch, x, gamma, rows, dim, eps, seed, \
+                                            threshold, keep, lfv_extra{dz2, omega2, alpha2, omega, alpha},      \
+                                            LFW_FIN);                                                           \
+    }
+
+LFW_INSTANCE(1)
+LFW_INSTANCE(2)
+LFW_INSTANCE(4)
+LFW_INSTANCE(8)
 
 // layernorm_fast_bwd_finish_v: layernorm_fast_bwd_finish for the float4 kernels'
 // partials (the same nparts × 3·dim layout), block (32, 32) so that each thread adds

@@ -57,6 +57,24 @@ type lnFastFns struct {
 	// tests can time and compare the two.
 	scalar bool
 
+	// wfwd, wbwd, wbwdSum and wbwdRecomp are the _w forms of vfwd, vbwd, vbwdSum and
+	// vbwdRecomp (layernorm_fast_fwd_w*, _bwd_ws*, _wp*, _wr*): the dropout mask from
+	// 32-bit words (lfw_keep4) and the backward's finish done by its last blocks
+	// (lfw_finish) instead of a layernorm_fast_bwd_finish_v launch, the same bits. The
+	// backward launches on vbwd's grid and warps, so its partials are vbwd's.
+	wfwd, wbwd, wbwdSum, wbwdRecomp [len(lfvNVs)]uintptr
+	// cnt holds the _w backward's lfwCounters arrival counters: zeroed once, reset to
+	// zero by the kernels themselves. nil when the kernels were first looked up inside
+	// a graphed step (its memory would be the step's arena): then the finish stays a
+	// launch of its own.
+	cnt *allocation
+	// legacy is a test switch: the float4 kernels before the _w ones (the v kernels
+	// and the finish launch), for before/after timings and bit comparisons.
+	legacy bool
+	// wfinished counts the _w backward launches that finished the column sums
+	// themselves (tests: the path was taken).
+	wfinished int
+
 	occupancy uintptr // cuOccupancyMaxActiveBlocksPerMultiprocessor; 0: not bound
 }
 
@@ -81,6 +99,10 @@ func (be *Backend) lnFns() *lnFastFns {
 		f.fwdDrop[i] = be.kernel(fmt.Sprintf("layernorm_fast_fwd_drop%d", nc))
 	}
 	for i, nv := range lfvNVs {
+		f.wfwd[i] = be.kernel(fmt.Sprintf("layernorm_fast_fwd_w%d", nv))
+		f.wbwd[i] = be.kernel(fmt.Sprintf("layernorm_fast_bwd_ws%d", nv))
+		f.wbwdSum[i] = be.kernel(fmt.Sprintf("layernorm_fast_bwd_wp%d", nv))
+		f.wbwdRecomp[i] = be.kernel(fmt.Sprintf("layernorm_fast_bwd_wr%d", nv))
 		f.vfwd[i] = be.kernel(fmt.Sprintf("layernorm_fast_fwd_v%d", nv))
 		f.vbwd[i] = lfvKernel{fn: be.kernel(fmt.Sprintf("layernorm_fast_bwd_vs%d", nv)), warps: lfvWarps(nv)}
 		f.vbwdSum[i] = be.kernel(fmt.Sprintf("layernorm_fast_bwd_vp%d", nv))
@@ -90,9 +112,23 @@ func (be *Backend) lnFns() *lnFastFns {
 	if bind(be.drv.handle, "libcuda", []symbol{{"cuOccupancyMaxActiveBlocksPerMultiprocessor", &occ}}) == nil {
 		f.occupancy = occ
 	}
+	if be.graph.mode == graphOff {
+		// Held for the Backend's life (never scoped): every _w backward launch uses
+		// it, in stream order, and leaves it zero.
+		a, err := be.alloc(4 * lfwCounters)
+		if err != nil {
+			panic(fmt.Errorf("cuda: layernorm_fast counters: %w", err))
+		}
+		be.memset32(a.ptr, 0, lfwCounters)
+		f.cnt = a
+	}
 	be.lazy.lnFast = f
 	return f
 }
+
+// lfwCounters is lfw_finish's counter count: one per class of partials (block index
+// mod 32, finish_v's thread rows) and one for the classes.
+const lfwCounters = 33
 
 // lfvWarps is the float4 backward's warps per block for NV float4s per lane: its
 // per-warp column sums (3·dim floats) stay within the 48 KiB of shared memory a
@@ -207,7 +243,11 @@ func (be *Backend) residualLayerNormFast(z, y, y16, x, branch, omega kernels.Buf
 		// A row per warp: capping the grid at 2–8 blocks per SM, each warp looping
 		// over rows, measured the same (23.1–23.9 µs at 8000×512).
 		nb := (rows + lfvMaxWarps - 1) / lfvMaxWarps
-		be.run(f.vfwd[lfvIndex(dim)], [3]uint32{uint32(nb), 1, 1}, 32*lfvMaxWarps, 0)
+		fn := f.wfwd[lfvIndex(dim)]
+		if f.legacy {
+			fn = f.vfwd[lfvIndex(dim)]
+		}
+		be.run(fn, [3]uint32{uint32(nb), 1, 1}, 32*lfvMaxWarps, 0)
 		return y16p != 0
 	}
 	fn := f.fwd[lfIndex(dim)]
@@ -279,10 +319,18 @@ func (be *Backend) lfvBackward(mode lfvMode, dz, dbranch, dgamma, dbeta, domega 
 	// sums, whichever kernel ran (their occupancy may differ; nothing here needs the
 	// blocks resident together).
 	nb := max(1, min((rows+k.warps-1)/k.warps, be.blocksPerSM(f, k, shared)*be.info.SMs))
+	wantCols := dgamma != nil || dbeta != nil || domega != nil
+	// The _w kernels finish the column sums themselves where the counters exist; the
+	// 32 rows after the partials hold lfw_finish's class sums.
+	finish := wantCols && (f.legacy || f.cnt == nil)
+	parts := nb
+	if wantCols && !finish {
+		parts += 32
+	}
 	// Scoped: a training step gives the partials back to the pool when it ends instead
 	// of when the collector notices, so the next call does not miss the pool (a miss
 	// frees cached blocks, and cuMemFree waits for the device).
-	part := be.scoped(be.newBuffer(nb * 3 * dim))
+	part := be.scoped(be.newBuffer(parts * 3 * dim))
 	xp := uint64(0)
 	if domega != nil || mode == lfvRecomp {
 		xp = addr(x)
@@ -301,17 +349,36 @@ func (be *Backend) lfvBackward(mode lfvMode, dz, dbranch, dgamma, dbeta, domega 
 	switch mode {
 	case lfvSum:
 		fn = f.vbwdSum[idx]
+		if !f.legacy {
+			fn = f.wbwdSum[idx]
+		}
 		be.prm.ptr(addr(dy.DZ)).ptr(addr(dy.Omega)).f32(dy.Alpha).ptr(addr(zb)).ptr(xp)
 	case lfvRecomp:
 		fn = f.vbwdRecomp[idx]
+		if !f.legacy {
+			fn = f.wbwdRecomp[idx]
+		}
 		be.prm.ptr(addr(dy.DZ)).ptr(addr(dy.Omega)).f32(dy.Alpha).ptr(addr(zb)).ptr(xp).ptr(addr(omega)).f32(alpha)
 	default:
+		if !f.legacy {
+			fn = f.wbwd[idx]
+		}
 		be.prm.ptr(addr(zb)).ptr(xp)
 	}
 	be.prm.ptr(addr(gamma)).i32(rows).i32(dim).f32(eps)
 	dr.args(be.prm)
+	if !f.legacy {
+		cnt := uint64(0)
+		if wantCols && !finish {
+			cnt = f.cnt.ptr
+		}
+		be.prm.ptr(cnt).ptr(addr(dgamma)).ptr(addr(dbeta)).ptr(addr(domega)).f32(alpha)
+		if cnt != 0 {
+			f.wfinished++
+		}
+	}
 	be.run(fn, [3]uint32{uint32(nb), 1, 1}, uint32(32*k.warps), uint32(shared))
-	if dgamma != nil || dbeta != nil || domega != nil {
+	if finish {
 		be.prm.reset().ptr(addr(dgamma)).ptr(addr(dbeta)).ptr(addr(domega)).ptr(part.dptr()).i32(nb).i32(dim).f32(alpha)
 		be.runBlock(f.vfinish, [3]uint32{uint32((3*dim + 31) / 32), 1, 1}, [3]uint32{32, 32, 1}, 0)
 	}

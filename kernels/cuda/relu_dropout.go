@@ -19,7 +19,8 @@ var _ kernels.ReLUDropoutBackwarder = (*Backend)(nil)
 // the rounding of each element (relu_dropout_bwd16).
 //
 // da and a may be 16-bit too, both, with a 16-bit dpre (kernels.HalfOutputs; dpre may
-// alias da or a): relu_dropout_bwd_hh on the widened values.
+// alias da or a): relu_dropout_bwd_hh8 on the widened values (relu_dropout_bwd_hh's
+// bits, eight elements per thread).
 func (be *Backend) ReLUDropoutBackward(dpre, da, a kernels.Buffer, p float64) {
 	dp, n, format := be.outOf(dpre)
 	if dah, ah := halfOf(da), halfOf(a); dah != nil || ah != nil {
@@ -31,7 +32,8 @@ func (be *Backend) ReLUDropoutBackward(dpre, da, a kernels.Buffer, p float64) {
 		}
 		defer be.enter()()
 		be.prm.reset().ptr(dp).ptr(dah.dptr()).ptr(ah.dptr()).f32(kernels.DropoutScale(p)).i64(n).i32(format)
-		be.run(be.fn.half.reluDropoutBwdHH, [3]uint32{grid1D((int64(n)+3)/4, blockElem, be.info.SMs), 1, 1}, blockElem, 0)
+		fn, grid := be.hhLaunch(be.fn.half.reluDropoutBwdHH8, be.fn.half.reluDropoutBwdHH, n)
+		be.run(fn, grid, blockElem, 0)
 		return
 	}
 	if dev(da).n != n || dev(a).n != n {

@@ -209,3 +209,21 @@ __device__ __forceinline__ void xf_cp_async16(void* dst, const void* src) {
     *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
 #endif
 }
+
+// xf_dropout_hash_hi is the high 32 bits of SplitMix64's last product for the state
+// z = seed + (i + 1)·γ, in 32-bit halves: t = z ^ z>>30, u = t·M1, w = u ^ u>>27, and
+// the high word of w·M2 (mod 2⁶⁴), one high product and two low ones, no 64-bit
+// multiply. The hash's last step, z ^ z>>31, changes bit k only from bit k+31, so bits
+// 33…63 of kernels.DropoutHash are already these; xf_dropout_keep compares bits 40…63:
+// kept exactly when xf_dropout_hash_hi(z) >= threshold << 8 (threshold < 2²⁴). The
+// 64-bit multiply chain was most of the instructions of the kernels that draw masks per
+// element; dropoutHashHi (dropout_hash32_test.go) is this in Go, checked against
+// kernels.DropoutHash.
+__device__ __forceinline__ unsigned xf_dropout_hash_hi(unsigned long long z) {
+    const unsigned lo = (unsigned)z, hi = (unsigned)(z >> 32);
+    const unsigned tlo = lo ^ __funnelshift_r(lo, hi, 30), thi = hi ^ (hi >> 30);
+    const unsigned ulo = tlo * 0x1CE4E5B9u;
+    const unsigned uhi = __umulhi(tlo, 0x1CE4E5B9u) + tlo * 0xBF58476Du + thi * 0x1CE4E5B9u;
+    const unsigned wlo = ulo ^ __funnelshift_r(ulo, uhi, 27), whi = uhi ^ (uhi >> 27);
+    return __umulhi(wlo, 0x133111EBu) + wlo * 0x94D049BBu + whi * 0x133111EBu;
+}
