@@ -108,6 +108,17 @@ func (be *Backend) lnFns() *lnFastFns {
 		f.vbwdSum[i] = be.kernel(fmt.Sprintf("layernorm_fast_bwd_vp%d", nv))
 		f.vbwdRecomp[i] = be.kernel(fmt.Sprintf("layernorm_fast_bwd_vr%d", nv))
 	}
+	// The _w backwards add lfw_finish's 4 static bytes to the column sums' 48 KiB of
+	// dynamic shared memory at dim 128·NV: past the 48 KiB a launch gets without
+	// opting in, so the launch is refused (CUDA_ERROR_INVALID_VALUE) unless the
+	// kernel's dynamic limit is raised to what it asks.
+	for i, nv := range lfvNVs {
+		need := uintptr(lfvShared(lfvWarps(nv), 128*nv))
+		for _, fn := range []uintptr{f.wbwd[i], f.wbwdSum[i], f.wbwdRecomp[i]} {
+			must(be.drv.check("cuFuncSetAttribute(layernorm_fast_bwd_w*, max dynamic shared)",
+				call(be.drv.cuFuncSetAttribute, fn, funcAttrMaxDynamicShared, need)))
+		}
+	}
 	var occ uintptr
 	if bind(be.drv.handle, "libcuda", []symbol{{"cuOccupancyMaxActiveBlocksPerMultiprocessor", &occ}}) == nil {
 		f.occupancy = occ
