@@ -199,9 +199,12 @@ func TestLayerNormWTrainingSameBits(t *testing.T) {
 				legacy := newGraphTestBackend(t, prec, false)
 				legacy.lnFnsOutside().legacy = true
 				ref, _ := runTrain(t, m, legacy, rc, batches)
-				got, _ := runTrain(t, m, newGraphTestBackend(t, prec, false), rc, batches)
+				eager := newGraphTestBackend(t, prec, false)
+				eager.lnFnsOutside().legacy = false
+				got, _ := runTrain(t, m, eager, rc, batches)
 				checkSameRun(t, "_w kernels", got, "legacy", ref)
 				graphed := newGraphTestBackend(t, prec, true)
+				graphed.lnFnsOutside().legacy = false
 				got, _ = runTrain(t, m, graphed, rc, batches)
 				checkSameRun(t, "_w kernels, graphed", got, "legacy", ref)
 				lfwCountersZero(t, graphed)

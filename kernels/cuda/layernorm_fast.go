@@ -68,8 +68,9 @@ type lnFastFns struct {
 	// a graphed step (its memory would be the step's arena): then the finish stays a
 	// launch of its own.
 	cnt *allocation
-	// legacy is a test switch: the float4 kernels before the _w ones (the v kernels
-	// and the finish launch), for before/after timings and bit comparisons.
+	// legacy: the float4 kernels before the _w ones (the v kernels and the finish
+	// launch). The default (Backend.lnWOn off); tests flip it for bit comparisons and
+	// before/after timings.
 	legacy bool
 	// wfinished counts the _w backward launches that finished the column sums
 	// themselves (tests: the path was taken).
@@ -133,6 +134,7 @@ func (be *Backend) lnFns() *lnFastFns {
 		be.memset32(a.ptr, 0, lfwCounters)
 		f.cnt = a
 	}
+	f.legacy = !be.lnWOn
 	be.lazy.lnFast = f
 	return f
 }
