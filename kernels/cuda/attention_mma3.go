@@ -10,7 +10,7 @@ import "github.com/xform-dev/xform/kernels"
 // second kernels'; only the speed differs.
 //
 // Each comes in two variants: attention_mma3_fwd/bwd as first measured, and the "bits"
-// variants attention_mma3_fwd_b/bwd_b (the default), which draw an item's dropout keep
+// variants attention_mma3_fwd_b/bwd_b (the default up to am3BitsMaxKeys keys), which draw an item's dropout keep
 // bits with the whole block into a shared bitmap before its compute, so the per-element
 // loops of the softmax and of the backward's phase A run branch-free (attention_mma.cu,
 // am3_keep_bits). The same bits either way; am3Switch.old keeps the first variant
@@ -57,14 +57,27 @@ type am3Switch struct {
 // one block fits. Those were the first variant's times; the bits variant (the default)
 // has the same plans but for its bitmap (≤ 528 bytes; the blocks per SM unchanged at T
 // 28–64, TestAttentionMMA3Plans checks T 41; T 20's forward goes from 7 to 6, and the
-// dispatch keeps that one on the second kernels) and is expected faster at every shape, so the
-// same rule holds for it until TestAttentionMMA3Timing says otherwise (its "forced" rows
-// show whether T 20's forward should move to it too).
+// dispatch keeps that one on the second kernels). The same rule holds for it; the bits
+// variant measured faster at T 20–41 and slower at T 64 (am3BitsMaxKeys).
 const (
 	am3FwdMinResident = 2
 	am3FwdMinKeys     = 24
 	am3BwdMinResident = 1
 )
+
+// am3BitsMaxKeys bounds the key lengths where the bits variant runs by default. On the
+// H200 (TestAttentionMMA3Timing, eighth session, bf16, B·T ≈ 8000) it was faster at T
+// 20–41 (backward 1.01–1.06×, forward up to 1.08×) and slower at T 64 (forward 47.4 →
+// 56.0 µs, backward 91.8 → 95.8); the cut is T 41's three 16-key tiles, the boundary
+// between 41 and 64 unmeasured.
+const am3BitsMaxKeys = 48
+
+// firstVariant says whether a runs on the first variant (attention_mma3_fwd/bwd): the
+// old switch, or keys past am3BitsMaxKeys unless the tests force the third kernels (and
+// so the bits variant, at every shape).
+func (t *am3Fns) firstVariant(a kernels.AttentionArgs) bool {
+	return t.sw.old || !t.sw.force && a.TK > am3BitsMaxKeys
+}
 
 // fwdTakes says whether the forward of a, planned as p, runs on the third kernels.
 func (t *am3Fns) fwdTakes(a kernels.AttentionArgs, p am3Plan, optinMax int) bool {
@@ -158,7 +171,7 @@ func planMMA3BackwardB(a kernels.AttentionArgs, sms, sharedPerSM, maxGrid int) a
 
 // planForward is the float32-input forward's plan for the variant the switches choose.
 func (t *am3Fns) planForward(a kernels.AttentionArgs, sms int) am3Plan {
-	if t.sw.old {
+	if t.firstVariant(a) {
 		return planMMA3Forward(a, sms, t.sharedPerSM, t.sw.maxGrid)
 	}
 	return planMMA3ForwardB(a, sms, t.sharedPerSM, t.sw.maxGrid)
@@ -166,7 +179,7 @@ func (t *am3Fns) planForward(a kernels.AttentionArgs, sms int) am3Plan {
 
 // planBackward is the same for the backward.
 func (t *am3Fns) planBackward(a kernels.AttentionArgs, sms int) am3Plan {
-	if t.sw.old {
+	if t.firstVariant(a) {
 		return planMMA3Backward(a, sms, t.sharedPerSM, t.sw.maxGrid)
 	}
 	return planMMA3BackwardB(a, sms, t.sharedPerSM, t.sw.maxGrid)
@@ -204,7 +217,7 @@ func (be *Backend) mma3Forward(out, q, k, v kernels.View, a kernels.AttentionArg
 		return false
 	}
 	fn := t.fwdB
-	if t.sw.old {
+	if t.firstVariant(a) {
 		fn = t.fwd
 		be.optIn(fn, p.shared, &t.fwdOpt)
 	} else {
@@ -240,7 +253,7 @@ func (be *Backend) mma3Backward(dq, dk, dv, dout, q, k, v kernels.View, a kernel
 		return false
 	}
 	fn := t.bwdB
-	if t.sw.old {
+	if t.firstVariant(a) {
 		fn = t.bwd
 		be.optIn(fn, p.shared, &t.bwdOpt)
 	} else {
