@@ -128,7 +128,11 @@ type Backend struct {
 	// XFORM_CUDA_LT_PLANS).
 	planReuse bool
 	ltPlans   int
-	graph     graphState
+	// autotune: XFORM_CUDA_AUTOTUNE=1 (tests flip it): a new cuBLASLt plan times the
+	// heuristic's first results and keeps the fastest (autotune.go). Off by default
+	// until measured on the bench.
+	autotune bool
+	graph    graphState
 	// reads are the free slots of deferred reads, readsMade all of them (read_async.go).
 	reads, readsMade []*asyncRead
 	// kernelNames maps kernels to their names for XFORM_CUDA_PROFILE=gpu (profile.go);
@@ -217,6 +221,7 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 	be.roundedAdamOff = os.Getenv("XFORM_CUDA_ROUNDED_ADAM") == "0"
 	be.attnIn16On = os.Getenv("XFORM_CUDA_ATTN16") == "1"
 	be.lnWOn = os.Getenv("XFORM_CUDA_LNW") == "1"
+	be.autotune = autotuneEnv(os.Getenv("XFORM_CUDA_AUTOTUNE"))
 	switch os.Getenv("XFORM_CUDA_PROFILE") {
 	case "1":
 		be.profile = newOpProfile()
@@ -469,8 +474,14 @@ type HostStats struct {
 	// cublasLtMatmulAlgoCheck refused (a query followed), and keys answered "no plan"
 	// from their kind's refusals (no plan built, not in LtPlans).
 	LtQueries, LtReused, LtCheckRefused, LtSkipped int
-	Allocs                                         int
-	AllocBytes                                     uint64
+	// Autotune (XFORM_CUDA_AUTOTUNE=1, autotune.go): keys whose candidates were timed
+	// (LtTuneChanged of them kept another than the heuristic's first), keys that took
+	// a decision timed earlier in the process, timings that failed (the heuristic's
+	// first kept), and the host time of the timing (part of LtPlanTime).
+	LtTuned, LtTuneChanged, LtTuneMemo, LtTuneFailed int
+	LtTuneTime                                       time.Duration
+	Allocs                                           int
+	AllocBytes                                       uint64
 	// DeviceWait is the host time spent blocked on the device: synchronisations,
 	// event waits and device-to-host copies (which wait for the queued work).
 	DeviceWait time.Duration
@@ -485,6 +496,8 @@ func (be *Backend) HostStats() HostStats {
 	s := &be.lt
 	st.LtPlans, st.LtRefused, st.LtPlanTime = s.made, s.falls, s.planTime
 	st.LtQueries, st.LtReused, st.LtCheckRefused, st.LtSkipped = s.queries, s.reused, s.checkRefused, s.skipped
+	st.LtTuned, st.LtTuneChanged, st.LtTuneMemo, st.LtTuneFailed = s.tune.timed, s.tune.changed, s.tune.memo, s.tune.failed
+	st.LtTuneTime = s.tune.time
 	return st
 }
 

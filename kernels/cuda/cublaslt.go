@@ -242,6 +242,9 @@ type ltState struct {
 	// out16Off: tests: HalfOutputs answers false, so the model keeps its float32
 	// feed-forward activations (half_out.go).
 	out16Off bool
+	// tune counts the autotune's work (autotune.go), tuneScratch is its device memory.
+	tune        ltTuneStats
+	tuneScratch ltTuneScratch
 	// halfOuts counts the forward products written 16-bit (linearHalfOut), and
 	// halfFallbacks the 16-bit products that took the fp32 scratch, for tests.
 	halfOuts, halfFallbacks int
@@ -295,6 +298,11 @@ func (be *Backend) LtStatus() string {
 		if s.lib != nil && s.lib.algoCheck == 0 {
 			msg += ", cublasLtMatmulAlgoCheck missing"
 		}
+	}
+	if be.autotune {
+		t := s.tune
+		msg += fmt.Sprintf("; autotune: %d keys timed (%d not the heuristic's first, %d failed) in %.1f ms, %d taken from earlier timing",
+			t.timed, t.changed, t.failed, t.time.Seconds()*1e3, t.memo)
 	}
 	if s.first != nil {
 		msg += fmt.Sprintf("; %d fallbacks to GemmEx, first: %v", s.falls, s.first)
@@ -464,7 +472,7 @@ func (be *Backend) ltNewPlan(key ltKey, bias, aux uint64, reuse bool) (_ *ltPlan
 		}
 	}
 	s.queries++
-	if p.algo, err = be.ltHeuristic(p, key); err != nil {
+	if p.algo, err = be.ltChoose(p, key, bias); err != nil {
 		if reuse && rep {
 			s.reuse.keepNone(key)
 		}
@@ -536,16 +544,26 @@ func (be *Backend) ltBuild(p *ltPlan, key ltKey, bias, aux uint64) (err error) {
 // ltHeuristic asks cuBLASLt's heuristic for the best algorithm of p's descriptor and
 // layouts within the workspace and key's pointer alignments.
 func (be *Backend) ltHeuristic(p *ltPlan, key ltKey) ([8]uint64, error) {
+	res, err := be.ltHeuristicN(p, key, 1)
+	if err != nil {
+		return [8]uint64{}, err
+	}
+	return res[0].algo, nil
+}
+
+// ltHeuristicN asks the heuristic for up to n results and returns the usable ones
+// (state 0, workspace within ours) in its order; errLtNoAlgo when there is none.
+func (be *Backend) ltHeuristicN(p *ltPlan, key ltKey, n int) ([]ltHeuristicResult, error) {
 	s := &be.lt
 	l := s.lib
 	var pref uintptr
 	if err := ltCheck("cublasLtMatmulPreferenceCreate", call(l.prefCreate, uintptr(unsafe.Pointer(&pref)))); err != nil {
-		return [8]uint64{}, err
+		return nil, err
 	}
 	defer call(l.prefDestroy, pref)
 	ws := s.wsSize
 	if err := l.setPref(pref, ltPrefMaxWorkspace, unsafe.Pointer(&ws), 8); err != nil {
-		return [8]uint64{}, err
+		return nil, err
 	}
 	// The defaults assume 256-byte aligned matrices; a Slice of a buffer can start on
 	// any float, and an algorithm chosen for 256 bytes would fault on it.
@@ -555,19 +573,30 @@ func (be *Backend) ltHeuristic(p *ltPlan, key ltKey) ([8]uint64, error) {
 	}{{ltPrefAlignA, key.alignAB}, {ltPrefAlignB, key.alignAB}, {ltPrefAlignC, key.alignC}, {ltPrefAlignD, key.alignC}} {
 		v := a.align
 		if err := l.setPref(pref, a.attr, unsafe.Pointer(&v), 4); err != nil {
-			return [8]uint64{}, err
+			return nil, err
 		}
 	}
-	var res ltHeuristicResult
+	res := make([]ltHeuristicResult, max(n, 1))
 	var got int32
 	if err := ltCheck("cublasLtMatmulAlgoGetHeuristic", call(l.heuristic, s.handle, p.desc, p.a, p.b, p.c, p.c, pref,
-		1, uintptr(unsafe.Pointer(&res)), uintptr(unsafe.Pointer(&got)))); err != nil {
-		return [8]uint64{}, err
+		uintptr(len(res)), uintptr(unsafe.Pointer(&res[0])), uintptr(unsafe.Pointer(&got)))); err != nil {
+		return nil, err
 	}
-	if got < 1 || res.state != 0 || res.workspaceSize > s.wsSize {
-		return [8]uint64{}, fmt.Errorf("%w (%d results, state %d)", errLtNoAlgo, got, res.state)
+	res = res[:min(max(int(got), 0), len(res))]
+	ok := res[:0]
+	for _, r := range res {
+		if r.state == 0 && r.workspaceSize <= s.wsSize {
+			ok = append(ok, r)
+		}
 	}
-	return res.algo, nil
+	if len(ok) == 0 {
+		state := int32(0)
+		if len(res) > 0 {
+			state = res[0].state
+		}
+		return nil, fmt.Errorf("%w (%d results, state %d)", errLtNoAlgo, got, state)
+	}
+	return ok, nil
 }
 
 // ltRun computes c = a·b (row-major, as planned) + beta·c, plus the bias through the
@@ -659,6 +688,7 @@ func (be *Backend) closeLt() {
 		call(s.lib.destroy, s.handle)
 		s.handle = 0
 	}
+	be.closeTune()
 	if s.ws != 0 {
 		_ = be.drv.memFree(s.ws)
 		s.ws, s.wsSize = 0, 0

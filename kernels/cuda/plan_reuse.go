@@ -269,7 +269,7 @@ func (be *Backend) ltClassAlgo(key ltKey, bias, aux uint64) ([8]uint64, bool) {
 	var algo [8]uint64
 	if err == nil {
 		s.queries++
-		algo, err = be.ltHeuristic(rp, c)
+		algo, err = be.ltChoose(rp, c, bias)
 	}
 	if err != nil {
 		if ltPlanRefused(err) {

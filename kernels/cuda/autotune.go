@@ -1,0 +1,292 @@
+package cuda
+
+import (
+	"fmt"
+	"math"
+	"sync"
+	"time"
+	"unsafe"
+)
+
+// cuBLASLt autotune (XFORM_CUDA_AUTOTUNE=1, off by default).
+//
+// The heuristic's first answer is sometimes far slower than what it gives a
+// neighbouring shape: on the H200 the weight-gradient product 512×512×k with the
+// BGRADB epilogue took 25.7 µs at k = 7,872 but 60.5 at 8,184 and 94.0 at 8,064, and
+// asking at the exact shape (plan reuse off) picked the same. So, where a plan asks
+// the heuristic (ltNewPlan for its key, ltClassAlgo for a class's representative),
+// ltChoose asks for up to ltTuneAlgos results, times each usable one on scratch
+// operands of the plan's layouts and keeps the fastest; within ltTuneTie of the
+// fastest the heuristic's order decides, so near-equal candidates do not flip from run
+// to run.
+//
+// The timing runs cuBLASLt and the driver directly on stream 0, not through the
+// backend's funnels (be.blasCall, be.run): it is not part of the step, must not be
+// recorded, and waits for its own end event. So it happens only with graphs off
+// (eager, including the eager warm-up step of every graph key) and without the GPU
+// profile (whose per-op events would time the tuning as the Linear's). It touches only
+// its own scratch, never a buffer of the step. Epilogues with an auxiliary matrix keep
+// the heuristic's first answer (their scratch would need the aux layout too).
+//
+// Decisions are shared by every Backend of the process on the same device and
+// workspace (ltTuneMemo): a key tuned once is not timed again, and a plan made where
+// timing is not allowed (inside a capture) still gets the tuned algorithm when that
+// key was tuned before. That keeps an eager run and a graphed one of the same process
+// on the same algorithms (same bits); across processes the choice may differ where two
+// candidates are within noise of each other beyond ltTuneTie.
+
+const (
+	// ltTuneAlgos is how many heuristic results are timed at most.
+	ltTuneAlgos = 8
+	// ltTuneReps is how many timed runs each candidate gets after an untimed one.
+	ltTuneReps = 5
+	// ltTuneTie: a candidate within this fraction of the fastest counts as as fast.
+	ltTuneTie = 0.02
+	// ltTuneMemoMax bounds the shared decisions; the map is cleared when full (with
+	// plan reuse a process meets a few hundred class keys, so this is never reached
+	// in training; without reuse every exact shape is a key).
+	ltTuneMemoMax = 16384
+)
+
+// autotuneEnv says whether XFORM_CUDA_AUTOTUNE's value turns the autotune on.
+func autotuneEnv(v string) bool { return v == "1" }
+
+// ltTuneKey is what a tuned decision depends on besides the library: the device, the
+// workspace offered and the plan key.
+type ltTuneKey struct {
+	dev int32
+	ws  uint64
+	key ltKey
+}
+
+var ltTuneMemo struct {
+	sync.Mutex
+	m map[ltTuneKey][8]uint64
+}
+
+func ltTuneRecall(k ltTuneKey) ([8]uint64, bool) {
+	ltTuneMemo.Lock()
+	defer ltTuneMemo.Unlock()
+	a, ok := ltTuneMemo.m[k]
+	return a, ok
+}
+
+func ltTuneRemember(k ltTuneKey, algo [8]uint64) {
+	ltTuneMemo.Lock()
+	defer ltTuneMemo.Unlock()
+	if ltTuneMemo.m == nil || len(ltTuneMemo.m) >= ltTuneMemoMax {
+		ltTuneMemo.m = map[ltTuneKey][8]uint64{}
+	}
+	ltTuneMemo.m[k] = algo
+}
+
+// ltTuneStats counts the autotune's work for HostStats and LtStatus.
+type ltTuneStats struct {
+	timed   int           // keys whose candidates were timed
+	changed int           // of those, keys where another than the heuristic's first won
+	memo    int           // keys that took a decision timed earlier in the process
+	failed  int           // keys where the timing failed (the heuristic's first kept)
+	time    time.Duration // host time of the timing, synchronisation included
+}
+
+// ltTuneScratch is the autotune's device memory: operands, output and a bias vector
+// carved from one allocation grown on demand, and the events timing the candidates.
+type ltTuneScratch struct {
+	ptr, size uint64
+	events    []uintptr // 2 per candidate: start, stop; flags 0 (timing)
+}
+
+// ltPickFastest returns the index of the candidate to keep given each one's time
+// (negative: it did not run): the earliest within ltTuneTie of the fastest, so the
+// heuristic's order breaks near-ties. -1 when none ran.
+func ltPickFastest(us []float64) int {
+	best := -1
+	for i, t := range us {
+		if t >= 0 && !math.IsNaN(t) && (best < 0 || t < us[best]) {
+			best = i
+		}
+	}
+	if best < 0 {
+		return -1
+	}
+	limit := us[best] * (1 + ltTuneTie)
+	for i, t := range us {
+		if t >= 0 && t <= limit {
+			return i
+		}
+	}
+	return best
+}
+
+// ltChoose is the algorithm for p's descriptor and layouts: the heuristic's first,
+// or with the autotune the fastest of its first results (see the top of the file).
+// bias is the plan's real bias pointer, set back on the descriptor after the timing.
+// The caller holds the Backend.
+func (be *Backend) ltChoose(p *ltPlan, key ltKey, bias uint64) ([8]uint64, error) {
+	s := &be.lt
+	if !be.autotune || key.epilogue&ltEpiFlagAux != 0 {
+		return be.ltHeuristic(p, key)
+	}
+	mk := ltTuneKey{dev: be.dev, ws: s.wsSize, key: key}
+	if algo, ok := ltTuneRecall(mk); ok {
+		s.tune.memo++
+		return algo, nil
+	}
+	if be.graph.mode != graphOff || (be.profile != nil && be.profile.gpu) {
+		return be.ltHeuristic(p, key)
+	}
+	res, err := be.ltHeuristicN(p, key, ltTuneAlgos)
+	if err != nil {
+		return [8]uint64{}, err
+	}
+	if len(res) == 1 {
+		ltTuneRemember(mk, res[0].algo)
+		return res[0].algo, nil
+	}
+	algos := make([][8]uint64, len(res))
+	for i := range res {
+		algos[i] = res[i].algo
+	}
+	t0 := time.Now()
+	us, err := be.ltTimeAlgos(p, key, bias, algos, ltTuneReps)
+	s.tune.time += time.Since(t0)
+	i := ltPickFastest(us)
+	if err != nil || i < 0 {
+		// Not remembered: a later plan of the key (another Backend, more memory)
+		// may time it.
+		s.tune.failed++
+		return algos[0], nil
+	}
+	s.tune.timed++
+	if i != 0 {
+		s.tune.changed++
+	}
+	ltTuneRemember(mk, algos[i])
+	return algos[i], nil
+}
+
+// ltTuneBytes rounds n bytes up to the 256 bytes every scratch piece starts on (the
+// alignment class the heuristic was told is at most that).
+func ltTuneBytes(n int) uint64 { return uint64(n+255) &^ 255 }
+
+func ltTypeBytes(dt uintptr) int {
+	if dt == cudaR32F {
+		return 4
+	}
+	return 2
+}
+
+// ltTimeAlgos runs each algorithm on p's descriptor and layouts over scratch operands
+// (once untimed, then reps times between two events on stream 0) and returns the
+// device microseconds per call, -1 for one cuBLASLt refused. It waits for the device.
+// Graphs must be off. The caller holds the Backend.
+func (be *Backend) ltTimeAlgos(p *ltPlan, key ltKey, bias uint64, algos [][8]uint64, reps int) (_ []float64, err error) {
+	s := &be.lt
+	l := s.lib
+	sh := ltColMajor(key.transA, key.transB, key.m, key.n, key.k, key.lda, key.ldb, key.ldc)
+	aBytes := ltTuneBytes(sh.aLD * sh.aCols * ltTypeBytes(key.dtype))
+	bBytes := ltTuneBytes(sh.bLD * sh.bCols * ltTypeBytes(key.dtype))
+	cBytes := ltTuneBytes(sh.cLD * sh.cCols * ltTypeBytes(key.dtypeD))
+	vBytes := ltTuneBytes(4 * max(key.m, key.n, key.k))
+	sc := &s.tuneScratch
+	if need := aBytes + bBytes + cBytes + vBytes; need > sc.size {
+		if sc.ptr != 0 {
+			// Nothing queued reads it: every timing waited for its last event.
+			_ = be.drv.memFree(sc.ptr)
+			sc.ptr, sc.size = 0, 0
+		}
+		ptr, err := be.drv.memAlloc(need)
+		if err != nil {
+			return nil, fmt.Errorf("autotune scratch of %s: %w", fmtBytes(need), err)
+		}
+		sc.ptr, sc.size = ptr, need
+	}
+	for len(sc.events) < 2*len(algos) {
+		ev, err := be.drv.newEvent()
+		if err != nil {
+			return nil, fmt.Errorf("autotune event: %w", err)
+		}
+		sc.events = append(sc.events, ev)
+	}
+	pa, pb := sc.ptr, sc.ptr+aBytes
+	pc := pb + bBytes
+	pv := pc + cBytes
+	// One in the operand type, in both halves of the word: the tensor cores multiply
+	// real numbers (zeros could take shortcuts in the memory system's compression).
+	one := uint32(0x3F80)
+	if key.dtype == cudaR16F {
+		one = 0x3C00
+	}
+	be.memset32(pa, one|one<<16, (aBytes+bBytes)/4)
+	be.memset32(pc, 0, (cBytes+vBytes)/4)
+	hasBias := key.epilogue&(ltEpiFlagBias|ltEpiFlagBGrad|ltEpiBGradB) != 0
+	if hasBias {
+		if err := l.setDesc(p.desc, ltDescBiasPointer, unsafe.Pointer(&pv), 8); err != nil {
+			return nil, fmt.Errorf("autotune bias pointer: %w", err)
+		}
+		defer func() {
+			if e := l.setDesc(p.desc, ltDescBiasPointer, unsafe.Pointer(&bias), 8); e != nil && err == nil {
+				err = fmt.Errorf("autotune: restoring the bias pointer: %w", e)
+			}
+		}()
+	}
+	alpha, beta := float32(1), float32(0)
+	run := func(algo *[8]uint64) error {
+		return ltCheck("cublasLtMatmul", call(l.matmul, s.handle, p.desc, uintptr(unsafe.Pointer(&alpha)),
+			uintptr(pa), p.a, uintptr(pb), p.b, uintptr(unsafe.Pointer(&beta)), uintptr(pc), p.c, uintptr(pc), p.c,
+			uintptr(unsafe.Pointer(algo)), uintptr(s.ws), uintptr(s.wsSize), 0))
+	}
+	us := make([]float64, len(algos))
+	last := uintptr(0)
+	for i := range algos {
+		us[i] = -1
+		if err := run(&algos[i]); err != nil {
+			if ltRefusal(err) {
+				continue
+			}
+			return nil, fmt.Errorf("autotune run of candidate %d: %w", i, err)
+		}
+		start, stop := sc.events[2*i], sc.events[2*i+1]
+		if err := be.drv.record(start); err != nil {
+			return nil, err
+		}
+		for range reps {
+			if err := run(&algos[i]); err != nil {
+				return nil, fmt.Errorf("autotune timed run of candidate %d: %w", i, err)
+			}
+		}
+		if err := be.drv.record(stop); err != nil {
+			return nil, err
+		}
+		us[i], last = 0, stop
+	}
+	if last == 0 {
+		return us, nil
+	}
+	if err := be.drv.eventSync(last); err != nil {
+		return nil, fmt.Errorf("autotune: waiting for the timing: %w", err)
+	}
+	for i := range algos {
+		if us[i] < 0 {
+			continue
+		}
+		ms, err := be.drv.elapsed(sc.events[2*i], sc.events[2*i+1])
+		if err != nil {
+			return nil, fmt.Errorf("autotune: elapsed time of candidate %d: %w", i, err)
+		}
+		us[i] = 1e3 * float64(ms) / float64(reps)
+	}
+	return us, nil
+}
+
+// closeTune frees the autotune's scratch and events (closeLt, after Close synchronised).
+func (be *Backend) closeTune() {
+	sc := &be.lt.tuneScratch
+	if sc.ptr != 0 {
+		_ = be.drv.memFree(sc.ptr)
+	}
+	for _, ev := range sc.events {
+		be.drv.destroyEvent(ev)
+	}
+	*sc = ltTuneScratch{}
+}
