@@ -46,6 +46,10 @@ const (
 	// plan reuse a process meets a few hundred class keys, so this is never reached
 	// in training; without reuse every exact shape is a key).
 	ltTuneMemoMax = 16384
+	// ltTuneKeepBytes is the most scratch kept between timings: the output
+	// projection's fp32 logits (8,184 × 27,472 rows × vocabulary) alone need 900 MB,
+	// which should not stay held for the rest of a run.
+	ltTuneKeepBytes = 256 << 20
 )
 
 // autotuneEnv says whether XFORM_CUDA_AUTOTUNE's value turns the autotune on.
@@ -191,7 +195,10 @@ func (be *Backend) ltTimeAlgos(p *ltPlan, key ltKey, bias uint64, algos [][8]uin
 	sc := &s.tuneScratch
 	if need := aBytes + bBytes + cBytes + vBytes; need > sc.size {
 		if sc.ptr != 0 {
-			// Nothing queued reads it: every timing waited for its last event.
+			// A timing that failed half way may have left runs queued on it.
+			if err := be.drv.synchronize(); err != nil {
+				return nil, fmt.Errorf("autotune: before growing the scratch: %w", err)
+			}
 			_ = be.drv.memFree(sc.ptr)
 			sc.ptr, sc.size = 0, 0
 		}
@@ -230,6 +237,16 @@ func (be *Backend) ltTimeAlgos(p *ltPlan, key ltKey, bias uint64, algos [][8]uin
 			}
 		}()
 	}
+	defer func() {
+		if sc.size > ltTuneKeepBytes {
+			// An error path may have left runs queued on it.
+			if be.drv.synchronize() != nil {
+				return
+			}
+			_ = be.drv.memFree(sc.ptr)
+			sc.ptr, sc.size = 0, 0
+		}
+	}()
 	alpha, beta := float32(1), float32(0)
 	run := func(algo *[8]uint64) error {
 		return ltCheck("cublasLtMatmul", call(l.matmul, s.handle, p.desc, uintptr(unsafe.Pointer(&alpha)),

@@ -1,0 +1,88 @@
+package cuda
+
+import (
+	"math"
+	"testing"
+)
+
+// The autotune's switch and choice rule (autotune.go), on the CPU.
+
+func TestAutotuneEnv(t *testing.T) {
+	for _, c := range []struct {
+		v    string
+		want bool
+	}{{"", false}, {"0", false}, {"1", true}, {"true", false}, {"yes", false}, {" 1", false}} {
+		if got := autotuneEnv(c.v); got != c.want {
+			t.Errorf("XFORM_CUDA_AUTOTUNE=%q: on %v, want %v", c.v, got, c.want)
+		}
+	}
+}
+
+func TestLtPickFastest(t *testing.T) {
+	nan := math.NaN()
+	for _, c := range []struct {
+		name string
+		us   []float64
+		want int
+	}{
+		{"empty", nil, -1},
+		{"none ran", []float64{-1, -1}, -1},
+		{"one", []float64{30}, 0},
+		{"first fastest", []float64{25, 60, 94}, 0},
+		{"later much faster", []float64{94, 60, 25.7}, 2},
+		{"tie goes to the earlier", []float64{101.9, 100, 130}, 0},
+		{"just outside the tie", []float64{102.1, 100}, 1},
+		{"earliest within the tie, not the first", []float64{110, 101.5, 100}, 1},
+		{"skips refused", []float64{-1, 50, 40}, 2},
+		{"refused first, tie to the next", []float64{-1, 40.5, 40}, 1},
+		{"NaN ignored", []float64{nan, 50, 60}, 1},
+		{"exact tie", []float64{40, 40}, 0},
+	} {
+		if got := ltPickFastest(c.us); got != c.want {
+			t.Errorf("%s: ltPickFastest(%v) = %d, want %d", c.name, c.us, got, c.want)
+		}
+	}
+}
+
+// TestLtTuneMemo: a remembered decision is recalled for the same device, workspace and
+// key only, and the map starts over when full.
+func TestLtTuneMemo(t *testing.T) {
+	ltTuneMemo.Lock()
+	saved := ltTuneMemo.m
+	ltTuneMemo.m = nil
+	ltTuneMemo.Unlock()
+	t.Cleanup(func() {
+		ltTuneMemo.Lock()
+		ltTuneMemo.m = saved
+		ltTuneMemo.Unlock()
+	})
+	k := ltTuneKey{dev: 0, ws: ltWorkspaceBytes, key: ltKey{m: 512, n: 512, k: 8184, epilogue: ltEpiBGradB}}
+	if _, ok := ltTuneRecall(k); ok {
+		t.Fatal("recalled from an empty memo")
+	}
+	ltTuneRemember(k, [8]uint64{7})
+	if a, ok := ltTuneRecall(k); !ok || a[0] != 7 {
+		t.Fatalf("recall: %v %v", a, ok)
+	}
+	for _, other := range []ltTuneKey{{dev: 1, ws: k.ws, key: k.key}, {dev: 0, ws: 0, key: k.key}} {
+		if _, ok := ltTuneRecall(other); ok {
+			t.Errorf("recalled %+v for another device or workspace", other)
+		}
+	}
+	k2 := k
+	k2.key.k = 8064
+	if _, ok := ltTuneRecall(k2); ok {
+		t.Error("recalled another shape")
+	}
+	for i := range ltTuneMemoMax {
+		x := k
+		x.key.m = 1000 + i
+		ltTuneRemember(x, [8]uint64{1})
+	}
+	ltTuneMemo.Lock()
+	n := len(ltTuneMemo.m)
+	ltTuneMemo.Unlock()
+	if n > ltTuneMemoMax {
+		t.Errorf("memo holds %d decisions, bound %d", n, ltTuneMemoMax)
+	}
+}
