@@ -160,7 +160,7 @@ func TestAutotuneTiming(t *testing.T) {
 	if !g.ltReady() {
 		t.Skipf("cuBLASLt unused: %v", g.lt.err)
 	}
-	bias := biasBuf.(*buffer).dptr()
+	bias := addr(biasBuf)
 	const reps = 20
 	t.Logf("%-10s %-16s %9s %9s %9s %5s %9s", "product", "m×n×k", "heur µs", "exact µs", "class µs", "pick", "tune ms")
 	for _, sh := range shapes {
