@@ -211,42 +211,6 @@ extern "C" __global__ void relu_dropout_bwd_hh(void* dpre, const void* da, const
 // n mod 8 elements, take relu_dropout_bwd_hh's per-element code.
 // ---------------------------------------------------------------------------------------
 
-// rd_widen2 is the two 16-bit values of w (the low half first) as float32: exact.
-template <bool kHalf>
-__device__ __forceinline__ float2 rd_widen2(unsigned w) {
-    if (!kHalf) return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
-    float2 r;
-    asm("{\n .reg .b16 l, h;\n mov.b32 {l, h}, %2;\n cvt.f32.f16 %0, l;\n cvt.f32.f16 %1, h;\n}"
-        : "=f"(r.x), "=f"(r.y)
-        : "r"(w));
-    return r;
-}
-
-// rd_pack2 is RN16(lo) | RN16(hi) << 16 for non-NaN lo and hi.
-template <bool kHalf>
-__device__ __forceinline__ unsigned rd_pack2(float lo, float hi) {
-#if __CUDA_ARCH__ >= 800
-    unsigned r;
-    if (kHalf)
-        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    else
-        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-#else
-    return (unsigned)xf_cast1<kHalf>(lo) | ((unsigned)xf_cast1<kHalf>(hi) << 16);
-#endif
-}
-
-// rd_any_nan8 says whether any of the eight is a NaN (four unordered comparisons).
-__device__ __forceinline__ bool rd_any_nan8(const float (&v)[8]) {
-    unsigned r;
-    asm("{\n .reg .pred p;\n setp.nan.f32 p, %1, %2;\n setp.nan.or.f32 p, %3, %4, p;\n"
-        " setp.nan.or.f32 p, %5, %6, p;\n setp.nan.or.f32 p, %7, %8, p;\n selp.u32 %0, 1, 0, p;\n}"
-        : "=r"(r)
-        : "f"(v[0]), "f"(v[1]), "f"(v[2]), "f"(v[3]), "f"(v[4]), "f"(v[5]), "f"(v[6]), "f"(v[7]));
-    return r != 0u;
-}
-
 template <bool kHalf>
 __device__ __forceinline__ void relu_drop_hh8(void* dpre, const void* da, const void* a, float s, long long n) {
     constexpr int fmt = kHalf ? XF_OUT_F16 : XF_OUT_BF16;
@@ -265,14 +229,14 @@ __device__ __forceinline__ void relu_drop_hh8(void* dpre, const void* da, const 
             float v[8];
 #pragma unroll
             for (int j = 0; j < 4; j++) {
-                const float2 g = rd_widen2<kHalf>(gw[j]), w = rd_widen2<kHalf>(aw[j]);
+                const float2 g = xf_widen2<kHalf>(gw[j]), w = xf_widen2<kHalf>(aw[j]);
                 v[2 * j] = f(g.x, w.x);
                 v[2 * j + 1] = f(g.y, w.y);
             }
             unsigned o[4];
-            if (!rd_any_nan8(v)) {
+            if (!xf_any_nan8(v)) {
 #pragma unroll
-                for (int j = 0; j < 4; j++) o[j] = rd_pack2<kHalf>(v[2 * j], v[2 * j + 1]);
+                for (int j = 0; j < 4; j++) o[j] = xf_pack2<kHalf>(v[2 * j], v[2 * j + 1]);
             } else {
                 // relu_dropout_bwd_hh's arithmetic, element for element.
 #pragma unroll

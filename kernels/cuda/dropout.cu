@@ -135,42 +135,6 @@ extern "C" __global__ void dropout_apply_hh(void* y, const void* x, unsigned lon
 // hash itself is xform.cuh's xf_dropout_hash_hi.
 #define DH_GAMMA 0x9E3779B97F4A7C15ull
 
-// dh_widen2 is the two 16-bit values of w (the low half first) as float32: exact.
-template <bool kHalf>
-__device__ __forceinline__ float2 dh_widen2(unsigned w) {
-    if (!kHalf) return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
-    float2 r;
-    asm("{\n .reg .b16 l, h;\n mov.b32 {l, h}, %2;\n cvt.f32.f16 %0, l;\n cvt.f32.f16 %1, h;\n}"
-        : "=f"(r.x), "=f"(r.y)
-        : "r"(w));
-    return r;
-}
-
-// dh_pack2 is RN16(lo) | RN16(hi) << 16 for non-NaN lo and hi (see the section's note).
-template <bool kHalf>
-__device__ __forceinline__ unsigned dh_pack2(float lo, float hi) {
-#if __CUDA_ARCH__ >= 800
-    unsigned r;
-    if (kHalf)
-        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    else
-        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-#else
-    return (unsigned)xf_cast1<kHalf>(lo) | ((unsigned)xf_cast1<kHalf>(hi) << 16);
-#endif
-}
-
-// dh_any_nan8 says whether any of the eight is a NaN (four unordered comparisons).
-__device__ __forceinline__ bool dh_any_nan8(const float (&v)[8]) {
-    unsigned r;
-    asm("{\n .reg .pred p;\n setp.nan.f32 p, %1, %2;\n setp.nan.or.f32 p, %3, %4, p;\n"
-        " setp.nan.or.f32 p, %5, %6, p;\n setp.nan.or.f32 p, %7, %8, p;\n selp.u32 %0, 1, 0, p;\n}"
-        : "=r"(r)
-        : "f"(v[0]), "f"(v[1]), "f"(v[2]), "f"(v[3]), "f"(v[4]), "f"(v[5]), "f"(v[6]), "f"(v[7]));
-    return r != 0u;
-}
-
 template <bool kHalf>
 __device__ __forceinline__ void dropout_hh8(void* y, const void* x, unsigned long long seed,
                                             unsigned long long threshold, float keep, long long n) {
@@ -198,14 +162,14 @@ __device__ __forceinline__ void dropout_hh8(void* y, const void* x, unsigned lon
             float v[8];
 #pragma unroll
             for (int j = 0; j < 4; j++) {
-                const float2 f = dh_widen2<kHalf>(w[j]);
+                const float2 f = xf_widen2<kHalf>(w[j]);
                 v[2 * j] = f.x * (xf_dropout_hash_hi(z + (2 * j) * DH_GAMMA) >= t8 ? keep : 0.0f);
                 v[2 * j + 1] = f.y * (xf_dropout_hash_hi(z + (2 * j + 1) * DH_GAMMA) >= t8 ? keep : 0.0f);
             }
             unsigned o[4];
-            if (!dh_any_nan8(v)) {
+            if (!xf_any_nan8(v)) {
 #pragma unroll
-                for (int j = 0; j < 4; j++) o[j] = dh_pack2<kHalf>(v[2 * j], v[2 * j + 1]);
+                for (int j = 0; j < 4; j++) o[j] = xf_pack2<kHalf>(v[2 * j], v[2 * j + 1]);
             } else {
                 // A NaN or infinite x: dropout_apply_hh's arithmetic, element for element.
 #pragma unroll

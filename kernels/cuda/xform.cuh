@@ -227,3 +227,43 @@ __device__ __forceinline__ unsigned xf_dropout_hash_hi(unsigned long long z) {
     const unsigned wlo = ulo ^ __funnelshift_r(ulo, uhi, 27), whi = uhi ^ (uhi >> 27);
     return __umulhi(wlo, 0x133111EBu) + wlo * 0x94D049BBu + whi * 0x133111EBu;
 }
+
+// The eight-per-thread 16-bit passes' conversions (dropout.cu's dropout_hh8,
+// activation.cu's relu_drop_hh8).
+
+// xf_widen2 is the two 16-bit values of w (the low half first) as float32: exact.
+template <bool kHalf>
+__device__ __forceinline__ float2 xf_widen2(unsigned w) {
+    if (!kHalf) return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
+    float2 r;
+    asm("{\n .reg .b16 l, h;\n mov.b32 {l, h}, %2;\n cvt.f32.f16 %0, l;\n cvt.f32.f16 %1, h;\n}"
+        : "=f"(r.x), "=f"(r.y)
+        : "r"(w));
+    return r;
+}
+
+// xf_pack2 is RN16(lo) | RN16(hi) << 16 for non-NaN lo and hi: the hardware converters give
+// xf_round16's bits for every non-NaN value (TestAttentionMMARounding checks it on the GPU).
+template <bool kHalf>
+__device__ __forceinline__ unsigned xf_pack2(float lo, float hi) {
+#if __CUDA_ARCH__ >= 800
+    unsigned r;
+    if (kHalf)
+        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    else
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#else
+    return (unsigned)xf_cast1<kHalf>(lo) | ((unsigned)xf_cast1<kHalf>(hi) << 16);
+#endif
+}
+
+// xf_any_nan8 says whether any of the eight is a NaN (four unordered comparisons).
+__device__ __forceinline__ bool xf_any_nan8(const float (&v)[8]) {
+    unsigned r;
+    asm("{\n .reg .pred p;\n setp.nan.f32 p, %1, %2;\n setp.nan.or.f32 p, %3, %4, p;\n"
+        " setp.nan.or.f32 p, %5, %6, p;\n setp.nan.or.f32 p, %7, %8, p;\n selp.u32 %0, 1, 0, p;\n}"
+        : "=r"(r)
+        : "f"(v[0]), "f"(v[1]), "f"(v[2]), "f"(v[3]), "f"(v[4]), "f"(v[5]), "f"(v[6]), "f"(v[7]));
+    return r != 0u;
+}
