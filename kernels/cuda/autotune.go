@@ -28,12 +28,11 @@ import (
 // its own scratch, never a buffer of the step. Epilogues with an auxiliary matrix keep
 // the heuristic's first answer (their scratch would need the aux layout too).
 //
-// Decisions are shared by every Backend of the process on the same device and
-// workspace (ltTuneMemo): a key tuned once is not timed again, and a plan made where
-// timing is not allowed (inside a capture) still gets the tuned algorithm when that
-// key was tuned before. That keeps an eager run and a graphed one of the same process
-// on the same algorithms (same bits); across processes the choice may differ where two
-// candidates are within noise of each other beyond ltTuneTie.
+// Decisions are kept in the Backend's GEMMTuneMemo (Options.TuneMemo may share one
+// between Backends): a key tuned once is not timed again, and a plan made where timing
+// is not allowed (inside a capture) still gets the tuned algorithm when that key was
+// tuned before, in the graph key's eager warm-up. Across processes the choice may
+// differ where two candidates are within noise of each other beyond ltTuneTie.
 
 const (
 	// ltTuneAlgos is how many heuristic results are timed at most.
@@ -42,9 +41,9 @@ const (
 	ltTuneReps = 5
 	// ltTuneTie: a candidate within this fraction of the fastest counts as as fast.
 	ltTuneTie = 0.02
-	// ltTuneMemoMax bounds the shared decisions; the map is cleared when full (with
-	// plan reuse a process meets a few hundred class keys, so this is never reached
-	// in training; without reuse every exact shape is a key).
+	// ltTuneMemoMax bounds a memo's decisions; the map is cleared when full (with
+	// plan reuse a run meets a few hundred class keys, so this is never reached in
+	// training; without reuse every exact shape is a key).
 	ltTuneMemoMax = 16384
 	// ltTuneKeepBytes is the most scratch kept between timings: the output
 	// projection's fp32 logits (8,184 × 27,472 rows × vocabulary) alone need 900 MB,
@@ -63,32 +62,47 @@ type ltTuneKey struct {
 	key ltKey
 }
 
-var ltTuneMemo struct {
-	sync.Mutex
-	m map[ltTuneKey][8]uint64
+// GEMMTuneMemo holds autotune decisions by device, workspace and plan key, so that a
+// key timed once is not timed again and a plan made where timing is not allowed
+// (inside a capture) still gets the tuned algorithm. Each Backend has its own unless
+// Options.TuneMemo hands several the same one (tests comparing an eager Backend with a
+// graphed one want the same algorithms, not two timings that noise may split). Safe
+// for concurrent use.
+type GEMMTuneMemo struct {
+	mu sync.Mutex
+	m  map[ltTuneKey][8]uint64
 }
 
-func ltTuneRecall(k ltTuneKey) ([8]uint64, bool) {
-	ltTuneMemo.Lock()
-	defer ltTuneMemo.Unlock()
-	a, ok := ltTuneMemo.m[k]
+// NewGEMMTuneMemo returns an empty memo.
+func NewGEMMTuneMemo() *GEMMTuneMemo { return &GEMMTuneMemo{} }
+
+func (t *GEMMTuneMemo) recall(k ltTuneKey) ([8]uint64, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	a, ok := t.m[k]
 	return a, ok
 }
 
-func ltTuneRemember(k ltTuneKey, algo [8]uint64) {
-	ltTuneMemo.Lock()
-	defer ltTuneMemo.Unlock()
-	if ltTuneMemo.m == nil || len(ltTuneMemo.m) >= ltTuneMemoMax {
-		ltTuneMemo.m = map[ltTuneKey][8]uint64{}
+func (t *GEMMTuneMemo) remember(k ltTuneKey, algo [8]uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.m == nil || len(t.m) >= ltTuneMemoMax {
+		t.m = map[ltTuneKey][8]uint64{}
 	}
-	ltTuneMemo.m[k] = algo
+	t.m[k] = algo
+}
+
+func (t *GEMMTuneMemo) size() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.m)
 }
 
 // ltTuneStats counts the autotune's work for HostStats and LtStatus.
 type ltTuneStats struct {
 	timed   int           // keys whose candidates were timed
 	changed int           // of those, keys where another than the heuristic's first won
-	memo    int           // keys that took a decision timed earlier in the process
+	memo    int           // keys that took a decision timed earlier (GEMMTuneMemo)
 	failed  int           // keys where the timing failed (the heuristic's first kept)
 	time    time.Duration // host time of the timing, synchronisation included
 }
@@ -132,7 +146,7 @@ func (be *Backend) ltChoose(p *ltPlan, key ltKey, bias uint64) ([8]uint64, error
 		return be.ltHeuristic(p, key)
 	}
 	mk := ltTuneKey{dev: be.dev, ws: s.wsSize, key: key}
-	if algo, ok := ltTuneRecall(mk); ok {
+	if algo, ok := be.tuneMemo.recall(mk); ok {
 		s.tune.memo++
 		return algo, nil
 	}
@@ -144,7 +158,7 @@ func (be *Backend) ltChoose(p *ltPlan, key ltKey, bias uint64) ([8]uint64, error
 		return [8]uint64{}, err
 	}
 	if len(res) == 1 {
-		ltTuneRemember(mk, res[0].algo)
+		be.tuneMemo.remember(mk, res[0].algo)
 		return res[0].algo, nil
 	}
 	algos := make([][8]uint64, len(res))
@@ -156,8 +170,8 @@ func (be *Backend) ltChoose(p *ltPlan, key ltKey, bias uint64) ([8]uint64, error
 	s.tune.time += time.Since(t0)
 	i := ltPickFastest(us)
 	if err != nil || i < 0 {
-		// Not remembered: a later plan of the key (another Backend, more memory)
-		// may time it.
+		// Not remembered: a later plan of the key (more memory free, another
+		// Backend sharing the memo) may time it.
 		s.tune.failed++
 		return algos[0], nil
 	}
@@ -165,7 +179,7 @@ func (be *Backend) ltChoose(p *ltPlan, key ltKey, bias uint64) ([8]uint64, error
 	if i != 0 {
 		s.tune.changed++
 	}
-	ltTuneRemember(mk, algos[i])
+	be.tuneMemo.remember(mk, algos[i])
 	return algos[i], nil
 }
 

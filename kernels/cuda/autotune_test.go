@@ -47,42 +47,34 @@ func TestLtPickFastest(t *testing.T) {
 // TestLtTuneMemo: a remembered decision is recalled for the same device, workspace and
 // key only, and the map starts over when full.
 func TestLtTuneMemo(t *testing.T) {
-	ltTuneMemo.Lock()
-	saved := ltTuneMemo.m
-	ltTuneMemo.m = nil
-	ltTuneMemo.Unlock()
-	t.Cleanup(func() {
-		ltTuneMemo.Lock()
-		ltTuneMemo.m = saved
-		ltTuneMemo.Unlock()
-	})
+	memo := NewGEMMTuneMemo()
 	k := ltTuneKey{dev: 0, ws: ltWorkspaceBytes, key: ltKey{m: 512, n: 512, k: 8184, epilogue: ltEpiBGradB}}
-	if _, ok := ltTuneRecall(k); ok {
+	if _, ok := memo.recall(k); ok {
 		t.Fatal("recalled from an empty memo")
 	}
-	ltTuneRemember(k, [8]uint64{7})
-	if a, ok := ltTuneRecall(k); !ok || a[0] != 7 {
+	memo.remember(k, [8]uint64{7})
+	if a, ok := memo.recall(k); !ok || a[0] != 7 {
 		t.Fatalf("recall: %v %v", a, ok)
 	}
 	for _, other := range []ltTuneKey{{dev: 1, ws: k.ws, key: k.key}, {dev: 0, ws: 0, key: k.key}} {
-		if _, ok := ltTuneRecall(other); ok {
+		if _, ok := memo.recall(other); ok {
 			t.Errorf("recalled %+v for another device or workspace", other)
 		}
 	}
 	k2 := k
 	k2.key.k = 8064
-	if _, ok := ltTuneRecall(k2); ok {
+	if _, ok := memo.recall(k2); ok {
 		t.Error("recalled another shape")
+	}
+	if _, ok := NewGEMMTuneMemo().recall(k); ok {
+		t.Error("a new memo recalled another memo's decision")
 	}
 	for i := range ltTuneMemoMax {
 		x := k
 		x.key.m = 1000 + i
-		ltTuneRemember(x, [8]uint64{1})
+		memo.remember(x, [8]uint64{1})
 	}
-	ltTuneMemo.Lock()
-	n := len(ltTuneMemo.m)
-	ltTuneMemo.Unlock()
-	if n > ltTuneMemoMax {
+	if n := memo.size(); n > ltTuneMemoMax {
 		t.Errorf("memo holds %d decisions, bound %d", n, ltTuneMemoMax)
 	}
 }

@@ -33,6 +33,10 @@ type Options struct {
 	// Graphs makes Graphed (kernels.StepGrapher) record and replay CUDA graphs; off,
 	// it runs its function eagerly. XFORM_CUDA_GRAPHS=1 or 0 overrides it.
 	Graphs bool
+	// TuneMemo, when not nil, holds the cuBLASLt autotune's decisions
+	// (XFORM_CUDA_AUTOTUNE=1) shared with other Backends given the same memo; nil: the
+	// Backend keeps its own.
+	TuneMemo *GEMMTuneMemo
 }
 
 // Precision is the operand type of the backend's GEMMs. Inputs, weights and outputs
@@ -132,6 +136,8 @@ type Backend struct {
 	// heuristic's first results and keeps the fastest (autotune.go). Off by default
 	// until measured on the bench.
 	autotune bool
+	// tuneMemo holds the autotune's decisions: Options.TuneMemo, or the Backend's own.
+	tuneMemo *GEMMTuneMemo
 	graph    graphState
 	// reads are the free slots of deferred reads, readsMade all of them (read_async.go).
 	reads, readsMade []*asyncRead
@@ -222,6 +228,10 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 	be.attnIn16On = os.Getenv("XFORM_CUDA_ATTN16") == "1"
 	be.lnWOn = os.Getenv("XFORM_CUDA_LNW") == "1"
 	be.autotune = autotuneEnv(os.Getenv("XFORM_CUDA_AUTOTUNE"))
+	be.tuneMemo = opt.TuneMemo
+	if be.tuneMemo == nil {
+		be.tuneMemo = NewGEMMTuneMemo()
+	}
 	switch os.Getenv("XFORM_CUDA_PROFILE") {
 	case "1":
 		be.profile = newOpProfile()

@@ -13,8 +13,8 @@ import (
 // algorithm than the heuristic's first, which sums in another order: results are
 // compared with the tolerances used where two algorithms meet elsewhere (tolFor of the
 // reduction length, gpu_cublaslt_test.go; db 1e-5, gpu_bgrad_test.go), and training
-// with checkTrainClose. Within a process a key's decision is shared (ltTuneMemo), so an
-// eager and a graphed run with the autotune on must give the same bits.
+// with checkTrainClose. An eager and a graphed Backend sharing one GEMMTuneMemo take the
+// same decisions, so their runs with the autotune on must give the same bits.
 
 // setAutotune flushes the shared Backend's plans and sets the autotune for the rest of
 // the test (then flushes again and restores it).
@@ -30,7 +30,7 @@ func setAutotune(t *testing.T, g *Backend, on bool) {
 }
 
 // tuneDecisions is how many plan keys got a tuned decision so far (timed here or taken
-// from an earlier timing in the process).
+// from an earlier timing in its GEMMTuneMemo).
 func tuneDecisions(g *Backend) int {
 	st := g.HostStats()
 	return st.LtTuned + st.LtTuneMemo
@@ -84,7 +84,7 @@ func TestAutotuneLinearBackward(t *testing.T) {
 // within checkTrainClose's bounds of autotune off, tuned decisions made, and the same
 // run graphed with the autotune on the same bits as eager. The graphed Backend's plans
 // are made in its eager warm-up step of each key and take the decisions the eager
-// Backend timed (ltTuneMemo); a plan first made inside a capture would also take a
+// Backend timed (the two share a GEMMTuneMemo); a plan first made inside a capture would also take a
 // remembered decision, or the heuristic's first if the key was never timed.
 func TestAutotuneTraining(t *testing.T) {
 	gpu(t)
@@ -107,6 +107,8 @@ func TestAutotuneTraining(t *testing.T) {
 			eager, et := runTrain(t, m, eagerBE, rc, batches)
 			graphBE := newGraphTestBackend(t, BF16, true)
 			graphBE.autotune = true
+			// The eager run's decisions: the same algorithms, so the same bits.
+			graphBE.tuneMemo = eagerBE.tuneMemo
 			graphed, gt := runTrain(t, m, graphBE, rc, batches)
 			est, gst := eagerBE.HostStats(), graphBE.HostStats()
 			t.Logf("eager %v: %s", et.Round(time.Millisecond), eagerBE.LtStatus())
