@@ -29,11 +29,15 @@ type deviceFlag struct {
 	// graphs is --cuda-graphs (training commands): record each batch shape's training
 	// step as a CUDA graph and replay it.
 	graphs bool
+	// autotune is --cuda-autotune (training commands): time cuBLASLt's candidates for
+	// each new GEMM shape class once and keep the fastest.
+	autotune bool
 }
 
-// registerGraphs adds --cuda-graphs to a training command.
+// registerGraphs adds --cuda-graphs and --cuda-autotune to a training command.
 func (d *deviceFlag) registerGraphs(c *cobra.Command) {
 	c.Flags().BoolVar(&d.graphs, "cuda-graphs", false, "GPU: record the training step of each batch shape as a CUDA graph and replay it (same results, less launch overhead; pays off when shapes repeat, e.g. --batching bucket)")
+	c.Flags().BoolVar(&d.autotune, "cuda-autotune", false, "GPU: time cuBLASLt's candidate algorithms once per new GEMM shape class and keep the fastest (+2% on repeating shapes, e.g. --batching bucket; each new class waits for the GPU once, so short runs with fairseq batching pay more than they gain)")
 }
 
 // register adds --device to c and wraps c.RunE so that the GPU is released when the
@@ -89,7 +93,7 @@ func (d *deviceFlag) backend(threads int, opts ...cpu.Option) (kernels.Backend, 
 	if d.gpu != nil {
 		return d.gpu, nil
 	}
-	g, err := cuda.New(ctx, cuda.Options{Ordinal: ordinal, Precision: d.precision, Graphs: d.graphs})
+	g, err := cuda.New(ctx, cuda.Options{Ordinal: ordinal, Precision: d.precision, Graphs: d.graphs, Autotune: d.autotune})
 	if err == nil {
 		d.gpu = g
 		return g, nil

@@ -167,3 +167,19 @@ func TestGenerateCUDAMatchesCPU(t *testing.T) {
 		}
 	}
 }
+
+// TestTrainingGPUFlags: the training commands offer the GPU step's switches, each
+// described in --help.
+func TestTrainingGPUFlags(t *testing.T) {
+	for _, cmd := range []string{"train", "bench"} {
+		out, _, err := runCLI2(cmd, "--help")
+		if err != nil {
+			t.Fatalf("%s --help: %v", cmd, err)
+		}
+		for _, flag := range []string{"--cuda-graphs", "--cuda-autotune"} {
+			if !strings.Contains(out, flag) {
+				t.Errorf("xform %s --help does not list %s", cmd, flag)
+			}
+		}
+	}
+}

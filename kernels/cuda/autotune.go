@@ -8,7 +8,8 @@ import (
 	"unsafe"
 )
 
-// cuBLASLt autotune (XFORM_CUDA_AUTOTUNE=1, off by default).
+// cuBLASLt autotune (Options.Autotune, xform's --cuda-autotune, or XFORM_CUDA_AUTOTUNE=1;
+// off by default).
 //
 // The heuristic's first answer is sometimes far slower than what it gives a
 // neighbouring shape: on the H200 the weight-gradient product 512×512×k with the
@@ -51,8 +52,17 @@ const (
 	ltTuneKeepBytes = 256 << 20
 )
 
-// autotuneEnv says whether XFORM_CUDA_AUTOTUNE's value turns the autotune on.
-func autotuneEnv(v string) bool { return v == "1" }
+// autotuneSetting is the autotune's switch: Options.Autotune, which
+// XFORM_CUDA_AUTOTUNE=1 or 0 overrides (any other value leaves it).
+func autotuneSetting(opt bool, env string) bool {
+	switch env {
+	case "1":
+		return true
+	case "0":
+		return false
+	}
+	return opt
+}
 
 // ltTuneKey is what a tuned decision depends on besides the library: the device, the
 // workspace offered and the plan key.

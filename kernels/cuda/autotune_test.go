@@ -7,13 +7,19 @@ import (
 
 // The autotune's switch and choice rule (autotune.go), on the CPU.
 
-func TestAutotuneEnv(t *testing.T) {
+func TestAutotuneSetting(t *testing.T) {
 	for _, c := range []struct {
-		v    string
+		opt  bool
+		env  string
 		want bool
-	}{{"", false}, {"0", false}, {"1", true}, {"true", false}, {"yes", false}, {" 1", false}} {
-		if got := autotuneEnv(c.v); got != c.want {
-			t.Errorf("XFORM_CUDA_AUTOTUNE=%q: on %v, want %v", c.v, got, c.want)
+	}{
+		{false, "", false}, {true, "", true},
+		{false, "1", true}, {true, "0", false},
+		{true, "1", true}, {false, "0", false},
+		{false, "true", false}, {true, "yes", true}, {false, " 1", false},
+	} {
+		if got := autotuneSetting(c.opt, c.env); got != c.want {
+			t.Errorf("Options.Autotune %v, XFORM_CUDA_AUTOTUNE=%q: on %v, want %v", c.opt, c.env, got, c.want)
 		}
 	}
 }

@@ -33,6 +33,11 @@ type Options struct {
 	// Graphs makes Graphed (kernels.StepGrapher) record and replay CUDA graphs; off,
 	// it runs its function eagerly. XFORM_CUDA_GRAPHS=1 or 0 overrides it.
 	Graphs bool
+	// Autotune times cuBLASLt's first algorithms for each new GEMM plan (with plan
+	// reuse: each shape class) once and keeps the fastest (autotune.go): faster GEMMs
+	// on shapes that repeat, at the price of a wait for the device per new class.
+	// XFORM_CUDA_AUTOTUNE=1 or 0 overrides it.
+	Autotune bool
 	// TuneMemo, when not nil, holds the cuBLASLt autotune's decisions
 	// (XFORM_CUDA_AUTOTUNE=1) shared with other Backends given the same memo; nil: the
 	// Backend keeps its own.
@@ -227,7 +232,7 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 	be.roundedAdamOff = os.Getenv("XFORM_CUDA_ROUNDED_ADAM") == "0"
 	be.attnIn16On = os.Getenv("XFORM_CUDA_ATTN16") == "1"
 	be.lnWOn = os.Getenv("XFORM_CUDA_LNW") == "1"
-	be.autotune = autotuneEnv(os.Getenv("XFORM_CUDA_AUTOTUNE"))
+	be.autotune = autotuneSetting(opt.Autotune, os.Getenv("XFORM_CUDA_AUTOTUNE"))
 	be.tuneMemo = opt.TuneMemo
 	if be.tuneMemo == nil {
 		be.tuneMemo = NewGEMMTuneMemo()

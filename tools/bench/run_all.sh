@@ -30,6 +30,9 @@
 #                (static padded shapes), so that row compares like with like with them [1]
 #   XFORM_GRAPHS=1  also run that bucket row with --cuda-graphs (each shape's step replayed as a CUDA
 #                graph; warm-up XFORM_GRAPH_WARMUP [10] so the captures fall before the timed updates) [0]
+#   XFORM_CUDA_AUTOTUNE=1  (read by xform itself) the cuBLASLt autotune in every xform row; with
+#                fairseq batching its one-off tuning lands in the few timed updates, so also raise
+#                XFORM_WARMUP (docs/cuda.md, "cuBLASLt autotune")
 #   BUDGET       seconds for the whole script; parts that would start later are skipped [470]
 #   PART_TIMEOUT seconds one part may take [180]
 #   TORCH_PART_TIMEOUT  the same for the PyTorch parts [PART_TIMEOUT]: torch.compile of 18L-18L
