@@ -38,9 +38,8 @@ type Options struct {
 	// on shapes that repeat, at the price of a wait for the device per new class.
 	// XFORM_CUDA_AUTOTUNE=1 or 0 overrides it.
 	Autotune bool
-	// TuneMemo, when not nil, holds the cuBLASLt autotune's decisions
-	// (XFORM_CUDA_AUTOTUNE=1) shared with other Backends given the same memo; nil: the
-	// Backend keeps its own.
+	// TuneMemo, when not nil, holds the autotune's decisions, shared with the other
+	// Backends given the same memo; nil: the Backend keeps its own.
 	TuneMemo *GEMMTuneMemo
 }
 
@@ -137,9 +136,9 @@ type Backend struct {
 	// XFORM_CUDA_LT_PLANS).
 	planReuse bool
 	ltPlans   int
-	// autotune: XFORM_CUDA_AUTOTUNE=1 (tests flip it): a new cuBLASLt plan times the
-	// heuristic's first results and keeps the fastest (autotune.go). Off by default
-	// until measured on the bench.
+	// autotune: Options.Autotune or XFORM_CUDA_AUTOTUNE (tests flip it): a new
+	// cuBLASLt plan times the heuristic's first results and keeps the fastest
+	// (autotune.go).
 	autotune bool
 	// tuneMemo holds the autotune's decisions: Options.TuneMemo, or the Backend's own.
 	tuneMemo *GEMMTuneMemo
@@ -489,10 +488,10 @@ type HostStats struct {
 	// cublasLtMatmulAlgoCheck refused (a query followed), and keys answered "no plan"
 	// from their kind's refusals (no plan built, not in LtPlans).
 	LtQueries, LtReused, LtCheckRefused, LtSkipped int
-	// Autotune (XFORM_CUDA_AUTOTUNE=1, autotune.go): keys whose candidates were timed
+	// Autotune (Options.Autotune, autotune.go): keys whose candidates were timed
 	// (LtTuneChanged of them kept another than the heuristic's first), keys that took
-	// a decision timed earlier in the process, timings that failed (the heuristic's
-	// first kept), and the host time of the timing (part of LtPlanTime).
+	// a decision timed earlier (the GEMMTuneMemo), timings that failed (the
+	// heuristic's first kept), and the host time of the timing (part of LtPlanTime).
 	LtTuned, LtTuneChanged, LtTuneMemo, LtTuneFailed int
 	LtTuneTime                                       time.Duration
 	Allocs                                           int
