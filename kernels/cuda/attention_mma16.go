@@ -129,7 +129,7 @@ func (be *Backend) mma3ForwardH(out, q, k, v kernels.View, a kernels.AttentionAr
 		return false
 	}
 	p := planMMA3ForwardH(a, be.info.SMs, t.sharedPerSM, t.sw.maxGrid)
-	if !t.fwdTakes(a, p, f.optinMax) {
+	if !t.fwdTakes(a, p, f.optinMax, am3FwdMinKeys) {
 		return false
 	}
 	be.optIn(f.in16.fwd3, p.shared, &f.in16.fwd3Opt)

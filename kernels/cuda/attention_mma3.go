@@ -10,10 +10,10 @@ import "github.com/xform-dev/xform/kernels"
 // second kernels'; only the speed differs.
 //
 // Each comes in two variants: attention_mma3_fwd/bwd as first measured, and the "bits"
-// variants attention_mma3_fwd_b/bwd_b (the default up to am3BitsMaxKeys keys), which draw an item's dropout keep
-// bits with the whole block into a shared bitmap before its compute, so the per-element
-// loops of the softmax and of the backward's phase A run branch-free (attention_mma.cu,
-// am3_keep_bits). The same bits either way; am3Switch.old keeps the first variant
+// variants attention_mma3_fwd_b/bwd_b (the default up to am3BitsMaxKeys keys), which
+// draw an item's dropout keep bits with the whole block into a shared bitmap before its
+// compute, so the per-element loops of the softmax and of the backward's phase A run
+// branch-free (attention_mma.cu, am3_keep_bits). The same bits either way; am3Switch.old keeps the first variant
 // (TestAttentionMMA3SameBits compares both with the second kernels, TestAttentionMMA3Timing
 // times both).
 
@@ -56,9 +56,10 @@ type am3Switch struct {
 // faster; the boundary between them was not measured); the backward runs there whenever
 // one block fits. Those were the first variant's times; the bits variant (the default)
 // has the same plans but for its bitmap (≤ 528 bytes; the blocks per SM unchanged at T
-// 28–64, TestAttentionMMA3Plans checks T 41; T 20's forward goes from 7 to 6, and the
-// dispatch keeps that one on the second kernels). The same rule holds for it; the bits
-// variant measured faster at T 20–41 and slower at T 64 (am3BitsMaxKeys).
+// 28–64, TestAttentionMMA3Plans checks T 41; T 20's forward goes from 7 to 6). The same
+// rule holds for it but for the forward's keys (am3FwdMinKeysBits: it is faster than
+// the second kernels at T 20 too); it measured faster than the first variant at T 20–41
+// and slower at T 64 (am3BitsMaxKeys).
 const (
 	am3FwdMinResident = 2
 	am3FwdMinKeys     = 24
@@ -79,12 +80,27 @@ func (t *am3Fns) firstVariant(a kernels.AttentionArgs) bool {
 	return t.sw.old || !t.sw.force && a.TK > am3BitsMaxKeys
 }
 
-// fwdTakes says whether the forward of a, planned as p, runs on the third kernels.
-func (t *am3Fns) fwdTakes(a kernels.AttentionArgs, p am3Plan, optinMax int) bool {
+// am3FwdMinKeysBits is am3FwdMinKeys for the bits variant: on the H200 (eighth
+// session, B 400, T 20, bf16) its forward took 43.5 µs against the second kernels'
+// 56.6, where the first variant's had taken 62.0; shorter keys were not measured.
+const am3FwdMinKeysBits = 20
+
+// fwdTakes says whether the forward of a, planned as p, runs on the third kernels:
+// where it has at least minKeys keys (am3FwdMinKeys, or am3FwdMinKeysBits for the bits
+// variant) and enough resident blocks.
+func (t *am3Fns) fwdTakes(a kernels.AttentionArgs, p am3Plan, optinMax, minKeys int) bool {
 	if t.sw.off || p.shared > optinMax || p.perSM < 1 {
 		return false
 	}
-	return t.sw.force || p.perSM >= am3FwdMinResident && a.TK >= am3FwdMinKeys
+	return t.sw.force || p.perSM >= am3FwdMinResident && a.TK >= minKeys
+}
+
+// fwdMinKeys is fwdTakes's minKeys for the float32-input forward of a.
+func (t *am3Fns) fwdMinKeys(a kernels.AttentionArgs) int {
+	if t.firstVariant(a) {
+		return am3FwdMinKeys
+	}
+	return am3FwdMinKeysBits
 }
 
 // bwdTakes says the same for the backward.
@@ -213,7 +229,7 @@ func (be *Backend) mma3Forward(out, q, k, v kernels.View, a kernels.AttentionArg
 		return false
 	}
 	p := t.planForward(a, be.info.SMs)
-	if !t.fwdTakes(a, p, f.optinMax) {
+	if !t.fwdTakes(a, p, f.optinMax, t.fwdMinKeys(a)) {
 		return false
 	}
 	fn := t.fwdB
@@ -284,7 +300,7 @@ func (be *Backend) mma3Taken(a kernels.AttentionArgs, backward bool, views ...ke
 		if backward {
 			return t.bwdTakes(planMMA3BackwardH(a, be.info.SMs, t.sharedPerSM, t.sw.maxGrid), f.optinMax)
 		}
-		return t.fwdTakes(a, planMMA3ForwardH(a, be.info.SMs, t.sharedPerSM, t.sw.maxGrid), f.optinMax)
+		return t.fwdTakes(a, planMMA3ForwardH(a, be.info.SMs, t.sharedPerSM, t.sw.maxGrid), f.optinMax, am3FwdMinKeys)
 	}
 	if !am3Aligned(views...) {
 		return false
@@ -292,7 +308,7 @@ func (be *Backend) mma3Taken(a kernels.AttentionArgs, backward bool, views ...ke
 	if backward {
 		return t.bwdTakes(t.planBackward(a, be.info.SMs), f.optinMax)
 	}
-	return t.fwdTakes(a, t.planForward(a, be.info.SMs), f.optinMax)
+	return t.fwdTakes(a, t.planForward(a, be.info.SMs), f.optinMax, t.fwdMinKeys(a))
 }
 
 // setMMA3 sets the third kernels' test switches and returns the previous ones.
