@@ -50,7 +50,9 @@ type Hooks struct {
 // With plan reuse (the CUDA backend's XFORM_CUDA_PLAN_REUSE) a plan need not be a
 // query: GEMMQueries counts the heuristic queries, GEMMReused the plans built on an
 // algorithm kept for nearby shapes, GEMMSkipped the products answered "no plan" from
-// refusals remembered per kind (no plan built).
+// refusals remembered per kind (no plan built). GEMMTuned counts the plans (or classes)
+// whose candidate algorithms the CUDA backend's autotune timed, GEMMTuneMs that timing
+// (part of GEMMPlanMs: it waits for the device).
 type HostUse struct {
 	GEMMPlans      int     `json:"gemm_plans"`
 	GEMMRefused    int     `json:"gemm_plans_refused"`
@@ -58,6 +60,8 @@ type HostUse struct {
 	GEMMQueries    int     `json:"gemm_heuristic_queries"`
 	GEMMReused     int     `json:"gemm_plans_reused"`
 	GEMMSkipped    int     `json:"gemm_refusals_remembered"`
+	GEMMTuned      int     `json:"gemm_autotuned"`
+	GEMMTuneMs     float64 `json:"gemm_autotune_ms"`
 	DeviceAllocs   int     `json:"device_allocs"`
 	DeviceAllocGiB float64 `json:"device_alloc_gib"`
 	// DeviceWaitMs is the host time spent blocked on the device (synchronisations,
@@ -71,6 +75,7 @@ func (h HostUse) sub(o HostUse) HostUse {
 	return HostUse{GEMMPlans: h.GEMMPlans - o.GEMMPlans, GEMMRefused: h.GEMMRefused - o.GEMMRefused,
 		GEMMPlanMs: h.GEMMPlanMs - o.GEMMPlanMs, GEMMQueries: h.GEMMQueries - o.GEMMQueries,
 		GEMMReused: h.GEMMReused - o.GEMMReused, GEMMSkipped: h.GEMMSkipped - o.GEMMSkipped,
+		GEMMTuned: h.GEMMTuned - o.GEMMTuned, GEMMTuneMs: h.GEMMTuneMs - o.GEMMTuneMs,
 		DeviceAllocs: h.DeviceAllocs - o.DeviceAllocs, DeviceAllocGiB: h.DeviceAllocGiB - o.DeviceAllocGiB,
 		DeviceWaitMs: h.DeviceWaitMs - o.DeviceWaitMs}
 }
@@ -586,8 +591,12 @@ func (r *TrainResult) WriteText(w io.Writer) error {
 			g.Eager, g.Captures, g.Replays, g.Divergences, g.ReplayHostMs, g.ReplayWaitMs, g.NodeUpdates, gib(g.ArenaBytes))
 	}
 	if h := r.Host; h != nil {
-		fmt.Fprintf(bw, "| host, timed updates: %d GEMM plans built (%d refused) in %.1f ms, %d device allocations (%.3f GiB); %d heuristic queries, %d plans on a reused algorithm, %d remembered refusals\n",
-			h.GEMMPlans, h.GEMMRefused, h.GEMMPlanMs, h.DeviceAllocs, h.DeviceAllocGiB, h.GEMMQueries, h.GEMMReused, h.GEMMSkipped)
+		tuned := ""
+		if h.GEMMTuned > 0 {
+			tuned = fmt.Sprintf("; %d autotuned in %.1f ms", h.GEMMTuned, h.GEMMTuneMs)
+		}
+		fmt.Fprintf(bw, "| host, timed updates: %d GEMM plans built (%d refused) in %.1f ms, %d device allocations (%.3f GiB); %d heuristic queries, %d plans on a reused algorithm, %d remembered refusals%s\n",
+			h.GEMMPlans, h.GEMMRefused, h.GEMMPlanMs, h.DeviceAllocs, h.DeviceAllocGiB, h.GEMMQueries, h.GEMMReused, h.GEMMSkipped, tuned)
 		if r.Updates > 0 && r.Seconds > 0 {
 			per := h.DeviceWaitMs / float64(r.Updates)
 			fmt.Fprintf(bw, "| host, timed updates: blocked on the device %.2f ms per update, busy %.2f ms per update (%.0f%% of the wall time)\n",

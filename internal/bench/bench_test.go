@@ -225,6 +225,8 @@ func TestTrainTinyCPU(t *testing.T) {
 			host.GEMMQueries += 2
 			host.GEMMReused++
 			host.GEMMSkipped += 3
+			host.GEMMTuned += 2
+			host.GEMMTuneMs += 0.25
 			host.DeviceAllocs += 2
 			host.DeviceAllocGiB += 0.25
 			host.DeviceWaitMs += 0.125
@@ -263,12 +265,12 @@ func TestTrainTinyCPU(t *testing.T) {
 	if math.IsNaN(res.FirstLoss) || math.IsNaN(res.LastLoss) || res.Model.Params != m.NumParams() {
 		t.Errorf("loss %g -> %g, params %d", res.FirstLoss, res.LastLoss, res.Model.Params)
 	}
-	if want := (HostUse{GEMMPlans: 12, GEMMRefused: 4, GEMMPlanMs: 2, GEMMQueries: 8, GEMMReused: 4, GEMMSkipped: 12, DeviceAllocs: 8, DeviceAllocGiB: 1, DeviceWaitMs: 0.5}); res.Host == nil || *res.Host != want {
+	if want := (HostUse{GEMMPlans: 12, GEMMRefused: 4, GEMMPlanMs: 2, GEMMQueries: 8, GEMMReused: 4, GEMMSkipped: 12, GEMMTuned: 8, GEMMTuneMs: 1, DeviceAllocs: 8, DeviceAllocGiB: 1, DeviceWaitMs: 0.5}); res.Host == nil || *res.Host != want {
 		t.Errorf("host costs %+v, want %+v (the 4 timed updates' growth)", res.Host, want)
 	}
 	var text bytes.Buffer
 	if err := res.WriteText(&text); err != nil || !strings.Contains(text.String(), "target tokens/s") ||
-		!strings.Contains(text.String(), "12 GEMM plans built (4 refused) in 2.0 ms, 8 device allocations (1.000 GiB); 8 heuristic queries, 4 plans on a reused algorithm, 12 remembered refusals") {
+		!strings.Contains(text.String(), "12 GEMM plans built (4 refused) in 2.0 ms, 8 device allocations (1.000 GiB); 8 heuristic queries, 4 plans on a reused algorithm, 12 remembered refusals; 8 autotuned in 1.0 ms") {
 		t.Errorf("text %q, %v", text.String(), err)
 	}
 	// Blocked 0.125 ms per update; busy is the rest of the mean update time.
