@@ -35,6 +35,9 @@ type cublasLt struct {
 	// algoCheck is cublasLtMatmulAlgoCheck, 0 when the library lacks it: plan reuse
 	// (plan_reuse.go) validates a class's algorithm with it.
 	algoCheck uintptr
+	// layoutSetAttr is cublasLtMatrixLayoutSetAttribute, 0 when missing: strided
+	// batches (gpu_batched_dw_test.go measures them for deferred weight gradients).
+	layoutSetAttr uintptr
 }
 
 const (
@@ -117,6 +120,7 @@ func loadCublasLt(blasPath string) (*cublasLt, error) {
 	}
 	// Optional: without it every new shape asks the heuristic, as before plan reuse.
 	_ = bind(h, "libcublasLt", []symbol{{"cublasLtMatmulAlgoCheck", &l.algoCheck}})
+	_ = bind(h, "libcublasLt", []symbol{{"cublasLtMatrixLayoutSetAttribute", &l.layoutSetAttr}})
 	return l, nil
 }
 
