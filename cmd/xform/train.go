@@ -298,7 +298,8 @@ fairseq's batching; resume with the batching the run started with.`,
     --warmup-init-lr 1e-7 --warmup-updates 100 --label-smoothing 0.1 --max-tokens 2048 --seed 1111 \
     --max-update 1000 --save-dir ckpt
   xform train data-bin --device cuda --bf16 --arch transformer_wmt_en_de --share-all-embeddings \
-    --max-tokens 8192 --batching bucket --buckets 3 --max-update 1000 --save-dir ckpt`,
+    --max-tokens 8192 --batching bucket --buckets 3 --cuda-graphs --cuda-autotune --max-update 1000 \
+    --save-dir ckpt`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runTrain(cmd.Context(), args[0], &f, cmd.OutOrStdout())
