@@ -30,6 +30,8 @@
 #                (static padded shapes), so that row compares like with like with them [1]
 #   XFORM_GRAPHS=1  also run that bucket row with --cuda-graphs (each shape's step replayed as a CUDA
 #                graph; warm-up XFORM_GRAPH_WARMUP [10] so the captures fall before the timed updates) [0]
+#   XFORM_TUNED=1  also run the CUDA-graphs bucket row with --cuda-autotune (the cuBLASLt autotune;
+#                needs XFORM_GRAPHS=1) [0]
 #   XFORM_CUDA_AUTOTUNE=1  (read by xform itself) the cuBLASLt autotune in every xform row; with
 #                fairseq batching its one-off tuning lands in the few timed updates, so also raise
 #                XFORM_WARMUP (docs/cuda.md, "cuBLASLt autotune")
@@ -64,6 +66,7 @@ XFORM_NODROP=${XFORM_NODROP:-1}
 XFORM_BUCKET=${XFORM_BUCKET:-1}
 XFORM_GRAPHS=${XFORM_GRAPHS:-0}
 XFORM_GRAPH_WARMUP=${XFORM_GRAPH_WARMUP:-10}
+XFORM_TUNED=${XFORM_TUNED:-0}
 D=${D:-512}
 FFN=${FFN:-2048}
 HEADS=${HEADS:-8}
@@ -229,6 +232,11 @@ for L in $LAYERS; do
 				xbg="xform ($XFORM_PRECISION, $DEVICE, bucket batching, $BUCKETS buckets, CUDA graphs)"
 				part "xform_${L}l_graphs" "$L" "$xbg" -- "${xb[@]}" --batching bucket --buckets "$BUCKETS" --cuda-graphs --warmup "$XFORM_GRAPH_WARMUP" &&
 					record "xform_${L}l_graphs" "$L" "$xbg" ok "$W/xform_${L}l_graphs.log"
+				if [ "$XFORM_TUNED" = 1 ]; then
+					xbt="xform ($XFORM_PRECISION, $DEVICE, bucket batching, $BUCKETS buckets, CUDA graphs, cuBLASLt autotune)"
+					part "xform_${L}l_tuned" "$L" "$xbt" -- "${xb[@]}" --batching bucket --buckets "$BUCKETS" --cuda-graphs --cuda-autotune --warmup "$XFORM_GRAPH_WARMUP" &&
+						record "xform_${L}l_tuned" "$L" "$xbt" ok "$W/xform_${L}l_tuned.log"
+				fi
 			fi
 		fi
 	fi
