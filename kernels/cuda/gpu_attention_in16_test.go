@@ -426,16 +426,11 @@ func TestAttentionInputs16Timing(t *testing.T) {
 	}
 	withMMA3(t, be, am3Switch{})
 	us := func(f func()) float64 { return timeDevice(t, be, 50, f).Seconds() * 1e6 }
-	type shape struct {
-		B, T   int
-		causal bool
-	}
-	for _, s := range []shape{{400, 20, false}, {286, 28, false}, {229, 35, false}, {200, 41, false}, {200, 41, true}, {125, 64, false}} {
-		tc := attnCase{B: s.B, H: 8, D: 64, TQ: s.T, TK: s.T, pad: true, left: !s.causal, causal: s.causal, drop: true, minLen: s.T / 2}
+	for _, tc := range am3TimingCases() {
 		p := newPair(t, 313)
 		a := tc.args(p)
 		if !be.AttentionInputs16(a) {
-			t.Fatalf("AttentionInputs16 false at T %d", s.T)
+			t.Fatalf("AttentionInputs16 false at T %d", tc.TQ)
 		}
 		vw := tc.views()
 		d := tc.H * tc.D
@@ -488,10 +483,10 @@ func TestAttentionInputs16Timing(t *testing.T) {
 			fwd, bwd := calls(qb, gb)
 			fwd()
 			res[v] = [2]float64{us(fwd), us(bwd)}
-			t.Logf("B %d T %d causal=%v: %s forward %.1f µs, backward %.1f µs per call", tc.B, s.T, s.causal, c.name, res[v][0], res[v][1])
+			t.Logf("B %d T %d causal=%v: %s forward %.1f µs, backward %.1f µs per call", tc.B, tc.TQ, tc.causal, c.name, res[v][0], res[v][1])
 		}
 		t.Logf("B %d T %d causal=%v: plans float32 → 16-bit: forward %d → %d B shared, %d → %d blocks/SM, grid %d → %d; backward %d → %d B, %d → %d blocks/SM; default-dispatch speed-up forward %.2fx, backward %.2fx",
-			tc.B, s.T, s.causal, pf.shared, hf.shared, pf.perSM, hf.perSM, pf.grid, hf.grid, pb.shared, hb.shared, pb.perSM, hb.perSM,
+			tc.B, tc.TQ, tc.causal, pf.shared, hf.shared, pf.perSM, hf.perSM, pf.grid, hf.grid, pb.shared, hb.shared, pb.perSM, hb.perSM,
 			res[0][0]/res[1][0], res[0][1]/res[1][1])
 	}
 

@@ -28,6 +28,19 @@ func mma3Cases() []attnCase {
 		attnCase{name: "cross B11 TQ45 TK17 H3", B: 11, H: 3, D: 64, TQ: 45, TK: 17, cross: true, pad: true, left: true, drop: true, minLen: 5})
 }
 
+// am3TimingCases are the timing tests' shapes: B·T ≈ 8,000 at the bench's key lengths
+// (and T 64), left padding, seeded dropout; one causal.
+func am3TimingCases() []attnCase {
+	var cs []attnCase
+	for _, s := range []struct {
+		B, T   int
+		causal bool
+	}{{400, 20, false}, {286, 28, false}, {229, 35, false}, {200, 41, false}, {200, 41, true}, {125, 64, false}} {
+		cs = append(cs, attnCase{B: s.B, H: 8, D: 64, TQ: s.T, TK: s.T, pad: true, left: !s.causal, causal: s.causal, drop: true, minLen: s.T / 2})
+	}
+	return cs
+}
+
 // withMMA3 sets the third kernels' switches for the test's duration.
 func withMMA3(t *testing.T, be *Backend, sw am3Switch) {
 	t.Helper()
@@ -230,16 +243,11 @@ func TestAttentionMMA3Timing(t *testing.T) {
 		t.Skip("the tensor-core kernels need sm_80")
 	}
 	withMMA3(t, be, am3Switch{})
-	type shape struct {
-		B, T   int
-		causal bool
-	}
-	for _, s := range []shape{{400, 20, false}, {286, 28, false}, {229, 35, false}, {200, 41, false}, {200, 41, true}, {125, 64, false}} {
-		tc := attnCase{B: s.B, H: 8, D: 64, TQ: s.T, TK: s.T, pad: true, left: !s.causal, causal: s.causal, drop: true, minLen: s.T / 2}
+	for _, tc := range am3TimingCases() {
 		p := newPair(t, 313)
 		a := tc.args(p)
 		if !be.Attention16(a) {
-			t.Fatalf("Attention16 false at T %d", s.T)
+			t.Fatalf("Attention16 false at T %d", tc.TQ)
 		}
 		vw := tc.views()
 		d := tc.H * tc.D
@@ -285,13 +293,13 @@ func TestAttentionMMA3Timing(t *testing.T) {
 			fwd()
 			us[v][0] = timeDevice(t, be, 50, fwd).Seconds() * 1e6
 			us[v][1] = timeDevice(t, be, 50, bwd).Seconds() * 1e6
-			t.Logf("B %d T %d causal=%v: %s: forward %.1f µs, backward %.1f µs per call", tc.B, s.T, s.causal, vr.name, us[v][0], us[v][1])
+			t.Logf("B %d T %d causal=%v: %s: forward %.1f µs, backward %.1f µs per call", tc.B, tc.TQ, tc.causal, vr.name, us[v][0], us[v][1])
 		}
 		t.Logf("B %d T %d causal=%v: third plans (first variant / bits): forward %d warps, %d / %d B shared, %d / %d blocks/SM, grid %d / %d; backward %d warps, %d / %d B, %d / %d blocks/SM, grid %d / %d",
-			tc.B, s.T, s.causal, pf.warps, pf.shared, pfb.shared, pf.perSM, pfb.perSM, pf.grid, pfb.grid,
+			tc.B, tc.TQ, tc.causal, pf.warps, pf.shared, pfb.shared, pf.perSM, pfb.perSM, pf.grid, pfb.grid,
 			pb.warps, pb.shared, pbb.shared, pb.perSM, pbb.perSM, pb.grid, pbb.grid)
 		t.Logf("B %d T %d causal=%v: default dispatch, first variant → bits: forward %.1f → %.1f µs (%.2fx), backward %.1f → %.1f µs (%.2fx); forced: forward %.2fx, backward %.2fx; bits against the second kernels: forward %.2fx, backward %.2fx",
-			tc.B, s.T, s.causal, us[1][0], us[3][0], us[1][0]/us[3][0], us[1][1], us[3][1], us[1][1]/us[3][1],
+			tc.B, tc.TQ, tc.causal, us[1][0], us[3][0], us[1][0]/us[3][0], us[1][1], us[3][1], us[1][1]/us[3][1],
 			us[2][0]/us[4][0], us[2][1]/us[4][1], us[0][0]/us[4][0], us[0][1]/us[4][1])
 	}
 }

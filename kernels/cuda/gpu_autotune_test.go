@@ -16,18 +16,8 @@ import (
 // with checkTrainClose. An eager and a graphed Backend sharing one GEMMTuneMemo take the
 // same decisions, so their runs with the autotune on must give the same bits.
 
-// setAutotune flushes the shared Backend's plans and sets the autotune for the rest of
-// the test (then flushes again and restores it).
-func setAutotune(t *testing.T, g *Backend, on bool) {
-	t.Helper()
-	old := g.autotune
-	ltFlush(g)
-	g.autotune = on
-	t.Cleanup(func() {
-		ltFlush(g)
-		g.autotune = old
-	})
-}
+// setAutotune is setLtSwitch for the autotune.
+func setAutotune(t *testing.T, g *Backend, on bool) { setLtSwitch(t, g, &g.autotune, on) }
 
 // tuneDecisions is how many plan keys got a tuned decision so far (timed here or taken
 // from an earlier timing in its GEMMTuneMemo).

@@ -51,18 +51,22 @@ func ltFlush(g *Backend) {
 	s.reuse = ltReuse{}
 }
 
-// setPlanReuse flushes the plans and sets plan reuse for the rest of the test (then
-// flushes again and restores the setting).
-func setPlanReuse(t *testing.T, g *Backend, on bool) {
+// setLtSwitch flushes g's plans and sets one of its plan-making switches (plan reuse,
+// autotune) to on for the rest of the test, then flushes again and restores it: plans
+// made under the other setting must not be reused.
+func setLtSwitch(t *testing.T, g *Backend, sw *bool, on bool) {
 	t.Helper()
-	old := g.planReuse
+	old := *sw
 	ltFlush(g)
-	g.planReuse = on
+	*sw = on
 	t.Cleanup(func() {
 		ltFlush(g)
-		g.planReuse = old
+		*sw = old
 	})
 }
+
+// setPlanReuse is setLtSwitch for plan reuse.
+func setPlanReuse(t *testing.T, g *Backend, on bool) { setLtSwitch(t, g, &g.planReuse, on) }
 
 // hasAlgoCheck says whether cuBLASLt is in use and has cublasLtMatmulAlgoCheck.
 func hasAlgoCheck(g *Backend) bool {
