@@ -166,11 +166,6 @@ extern "C" __global__ void relu_dropout_bwd16(void* dpre, const float* da, const
     for (long long i = done + xf_tid(); i < n; i += xf_stride()) xf_store(dpre, i, f(da[i], a[i]), fmt);
 }
 
-// rd_widen is the float32 value of the 16-bit h in format fmt (XF_OUT_BF16/F16): exact.
-__device__ __forceinline__ float rd_widen(unsigned int h, int fmt) {
-    return fmt == XF_OUT_F16 ? xf_f16_to_f32((unsigned short)h) : __uint_as_float(h << 16);
-}
-
 // relu_dropout_bwd_hh is relu_dropout_bwd on 16-bit da and a into a 16-bit dpre (all in
 // format fmt; dpre may alias da or a): RN16 of the float ReluDropBwd forms from the
 // widened values. Four elements per thread (8-byte loads and store) where the three
@@ -187,16 +182,16 @@ extern "C" __global__ void relu_dropout_bwd_hh(void* dpre, const void* da, const
         const uint2* v4 = reinterpret_cast<const uint2*>(a);
         for (long long q = xf_tid(); q < n4; q += xf_stride()) {
             const uint2 g = u4[q], w = v4[q];
-            const float4 r = make_float4(f(rd_widen(g.x & 0xffffu, fmt), rd_widen(w.x & 0xffffu, fmt)),
-                                         f(rd_widen(g.x >> 16, fmt), rd_widen(w.x >> 16, fmt)),
-                                         f(rd_widen(g.y & 0xffffu, fmt), rd_widen(w.y & 0xffffu, fmt)),
-                                         f(rd_widen(g.y >> 16, fmt), rd_widen(w.y >> 16, fmt)));
+            const float4 r = make_float4(f(xf_widen1(g.x & 0xffffu, fmt), xf_widen1(w.x & 0xffffu, fmt)),
+                                         f(xf_widen1(g.x >> 16, fmt), xf_widen1(w.x >> 16, fmt)),
+                                         f(xf_widen1(g.y & 0xffffu, fmt), xf_widen1(w.y & 0xffffu, fmt)),
+                                         f(xf_widen1(g.y >> 16, fmt), xf_widen1(w.y >> 16, fmt)));
             xf_store4(dpre, q, r, fmt);
         }
         done = n4 << 2;
     }
     for (long long i = done + xf_tid(); i < n; i += xf_stride())
-        xf_store(dpre, i, f(rd_widen(g16[i], fmt), rd_widen(a16[i], fmt)), fmt);
+        xf_store(dpre, i, f(xf_widen1(g16[i], fmt), xf_widen1(a16[i], fmt)), fmt);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -241,8 +236,8 @@ __device__ __forceinline__ void relu_drop_hh8(void* dpre, const void* da, const 
                 // relu_dropout_bwd_hh's arithmetic, element for element.
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
-                    const float lo = f(rd_widen(gw[j] & 0xffffu, fmt), rd_widen(aw[j] & 0xffffu, fmt));
-                    const float hi = f(rd_widen(gw[j] >> 16, fmt), rd_widen(aw[j] >> 16, fmt));
+                    const float lo = f(xf_widen1(gw[j] & 0xffffu, fmt), xf_widen1(aw[j] & 0xffffu, fmt));
+                    const float hi = f(xf_widen1(gw[j] >> 16, fmt), xf_widen1(aw[j] >> 16, fmt));
                     o[j] = (unsigned)xf_round16(lo, fmt) | ((unsigned)xf_round16(hi, fmt) << 16);
                 }
             }
@@ -251,7 +246,7 @@ __device__ __forceinline__ void relu_drop_hh8(void* dpre, const void* da, const 
         done = n8 << 3;
     }
     for (long long i = done + xf_tid(); i < n; i += xf_stride())
-        xf_store(dpre, i, f(rd_widen(g16[i], fmt), rd_widen(a16[i], fmt)), fmt);
+        xf_store(dpre, i, f(xf_widen1(g16[i], fmt), xf_widen1(a16[i], fmt)), fmt);
 }
 
 // relu_dropout_bwd_hh8 is relu_dropout_bwd_hh (same arguments, same bits; dpre may alias

@@ -77,11 +77,6 @@ extern "C" __global__ void dropout_apply2(float* y, void* y16, const float* x, u
     }
 }
 
-// dr_widen is the float32 value of the 16-bit h in format fmt (XF_OUT_BF16/F16): exact.
-__device__ __forceinline__ float dr_widen(unsigned int h, int fmt) {
-    return fmt == XF_OUT_F16 ? xf_f16_to_f32((unsigned short)h) : __uint_as_float(h << 16);
-}
-
 // dropout_apply_hh is dropout_apply from a 16-bit x into a 16-bit y (format fmt; y may
 // alias x): element i is RN16(widen(x[i]) · mask element i), the float product
 // dropout_apply forms, rounded. Four elements per thread (one 8-byte load and store)
@@ -97,16 +92,16 @@ extern "C" __global__ void dropout_apply_hh(void* y, const void* x, unsigned lon
             const uint2 u = x4[q];
             const long long i = 4 * q;
             float4 v;
-            v.x = dr_widen(u.x & 0xffffu, fmt) * dropout_elem(seed, i, threshold, keep);
-            v.y = dr_widen(u.x >> 16, fmt) * dropout_elem(seed, i + 1, threshold, keep);
-            v.z = dr_widen(u.y & 0xffffu, fmt) * dropout_elem(seed, i + 2, threshold, keep);
-            v.w = dr_widen(u.y >> 16, fmt) * dropout_elem(seed, i + 3, threshold, keep);
+            v.x = xf_widen1(u.x & 0xffffu, fmt) * dropout_elem(seed, i, threshold, keep);
+            v.y = xf_widen1(u.x >> 16, fmt) * dropout_elem(seed, i + 1, threshold, keep);
+            v.z = xf_widen1(u.y & 0xffffu, fmt) * dropout_elem(seed, i + 2, threshold, keep);
+            v.w = xf_widen1(u.y >> 16, fmt) * dropout_elem(seed, i + 3, threshold, keep);
             xf_store4(y, q, v, fmt);
         }
         done = n4 << 2;
     }
     for (long long i = done + xf_tid(); i < n; i += xf_stride())
-        xf_store(y, i, dr_widen(xs[i], fmt) * dropout_elem(seed, i, threshold, keep), fmt);
+        xf_store(y, i, xf_widen1(xs[i], fmt) * dropout_elem(seed, i, threshold, keep), fmt);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -175,8 +170,8 @@ __device__ __forceinline__ void dropout_hh8(void* y, const void* x, unsigned lon
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
                     const long long i = 8 * q + 2 * j;
-                    const float lo = dr_widen(w[j] & 0xffffu, fmt) * dropout_elem(seed, i, threshold, keep);
-                    const float hi = dr_widen(w[j] >> 16, fmt) * dropout_elem(seed, i + 1, threshold, keep);
+                    const float lo = xf_widen1(w[j] & 0xffffu, fmt) * dropout_elem(seed, i, threshold, keep);
+                    const float hi = xf_widen1(w[j] >> 16, fmt) * dropout_elem(seed, i + 1, threshold, keep);
                     o[j] = (unsigned)xf_round16(lo, fmt) | ((unsigned)xf_round16(hi, fmt) << 16);
                 }
             }
@@ -185,7 +180,7 @@ __device__ __forceinline__ void dropout_hh8(void* y, const void* x, unsigned lon
         done = n8 << 3;
     }
     for (long long i = done + xf_tid(); i < n; i += xf_stride())
-        xf_store(y, i, dr_widen(xs[i], fmt) * dropout_elem(seed, i, threshold, keep), fmt);
+        xf_store(y, i, xf_widen1(xs[i], fmt) * dropout_elem(seed, i, threshold, keep), fmt);
 }
 
 // dropout_apply_hh8 is dropout_apply_hh (same arguments, same bits; y may alias x) for

@@ -231,6 +231,11 @@ __device__ __forceinline__ unsigned xf_dropout_hash_hi(unsigned long long z) {
 // The eight-per-thread 16-bit passes' conversions (dropout.cu's dropout_hh8,
 // activation.cu's relu_drop_hh8).
 
+// xf_widen1 is the float32 value of the 16-bit h in format fmt (XF_OUT_BF16/F16): exact.
+__device__ __forceinline__ float xf_widen1(unsigned int h, int fmt) {
+    return fmt == XF_OUT_F16 ? xf_f16_to_f32((unsigned short)h) : __uint_as_float(h << 16);
+}
+
 // xf_widen2 is the two 16-bit values of w (the low half first) as float32: exact.
 template <bool kHalf>
 __device__ __forceinline__ float2 xf_widen2(unsigned w) {
