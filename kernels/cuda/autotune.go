@@ -52,18 +52,6 @@ const (
 	ltTuneKeepBytes = 256 << 20
 )
 
-// autotuneSetting is the autotune's switch: Options.Autotune, which
-// XFORM_CUDA_AUTOTUNE=1 or 0 overrides (any other value leaves it).
-func autotuneSetting(opt bool, env string) bool {
-	switch env {
-	case "1":
-		return true
-	case "0":
-		return false
-	}
-	return opt
-}
-
 // ltTuneKey is what a tuned decision depends on besides the library: the device, the
 // workspace offered and the plan key.
 type ltTuneKey struct {

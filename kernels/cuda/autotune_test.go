@@ -7,7 +7,9 @@ import (
 
 // The autotune's switch and choice rule (autotune.go), on the CPU.
 
-func TestAutotuneSetting(t *testing.T) {
+// TestEnvSwitch: an Options switch and its environment override (--cuda-graphs and
+// XFORM_CUDA_GRAPHS, --cuda-autotune and XFORM_CUDA_AUTOTUNE).
+func TestEnvSwitch(t *testing.T) {
 	for _, c := range []struct {
 		opt  bool
 		env  string
@@ -18,8 +20,8 @@ func TestAutotuneSetting(t *testing.T) {
 		{true, "1", true}, {false, "0", false},
 		{false, "true", false}, {true, "yes", true}, {false, " 1", false},
 	} {
-		if got := autotuneSetting(c.opt, c.env); got != c.want {
-			t.Errorf("Options.Autotune %v, XFORM_CUDA_AUTOTUNE=%q: on %v, want %v", c.opt, c.env, got, c.want)
+		if got := envSwitch(c.opt, c.env); got != c.want {
+			t.Errorf("option %v, environment %q: on %v, want %v", c.opt, c.env, got, c.want)
 		}
 	}
 }

@@ -231,7 +231,7 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 	be.roundedAdamOff = os.Getenv("XFORM_CUDA_ROUNDED_ADAM") == "0"
 	be.attnIn16On = os.Getenv("XFORM_CUDA_ATTN16") == "1"
 	be.lnWOn = os.Getenv("XFORM_CUDA_LNW") == "1"
-	be.autotune = autotuneSetting(opt.Autotune, os.Getenv("XFORM_CUDA_AUTOTUNE"))
+	be.autotune = envSwitch(opt.Autotune, os.Getenv("XFORM_CUDA_AUTOTUNE"))
 	be.tuneMemo = opt.TuneMemo
 	if be.tuneMemo == nil {
 		be.tuneMemo = NewGEMMTuneMemo()
@@ -543,4 +543,16 @@ func Guard(err *error) {
 	default:
 		panic(r)
 	}
+}
+
+// envSwitch is an Options switch that an environment variable may override: "1" turns
+// it on, "0" off, anything else leaves opt (XFORM_CUDA_GRAPHS, XFORM_CUDA_AUTOTUNE).
+func envSwitch(opt bool, env string) bool {
+	switch env {
+	case "1":
+		return true
+	case "0":
+		return false
+	}
+	return opt
 }

@@ -241,12 +241,7 @@ func (be *Backend) GraphStats() GraphStats {
 func (be *Backend) GraphsEnabled() bool { return be.graph.enabled }
 
 func (be *Backend) initGraphs(want bool) {
-	switch os.Getenv("XFORM_CUDA_GRAPHS") {
-	case "1":
-		want = true
-	case "0":
-		want = false
-	}
+	want = envSwitch(want, os.Getenv("XFORM_CUDA_GRAPHS"))
 	// Both synchronise after every operation, which a capture forbids.
 	be.graph.enabled = want && be.profile == nil && !be.syncCheck
 	be.graph.seen = map[string]int{}
