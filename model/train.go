@@ -1398,6 +1398,12 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 	}
 	g := grad{buf: n.out(rows * d)}
 	logitsBack(g.buf, n.outProj.g, nil, dlogits)
+	// The output projection's weight may be the embedding's, whose backward adds to
+	// the same gradient: it ran first, as before; the layers' weight gradients may wait
+	// for the end of the backward and run batched (kernels.WeightGradDeferrer).
+	if wd, ok := be.(kernels.WeightGradDeferrer); ok && wd.DeferWeightGrads() {
+		defer wd.FlushWeightGrads()
+	}
 	for i := len(backs) - 1; i >= 0; i-- {
 		if err := ctx.Err(); err != nil {
 			return nil, err

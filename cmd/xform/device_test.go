@@ -176,7 +176,7 @@ func TestTrainingGPUFlags(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s --help: %v", cmd, err)
 		}
-		for _, flag := range []string{"--cuda-graphs", "--cuda-autotune"} {
+		for _, flag := range []string{"--cuda-graphs", "--cuda-autotune", "--cuda-defer-dw"} {
 			if !strings.Contains(out, flag) {
 				t.Errorf("xform %s --help does not list %s", cmd, flag)
 			}

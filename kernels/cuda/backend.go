@@ -41,6 +41,11 @@ type Options struct {
 	// TuneMemo, when not nil, holds the autotune's decisions, shared with the other
 	// Backends given the same memo; nil: the Backend keeps its own.
 	TuneMemo *GEMMTuneMemo
+	// DeferWeightGrads makes DeferWeightGrads (kernels.WeightGradDeferrer) hold back the
+	// 16-bit weight-gradient products of a training step's backward and run same-shape
+	// ones as one batched matmul at the flush (dw_deferred.go).
+	// XFORM_CUDA_DEFER_DW=1 or 0 overrides it.
+	DeferWeightGrads bool
 }
 
 // Precision is the operand type of the backend's GEMMs. Inputs, weights and outputs
@@ -142,7 +147,10 @@ type Backend struct {
 	autotune bool
 	// tuneMemo holds the autotune's decisions: Options.TuneMemo, or the Backend's own.
 	tuneMemo *GEMMTuneMemo
-	graph    graphState
+	// dwDefer: the deferred weight gradients' switch, queue and batch plans
+	// (dw_deferred.go).
+	dwDefer dwDeferState
+	graph   graphState
 	// reads are the free slots of deferred reads, readsMade all of them (read_async.go).
 	reads, readsMade []*asyncRead
 	// kernelNames maps kernels to their names for XFORM_CUDA_PROFILE=gpu (profile.go);
@@ -233,6 +241,7 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 	be.lnWOn = os.Getenv("XFORM_CUDA_LNW") == "1"
 	be.autotune = envSwitch(opt.Autotune, os.Getenv("XFORM_CUDA_AUTOTUNE"))
 	be.tuneMemo = opt.TuneMemo
+	be.dwDefer.on = envSwitch(opt.DeferWeightGrads, os.Getenv("XFORM_CUDA_DEFER_DW"))
 	if be.tuneMemo == nil {
 		be.tuneMemo = NewGEMMTuneMemo()
 	}

@@ -2,14 +2,16 @@ package cuda
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"testing"
 	"unsafe"
+
+	"github.com/xform-dev/xform/kernels"
 )
 
 // cuBLASLt attributes for strided batches (cublasLt.h; part of the library's ABI).
 const (
-	ltLayoutBatchCount    = 5  // CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT: int32
 	ltLayoutBatchStride   = 6  // CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET: int64, elements
 	ltDescBiasBatchStride = 10 // CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE: int64, elements
 )
@@ -23,6 +25,16 @@ type batchedDW struct {
 }
 
 func newBatchedDW(t *testing.T, g *Backend, m, n, k, count int, bgrad bool, bias uint64) *batchedDW {
+	return newBatchedDWMode(t, g, m, n, k, count, bgrad, bias, ltBatchStrided)
+}
+
+// CUBLASLT_BATCH_MODE_STRIDED, the layouts' default (dw_deferred.go has the others).
+const ltBatchStrided = 0
+
+// newBatchedDWMode is newBatchedDW in the batch mode given: with ltBatchPointerArray the
+// matmul's A, B, C and D arguments are device arrays of count member addresses, so the
+// members need not sit at a fixed stride (the step's buffers do not).
+func newBatchedDWMode(t *testing.T, g *Backend, m, n, k, count int, bgrad bool, bias uint64, mode uint32) *batchedDW {
 	t.Helper()
 	defer g.enter()()
 	if !g.ltReady() {
@@ -73,12 +85,21 @@ func newBatchedDW(t *testing.T, g *Backend, m, n, k, count int, bgrad bool, bias
 		if count > 1 {
 			c := int32(count)
 			must("batch count", ltCheck("cublasLtMatrixLayoutSetAttribute", call(l.layoutSetAttr, *lay.h, ltLayoutBatchCount, uintptr(unsafe.Pointer(&c)), 4)))
-			must("batch stride", ltCheck("cublasLtMatrixLayoutSetAttribute", call(l.layoutSetAttr, *lay.h, ltLayoutBatchStride, uintptr(unsafe.Pointer(&lay.stride)), 8)))
+			if mode == ltBatchStrided {
+				must("batch stride", ltCheck("cublasLtMatrixLayoutSetAttribute", call(l.layoutSetAttr, *lay.h, ltLayoutBatchStride, uintptr(unsafe.Pointer(&lay.stride)), 8)))
+			} else if err := ltCheck("cublasLtMatrixLayoutSetAttribute", call(l.layoutSetAttr, *lay.h, ltLayoutBatchMode, uintptr(unsafe.Pointer(&mode)), 4)); err != nil {
+				t.Skipf("cuBLASLt refuses batch mode %d: %v", mode, err)
+			}
 		}
 	}
 	key := ltKey{transA: true, m: n, n: k, k: m, lda: n, ldb: k, ldc: k, dtype: dt, dtypeD: cudaR32F, alignAB: 16, alignC: 16}
 	pl := &ltPlan{desc: p.desc, a: p.a, b: p.b, c: p.c}
 	p.algo, err = g.ltHeuristic(pl, key)
+	if err != nil && mode != ltBatchStrided {
+		t.Logf("%d × %d×%d×%d (BGRADB %v), batch mode %d: no algorithm: %v", count, n, k, m, bgrad, mode, err)
+		g.ltDestroy(pl)
+		return nil
+	}
 	if err != nil {
 		t.Skipf("%d × %d×%d×%d (BGRADB %v): no algorithm: %v", count, n, k, m, bgrad, err)
 	}
@@ -150,6 +171,78 @@ func TestBatchedWeightGradTiming(t *testing.T) {
 			checkClose(t, what+" dW batched vs separate", down(g, batW), down(g, sepW), tolFor(m))
 			if bgrad {
 				checkClose(t, what+" db batched vs separate", down(g, batB), down(g, sepB), 1e-5)
+			}
+		}
+		g.EndScope()
+	}
+}
+
+// uploadAddrs puts device addresses into a device array (for pointer-array batches).
+func uploadAddrs(g *Backend, a []uint64) kernels.Buffer {
+	v := make([]float32, 2*len(a))
+	for i, x := range a {
+		v[2*i], v[2*i+1] = math.Float32frombits(uint32(x)), math.Float32frombits(uint32(x>>32))
+	}
+	return g.Upload(v)
+}
+
+// TestPointerArrayWeightGradTiming is TestBatchedWeightGradTiming with members that
+// sit wherever the allocator put them, batched through cuBLASLt's pointer-array mode
+// (CUBLASLT_BATCH_MODE_POINTER_ARRAY), which deferred weight gradients would use: the
+// step's x and dy buffers are not at a fixed stride. Logs the cuBLASLt version, whether
+// the mode is accepted (with and without BGRADB: a contiguous bias block at
+// BIAS_BATCH_STRIDE), µs against separate products, and checks the results against the
+// separate ones (tolFor(m); 1e-5 for db). -short skips it.
+func TestPointerArrayWeightGradTiming(t *testing.T) {
+	if testing.Short() {
+		t.Skip("timing only")
+	}
+	g := withPrecision(t, BF16)
+	const m = 7872
+	defer func() {
+		v, err := g.LtVersion()
+		t.Logf("cuBLASLt version %d (%v)", v, err)
+	}()
+	for _, c := range []struct{ n, k, count int }{{512, 512, 24}, {512, 512, 18}, {1024, 512, 6}, {1536, 512, 6}} {
+		n, k, count := c.n, c.k, c.count
+		g.BeginScope()
+		r := rand.New(rand.NewPCG(uint64(n), uint64(count)))
+		xs, dys := make([]kernels.Buffer, count), make([]kernels.Buffer, count)
+		xa, dya := make([]uint64, count), make([]uint64, count)
+		for i := range count {
+			xs[i], dys[i] = upload16(g, randVec(r, m*k)), upload16(g, randVec(r, m*n))
+			xa[i], dya[i] = halfOf(xs[i]).dptr(), halfOf(dys[i]).dptr()
+		}
+		for _, bgrad := range []bool{false, true} {
+			what := fmt.Sprintf("%d × dW %d×%d×%d, BGRADB %v", count, n, k, m, bgrad)
+			sepW, batW := g.Alloc(count*n*k), g.Alloc(count*n*k)
+			sepB, batB := g.Alloc(count*n), g.Alloc(count*n)
+			dwa := make([]uint64, count)
+			for i := range count {
+				dwa[i] = addr(batW) + uint64(4*i*n*k)
+			}
+			xArr, dyArr, dwArr := uploadAddrs(g, xa), uploadAddrs(g, dya), uploadAddrs(g, dwa)
+			one := make([]*batchedDW, count)
+			for i := range count {
+				one[i] = newBatchedDW(t, g, m, n, k, 1, bgrad, addr(sepB)+uint64(4*i*n))
+			}
+			all := newBatchedDWMode(t, g, m, n, k, count, bgrad, addr(batB), ltBatchPointerArray)
+			separate := func() {
+				for i, p := range one {
+					p.run(t, g, xa[i], dya[i], addr(sepW)+uint64(4*i*n*k))
+				}
+			}
+			ts := us(timeDevice(t, g, 20, separate))
+			if all == nil {
+				t.Logf("%s: separate %.1f µs; pointer array: no algorithm", what, ts)
+				continue
+			}
+			batched := func() { all.run(t, g, addr(xArr), addr(dyArr), addr(dwArr)) }
+			tb := us(timeDevice(t, g, 20, batched))
+			t.Logf("%s: separate %.1f µs, pointer array %.1f µs (%.2f×)", what, ts, tb, ts/tb)
+			checkClose(t, what+" dW pointer array vs separate", down(g, batW), down(g, sepW), tolFor(m))
+			if bgrad {
+				checkClose(t, what+" db pointer array vs separate", down(g, batB), down(g, sepB), 1e-5)
 			}
 		}
 		g.EndScope()

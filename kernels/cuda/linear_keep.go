@@ -122,7 +122,7 @@ func (be *Backend) linearBackwardKept(dx, dw, db, dy, kept kernels.Buffer, m, n,
 	defer be.enter()()
 	dbDone := false
 	if dx != nil || dw != nil {
-		dbDone = be.linearBackward16Kept(dx, dw, db, dy, nil, nil, kp.x, kp.w, m, n, k, dbFresh)
+		dbDone = be.linearBackward16Kept(dx, dw, db, dy, nil, nil, kp.x, kp.w, m, n, k, dbFresh, kp)
 	}
 	if db != nil && n > 0 && !dbDone {
 		// The epilogue refused (or is off): the column sum, of the widened values when

@@ -215,6 +215,11 @@ func (be *Backend) EndScope() {
 	if len(be.scopes) == 0 {
 		panic("cuda backend: EndScope without BeginScope")
 	}
+	if len(be.dwDefer.jobs) > 0 {
+		// A step that returned without its flush (an error): the queued products'
+		// operands are about to be freed, so run them now.
+		be.flushDW()
+	}
 	top := be.scopes[len(be.scopes)-1]
 	be.scopes = be.scopes[:len(be.scopes)-1]
 	for _, a := range top {

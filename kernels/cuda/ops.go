@@ -108,6 +108,8 @@ const (
 	slotCSR     // EmbedBackward's rows sorted by id
 	slotTargets // LabelSmoothedLoss's targets
 	slotList    // buffer descriptors of the list reductions
+	slotDW      // deferred weight gradients' address arrays (dw_deferred.go)
+	slotDWBias  // a single deferred product's bias-gradient address arrays
 	numSlots
 )
 

@@ -27,6 +27,7 @@ type trainFunctions struct {
 	attentionBwdQ, attentionBwdKV                              uintptr
 	lsLoss, adamStep                                           uintptr
 	dropoutMask, dropoutApply, reluDropoutBwd                  uintptr
+	biasGradPartial, biasGradFinish                            uintptr
 }
 
 func (f *trainFunctions) add(m map[string]*uintptr) {
@@ -38,7 +39,8 @@ func (f *trainFunctions) add(m map[string]*uintptr) {
 		"layernorm_bwd": &f.layernormBwd, "residual_bwd": &f.residualBwd, "activate_bwd": &f.activateBwd,
 		"embed_bwd": &f.embedBwd, "attention_bwd_q": &f.attentionBwdQ, "attention_bwd_kv": &f.attentionBwdKV,
 		"ls_loss": &f.lsLoss, "adam_step": &f.adamStep, "dropout_mask": &f.dropoutMask, "dropout_apply": &f.dropoutApply,
-		"relu_dropout_bwd": &f.reluDropoutBwd,
+		"relu_dropout_bwd":    &f.reluDropoutBwd,
+		"bias_grad16_partial": &f.biasGradPartial, "bias_grad_finish": &f.biasGradFinish,
 	} {
 		m[name] = p
 	}

@@ -212,7 +212,7 @@ func (be *Backend) product16(plan *ltPlan, transA, transB bool, m, n, k int, a u
 // add_to launch adds into db. The column sum remains for shapes cuBLASLt has no BGRADB
 // algorithm for, a refusal at run time, and calls without dw.
 func (be *Backend) linearBackward16(dx, dw, db, dy, x, w kernels.Buffer, m, n, k int) bool {
-	return be.linearBackward16Kept(dx, dw, db, dy, x, w, 0, 0, m, n, k, false)
+	return be.linearBackward16Kept(dx, dw, db, dy, x, w, 0, 0, m, n, k, false, nil)
 }
 
 // linearBackward16Kept is linearBackward16 where x16 and w16, when not 0, are the
@@ -225,7 +225,11 @@ func (be *Backend) linearBackward16(dx, dw, db, dy, x, w kernels.Buffer, m, n, k
 // dbFresh says db holds zeros that nothing else adds to before this call
 // (kernels.FreshBiasGrad): the BGRADB epilogue then writes it directly, without the
 // scratch vector and the add_to launch (the same values, up to the sign of a zero).
-func (be *Backend) linearBackward16Kept(dx, dw, db, dy, x, w kernels.Buffer, x16, w16 uint64, m, n, k int, dbFresh bool) bool {
+//
+// kept, when not nil, holds x16 (LinearBackwardKept's copies): with a 16-bit dy too,
+// the dw product (and db) may be queued for FlushWeightGrads (dw_deferred.go), the
+// dx product still runs now.
+func (be *Backend) linearBackward16Kept(dx, dw, db, dy, x, w kernels.Buffer, x16, w16 uint64, m, n, k int, dbFresh bool, kept *kept16) bool {
 	var ops [3]operand16
 	dy16 := uint64(0)
 	if h := halfOf(dy); h != nil {
@@ -247,7 +251,15 @@ func (be *Backend) linearBackward16Kept(dx, dw, db, dy, x, w kernels.Buffer, x16
 	}
 	// bgrad is where the BGRADB epilogue writes the bias gradient (0: no epilogue).
 	var bgrad uint64
-	if dw != nil {
+	deferred := false
+	if dw != nil && kept != nil && dy16 != 0 {
+		var dbp uint64
+		if db != nil && n > 0 {
+			dbp = addr(db)
+		}
+		deferred = be.deferDW(x16, dy16, addr(dw), dbp, m, n, k, kept, dy)
+	}
+	if dw != nil && !deferred {
 		if x16 == 0 {
 			ops[2] = operand16{addr(x), m * k}
 		}
@@ -284,6 +296,9 @@ func (be *Backend) linearBackward16Kept(dx, dw, db, dy, x, w kernels.Buffer, x16
 	}
 	if dw == nil {
 		return false
+	}
+	if deferred {
+		return true // db, if any, comes with the flush
 	}
 	if bgrad != 0 {
 		if be.ltRun(pdw, p[0], p[2], 1, addr(dw), bgrad) {
