@@ -350,7 +350,7 @@ func benchTrain(ctx context.Context, f *benchFlags, init model.Init, errw io.Wri
 		return nil, err
 	}
 	defer done()
-	o.Timed = timed
+	o.Timed = withProfileReset(be, timed)
 	if f.verbose {
 		o.Progress = errw
 	}
@@ -376,6 +376,24 @@ func benchTrain(ctx context.Context, f *benchFlags, init model.Init, errw io.Wri
 // without it): a Go CPU profile from the start of the timed work to its end, and the
 // function that closes the file (after the hook's end) and reports a profile that could
 // not start.
+// withProfileReset is timed that, on a CUDA backend, first resets XFORM_CUDA_PROFILE's
+// counts when the timed part starts, so that the profile printed at the end covers the
+// same updates as the bench's numbers.
+func withProfileReset(be kernels.Backend, timed func(start bool)) func(start bool) {
+	g, ok := be.(*cuda.Backend)
+	if !ok {
+		return timed
+	}
+	return func(start bool) {
+		if start {
+			g.ResetProfile()
+		}
+		if timed != nil {
+			timed(start)
+		}
+	}
+}
+
 func cpuProfiler(path string, errw io.Writer) (timed func(start bool), done func(), err error) {
 	if path == "" {
 		return nil, func() {}, nil
@@ -455,7 +473,7 @@ func benchGenerate(ctx context.Context, f *benchFlags, init model.Init, errw io.
 	res, err := bench.Generate(ctx, r, m, sp, bench.GenerateOptions{
 		Search: generate.Options{Subset: f.genSubset, Search: search, BatchSize: f.train.maxSentences, MaxTokens: f.train.maxTokens,
 			RequiredBatchSizeMultiple: f.train.mult, Seed: uint32(f.train.seed)},
-		Warmup: f.genWarmup, Hooks: hooks(be), Timed: timed})
+		Warmup: f.genWarmup, Hooks: hooks(be), Timed: withProfileReset(be, timed)})
 	if err != nil {
 		return nil, err
 	}

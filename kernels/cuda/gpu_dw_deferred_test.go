@@ -119,7 +119,7 @@ func TestDeferredWeightGrads(t *testing.T) {
 			wantW, wantB := map[int][]float64{}, map[int][]float64{}
 			terms := map[int]int{}
 			for id := range dwLen {
-				wantW[id], wantB[id] = widen64(dw0[id]), widen64(db0[id])
+				wantW[id], wantB[id] = f64(dw0[id]), f64(db0[id])
 			}
 			for i, c := range calls {
 				o := ops[i]
@@ -148,28 +148,12 @@ func TestDeferredWeightGrads(t *testing.T) {
 					name string
 					r    result
 				}{{"deferred", deferred}, {"not deferred", plain}} {
-					checkClose(t, fmt.Sprintf("%s dw %d vs float64", res.name, id), res.r.dw[id], narrow32(wantW[id]), 2*tolFor(terms[id]))
-					checkClose(t, fmt.Sprintf("%s db %d vs float64", res.name, id), res.r.db[id], narrow32(wantB[id]), 1e-5)
+					checkClose(t, fmt.Sprintf("%s dw %d vs float64", res.name, id), res.r.dw[id], f32(wantW[id]), 2*tolFor(terms[id]))
+					checkClose(t, fmt.Sprintf("%s db %d vs float64", res.name, id), res.r.db[id], f32(wantB[id]), 1e-5)
 				}
 			}
 		})
 	}
-}
-
-func widen64(v []float32) []float64 {
-	out := make([]float64, len(v))
-	for i, x := range v {
-		out[i] = float64(x)
-	}
-	return out
-}
-
-func narrow32(v []float64) []float32 {
-	out := make([]float32, len(v))
-	for i, x := range v {
-		out[i] = float32(x)
-	}
-	return out
 }
 
 func round16All(ft format16, v []float32) []float64 {

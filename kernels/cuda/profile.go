@@ -31,6 +31,8 @@ type opProfile struct {
 	free    []uintptr
 	pending []pendingOp
 	began   uintptr
+	// reset: ResetProfile dropped what came before (the bench's warm-up).
+	reset bool
 }
 
 type pendingOp struct {
@@ -143,11 +145,31 @@ func (p *opProfile) write(w io.Writer) {
 	if p.gpu {
 		how = "device time between events around every call"
 	}
+	if p.reset {
+		how += ", from the timed updates on"
+	}
 	fmt.Fprintf(w, "cuda profile (%s): %.3f s in %d kinds\n", how, total.Seconds(), len(rows))
 	for _, r := range rows {
 		fmt.Fprintf(w, "  %-28s %8d calls %10.3f ms %6.1f%% %9.1f µs/call\n", r.name, r.s.calls,
 			r.s.total.Seconds()*1e3, 100*r.s.total.Seconds()/total.Seconds(), r.s.total.Seconds()*1e6/float64(r.s.calls))
 	}
+}
+
+// ResetProfile drops what XFORM_CUDA_PROFILE has counted so far (nothing without it):
+// xform bench calls it when its timed updates start, so that the warm-up's first-use
+// costs (plans, captures, cuBLAS loading a kernel at its first launch) stay out of the
+// averages. With the event profile it waits for the device.
+func (be *Backend) ResetProfile() {
+	defer be.enter()()
+	p := be.profile
+	if p == nil {
+		return
+	}
+	if p.gpu {
+		p.flush()
+	}
+	p.stats = map[string]*opStat{}
+	p.reset = true
 }
 
 // kernelName names a kernel for the profile (the caller holds the Backend).
