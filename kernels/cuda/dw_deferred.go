@@ -43,8 +43,12 @@ type dwShape struct{ m, n, k int }
 type dwDeferState struct {
 	on     bool // Options.DeferWeightGrads / XFORM_CUDA_DEFER_DW
 	active bool // between DeferWeightGrads and FlushWeightGrads
-	jobs   []dwJob
-	plans  map[dwBatchKey]*ltPlan
+	// noBatches: the library refused the pointer-array batch mode itself (a cuBLASLt
+	// older than the mode): DeferWeightGrads answers false from then on, since every
+	// batch would fall back to single products.
+	noBatches bool
+	jobs      []dwJob
+	plans     map[dwBatchKey]*ltPlan
 	// Counters for tests and the bench: products queued, matmuls the flushes ran.
 	queued, batches, singles int
 }
@@ -75,7 +79,7 @@ const (
 func (be *Backend) DeferWeightGrads() bool {
 	defer be.enter()()
 	d := &be.dwDefer
-	if !d.on || be.precision == FP32 || !be.ltReady() || be.lt.lib.layoutSetAttr == 0 {
+	if !d.on || d.noBatches || be.precision == FP32 || !be.ltReady() || be.lt.lib.layoutSetAttr == 0 {
 		return false
 	}
 	d.active = true
@@ -268,10 +272,13 @@ func (be *Backend) dwBatchPlan(key dwBatchKey) *ltPlan {
 			delete(d.plans, k)
 		}
 	}
-	p, err := be.newDWBatchPlan(key, halfAlign)
-	if err != nil {
+	p, modeRefused, err := be.newDWBatchPlan(key, halfAlign)
+	if err != nil && !modeRefused {
 		// Pointer-array algorithms may want the matrices' alignment stated lower.
-		p, err = be.newDWBatchPlan(key, 16)
+		p, modeRefused, err = be.newDWBatchPlan(key, 16)
+	}
+	if modeRefused {
+		d.noBatches = true
 	}
 	if err != nil {
 		be.ltNote(fmt.Errorf("weight gradients: %d × %d×%d×%d as a pointer-array batch: %w", key.count, key.n, key.k, key.m, err))
@@ -285,8 +292,9 @@ func (be *Backend) dwBatchPlan(key dwBatchKey) *ltPlan {
 }
 
 // newDWBatchPlan builds key's pointer-array plan, telling the heuristic that the 16-bit
-// operands are aligned to alignAB bytes.
-func (be *Backend) newDWBatchPlan(key dwBatchKey, alignAB uint32) (*ltPlan, error) {
+// operands are aligned to alignAB bytes. modeRefused: the library refused the batch
+// attributes themselves (not this shape).
+func (be *Backend) newDWBatchPlan(key dwBatchKey, alignAB uint32) (_ *ltPlan, modeRefused bool, _ error) {
 	n, k, m := key.n, key.k, key.m
 	lk := ltKey{transA: true, m: n, n: k, k: m, lda: n, ldb: k, ldc: k, dtype: key.dtype, dtypeD: cudaR32F,
 		biasType: cudaR32F, epilogue: ltEpiDefault, alignAB: alignAB, alignC: min(key.alignC, alignAB)}
@@ -301,16 +309,17 @@ func (be *Backend) newDWBatchPlan(key dwBatchKey, alignAB uint32) (*ltPlan, erro
 		if err = ltCheck("cublasLtMatrixLayoutSetAttribute", call(l.layoutSetAttr, h, ltLayoutBatchCount, uintptr(unsafe.Pointer(&count)), 4)); err == nil {
 			err = ltCheck("cublasLtMatrixLayoutSetAttribute", call(l.layoutSetAttr, h, ltLayoutBatchMode, uintptr(unsafe.Pointer(&mode)), 4))
 		}
+		modeRefused = err != nil
 	}
 	if err == nil {
 		p.algo, err = be.ltHeuristic(p, lk)
 	}
 	if err != nil {
 		be.ltDestroy(p)
-		return nil, err
+		return nil, modeRefused, err
 	}
 	p.name = fmt.Sprintf("cublasLt dW batch %dx %dx%dx%d", key.count, n, k, m)
-	return p, nil
+	return p, false, nil
 }
 
 // biasGradBatch adds each member's column sum of its 16-bit dy into its db

@@ -247,7 +247,8 @@ func TestDWBatchPlans(t *testing.T) {
 			if !g.ltReady() {
 				t.Skip("no cuBLASLt")
 			}
-			return g.newDWBatchPlan(dwBatchKey{dwShape: dwShape{m, n, k}, count: count, dtype: g.dataType16(), alignC: 256}, al)
+			p, _, err := g.newDWBatchPlan(dwBatchKey{dwShape: dwShape{m, n, k}, count: count, dtype: g.dataType16(), alignC: 256}, al)
+			return p, err
 		}()
 		t.Logf("alignment %d: plan %v", al, err)
 		if err != nil {
@@ -309,7 +310,7 @@ func TestDWBatchCandidatesTiming(t *testing.T) {
 					t.Skip("no cuBLASLt")
 				}
 				key := dwBatchKey{dwShape: dwShape{m, c.n, c.k}, count: c.count, dtype: g.dataType16(), alignC: 256}
-				if p, err = g.newDWBatchPlan(key, halfAlign); err != nil {
+				if p, _, err = g.newDWBatchPlan(key, halfAlign); err != nil {
 					return err
 				}
 				res, err = g.ltHeuristicN(p, p.key, 8)
