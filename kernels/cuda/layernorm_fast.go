@@ -82,7 +82,7 @@ type lnFastFns struct {
 	// the hardware conversion, _pl with vfwd's 64-bit hash and software rounding.
 	// vfwd's bits.
 	pfwd, pfwdPlain [len(lfvNVs)]lfvKernel
-	// pipe: the forward launches pfwd (Backend.lnPOn, XFORM_CUDA_LNP=1; tests flip it),
+	// pipe: the forward launches pfwd (Backend.lnPOn, default on, XFORM_CUDA_LNP=0 off; tests flip it),
 	// or pfwdPlain with pipePlain (tests: to time the schedule apart from the
 	// instructions). pipeRows: rows per warp (0: lfpGrid's choice; tests sweep it).
 	pipe, pipePlain bool
