@@ -128,14 +128,21 @@ func fixtureTraining(t *testing.T, n int) (*model.Model, []*model.TrainBatch) {
 // the residual's weight: LN(f(x) + ω⊙x)).
 func headDim64Training(t *testing.T, n int) (*model.Model, []*model.TrainBatch) {
 	t.Helper()
+	return randomAdminTraining(t, n, 128, 2, 256)
+}
+
+// randomAdminTraining is headDim64Training's model with embedding dimension d in heads
+// heads and FFN dimension ffn (headDim64Training: 128, 2, 256).
+func randomAdminTraining(t *testing.T, n, d, heads, ffn int) (*model.Model, []*model.TrainBatch) {
+	t.Helper()
 	fix, batches := fixtureTraining(t, n)
 	c := fix.Config
 	if !c.Init.HasOmega() {
 		t.Fatalf("fixture init %q: not Admin", c.Init)
 	}
-	c.EncoderEmbedDim, c.DecoderEmbedDim = 128, 128
-	c.EncoderHeads, c.DecoderHeads = 2, 2
-	c.EncoderFFNDim, c.DecoderFFNDim = 256, 256
+	c.EncoderEmbedDim, c.DecoderEmbedDim = d, d
+	c.EncoderHeads, c.DecoderHeads = heads, heads
+	c.EncoderFFNDim, c.DecoderFFNDim = ffn, ffn
 	c.EncoderLayers, c.DecoderLayers = min(c.EncoderLayers, 2), min(c.DecoderLayers, 2)
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)

@@ -805,6 +805,183 @@ LFW_INSTANCE(2)
 LFW_INSTANCE(4)
 LFW_INSTANCE(8)
 
+// ---------------------------------------------------------------------------------------
+// The pipelined forward (layernorm_fast_fwd_p*, _pl*; opt-in, XFORM_CUDA_LNP=1): lfv_fwd's
+// contract and per-element arithmetic, the same bits, restructured because the float4
+// forward moves its ~74 MB (x, branch in; z, y, y16 out at 8,000 × 512) at ~2.9 TB/s in
+// the step's profile (25 µs) against ~4 TB/s that the H200 reaches. lfv_fwd gives each
+// warp one row: load, wait, reduce, store, exit. ~1,000 blocks over ~530 resident slots
+// are two waves that start together, so the whole GPU waits on its first loads at once
+// and then computes and stores with no reads in flight; letting the warps loop over rows
+// without changing that order measured the same. Here each warp loops over rows r,
+// r + W, … (W the grid's warps; the Go side sizes the grid so that every warp gets k or
+// k − 1 rows) and requests row r + W's x and branch as soon as row r's z is formed (the
+// registers of row r's x and branch are free then: 80 registers at NV 4 instead of 94
+// with the requests first), then draws row r + W's dropout mask (it needs no loaded
+// data) into one word of keep bits, then reduces and stores row r: the loads are in
+// flight during the hash (most of the instructions), the shuffles and the stores, and
+// once they arrive only the residual arithmetic waits on them. FAST also takes the
+// cheaper instructions that give the same bits: the mask from lfw_keep4 (the _w
+// kernels' 32-bit hash words) and y16 rounded by the hardware conversion (xf_pack2),
+// which gives xf_round16's bits for every non-NaN value (TestAttentionMMARounding), NaN
+// falling back to xf_store4. _pl (FAST false) keeps lfv_fwd's 64-bit hash per element
+// (xf_dropout_keep) and its software rounding, so a timing separates the schedule from
+// the instruction count.
+
+// lfp_any_nan4 says whether any of v is a NaN (unordered comparisons).
+__device__ __forceinline__ bool lfp_any_nan4(float4 v) {
+    unsigned r;
+    asm("{\n .reg .pred p;\n setp.nan.f32 p, %1, %2;\n setp.nan.or.f32 p, %3, %4, p;\n selp.u32 %0, 1, 0, p;\n}"
+        : "=r"(r)
+        : "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w));
+    return r != 0u;
+}
+
+// lfp_store4 is xf_store4(y, q, v, fmt), the 16-bit formats rounded by cvt.rn unless a
+// NaN is among the four (xf_round16 keeps its payload; the hardware would not).
+__device__ __forceinline__ void lfp_store4(void* y, long long q, float4 v, int fmt) {
+    if (fmt == XF_OUT_F32 || lfp_any_nan4(v)) {
+        xf_store4(y, q, v, fmt);
+        return;
+    }
+    uint2 o;
+    if (fmt == XF_OUT_F16) {
+        o.x = xf_pack2<true>(v.x, v.y);
+        o.y = xf_pack2<true>(v.z, v.w);
+    } else {
+        o.x = xf_pack2<false>(v.x, v.y);
+        o.y = xf_pack2<false>(v.z, v.w);
+    }
+    reinterpret_cast<uint2*>(y)[q] = o;
+}
+
+// lfp_load requests row r's x and branch float4s of the lane (zeros beyond dim and for
+// r ≥ rows, as lfv_rowstats wants the invalid ones).
+template <int NV>
+__device__ __forceinline__ void lfp_load(float4 (&xv)[NV], float4 (&bv)[NV], const float4* x4, const float4* b4,
+                                         long long r, int rows, int lane, int dim4) {
+    const long long o4 = r * dim4;
+#pragma unroll
+    for (int c = 0; c < NV; c++) {
+        const int q = lane + 32 * c;
+        xv[c] = bv[c] = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (r < rows && q < dim4) {
+            xv[c] = x4[o4 + q];
+            bv[c] = b4[o4 + q];
+        }
+    }
+}
+
+// lfp_keep: bit 4c + k (c < NV ≤ 8, k < 4) is the keep bit of row r's element
+// 4(lane + 32c) + k, xf_dropout_keep's (FAST: from lfw_keep4, the same bits); all set
+// without dropout, for r ≥ rows and beyond dim. lfw_mask4 turns 4 of them into the
+// factors lfv_drop4 multiplies by (keep or 0), so the products are lfv_fwd's.
+template <int NV, bool FAST>
+__device__ __forceinline__ unsigned lfp_keep(int drop, unsigned long long seed, unsigned long long threshold,
+                                             lfw_thr wt, long long r, int rows, int lane, int dim4) {
+    unsigned kept = 0xffffffffu;
+    if (!drop || r >= rows) return kept;
+    const long long o4 = r * dim4;
+#pragma unroll
+    for (int c = 0; c < NV; c++) {
+        const int q = lane + 32 * c;
+        if (q < dim4) {
+            unsigned m;
+            if (FAST) {
+                m = lfw_keep4(seed, o4 + q, wt);
+            } else {
+                const unsigned long long i = 4ull * (unsigned long long)(o4 + q);
+                m = (xf_dropout_keep(seed, i, threshold) ? 1u : 0u) | (xf_dropout_keep(seed, i + 1, threshold) ? 2u : 0u) |
+                    (xf_dropout_keep(seed, i + 2, threshold) ? 4u : 0u) |
+                    (xf_dropout_keep(seed, i + 3, threshold) ? 8u : 0u);
+            }
+            kept &= ~((15u & ~m) << (4 * c));
+        }
+    }
+    return kept;
+}
+
+// lfp_fwd<NV, FAST>: lfv_fwd with the next row's loads in flight (see above). Aliasing as
+// lfv_fwd allows (y or z on x or branch): a lane's prefetch reads another row than the
+// one it stores, and its own row's elements are read before they are written.
+template <int NV, bool FAST>
+__device__ __forceinline__ void lfp_fwd(float* z, float* y, const float* x, const float* branch,
+                                        const float* omega, float alpha, const float* gamma, const float* beta,
+                                        int rows, int dim, float eps, int drop, unsigned long long seed,
+                                        unsigned long long threshold, float keep, void* y16, int fmt) {
+    const int lane = threadIdx.x & 31;
+    const int dim4 = dim >> 2;
+    const long long warps = (long long)gridDim.x * (blockDim.x >> 5);
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    const float4* b4 = reinterpret_cast<const float4*>(branch);
+    const float4* w4 = reinterpret_cast<const float4*>(omega);
+    const float4* g4 = reinterpret_cast<const float4*>(gamma);
+    const float4* e4 = reinterpret_cast<const float4*>(beta);
+    const lfw_thr wt = lfw_threshold(threshold);
+    long long r = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    float4 xn[NV], bn[NV];
+    lfp_load<NV>(xn, bn, x4, b4, r, rows, lane, dim4);
+    unsigned kn = lfp_keep<NV, FAST>(drop, seed, threshold, wt, r, rows, lane, dim4);
+    for (; r < rows; r += warps) {
+        const long long o4 = r * dim4;
+        float4 v[NV];
+#pragma unroll
+        for (int c = 0; c < NV; c++) {
+            const int q = lane + 32 * c;
+            v[c] = xn[c];
+            if (q < dim4) {
+                float4 t = xn[c], b = bn[c];
+                if (omega) lfv_mul4(t, __ldg(w4 + q));
+                if (drop) b = lfw_mask4(b, kn >> (4 * c), keep);
+                lfv_resid4(v[c], t, alpha, b);
+            }
+        }
+        lfp_load<NV>(xn, bn, x4, b4, r + warps, rows, lane, dim4);
+        kn = lfp_keep<NV, FAST>(drop, seed, threshold, wt, r + warps, rows, lane, dim4);
+        float mean, rstd;
+        lfv_rowstats<NV>(v, lane, dim4, dim, eps, mean, rstd);
+#pragma unroll
+        for (int c = 0; c < NV; c++) {
+            const int q = lane + 32 * c;
+            if (q < dim4) {
+                if (z) reinterpret_cast<float4*>(z)[o4 + q] = v[c];
+                const float4 g = __ldg(g4 + q), e = __ldg(e4 + q);
+                float4 o;
+                o.x = (v[c].x - mean) * rstd * g.x + e.x;
+                o.y = (v[c].y - mean) * rstd * g.y + e.y;
+                o.z = (v[c].z - mean) * rstd * g.z + e.z;
+                o.w = (v[c].w - mean) * rstd * g.w + e.w;
+                reinterpret_cast<float4*>(y)[o4 + q] = o;
+                if (y16) {
+                    if (FAST) {
+                        lfp_store4(y16, o4 + q, o, fmt);
+                    } else {
+                        xf_store4(y16, o4 + q, o, fmt);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// MINB blocks of LFV_THREADS per SM at least: 3 (≤ 85 registers; 80 at NV 4, no spills)
+// for NV ≤ 4, so that 24 warps per SM share the rows; 2 at NV 8, whose two rows in
+// registers need more (128, no spills; dim 1024 is not the step's shape).
+#define LFP_INSTANCE(NV, MINB)                                                                                 \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS, MINB) layernorm_fast_fwd_p##NV(LFV_FWD_PARAMS) { \
+        lfp_fwd<NV, true>(z, y, x, branch, omega, alpha, gamma, beta, rows, dim, eps, drop, seed, threshold,  \
+                          keep, y16, fmt);                                                                     \
+    }                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS, MINB) layernorm_fast_fwd_pl##NV(LFV_FWD_PARAMS) { \
+        lfp_fwd<NV, false>(z, y, x, branch, omega, alpha, gamma, beta, rows, dim, eps, drop, seed, threshold, \
+                           keep, y16, fmt);                                                                    \
+    }
+
+LFP_INSTANCE(1, 3)
+LFP_INSTANCE(2, 3)
+LFP_INSTANCE(4, 3)
+LFP_INSTANCE(8, 2)
+
 // layernorm_fast_bwd_finish_v: layernorm_fast_bwd_finish for the float4 kernels'
 // partials (the same nparts × 3·dim layout), block (32, 32) so that each thread adds
 // only nparts/32 partials (the backward's grid is a few blocks per SM: ~500 partials),

@@ -76,6 +76,20 @@ type lnFastFns struct {
 	// themselves (tests: the path was taken).
 	wfinished int
 
+	// pfwd and pfwdPlain are the pipelined forwards (layernorm_fast_fwd_p*, _pl*): each
+	// warp loops over rows and requests the next row's x and branch before it reduces
+	// and stores the current one; _p draws the mask with lfw_keep4 and rounds y16 with
+	// the hardware conversion, _pl with vfwd's 64-bit hash and software rounding.
+	// vfwd's bits.
+	pfwd, pfwdPlain [len(lfvNVs)]lfvKernel
+	// pipe: the forward launches pfwd (Backend.lnPOn, default on, XFORM_CUDA_LNP=0 off; tests flip it),
+	// or pfwdPlain with pipePlain (tests: to time the schedule apart from the
+	// instructions). pipeRows: rows per warp (0: lfpGrid's choice; tests sweep it).
+	pipe, pipePlain bool
+	pipeRows        int
+	// piped counts the pipelined forward's launches (tests: the path was taken).
+	piped int
+
 	occupancy uintptr // cuOccupancyMaxActiveBlocksPerMultiprocessor; 0: not bound
 }
 
@@ -108,6 +122,8 @@ func (be *Backend) lnFns() *lnFastFns {
 		f.vbwd[i] = lfvKernel{fn: be.kernel(fmt.Sprintf("layernorm_fast_bwd_vs%d", nv)), warps: lfvWarps(nv)}
 		f.vbwdSum[i] = be.kernel(fmt.Sprintf("layernorm_fast_bwd_vp%d", nv))
 		f.vbwdRecomp[i] = be.kernel(fmt.Sprintf("layernorm_fast_bwd_vr%d", nv))
+		f.pfwd[i] = lfvKernel{fn: be.kernel(fmt.Sprintf("layernorm_fast_fwd_p%d", nv)), warps: lfvMaxWarps}
+		f.pfwdPlain[i] = lfvKernel{fn: be.kernel(fmt.Sprintf("layernorm_fast_fwd_pl%d", nv)), warps: lfvMaxWarps}
 	}
 	// The _w backwards add lfw_finish's 4 static bytes to the column sums' 48 KiB of
 	// dynamic shared memory at dim 128·NV: past the 48 KiB a launch gets without
@@ -135,6 +151,7 @@ func (be *Backend) lnFns() *lnFastFns {
 		f.cnt = a
 	}
 	f.legacy = !be.lnWOn
+	f.pipe = be.lnPOn
 	be.lazy.lnFast = f
 	return f
 }
@@ -161,6 +178,15 @@ func (be *Backend) blocksPerSM(f *lnFastFns, k *lfvKernel, shared int) int {
 	// A hint only: the per-warp column sums want shared memory rather than L1 (γ is
 	// the only tensor read twice, 2 KiB at dim 512).
 	_ = be.drv.check("cuFuncSetAttribute(carveout)", call(be.drv.cuFuncSetAttribute, k.fn, funcAttrCarveout, 100))
+	return be.residentPerSM(f, k, shared)
+}
+
+// residentPerSM is blocksPerSM without the carveout hint (the forwards read γ, β and ω
+// through L1 and use no shared memory).
+func (be *Backend) residentPerSM(f *lnFastFns, k *lfvKernel, shared int) int {
+	if k.perSM > 0 {
+		return k.perSM
+	}
 	n := int32(0)
 	if f.occupancy == 0 || be.drv.check("cuOccupancyMaxActiveBlocksPerMultiprocessor",
 		call(f.occupancy, uintptr(unsafe.Pointer(&n)), k.fn, uintptr(32*k.warps), uintptr(shared))) != nil || n < 1 {
@@ -168,6 +194,21 @@ func (be *Backend) blocksPerSM(f *lnFastFns, k *lfvKernel, shared int) int {
 	}
 	k.perSM = int(n)
 	return k.perSM
+}
+
+// lfpGrid is the pipelined forward's grid for rows: the fewest rows per warp, k, that
+// the blocks resident at once can take in one wave, then just enough blocks for k rows
+// per warp, so that every warp gets k or k−1 rows (a wave of equal warps: no tail of
+// warps still on their last row), and each of them after its first is requested while
+// the previous one is reduced and stored. f.pipeRows sets k instead (1: vfwd's one row
+// per warp and grid).
+func (be *Backend) lfpGrid(f *lnFastFns, k *lfvKernel, rows int) int {
+	per := f.pipeRows
+	if per <= 0 {
+		slots := be.residentPerSM(f, k, 0) * be.info.SMs * k.warps
+		per = (rows + slots - 1) / slots
+	}
+	return max(1, (rows+per*k.warps-1)/(per*k.warps))
 }
 
 // lfvNVs are the float4 kernels' float4s per lane: dim ≤ 128·NV.
@@ -254,11 +295,21 @@ func (be *Backend) residualLayerNormFast(z, y, y16, x, branch, omega kernels.Buf
 		}
 		be.prm.ptr(y16p).i32(format)
 		// A row per warp: capping the grid at 2–8 blocks per SM, each warp looping
-		// over rows, measured the same (23.1–23.9 µs at 8000×512).
+		// over rows, measured the same (23.1–23.9 µs at 8000×512). The pipelined
+		// forward loops too, but with the next row's loads in flight.
+		idx := lfvIndex(dim)
 		nb := (rows + lfvMaxWarps - 1) / lfvMaxWarps
-		fn := f.wfwd[lfvIndex(dim)]
+		fn := f.wfwd[idx]
 		if f.legacy {
-			fn = f.vfwd[lfvIndex(dim)]
+			fn = f.vfwd[idx]
+		}
+		if f.pipe {
+			k := &f.pfwd[idx]
+			if f.pipePlain {
+				k = &f.pfwdPlain[idx]
+			}
+			fn, nb = k.fn, be.lfpGrid(f, k, rows)
+			f.piped++
 		}
 		be.run(fn, [3]uint32{uint32(nb), 1, 1}, 32*lfvMaxWarps, 0)
 		return y16p != 0
