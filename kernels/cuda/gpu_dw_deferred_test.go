@@ -3,11 +3,11 @@ package cuda
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"unsafe"
 
 	"github.com/xform-dev/xform/kernels"
-	"github.com/xform-dev/xform/model"
 )
 
 // deferCall is one LinearBackwardKept of TestDeferredWeightGrads: its shape, whether it
@@ -175,14 +175,8 @@ func TestDeferredWeightGradTraining(t *testing.T) {
 	gpu(t)
 	fix, fixBatches := fixtureTraining(t, 3)
 	big, bigBatches := headDim64Training(t, 3)
-	for _, mc := range []struct {
-		name string
-		m    modelAndBatches
-	}{{"fixture", modelAndBatches{fix, fixBatches}}, {"head dim 64", modelAndBatches{big, bigBatches}}} {
-		var batches = mc.m.batches
-		for r := 0; r < 3; r++ {
-			batches = append(batches, mc.m.batches...)
-		}
+	for _, mc := range []trainModel{{"fixture", fix, fixBatches}, {"head dim 64", big, bigBatches}} {
+		batches := slices.Repeat(mc.batches, 4)
 		for _, prec := range []Precision{BF16, FP16} {
 			for _, rc := range sameBitsCases {
 				t.Run(mc.name+"/"+prec.String()+"/"+rc.name, func(t *testing.T) {
@@ -192,9 +186,9 @@ func TestDeferredWeightGradTraining(t *testing.T) {
 					eagerBE.dwDefer.on = true
 					graphBE := newGraphTestBackend(t, prec, true)
 					graphBE.dwDefer.on = true
-					plain, _ := runTrain(t, mc.m.model, plainBE, rc, batches)
-					eager, _ := runTrain(t, mc.m.model, eagerBE, rc, batches)
-					graphed, _ := runTrain(t, mc.m.model, graphBE, rc, batches)
+					plain, _ := runTrain(t, mc.m, plainBE, rc, batches)
+					eager, _ := runTrain(t, mc.m, eagerBE, rc, batches)
+					graphed, _ := runTrain(t, mc.m, graphBE, rc, batches)
 					q, b, s := eagerBE.WeightGradCounts()
 					t.Logf("deferred: %d products queued, %d batches, %d single", q, b, s)
 					if q == 0 || b == 0 {
@@ -212,11 +206,6 @@ func TestDeferredWeightGradTraining(t *testing.T) {
 			}
 		}
 	}
-}
-
-type modelAndBatches struct {
-	model   *model.Model
-	batches []*model.TrainBatch
 }
 
 // TestDWBatchPlans logs what cuBLASLt says to the deferred weight gradients'

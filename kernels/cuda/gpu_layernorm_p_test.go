@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"github.com/xform-dev/xform/kernels"
-	"github.com/xform-dev/xform/model"
 )
 
 // The pipelined float4 forward (layernorm_fast_fwd_p*, _pl*: each warp loops over rows
@@ -216,11 +215,7 @@ func TestLayerNormPipeTrainingSameBits(t *testing.T) {
 	gpu(t)
 	fix, fixBatches := fixtureTraining(t, 3)
 	wide, wideBatches := randomAdminTraining(t, 3, 512, 8, 1024)
-	models := []struct {
-		name    string
-		m       *model.Model
-		batches []*model.TrainBatch
-	}{{"fixture", fix, fixBatches}, {"d 512", wide, wideBatches}}
+	models := []trainModel{{"fixture", fix, fixBatches}, {"d 512", wide, wideBatches}}
 	for _, prec := range []Precision{BF16, FP16} {
 		for _, md := range models {
 			for _, rc := range sameBitsCases {

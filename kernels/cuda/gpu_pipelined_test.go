@@ -22,11 +22,7 @@ func TestPipelinedTrainingSameBits(t *testing.T) {
 	gpu(t)
 	fix, fixBatches := fixtureTraining(t, 10)
 	wide, wideBatches := headDim64Training(t, 10)
-	models := []struct {
-		name    string
-		m       *model.Model
-		batches []*model.TrainBatch
-	}{{"fixture", fix, fixBatches}, {"head dim 64", wide, wideBatches}}
+	models := []trainModel{{"fixture", fix, fixBatches}, {"head dim 64", wide, wideBatches}}
 	for _, prec := range []Precision{FP32, BF16} {
 		for _, md := range models {
 			for _, rc := range sameBitsCases {
@@ -107,11 +103,7 @@ func TestGraphedPipelinedSameBits(t *testing.T) {
 		}
 		return out
 	}
-	models := []struct {
-		name    string
-		m       *model.Model
-		batches []*model.TrainBatch
-	}{{"fixture", fix, repeat(fixRef)}, {"head dim 64", wide, repeat(wideRef)}}
+	models := []trainModel{{"fixture", fix, repeat(fixRef)}, {"head dim 64", wide, repeat(wideRef)}}
 	for _, prec := range []Precision{FP32, BF16} {
 		for _, md := range models {
 			for _, rc := range sameBitsCases {

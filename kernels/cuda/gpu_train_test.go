@@ -179,6 +179,13 @@ func randomAdminTraining(t *testing.T, n, d, heads, ffn int) (*model.Model, []*m
 
 // sameBitsCases are the two recipes the bit-identity training tests run: RAdam without
 // dropout, and Adam with weight decay, clipping and every dropout on.
+// trainModel is a model and the batches a training test runs it on.
+type trainModel struct {
+	name    string
+	m       *model.Model
+	batches []*model.TrainBatch
+}
+
 var sameBitsCases = []trainCase{
 	{name: "radam, dropout 0", optim: "radam", beta2: 0.98, lr: 3e-3, warmup: 100},
 	{name: "adam, clip 0.5, dropout 0.1", optim: "adam", beta2: 0.98, lr: 5e-4, warmup: 4, wd: 1e-4, clip: 0.5, dropout: 0.1},

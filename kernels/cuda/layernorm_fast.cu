@@ -359,6 +359,39 @@ __device__ __forceinline__ void lfv_rowstats(const float4 (&v)[NV], int lane, in
     rstd = 1.f / sqrtf(lf_warp_sum(ss) / (float)dim + eps);
 }
 
+__device__ __forceinline__ void lfp_store4(void* y, long long q, float4 v, int fmt);
+
+// lfv_norm_store stores a row whose sum v, mean and rstd the forward has formed: z = v
+// (z null: not), y = (v − mean)·rstd·γ + β, and y16 (null: not) its 16-bit copy, rounded
+// by the hardware conversion (HW16, lfp_store4: the pipelined forward) or by xf_store4
+// (the same bits). The _v, _w and _p forwards share it.
+template <int NV, bool HW16>
+__device__ __forceinline__ void lfv_norm_store(float* z, float* y, void* y16, int fmt, const float4 (&v)[NV],
+                                               float mean, float rstd, const float4* g4, const float4* e4,
+                                               long long o4, int lane, int dim4) {
+#pragma unroll
+    for (int c = 0; c < NV; c++) {
+        const int q = lane + 32 * c;
+        if (q < dim4) {
+            if (z) reinterpret_cast<float4*>(z)[o4 + q] = v[c];
+            const float4 g = __ldg(g4 + q), e = __ldg(e4 + q);
+            float4 o;
+            o.x = (v[c].x - mean) * rstd * g.x + e.x;
+            o.y = (v[c].y - mean) * rstd * g.y + e.y;
+            o.z = (v[c].z - mean) * rstd * g.z + e.z;
+            o.w = (v[c].w - mean) * rstd * g.w + e.w;
+            reinterpret_cast<float4*>(y)[o4 + q] = o;
+            if (y16) {
+                if (HW16) {
+                    lfp_store4(y16, o4 + q, o, fmt);
+                } else {
+                    xf_store4(y16, o4 + q, o, fmt);
+                }
+            }
+        }
+    }
+}
+
 // lfv_fwd<NV>: layernorm_fast_fwd's contract, one row per warp at a time; drop ≠ 0
 // multiplies branch element i by mask element i as it is loaded (the _drop kernels).
 // y16 (null: none; 8-byte aligned) also gets y in format fmt (XF_OUT_BF16/F16): the
@@ -407,21 +440,7 @@ __device__ __forceinline__ void lfv_fwd(float* z, float* y, const float* x, cons
         }
         float mean, rstd;
         lfv_rowstats<NV>(v, lane, dim4, dim, eps, mean, rstd);
-#pragma unroll
-        for (int c = 0; c < NV; c++) {
-            const int q = lane + 32 * c;
-            if (q < dim4) {
-                if (z) reinterpret_cast<float4*>(z)[o4 + q] = v[c];
-                const float4 g = __ldg(g4 + q), e = __ldg(e4 + q);
-                float4 o;
-                o.x = (v[c].x - mean) * rstd * g.x + e.x;
-                o.y = (v[c].y - mean) * rstd * g.y + e.y;
-                o.z = (v[c].z - mean) * rstd * g.z + e.z;
-                o.w = (v[c].w - mean) * rstd * g.w + e.w;
-                reinterpret_cast<float4*>(y)[o4 + q] = o;
-                if (y16) xf_store4(y16, o4 + q, o, fmt);
-            }
-        }
+        lfv_norm_store<NV, false>(z, y, y16, fmt, v, mean, rstd, g4, e4, o4, lane, dim4);
     }
 }
 
@@ -940,27 +959,7 @@ __device__ __forceinline__ void lfp_fwd(float* z, float* y, const float* x, cons
         kn = lfp_keep<NV, FAST>(drop, seed, threshold, wt, r + warps, rows, lane, dim4);
         float mean, rstd;
         lfv_rowstats<NV>(v, lane, dim4, dim, eps, mean, rstd);
-#pragma unroll
-        for (int c = 0; c < NV; c++) {
-            const int q = lane + 32 * c;
-            if (q < dim4) {
-                if (z) reinterpret_cast<float4*>(z)[o4 + q] = v[c];
-                const float4 g = __ldg(g4 + q), e = __ldg(e4 + q);
-                float4 o;
-                o.x = (v[c].x - mean) * rstd * g.x + e.x;
-                o.y = (v[c].y - mean) * rstd * g.y + e.y;
-                o.z = (v[c].z - mean) * rstd * g.z + e.z;
-                o.w = (v[c].w - mean) * rstd * g.w + e.w;
-                reinterpret_cast<float4*>(y)[o4 + q] = o;
-                if (y16) {
-                    if (FAST) {
-                        lfp_store4(y16, o4 + q, o, fmt);
-                    } else {
-                        xf_store4(y16, o4 + q, o, fmt);
-                    }
-                }
-            }
-        }
+        lfv_norm_store<NV, FAST>(z, y, y16, fmt, v, mean, rstd, g4, e4, o4, lane, dim4);
     }
 }
 
