@@ -825,7 +825,7 @@ LFW_INSTANCE(4)
 LFW_INSTANCE(8)
 
 // ---------------------------------------------------------------------------------------
-// The pipelined forward (layernorm_fast_fwd_p*, _pl*; opt-in, XFORM_CUDA_LNP=1): lfv_fwd's
+// The pipelined forward (layernorm_fast_fwd_p*, _pl*; the default, XFORM_CUDA_LNP=0 turns it off): lfv_fwd's
 // contract and per-element arithmetic, the same bits, restructured because the float4
 // forward moves its ~74 MB (x, branch in; z, y, y16 out at 8,000 × 512) at ~2.9 TB/s in
 // the step's profile (25 µs) against ~4 TB/s that the H200 reaches. lfv_fwd gives each
