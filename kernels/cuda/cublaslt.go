@@ -38,8 +38,6 @@ type cublasLt struct {
 	// layoutSetAttr is cublasLtMatrixLayoutSetAttribute, 0 when missing: strided
 	// batches (gpu_batched_dw_test.go measures them for deferred weight gradients).
 	layoutSetAttr uintptr
-	// getVersion is cublasLtGetVersion (size_t, no arguments), 0 when missing.
-	getVersion uintptr
 }
 
 const (
@@ -123,7 +121,6 @@ func loadCublasLt(blasPath string) (*cublasLt, error) {
 	// Optional: without it every new shape asks the heuristic, as before plan reuse.
 	_ = bind(h, "libcublasLt", []symbol{{"cublasLtMatmulAlgoCheck", &l.algoCheck}})
 	_ = bind(h, "libcublasLt", []symbol{{"cublasLtMatrixLayoutSetAttribute", &l.layoutSetAttr}})
-	_ = bind(h, "libcublasLt", []symbol{{"cublasLtGetVersion", &l.getVersion}})
 	return l, nil
 }
 
@@ -278,18 +275,6 @@ func (be *Backend) ltNote(err error) {
 	if os.Getenv("XFORM_CUDA_DEBUG") == "1" {
 		fmt.Fprintf(os.Stderr, "cuda: 16-bit GEMMs fall back to cublasGemmEx: %v\n", err)
 	}
-}
-
-// LtVersion is the loaded cuBLASLt's version (major·10000 + minor·100 + patch), once
-// the 16-bit GEMMs have loaded it.
-func (be *Backend) LtVersion() (int, error) {
-	be.mu.Lock()
-	defer be.mu.Unlock()
-	s := &be.lt
-	if !s.tried || s.err != nil || s.lib == nil || s.lib.getVersion == 0 {
-		return 0, fmt.Errorf("cuda: cuBLASLt's version is unknown (not loaded, or no cublasLtGetVersion)")
-	}
-	return int(callPtr(s.lib.getVersion)), nil
 }
 
 // LtStatus says whether the 16-bit Linear and LinearBackward run through cuBLASLt: how

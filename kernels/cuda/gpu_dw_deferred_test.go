@@ -3,7 +3,6 @@ package cuda
 import (
 	"fmt"
 	"math/rand/v2"
-	"slices"
 	"testing"
 	"unsafe"
 
@@ -173,10 +172,8 @@ func round16All(ft format16, v []float32) []float64 {
 // batches ran.
 func TestDeferredWeightGradTraining(t *testing.T) {
 	gpu(t)
-	fix, fixBatches := fixtureTraining(t, 3)
-	big, bigBatches := headDim64Training(t, 3)
-	for _, mc := range []trainModel{{"fixture", fix, fixBatches}, {"head dim 64", big, bigBatches}} {
-		batches := slices.Repeat(mc.batches, 4)
+	for _, mc := range fixtureAndHeadDim64(t, 3, 4) {
+		batches := mc.batches
 		for _, prec := range []Precision{BF16, FP16} {
 			for _, rc := range sameBitsCases {
 				t.Run(mc.name+"/"+prec.String()+"/"+rc.name, func(t *testing.T) {

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/xform-dev/xform/kernels"
-	"github.com/xform-dev/xform/model"
 )
 
 // TestPipelinedTrainingSameBits trains with update k+1 queued before update k's loss
@@ -20,9 +19,7 @@ import (
 // bench's attention path), both recipes.
 func TestPipelinedTrainingSameBits(t *testing.T) {
 	gpu(t)
-	fix, fixBatches := fixtureTraining(t, 10)
-	wide, wideBatches := headDim64Training(t, 10)
-	models := []trainModel{{"fixture", fix, fixBatches}, {"head dim 64", wide, wideBatches}}
+	models := fixtureAndHeadDim64(t, 10, 1)
 	for _, prec := range []Precision{FP32, BF16} {
 		for _, md := range models {
 			for _, rc := range sameBitsCases {
@@ -94,16 +91,7 @@ func TestReadAsyncOrder(t *testing.T) {
 // (the same batches), both recipes.
 func TestGraphedPipelinedSameBits(t *testing.T) {
 	gpu(t)
-	fix, fixRef := fixtureTraining(t, 3)
-	wide, wideRef := headDim64Training(t, 3)
-	repeat := func(ref []*model.TrainBatch) []*model.TrainBatch {
-		var out []*model.TrainBatch
-		for range 4 {
-			out = append(out, ref...)
-		}
-		return out
-	}
-	models := []trainModel{{"fixture", fix, repeat(fixRef)}, {"head dim 64", wide, repeat(wideRef)}}
+	models := fixtureAndHeadDim64(t, 3, 4)
 	for _, prec := range []Precision{FP32, BF16} {
 		for _, md := range models {
 			for _, rc := range sameBitsCases {

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -184,6 +185,15 @@ type trainModel struct {
 	name    string
 	m       *model.Model
 	batches []*model.TrainBatch
+}
+
+// fixtureAndHeadDim64 is the fixture model (d 32) and headDim64Training's (the bench's
+// attention path), each with its first n batches repeated times.
+func fixtureAndHeadDim64(t *testing.T, n, times int) []trainModel {
+	t.Helper()
+	fix, fixBatches := fixtureTraining(t, n)
+	wide, wideBatches := headDim64Training(t, n)
+	return []trainModel{{"fixture", fix, slices.Repeat(fixBatches, times)}, {"head dim 64", wide, slices.Repeat(wideBatches, times)}}
 }
 
 var sameBitsCases = []trainCase{
