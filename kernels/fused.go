@@ -357,3 +357,14 @@ type HalfAttention interface {
 type HalfAttentionInputs interface {
 	AttentionInputs16(a AttentionArgs) bool
 }
+
+// InputGradAccumulator is a LinearKeeper whose backward can add the input gradient to
+// dx instead of writing it: LinearBackwardKeptAccum is LinearBackwardKept with
+// dx += dy·w (dx float32, holding what earlier backwards wrote). A model whose input
+// feeds several Linears (a Transformer decoder's cross-attention K/V projections all
+// read the encoder output) sums their input gradients without a buffer and an AddTo
+// per Linear: the product's epilogue adds in float32, which is AddTo's sum of the same
+// two float32 values.
+type InputGradAccumulator interface {
+	LinearBackwardKeptAccum(dx, dw, db, dy, kept Buffer, m, n, k int)
+}

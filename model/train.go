@@ -899,15 +899,22 @@ func (n *TrainNet) linear(y, x, w, w16, bias kernels.Buffer, m, nOut, k int) fun
 // linearKept is linear that also says whether the backend kept the rounded operands,
 // that is whether the backward may take a 16-bit dy from out16.
 func (n *TrainNet) linearKept(y, x, w, w16, bias kernels.Buffer, m, nOut, k int) (func(dx, dw, db, dy kernels.Buffer), bool) {
+	back, kept := n.linearKeptBuf(y, x, w, w16, bias, m, nOut, k)
+	return back, kept != nil
+}
+
+// linearKeptBuf is linearKept that returns what the backend kept (nil: nothing), for
+// a backward other than the returned one (kernels.InputGradAccumulator).
+func (n *TrainNet) linearKeptBuf(y, x, w, w16, bias kernels.Buffer, m, nOut, k int) (func(dx, dw, db, dy kernels.Buffer), kernels.Buffer) {
 	be := n.be
 	if lk, ok := be.(kernels.LinearKeeper); ok {
 		if kept := lk.LinearKeep(y, x, either(w16, w), bias, m, nOut, k); kept != nil {
-			return func(dx, dw, db, dy kernels.Buffer) { n.backKept(lk, dx, dw, db, dy, kept, m, nOut, k) }, true
+			return func(dx, dw, db, dy kernels.Buffer) { n.backKept(lk, dx, dw, db, dy, kept, m, nOut, k) }, kept
 		}
 	} else {
 		be.Linear(y, x, w, bias, m, nOut, k)
 	}
-	return func(dx, dw, db, dy kernels.Buffer) { be.LinearBackward(dx, dw, db, dy, x, w, m, nOut, k) }, false
+	return func(dx, dw, db, dy kernels.Buffer) { be.LinearBackward(dx, dw, db, dy, x, w, m, nOut, k) }, nil
 }
 
 // either is a when it is not nil, else b.
@@ -986,7 +993,7 @@ func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B,
 	q := n.attnIn(rows*d, in16)
 	qBack := n.linear(q, either(h16, h), wq, a.q16, bq, rows, d, d)
 	kv := n.attnIn(B*S*2*d, in16)
-	kvBack := n.linear(kv, either(enc16, enc), wkv, a.kv16, bkv, B*S, 2*d, d)
+	kvBack, kvKept := n.linearKeptBuf(kv, either(enc16, enc), wkv, a.kv16, bkv, B*S, 2*d, d)
 	qv := func(b kernels.Buffer) kernels.View { return kernels.View{Buf: b, BatchStride: T * d, RowStride: d} }
 	kvv := func(b kernels.Buffer, off int) kernels.View {
 		return kernels.View{Buf: b, Off: off, BatchStride: S * 2 * d, RowStride: 2 * d}
@@ -1009,6 +1016,11 @@ func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B,
 		if !*dEncSet {
 			kvBack(dEnc, be.Slice(a.qkv.w.g, d*d, 2*d*d), be.Slice(a.qkv.b.g, d, 2*d), dkv)
 			*dEncSet = true
+			return dh
+		}
+		if acc, ok := be.(kernels.InputGradAccumulator); ok && kvKept != nil {
+			// The product adds onto dEnc: no buffer and AddTo per decoder layer.
+			acc.LinearBackwardKeptAccum(dEnc, be.Slice(a.qkv.w.g, d*d, 2*d*d), be.Slice(a.qkv.b.g, d, 2*d), dkv, kvKept, B*S, 2*d, d)
 			return dh
 		}
 		de := n.out(B * S * d)

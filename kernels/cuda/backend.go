@@ -152,6 +152,9 @@ type Backend struct {
 	autotune bool
 	// tuneMemo holds the autotune's decisions: Options.TuneMemo, or the Backend's own.
 	tuneMemo *GEMMTuneMemo
+	// dxAccumOff: LinearBackwardKeptAccum as the product into scratch + AddTo (tests,
+	// XFORM_CUDA_DX_ACCUM=0).
+	dxAccumOff bool
 	// dwDefer: the deferred weight gradients' switch, queue and batch plans
 	// (dw_deferred.go).
 	dwDefer dwDeferState
@@ -248,6 +251,7 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 	be.autotune = envSwitch(opt.Autotune, os.Getenv("XFORM_CUDA_AUTOTUNE"))
 	be.tuneMemo = opt.TuneMemo
 	be.dwDefer.on = envSwitch(opt.DeferWeightGrads, os.Getenv("XFORM_CUDA_DEFER_DW"))
+	be.dxAccumOff = os.Getenv("XFORM_CUDA_DX_ACCUM") == "0"
 	if be.tuneMemo == nil {
 		be.tuneMemo = NewGEMMTuneMemo()
 	}

@@ -93,7 +93,25 @@ func (be *Backend) keep16(x, w kernels.Buffer, m, n, k int) *kept16 {
 // LinearKeep kept (same m, n, k), the same products on the same 16-bit operands. dy may
 // be a 16-bit buffer (kernels.HalfBuffers): the products take it uncast.
 func (be *Backend) LinearBackwardKept(dx, dw, db, dy, kept kernels.Buffer, m, n, k int) {
-	be.linearBackwardKept(dx, dw, db, dy, kept, m, n, k, false)
+	be.linearBackwardKept(dx, dw, db, dy, kept, m, n, k, false, 0)
+}
+
+var _ kernels.InputGradAccumulator = (*Backend)(nil)
+
+// LinearBackwardKeptAccum implements kernels.InputGradAccumulator: the dx product runs
+// with beta 1 onto the float32 dx. With dxAccumOff (tests, XFORM_CUDA_DX_ACCUM=0) it is
+// the sequence it replaces: the product into a scratch buffer, then AddTo.
+func (be *Backend) LinearBackwardKeptAccum(dx, dw, db, dy, kept kernels.Buffer, m, n, k int) {
+	if dx == nil || halfOf(dx) != nil {
+		panic(fmt.Sprintf("cuda backend: LinearBackwardKeptAccum into %T: a float32 dx wanted", dx))
+	}
+	if be.dxAccumOff {
+		de := be.AllocUninit(m * k)
+		be.linearBackwardKept(de, dw, db, dy, kept, m, n, k, false, 0)
+		be.AddTo(dx, de)
+		return
+	}
+	be.linearBackwardKept(dx, dw, db, dy, kept, m, n, k, false, 1)
 }
 
 var _ kernels.FreshBiasGrad = (*Backend)(nil)
@@ -101,10 +119,12 @@ var _ kernels.FreshBiasGrad = (*Backend)(nil)
 // LinearBackwardKeptFresh implements kernels.FreshBiasGrad: the bias gradient goes
 // straight from the GEMM's BGRADB epilogue into db (no scratch vector, no add_to).
 func (be *Backend) LinearBackwardKeptFresh(dx, dw, db, dy, kept kernels.Buffer, m, n, k int) {
-	be.linearBackwardKept(dx, dw, db, dy, kept, m, n, k, true)
+	be.linearBackwardKept(dx, dw, db, dy, kept, m, n, k, true, 0)
 }
 
-func (be *Backend) linearBackwardKept(dx, dw, db, dy, kept kernels.Buffer, m, n, k int, dbFresh bool) {
+// linearBackwardKept is LinearBackwardKept (dbFresh: LinearBackwardKeptFresh) with the
+// dx product's beta: 0 writes dx, 1 adds to it (LinearBackwardKeptAccum).
+func (be *Backend) linearBackwardKept(dx, dw, db, dy, kept kernels.Buffer, m, n, k int, dbFresh bool, dxBeta float32) {
 	if m == 0 {
 		return
 	}
@@ -122,7 +142,7 @@ func (be *Backend) linearBackwardKept(dx, dw, db, dy, kept kernels.Buffer, m, n,
 	defer be.enter()()
 	dbDone := false
 	if dx != nil || dw != nil {
-		dbDone = be.linearBackward16Kept(dx, dw, db, dy, nil, nil, kp.x, kp.w, m, n, k, dbFresh, kp)
+		dbDone = be.linearBackward16Kept(dx, dw, db, dy, nil, nil, kp.x, kp.w, m, n, k, dbFresh, kp, dxBeta)
 	}
 	if db != nil && n > 0 && !dbDone {
 		// The epilogue refused (or is off): the column sum, of the widened values when

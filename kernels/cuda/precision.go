@@ -212,7 +212,7 @@ func (be *Backend) product16(plan *ltPlan, transA, transB bool, m, n, k int, a u
 // add_to launch adds into db. The column sum remains for shapes cuBLASLt has no BGRADB
 // algorithm for, a refusal at run time, and calls without dw.
 func (be *Backend) linearBackward16(dx, dw, db, dy, x, w kernels.Buffer, m, n, k int) bool {
-	return be.linearBackward16Kept(dx, dw, db, dy, x, w, 0, 0, m, n, k, false, nil)
+	return be.linearBackward16Kept(dx, dw, db, dy, x, w, 0, 0, m, n, k, false, nil, 0)
 }
 
 // linearBackward16Kept is linearBackward16 where x16 and w16, when not 0, are the
@@ -226,10 +226,13 @@ func (be *Backend) linearBackward16(dx, dw, db, dy, x, w kernels.Buffer, m, n, k
 // (kernels.FreshBiasGrad): the BGRADB epilogue then writes it directly, without the
 // scratch vector and the add_to launch (the same values, up to the sign of a zero).
 //
+// dxBeta 1 adds the dx product to a float32 dx (kernels.InputGradAccumulator); 0
+// writes it.
+//
 // kept, when not nil, holds x16 (LinearBackwardKept's copies): with a 16-bit dy too,
 // the dw product (and db) may be queued for FlushWeightGrads (dw_deferred.go), the
 // dx product still runs now.
-func (be *Backend) linearBackward16Kept(dx, dw, db, dy, x, w kernels.Buffer, x16, w16 uint64, m, n, k int, dbFresh bool, kept *kept16) bool {
+func (be *Backend) linearBackward16Kept(dx, dw, db, dy, x, w kernels.Buffer, x16, w16 uint64, m, n, k int, dbFresh bool, kept *kept16, dxBeta float32) bool {
 	var ops [3]operand16
 	dy16 := uint64(0)
 	if h := halfOf(dy); h != nil {
@@ -292,7 +295,7 @@ func (be *Backend) linearBackward16Kept(dx, dw, db, dy, x, w kernels.Buffer, x16
 	case dxh != nil:
 		be.product16Half(pdx, false, false, m, k, n, p[0], n, p[1], k, dxh.dptr(), 0, 0, false)
 	case dx != nil:
-		be.product16(pdx, false, false, m, k, n, p[0], n, p[1], k, 0, addr(dx), k, 0)
+		be.product16(pdx, false, false, m, k, n, p[0], n, p[1], k, dxBeta, addr(dx), k, 0)
 	}
 	if dw == nil {
 		return false

@@ -1,0 +1,85 @@
+package cuda
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+)
+
+// TestLinearBackwardKeptAccum: LinearBackwardKeptAccum (the dx product with beta 1 onto
+// dx) against the sequence it replaces, LinearBackwardKept into a fresh buffer and
+// AddTo, in bf16 and fp16, at the decoder's cross-attention K/V shape of the bench
+// (7,872 encoder rows, 1,024 outputs, 512 inputs) and at small and odd ones. Both add
+// the same float32 product to the same float32 dx, one rounding each, so dx, dw and db
+// must be the same bits (a GEMM epilogue that formed alpha·acc + beta·c otherwise
+// would show here).
+func TestLinearBackwardKeptAccum(t *testing.T) {
+	for _, ft := range formats {
+		for _, sh := range []struct{ m, n, k int }{{7872, 1024, 512}, {300, 96, 64}, {1, 64, 32}, {33, 10, 6}} {
+			t.Run(fmt.Sprintf("%v/%dx%dx%d", ft.prec, sh.m, sh.n, sh.k), func(t *testing.T) {
+				g := withPrecision(t, ft.prec)
+				g.BeginScope()
+				defer g.EndScope()
+				m, n, k := sh.m, sh.n, sh.k
+				r := rand.New(rand.NewPCG(91, uint64(m*n*k)))
+				x, w, dy := g.Upload(randVec(r, m*k)), g.Upload(randVec(r, n*k)), upload16(g, randVec(r, m*n))
+				dx0, dw0, db0 := randVec(r, m*k), randVec(r, n*k), randVec(r, n)
+				run := func(accum bool) (dx, dw, db []float32) {
+					gdx, gdw, gdb := g.Upload(dx0), g.Upload(dw0), g.Upload(db0)
+					kept := g.LinearKeep(g.Alloc(m*n), x, w, nil, m, n, k)
+					if kept == nil {
+						t.Fatal("LinearKeep kept nothing in a 16-bit precision")
+					}
+					if accum {
+						g.LinearBackwardKeptAccum(gdx, gdw, gdb, dy, kept, m, n, k)
+					} else {
+						de := g.Alloc(m * k)
+						g.LinearBackwardKept(de, gdw, gdb, dy, kept, m, n, k)
+						g.AddTo(gdx, de)
+					}
+					return down(g, gdx), down(g, gdw), down(g, gdb)
+				}
+				wantDX, wantDW, wantDB := run(false)
+				gotDX, gotDW, gotDB := run(true)
+				checkExact(t, "dx", gotDX, wantDX)
+				checkExact(t, "dw", gotDW, wantDW)
+				checkExact(t, "db", gotDB, wantDB)
+				// The scratch-and-AddTo switch is the same sequence as the reference.
+				g.dxAccumOff = true
+				offDX, _, _ := run(true)
+				g.dxAccumOff = false
+				checkExact(t, "dx, XFORM_CUDA_DX_ACCUM=0", offDX, wantDX)
+			})
+		}
+	}
+}
+
+// TestDXAccumTrainingSameBits: 12 updates of the fixture model and of the head
+// dimension 64 model, bf16 and fp16, both recipes, with the decoder's cross-attention
+// K/V input gradients added onto dEnc by the product (LinearBackwardKeptAccum) against
+// the scratch buffer and AddTo per layer (dxAccumOff): every update's log and the final
+// weights the same bits (TestLinearBackwardKeptAccum's reason), eagerly and graphed.
+func TestDXAccumTrainingSameBits(t *testing.T) {
+	gpu(t)
+	fix, fixBatches := fixtureTraining(t, 3)
+	big, bigBatches := headDim64Training(t, 3)
+	for _, md := range []trainModel{{"fixture", fix, fixBatches}, {"head dim 64", big, bigBatches}} {
+		all := slices.Repeat(md.batches, 4)
+		for _, prec := range []Precision{BF16, FP16} {
+			for _, rc := range sameBitsCases {
+				t.Run(md.name+"/"+prec.String()+"/"+rc.name, func(t *testing.T) {
+					offBE := newGraphTestBackend(t, prec, false)
+					offBE.dxAccumOff = true
+					onBE := newGraphTestBackend(t, prec, false)
+					graphBE := newGraphTestBackend(t, prec, true)
+					off, _ := runTrain(t, md.m, offBE, rc, all)
+					on, _ := runTrain(t, md.m, onBE, rc, all)
+					graphed, _ := runTrain(t, md.m, graphBE, rc, all)
+					checkSameRun(t, "accumulated", on, "AddTo", off)
+					checkSameRun(t, "accumulated, graphed", graphed, "accumulated, eager", on)
+				})
+			}
+		}
+	}
+}
