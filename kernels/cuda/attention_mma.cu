@@ -704,7 +704,7 @@ __device__ __forceinline__ int am3_keep_words(int n) { return (((n + 31) >> 5) +
 // padding flags, each warp its 16 query rows. No barrier: warps past TQ return.
 // BITS (the third kernels' bits variant): no stored mask, and a drawn one's keep bits
 // come from keepBits (am3_keep_bits of the tile's rows, from element tileOff on).
-template <bool BITS = false>
+template <bool BITS = false, int MAXNT = 4>
 __device__ __forceinline__ void am2_fwd_tile(bool kHalf, const unsigned short* Qs, const unsigned short* Ks,
                                              const unsigned short* Vs, const float* Ms, const unsigned char* padded,
                                              int b, int h, int tile0, void* out, long long oBS, long long oRS, int H,
@@ -712,7 +712,6 @@ __device__ __forceinline__ void am2_fwd_tile(bool kHalf, const unsigned short* Q
                                              const float* dropMask, int outFmt, unsigned long long seed,
                                              unsigned long long threshold, float keepScale,
                                              const unsigned* keepBits = nullptr) {
-    constexpr int MAXNT = 4;
     const int NT = (TK + 15) >> 4;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int gr = lane >> 2, t = lane & 3;
@@ -927,7 +926,7 @@ __device__ __forceinline__ void am2_grad_rows(bool kHalf, int outFmt, void* g, l
 // z2; phases A and B below (barriers inside: every thread of the block calls it).
 // BITS (the third kernels' bits variant): no stored mask, and a drawn one's keep bits
 // come from keepBits (am3_keep_bits of (b, h)'s TQ·TK elements).
-template <bool BITS = false>
+template <bool BITS = false, int MAXNT = 4>
 __device__ __forceinline__ void am2_bwd_pair(bool kHalf, const unsigned short* Qs, const unsigned short* Ks,
                                              const unsigned short* Vs, const unsigned short* Os, unsigned char* z1,
                                              unsigned char* z2, int b, int h, void* dq, long long dqBS,
@@ -936,7 +935,6 @@ __device__ __forceinline__ void am2_bwd_pair(bool kHalf, const unsigned short* Q
                                              float scale, int outFmt, unsigned long long seed,
                                              unsigned long long threshold, float keepScale,
                                              const unsigned* keepBits = nullptr) {
-    constexpr int MAXNT = 4;
     const int NT = (TK + 15) >> 4, TKp = 16 * NT, LDZ = TKp + 8;
     const int nw = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int gr = lane >> 2, t = lane & 3;
@@ -1279,7 +1277,7 @@ __device__ __forceinline__ void am3_round(bool kHalf, unsigned short* tile, cons
 // landing area: Q rows [16W][AM_D], K and V rows [TK][AM_D] (fp32).
 // The padding flags of the next item travel in two registers (W = 1 gives 32 threads for
 // TK ≤ 64).
-template <bool BITS>
+template <bool BITS, int MAXNT = 4>
 __device__ __forceinline__ void am3_fwd(void* out, long long oBS, long long oRS, const float* q, long long qBS,
                                         long long qRS, const float* k, long long kBS, long long kRS, const float* v,
                                         long long vBS, long long vRS, int H, int TQ, int TK, float scale,
@@ -1334,7 +1332,7 @@ __device__ __forceinline__ void am3_fwd(void* out, long long oBS, long long oRS,
         __syncthreads();  // tiles complete; the landing area is free
         const int next = item + gridDim.x;
         if (next < items) fetch(next);
-        am2_fwd_tile<BITS>(kHalf, Qs, Ks, Vs, nullptr, padded, b, h, tile0, out, oBS, oRS, H, TQ, TK, causal,
+        am2_fwd_tile<BITS, MAXNT>(kHalf, Qs, Ks, Vs, nullptr, padded, b, h, tile0, out, oBS, oRS, H, TQ, TK, causal,
                            queryOffset, probs, nullptr, outFmt, seed, threshold, keepScale, keepBits);
         item = next;
     }
@@ -1368,7 +1366,7 @@ extern "C" __global__ void __launch_bounds__(128, AM3_FWD_MINB) attention_mma3_f
 // v, dout rows ([TQ], [TK], [TK], [TQ] × AM_D fp32) and P (TQ·TK fp32, by 4-byte copies:
 // its rows start anywhere), which the rounding pass copies into Z1. Warps: enough for
 // phase A in one pass and phase B's 2·NT items in one (amBackwardWarps3).
-template <bool BITS>
+template <bool BITS, int MAXNT = 4>
 __device__ __forceinline__ void am3_bwd(void* dq, long long dqBS, long long dqRS, void* dk, long long dkBS,
                                         long long dkRS, void* dv, long long dvBS, long long dvRS, const float* dout,
                                         long long doBS, long long doRS, const float* q, long long qBS, long long qRS,
@@ -1417,8 +1415,8 @@ __device__ __forceinline__ void am3_bwd(void* dq, long long dqBS, long long dqRS
         __syncthreads();  // tiles and P complete; the landing area is free
         const int next = item + gridDim.x;
         if (next < items) fetch(next);
-        am2_bwd_pair<BITS>(kHalf, Qs, Ks, Vs, Os, z1, z2, b, h, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS,
-                           nullptr, H, TQ, TK, scale, outFmt, seed, threshold, keepScale, keepBits);
+        am2_bwd_pair<BITS, MAXNT>(kHalf, Qs, Ks, Vs, Os, z1, z2, b, h, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS,
+                                  dvRS, nullptr, H, TQ, TK, scale, outFmt, seed, threshold, keepScale, keepBits);
         item = next;
     }
 }
@@ -1446,6 +1444,36 @@ extern "C" __global__ void __launch_bounds__(256, AM3_BWD_MINB) attention_mma3_b
     am3_bwd<true>(dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, dout, doBS, doRS, q, qBS, qRS, k, kBS, kRS, v, vBS,
                   vRS, probs, H, TQ, TK, scale, half, outFmt, seed, threshold, keepScale, items);
 }
+
+// attention_mma3_fwd_b2/_b3 and attention_mma3_bwd_b2/_b3: the bits variants with the
+// score tiles sized for at most 2 or 3 key blocks (TK ≤ 32, ≤ 48) instead of 4. The
+// element loops of the softmax and of the backward's phase A run over 2·MAXNT tiles
+// with the blocks past NT predicated off, so a smaller MAXNT only drops that dead work
+// (half of it at T 31, a quarter at T 41) and its registers; every live element sees
+// the same arithmetic, so the results are the bits of attention_mma3_*_b.
+#define AM3_B_NT(NT)                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(128, AM3_FWD_MINB) attention_mma3_fwd_b##NT(                          \
+        void* out, long long oBS, long long oRS, const float* q, long long qBS, long long qRS, const float* k,          \
+        long long kBS, long long kRS, const float* v, long long vBS, long long vRS, int H, int TQ, int TK, float scale, \
+        const unsigned char* pad, long long padStride, int causal, int queryOffset, float* probs,                      \
+        const float* dropMask, int half, int outFmt, unsigned long long seed, unsigned long long threshold,           \
+        float keepScale, int tiles, int items) {                                                                       \
+        (void)dropMask;                                                                                                \
+        am3_fwd<true, NT>(out, oBS, oRS, q, qBS, qRS, k, kBS, kRS, v, vBS, vRS, H, TQ, TK, scale, pad, padStride,      \
+                          causal, queryOffset, probs, half, outFmt, seed, threshold, keepScale, tiles, items);         \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(256, AM3_BWD_MINB) attention_mma3_bwd_b##NT(                          \
+        void* dq, long long dqBS, long long dqRS, void* dk, long long dkBS, long long dkRS, void* dv, long long dvBS,   \
+        long long dvRS, const float* dout, long long doBS, long long doRS, const float* q, long long qBS,              \
+        long long qRS, const float* k, long long kBS, long long kRS, const float* v, long long vBS, long long vRS,     \
+        const float* probs, const float* mask, int H, int TQ, int TK, float scale, int half, int outFmt,               \
+        unsigned long long seed, unsigned long long threshold, float keepScale, int items) {                          \
+        (void)mask;                                                                                                    \
+        am3_bwd<true, NT>(dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, dout, doBS, doRS, q, qBS, qRS, k, kBS, kRS, \
+                          v, vBS, vRS, probs, H, TQ, TK, scale, half, outFmt, seed, threshold, keepScale, items);      \
+    }
+AM3_B_NT(2)
+AM3_B_NT(3)
 
 // ---------------------------------------------------------------------------------------
 // The third kernels with 16-bit inputs (attention_mma3_fwd_h / attention_mma3_bwd_h): q,

@@ -28,9 +28,12 @@ const (
 // am3Fns are the third kernels and their switches (part of attnMMAFns).
 type am3Fns struct {
 	fwd, bwd         uintptr
-	fwdB, bwdB       uintptr // the bits variants (attention_mma3_fwd_b, attention_mma3_bwd_b)
-	fwdOpt, bwdOpt   bool    // allowed the device's whole shared memory per block
+	fwdB, bwdB       uintptr    // the bits variants (attention_mma3_fwd_b, attention_mma3_bwd_b)
+	fwdBN, bwdBN     [2]uintptr // their short-key forms for ≤ 2 and ≤ 3 key blocks (_b2, _b3)
+	fwdOpt, bwdOpt   bool       // allowed the device's whole shared memory per block
 	fwdBOpt, bwdBOpt bool
+	fwdBNOpt         [2]bool
+	bwdBNOpt         [2]bool
 	sharedPerSM      int // the device's shared memory per SM
 	sw               am3Switch
 }
@@ -41,6 +44,21 @@ type am3Switch struct {
 	force   bool // take the third kernels wherever they fit (not only where they measured faster)
 	maxGrid int  // at most this many blocks (0: no bound), to make blocks loop over many items
 	old     bool // the first variant (attention_mma3_fwd/bwd) instead of the bits variant
+	// wide: the bits variant sized for 4 key blocks at every key length (_b, as before
+	// the short-key forms _b2/_b3; XFORM_CUDA_AM3NT=0 sets it at New: Backend.am3Wide).
+	wide bool
+}
+
+// bitsKernels returns the bits variant's forward and backward for a's keys, with their
+// shared-memory opt-in flags: attention_mma3_*_b2 up to 32 keys, _b3 up to 48 (the same
+// bits, less dead work: attention_mma.cu, AM3_B_NT), _b beyond or with sw.wide.
+func (t *am3Fns) bitsKernels(a kernels.AttentionArgs) (fwd, bwd uintptr, fwdOpt, bwdOpt *bool) {
+	nt := (a.TK + 15) / 16
+	if t.sw.wide || nt > 3 {
+		return t.fwdB, t.bwdB, &t.fwdBOpt, &t.bwdBOpt
+	}
+	i := max(nt, 2) - 2
+	return t.fwdBN[i], t.bwdBN[i], &t.fwdBNOpt[i], &t.bwdBNOpt[i]
 }
 
 // Where the third kernels run by default, from TestAttentionMMA3Timing on the H200
@@ -232,13 +250,11 @@ func (be *Backend) mma3Forward(out, q, k, v kernels.View, a kernels.AttentionArg
 	if !t.fwdTakes(a, p, f.optinMax, t.fwdMinKeys(a)) {
 		return false
 	}
-	fn := t.fwdB
+	fn, _, opt, _ := t.bitsKernels(a)
 	if t.firstVariant(a) {
-		fn = t.fwd
-		be.optIn(fn, p.shared, &t.fwdOpt)
-	} else {
-		be.optIn(fn, p.shared, &t.fwdBOpt)
+		fn, opt = t.fwd, &t.fwdOpt
 	}
+	be.optIn(fn, p.shared, opt)
 	be.prm.reset().views16(out).views(q, k, v).
 		i32(a.Heads).i32(a.TQ).i32(a.TK).f32(a.Scale).
 		ptr(padp).i64(a.KeyPadStride).
@@ -268,13 +284,11 @@ func (be *Backend) mma3Backward(dq, dk, dv, dout, q, k, v kernels.View, a kernel
 	if !t.bwdTakes(p, f.optinMax) {
 		return false
 	}
-	fn := t.bwdB
+	_, fn, _, opt := t.bitsKernels(a)
 	if t.firstVariant(a) {
-		fn = t.bwd
-		be.optIn(fn, p.shared, &t.bwdOpt)
-	} else {
-		be.optIn(fn, p.shared, &t.bwdBOpt)
+		fn, opt = t.bwd, &t.bwdOpt
 	}
+	be.optIn(fn, p.shared, opt)
 	be.prm.reset().
 		views16(dq, dk, dv).views(dout, q, k, v).
 		ptr(addr(probs)).ptr(0).

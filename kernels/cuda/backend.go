@@ -134,6 +134,9 @@ type Backend struct {
 	// bits, and on the H200 (ninth session) 24.8 against 25.9 µs at the step's 7,872 × 512
 	// (bench +0.9 %).
 	lnPOn bool
+	// am3Wide: the attention's bits kernels sized for 4 key blocks at every key length
+	// (am3Switch.wide, attention_mma3.go); XFORM_CUDA_AM3NT=0, for the bench's A/B.
+	am3Wide bool
 	// roundAlls and roundedUpdates count RoundAll calls and the updates that wrote the
 	// copies (kernels.RoundingOptimizer), for tests.
 	roundAlls, roundedUpdates int
@@ -248,6 +251,7 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 	be.attnIn16On = os.Getenv("XFORM_CUDA_ATTN16") == "1"
 	be.lnWOn = os.Getenv("XFORM_CUDA_LNW") == "1"
 	be.lnPOn = os.Getenv("XFORM_CUDA_LNP") != "0"
+	be.am3Wide = os.Getenv("XFORM_CUDA_AM3NT") == "0"
 	be.autotune = envSwitch(opt.Autotune, os.Getenv("XFORM_CUDA_AUTOTUNE"))
 	be.tuneMemo = opt.TuneMemo
 	be.dwDefer.on = envSwitch(opt.DeferWeightGrads, os.Getenv("XFORM_CUDA_DEFER_DW"))

@@ -93,11 +93,11 @@ func TestAttentionMMA3SameBits(t *testing.T) {
 			for _, dropP := range []float64{0.1, 0} {
 				for _, out16 := range []bool{false, true} {
 					for _, v := range []struct {
-						grid int
-						old  bool
-					}{{0, false}, {7, false}, {0, true}, {7, true}} {
+						grid      int
+						old, wide bool
+					}{{0, false, false}, {7, false, false}, {0, true, false}, {7, true, false}, {0, false, true}} {
 						grid := v.grid
-						t.Run(fmt.Sprintf("%s/%v/p%g/out16=%v/grid%d/old=%v", tc.name, ft.prec, dropP, out16, grid, v.old), func(t *testing.T) {
+						t.Run(fmt.Sprintf("%s/%v/p%g/out16=%v/grid%d/old=%v/wide=%v", tc.name, ft.prec, dropP, out16, grid, v.old, v.wide), func(t *testing.T) {
 							be := withPrecision(t, ft.prec)
 							p := newPair(t, uint64(501+ci))
 							a := tc.args(p)
@@ -111,7 +111,7 @@ func TestAttentionMMA3SameBits(t *testing.T) {
 							seed := 0x3000 + uint64(ci)
 							withMMA3(t, be, am3Switch{off: true})
 							want := runSeededOnce(t, be, m, dropP, seed, out16)
-							be.setMMA3(am3Switch{force: true, maxGrid: grid, old: v.old})
+							be.setMMA3(am3Switch{force: true, maxGrid: grid, old: v.old, wide: v.wide})
 							qv := m.vw.q(be.Alloc(m.vw.qn)) // Alloc takes the Backend: before enter
 							func() {
 								defer be.enter()()
@@ -286,6 +286,7 @@ func TestAttentionMMA3Timing(t *testing.T) {
 			{"third, first variant (forced)", am3Switch{old: true, force: true}},
 			{"third, bits variant (default dispatch)", am3Switch{}},
 			{"third, bits variant (forced)", am3Switch{force: true}},
+			{"third, bits variant sized for 4 key blocks (default dispatch)", am3Switch{wide: true}},
 		}
 		us := make([][2]float64, len(variants))
 		for v, vr := range variants {
@@ -301,5 +302,7 @@ func TestAttentionMMA3Timing(t *testing.T) {
 		t.Logf("B %d T %d causal=%v: default dispatch, first variant → bits: forward %.1f → %.1f µs (%.2fx), backward %.1f → %.1f µs (%.2fx); forced: forward %.2fx, backward %.2fx; bits against the second kernels: forward %.2fx, backward %.2fx",
 			tc.B, tc.TQ, tc.causal, us[1][0], us[3][0], us[1][0]/us[3][0], us[1][1], us[3][1], us[1][1]/us[3][1],
 			us[2][0]/us[4][0], us[2][1]/us[4][1], us[0][0]/us[4][0], us[0][1]/us[4][1])
+		t.Logf("B %d T %d causal=%v: bits variant, 4 key blocks → sized for %d: forward %.1f → %.1f µs, backward %.1f → %.1f µs",
+			tc.B, tc.TQ, tc.causal, max((tc.TK+15)/16, 2), us[5][0], us[3][0], us[5][1], us[3][1])
 	}
 }

@@ -477,6 +477,12 @@ func TestAttentionMMAKernelNames(t *testing.T) {
 	for _, m := range []string{"4", "8"} {
 		defined["attention_mma_fwd"+m] = strings.Contains(src, ") attention_mma_fwd##MAXNT(") && strings.Contains(src, "\nAM_FWD("+m+")\n")
 	}
+	// The bits variants' short-key forms (AM3_B_NT).
+	for _, m := range []string{"2", "3"} {
+		ok := strings.Contains(src, "\nAM3_B_NT("+m+")\n")
+		defined["attention_mma3_fwd_b"+m] = ok && strings.Contains(src, ") attention_mma3_fwd_b##NT(")
+		defined["attention_mma3_bwd_b"+m] = ok && strings.Contains(src, ") attention_mma3_bwd_b##NT(")
+	}
 	for _, name := range amKernels {
 		if !defined[name] {
 			t.Errorf("kernel %s is looked up but not defined in attention_mma.cu", name)
