@@ -232,7 +232,7 @@ type LinearKeeper interface {
 // and gradients. Readers: HalfAttentionInputs' q, k, v and dout (the attention's
 // operands, which it rounds anyway), LinearKeep's x, LinearBackwardKept's and LinearActBackward's
 // dy (the products take them as they are), LinearActKeep's x, LinearKeep's and
-// LinearActKeep's w (HalfRounder), and LabelSmoothedLoss's (and the Deferred form's)
+// LinearActKeep's w (HalfRounder) and, with a 16-bit output, their bias (HalfBiases), and LabelSmoothedLoss's (and the Deferred form's)
 // logits, which it widens to float32 (a HalfOutputs backend's LinearKeep writes them).
 //
 // AllocHalf returns nil when the backend rounds nothing (its FP32 mode); callers then
@@ -318,6 +318,17 @@ type LinearActKeeper interface {
 //     output tests; in fp16 a pre below 2⁻²⁵ counts as not passed.
 type HalfOutputs interface {
 	HalfOutputs() bool
+}
+
+// HalfBiases is implemented by a HalfOutputs backend whose LinearKeep and LinearActKeep
+// with a 16-bit y (or a) also take a 16-bit bias: RN16 of the float32 bias, a copy the
+// caller keeps fresh as it keeps the weights' (HalfRounder's RoundAll, RoundingOptimizer's
+// targets). The epilogue adds it as it is. The CUDA backend adds a 16-bit bias to a
+// 16-bit output anyway (cuBLASLt takes no float32 one there) and would otherwise round
+// the bias at every call, so the results are the same bits. HalfBiases() says whether
+// the calls take one now.
+type HalfBiases interface {
+	HalfBiases() bool
 }
 
 // HalfAttention is implemented by a HalfBuffers backend whose stored-probabilities

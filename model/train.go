@@ -87,6 +87,9 @@ type tlin struct {
 	// w16 is w rounded to 16 bits (kernels.HalfRounder; nil elsewhere), refreshed at
 	// the start of every step and multiplied by the forward in w's place.
 	w16 kernels.Buffer
+	// b16 is b rounded to 16 bits, kept as w16 is, for a Linear whose 16-bit output's
+	// epilogue adds a 16-bit bias (fc1: kernels.HalfBiases); nil elsewhere.
+	b16 kernels.Buffer
 }
 
 type tnorm struct{ g, b tparam }
@@ -326,6 +329,15 @@ func (n *TrainNet) halfWeights() {
 		l.w16 = add(l.w.w)
 		at[name+".weight"] = kernels.HalfTarget{Buf: l.w16}
 	}
+	// fc1 writes its ReLU output in 16 bits (ffn16), where the backend adds a 16-bit
+	// bias: its copy saves a rounding launch per layer and step.
+	fc1 := func(l *tlin, name string) {
+		lin(l, name)
+		if hb, ok := n.be.(kernels.HalfBiases); ok && hb.HalfBiases() {
+			l.b16 = add(l.b.w)
+			at[name+".bias"] = kernels.HalfTarget{Buf: l.b16}
+		}
+	}
 	d := n.d
 	qkv := func(prefix string, q, kv kernels.Buffer, qOff, kOff, vOff int) {
 		at[prefix+"q_proj.weight"] = kernels.HalfTarget{Buf: q, Off: qOff}
@@ -340,7 +352,7 @@ func (n *TrainNet) halfWeights() {
 	for i := range n.enc {
 		l, p := &n.enc[i], EncLayer(i)
 		self(p, &l.self)
-		lin(&l.fc1, p+"fc1")
+		fc1(&l.fc1, p+"fc1")
 		lin(&l.fc2, p+"fc2")
 	}
 	for i := range n.dec {
@@ -350,7 +362,7 @@ func (n *TrainNet) halfWeights() {
 		l.cross.kv16 = add(n.be.Slice(l.cross.qkv.w.w, d*d, 2*d*d))
 		qkv(p+"encoder_attn.", l.cross.q16, l.cross.kv16, 0, 0, d*d)
 		lin(&l.cross.o, p+"encoder_attn.out_proj")
-		lin(&l.fc1, p+"fc1")
+		fc1(&l.fc1, p+"fc1")
 		lin(&l.fc2, p+"fc2")
 	}
 	n.outProj16 = add(n.outProj.w)
@@ -1158,7 +1170,7 @@ func (n *TrainNet) ffn16(l *tlayer, h, h16 kernels.Buffer, rows int, dr *drop) (
 	if !ok1 || !ok2 || !ok3 || a == nil {
 		return nil, nil, false
 	}
-	_, kept, ok := lak.LinearActKeep(a, either(h16, h), either(l.fc1.w16, l.fc1.w.w), l.fc1.b.w, rows, F, d, kernels.ReLU)
+	_, kept, ok := lak.LinearActKeep(a, either(h16, h), either(l.fc1.w16, l.fc1.w.w), either(l.fc1.b16, l.fc1.b.w), rows, F, d, kernels.ReLU)
 	if !ok || kept == nil {
 		return nil, nil, false
 	}

@@ -134,6 +134,9 @@ type Backend struct {
 	// bits, and on the H200 (ninth session) 24.8 against 25.9 µs at the step's 7,872 × 512
 	// (bench +0.9 %).
 	lnPOn bool
+	// halfBiasOff: tests: HalfBiases false, so a model made after it keeps no 16-bit
+	// bias copies and its 16-bit-output Linears round the float32 bias at every call.
+	halfBiasOff bool
 	// am3Wide: the attention's bits kernels sized for 4 key blocks at every key length
 	// (am3Switch.wide, attention_mma3.go); XFORM_CUDA_AM3NT=0, for the bench's A/B.
 	am3Wide bool

@@ -249,9 +249,10 @@ type ltState struct {
 	// tune counts the autotune's work (autotune.go), tuneScratch is its device memory.
 	tune        ltTuneStats
 	tuneScratch ltTuneScratch
-	// halfOuts counts the forward products written 16-bit (linearHalfOut), and
-	// halfFallbacks the 16-bit products that took the fp32 scratch, for tests.
-	halfOuts, halfFallbacks int
+	// halfOuts counts the forward products written 16-bit (linearHalfOut), halfBias16
+	// those of them given a 16-bit bias, and halfFallbacks the 16-bit products that took
+	// the fp32 scratch, for tests.
+	halfOuts, halfBias16, halfFallbacks int
 }
 
 // alignOf is the largest power of two dividing the address, up to 256 bytes (what

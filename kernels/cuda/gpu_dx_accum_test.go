@@ -83,3 +83,36 @@ func TestDXAccumTrainingSameBits(t *testing.T) {
 		}
 	}
 }
+
+// TestHalfBiasTrainingSameBits: 12 updates of the fixture model and of the head
+// dimension 64 model, bf16 and fp16, both recipes, with fc1's bias as a 16-bit copy that
+// the rounding optimizer writes with the weights (kernels.HalfBiases) against fc1
+// rounding its float32 bias at every call (halfBiasOff): every update's log and the
+// final weights the same bits, eagerly and graphed. A copy the optimizer failed to
+// refresh would hold the first step's bias and differ from the second update on.
+func TestHalfBiasTrainingSameBits(t *testing.T) {
+	gpu(t)
+	fix, fixBatches := fixtureTraining(t, 3)
+	big, bigBatches := headDim64Training(t, 3)
+	for _, md := range []trainModel{{"fixture", fix, fixBatches}, {"head dim 64", big, bigBatches}} {
+		all := slices.Repeat(md.batches, 4)
+		for _, prec := range []Precision{BF16, FP16} {
+			for _, rc := range sameBitsCases {
+				t.Run(md.name+"/"+prec.String()+"/"+rc.name, func(t *testing.T) {
+					offBE := newGraphTestBackend(t, prec, false)
+					offBE.halfBiasOff = true
+					onBE := newGraphTestBackend(t, prec, false)
+					graphBE := newGraphTestBackend(t, prec, true)
+					off, _ := runTrain(t, md.m, offBE, rc, all)
+					on, _ := runTrain(t, md.m, onBE, rc, all)
+					graphed, _ := runTrain(t, md.m, graphBE, rc, all)
+					if offBE.lt.halfBias16 != 0 || onBE.lt.halfBias16 == 0 {
+						t.Fatalf("products with a 16-bit bias: %d with the copies off, %d on", offBE.lt.halfBias16, onBE.lt.halfBias16)
+					}
+					checkSameRun(t, "16-bit bias copy", on, "bias rounded per call", off)
+					checkSameRun(t, "16-bit bias copy, graphed", graphed, "16-bit bias copy, eager", on)
+				})
+			}
+		}
+	}
+}

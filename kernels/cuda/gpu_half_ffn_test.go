@@ -145,6 +145,27 @@ func TestHalfOutLinear(t *testing.T) {
 				if g.lt.halfOuts != before+2 {
 					t.Fatalf("%d 16-bit forward products counted, want 2", g.lt.halfOuts-before)
 				}
+				// The same two products with the bias given as its 16-bit copy
+				// (kernels.HalfBiases): the same bits wherever cuBLASLt planned them
+				// (it then adds a 16-bit bias either way); the fp32-scratch fallback
+				// adds the exact float32 bias to the one and the copy to the other.
+				b16 := g.AllocHalf(n)
+				g.RoundAll([]kernels.Buffer{b16}, []kernels.Buffer{b})
+				before16, fallsPlain := g.lt.halfBias16, g.lt.halfFallbacks
+				y16b, a16b := g.AllocHalf(m*n), g.AllocHalf(m*n)
+				g.LinearKeep(y16b, x, w, b16, m, n, k)
+				if _, _, ok := g.LinearActKeep(a16b, x, w, b16, m, n, k, kernels.ReLU); !ok {
+					t.Fatal("LinearActKeep with a 16-bit bias declined")
+				}
+				if g.lt.halfBias16 != before16+2 {
+					t.Fatalf("%d products took the 16-bit bias, want 2", g.lt.halfBias16-before16)
+				}
+				if fallsPlain == falls && g.lt.halfFallbacks == fallsPlain {
+					checkExact(t, "y (16-bit bias copy vs float32 bias)", downHalf(t, g, y16b), downHalf(t, g, y16))
+					checkExact(t, "relu a (16-bit bias copy vs float32 bias)", downHalf(t, g, a16b), downHalf(t, g, a16))
+				} else if c.m == 8000 {
+					t.Fatal("a training shape took the fp32-scratch fallback")
+				}
 				dx16, dx32 := g.AllocHalf(m*k), g.Alloc(m*k)
 				dw0, db0 := randVec(r, n*k), randVec(r, n)
 				dw1, db1, dw2, db2 := g.Upload(dw0), g.Upload(db0), g.Upload(dw0), g.Upload(db0)

@@ -23,7 +23,16 @@ import (
 // scratch block (the epilogue, or GemmEx and activate, as for a float32 output) and one
 // launch rounds it: RN16 of the float32 result.
 
-var _ kernels.HalfOutputs = (*Backend)(nil)
+var (
+	_ kernels.HalfOutputs = (*Backend)(nil)
+	_ kernels.HalfBiases  = (*Backend)(nil)
+)
+
+// HalfBiases implements kernels.HalfBiases: wherever HalfOutputs holds, unless a test
+// turned it off (halfBiasOff: the model then keeps no 16-bit bias copies).
+func (be *Backend) HalfBiases() bool {
+	return be.HalfOutputs() && !be.halfBiasOff
+}
 
 // HalfOutputs implements kernels.HalfOutputs: in bf16/fp16 unless 16-bit buffers are off.
 func (be *Backend) HalfOutputs() bool {
@@ -33,12 +42,17 @@ func (be *Backend) HalfOutputs() bool {
 // product16Half is product16 with beta = 0 into the 16-bit dense m×n c (plan from
 // ltPlanDB with the 16-bit dtypeD, nil for none; planBias the bias it adds, fp32 or
 // 16-bit as planned), the fp32 bias added and, with relu, ReLU applied before the
-// rounding. The caller holds the Backend.
-func (be *Backend) product16Half(plan *ltPlan, transA, transB bool, m, n, k int, a uint64, lda int, b uint64, ldb int, c uint64, planBias, bias uint64, relu bool) {
+// rounding. biasF32 gives the fp32 bias for the fallback (nil: none). The caller holds
+// the Backend.
+func (be *Backend) product16Half(plan *ltPlan, transA, transB bool, m, n, k int, a uint64, lda int, b uint64, ldb int, c uint64, planBias uint64, biasF32 func() uint64, relu bool) {
 	if plan != nil && be.ltRun(plan, a, b, 0, c, planBias) {
 		return
 	}
 	be.lt.halfFallbacks++
+	var bias uint64
+	if biasF32 != nil {
+		bias = biasF32()
+	}
 	tmp := be.scoped(be.newBuffer(m * n))
 	total := m * n
 	done := false
@@ -66,10 +80,19 @@ func (be *Backend) product16Half(plan *ltPlan, transA, transB bool, m, n, k int,
 
 // linearHalfOut is the forward product of LinearKeep and LinearActKeep into the 16-bit
 // y [m,n], with kp's operands; relu for LinearActKeep's ReLU (CUBLASLT_EPILOGUE_RELU_BIAS:
-// no auxiliary mask, the backward reads y > 0 instead). The caller holds the Backend.
+// no auxiliary mask, the backward reads y > 0 instead). bias may be 16-bit, RN16 of the
+// float32 bias (the model's copy that the rounding optimizer writes with the weights,
+// kernels.HalfOutputs): it is then the epilogue's 16-bit bias as it is, instead of the
+// copy rounded here at every call; the same bits, since cuBLASLt refuses the float32
+// bias with a 16-bit D and so gets the rounded one either way. The caller holds the
+// Backend.
 func (be *Backend) linearHalfOut(yh *half, kp *kept16, bias kernels.Buffer, m, n, k int, relu bool) {
 	if yh.n != m*n {
 		panic(fmt.Sprintf("cuda backend: Linear into a 16-bit y of %d elements as %d×%d", yh.n, m, n))
+	}
+	if bh := halfOf(bias); bh != nil {
+		be.linearHalfOutBias16(yh, kp, bh, m, n, k, relu)
+		return
 	}
 	epi := uint32(ltEpiDefault)
 	switch {
@@ -91,5 +114,23 @@ func (be *Backend) linearHalfOut(yh *half, kp *kept16, bias kernels.Buffer, m, n
 			planBias = b16
 		}
 	}
-	be.product16Half(plan, false, true, m, n, k, kp.x, k, kp.w, k, yh.dptr(), planBias, addr(bias), relu)
+	be.product16Half(plan, false, true, m, n, k, kp.x, k, kp.w, k, yh.dptr(), planBias, func() uint64 { return addr(bias) }, relu)
+}
+
+// linearHalfOutBias16 is linearHalfOut with the 16-bit bias bh [n]: the plan with a
+// 16-bit bias type at once; the fallback (no plan, or a refusal at run time) adds its
+// exact float32 widening.
+func (be *Backend) linearHalfOutBias16(yh *half, kp *kept16, bh *half, m, n, k int, relu bool) {
+	if bh.n != n {
+		panic(fmt.Sprintf("cuda backend: Linear with a 16-bit bias of %d elements for %d outputs", bh.n, n))
+	}
+	epi := uint32(ltEpiBias)
+	if relu {
+		epi = ltEpiReluBias
+	}
+	be.lt.halfOuts++
+	be.lt.halfBias16++
+	dt := be.dataType16()
+	plan := be.ltPlanDB(false, true, m, n, k, k, k, n, yh.dptr(), epi, bh.dptr(), 0, 0, dt, dt)
+	be.product16Half(plan, false, true, m, n, k, kp.x, k, kp.w, k, yh.dptr(), bh.dptr(), func() uint64 { return be.widen16(bh).dptr() }, relu)
 }

@@ -293,7 +293,7 @@ func (be *Backend) linearBackward16Kept(dx, dw, db, dy, x, w kernels.Buffer, x16
 	}
 	switch {
 	case dxh != nil:
-		be.product16Half(pdx, false, false, m, k, n, p[0], n, p[1], k, dxh.dptr(), 0, 0, false)
+		be.product16Half(pdx, false, false, m, k, n, p[0], n, p[1], k, dxh.dptr(), 0, nil, false)
 	case dx != nil:
 		be.product16(pdx, false, false, m, k, n, p[0], n, p[1], k, dxBeta, addr(dx), k, 0)
 	}
