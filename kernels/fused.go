@@ -198,6 +198,26 @@ type ReLUDropoutBackwarder interface {
 	ReLUDropoutBackward(dpre, da, a Buffer, p float64)
 }
 
+// ReLUDropoutFolder is implemented by a HalfOutputs backend that can fold the
+// feed-forward block's activation-dropout and ReLU backward (ReLUDropoutBackward) into
+// the second Linear's input-gradient product, so that pass over the [rows × F] gradient
+// is not made.
+//
+// ApplyDropoutMask is ApplyDropout(y, x, p, seed) for 16-bit x and y of rows×cols
+// elements (the same y bits) that also returns mask, a record of where y > 0; nil, and
+// nothing done, where the backend has no such record for the call (the caller then
+// takes ApplyDropout). LinearBackwardKeptReLU(g, dw, db, dy, kept, m, n, k, a, mask, p)
+// is LinearBackwardKept(g, dw, db, dy, kept, m, n, k) followed by
+// ReLUDropoutBackward(g, g, a, p), with a 16-bit g [m, k], a the y and mask an
+// ApplyDropoutMask of the same call: g = RN16(s·(dy·w)) where a > 0, else +0 (s the
+// keep scale), dw and db as LinearBackwardKept's. That is one rounding of the scaled
+// product where the two calls round twice (RN16(RN16(dy·w)·s)), so g changes, by at
+// most one rounding of each element: more exact, not the same bits.
+type ReLUDropoutFolder interface {
+	ApplyDropoutMask(y, x Buffer, rows, cols int, p float64, seed uint64) (mask Buffer)
+	LinearBackwardKeptReLU(g, dw, db, dy, kept Buffer, m, n, k int, a, mask Buffer, p float64)
+}
+
 // LinearKeeper is implemented by a backend whose Linear rounds its operands to a
 // narrower type before the product (the CUDA backend in bf16/fp16). LinearKeep is
 // Linear that keeps those rounded copies of x and w in the returned buffer (nil when

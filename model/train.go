@@ -1152,7 +1152,8 @@ func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h, h16 kernels.Buffer, rows in
 // from its GEMM epilogue, the activation dropout dr (nil: none) rounds in place, fc2
 // multiplies a as it is; in the backward fc2's dx writes RN16(dy·w2) and one pass
 // applies the dropout and ReLU backward to it in place (a > 0 is the mask), which fc1's
-// backward takes uncast. Against the float32 path, a and fc2's input gradient are
+// backward takes uncast; on a kernels.ReLUDropoutFolder backend fc2's dx product applies
+// them itself, from a mask of a > 0 the dropout wrote (one rounding instead of two). Against the float32 path, a and fc2's input gradient are
 // rounded where they were exact (a then rounded twice with dropout, as PyTorch's bf16
 // dropout does): the results change, within the GEMMs' own 16-bit rounding. ok is false,
 // nothing done, where the backend lacks a piece (or dr is a stored mask): the caller
@@ -1175,16 +1176,29 @@ func (n *TrainNet) ffn16(l *tlayer, h, h16 kernels.Buffer, rows int, dr *drop) (
 		return nil, nil, false
 	}
 	p := 0.0
+	// With a kernels.ReLUDropoutFolder the dropout also records where a > 0, and fc2's
+	// input-gradient product applies the ReLU and dropout backward itself.
+	rf, _ := be.(kernels.ReLUDropoutFolder)
+	var mask kernels.Buffer
 	if dr != nil {
 		p = dr.p
-		dr.ap.ApplyDropout(a, a, dr.p, dr.seed)
+		if rf != nil {
+			mask = rf.ApplyDropoutMask(a, a, rows, F, dr.p, dr.seed)
+		}
+		if mask == nil {
+			dr.ap.ApplyDropout(a, a, dr.p, dr.seed)
+		}
 	}
 	out := n.out(rows * d)
-	fc2Back := n.linear(out, a, l.fc2.w.w, l.fc2.w16, l.fc2.b.w, rows, d, F)
+	fc2Back, fc2Kept := n.linearKeptBuf(out, a, l.fc2.w.w, l.fc2.w16, l.fc2.b.w, rows, d, F)
 	return out, func(dout kernels.Buffer) kernels.Buffer {
 		g := n.half16(rows * F)
-		fc2Back(g, l.fc2.w.g, l.fc2.b.g, dout)
-		rd.ReLUDropoutBackward(g, g, a, p)
+		if mask != nil && fc2Kept != nil {
+			rf.LinearBackwardKeptReLU(g, l.fc2.w.g, l.fc2.b.g, dout, fc2Kept, rows, d, F, a, mask, p)
+		} else {
+			fc2Back(g, l.fc2.w.g, l.fc2.b.g, dout)
+			rd.ReLUDropoutBackward(g, g, a, p)
+		}
 		dh := n.out(rows * d)
 		n.backKept(lk, dh, l.fc1.w.g, l.fc1.b.g, g, kept, rows, F, d)
 		return dh

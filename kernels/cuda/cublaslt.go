@@ -253,6 +253,9 @@ type ltState struct {
 	// those of them given a 16-bit bias, and halfFallbacks the 16-bit products that took
 	// the fp32 scratch, for tests.
 	halfOuts, halfBias16, halfFallbacks int
+	// reluMasks counts ApplyDropoutMask's masks, reluFolds the folded dx products
+	// cuBLASLt ran and reluFoldFallbacks those that took the two steps (relu_fold.go).
+	reluMasks, reluFolds, reluFoldFallbacks int
 }
 
 // alignOf is the largest power of two dividing the address, up to 256 bytes (what
@@ -608,6 +611,12 @@ func (be *Backend) ltHeuristicN(p *ltPlan, key ltKey, n int) ([]ltHeuristicResul
 // epilogue when the plan has it. false when cuBLASLt refused at run time: the plan is
 // then marked for GemmEx and the caller does the product there.
 func (be *Backend) ltRun(p *ltPlan, a, b uint64, beta float32, c, bias uint64) bool {
+	return be.ltRunScaled(p, 1, a, b, beta, c, bias)
+}
+
+// ltRunScaled is ltRun with the product scaled by alpha (D = alpha·op(A)op(B) + beta·C
+// before the epilogue).
+func (be *Backend) ltRunScaled(p *ltPlan, alpha float32, a, b uint64, beta float32, c, bias uint64) bool {
 	s := &be.lt
 	l := s.lib
 	if bias != 0 {
@@ -615,9 +624,12 @@ func (be *Backend) ltRun(p *ltPlan, a, b uint64, beta float32, c, bias uint64) b
 		// one at this call's bias cannot change work already queued.
 		must(l.setDesc(p.desc, ltDescBiasPointer, unsafe.Pointer(&bias), 8))
 	}
-	alpha := float32(1)
 	var err error
-	be.blasCall(p.name, []uint64{3, uint64(p.desc), a, b, uint64(math.Float32bits(beta)), c, bias},
+	sig := []uint64{3, uint64(p.desc), a, b, uint64(math.Float32bits(beta)), c, bias}
+	if alpha != 1 {
+		sig = append(sig, uint64(math.Float32bits(alpha)))
+	}
+	be.blasCall(p.name, sig,
 		func(stream uintptr) error {
 			err = ltCheck("cublasLtMatmul", call(l.matmul, s.handle, p.desc, uintptr(unsafe.Pointer(&alpha)),
 				uintptr(b), p.a, uintptr(a), p.b, uintptr(unsafe.Pointer(&beta)), uintptr(c), p.c, uintptr(c), p.c,

@@ -130,9 +130,33 @@ extern "C" __global__ void dropout_apply_hh(void* y, const void* x, unsigned lon
 // hash itself is xform.cuh's xf_dropout_hash_hi.
 #define DH_GAMMA 0x9E3779B97F4A7C15ull
 
+// dh_positive8 packs, for the eight 16-bit values of o (low half first), whether each
+// is > 0 as a float (1 ≤ bits ≤ +Inf's: not ±0, not negative, not NaN) into a byte, bit k
+// for element k: what relu_dropout_bwd_hh tests on the dropped activation.
 template <bool kHalf>
+__device__ __forceinline__ unsigned dh_positive8(const unsigned (&o)[4]) {
+    constexpr unsigned inf = kHalf ? 0x7c00u : 0x7f80u;
+    unsigned b = 0u;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        b |= ((o[j] & 0xffffu) - 1u < inf ? 1u : 0u) << (2 * j);
+        b |= ((o[j] >> 16) - 1u < inf ? 1u : 0u) << (2 * j + 1);
+    }
+    return b;
+}
+
+// With mask (dropout_apply_hh8m) the kernel also writes byte q of mask: bit k says
+// whether output element 8q + k is > 0 (dh_positive8). Read as 32-bit little-endian
+// words, that is bit i for element i, which is the layout of cuBLASLt's ReLU mask
+// (CUBLASLT_EPILOGUE_RELU_AUX: bit r·ld + c, ld the mask's leading dimension in bits)
+// for rows of a multiple of 128 columns, TestDReLU16Probe's finding: so fc2's input
+// gradient product can apply the ReLU and dropout backward in its DRELU epilogue. The
+// caller launches it only where every group takes the 16-byte path (aligned, n a
+// multiple of 8, threshold below 2²⁴).
+template <bool kHalf, bool kMask = false>
 __device__ __forceinline__ void dropout_hh8(void* y, const void* x, unsigned long long seed,
-                                            unsigned long long threshold, float keep, long long n) {
+                                            unsigned long long threshold, float keep, long long n,
+                                            unsigned char* mask = nullptr) {
     constexpr int fmt = kHalf ? XF_OUT_F16 : XF_OUT_BF16;
     const unsigned short* xs = reinterpret_cast<const unsigned short*>(x);
     long long done = 0;
@@ -176,6 +200,7 @@ __device__ __forceinline__ void dropout_hh8(void* y, const void* x, unsigned lon
                 }
             }
             y8[q] = make_uint4(o[0], o[1], o[2], o[3]);
+            if constexpr (kMask) mask[q] = (unsigned char)dh_positive8<kHalf>(o);
         }
         done = n8 << 3;
     }
@@ -191,4 +216,15 @@ extern "C" __global__ void dropout_apply_hh8(void* y, const void* x, unsigned lo
         dropout_hh8<true>(y, x, seed, threshold, keep, n);
     else
         dropout_hh8<false>(y, x, seed, threshold, keep, n);
+}
+
+// dropout_apply_hh8m is dropout_apply_hh8 (the same y bits) that also writes the mask of
+// y > 0, a byte per eight elements (dh_positive8).
+extern "C" __global__ void dropout_apply_hh8m(void* y, const void* x, unsigned long long seed,
+                                              unsigned long long threshold, float keep, long long n, int fmt,
+                                              unsigned char* mask) {
+    if (fmt == XF_OUT_F16)
+        dropout_hh8<true, true>(y, x, seed, threshold, keep, n, mask);
+    else
+        dropout_hh8<false, true>(y, x, seed, threshold, keep, n, mask);
 }

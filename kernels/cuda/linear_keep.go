@@ -125,6 +125,12 @@ func (be *Backend) LinearBackwardKeptFresh(dx, dw, db, dy, kept kernels.Buffer, 
 // linearBackwardKept is LinearBackwardKept (dbFresh: LinearBackwardKeptFresh) with the
 // dx product's beta: 0 writes dx, 1 adds to it (LinearBackwardKeptAccum).
 func (be *Backend) linearBackwardKept(dx, dw, db, dy, kept kernels.Buffer, m, n, k int, dbFresh bool, dxBeta float32) {
+	be.linearBackwardKeptFold(dx, dw, db, dy, kept, m, n, k, dbFresh, dxBeta, nil)
+}
+
+// linearBackwardKeptFold is linearBackwardKept whose dx product, with fold, also applies
+// the ReLU and dropout backward (LinearBackwardKeptReLU, relu_fold.go).
+func (be *Backend) linearBackwardKeptFold(dx, dw, db, dy, kept kernels.Buffer, m, n, k int, dbFresh bool, dxBeta float32, fold *reluFold) {
 	if m == 0 {
 		return
 	}
@@ -142,7 +148,7 @@ func (be *Backend) linearBackwardKept(dx, dw, db, dy, kept kernels.Buffer, m, n,
 	defer be.enter()()
 	dbDone := false
 	if dx != nil || dw != nil {
-		dbDone = be.linearBackward16Kept(dx, dw, db, dy, nil, nil, kp.x, kp.w, m, n, k, dbFresh, kp, dxBeta)
+		dbDone = be.linearBackward16Kept(dx, dw, db, dy, nil, nil, kp.x, kp.w, m, n, k, dbFresh, kp, dxBeta, fold)
 	}
 	if db != nil && n > 0 && !dbDone {
 		// The epilogue refused (or is off): the column sum, of the widened values when

@@ -212,7 +212,7 @@ func (be *Backend) product16(plan *ltPlan, transA, transB bool, m, n, k int, a u
 // add_to launch adds into db. The column sum remains for shapes cuBLASLt has no BGRADB
 // algorithm for, a refusal at run time, and calls without dw.
 func (be *Backend) linearBackward16(dx, dw, db, dy, x, w kernels.Buffer, m, n, k int) bool {
-	return be.linearBackward16Kept(dx, dw, db, dy, x, w, 0, 0, m, n, k, false, nil, 0)
+	return be.linearBackward16Kept(dx, dw, db, dy, x, w, 0, 0, m, n, k, false, nil, 0, nil)
 }
 
 // linearBackward16Kept is linearBackward16 where x16 and w16, when not 0, are the
@@ -232,7 +232,7 @@ func (be *Backend) linearBackward16(dx, dw, db, dy, x, w kernels.Buffer, m, n, k
 // kept, when not nil, holds x16 (LinearBackwardKept's copies): with a 16-bit dy too,
 // the dw product (and db) may be queued for FlushWeightGrads (dw_deferred.go), the
 // dx product still runs now.
-func (be *Backend) linearBackward16Kept(dx, dw, db, dy, x, w kernels.Buffer, x16, w16 uint64, m, n, k int, dbFresh bool, kept *kept16, dxBeta float32) bool {
+func (be *Backend) linearBackward16Kept(dx, dw, db, dy, x, w kernels.Buffer, x16, w16 uint64, m, n, k int, dbFresh bool, kept *kept16, dxBeta float32, fold *reluFold) bool {
 	var ops [3]operand16
 	dy16 := uint64(0)
 	if h := halfOf(dy); h != nil {
@@ -246,9 +246,12 @@ func (be *Backend) linearBackward16Kept(dx, dw, db, dy, x, w kernels.Buffer, x16
 		if w16 == 0 {
 			ops[1] = operand16{addr(w), n * k}
 		}
-		if dxh != nil {
+		switch {
+		case fold != nil:
+			pdx = be.ltPlanD(false, false, m, k, n, n, k, k, dxh.dptr(), ltEpiDRelu, 0, fold.mask, fold.ld, be.dataType16())
+		case dxh != nil:
 			pdx = be.ltPlanD(false, false, m, k, n, n, k, k, dxh.dptr(), ltEpiDefault, 0, 0, 0, be.dataType16())
-		} else {
+		default:
 			pdx = be.ltPlanFor(false, false, m, k, n, n, k, k, addr(dx), 0)
 		}
 	}
@@ -292,6 +295,8 @@ func (be *Backend) linearBackward16Kept(dx, dw, db, dy, x, w kernels.Buffer, x16
 		p[2] = x16
 	}
 	switch {
+	case fold != nil:
+		be.foldedProduct(pdx, fold, m, n, k, p[0], p[1], dxh)
 	case dxh != nil:
 		be.product16Half(pdx, false, false, m, k, n, p[0], n, p[1], k, dxh.dptr(), 0, nil, false)
 	case dx != nil:
