@@ -1152,8 +1152,9 @@ func (n *TrainNet) ffn(o *StepOptions, l *tlayer, h, h16 kernels.Buffer, rows in
 // from its GEMM epilogue, the activation dropout dr (nil: none) rounds in place, fc2
 // multiplies a as it is; in the backward fc2's dx writes RN16(dy·w2) and one pass
 // applies the dropout and ReLU backward to it in place (a > 0 is the mask), which fc1's
-// backward takes uncast; on a kernels.ReLUDropoutFolder backend fc2's dx product applies
-// them itself, from a mask of a > 0 the dropout wrote (one rounding instead of two). Against the float32 path, a and fc2's input gradient are
+// backward takes uncast; on a kernels.ReLUDropoutFolder backend that records a mask of
+// a > 0 with the dropout (opt-in on CUDA) fc2's dx product applies them itself (one
+// rounding instead of two). Against the float32 path, a and fc2's input gradient are
 // rounded where they were exact (a then rounded twice with dropout, as PyTorch's bf16
 // dropout does): the results change, within the GEMMs' own 16-bit rounding. ok is false,
 // nothing done, where the backend lacks a piece (or dr is a stored mask): the caller

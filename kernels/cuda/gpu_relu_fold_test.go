@@ -31,6 +31,8 @@ func TestReLUFold(t *testing.T) {
 		}{{7872, 512, 2048, 0.1, false}, {300, 128, 256, 0.3, false}, {300, 128, 256, 0.1, true}} {
 			t.Run(fmt.Sprintf("%v/%dx%dx%d/p%g/ltOff=%v", ft.prec, c.rows, c.d, c.F, c.p, c.ltOff), func(t *testing.T) {
 				g := withPrecision(t, ft.prec)
+				g.reluFoldOn = true
+				defer func() { g.reluFoldOn = false }()
 				if c.ltOff {
 					g.lt.off = true
 					defer func() { g.lt.off = false }()
@@ -115,7 +117,7 @@ func TestReLUFold(t *testing.T) {
 
 // TestReLUFoldTraining: 12 updates of the head dimension 64 model (FFN 256: the mask's
 // 128-column rows) in bf16 and fp16 with dropout 0.1, folded against relu_dropout_bwd's
-// pass (reluFoldOff): the folded g is rounded once where the pass rounds twice, so the
+// pass (the default, reluFoldOn false): the folded g is rounded once where the pass rounds twice, so the
 // runs are held to checkTrainClose's 16-bit bounds, and must differ (the fold ran);
 // graphed and eager folded runs are the same bits.
 func TestReLUFoldTraining(t *testing.T) {
@@ -128,9 +130,10 @@ func TestReLUFoldTraining(t *testing.T) {
 	for _, prec := range []Precision{BF16, FP16} {
 		t.Run(prec.String(), func(t *testing.T) {
 			offBE := newGraphTestBackend(t, prec, false)
-			offBE.reluFoldOff = true
 			onBE := newGraphTestBackend(t, prec, false)
+			onBE.reluFoldOn = true
 			graphBE := newGraphTestBackend(t, prec, true)
+			graphBE.reluFoldOn = true
 			all := slices.Repeat(batches, 4)
 			off, _ := runTrain(t, big, offBE, rc, all)
 			on, _ := runTrain(t, big, onBE, rc, all)

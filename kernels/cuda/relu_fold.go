@@ -27,6 +27,14 @@ import (
 //
 // Where cuBLASLt plans no DRELU product (or refuses at run time) the fold falls back to
 // the two steps it replaces: the plain product into g, then relu_dropout_bwd_hh8 with a.
+//
+// Opt-in (XFORM_CUDA_RELU_FOLD=1, Backend.reluFoldOn), because it is slower with the
+// cuBLASLt it was measured with (13.1, H200, tenth session; GPU profile of the bench,
+// 2 buckets): the DRELU product with a 16-bit D took 109.0 µs a call at 7872×2048×512
+// against the plain product's 33.5, far more than the 24.7 µs of relu_dropout_bwd_hh8
+// it saves, and dropout_apply_hh8m 27.4 against dropout_apply_hh8's 24.2 µs (the byte
+// stores): bench 618,746 / 619,484 → 579,293 / 578,940 target tokens/s. It is kept, with
+// its tests, for a cuBLASLt whose DRELU kernels run at the plain product's speed.
 
 // reluFold is one folded dx product's extra arguments (device addresses).
 type reluFold struct {
@@ -45,13 +53,14 @@ var _ kernels.ReLUDropoutFolder = (*Backend)(nil)
 // aligned y and x, the eight-per-thread kernels in use, p < 1) and cuBLASLt's mask
 // layout (cols a multiple of 128).
 func (be *Backend) reluFoldable(y, x *half, cols int, p float64) bool {
-	return !be.reluFoldOff && !be.fn.half.hh4 && be.precision != FP32 && cols > 0 && cols%128 == 0 &&
+	return be.reluFoldOn && !be.fn.half.hh4 && be.precision != FP32 && cols > 0 && cols%128 == 0 &&
 		y.dptr()%16 == 0 && x.dptr()%16 == 0 && kernels.DropoutThreshold(p) < 1<<24
 }
 
 // ApplyDropoutMask implements kernels.ReLUDropoutFolder (see reluFold above): one launch
 // of dropout_apply_hh8m, the y bits of ApplyDropout (dropout_apply_hh8) and a mask of
-// rows·cols/8 bytes in the step's scope. nil, nothing done, where reluFoldable says no.
+// rows·cols/8 bytes in the step's scope. nil, nothing done, where reluFoldable says no
+// (also whenever the fold is off, the default).
 func (be *Backend) ApplyDropoutMask(y, x kernels.Buffer, rows, cols int, p float64, seed uint64) kernels.Buffer {
 	yh, xh := halfOf(y), halfOf(x)
 	n := rows * cols
