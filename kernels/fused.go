@@ -198,6 +198,18 @@ type ReLUDropoutBackwarder interface {
 	ReLUDropoutBackward(dpre, da, a Buffer, p float64)
 }
 
+// ReLUDropoutBiasBackwarder is implemented by a backend that can sum the first
+// Linear's bias gradient while it writes the feed-forward block's ReLU and dropout
+// backward. ReLUDropoutBackwardBias(dpre, da, a, db, rows, cols, p) is
+// ReLUDropoutBackward(dpre, da, a, p) on [rows × cols] buffers (the same dpre) that
+// also adds to db [cols] the column sums of dpre as stored (its 16-bit values widened,
+// where it is 16-bit), in an order that depends on rows and cols alone; the Linear's
+// backward then gets no db. false, nothing done, where the backend cannot for these
+// buffers: the caller calls ReLUDropoutBackward and passes db to the Linear.
+type ReLUDropoutBiasBackwarder interface {
+	ReLUDropoutBackwardBias(dpre, da, a, db Buffer, rows, cols int, p float64) bool
+}
+
 // ReLUDropoutFolder is implemented by a HalfOutputs backend that can fold the
 // feed-forward block's activation-dropout and ReLU backward (ReLUDropoutBackward) into
 // the second Linear's input-gradient product, so that pass over the [rows × F] gradient

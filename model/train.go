@@ -1194,14 +1194,23 @@ func (n *TrainNet) ffn16(l *tlayer, h, h16 kernels.Buffer, rows int, dr *drop) (
 	fc2Back, fc2Kept := n.linearKeptBuf(out, a, l.fc2.w.w, l.fc2.w16, l.fc2.b.w, rows, d, F)
 	return out, func(dout kernels.Buffer) kernels.Buffer {
 		g := n.half16(rows * F)
-		if mask != nil && fc2Kept != nil {
+		db1 := l.fc1.b.g
+		switch rb, ok := be.(kernels.ReLUDropoutBiasBackwarder); {
+		case mask != nil && fc2Kept != nil:
 			rf.LinearBackwardKeptReLU(g, l.fc2.w.g, l.fc2.b.g, dout, fc2Kept, rows, d, F, a, mask, p)
-		} else {
+		case ok:
+			fc2Back(g, l.fc2.w.g, l.fc2.b.g, dout)
+			if rb.ReLUDropoutBackwardBias(g, g, a, db1, rows, F, p) {
+				db1 = nil // summed as g was written
+			} else {
+				rd.ReLUDropoutBackward(g, g, a, p)
+			}
+		default:
 			fc2Back(g, l.fc2.w.g, l.fc2.b.g, dout)
 			rd.ReLUDropoutBackward(g, g, a, p)
 		}
 		dh := n.out(rows * d)
-		n.backKept(lk, dh, l.fc1.w.g, l.fc1.b.g, g, kept, rows, F, d)
+		n.backKept(lk, dh, l.fc1.w.g, db1, g, kept, rows, F, d)
 		return dh
 	}, true
 }

@@ -206,6 +206,35 @@ extern "C" __global__ void relu_dropout_bwd_hh(void* dpre, const void* da, const
 // n mod 8 elements, take relu_dropout_bwd_hh's per-element code.
 // ---------------------------------------------------------------------------------------
 
+// relu_drop8 is one group of eight: the 16-bit da and a words in, the 16-bit dpre words
+// out.
+template <bool kHalf>
+__device__ __forceinline__ uint4 relu_drop8(const ReluDropBwd& f, uint4 gu, uint4 au) {
+    constexpr int fmt = kHalf ? XF_OUT_F16 : XF_OUT_BF16;
+    const unsigned gw[4] = {gu.x, gu.y, gu.z, gu.w}, aw[4] = {au.x, au.y, au.z, au.w};
+    float v[8];
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const float2 g = xf_widen2<kHalf>(gw[j]), w = xf_widen2<kHalf>(aw[j]);
+        v[2 * j] = f(g.x, w.x);
+        v[2 * j + 1] = f(g.y, w.y);
+    }
+    unsigned o[4];
+    if (!xf_any_nan8(v)) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) o[j] = xf_pack2<kHalf>(v[2 * j], v[2 * j + 1]);
+    } else {
+        // relu_dropout_bwd_hh's arithmetic, element for element.
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const float lo = f(xf_widen1(gw[j] & 0xffffu, fmt), xf_widen1(aw[j] & 0xffffu, fmt));
+            const float hi = f(xf_widen1(gw[j] >> 16, fmt), xf_widen1(aw[j] >> 16, fmt));
+            o[j] = (unsigned)xf_round16(lo, fmt) | ((unsigned)xf_round16(hi, fmt) << 16);
+        }
+    }
+    return make_uint4(o[0], o[1], o[2], o[3]);
+}
+
 template <bool kHalf>
 __device__ __forceinline__ void relu_drop_hh8(void* dpre, const void* da, const void* a, float s, long long n) {
     constexpr int fmt = kHalf ? XF_OUT_F16 : XF_OUT_BF16;
@@ -218,31 +247,7 @@ __device__ __forceinline__ void relu_drop_hh8(void* dpre, const void* da, const 
         const uint4* g8 = reinterpret_cast<const uint4*>(da);
         const uint4* a8 = reinterpret_cast<const uint4*>(a);
         uint4* d8 = reinterpret_cast<uint4*>(dpre);
-        for (long long q = xf_tid(); q < n8; q += xf_stride()) {
-            const uint4 gu = g8[q], au = a8[q];
-            const unsigned gw[4] = {gu.x, gu.y, gu.z, gu.w}, aw[4] = {au.x, au.y, au.z, au.w};
-            float v[8];
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const float2 g = xf_widen2<kHalf>(gw[j]), w = xf_widen2<kHalf>(aw[j]);
-                v[2 * j] = f(g.x, w.x);
-                v[2 * j + 1] = f(g.y, w.y);
-            }
-            unsigned o[4];
-            if (!xf_any_nan8(v)) {
-#pragma unroll
-                for (int j = 0; j < 4; j++) o[j] = xf_pack2<kHalf>(v[2 * j], v[2 * j + 1]);
-            } else {
-                // relu_dropout_bwd_hh's arithmetic, element for element.
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    const float lo = f(xf_widen1(gw[j] & 0xffffu, fmt), xf_widen1(aw[j] & 0xffffu, fmt));
-                    const float hi = f(xf_widen1(gw[j] >> 16, fmt), xf_widen1(aw[j] >> 16, fmt));
-                    o[j] = (unsigned)xf_round16(lo, fmt) | ((unsigned)xf_round16(hi, fmt) << 16);
-                }
-            }
-            d8[q] = make_uint4(o[0], o[1], o[2], o[3]);
-        }
+        for (long long q = xf_tid(); q < n8; q += xf_stride()) d8[q] = relu_drop8<kHalf>(f, g8[q], a8[q]);
         done = n8 << 3;
     }
     for (long long i = done + xf_tid(); i < n; i += xf_stride())
@@ -257,4 +262,83 @@ extern "C" __global__ void relu_dropout_bwd_hh8(void* dpre, const void* da, cons
         relu_drop_hh8<true>(dpre, da, a, s, n);
     else
         relu_drop_hh8<false>(dpre, da, a, s, n);
+}
+
+// ---------------------------------------------------------------------------------------
+// relu_dropout_bwd_hh8p: relu_dropout_bwd_hh8's dpre (the same bits: relu_drop8) over
+// a [rows × cols] array that also sums the stored dpre per column, for the first
+// Linear's bias gradient (kernels.ReLUDropoutBiasBackwarder), so the deferred weight
+// gradients' flush does not read dpre again for it. cols a multiple of 8, every array
+// 16-byte aligned (the Go side checks). Block 32 × RDP_LANES threads: x a group of
+// eight columns (32 groups = 256 columns a block), y a row lane; grid (⌈cols/256⌉,
+// chunks of per rows). Lane y takes rows r0 + y, r0 + y + RDP_LANES, … in order, adding
+// the widened stored values into eight float32 sums; the lanes' sums are then added in
+// lane order through shared memory into part[chunk][column]. bias_grad_finish1 adds the
+// chunks in order into db. The order depends on (rows, per) alone: the same bits every
+// run. Each thread loads its next row before it stores the current one (dpre may alias
+// da), so two rows of loads are in flight.
+// ---------------------------------------------------------------------------------------
+
+#define RDP_LANES 8
+
+template <bool kHalf>
+__device__ __forceinline__ void relu_drop_hh8p(void* dpre, const void* da, const void* a, float s, int rows,
+                                               int cols, int per, float* part) {
+    __shared__ float red[RDP_LANES][32 * 8];
+    const ReluDropBwd f{s};
+    const int groups = cols >> 3;
+    const int q = blockIdx.x * 32 + threadIdx.x;
+    const int r0 = blockIdx.y * per, r1 = min(rows, r0 + per);
+    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    if (q < groups) {
+        const uint4* g8 = reinterpret_cast<const uint4*>(da) + q;
+        const uint4* a8 = reinterpret_cast<const uint4*>(a) + q;
+        uint4* d8 = reinterpret_cast<uint4*>(dpre) + q;
+        int r = r0 + threadIdx.y;
+        uint4 gu = make_uint4(0u, 0u, 0u, 0u), au = gu;
+        if (r < r1) {
+            gu = g8[(long long)r * groups];
+            au = a8[(long long)r * groups];
+        }
+        for (; r < r1; r += RDP_LANES) {
+            uint4 gn = gu, an = au;
+            if (r + RDP_LANES < r1) {
+                gn = g8[(long long)(r + RDP_LANES) * groups];
+                an = a8[(long long)(r + RDP_LANES) * groups];
+            }
+            const uint4 o = relu_drop8<kHalf>(f, gu, au);
+            d8[(long long)r * groups] = o;
+            const unsigned ow[4] = {o.x, o.y, o.z, o.w};
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const float2 w = xf_widen2<kHalf>(ow[j]);
+                acc[2 * j] += w.x;
+                acc[2 * j + 1] += w.y;
+            }
+            gu = gn;
+            au = an;
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < 8; k++) red[threadIdx.y][8 * threadIdx.x + k] = acc[k];
+    __syncthreads();
+    for (int i = threadIdx.y * 32 + threadIdx.x; i < 32 * 8; i += 32 * RDP_LANES) {
+        const int c = blockIdx.x * 256 + i;
+        if (c < cols) {
+            float t = 0.f;
+#pragma unroll
+            for (int l = 0; l < RDP_LANES; l++) t += red[l][i];
+            part[(long long)blockIdx.y * cols + c] = t;
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(32 * RDP_LANES) relu_dropout_bwd_hh8p(void* dpre, const void* da,
+                                                                                 const void* a, float s, int rows,
+                                                                                 int cols, int per, float* part,
+                                                                                 int fmt) {
+    if (fmt == XF_OUT_F16)
+        relu_drop_hh8p<true>(dpre, da, a, s, rows, cols, per, part);
+    else
+        relu_drop_hh8p<false>(dpre, da, a, s, rows, cols, per, part);
 }

@@ -134,6 +134,11 @@ type Backend struct {
 	// bits, and on the H200 (ninth session) 24.8 against 25.9 µs at the step's 7,872 × 512
 	// (bench +0.9 %).
 	lnPOn bool
+	// reluBiasOff: ReLUDropoutBackwardBias declines (XFORM_CUDA_RELU_BIAS=0, tests), so
+	// fc1's bias gradient is the deferred flush's column sum again; reluBiasCalls counts
+	// the calls it took (relu_dropout.go).
+	reluBiasOff   bool
+	reluBiasCalls int
 	// reluFoldOn: ApplyDropoutMask records masks, so the FFN backward folds its ReLU and
 	// dropout backward into fc2's dx product (relu_fold.go); XFORM_CUDA_RELU_FOLD=1,
 	// tests. Off by default: cuBLASLt 13.1's DRELU product with a 16-bit D took 109
@@ -261,6 +266,7 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 	be.lnPOn = os.Getenv("XFORM_CUDA_LNP") != "0"
 	be.am3Wide = os.Getenv("XFORM_CUDA_AM3NT") == "0"
 	be.reluFoldOn = os.Getenv("XFORM_CUDA_RELU_FOLD") == "1"
+	be.reluBiasOff = os.Getenv("XFORM_CUDA_RELU_BIAS") == "0"
 	be.autotune = envSwitch(opt.Autotune, os.Getenv("XFORM_CUDA_AUTOTUNE"))
 	be.tuneMemo = opt.TuneMemo
 	be.dwDefer.on = envSwitch(opt.DeferWeightGrads, os.Getenv("XFORM_CUDA_DEFER_DW"))

@@ -54,3 +54,13 @@ extern "C" __global__ void bias_grad_finish(const unsigned long long* dbs, const
         db[c] += s;
     }
 }
+
+// bias_grad_finish1: db[c] += the chunks' partials part[ch][c], summed in chunk order, for
+// one member (relu_dropout_bwd_hh8p's partials).
+extern "C" __global__ void bias_grad_finish1(float* db, const float* part, int chunks, int cols) {
+    for (long long c = xf_tid(); c < cols; c += xf_stride()) {
+        float s = 0.f;
+        for (int ch = 0; ch < chunks; ++ch) s += part[(long long)ch * cols + c];
+        db[c] += s;
+    }
+}

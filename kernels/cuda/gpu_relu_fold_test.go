@@ -149,3 +149,105 @@ func TestReLUFoldTraining(t *testing.T) {
 		})
 	}
 }
+
+// TestReLUDropoutBackwardBias: kernels.ReLUDropoutBiasBackwarder at the bench's FFN shape
+// and small ones, bf16 and fp16, in place (as the model calls it) and not:
+//   - dpre the same bits as ReLUDropoutBackward's;
+//   - db = db0 + the float64 column sums of the stored dpre, within the float32
+//     summation bound (rows + 16 roundings of the magnitudes), and the same bits on a
+//     second run;
+//   - declined (false, nothing written) where cols is not a multiple of 8.
+func TestReLUDropoutBackwardBias(t *testing.T) {
+	for _, ft := range formats {
+		for _, c := range []struct {
+			rows, cols int
+			inPlace    bool
+		}{{7872, 2048, true}, {300, 256, false}, {37, 264, true}, {1, 8, false}} {
+			t.Run(fmt.Sprintf("%v/%dx%d/inPlace=%v", ft.prec, c.rows, c.cols, c.inPlace), func(t *testing.T) {
+				g := withPrecision(t, ft.prec)
+				rows, cols := c.rows, c.cols
+				r := rand.New(rand.NewPCG(uint64(rows), uint64(cols)))
+				av := randVec(r, rows*cols)
+				for i := range av {
+					av[i] = max(av[i], 0)
+				}
+				dav, db0 := randVec(r, rows*cols), randVec(r, cols)
+				const p = 0.1
+				a := upload16(g, av)
+				ref := upload16(g, dav)
+				g.ReLUDropoutBackward(ref, ref, a, p)
+				want := downHalf(t, g, ref)
+				var got []float32
+				var dbs [2][]float32
+				for run := range 2 {
+					da := upload16(g, dav)
+					dpre := da
+					if !c.inPlace {
+						dpre = g.AllocHalf(rows * cols)
+					}
+					db := g.Upload(db0)
+					calls := g.reluBiasCalls
+					if !g.ReLUDropoutBackwardBias(dpre, da, a, db, rows, cols, p) || g.reluBiasCalls != calls+1 {
+						t.Fatal("ReLUDropoutBackwardBias declined")
+					}
+					got = downHalf(t, g, dpre)
+					dbs[run] = down(g, db)
+				}
+				checkExact(t, "dpre (with the bias sums vs ReLUDropoutBackward)", got, want)
+				checkExact(t, "db (second run)", dbs[1], dbs[0])
+				worst := 0.0
+				for j := range cols {
+					s, mag := float64(db0[j]), math.Abs(float64(db0[j]))
+					for i := range rows {
+						v := float64(got[i*cols+j])
+						s += v
+						mag += math.Abs(v)
+					}
+					bound := float64(rows+16) * math.Ldexp(1, -24) * mag
+					d := math.Abs(float64(dbs[0][j]) - s)
+					if !(d <= bound) {
+						t.Fatalf("db[%d] = %v, exact %v: |Δ| %.3g > bound %.3g", j, dbs[0][j], s, d, bound)
+					}
+					worst = max(worst, d/bound)
+				}
+				t.Logf("db worst error/bound %.3f", worst)
+			})
+		}
+	}
+	t.Run("cols 260", func(t *testing.T) {
+		g := withPrecision(t, BF16)
+		x := g.AllocHalf(4 * 260)
+		db := g.Upload(make([]float32, 260))
+		if g.ReLUDropoutBackwardBias(x, x, x, db, 4, 260, 0.1) {
+			t.Fatal("took 260 columns (not a multiple of 8)")
+		}
+	})
+}
+
+// TestReLUBiasTraining: 12 updates of the fixture and head dimension 64 models in bf16
+// and fp16, both recipes, fc1's bias gradient summed by relu_dropout_bwd_hh8p against
+// the deferred flush's column sum (reluBiasOff): another float32 summation order, so
+// held to checkTrainClose's bounds; graphed and eager the same bits.
+func TestReLUBiasTraining(t *testing.T) {
+	gpu(t)
+	for _, mc := range fixtureAndHeadDim64(t, 3, 4) {
+		for _, prec := range []Precision{BF16, FP16} {
+			for _, rc := range sameBitsCases {
+				t.Run(mc.name+"/"+prec.String()+"/"+rc.name, func(t *testing.T) {
+					offBE := newGraphTestBackend(t, prec, false)
+					offBE.reluBiasOff = true
+					onBE := newGraphTestBackend(t, prec, false)
+					graphBE := newGraphTestBackend(t, prec, true)
+					off, _ := runTrain(t, mc.m, offBE, rc, mc.batches)
+					on, _ := runTrain(t, mc.m, onBE, rc, mc.batches)
+					graphed, _ := runTrain(t, mc.m, graphBE, rc, mc.batches)
+					if offBE.reluBiasCalls != 0 || onBE.reluBiasCalls == 0 {
+						t.Fatalf("ReLUDropoutBackwardBias calls: %d off, %d on", offBE.reluBiasCalls, onBE.reluBiasCalls)
+					}
+					checkTrainClose(t, "bias summed with relu", on, "deferred column sum", off)
+					checkSameRun(t, "graphed", graphed, "eager", on)
+				})
+			}
+		}
+	}
+}

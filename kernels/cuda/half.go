@@ -75,6 +75,7 @@ type halfFunctions struct {
 	roundList, dropoutApplyHH, reluDropoutBwdHH     uintptr
 	dropoutApplyHH8, reluDropoutBwdHH8              uintptr
 	dropoutApplyHH8M                                uintptr // dropout_apply_hh8m: with the y > 0 mask (relu_fold.go)
+	reluDropoutBwdHH8P                              uintptr // relu_dropout_bwd_hh8p: with column sums (relu_dropout.go)
 
 	// hh4: tests: the 16-bit feed-forward elementwise passes take the previous kernels
 	// (dropout_apply_hh, relu_dropout_bwd_hh: four elements per thread) instead of
@@ -91,6 +92,7 @@ func (f *halfFunctions) add(m map[string]*uintptr) {
 	m["relu_dropout_bwd_hh"] = &f.reluDropoutBwdHH
 	m["dropout_apply_hh8"] = &f.dropoutApplyHH8
 	m["dropout_apply_hh8m"] = &f.dropoutApplyHH8M
+	m["relu_dropout_bwd_hh8p"] = &f.reluDropoutBwdHH8P
 	m["relu_dropout_bwd_hh8"] = &f.reluDropoutBwdHH8
 }
 

@@ -28,6 +28,7 @@ type trainFunctions struct {
 	lsLoss, adamStep                                           uintptr
 	dropoutMask, dropoutApply, reluDropoutBwd                  uintptr
 	biasGradPartial, biasGradFinish                            uintptr
+	biasGradFinish1                                            uintptr
 }
 
 func (f *trainFunctions) add(m map[string]*uintptr) {
@@ -41,6 +42,7 @@ func (f *trainFunctions) add(m map[string]*uintptr) {
 		"ls_loss": &f.lsLoss, "adam_step": &f.adamStep, "dropout_mask": &f.dropoutMask, "dropout_apply": &f.dropoutApply,
 		"relu_dropout_bwd":    &f.reluDropoutBwd,
 		"bias_grad16_partial": &f.biasGradPartial, "bias_grad_finish": &f.biasGradFinish,
+		"bias_grad_finish1": &f.biasGradFinish1,
 	} {
 		m[name] = p
 	}

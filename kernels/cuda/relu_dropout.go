@@ -52,3 +52,39 @@ func (be *Backend) ReLUDropoutBackward(dpre, da, a kernels.Buffer, p float64) {
 	// A thread takes four elements on the aligned path: size the grid for n/4.
 	be.run(fn, [3]uint32{grid1D((int64(n)+3)/4, blockElem, be.info.SMs), 1, 1}, blockElem, 0)
 }
+
+var _ kernels.ReLUDropoutBiasBackwarder = (*Backend)(nil)
+
+// reluBiasPer is relu_dropout_bwd_hh8p's rows per chunk: at the bench's 7,872 × 2,048,
+// 62 chunks × 8 column blocks = 496 blocks of 256 threads, each thread 16 rows with
+// two rows of loads in flight, and a finish over 62 partials per column.
+const reluBiasPer = 128
+
+// ReLUDropoutBackwardBias implements kernels.ReLUDropoutBiasBackwarder on 16-bit dpre,
+// da and a (relu_dropout_bwd_hh8p, then bias_grad_finish1): dpre as ReLUDropoutBackward
+// writes it, the same bits, and db += the column sums of the stored dpre, summed in
+// float32 in an order fixed by rows (chunks of reluBiasPer rows, eight row lanes each,
+// then the chunks in order). false, nothing done, unless the three are 16-bit and
+// 16-byte aligned, cols a multiple of 8, and the switch on (XFORM_CUDA_RELU_BIAS=0 turns
+// it off).
+func (be *Backend) ReLUDropoutBackwardBias(dpre, da, a, db kernels.Buffer, rows, cols int, p float64) bool {
+	dph, dah, ah := halfOf(dpre), halfOf(da), halfOf(a)
+	n := rows * cols
+	if be.reluBiasOff || dph == nil || dah == nil || ah == nil || dph.n != n || dah.n != n || ah.n != n ||
+		cols%8 != 0 || n == 0 || (dph.dptr()|dah.dptr()|ah.dptr())%16 != 0 || be.fn.half.hh4 {
+		return false
+	}
+	if dev(db).n != cols {
+		panic(fmt.Sprintf("cuda backend: ReLUDropoutBackwardBias into a db of %d for %d columns", dev(db).n, cols))
+	}
+	defer be.enter()()
+	chunks := (rows + reluBiasPer - 1) / reluBiasPer
+	part := be.scoped(be.newBuffer(chunks * cols))
+	be.prm.reset().ptr(dph.dptr()).ptr(dah.dptr()).ptr(ah.dptr()).f32(kernels.DropoutScale(p)).
+		i32(rows).i32(cols).i32(reluBiasPer).ptr(part.dptr()).i32(be.outFormat())
+	be.runBlock(be.fn.half.reluDropoutBwdHH8P, [3]uint32{uint32((cols/8 + 31) / 32), uint32(chunks), 1}, [3]uint32{32, 8, 1}, 0)
+	be.prm.reset().ptr(addr(db)).ptr(part.dptr()).i32(chunks).i32(cols)
+	be.elem(be.fn.train.biasGradFinish1, int64(cols))
+	be.reluBiasCalls++
+	return true
+}
