@@ -3,7 +3,6 @@ package cuda
 import (
 	"fmt"
 	"math/rand/v2"
-	"slices"
 	"testing"
 )
 
@@ -55,64 +54,52 @@ func TestLinearBackwardKeptAccum(t *testing.T) {
 	}
 }
 
-// TestDXAccumTrainingSameBits: 12 updates of the fixture model and of the head
-// dimension 64 model, bf16 and fp16, both recipes, with the decoder's cross-attention
-// K/V input gradients added onto dEnc by the product (LinearBackwardKeptAccum) against
-// the scratch buffer and AddTo per layer (dxAccumOff): every update's log and the final
-// weights the same bits (TestLinearBackwardKeptAccum's reason), eagerly and graphed.
-func TestDXAccumTrainingSameBits(t *testing.T) {
+// switchTraining trains the fixture model and the head dimension 64 model, 12 updates
+// each, in bf16 and fp16 with both recipes of sameBitsCases, three times: on a Backend
+// whose switch under test off sets to its other value, on a default one and on a
+// default graphed one; check compares the runs.
+func switchTraining(t *testing.T, off func(*Backend), check func(t *testing.T, offBE, onBE *Backend, off, on, graphed trainResult)) {
 	gpu(t)
-	fix, fixBatches := fixtureTraining(t, 3)
-	big, bigBatches := headDim64Training(t, 3)
-	for _, md := range []trainModel{{"fixture", fix, fixBatches}, {"head dim 64", big, bigBatches}} {
-		all := slices.Repeat(md.batches, 4)
+	for _, mc := range fixtureAndHeadDim64(t, 3, 4) {
 		for _, prec := range []Precision{BF16, FP16} {
 			for _, rc := range sameBitsCases {
-				t.Run(md.name+"/"+prec.String()+"/"+rc.name, func(t *testing.T) {
+				t.Run(mc.name+"/"+prec.String()+"/"+rc.name, func(t *testing.T) {
 					offBE := newGraphTestBackend(t, prec, false)
-					offBE.dxAccumOff = true
+					off(offBE)
 					onBE := newGraphTestBackend(t, prec, false)
 					graphBE := newGraphTestBackend(t, prec, true)
-					off, _ := runTrain(t, md.m, offBE, rc, all)
-					on, _ := runTrain(t, md.m, onBE, rc, all)
-					graphed, _ := runTrain(t, md.m, graphBE, rc, all)
-					checkSameRun(t, "accumulated", on, "AddTo", off)
-					checkSameRun(t, "accumulated, graphed", graphed, "accumulated, eager", on)
+					offRun, _ := runTrain(t, mc.m, offBE, rc, mc.batches)
+					onRun, _ := runTrain(t, mc.m, onBE, rc, mc.batches)
+					graphed, _ := runTrain(t, mc.m, graphBE, rc, mc.batches)
+					check(t, offBE, onBE, offRun, onRun, graphed)
 				})
 			}
 		}
 	}
 }
 
-// TestHalfBiasTrainingSameBits: 12 updates of the fixture model and of the head
-// dimension 64 model, bf16 and fp16, both recipes, with fc1's bias as a 16-bit copy that
-// the rounding optimizer writes with the weights (kernels.HalfBiases) against fc1
-// rounding its float32 bias at every call (halfBiasOff): every update's log and the
-// final weights the same bits, eagerly and graphed. A copy the optimizer failed to
-// refresh would hold the first step's bias and differ from the second update on.
+// TestDXAccumTrainingSameBits: with the decoder's cross-attention K/V input gradients
+// added onto dEnc by the product (LinearBackwardKeptAccum) against the scratch buffer
+// and AddTo per layer (dxAccumOff): every update's log and the final weights the same
+// bits (TestLinearBackwardKeptAccum's reason), eagerly and graphed.
+func TestDXAccumTrainingSameBits(t *testing.T) {
+	switchTraining(t, func(be *Backend) { be.dxAccumOff = true }, func(t *testing.T, _, _ *Backend, off, on, graphed trainResult) {
+		checkSameRun(t, "accumulated", on, "AddTo", off)
+		checkSameRun(t, "accumulated, graphed", graphed, "accumulated, eager", on)
+	})
+}
+
+// TestHalfBiasTrainingSameBits: with fc1's bias as a 16-bit copy that the rounding
+// optimizer writes with the weights (kernels.HalfBiases) against fc1 rounding its
+// float32 bias at every call (halfBiasOff): every update's log and the final weights the
+// same bits, eagerly and graphed. A copy the optimizer failed to refresh would hold the
+// first step's bias and differ from the second update on.
 func TestHalfBiasTrainingSameBits(t *testing.T) {
-	gpu(t)
-	fix, fixBatches := fixtureTraining(t, 3)
-	big, bigBatches := headDim64Training(t, 3)
-	for _, md := range []trainModel{{"fixture", fix, fixBatches}, {"head dim 64", big, bigBatches}} {
-		all := slices.Repeat(md.batches, 4)
-		for _, prec := range []Precision{BF16, FP16} {
-			for _, rc := range sameBitsCases {
-				t.Run(md.name+"/"+prec.String()+"/"+rc.name, func(t *testing.T) {
-					offBE := newGraphTestBackend(t, prec, false)
-					offBE.halfBiasOff = true
-					onBE := newGraphTestBackend(t, prec, false)
-					graphBE := newGraphTestBackend(t, prec, true)
-					off, _ := runTrain(t, md.m, offBE, rc, all)
-					on, _ := runTrain(t, md.m, onBE, rc, all)
-					graphed, _ := runTrain(t, md.m, graphBE, rc, all)
-					if offBE.lt.halfBias16 != 0 || onBE.lt.halfBias16 == 0 {
-						t.Fatalf("products with a 16-bit bias: %d with the copies off, %d on", offBE.lt.halfBias16, onBE.lt.halfBias16)
-					}
-					checkSameRun(t, "16-bit bias copy", on, "bias rounded per call", off)
-					checkSameRun(t, "16-bit bias copy, graphed", graphed, "16-bit bias copy, eager", on)
-				})
-			}
+	switchTraining(t, func(be *Backend) { be.halfBiasOff = true }, func(t *testing.T, offBE, onBE *Backend, off, on, graphed trainResult) {
+		if offBE.lt.halfBias16 != 0 || onBE.lt.halfBias16 == 0 {
+			t.Fatalf("products with a 16-bit bias: %d with the copies off, %d on", offBE.lt.halfBias16, onBE.lt.halfBias16)
 		}
-	}
+		checkSameRun(t, "16-bit bias copy", on, "bias rounded per call", off)
+		checkSameRun(t, "16-bit bias copy, graphed", graphed, "16-bit bias copy, eager", on)
+	})
 }

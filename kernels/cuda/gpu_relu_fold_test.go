@@ -224,30 +224,15 @@ func TestReLUDropoutBackwardBias(t *testing.T) {
 	})
 }
 
-// TestReLUBiasTraining: 12 updates of the fixture and head dimension 64 models in bf16
-// and fp16, both recipes, fc1's bias gradient summed by relu_dropout_bwd_hh8p against
+// TestReLUBiasTraining: fc1's bias gradient summed by relu_dropout_bwd_hh8p against
 // the deferred flush's column sum (reluBiasOff): another float32 summation order, so
 // held to checkTrainClose's bounds; graphed and eager the same bits.
 func TestReLUBiasTraining(t *testing.T) {
-	gpu(t)
-	for _, mc := range fixtureAndHeadDim64(t, 3, 4) {
-		for _, prec := range []Precision{BF16, FP16} {
-			for _, rc := range sameBitsCases {
-				t.Run(mc.name+"/"+prec.String()+"/"+rc.name, func(t *testing.T) {
-					offBE := newGraphTestBackend(t, prec, false)
-					offBE.reluBiasOff = true
-					onBE := newGraphTestBackend(t, prec, false)
-					graphBE := newGraphTestBackend(t, prec, true)
-					off, _ := runTrain(t, mc.m, offBE, rc, mc.batches)
-					on, _ := runTrain(t, mc.m, onBE, rc, mc.batches)
-					graphed, _ := runTrain(t, mc.m, graphBE, rc, mc.batches)
-					if offBE.reluBiasCalls != 0 || onBE.reluBiasCalls == 0 {
-						t.Fatalf("ReLUDropoutBackwardBias calls: %d off, %d on", offBE.reluBiasCalls, onBE.reluBiasCalls)
-					}
-					checkTrainClose(t, "bias summed with relu", on, "deferred column sum", off)
-					checkSameRun(t, "graphed", graphed, "eager", on)
-				})
-			}
+	switchTraining(t, func(be *Backend) { be.reluBiasOff = true }, func(t *testing.T, offBE, onBE *Backend, off, on, graphed trainResult) {
+		if offBE.reluBiasCalls != 0 || onBE.reluBiasCalls == 0 {
+			t.Fatalf("ReLUDropoutBackwardBias calls: %d off, %d on", offBE.reluBiasCalls, onBE.reluBiasCalls)
 		}
-	}
+		checkTrainClose(t, "bias summed with relu", on, "deferred column sum", off)
+		checkSameRun(t, "graphed", graphed, "eager", on)
+	})
 }
