@@ -264,8 +264,9 @@ type LinearKeeper interface {
 // and gradients. Readers: HalfAttentionInputs' q, k, v and dout (the attention's
 // operands, which it rounds anyway), LinearKeep's x, LinearBackwardKept's and LinearActBackward's
 // dy (the products take them as they are), LinearActKeep's x, LinearKeep's and
-// LinearActKeep's w (HalfRounder) and, with a 16-bit output, their bias (HalfBiases), and LabelSmoothedLoss's (and the Deferred form's)
-// logits, which it widens to float32 (a HalfOutputs backend's LinearKeep writes them).
+// LinearActKeep's w (HalfRounder) and, with a 16-bit output, their bias (HalfBiases),
+// and LabelSmoothedLoss's (and the Deferred form's) logits, which it widens to float32
+// (a HalfOutputs backend's LinearKeep writes them).
 //
 // AllocHalf returns nil when the backend rounds nothing (its FP32 mode); callers then
 // use a float32 buffer. Otherwise the buffer is uninitialised and scoped as Alloc's.
@@ -292,7 +293,8 @@ type HalfRounder interface {
 // elements [Off, Off+n) of Buf, a buffer from HalfBuffers.AllocHalf, n the parameter's
 // length. A parameter may so map to a range of a larger copy (the q, k and v weights
 // are slices of one fused [3d, d] weight whose copy is one buffer). Buf nil: the
-// parameter has no copy (biases, LayerNorm, ω, embeddings that no Linear multiplies).
+// parameter has no copy (LayerNorm, ω, embeddings that no Linear multiplies, and the
+// biases but those a HalfBiases backend adds in 16 bits).
 type HalfTarget struct {
 	Buf Buffer
 	Off int

@@ -82,7 +82,7 @@ func (be *Backend) product16Half(plan *ltPlan, transA, transB bool, m, n, k int,
 // y [m,n], with kp's operands; relu for LinearActKeep's ReLU (CUBLASLT_EPILOGUE_RELU_BIAS:
 // no auxiliary mask, the backward reads y > 0 instead). bias may be 16-bit, RN16 of the
 // float32 bias (the model's copy that the rounding optimizer writes with the weights,
-// kernels.HalfOutputs): it is then the epilogue's 16-bit bias as it is, instead of the
+// kernels.HalfBiases): it is then the epilogue's 16-bit bias as it is, instead of the
 // copy rounded here at every call; the same bits, since cuBLASLt refuses the float32
 // bias with a 16-bit D and so gets the rounded one either way. The caller holds the
 // Backend.

@@ -88,7 +88,10 @@ func (be *Backend) LinearBackwardKeptReLU(g, dw, db, dy, kept kernels.Buffer, m,
 		panic(fmt.Sprintf("cuda backend: LinearBackwardKeptReLU into %T with %T, wanted 16-bit buffers of %d×%d", g, a, m, k))
 	}
 	mb := dev(mask)
-	if mb == nil || mb.n*32 < m*k || k%128 != 0 {
+	if mb == nil {
+		panic("cuda backend: LinearBackwardKeptReLU without a mask (where ApplyDropoutMask returns nil, the caller takes LinearBackwardKept and ReLUDropoutBackward)")
+	}
+	if mb.n*32 < m*k || k%128 != 0 {
 		panic(fmt.Sprintf("cuda backend: LinearBackwardKeptReLU with a mask of %d words for %d×%d (not ApplyDropoutMask's)", mb.n, m, k))
 	}
 	fold := &reluFold{mask: mb.dptr(), ld: k, alpha: kernels.DropoutScale(p), a: ah.dptr(), p: p, n: m * k}
