@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"testing"
+	"unsafe"
 
 	"github.com/xform-dev/xform/kernels"
 )
@@ -140,4 +141,61 @@ func TestDReLU16Probe(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestDReLU16CandidatesTiming times, at the bench's fc2 input-gradient shape (7872×2048
+// from 512, bf16), the plain product with a 16-bit D and each of the heuristic's first
+// eight algorithms for the same product with CUBLASLT_EPILOGUE_DRELU (the ReLU fold's,
+// relu_fold.go): the plan takes the first, which ran at 109 against 33.5 µs in the
+// tenth session's profile, and the autotune skips plans with an auxiliary matrix. If a
+// candidate runs near the plain product, the fold can pay off by choosing it. Logs only.
+func TestDReLU16CandidatesTiming(t *testing.T) {
+	if testing.Short() {
+		t.Skip("timing only")
+	}
+	g := withPrecision(t, BF16)
+	g.BeginScope()
+	defer g.EndScope()
+	const m, d, F = 7872, 512, 2048
+	r := rand.New(rand.NewPCG(3, 4))
+	dy, w2 := upload16(g, randVec(r, m*d)), upload16(g, randVec(r, d*F))
+	out := g.AllocHalf(m * F)
+	mask := g.Upload(make([]float32, m*F/32)) // every bit 0: the timing does not depend on it
+	ld, _ := actAux(kernels.ReLU, m, F)
+	var plain, drelu *ltPlan
+	var res []ltHeuristicResult
+	func() {
+		defer g.enter()()
+		if !g.ltReady() {
+			t.Skip("no cuBLASLt")
+		}
+		dt := g.dataType16()
+		plain = g.ltPlanD(false, false, m, F, d, d, F, F, halfOf(out).dptr(), ltEpiDefault, 0, 0, 0, dt)
+		drelu = g.ltPlanD(false, false, m, F, d, d, F, F, halfOf(out).dptr(), ltEpiDRelu, 0, addr(mask), ld, dt)
+		if plain == nil || drelu == nil {
+			t.Fatalf("plans: plain %v, DRELU %v", plain != nil, drelu != nil)
+		}
+		var err error
+		if res, err = g.ltHeuristicN(drelu, drelu.key, 8); err != nil {
+			t.Fatal(err)
+		}
+	}()
+	run := func(p *ltPlan, algo [8]uint64) func() {
+		return func() {
+			defer g.enter()()
+			s := &g.lt
+			alpha, beta := float32(1), float32(0)
+			a, b, c := halfOf(dy).dptr(), halfOf(w2).dptr(), halfOf(out).dptr()
+			if err := ltCheck("cublasLtMatmul", call(s.lib.matmul, s.handle, p.desc, uintptr(unsafe.Pointer(&alpha)),
+				uintptr(b), p.a, uintptr(a), p.b, uintptr(unsafe.Pointer(&beta)), uintptr(c), p.c, uintptr(c), p.c,
+				uintptr(unsafe.Pointer(&algo)), uintptr(s.ws), uintptr(s.wsSize), 0)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	line := fmt.Sprintf("%d×%d from %d, µs per call: plain (16-bit D) %.1f; DRELU candidates:", m, F, d, us(timeDevice(t, g, 20, run(plain, plain.algo))))
+	for _, h := range res {
+		line += fmt.Sprintf(" %.1f", us(timeDevice(t, g, 20, run(drelu, h.algo))))
+	}
+	t.Log(line)
 }
