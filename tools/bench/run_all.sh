@@ -19,7 +19,9 @@
 #   SEED         batch order / init seed [1111] (the data is --synthetic-seed 1)
 #   D FFN HEADS  model width [512 2048 8] (transformer_wmt_en_de's)
 #   DEVICE       cuda, or cpu for a functional dry run of the script with a tiny model [cuda]
-#   CLINIC_UPDATES [100]  TORCH_UPDATES [100]  TORCH_WARMUP [10]  XFORM_UPDATES [30]  XFORM_WARMUP [3]
+#   CLINIC_UPDATES [100]  TORCH_UPDATES [100]  TORCH_WARMUP [10]  XFORM_UPDATES [100]  XFORM_WARMUP [10]
+#                (xform's fairseq-batching row as the port's: before the tenth session's end it
+#                timed 30 updates after 3, and first uses of new shapes landed in them)
 #   XFORM_TIME_LIMIT  xform's timed updates stop after this many seconds (at least one runs) [60]
 #   XFORM_PRECISION  xform bench's GEMMs: bf16 (--bf16), fp16 (--fp16, with loss scaling) or fp32 (neither)
 #                [bf16; fp32 with DEVICE=cpu, which has no 16-bit GEMMs]
@@ -54,8 +56,8 @@ SEED=${SEED:-1111}
 CLINIC_UPDATES=${CLINIC_UPDATES:-100}
 TORCH_UPDATES=${TORCH_UPDATES:-100}
 TORCH_WARMUP=${TORCH_WARMUP:-10}
-XFORM_UPDATES=${XFORM_UPDATES:-30}
-XFORM_WARMUP=${XFORM_WARMUP:-3}
+XFORM_UPDATES=${XFORM_UPDATES:-100}
+XFORM_WARMUP=${XFORM_WARMUP:-10}
 XFORM_TIME_LIMIT=${XFORM_TIME_LIMIT:-60}
 TORCH_MODES=${TORCH_MODES:-compile-cudagraphs eager compile}
 BUCKETS=${BUCKETS:-2}
