@@ -198,6 +198,16 @@ type ReLUDropoutBackwarder interface {
 	ReLUDropoutBackward(dpre, da, a Buffer, p float64)
 }
 
+// CrossKVBatcher is implemented by a backend on which the model computes every decoder
+// layer's cross-attention keys and values with one product over the encoder output (the
+// layers' k and v weights are one [L·2d, d] block), and their input gradient with one
+// product whose inner dimension is L·2d, instead of L products of [2d, d] and their sum.
+// The same values, summed in another order. BatchCrossKV() says whether to, asked when
+// the net is made.
+type CrossKVBatcher interface {
+	BatchCrossKV() bool
+}
+
 // ReLUDropoutBiasBackwarder is implemented by a backend that can sum the first
 // Linear's bias gradient while it writes the feed-forward block's ReLU and dropout
 // backward. ReLUDropoutBackwardBias(dpre, da, a, db, rows, cols, p) is

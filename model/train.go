@@ -98,9 +98,13 @@ type tattn struct {
 	qkv   tlin // [3d, d] fused: q rows, then k, then v
 	o     tlin
 	heads int
-	// q16 and kv16 are the cross-attention's q rows and k/v rows of qkv.w rounded to
-	// 16 bits, as two buffers (a 16-bit buffer has no Slice); nil for self-attention,
-	// which uses qkv.w16.
+	// Cross-attention only (qkv is unused there): q its projection, and kv its k and v
+	// rows, [2d, d] and [2d], slices of TrainNet.crossKV, where every decoder layer's
+	// keys and values lie in one block so that one product can compute them all.
+	q, kv tlin
+	// q16 and kv16 are the cross-attention's q and k/v weights rounded to 16 bits, as
+	// two buffers (a 16-bit buffer has no Slice); nil for self-attention, which uses
+	// qkv.w16. kv16 is nil too where the net batches the keys and values (crossKV16).
 	q16, kv16 kernels.Buffer
 }
 
@@ -137,6 +141,14 @@ type TrainNet struct {
 	encLN, decLN                *tnorm
 	params                      []NamedParam
 
+	// crossKV holds every decoder layer's cross-attention k and v projections, layer l's
+	// rows [2d·l, 2d·(l+1)) (k then v) of a [L·2d, d] weight and its [L·2d] bias; the
+	// layers' kv are slices of it. With kvBatch (kernels.CrossKVBatcher) one product
+	// computes all layers' keys and values from the encoder output, and one backward
+	// product their input gradient (crossKVForward); crossKV16 is then its 16-bit copy.
+	crossKV   tlin
+	crossKV16 kernels.Buffer
+	kvBatch   bool
 	// outProj16 is the output projection rounded to 16 bits (kernels.HalfRounder).
 	outProj16 kernels.Buffer
 	// half16Dst and half16Src are every 16-bit weight copy and its float32 weight, for
@@ -210,6 +222,21 @@ func NewTrainNet(m *Model, be kernels.Trainer) (*TrainNet, error) {
 	lin := func(p string) tlin { return tlin{w: *upload(p + ".weight"), b: *upload(p + ".bias")} }
 	norm := func(p string) tnorm { return tnorm{*upload(p + ".weight"), *upload(p + ".bias")} }
 	d := n.d
+	// cross is a decoder layer's cross-attention: q on its own, k and v as layer li's
+	// slices of crossKV (filled from kvW, kvB before the layers are made).
+	var kvW, kvB []float32
+	cross := func(p string, heads, li int) tattn {
+		a := tattn{q: lin(p + "q_proj"), heads: heads}
+		w, g, bw, bg := n.crossKV.w.w, n.crossKV.w.g, n.crossKV.b.w, n.crossKV.b.g
+		a.kv = tlin{w: tparam{be.Slice(w, 2*li*d*d, 2*d*d), be.Slice(g, 2*li*d*d, 2*d*d)},
+			b: tparam{be.Slice(bw, 2*li*d, 2*d), be.Slice(bg, 2*li*d, 2*d)}}
+		for i, x := range []string{"k", "v"} {
+			byName[p+x+"_proj.weight"] = tparam{be.Slice(a.kv.w.w, i*d*d, d*d), be.Slice(a.kv.w.g, i*d*d, d*d)}
+			byName[p+x+"_proj.bias"] = tparam{be.Slice(a.kv.b.w, i*d, d), be.Slice(a.kv.b.g, i*d, d)}
+		}
+		a.o = lin(p + "out_proj")
+		return a
+	}
 	attn := func(p string, heads int) tattn {
 		var w, b []float32
 		for _, x := range []string{"q", "k", "v"} {
@@ -273,13 +300,33 @@ func NewTrainNet(m *Model, be kernels.Trainer) (*TrainNet, error) {
 		n.decPos = &tparam{w: be.Upload(Sinusoids(c.MaxTargetPositions+Pad+1, d))}
 	}
 	for i := 0; i < c.DecoderLayers; i++ {
+		for _, x := range []string{"k", "v"} {
+			p := DecLayer(i) + "encoder_attn." + x + "_proj."
+			wv, err := values(p + "weight")
+			if err != nil && firstErr == nil {
+				firstErr = err
+			}
+			bv, err := values(p + "bias")
+			if err != nil && firstErr == nil {
+				firstErr = err
+			}
+			kvW, kvB = append(kvW, wv...), append(kvB, bv...)
+		}
+	}
+	if firstErr != nil || len(kvW) != 2*c.DecoderLayers*d*d || len(kvB) != 2*c.DecoderLayers*d {
+		kvW, kvB = make([]float32, 2*c.DecoderLayers*d*d), make([]float32, 2*c.DecoderLayers*d)
+	}
+	if c.DecoderLayers > 0 {
+		n.crossKV = tlin{w: tparam{be.Upload(kvW), be.Alloc(len(kvW))}, b: tparam{be.Upload(kvB), be.Alloc(len(kvB))}}
+	}
+	for i := 0; i < c.DecoderLayers; i++ {
 		p := DecLayer(i)
 		var l tlayer
 		if c.Init.HasOmega() {
 			l.omega[0], l.omega[1], l.omega[2] = upload(p+"self_attn_omega"), upload(p+"encoder_attn_omega"), upload(p+"ffn_omega")
 		}
 		l.self = attn(p+"self_attn.", c.DecoderHeads)
-		l.cross = attn(p+"encoder_attn.", c.DecoderHeads)
+		l.cross = cross(p+"encoder_attn.", c.DecoderHeads, i)
 		l.fc1, l.fc2, l.ffn = lin(p+"fc1"), lin(p+"fc2"), c.DecoderFFNDim
 		l.ln[0], l.ln[1], l.ln[2] = norm(p+"self_attn_layer_norm"), norm(p+"encoder_attn_layer_norm"), norm(p+"final_layer_norm")
 		n.dec = append(n.dec, l)
@@ -294,6 +341,9 @@ func NewTrainNet(m *Model, be kernels.Trainer) (*TrainNet, error) {
 	for _, p := range c.Expected() {
 		t := byName[p.Name]
 		n.params = append(n.params, NamedParam{Name: p.Name, Shape: p.Shape, P: t.w, G: t.g})
+	}
+	if kb, ok := be.(kernels.CrossKVBatcher); ok && kb.BatchCrossKV() && c.DecoderLayers > 1 {
+		n.kvBatch = true
 	}
 	n.halfWeights()
 	return n, nil
@@ -355,12 +405,19 @@ func (n *TrainNet) halfWeights() {
 		fc1(&l.fc1, p+"fc1")
 		lin(&l.fc2, p+"fc2")
 	}
+	if n.kvBatch {
+		n.crossKV16 = add(n.crossKV.w.w)
+	}
 	for i := range n.dec {
 		l, p := &n.dec[i], DecLayer(i)
 		self(p, &l.self)
-		l.cross.q16 = add(n.be.Slice(l.cross.qkv.w.w, 0, d*d))
-		l.cross.kv16 = add(n.be.Slice(l.cross.qkv.w.w, d*d, 2*d*d))
-		qkv(p+"encoder_attn.", l.cross.q16, l.cross.kv16, 0, 0, d*d)
+		l.cross.q16 = add(l.cross.q.w.w)
+		kv, off := n.crossKV16, 2*i*d*d
+		if !n.kvBatch {
+			l.cross.kv16 = add(l.cross.kv.w.w)
+			kv, off = l.cross.kv16, 0
+		}
+		qkv(p+"encoder_attn.", l.cross.q16, kv, 0, off, off+d*d)
 		lin(&l.cross.o, p+"encoder_attn.out_proj")
 		fc1(&l.fc1, p+"fc1")
 		lin(&l.fc2, p+"fc2")
@@ -983,6 +1040,43 @@ func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B, 
 	}
 }
 
+// crossArgs is the attention of a decoder layer's cross-attention over B·T queries and
+// B·S encoder rows.
+func (n *TrainNet) crossArgs(heads, B, T, S int, encPad []bool) kernels.AttentionArgs {
+	d := n.d
+	return kernels.AttentionArgs{Batch: B, Heads: heads, HeadDim: d / heads, TQ: T, TK: S, Scale: n.headScale(heads),
+		KeyPadding: encPad, KeyPadStride: S}
+}
+
+// crossKV is every decoder layer's cross-attention keys and values from one product
+// (TrainNet.kvBatch): kv [B·S, width] with layer l's k at column 2d·l and its v at 2d·l +
+// d, and dkv the same layout for their gradients, which the layers' attention backwards
+// write and back then takes: dEnc = dkv·crossKV.w, one product over width = L·2d.
+type crossKV struct {
+	kv, dkv kernels.Buffer
+	width   int
+	back    func(dx, dw, db, dy kernels.Buffer)
+}
+
+// crossKVForward computes crossKV's kv from the encoder output enc (enc16 its 16-bit copy
+// or nil) for B sentences of S rows, whose decoder has T; dkv is allocated when the step
+// runs the backward. The buffers take the formats a layer's own would (16-bit inputs and
+// gradients where the attention of those shapes takes them): every decoder layer has
+// the same heads and shapes, so crossAttn decides the same.
+func (n *TrainNet) crossKVForward(o *StepOptions, enc, enc16 kernels.Buffer, B, T, S int, encPad []bool) *crossKV {
+	d, L := n.d, len(n.dec)
+	args := n.crossArgs(n.dec[0].cross.heads, B, T, S, encPad)
+	half16 := n.attention16(args)
+	in16 := half16 && n.attentionIn16(args)
+	c := &crossKV{width: 2 * d * L}
+	c.kv = n.attnIn(B*S*c.width, in16)
+	c.back = n.linear(c.kv, either(enc16, enc), n.crossKV.w.w, n.crossKV16, n.crossKV.b.w, B*S, c.width, d)
+	if o.Backward {
+		c.dkv = n.attnGrad(B*S*c.width, half16)
+	}
+	return c
+}
+
 // crossAttn is the encoder-attention branch; its backward also accumulates the
 // gradient of the encoder output into dEnc.
 //
@@ -994,21 +1088,28 @@ func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B, 
 // With 16-bit attention inputs (n.attentionIn16) q, the fused k/v and the context
 // gradient are written 16-bit, as in selfAttn; the encoder output's gradient (kv's
 // backward into dEnc) stays float32.
-func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B, T int, enc, enc16 kernels.Buffer, S int, encPad []bool, dEnc kernels.Buffer, dEncSet *bool) (kernels.Buffer, back) {
+func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B, T int, enc, enc16 kernels.Buffer, S int, encPad []bool, dEnc kernels.Buffer, dEncSet *bool, kvs *crossKV, li int) (kernels.Buffer, back) {
 	be, d, rows := n.be, n.d, B*T
-	args := kernels.AttentionArgs{Batch: B, Heads: a.heads, HeadDim: d / a.heads, TQ: T, TK: S, Scale: n.headScale(a.heads),
-		KeyPadding: encPad, KeyPadStride: S}
+	args := n.crossArgs(a.heads, B, T, S, encPad)
 	half16 := n.attention16(args)
 	in16 := half16 && n.attentionIn16(args)
-	wq, bq := be.Slice(a.qkv.w.w, 0, d*d), be.Slice(a.qkv.b.w, 0, d)
-	wkv, bkv := be.Slice(a.qkv.w.w, d*d, 2*d*d), be.Slice(a.qkv.b.w, d, 2*d)
 	q := n.attnIn(rows*d, in16)
-	qBack := n.linear(q, either(h16, h), wq, a.q16, bq, rows, d, d)
-	kv := n.attnIn(B*S*2*d, in16)
-	kvBack, kvKept := n.linearKeptBuf(kv, either(enc16, enc), wkv, a.kv16, bkv, B*S, 2*d, d)
+	qBack := n.linear(q, either(h16, h), a.q.w.w, a.q16, a.q.b.w, rows, d, d)
+	// This layer's keys and values: its own product, or its columns of the product of
+	// every layer's (kvs): rows of width w, this layer's 2d at column c0.
+	var kv kernels.Buffer
+	var kvBack func(dx, dw, db, dy kernels.Buffer)
+	var kvKept kernels.Buffer
+	w, c0 := 2*d, 0
+	if kvs != nil {
+		kv, w, c0 = kvs.kv, kvs.width, 2*d*li
+	} else {
+		kv = n.attnIn(B*S*2*d, in16)
+		kvBack, kvKept = n.linearKeptBuf(kv, either(enc16, enc), a.kv.w.w, a.kv16, a.kv.b.w, B*S, 2*d, d)
+	}
 	qv := func(b kernels.Buffer) kernels.View { return kernels.View{Buf: b, BatchStride: T * d, RowStride: d} }
 	kvv := func(b kernels.Buffer, off int) kernels.View {
-		return kernels.View{Buf: b, Off: off, BatchStride: S * 2 * d, RowStride: 2 * d}
+		return kernels.View{Buf: b, Off: c0 + off, BatchStride: S * w, RowStride: w}
 	}
 	ctxv := n.out(rows * d)
 	if half16 {
@@ -1021,23 +1122,28 @@ func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B,
 		dctx := n.attnIn(rows*d, in16 && oKept)
 		oBack(dctx, a.o.w.g, a.o.b.g, dout)
 		dq := n.attnGrad(rows*d, half16)
-		dkv := n.attnGrad(B*S*2*d, half16)
+		var dkv kernels.Buffer
+		if kvs != nil {
+			dkv = kvs.dkv // crossKVForward's backward takes it after the last layer's
+		} else {
+			dkv = n.attnGrad(B*S*2*d, half16)
+		}
 		attnBack(qv(dq), kvv(dkv, 0), kvv(dkv, d), qv(dctx))
 		dh := n.out(rows * d)
-		qBack(dh, be.Slice(a.qkv.w.g, 0, d*d), be.Slice(a.qkv.b.g, 0, d), dq)
-		if !*dEncSet {
-			kvBack(dEnc, be.Slice(a.qkv.w.g, d*d, 2*d*d), be.Slice(a.qkv.b.g, d, 2*d), dkv)
+		qBack(dh, a.q.w.g, a.q.b.g, dq)
+		switch acc, ok := be.(kernels.InputGradAccumulator); {
+		case kvs != nil:
+		case !*dEncSet:
+			kvBack(dEnc, a.kv.w.g, a.kv.b.g, dkv)
 			*dEncSet = true
-			return dh
-		}
-		if acc, ok := be.(kernels.InputGradAccumulator); ok && kvKept != nil {
+		case ok && kvKept != nil:
 			// The product adds onto dEnc: no buffer and AddTo per decoder layer.
-			acc.LinearBackwardKeptAccum(dEnc, be.Slice(a.qkv.w.g, d*d, 2*d*d), be.Slice(a.qkv.b.g, d, 2*d), dkv, kvKept, B*S, 2*d, d)
-			return dh
+			acc.LinearBackwardKeptAccum(dEnc, a.kv.w.g, a.kv.b.g, dkv, kvKept, B*S, 2*d, d)
+		default:
+			de := n.out(B * S * d)
+			kvBack(de, a.kv.w.g, a.kv.b.g, dkv)
+			be.AddTo(dEnc, de)
 		}
-		de := n.out(B * S * d)
-		kvBack(de, be.Slice(a.qkv.w.g, d*d, 2*d*d), be.Slice(a.qkv.b.g, d, 2*d), dkv)
-		be.AddTo(dEnc, de)
 		return dh
 	}
 }
@@ -1387,8 +1493,13 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 		encBacks = append(encBacks, bk)
 	}
 	enc, enc16 := x, x16
-	// Written by the first cross-attention backward, accumulated by the others.
+	// Written by the first cross-attention backward, accumulated by the others; or, with
+	// the keys and values batched (kvs), by their one backward product.
 	dEnc, dEncSet := n.out(encRows*d), false
+	var kvs *crossKV
+	if n.kvBatch && len(n.dec) > 0 {
+		kvs = n.crossKVForward(&o, enc, enc16, B, T, S, encPad)
+	}
 
 	// Decoder.
 	rows := B * T
@@ -1408,7 +1519,7 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 		})
 		backs = append(backs, bk)
 		y, y16, bk = n.sublayer(&o, y, y16, rows, l, 1, before, n.alphaDec, profDec, func(h, h16 kernels.Buffer) (kernels.Buffer, back) {
-			return n.crossAttn(&o, &l.cross, h, h16, B, T, enc, enc16, S, encPad, dEnc, &dEncSet)
+			return n.crossAttn(&o, &l.cross, h, h16, B, T, enc, enc16, S, encPad, dEnc, &dEncSet, kvs, li)
 		})
 		backs = append(backs, bk)
 		y, y16, bk = n.sublayer(&o, y, y16, rows, l, 2, before, n.alphaDec, profDec, func(h, h16 kernels.Buffer) (kernels.Buffer, back) {
@@ -1457,6 +1568,10 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 			return nil, err
 		}
 		g = backs[i](g)
+	}
+	if kvs != nil {
+		kvs.back(dEnc, n.crossKV.w.g, n.crossKV.b.g, kvs.dkv)
+		dEncSet = true
 	}
 	if !dEncSet { // no decoder layer: the encoder output gets no gradient
 		be.Fill(dEnc, 0)

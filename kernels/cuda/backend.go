@@ -134,6 +134,11 @@ type Backend struct {
 	// bits, and on the H200 (ninth session) 24.8 against 25.9 µs at the step's 7,872 × 512
 	// (bench +0.9 %).
 	lnPOn bool
+	// kvBatchOff: BatchCrossKV says no (XFORM_CUDA_KV_BATCH=0, tests), so nets made
+	// after it project each decoder layer's cross-attention keys and values on their own;
+	// kvBatchYes counts the times it said yes.
+	kvBatchOff bool
+	kvBatchYes int
 	// reluBiasOff: ReLUDropoutBackwardBias declines (XFORM_CUDA_RELU_BIAS=0, tests), so
 	// fc1's bias gradient is the deferred flush's column sum again; reluBiasCalls counts
 	// the calls it took (relu_dropout.go).
@@ -267,6 +272,7 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 	be.am3Wide = os.Getenv("XFORM_CUDA_AM3NT") == "0"
 	be.reluFoldOn = os.Getenv("XFORM_CUDA_RELU_FOLD") == "1"
 	be.reluBiasOff = os.Getenv("XFORM_CUDA_RELU_BIAS") == "0"
+	be.kvBatchOff = os.Getenv("XFORM_CUDA_KV_BATCH") == "0"
 	be.autotune = envSwitch(opt.Autotune, os.Getenv("XFORM_CUDA_AUTOTUNE"))
 	be.tuneMemo = opt.TuneMemo
 	be.dwDefer.on = envSwitch(opt.DeferWeightGrads, os.Getenv("XFORM_CUDA_DEFER_DW"))

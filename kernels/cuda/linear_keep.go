@@ -173,3 +173,19 @@ func (be *Backend) LinearActKeep(a, x, w, bias kernels.Buffer, m, n, k int, act 
 	}
 	return auxb, kp, true
 }
+
+var _ kernels.CrossKVBatcher = (*Backend)(nil)
+
+// BatchCrossKV implements kernels.CrossKVBatcher: yes in bf16/fp16 unless switched off.
+// The decoder's L cross-attention key/value products of [2d, d] each (7,872×1,024×512 at
+// the 6L-6L bench: 22.9 µs forward, 19.1 µs for dx, a GEMM with 64 output tiles on 132
+// SMs) become one of [L·2d, d] with L times the tiles, and the L input-gradient
+// products one with an inner dimension of L·2d. FP32 keeps the per-layer products, whose
+// results the CPU parity tests compare.
+func (be *Backend) BatchCrossKV() bool {
+	if be.precision == FP32 || be.kvBatchOff {
+		return false
+	}
+	be.kvBatchYes++
+	return true
+}
