@@ -102,6 +102,10 @@ type tattn struct {
 	// 16 bits, as two buffers (a 16-bit buffer has no Slice); nil for self-attention,
 	// which uses qkv.w16.
 	q16, kv16 kernels.Buffer
+	// qb16 and kvb16 are the cross-attention's q and k/v biases rounded to 16 bits
+	// (kernels.HalfBiases), which its projections add when they write 16-bit attention
+	// inputs; nil for self-attention, whose qkv.b16 is the whole fused bias's.
+	qb16, kvb16 kernels.Buffer
 }
 
 type tlayer struct {
@@ -344,9 +348,23 @@ func (n *TrainNet) halfWeights() {
 		at[prefix+"k_proj.weight"] = kernels.HalfTarget{Buf: kv, Off: kOff}
 		at[prefix+"v_proj.weight"] = kernels.HalfTarget{Buf: kv, Off: vOff}
 	}
+	// The attention projections' biases: 16-bit copies where the backend adds 16-bit
+	// biases to 16-bit outputs (kernels.HalfBiases), taken when a projection writes
+	// 16-bit attention inputs (kernels.HalfAttentionInputs, n.attentionIn16).
+	hbs, _ := n.be.(kernels.HalfBiases)
+	biases := hbs != nil && hbs.HalfBiases()
+	qkvBias := func(prefix string, q, kv kernels.Buffer, qOff, kOff, vOff int) {
+		at[prefix+"q_proj.bias"] = kernels.HalfTarget{Buf: q, Off: qOff}
+		at[prefix+"k_proj.bias"] = kernels.HalfTarget{Buf: kv, Off: kOff}
+		at[prefix+"v_proj.bias"] = kernels.HalfTarget{Buf: kv, Off: vOff}
+	}
 	self := func(p string, a *tattn) {
 		a.qkv.w16 = add(a.qkv.w.w)
 		qkv(p+"self_attn.", a.qkv.w16, a.qkv.w16, 0, d*d, 2*d*d)
+		if biases {
+			a.qkv.b16 = add(a.qkv.b.w)
+			qkvBias(p+"self_attn.", a.qkv.b16, a.qkv.b16, 0, d, 2*d)
+		}
 		lin(&a.o, p+"self_attn.out_proj")
 	}
 	for i := range n.enc {
@@ -361,6 +379,11 @@ func (n *TrainNet) halfWeights() {
 		l.cross.q16 = add(n.be.Slice(l.cross.qkv.w.w, 0, d*d))
 		l.cross.kv16 = add(n.be.Slice(l.cross.qkv.w.w, d*d, 2*d*d))
 		qkv(p+"encoder_attn.", l.cross.q16, l.cross.kv16, 0, 0, d*d)
+		if biases {
+			l.cross.qb16 = add(n.be.Slice(l.cross.qkv.b.w, 0, d))
+			l.cross.kvb16 = add(n.be.Slice(l.cross.qkv.b.w, d, 2*d))
+			qkvBias(p+"encoder_attn.", l.cross.qb16, l.cross.kvb16, 0, 0, d)
+		}
 		lin(&l.cross.o, p+"encoder_attn.out_proj")
 		fc1(&l.fc1, p+"fc1")
 		lin(&l.fc2, p+"fc2")
@@ -880,6 +903,16 @@ func (n *TrainNet) attentionIn16(args kernels.AttentionArgs) bool {
 	return ok && hi.AttentionInputs16(args)
 }
 
+// attnBias is an attention projection's bias: its 16-bit copy b16 where the projection
+// writes 16-bit attention inputs (in16: attnIn's buffer is then 16-bit) and the net keeps
+// one (kernels.HalfBiases), else the float32 b.
+func (n *TrainNet) attnBias(in16 bool, b16, b kernels.Buffer) kernels.Buffer {
+	if in16 && b16 != nil {
+		return b16
+	}
+	return b
+}
+
 // attnIn allocates a GEMM output that only the attention reads (q, k, v, or the context
 // gradient as its dout): 16-bit when in16 (outHalf), else out's float32 buffer.
 func (n *TrainNet) attnIn(size int, in16 bool) kernels.Buffer {
@@ -960,7 +993,7 @@ func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B, 
 	half16 := n.attention16(args)
 	in16 := half16 && n.attentionIn16(args)
 	qkv := n.attnIn(rows*3*d, in16)
-	qkvBack := n.linear(qkv, either(h16, h), a.qkv.w.w, a.qkv.w16, a.qkv.b.w, rows, 3*d, d)
+	qkvBack := n.linear(qkv, either(h16, h), a.qkv.w.w, a.qkv.w16, n.attnBias(in16, a.qkv.b16, a.qkv.b.w), rows, 3*d, d)
 	view := func(b kernels.Buffer, off int) kernels.View {
 		return kernels.View{Buf: b, Off: off, BatchStride: T * 3 * d, RowStride: 3 * d}
 	}
@@ -1003,9 +1036,9 @@ func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B,
 	wq, bq := be.Slice(a.qkv.w.w, 0, d*d), be.Slice(a.qkv.b.w, 0, d)
 	wkv, bkv := be.Slice(a.qkv.w.w, d*d, 2*d*d), be.Slice(a.qkv.b.w, d, 2*d)
 	q := n.attnIn(rows*d, in16)
-	qBack := n.linear(q, either(h16, h), wq, a.q16, bq, rows, d, d)
+	qBack := n.linear(q, either(h16, h), wq, a.q16, n.attnBias(in16, a.qb16, bq), rows, d, d)
 	kv := n.attnIn(B*S*2*d, in16)
-	kvBack, kvKept := n.linearKeptBuf(kv, either(enc16, enc), wkv, a.kv16, bkv, B*S, 2*d, d)
+	kvBack, kvKept := n.linearKeptBuf(kv, either(enc16, enc), wkv, a.kv16, n.attnBias(in16, a.kvb16, bkv), B*S, 2*d, d)
 	qv := func(b kernels.Buffer) kernels.View { return kernels.View{Buf: b, BatchStride: T * d, RowStride: d} }
 	kvv := func(b kernels.Buffer, off int) kernels.View {
 		return kernels.View{Buf: b, Off: off, BatchStride: S * 2 * d, RowStride: 2 * d}

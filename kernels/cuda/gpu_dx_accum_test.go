@@ -57,17 +57,23 @@ func TestLinearBackwardKeptAccum(t *testing.T) {
 // switchTraining trains the fixture model and the head dimension 64 model, 12 updates
 // each, in bf16 and fp16 with both recipes of sameBitsCases, three times: on a Backend
 // whose switch under test off sets to its other value, on a default one and on a
-// default graphed one; check compares the runs.
-func switchTraining(t *testing.T, off func(*Backend), check func(t *testing.T, offBE, onBE *Backend, off, on, graphed trainResult)) {
+// default graphed one (all three first set up by all, when not nil); check compares the
+// runs.
+func switchTraining(t *testing.T, all, off func(*Backend), check func(t *testing.T, offBE, onBE *Backend, off, on, graphed trainResult)) {
 	gpu(t)
 	for _, mc := range fixtureAndHeadDim64(t, 3, 4) {
 		for _, prec := range []Precision{BF16, FP16} {
 			for _, rc := range sameBitsCases {
 				t.Run(mc.name+"/"+prec.String()+"/"+rc.name, func(t *testing.T) {
 					offBE := newGraphTestBackend(t, prec, false)
-					off(offBE)
 					onBE := newGraphTestBackend(t, prec, false)
 					graphBE := newGraphTestBackend(t, prec, true)
+					if all != nil {
+						for _, be := range []*Backend{offBE, onBE, graphBE} {
+							all(be)
+						}
+					}
+					off(offBE)
 					offRun, _ := runTrain(t, mc.m, offBE, rc, mc.batches)
 					onRun, _ := runTrain(t, mc.m, onBE, rc, mc.batches)
 					graphed, _ := runTrain(t, mc.m, graphBE, rc, mc.batches)
@@ -83,7 +89,7 @@ func switchTraining(t *testing.T, off func(*Backend), check func(t *testing.T, o
 // and AddTo per layer (dxAccumOff): every update's log and the final weights the same
 // bits (TestLinearBackwardKeptAccum's reason), eagerly and graphed.
 func TestDXAccumTrainingSameBits(t *testing.T) {
-	switchTraining(t, func(be *Backend) { be.dxAccumOff = true }, func(t *testing.T, _, _ *Backend, off, on, graphed trainResult) {
+	switchTraining(t, nil, func(be *Backend) { be.dxAccumOff = true }, func(t *testing.T, _, _ *Backend, off, on, graphed trainResult) {
 		checkSameRun(t, "accumulated", on, "AddTo", off)
 		checkSameRun(t, "accumulated, graphed", graphed, "accumulated, eager", on)
 	})
@@ -95,11 +101,25 @@ func TestDXAccumTrainingSameBits(t *testing.T) {
 // same bits, eagerly and graphed. A copy the optimizer failed to refresh would hold the
 // first step's bias and differ from the second update on.
 func TestHalfBiasTrainingSameBits(t *testing.T) {
-	switchTraining(t, func(be *Backend) { be.halfBiasOff = true }, func(t *testing.T, offBE, onBE *Backend, off, on, graphed trainResult) {
+	switchTraining(t, nil, func(be *Backend) { be.halfBiasOff = true }, func(t *testing.T, offBE, onBE *Backend, off, on, graphed trainResult) {
 		if offBE.lt.halfBias16 != 0 || onBE.lt.halfBias16 == 0 {
 			t.Fatalf("products with a 16-bit bias: %d with the copies off, %d on", offBE.lt.halfBias16, onBE.lt.halfBias16)
 		}
 		checkSameRun(t, "16-bit bias copy", on, "bias rounded per call", off)
 		checkSameRun(t, "16-bit bias copy, graphed", graphed, "16-bit bias copy, eager", on)
+	})
+}
+
+// TestHalfBiasAttn16SameBits: TestHalfBiasTrainingSameBits with 16-bit attention inputs
+// (attnIn16On in all three runs): the self-attention qkv and cross-attention q, k/v
+// projections then write 16-bit outputs and add their biases' 16-bit copies, which the
+// rounding optimizer must keep fresh, against rounding the float32 biases per call.
+func TestHalfBiasAttn16SameBits(t *testing.T) {
+	switchTraining(t, func(be *Backend) { be.attnIn16On = true }, func(be *Backend) { be.halfBiasOff = true }, func(t *testing.T, offBE, onBE *Backend, off, on, graphed trainResult) {
+		if onBE.lt.halfBias16 == 0 || offBE.lt.halfBias16 != 0 {
+			t.Fatalf("products with a 16-bit bias: %d with the copies off, %d on", offBE.lt.halfBias16, onBE.lt.halfBias16)
+		}
+		checkSameRun(t, "16-bit bias copies", on, "biases rounded per call", off)
+		checkSameRun(t, "16-bit bias copies, graphed", graphed, "16-bit bias copies, eager", on)
 	})
 }

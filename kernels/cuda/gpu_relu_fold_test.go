@@ -228,7 +228,7 @@ func TestReLUDropoutBackwardBias(t *testing.T) {
 // the deferred flush's column sum (reluBiasOff): another float32 summation order, so
 // held to checkTrainClose's bounds; graphed and eager the same bits.
 func TestReLUBiasTraining(t *testing.T) {
-	switchTraining(t, func(be *Backend) { be.reluBiasOff = true }, func(t *testing.T, offBE, onBE *Backend, off, on, graphed trainResult) {
+	switchTraining(t, nil, func(be *Backend) { be.reluBiasOff = true }, func(t *testing.T, offBE, onBE *Backend, off, on, graphed trainResult) {
 		if offBE.reluBiasCalls != 0 || onBE.reluBiasCalls == 0 {
 			t.Fatalf("ReLUDropoutBackwardBias calls: %d off, %d on", offBE.reluBiasCalls, onBE.reluBiasCalls)
 		}
