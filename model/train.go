@@ -106,6 +106,10 @@ type tattn struct {
 	// two buffers (a 16-bit buffer has no Slice); nil for self-attention, which uses
 	// qkv.w16. kv16 is nil too where the net batches the keys and values (crossKV16).
 	q16, kv16 kernels.Buffer
+	// qb16 and kvb16 are the cross-attention's q and k/v biases rounded to 16 bits
+	// (kernels.HalfBiases), which its projections add when they write 16-bit attention
+	// inputs; nil for self-attention, whose qkv.b16 is the whole fused bias's.
+	qb16, kvb16 kernels.Buffer
 }
 
 type tlayer struct {
@@ -146,9 +150,10 @@ type TrainNet struct {
 	// layers' kv are slices of it. With kvBatch (kernels.CrossKVBatcher) one product
 	// computes all layers' keys and values from the encoder output, and one backward
 	// product their input gradient (crossKVForward); crossKV16 is then its 16-bit copy.
-	crossKV   tlin
-	crossKV16 kernels.Buffer
-	kvBatch   bool
+	crossKV    tlin
+	crossKV16  kernels.Buffer
+	crossKVb16 kernels.Buffer // its bias's 16-bit copy (kernels.HalfBiases)
+	kvBatch    bool
 	// outProj16 is the output projection rounded to 16 bits (kernels.HalfRounder).
 	outProj16 kernels.Buffer
 	// half16Dst and half16Src are every 16-bit weight copy and its float32 weight, for
@@ -394,9 +399,23 @@ func (n *TrainNet) halfWeights() {
 		at[prefix+"k_proj.weight"] = kernels.HalfTarget{Buf: kv, Off: kOff}
 		at[prefix+"v_proj.weight"] = kernels.HalfTarget{Buf: kv, Off: vOff}
 	}
+	// The attention projections' biases: 16-bit copies where the backend adds 16-bit
+	// biases to 16-bit outputs (kernels.HalfBiases), taken when a projection writes
+	// 16-bit attention inputs (kernels.HalfAttentionInputs, n.attentionIn16).
+	hbs, _ := n.be.(kernels.HalfBiases)
+	biases := hbs != nil && hbs.HalfBiases()
+	qkvBias := func(prefix string, q, kv kernels.Buffer, qOff, kOff, vOff int) {
+		at[prefix+"q_proj.bias"] = kernels.HalfTarget{Buf: q, Off: qOff}
+		at[prefix+"k_proj.bias"] = kernels.HalfTarget{Buf: kv, Off: kOff}
+		at[prefix+"v_proj.bias"] = kernels.HalfTarget{Buf: kv, Off: vOff}
+	}
 	self := func(p string, a *tattn) {
 		a.qkv.w16 = add(a.qkv.w.w)
 		qkv(p+"self_attn.", a.qkv.w16, a.qkv.w16, 0, d*d, 2*d*d)
+		if biases {
+			a.qkv.b16 = add(a.qkv.b.w)
+			qkvBias(p+"self_attn.", a.qkv.b16, a.qkv.b16, 0, d, 2*d)
+		}
 		lin(&a.o, p+"self_attn.out_proj")
 	}
 	for i := range n.enc {
@@ -407,6 +426,9 @@ func (n *TrainNet) halfWeights() {
 	}
 	if n.kvBatch {
 		n.crossKV16 = add(n.crossKV.w.w)
+		if biases {
+			n.crossKVb16 = add(n.crossKV.b.w)
+		}
 	}
 	for i := range n.dec {
 		l, p := &n.dec[i], DecLayer(i)
@@ -418,6 +440,15 @@ func (n *TrainNet) halfWeights() {
 			kv, off = l.cross.kv16, 0
 		}
 		qkv(p+"encoder_attn.", l.cross.q16, kv, 0, off, off+d*d)
+		if biases {
+			l.cross.qb16 = add(l.cross.q.b.w)
+			kvb, boff := n.crossKVb16, 2*i*d
+			if !n.kvBatch {
+				l.cross.kvb16 = add(l.cross.kv.b.w)
+				kvb, boff = l.cross.kvb16, 0
+			}
+			qkvBias(p+"encoder_attn.", l.cross.qb16, kvb, 0, boff, boff+d)
+		}
 		lin(&l.cross.o, p+"encoder_attn.out_proj")
 		fc1(&l.fc1, p+"fc1")
 		lin(&l.fc2, p+"fc2")
@@ -937,6 +968,16 @@ func (n *TrainNet) attentionIn16(args kernels.AttentionArgs) bool {
 	return ok && hi.AttentionInputs16(args)
 }
 
+// attnBias is an attention projection's bias: its 16-bit copy b16 where the projection
+// writes 16-bit attention inputs (in16: attnIn's buffer is then 16-bit) and the net keeps
+// one (kernels.HalfBiases), else the float32 b.
+func (n *TrainNet) attnBias(in16 bool, b16, b kernels.Buffer) kernels.Buffer {
+	if in16 && b16 != nil {
+		return b16
+	}
+	return b
+}
+
 // attnIn allocates a GEMM output that only the attention reads (q, k, v, or the context
 // gradient as its dout): 16-bit when in16 (outHalf), else out's float32 buffer.
 func (n *TrainNet) attnIn(size int, in16 bool) kernels.Buffer {
@@ -1017,7 +1058,7 @@ func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B, 
 	half16 := n.attention16(args)
 	in16 := half16 && n.attentionIn16(args)
 	qkv := n.attnIn(rows*3*d, in16)
-	qkvBack := n.linear(qkv, either(h16, h), a.qkv.w.w, a.qkv.w16, a.qkv.b.w, rows, 3*d, d)
+	qkvBack := n.linear(qkv, either(h16, h), a.qkv.w.w, a.qkv.w16, n.attnBias(in16, a.qkv.b16, a.qkv.b.w), rows, 3*d, d)
 	view := func(b kernels.Buffer, off int) kernels.View {
 		return kernels.View{Buf: b, Off: off, BatchStride: T * 3 * d, RowStride: 3 * d}
 	}
@@ -1070,7 +1111,7 @@ func (n *TrainNet) crossKVForward(o *StepOptions, enc, enc16 kernels.Buffer, B, 
 	in16 := half16 && n.attentionIn16(args)
 	c := &crossKV{width: 2 * d * L}
 	c.kv = n.attnIn(B*S*c.width, in16)
-	c.back = n.linear(c.kv, either(enc16, enc), n.crossKV.w.w, n.crossKV16, n.crossKV.b.w, B*S, c.width, d)
+	c.back = n.linear(c.kv, either(enc16, enc), n.crossKV.w.w, n.crossKV16, n.attnBias(in16, n.crossKVb16, n.crossKV.b.w), B*S, c.width, d)
 	if o.Backward {
 		c.dkv = n.attnGrad(B*S*c.width, half16)
 	}
@@ -1094,7 +1135,7 @@ func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B,
 	half16 := n.attention16(args)
 	in16 := half16 && n.attentionIn16(args)
 	q := n.attnIn(rows*d, in16)
-	qBack := n.linear(q, either(h16, h), a.q.w.w, a.q16, a.q.b.w, rows, d, d)
+	qBack := n.linear(q, either(h16, h), a.q.w.w, a.q16, n.attnBias(in16, a.qb16, a.q.b.w), rows, d, d)
 	// This layer's keys and values: its own product, or its columns of the product of
 	// every layer's (kvs): rows of width w, this layer's 2d at column c0.
 	var kv kernels.Buffer
@@ -1105,7 +1146,7 @@ func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B,
 		kv, w, c0 = kvs.kv, kvs.width, 2*d*li
 	} else {
 		kv = n.attnIn(B*S*2*d, in16)
-		kvBack, kvKept = n.linearKeptBuf(kv, either(enc16, enc), a.kv.w.w, a.kv16, a.kv.b.w, B*S, 2*d, d)
+		kvBack, kvKept = n.linearKeptBuf(kv, either(enc16, enc), a.kv.w.w, a.kv16, n.attnBias(in16, a.kvb16, a.kv.b.w), B*S, 2*d, d)
 	}
 	qv := func(b kernels.Buffer) kernels.View { return kernels.View{Buf: b, BatchStride: T * d, RowStride: d} }
 	kvv := func(b kernels.Buffer, off int) kernels.View {

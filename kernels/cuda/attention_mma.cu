@@ -1534,19 +1534,29 @@ __device__ __forceinline__ void am3h_scale(bool kHalf, unsigned short* tile, int
 
 // Forward items as attention_mma3_fwd. Shared memory: two buffers of Q [16W][AM_LD], K, V
 // [TKp][AM_LD] (16-bit), then TK padding flags (those of the item being computed; the
-// next item's travel in two registers).
-extern "C" __global__ void __launch_bounds__(128, AM3_FWD_MINB) attention_mma3_fwd_h(
-    void* out, long long oBS, long long oRS, const unsigned short* q, long long qBS, long long qRS,
-    const unsigned short* k, long long kBS, long long kRS, const unsigned short* v, long long vBS, long long vRS, int H,
-    int TQ, int TK, float scale, const unsigned char* pad, long long padStride, int causal, int queryOffset,
-    float* probs, int half, int outFmt, unsigned long long seed, unsigned long long threshold, float keepScale,
-    int tiles, int items) {
+// next item's travel in two registers), rounded up to 16 bytes, then with BITS the keep
+// bitmap of the tile's rows (am3_keep_words(16W·TK) words), drawn by the whole block
+// between the item's two barriers as attention_mma3_fwd_b does. MAXNT as AM3_B_NT's.
+#define AM3H_FWD_PARAMS                                                                                          \
+    void *out, long long oBS, long long oRS, const unsigned short *q, long long qBS, long long qRS,               \
+        const unsigned short *k, long long kBS, long long kRS, const unsigned short *v, long long vBS,           \
+        long long vRS, int H, int TQ, int TK, float scale, const unsigned char *pad, long long padStride,        \
+        int causal, int queryOffset, float *probs, int half, int outFmt, unsigned long long seed,                \
+        unsigned long long threshold, float keepScale, int tiles, int items
+#define AM3H_FWD_ARGS                                                                                            \
+    out, oBS, oRS, q, qBS, qRS, k, kBS, kRS, v, vBS, vRS, H, TQ, TK, scale, pad, padStride, causal, queryOffset, \
+        probs, half, outFmt, seed, threshold, keepScale, tiles, items
+
+template <bool BITS, int MAXNT>
+__device__ __forceinline__ void am3h_fwd(AM3H_FWD_PARAMS) {
     const bool kHalf = half != 0;
     const int TKp = (TK + 15) & ~15;
     const int rowsQ = 16 * (blockDim.x >> 5);
     const int bufElems = (rowsQ + 2 * TKp) * AM_LD;
     unsigned short* buf = am3_smem();
     unsigned char* padded = reinterpret_cast<unsigned char*>(buf + 2 * bufElems);
+    unsigned* keepBits = reinterpret_cast<unsigned*>(padded + ((TK + 15) & ~15));
+    const bool drawn = threshold != 0ull;
 #pragma unroll
     for (int s = 0; s < 2; s++) {
         unsigned short* Ks = buf + s * bufElems + rowsQ * AM_LD;
@@ -1588,18 +1598,25 @@ extern "C" __global__ void __launch_bounds__(128, AM3_FWD_MINB) attention_mma3_f
         const int next = item + gridDim.x;
         if (next < items) fetch(next, s ^ 1);
         am3h_scale(kHalf, Qs, nq, rowsQ, scale);
-        __syncthreads();  // q scaled, flags in place
-        am2_fwd_tile(kHalf, Qs, Qs + rowsQ * AM_LD, Qs + (rowsQ + TKp) * AM_LD, nullptr, padded, b, h, tile0, out, oBS,
-                     oRS, H, TQ, TK, causal, queryOffset, probs, nullptr, outFmt, seed, threshold, keepScale);
+        if (BITS && drawn) am3_keep_bits(keepBits, nq * TK, (((long long)b * H + h) * TQ + tile0) * TK, seed, threshold);
+        __syncthreads();  // q scaled, flags (and bits) in place
+        am2_fwd_tile<BITS, MAXNT>(kHalf, Qs, Qs + rowsQ * AM_LD, Qs + (rowsQ + TKp) * AM_LD, nullptr, padded, b, h,
+                                  tile0, out, oBS, oRS, H, TQ, TK, causal, queryOffset, probs, nullptr, outFmt, seed,
+                                  threshold, keepScale, keepBits);
         item = next;
         s ^= 1;
     }
+}
+
+extern "C" __global__ void __launch_bounds__(128, AM3_FWD_MINB) attention_mma3_fwd_h(AM3H_FWD_PARAMS) {
+    am3h_fwd<false, 4>(AM3H_FWD_ARGS);
 }
 
 // Backward items as attention_mma3_bwd. Shared memory: two buffers of Qs, Ks, Vs, Os
 // [·][AM_LD] (16-bit) and Z1 (am2_zbytes: P as it lands by 4-byte copies, then dS),
 // then one Z2 for P⊙M (only written and read inside an item). Warps: amBackwardWarps3's
 // (phase A's query blocks and phase B's 2·NT items each in one pass).
+template <bool BITS, int MAXNT>
 __device__ __forceinline__ void am3h_bwd(bool kHalf, void* dq, long long dqBS, long long dqRS, void* dk, long long dkBS,
                                          long long dkRS, void* dv, long long dvBS, long long dvRS,
                                          const unsigned short* dout, long long doBS, long long doRS,
@@ -1608,10 +1625,13 @@ __device__ __forceinline__ void am3h_bwd(bool kHalf, void* dq, long long dqBS, l
                                          long long vRS, const float* probs, int H, int TQ, int TK, float scale,
                                          int outFmt, unsigned long long seed, unsigned long long threshold,
                                          float keepScale, int items) {
-    const int TKp = (TK + 15) & ~15, TQp = (TQ + 15) & ~15;
+    const int TKp = (TK + 15) & ~15, TQp = (TQ + 15) & ~15, LDZ = TKp + 8;
     const int bufElems = AM_LD * (2 * TQp + 2 * TKp) + am2_zbytes(TQ, TK) / 2;
     unsigned short* buf = am3_smem();
     unsigned char* z2 = reinterpret_cast<unsigned char*>(buf + 2 * bufElems);
+    // With BITS the keep bitmap of the item's TQ·TK elements follows Z2.
+    unsigned* keepBits = reinterpret_cast<unsigned*>(z2 + 2 * TQp * LDZ);
+    const bool drawn = threshold != 0ull;
 #pragma unroll
     for (int s = 0; s < 2; s++) {
         unsigned short* Qs = buf + s * bufElems;
@@ -1644,13 +1664,14 @@ __device__ __forceinline__ void am3h_bwd(bool kHalf, void* dq, long long dqBS, l
         const int next = item + gridDim.x;
         if (next < items) fetch(next, s ^ 1);
         am3h_scale(kHalf, Qs, TQ, TQp, scale);
-        __syncthreads();  // q scaled
+        if (BITS && drawn) am3_keep_bits(keepBits, TQ * TK, (((long long)b * H + h) * TQ) * TK, seed, threshold);
+        __syncthreads();  // q scaled (and the bits drawn)
         unsigned short* Ks = Qs + TQp * AM_LD;
         unsigned short* Vs = Ks + TKp * AM_LD;
         unsigned short* Os = Vs + TKp * AM_LD;
         unsigned char* z1 = reinterpret_cast<unsigned char*>(Os + TQp * AM_LD);
-        am2_bwd_pair(kHalf, Qs, Ks, Vs, Os, z1, z2, b, h, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, nullptr, H,
-                     TQ, TK, scale, outFmt, seed, threshold, keepScale);
+        am2_bwd_pair<BITS, MAXNT>(kHalf, Qs, Ks, Vs, Os, z1, z2, b, h, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS,
+                                  nullptr, H, TQ, TK, scale, outFmt, seed, threshold, keepScale, keepBits);
         item = next;
     };
     while (item < items) {
@@ -1670,9 +1691,31 @@ extern "C" __global__ void __launch_bounds__(256, AM3_BWD_MINB) attention_mma3_b
     long long qRS, const unsigned short* k, long long kBS, long long kRS, const unsigned short* v, long long vBS,
     long long vRS, const float* probs, int H, int TQ, int TK, float scale, int half, int outFmt,
     unsigned long long seed, unsigned long long threshold, float keepScale, int items) {
-    am3h_bwd(half != 0, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, dout, doBS, doRS, q, qBS, qRS, k, kBS, kRS, v,
-             vBS, vRS, probs, H, TQ, TK, scale, outFmt, seed, threshold, keepScale, items);
+    am3h_bwd<false, 4>(half != 0, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, dout, doBS, doRS, q, qBS, qRS, k,
+                       kBS, kRS, v, vBS, vRS, probs, H, TQ, TK, scale, outFmt, seed, threshold, keepScale, items);
 }
+
+// attention_mma3_fwd_hb*, attention_mma3_bwd_hb*: the 16-bit-input third kernels with the
+// bits variant's keep bitmap and the short-key sizes of AM3_B_NT (hb: 4 key blocks, hb2:
+// 2, hb3: 3). The same arithmetic on the same rounded operands, so the bits of the
+// float32-input bits kernels on the widened inputs.
+#define AM3_HB(SUF, NT)                                                                                               \
+    extern "C" __global__ void __launch_bounds__(128, AM3_FWD_MINB) attention_mma3_fwd_hb##SUF(AM3H_FWD_PARAMS) {    \
+        am3h_fwd<true, NT>(AM3H_FWD_ARGS);                                                                          \
+    }                                                                                                               \
+    extern "C" __global__ void __launch_bounds__(256, AM3_BWD_MINB) attention_mma3_bwd_hb##SUF(                      \
+        void* dq, long long dqBS, long long dqRS, void* dk, long long dkBS, long long dkRS, void* dv, long long dvBS, \
+        long long dvRS, const unsigned short* dout, long long doBS, long long doRS, const unsigned short* q,          \
+        long long qBS, long long qRS, const unsigned short* k, long long kBS, long long kRS, const unsigned short* v,  \
+        long long vBS, long long vRS, const float* probs, int H, int TQ, int TK, float scale, int half, int outFmt,   \
+        unsigned long long seed, unsigned long long threshold, float keepScale, int items) {                         \
+        am3h_bwd<true, NT>(half != 0, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, dout, doBS, doRS, q, qBS, qRS,  \
+                           k, kBS, kRS, v, vBS, vRS, probs, H, TQ, TK, scale, outFmt, seed, threshold, keepScale,    \
+                           items);                                                                                  \
+    }
+AM3_HB(, 4)
+AM3_HB(2, 2)
+AM3_HB(3, 3)
 
 // attention_mma_round packs pairs of floats as the kernels above round their operands
 // (y[i] = x[2i] in the low half, x[2i+1] in the high half), for TestAttentionMMARounding.

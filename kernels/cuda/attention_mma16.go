@@ -19,6 +19,10 @@ import "github.com/xform-dev/xform/kernels"
 //     is 16-bit with 16-byte aligned rows: cp.async straight into double-buffered 16-bit
 //     tiles, no landing area and no rounding pass; the same dispatch rules (fwdTakes,
 //     bwdTakes) on their own plans.
+//   - attention_mma3_fwd_hb* / attention_mma3_bwd_hb*: those with the float32-input
+//     kernels' bits variant (keep bits drawn ahead into a bitmap) and short-key sizes
+//     (hb2, hb3; hb for 4 key blocks), chosen as the float32 inputs' are (not the first
+//     variant: am3Fns.firstVariant; the key blocks: bitsIndex).
 
 var _ kernels.HalfAttentionInputs = (*Backend)(nil)
 
@@ -27,8 +31,12 @@ type am16Fns struct {
 	fwd2, bwd2, fwd3, bwd3 uintptr
 	bwd2Opt, fwd3Opt       bool // allowed the device's whole shared memory
 	bwd3Opt                bool
-	off                    bool // tests: AttentionInputs16 says false
-	calls                  int  // launches with a 16-bit input (tests: the path was taken)
+	// fwd3B, bwd3B: the third kernels' bits variants by key blocks 2, 3, 4
+	// (attention_mma3_*_hb2, _hb3, _hb), with their opt-in flags.
+	fwd3B, bwd3B       [3]uintptr
+	fwd3BOpt, bwd3BOpt [3]bool
+	off                bool // tests: AttentionInputs16 says false
+	calls              int  // launches with a 16-bit input (tests: the path was taken)
 }
 
 // AttentionInputs16 implements kernels.HalfAttentionInputs, when switched on
@@ -86,24 +94,32 @@ func am2ZBytes(a kernels.AttentionArgs) int {
 }
 
 // planMMA3ForwardH: planMMA3Forward's blocks and tiles; shared memory two buffers of Q
-// [16·warps][72], K, V [TKp][72] (16-bit), then the TK padding flags rounded to 16.
-func planMMA3ForwardH(a kernels.AttentionArgs, sms, sharedPerSM, maxGrid int) am3Plan {
+// [16·warps][72], K, V [TKp][72] (16-bit), then the TK padding flags rounded to 16, and
+// with bits the keep bitmap of a query tile's rows (attention_mma3_fwd_hb*).
+func planMMA3ForwardH(a kernels.AttentionArgs, sms, sharedPerSM, maxGrid int, bits bool) am3Plan {
 	p2 := planMMA2Forward(a, false)
 	p := am3Plan{warps: p2.warps, tiles: p2.tiles, items: p2.tiles * a.Heads * a.Batch}
 	tkp := 16 * amBlocks16(a.TK)
 	p.shared = 2*2*amLD*(16*p.warps+2*tkp) + (a.TK+15)&^15
+	if bits {
+		p.shared += am3KeepBytes(16 * p.warps * a.TK)
+	}
 	p.perSM = am3Resident(32*p.warps, p.shared, am3FwdMinBlocks, 128, sharedPerSM)
 	p.grid = am3Grid(p.items, sms, max(p.perSM, 1), maxGrid)
 	return p
 }
 
 // planMMA3BackwardH: two buffers of Qs, K, V, dO [·][72] (16-bit) and Z1 (am2ZBytes),
-// then Z2 for P⊙M ([TQp][TKp+8] 16-bit); planMMA3Backward's warps.
-func planMMA3BackwardH(a kernels.AttentionArgs, sms, sharedPerSM, maxGrid int) am3Plan {
+// then Z2 for P⊙M ([TQp][TKp+8] 16-bit), and with bits the keep bitmap of the item's
+// TQ·TK elements (attention_mma3_bwd_hb*); planMMA3Backward's warps.
+func planMMA3BackwardH(a kernels.AttentionArgs, sms, sharedPerSM, maxGrid int, bits bool) am3Plan {
 	tqp, tkp := 16*amBlocks16(a.TQ), 16*amBlocks16(a.TK)
 	p := am3Plan{warps: amBackwardWarps3(a), tiles: 1, items: a.Heads * a.Batch}
 	buf := 2*amLD*(2*tqp+2*tkp) + am2ZBytes(a)
 	p.shared = 2*buf + 2*tqp*(tkp+8)
+	if bits {
+		p.shared += am3KeepBytes(a.TQ * a.TK)
+	}
 	p.perSM = am3Resident(32*p.warps, p.shared, am3BwdMinBlocks, 256, sharedPerSM)
 	p.grid = am3Grid(p.items, sms, max(p.perSM, 1), maxGrid)
 	return p
@@ -128,11 +144,17 @@ func (be *Backend) mma3ForwardH(out, q, k, v kernels.View, a kernels.AttentionAr
 	if drop.mask != nil || !am3Aligned16(q, k, v) {
 		return false
 	}
-	p := planMMA3ForwardH(a, be.info.SMs, t.sharedPerSM, t.sw.maxGrid)
+	bits := !t.firstVariant(a)
+	p := planMMA3ForwardH(a, be.info.SMs, t.sharedPerSM, t.sw.maxGrid, bits)
 	if !t.fwdTakes(a, p, f.optinMax, am3FwdMinKeys) {
 		return false
 	}
-	be.optIn(f.in16.fwd3, p.shared, &f.in16.fwd3Opt)
+	fn, opt := f.in16.fwd3, &f.in16.fwd3Opt
+	if bits {
+		i := f.in16.bitsIndex(a, t.sw.wide)
+		fn, opt = f.in16.fwd3B[i], &f.in16.fwd3BOpt[i]
+	}
+	be.optIn(fn, p.shared, opt)
 	f.in16.calls++
 	be.prm.reset().views16(out, q, k, v).
 		i32(a.Heads).i32(a.TQ).i32(a.TK).f32(a.Scale).
@@ -141,7 +163,7 @@ func (be *Backend) mma3ForwardH(out, q, k, v kernels.View, a kernels.AttentionAr
 		ptr(addr(probs)).i32(be.halfArg()).
 		i32(be.viewsFormat(out)).seededArgs(drop).
 		i32(p.tiles).i32(p.items)
-	be.run(f.in16.fwd3, [3]uint32{uint32(p.grid), 1, 1}, uint32(32*p.warps), uint32(p.shared))
+	be.run(fn, [3]uint32{uint32(p.grid), 1, 1}, uint32(32*p.warps), uint32(p.shared))
 	return true
 }
 
@@ -153,17 +175,33 @@ func (be *Backend) mma3BackwardH(dq, dk, dv, dout, q, k, v kernels.View, a kerne
 	if drop.mask != nil || !am3Aligned16(dout, q, k, v) {
 		return false
 	}
-	p := planMMA3BackwardH(a, be.info.SMs, t.sharedPerSM, t.sw.maxGrid)
+	bits := !t.firstVariant(a)
+	p := planMMA3BackwardH(a, be.info.SMs, t.sharedPerSM, t.sw.maxGrid, bits)
 	if !t.bwdTakes(p, f.optinMax) {
 		return false
 	}
-	be.optIn(f.in16.bwd3, p.shared, &f.in16.bwd3Opt)
+	fn, opt := f.in16.bwd3, &f.in16.bwd3Opt
+	if bits {
+		i := f.in16.bitsIndex(a, t.sw.wide)
+		fn, opt = f.in16.bwd3B[i], &f.in16.bwd3BOpt[i]
+	}
+	be.optIn(fn, p.shared, opt)
 	f.in16.calls++
 	be.prm.reset().
 		views16(dq, dk, dv).views16(dout, q, k, v).
 		ptr(addr(probs)).
 		i32(a.Heads).i32(a.TQ).i32(a.TK).f32(a.Scale).i32(be.halfArg()).i32(be.viewsFormat(dq, dk, dv)).
 		seededArgs(drop).i32(p.items)
-	be.run(f.in16.bwd3, [3]uint32{uint32(p.grid), 1, 1}, uint32(32*p.warps), uint32(p.shared))
+	be.run(fn, [3]uint32{uint32(p.grid), 1, 1}, uint32(32*p.warps), uint32(p.shared))
 	return true
+}
+
+// bitsIndex is the index into fwd3B/bwd3B for a's keys: the kernels sized for 2, 3 or 4
+// key blocks (4 with wide, as the float32 inputs' bits kernels, am3Fns.bitsKernels).
+func (f *am16Fns) bitsIndex(a kernels.AttentionArgs, wide bool) int {
+	nt := (a.TK + 15) / 16
+	if wide || nt > 3 {
+		return 2
+	}
+	return max(nt, 2) - 2
 }

@@ -311,10 +311,11 @@ func (be *Backend) mma3Taken(a kernels.AttentionArgs, backward bool, views ...ke
 		if n != 1<<len(views)-1 || !am3Aligned16(views...) {
 			return false
 		}
+		bits := !t.firstVariant(a)
 		if backward {
-			return t.bwdTakes(planMMA3BackwardH(a, be.info.SMs, t.sharedPerSM, t.sw.maxGrid), f.optinMax)
+			return t.bwdTakes(planMMA3BackwardH(a, be.info.SMs, t.sharedPerSM, t.sw.maxGrid, bits), f.optinMax)
 		}
-		return t.fwdTakes(a, planMMA3ForwardH(a, be.info.SMs, t.sharedPerSM, t.sw.maxGrid), f.optinMax, am3FwdMinKeys)
+		return t.fwdTakes(a, planMMA3ForwardH(a, be.info.SMs, t.sharedPerSM, t.sw.maxGrid, bits), f.optinMax, am3FwdMinKeys)
 	}
 	if !am3Aligned(views...) {
 		return false

@@ -186,6 +186,8 @@ func in16Runs() []in16Run {
 		{name: "all 16-bit, second kernels", qkv: true, dout: true, sw: am3Switch{off: true}},
 		{name: "all 16-bit, third kernels", qkv: true, dout: true, sw: am3Switch{force: true}},
 		{name: "all 16-bit, third kernels, grid 7", qkv: true, dout: true, sw: am3Switch{force: true, maxGrid: 7}},
+		{name: "all 16-bit, third kernels, first variant (_h)", qkv: true, dout: true, sw: am3Switch{force: true, old: true}},
+		{name: "all 16-bit, third kernels, bits for 4 key blocks (_hb)", qkv: true, dout: true, sw: am3Switch{force: true, wide: true}},
 		{name: "16-bit q, k, v, float32 dout", qkv: true, sw: am3Switch{force: true}},
 		{name: "float32 q, k, v, 16-bit dout", dout: true, sw: am3Switch{force: true}},
 		{name: "all 16-bit, stored mask", qkv: true, dout: true, stored: true},
@@ -335,22 +337,30 @@ func TestAttentionInputs16Rejects(t *testing.T) {
 func TestAttentionMMA3HalfPlans(t *testing.T) {
 	a := kernels.AttentionArgs{Batch: 200, Heads: 8, HeadDim: 64, TQ: 41, TK: 41}
 	const perSM = 228 * 1024
-	f := planMMA3ForwardH(a, 132, perSM, 0)
+	f := planMMA3ForwardH(a, 132, perSM, 0, false)
 	if want := 2*2*72*(48+96) + 48; f.shared != want || f.warps != 3 || f.tiles != 1 || f.items != 1600 || f.perSM != 5 {
 		t.Errorf("forward plan %+v, want shared %d, 3 warps, 1 tile, 1600 items, 5 blocks per SM", f, want)
 	}
+	// The bits variants (attention_mma3_*_hb*) add the keep bitmap: 48·41 bits forward
+	// (64 words with slack), 41·41 backward (56 words); still 5 and 2 blocks per SM.
+	if fb := planMMA3ForwardH(a, 132, perSM, 0, true); fb.shared != f.shared+4*64 || fb.perSM != 5 {
+		t.Errorf("forward bits plan %+v, want shared %d, 5 blocks per SM", fb, f.shared+4*64)
+	}
 	z1 := (max(4*41*41, 2*48*56) + 15) &^ 15
-	b := planMMA3BackwardH(a, 132, perSM, 0)
+	b := planMMA3BackwardH(a, 132, perSM, 0, false)
 	if want := 2*(2*72*4*48+z1) + 2*48*56; b.shared != want || b.warps != 6 || b.items != 1600 || b.perSM != 2 {
 		t.Errorf("backward plan %+v, want shared %d, 6 warps, 1600 items, 2 blocks per SM", b, want)
+	}
+	if bb := planMMA3BackwardH(a, 132, perSM, 0, true); bb.shared != b.shared+4*56 || bb.perSM != 2 {
+		t.Errorf("backward bits plan %+v, want shared %d, 2 blocks per SM", bb, b.shared+4*56)
 	}
 	if am2ZBytes(a) != z1 {
 		t.Errorf("am2ZBytes %d, want %d", am2ZBytes(a), z1)
 	}
 	for _, T := range []int{20, 28, 35, 64} {
 		a := kernels.AttentionArgs{Batch: 8000 / T, Heads: 8, HeadDim: 64, TQ: T, TK: T}
-		f3, f16 := planMMA3Forward(a, 132, perSM, 0), planMMA3ForwardH(a, 132, perSM, 0)
-		b3, b16 := planMMA3Backward(a, 132, perSM, 0), planMMA3BackwardH(a, 132, perSM, 0)
+		f3, f16 := planMMA3Forward(a, 132, perSM, 0), planMMA3ForwardH(a, 132, perSM, 0, false)
+		b3, b16 := planMMA3Backward(a, 132, perSM, 0), planMMA3BackwardH(a, 132, perSM, 0, false)
 		if f16.shared >= f3.shared || f16.perSM < f3.perSM || b16.shared >= b3.shared || b16.perSM < b3.perSM {
 			t.Errorf("T %d: 16-bit plans forward %+v backward %+v not below the float32 ones %+v %+v", T, f16, b16, f3, b3)
 		}
@@ -462,7 +472,7 @@ func TestAttentionInputs16Timing(t *testing.T) {
 			defer be.enter()()
 			f := be.mmaFns()
 			pf, pb = planMMA3Forward(a, be.info.SMs, f.third.sharedPerSM, 0), planMMA3Backward(a, be.info.SMs, f.third.sharedPerSM, 0)
-			hf, hb = planMMA3ForwardH(a, be.info.SMs, f.third.sharedPerSM, 0), planMMA3BackwardH(a, be.info.SMs, f.third.sharedPerSM, 0)
+			hf, hb = planMMA3ForwardH(a, be.info.SMs, f.third.sharedPerSM, 0, true), planMMA3BackwardH(a, be.info.SMs, f.third.sharedPerSM, 0, true)
 		}()
 		var res [4][2]float64
 		for v, c := range []struct {

@@ -477,6 +477,12 @@ func TestAttentionMMAKernelNames(t *testing.T) {
 	for _, m := range []string{"4", "8"} {
 		defined["attention_mma_fwd"+m] = strings.Contains(src, ") attention_mma_fwd##MAXNT(") && strings.Contains(src, "\nAM_FWD("+m+")\n")
 	}
+	// The 16-bit-input bits variants (AM3_HB).
+	for _, m := range []string{"", "2", "3"} {
+		ok := strings.Contains(src, "\nAM3_HB("+m+", ")
+		defined["attention_mma3_fwd_hb"+m] = ok && strings.Contains(src, ") attention_mma3_fwd_hb##SUF(")
+		defined["attention_mma3_bwd_hb"+m] = ok && strings.Contains(src, ") attention_mma3_bwd_hb##SUF(")
+	}
 	// The bits variants' short-key forms (AM3_B_NT).
 	for _, m := range []string{"2", "3"} {
 		ok := strings.Contains(src, "\nAM3_B_NT("+m+")\n")

@@ -127,3 +127,17 @@ func TestCrossKVBatchTraining(t *testing.T) {
 		checkSameRun(t, "graphed", graphed, "eager", on)
 	})
 }
+
+// TestHalfBiasAttn16SameBits: TestHalfBiasTrainingSameBits with 16-bit attention inputs
+// (attnIn16On in all three runs): the self-attention qkv and cross-attention q, k/v
+// projections then write 16-bit outputs and add their biases' 16-bit copies, which the
+// rounding optimizer must keep fresh, against rounding the float32 biases per call.
+func TestHalfBiasAttn16SameBits(t *testing.T) {
+	switchTraining(t, func(be *Backend) { be.attnIn16On = true }, func(be *Backend) { be.halfBiasOff = true }, func(t *testing.T, offBE, onBE *Backend, off, on, graphed trainResult) {
+		if onBE.lt.halfBias16 == 0 || offBE.lt.halfBias16 != 0 {
+			t.Fatalf("products with a 16-bit bias: %d with the copies off, %d on", offBE.lt.halfBias16, onBE.lt.halfBias16)
+		}
+		checkSameRun(t, "16-bit bias copies", on, "biases rounded per call", off)
+		checkSameRun(t, "16-bit bias copies, graphed", graphed, "16-bit bias copies, eager", on)
+	})
+}
