@@ -90,10 +90,6 @@ func (be *Backend) linearHalfOut(yh *half, kp *kept16, bias kernels.Buffer, m, n
 	if yh.n != m*n {
 		panic(fmt.Sprintf("cuda backend: Linear into a 16-bit y of %d elements as %d×%d", yh.n, m, n))
 	}
-	if bh := halfOf(bias); bh != nil {
-		be.linearHalfOutBias16(yh, kp, bh, m, n, k, relu)
-		return
-	}
 	epi := uint32(ltEpiDefault)
 	switch {
 	case relu && bias != nil:
@@ -105,32 +101,29 @@ func (be *Backend) linearHalfOut(yh *half, kp *kept16, bias kernels.Buffer, m, n
 	}
 	be.lt.halfOuts++
 	dt := be.dataType16()
-	planBias := addr(bias)
-	plan := be.ltPlanD(false, true, m, n, k, k, k, n, yh.dptr(), epi, planBias, 0, 0, dt)
-	if plan == nil && bias != nil && be.ltReady() {
-		b16 := be.scoped(be.newBuffer((n + 1) / 2)).dptr()
-		if plan = be.ltPlanDB(false, true, m, n, k, k, k, n, yh.dptr(), epi, b16, 0, 0, dt, dt); plan != nil {
-			be.castInto([3]uint64{b16}, [3]operand16{{addr(bias), n}})
-			planBias = b16
+	var plan *ltPlan
+	var planBias uint64
+	biasF32 := func() uint64 { return addr(bias) }
+	if bh := halfOf(bias); bh != nil {
+		// The 16-bit copy: the plan with a 16-bit bias type at once; the fallback adds
+		// its exact float32 widening.
+		if bh.n != n {
+			panic(fmt.Sprintf("cuda backend: Linear with a 16-bit bias of %d elements for %d outputs", bh.n, n))
+		}
+		be.lt.halfBias16++
+		planBias = bh.dptr()
+		plan = be.ltPlanDB(false, true, m, n, k, k, k, n, yh.dptr(), epi, planBias, 0, 0, dt, dt)
+		biasF32 = func() uint64 { return be.widen16(bh).dptr() }
+	} else {
+		planBias = addr(bias)
+		plan = be.ltPlanD(false, true, m, n, k, k, k, n, yh.dptr(), epi, planBias, 0, 0, dt)
+		if plan == nil && bias != nil && be.ltReady() {
+			b16 := be.scoped(be.newBuffer((n + 1) / 2)).dptr()
+			if plan = be.ltPlanDB(false, true, m, n, k, k, k, n, yh.dptr(), epi, b16, 0, 0, dt, dt); plan != nil {
+				be.castInto([3]uint64{b16}, [3]operand16{{addr(bias), n}})
+				planBias = b16
+			}
 		}
 	}
-	be.product16Half(plan, false, true, m, n, k, kp.x, k, kp.w, k, yh.dptr(), planBias, func() uint64 { return addr(bias) }, relu)
-}
-
-// linearHalfOutBias16 is linearHalfOut with the 16-bit bias bh [n]: the plan with a
-// 16-bit bias type at once; the fallback (no plan, or a refusal at run time) adds its
-// exact float32 widening.
-func (be *Backend) linearHalfOutBias16(yh *half, kp *kept16, bh *half, m, n, k int, relu bool) {
-	if bh.n != n {
-		panic(fmt.Sprintf("cuda backend: Linear with a 16-bit bias of %d elements for %d outputs", bh.n, n))
-	}
-	epi := uint32(ltEpiBias)
-	if relu {
-		epi = ltEpiReluBias
-	}
-	be.lt.halfOuts++
-	be.lt.halfBias16++
-	dt := be.dataType16()
-	plan := be.ltPlanDB(false, true, m, n, k, k, k, n, yh.dptr(), epi, bh.dptr(), 0, 0, dt, dt)
-	be.product16Half(plan, false, true, m, n, k, kp.x, k, kp.w, k, yh.dptr(), bh.dptr(), func() uint64 { return be.widen16(bh).dptr() }, relu)
+	be.product16Half(plan, false, true, m, n, k, kp.x, k, kp.w, k, yh.dptr(), planBias, biasF32, relu)
 }

@@ -42,8 +42,6 @@ type reluFold struct {
 	ld    int     // the mask's leading dimension in bits (= the columns)
 	alpha float32 // the dropout's keep scale
 	a     uint64  // the dropped activation, for the fallback
-	p     float64
-	n     int // elements of a (the fallback's launch)
 }
 
 var _ kernels.ReLUDropoutFolder = (*Backend)(nil)
@@ -94,7 +92,7 @@ func (be *Backend) LinearBackwardKeptReLU(g, dw, db, dy, kept kernels.Buffer, m,
 	if mb.n*32 < m*k || k%128 != 0 {
 		panic(fmt.Sprintf("cuda backend: LinearBackwardKeptReLU with a mask of %d words for %d×%d (not ApplyDropoutMask's)", mb.n, m, k))
 	}
-	fold := &reluFold{mask: mb.dptr(), ld: k, alpha: kernels.DropoutScale(p), a: ah.dptr(), p: p, n: m * k}
+	fold := &reluFold{mask: mb.dptr(), ld: k, alpha: kernels.DropoutScale(p), a: ah.dptr()}
 	be.linearBackwardKeptFold(g, dw, db, dy, kept, m, n, k, false, 0, fold)
 }
 
@@ -112,7 +110,7 @@ func (be *Backend) foldedProduct(pdx *ltPlan, fold *reluFold, m, n, k int, dy, w
 	be.lt.reluFoldFallbacks++
 	plain := be.ltPlanD(false, false, m, k, n, n, k, k, g.dptr(), ltEpiDefault, 0, 0, 0, be.dataType16())
 	be.product16Half(plain, false, false, m, k, n, dy, n, w, k, g.dptr(), 0, nil, false)
-	be.prm.reset().ptr(g.dptr()).ptr(g.dptr()).ptr(fold.a).f32(kernels.DropoutScale(fold.p)).i64(fold.n).i32(be.outFormat())
-	fn, grid := be.hhLaunch(be.fn.half.reluDropoutBwdHH8, be.fn.half.reluDropoutBwdHH, fold.n)
+	be.prm.reset().ptr(g.dptr()).ptr(g.dptr()).ptr(fold.a).f32(fold.alpha).i64(m * k).i32(be.outFormat())
+	fn, grid := be.hhLaunch(be.fn.half.reluDropoutBwdHH8, be.fn.half.reluDropoutBwdHH, m*k)
 	be.run(fn, grid, blockElem, 0)
 }
