@@ -39,10 +39,12 @@ type am16Fns struct {
 	calls              int  // launches with a 16-bit input (tests: the path was taken)
 }
 
-// AttentionInputs16 implements kernels.HalfAttentionInputs, when switched on
-// (XFORM_CUDA_ATTN16=1; off by default: in the 6L-6L bench step the 16-bit backward
-// measured 92.9 µs per call against the float32 inputs' 76.9, more than the forward
-// saves, 32.9 against 44.3, and the 16-bit bias rounding adds casts): exactly Attention16's calls
+// AttentionInputs16 implements kernels.HalfAttentionInputs, unless switched off
+// (XFORM_CUDA_ATTN16=0). It was opt-in while its backward ran without the bits variant
+// and the short-key sizes (92.9 µs per call against the float32 inputs' 76.9 in the
+// 6L-6L step); with them (eleventh session, H200, B·T ≈ 8000, bf16) the 16-bit inputs
+// take forward 31.5 / backward 57.1 µs at T 41 against 47.2 / 73.0, and the 2-bucket
+// bench gained 4.8 %: exactly Attention16's calls
 // (both directions on the second tensor-core kernels, whose _h variants take every one
 // of them; the third kernels' only where they also fit), unless switched off (tests).
 func (be *Backend) AttentionInputs16(a kernels.AttentionArgs) bool {
@@ -146,7 +148,7 @@ func (be *Backend) mma3ForwardH(out, q, k, v kernels.View, a kernels.AttentionAr
 	}
 	bits := !t.firstVariant(a)
 	p := planMMA3ForwardH(a, be.info.SMs, t.sharedPerSM, t.sw.maxGrid, bits)
-	if !t.fwdTakes(a, p, f.optinMax, am3FwdMinKeys) {
+	if !t.fwdTakes(a, p, f.optinMax, t.fwdMinKeysH(a)) {
 		return false
 	}
 	fn, opt := f.in16.fwd3, &f.in16.fwd3Opt

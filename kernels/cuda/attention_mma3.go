@@ -103,6 +103,20 @@ func (t *am3Fns) firstVariant(a kernels.AttentionArgs) bool {
 // 56.6, where the first variant's had taken 62.0; shorter keys were not measured.
 const am3FwdMinKeysBits = 20
 
+// am3FwdMinKeysH16 is am3FwdMinKeys for the 16-bit-input bits kernels
+// (attention_mma3_fwd_hb*): on the H200 (eleventh session, B 400, T 20, bf16) they took
+// 28.0 µs against the second kernels' (_h) 56.1, the gap as wide as at T 28–64, so no
+// bound on the keys; TestAttentionInputs16Timing also times T 12.
+const am3FwdMinKeysH16 = 1
+
+// fwdMinKeysH is fwdTakes's minKeys for the 16-bit-input forward of a.
+func (t *am3Fns) fwdMinKeysH(a kernels.AttentionArgs) int {
+	if t.firstVariant(a) {
+		return am3FwdMinKeys
+	}
+	return am3FwdMinKeysH16
+}
+
 // fwdTakes says whether the forward of a, planned as p, runs on the third kernels:
 // where it has at least minKeys keys (am3FwdMinKeys, or am3FwdMinKeysBits for the bits
 // variant) and enough resident blocks.
@@ -315,7 +329,7 @@ func (be *Backend) mma3Taken(a kernels.AttentionArgs, backward bool, views ...ke
 		if backward {
 			return t.bwdTakes(planMMA3BackwardH(a, be.info.SMs, t.sharedPerSM, t.sw.maxGrid, bits), f.optinMax)
 		}
-		return t.fwdTakes(a, planMMA3ForwardH(a, be.info.SMs, t.sharedPerSM, t.sw.maxGrid, bits), f.optinMax, am3FwdMinKeys)
+		return t.fwdTakes(a, planMMA3ForwardH(a, be.info.SMs, t.sharedPerSM, t.sw.maxGrid, bits), f.optinMax, t.fwdMinKeysH(a))
 	}
 	if !am3Aligned(views...) {
 		return false

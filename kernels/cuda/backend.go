@@ -122,8 +122,8 @@ type Backend struct {
 	// roundedAdamOff: tests and XFORM_CUDA_ROUNDED_ADAM=0: RoundsUpdates is false, so a
 	// model refreshes its 16-bit weight copies with RoundAll (optim_backward.go).
 	roundedAdamOff bool
-	// attnIn16On: XFORM_CUDA_ATTN16=1 (tests: withAttnIn16): the training attention
-	// reads 16-bit q, k, v and dout (attention_mma16.go; off by default, see there).
+	// attnIn16On: the training attention reads 16-bit q, k, v and dout
+	// (attention_mma16.go); on unless XFORM_CUDA_ATTN16=0 (tests: withAttnIn16).
 	attnIn16On bool
 	// lnWOn: XFORM_CUDA_LNW=1, the _w LayerNorm kernels (layernorm_fast.go) instead of
 	// the _v ones. Off by default: same bits, but on the H200 (eighth session) the _w
@@ -266,7 +266,7 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 	}
 	// The A/B switch for the bench: the copies refreshed by RoundAll, as before.
 	be.roundedAdamOff = os.Getenv("XFORM_CUDA_ROUNDED_ADAM") == "0"
-	be.attnIn16On = os.Getenv("XFORM_CUDA_ATTN16") == "1"
+	be.attnIn16On = os.Getenv("XFORM_CUDA_ATTN16") != "0"
 	be.lnWOn = os.Getenv("XFORM_CUDA_LNW") == "1"
 	be.lnPOn = os.Getenv("XFORM_CUDA_LNP") != "0"
 	be.am3Wide = os.Getenv("XFORM_CUDA_AM3NT") == "0"

@@ -151,7 +151,7 @@ func shift16(t *testing.T, be *Backend, x kernels.Buffer) kernels.Buffer {
 	return to16(be, be.Upload(append([]float32{0}, downHalf(t, be, x)...)))
 }
 
-// withAttnIn16 switches the 16-bit attention inputs on (XFORM_CUDA_ATTN16=1's setting)
+// withAttnIn16 switches the 16-bit attention inputs on (the default, which XFORM_CUDA_ATTN16=0 turns off)
 // for the test and returns be.
 func withAttnIn16(t *testing.T, be *Backend) *Backend {
 	t.Helper()

@@ -35,7 +35,7 @@ func am3TimingCases() []attnCase {
 	for _, s := range []struct {
 		B, T   int
 		causal bool
-	}{{400, 20, false}, {286, 28, false}, {229, 35, false}, {200, 41, false}, {200, 41, true}, {125, 64, false}} {
+	}{{666, 12, false}, {400, 20, false}, {286, 28, false}, {229, 35, false}, {200, 41, false}, {200, 41, true}, {125, 64, false}} {
 		cs = append(cs, attnCase{B: s.B, H: 8, D: 64, TQ: s.T, TK: s.T, pad: true, left: !s.causal, causal: s.causal, drop: true, minLen: s.T / 2})
 	}
 	return cs
