@@ -154,6 +154,8 @@ type TrainNet struct {
 	crossKV16  kernels.Buffer
 	crossKVb16 kernels.Buffer // its bias's 16-bit copy (kernels.HalfBiases)
 	kvBatch    bool
+	// packer: SetPackedRows is on (pack.go).
+	packer kernels.RowPacker
 	// outProj16 is the output projection rounded to 16 bits (kernels.HalfRounder).
 	outProj16 kernels.Buffer
 	// half16Dst and half16Src are every 16-bit weight copy and its float32 weight, for
@@ -987,6 +989,15 @@ func (n *TrainNet) attnIn(size int, in16 bool) kernels.Buffer {
 	return n.out(size)
 }
 
+// attnOutAlloc allocates attention outputs and gradients that are written whole:
+// 16-bit where half16 (out16), else float32 (out).
+func (n *TrainNet) attnOutAlloc(half16 bool) func(int) kernels.Buffer {
+	if half16 {
+		return n.out16
+	}
+	return n.out
+}
+
 // attnGrad allocates an attention gradient buffer: 16-bit and written whole when
 // half16, else float32 zeros that the backward accumulates into.
 func (n *TrainNet) attnGrad(size int, half16 bool) kernels.Buffer {
@@ -1051,8 +1062,9 @@ func (n *TrainNet) backKept(lk kernels.LinearKeeper, dx, dw, db, dy, kept kernel
 // With 16-bit attention inputs (n.attentionIn16) the qkv projection writes qkv 16-bit and
 // the out projection's backward writes the context gradient 16-bit, as torch.autocast's
 // Linears return them; the attention reads them as they are.
-func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B, T int, pad []bool, causal bool) (kernels.Buffer, back) {
-	d, rows := n.d, B*T
+func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B, T int, pad []bool, causal bool, pk *stepPack, side *packSide) (kernels.Buffer, back) {
+	d, slots := n.d, B*T
+	rows := pk.rowsOf(side, slots)
 	args := kernels.AttentionArgs{Batch: B, Heads: a.heads, HeadDim: d / a.heads, TQ: T, TK: T, Scale: n.headScale(a.heads),
 		KeyPadding: pad, KeyPadStride: T, Causal: causal}
 	half16 := n.attention16(args)
@@ -1062,19 +1074,23 @@ func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B, 
 	view := func(b kernels.Buffer, off int) kernels.View {
 		return kernels.View{Buf: b, Off: off, BatchStride: T * 3 * d, RowStride: 3 * d}
 	}
-	ctxv := n.out(rows * d)
-	if half16 {
-		ctxv = n.out16(rows * d)
-	}
+	inAlloc := func(size int) kernels.Buffer { return n.attnIn(size, in16) }
+	qkvA := pk.expand(side, qkv, 3*d, inAlloc)
+	ctxAlloc := n.attnOutAlloc(half16)
+	ctxv := ctxAlloc(slots * d)
 	cv := kernels.View{Buf: ctxv, BatchStride: T * d, RowStride: d}
-	attnBack := n.attention(o, args, cv, view(qkv, 0), view(qkv, d), view(qkv, 2*d), half16)
+	attnBack := n.attention(o, args, cv, view(qkvA, 0), view(qkvA, d), view(qkvA, 2*d), half16)
+	ctx := pk.pack(side, ctxv, d, ctxAlloc)
 	out := n.out(rows * d)
-	oBack, oKept := n.linearKept(out, ctxv, a.o.w.w, a.o.w16, a.o.b.w, rows, d, d)
+	oBack, oKept := n.linearKept(out, ctx, a.o.w.w, a.o.w16, a.o.b.w, rows, d, d)
 	return out, func(dout kernels.Buffer) kernels.Buffer {
-		dctx := n.attnIn(rows*d, in16 && oKept)
+		dctxAlloc := func(size int) kernels.Buffer { return n.attnIn(size, in16 && oKept) }
+		dctx := dctxAlloc(rows * d)
 		oBack(dctx, a.o.w.g, a.o.b.g, dout)
-		dqkv := n.attnGrad(rows*3*d, half16)
-		attnBack(view(dqkv, 0), view(dqkv, d), view(dqkv, 2*d), kernels.View{Buf: dctx, BatchStride: T * d, RowStride: d})
+		dctxA := pk.expand(side, dctx, d, dctxAlloc)
+		dqkvA := n.attnGrad(slots*3*d, half16)
+		attnBack(view(dqkvA, 0), view(dqkvA, d), view(dqkvA, 2*d), kernels.View{Buf: dctxA, BatchStride: T * d, RowStride: d})
+		dqkv := pk.pack(side, dqkvA, 3*d, n.attnOutAlloc(half16))
 		dh := n.out(rows * d)
 		qkvBack(dh, a.qkv.w.g, a.qkv.b.g, dqkv)
 		return dh
@@ -1093,10 +1109,18 @@ func (n *TrainNet) crossArgs(heads, B, T, S int, encPad []bool) kernels.Attentio
 // (TrainNet.kvBatch): kv [B·S, width] with layer l's k at column 2d·l and its v at 2d·l +
 // d, and dkv the same layout for their gradients, which the layers' attention backwards
 // write and back then takes: dEnc = dkv·crossKV.w, one product over width = L·2d.
+// With packed rows (pk) kv and the product run on the packed encoder rows, and kvA and
+// dkvA are the padded layout attention reads and writes; without, kvA is kv.
 type crossKV struct {
-	kv, dkv kernels.Buffer
-	width   int
-	back    func(dx, dw, db, dy kernels.Buffer)
+	kv, kvA, dkvA kernels.Buffer
+	width         int
+	half16        bool
+	back          func(dx, dw, db, dy kernels.Buffer)
+}
+
+// grad is the keys' and values' gradient on kv's rows, for back.
+func (c *crossKV) grad(n *TrainNet, pk *stepPack) kernels.Buffer {
+	return pk.pack(pk.srcSide(), c.dkvA, c.width, n.attnOutAlloc(c.half16))
 }
 
 // crossKVForward computes crossKV's kv from the encoder output enc (enc16 its 16-bit copy
@@ -1104,16 +1128,18 @@ type crossKV struct {
 // runs the backward. The buffers take the formats a layer's own would (16-bit inputs and
 // gradients where the attention of those shapes takes them): every decoder layer has
 // the same heads and shapes, so crossAttn decides the same.
-func (n *TrainNet) crossKVForward(o *StepOptions, enc, enc16 kernels.Buffer, B, T, S int, encPad []bool) *crossKV {
+func (n *TrainNet) crossKVForward(o *StepOptions, enc, enc16 kernels.Buffer, B, T, S int, encPad []bool, pk *stepPack) *crossKV {
 	d, L := n.d, len(n.dec)
 	args := n.crossArgs(n.dec[0].cross.heads, B, T, S, encPad)
 	half16 := n.attention16(args)
 	in16 := half16 && n.attentionIn16(args)
-	c := &crossKV{width: 2 * d * L}
-	c.kv = n.attnIn(B*S*c.width, in16)
-	c.back = n.linear(c.kv, either(enc16, enc), n.crossKV.w.w, n.crossKV16, n.attnBias(in16, n.crossKVb16, n.crossKV.b.w), B*S, c.width, d)
+	encRows := pk.rowsOf(pk.srcSide(), B*S)
+	c := &crossKV{width: 2 * d * L, half16: half16}
+	c.kv = n.attnIn(encRows*c.width, in16)
+	c.back = n.linear(c.kv, either(enc16, enc), n.crossKV.w.w, n.crossKV16, n.attnBias(in16, n.crossKVb16, n.crossKV.b.w), encRows, c.width, d)
+	c.kvA = pk.expand(pk.srcSide(), c.kv, c.width, func(size int) kernels.Buffer { return n.attnIn(size, in16) })
 	if o.Backward {
-		c.dkv = n.attnGrad(B*S*c.width, half16)
+		c.dkvA = n.attnGrad(B*S*c.width, half16)
 	}
 	return c
 }
@@ -1129,49 +1155,60 @@ func (n *TrainNet) crossKVForward(o *StepOptions, enc, enc16 kernels.Buffer, B, 
 // With 16-bit attention inputs (n.attentionIn16) q, the fused k/v and the context
 // gradient are written 16-bit, as in selfAttn; the encoder output's gradient (kv's
 // backward into dEnc) stays float32.
-func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B, T int, enc, enc16 kernels.Buffer, S int, encPad []bool, dEnc kernels.Buffer, dEncSet *bool, kvs *crossKV, li int) (kernels.Buffer, back) {
-	be, d, rows := n.be, n.d, B*T
+func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B, T int, enc, enc16 kernels.Buffer, S int, encPad []bool, dEnc kernels.Buffer, dEncSet *bool, kvs *crossKV, li int, pk *stepPack) (kernels.Buffer, back) {
+	be, d := n.be, n.d
+	tgt, src := pk.tgtSide(), pk.srcSide()
+	rows, encRows := pk.rowsOf(tgt, B*T), pk.rowsOf(src, B*S)
 	args := n.crossArgs(a.heads, B, T, S, encPad)
 	half16 := n.attention16(args)
 	in16 := half16 && n.attentionIn16(args)
+	inAlloc := func(size int) kernels.Buffer { return n.attnIn(size, in16) }
 	q := n.attnIn(rows*d, in16)
 	qBack := n.linear(q, either(h16, h), a.q.w.w, a.q16, n.attnBias(in16, a.qb16, a.q.b.w), rows, d, d)
+	qA := pk.expand(tgt, q, d, inAlloc)
 	// This layer's keys and values: its own product, or its columns of the product of
 	// every layer's (kvs): rows of width w, this layer's 2d at column c0.
-	var kv kernels.Buffer
+	var kvA kernels.Buffer
 	var kvBack func(dx, dw, db, dy kernels.Buffer)
 	var kvKept kernels.Buffer
 	w, c0 := 2*d, 0
 	if kvs != nil {
-		kv, w, c0 = kvs.kv, kvs.width, 2*d*li
+		kvA, w, c0 = kvs.kvA, kvs.width, 2*d*li
 	} else {
-		kv = n.attnIn(B*S*2*d, in16)
-		kvBack, kvKept = n.linearKeptBuf(kv, either(enc16, enc), a.kv.w.w, a.kv16, n.attnBias(in16, a.kvb16, a.kv.b.w), B*S, 2*d, d)
+		kv := n.attnIn(encRows*2*d, in16)
+		kvBack, kvKept = n.linearKeptBuf(kv, either(enc16, enc), a.kv.w.w, a.kv16, n.attnBias(in16, a.kvb16, a.kv.b.w), encRows, 2*d, d)
+		kvA = pk.expand(src, kv, 2*d, inAlloc)
 	}
 	qv := func(b kernels.Buffer) kernels.View { return kernels.View{Buf: b, BatchStride: T * d, RowStride: d} }
 	kvv := func(b kernels.Buffer, off int) kernels.View {
 		return kernels.View{Buf: b, Off: c0 + off, BatchStride: S * w, RowStride: w}
 	}
-	ctxv := n.out(rows * d)
-	if half16 {
-		ctxv = n.out16(rows * d)
-	}
-	attnBack := n.attention(o, args, qv(ctxv), qv(q), kvv(kv, 0), kvv(kv, d), half16)
+	ctxAlloc := n.attnOutAlloc(half16)
+	ctxv := ctxAlloc(B * T * d)
+	attnBack := n.attention(o, args, qv(ctxv), qv(qA), kvv(kvA, 0), kvv(kvA, d), half16)
+	ctx := pk.pack(tgt, ctxv, d, ctxAlloc)
 	out := n.out(rows * d)
-	oBack, oKept := n.linearKept(out, ctxv, a.o.w.w, a.o.w16, a.o.b.w, rows, d, d)
+	oBack, oKept := n.linearKept(out, ctx, a.o.w.w, a.o.w16, a.o.b.w, rows, d, d)
 	return out, func(dout kernels.Buffer) kernels.Buffer {
-		dctx := n.attnIn(rows*d, in16 && oKept)
+		dctxAlloc := func(size int) kernels.Buffer { return n.attnIn(size, in16 && oKept) }
+		dctx := dctxAlloc(rows * d)
 		oBack(dctx, a.o.w.g, a.o.b.g, dout)
-		dq := n.attnGrad(rows*d, half16)
-		var dkv kernels.Buffer
+		dctxA := pk.expand(tgt, dctx, d, dctxAlloc)
+		dqA := n.attnGrad(B*T*d, half16)
+		var dkvA kernels.Buffer
 		if kvs != nil {
-			dkv = kvs.dkv // crossKVForward's backward takes it after the last layer's
+			dkvA = kvs.dkvA // crossKVForward's backward takes it after the last layer's
 		} else {
-			dkv = n.attnGrad(B*S*2*d, half16)
+			dkvA = n.attnGrad(B*S*2*d, half16)
 		}
-		attnBack(qv(dq), kvv(dkv, 0), kvv(dkv, d), qv(dctx))
+		attnBack(qv(dqA), kvv(dkvA, 0), kvv(dkvA, d), qv(dctxA))
+		dq := pk.pack(tgt, dqA, d, ctxAlloc)
 		dh := n.out(rows * d)
 		qBack(dh, a.q.w.g, a.q.b.g, dq)
+		var dkv kernels.Buffer
+		if kvs == nil {
+			dkv = pk.pack(src, dkvA, 2*d, ctxAlloc)
+		}
 		switch acc, ok := be.(kernels.InputGradAccumulator); {
 		case kvs != nil:
 		case !*dEncSet:
@@ -1179,9 +1216,9 @@ func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B,
 			*dEncSet = true
 		case ok && kvKept != nil:
 			// The product adds onto dEnc: no buffer and AddTo per decoder layer.
-			acc.LinearBackwardKeptAccum(dEnc, a.kv.w.g, a.kv.b.g, dkv, kvKept, B*S, 2*d, d)
+			acc.LinearBackwardKeptAccum(dEnc, a.kv.w.g, a.kv.b.g, dkv, kvKept, encRows, 2*d, d)
 		default:
-			de := n.out(B * S * d)
+			de := n.out(encRows * d)
 			kvBack(de, a.kv.w.g, a.kv.b.g, dkv)
 			be.AddTo(dEnc, de)
 		}
@@ -1363,9 +1400,8 @@ func (n *TrainNet) ffn16(l *tlayer, h, h16 kernels.Buffer, rows int, dr *drop) (
 }
 
 // embed computes Drop(scale·E[ids] + P[pos]) and its backward into E (and learned P).
-func (n *TrainNet) embed(o *StepOptions, table, pos *tparam, ids []int32, B, T int) (kernels.Buffer, chainBack) {
-	be, d, rows := n.be, n.d, B*T
-	p := positionIDs(ids, B, T)
+func (n *TrainNet) embed(o *StepOptions, table, pos *tparam, ids, p []int32) (kernels.Buffer, chainBack) {
+	be, d, rows := n.be, n.d, len(ids)
 	x := n.out(rows * d)
 	be.Embed(x, table.w, ids, d, n.embedScale)
 	be.AddRows(x, pos.w, p, d)
@@ -1464,14 +1500,18 @@ func (n *TrainNet) Step(ctx context.Context, b *TrainBatch, o StepOptions) (Step
 		// that writes weights leaves the copies untrusted.
 		defer n.WeightsChanged()
 	}
+	var pk *stepPack
+	if n.packer != nil && !o.Profile {
+		pk = newStepPack(n.packer, b)
+	}
 	var readLoss func() (float64, float64)
 	run := func() error {
 		var err error
-		readLoss, err = n.stepWork(ctx, b, &o, profEnc, profDec)
+		readLoss, err = n.stepWork(ctx, b, &o, profEnc, profDec, pk)
 		return err
 	}
 	var err error
-	if g, ok := be.(kernels.StepGrapher); ok && !o.Profile {
+	if g, ok := be.(kernels.StepGrapher); ok && !o.Profile && pk == nil {
 		// The profiling stage reads activations back mid-step; everything else the
 		// step queues depends on the shapes and flags in the key alone.
 		key := fmt.Sprintf("train B%d S%d T%d train=%v backward=%v dropout=%v/%v/%v", B, S, T, o.Train, o.Backward,
@@ -1496,7 +1536,7 @@ func (n *TrainNet) Step(ctx context.Context, b *TrainBatch, o StepOptions) (Step
 
 // stepWork queues the forward (and backward) of Step and returns the reader of the
 // loss sums.
-func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions, profEnc, profDec *profiler) (func() (float64, float64), error) {
+func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions, profEnc, profDec *profiler, pk *stepPack) (func() (float64, float64), error) {
 	o := *op
 	be, d := n.be, n.d
 	B, S, T := b.B, b.S, b.T
@@ -1507,8 +1547,13 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 	var backs []chainBack
 
 	// Encoder.
-	encRows := B * S
-	x, eb := n.embed(&o, n.encEmbed, n.encPos, b.Src, B, S)
+	src, tgt := pk.srcSide(), pk.tgtSide()
+	encRows := pk.rowsOf(src, B*S)
+	srcIDs, srcPos := b.Src, positionIDs(b.Src, B, S)
+	if pk != nil {
+		srcIDs, srcPos = src.take(srcIDs), src.take(srcPos)
+	}
+	x, eb := n.embed(&o, n.encEmbed, n.encPos, srcIDs, srcPos)
 	var x16 kernels.Buffer
 	encBacks := []chainBack{eb}
 	encPad := padMask(b.Src)
@@ -1519,7 +1564,7 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 		l := &n.enc[li]
 		var bk chainBack
 		x, x16, bk = n.sublayer(&o, x, x16, encRows, l, 0, n.cfg.EncoderNormalizeBefore, n.alphaEnc, profEnc, func(h, h16 kernels.Buffer) (kernels.Buffer, back) {
-			return n.selfAttn(&o, &l.self, h, h16, B, S, encPad, false)
+			return n.selfAttn(&o, &l.self, h, h16, B, S, encPad, false, pk, src)
 		})
 		encBacks = append(encBacks, bk)
 		x, x16, bk = n.sublayer(&o, x, x16, encRows, l, 2, n.cfg.EncoderNormalizeBefore, n.alphaEnc, profEnc, func(h, h16 kernels.Buffer) (kernels.Buffer, back) {
@@ -1539,12 +1584,16 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 	dEnc, dEncSet := n.out(encRows*d), false
 	var kvs *crossKV
 	if n.kvBatch && len(n.dec) > 0 {
-		kvs = n.crossKVForward(&o, enc, enc16, B, T, S, encPad)
+		kvs = n.crossKVForward(&o, enc, enc16, B, T, S, encPad, pk)
 	}
 
 	// Decoder.
-	rows := B * T
-	y, db := n.embed(&o, n.decEmbed, n.decPos, b.Prev, B, T)
+	rows := pk.rowsOf(tgt, B*T)
+	prevIDs, prevPos, targets := b.Prev, positionIDs(b.Prev, B, T), b.Target
+	if pk != nil {
+		prevIDs, prevPos, targets = tgt.take(prevIDs), tgt.take(prevPos), tgt.take(targets)
+	}
+	y, db := n.embed(&o, n.decEmbed, n.decPos, prevIDs, prevPos)
 	var y16 kernels.Buffer
 	backs = append(backs, db)
 	decPad := padMask(b.Prev)
@@ -1556,11 +1605,11 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 		before := n.cfg.DecoderNormalizeBefore
 		var bk chainBack
 		y, y16, bk = n.sublayer(&o, y, y16, rows, l, 0, before, n.alphaDec, profDec, func(h, h16 kernels.Buffer) (kernels.Buffer, back) {
-			return n.selfAttn(&o, &l.self, h, h16, B, T, decPad, true)
+			return n.selfAttn(&o, &l.self, h, h16, B, T, decPad, true, pk, tgt)
 		})
 		backs = append(backs, bk)
 		y, y16, bk = n.sublayer(&o, y, y16, rows, l, 1, before, n.alphaDec, profDec, func(h, h16 kernels.Buffer) (kernels.Buffer, back) {
-			return n.crossAttn(&o, &l.cross, h, h16, B, T, enc, enc16, S, encPad, dEnc, &dEncSet, kvs, li)
+			return n.crossAttn(&o, &l.cross, h, h16, B, T, enc, enc16, S, encPad, dEnc, &dEncSet, kvs, li, pk)
 		})
 		backs = append(backs, bk)
 		y, y16, bk = n.sublayer(&o, y, y16, rows, l, 2, before, n.alphaDec, profDec, func(h, h16 kernels.Buffer) (kernels.Buffer, back) {
@@ -1588,9 +1637,9 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 	}
 	var readLoss func() (float64, float64)
 	if dl, ok := be.(kernels.DeferredLosser); ok {
-		readLoss = dl.LabelSmoothedLossDeferred(dlogits, logits, b.Target, rows, V, float32(o.LabelSmoothing), Pad, o.gradScale())
+		readLoss = dl.LabelSmoothedLossDeferred(dlogits, logits, targets, rows, V, float32(o.LabelSmoothing), Pad, o.gradScale())
 	} else {
-		loss, nll := be.LabelSmoothedLoss(dlogits, logits, b.Target, rows, V, float32(o.LabelSmoothing), Pad, o.gradScale())
+		loss, nll := be.LabelSmoothedLoss(dlogits, logits, targets, rows, V, float32(o.LabelSmoothing), Pad, o.gradScale())
 		readLoss = func() (float64, float64) { return loss, nll }
 	}
 	if !o.Backward {
@@ -1611,7 +1660,7 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 		g = backs[i](g)
 	}
 	if kvs != nil {
-		kvs.back(dEnc, n.crossKV.w.g, n.crossKV.b.g, kvs.dkv)
+		kvs.back(dEnc, n.crossKV.w.g, n.crossKV.b.g, kvs.grad(n, pk))
 		dEncSet = true
 	}
 	if !dEncSet { // no decoder layer: the encoder output gets no gradient

@@ -487,6 +487,9 @@ func runTrain(ctx context.Context, dir string, f *trainFlags, out io.Writer) err
 	if err != nil {
 		return err
 	}
+	if err := net.SetPackedRows(f.device.pack); err != nil {
+		return usageError{err}
+	}
 	betas, err := parseFloats(f.betas, "adam-betas")
 	if err != nil || len(betas) != 2 {
 		return usageError{fmt.Errorf("--adam-betas %q: want two numbers", f.betas)}

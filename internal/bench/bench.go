@@ -141,6 +141,9 @@ type TrainResult struct {
 	// the bucket edges L (empty for fairseq's batching). Both under the competitor's keys.
 	Batching      string `json:"batching"`
 	BucketLengths []int  `json:"bucket_lengths"`
+	// PackedRows: the position-wise layers ran on the non-pad tokens only (xform bench
+	// --pack-tokens).
+	PackedRows bool `json:"packed_rows,omitempty"`
 	// Graphs says how the CUDA graphs of the training step were used (nil: off).
 	Graphs *GraphUse `json:"cuda_graphs,omitempty"`
 	// Host is the host-side work of the timed updates (nil: the backend has no
@@ -579,7 +582,12 @@ func (r *TrainResult) WriteText(w io.Writer) error {
 	if r.Pipelined {
 		pipe = ", pipelined (results read one update late)"
 	}
-	fmt.Fprintf(bw, "| data %s, max tokens %d, %s batching, %d warm-up + %d timed updates%s (%s)\n", r.Data, r.MaxTokens, batching, r.Warmup, r.Updates, pipe, r.Date)
+	if r.PackedRows {
+		batching += " batching, packed rows"
+	} else {
+		batching += " batching"
+	}
+	fmt.Fprintf(bw, "| data %s, max tokens %d, %s, %d warm-up + %d timed updates%s (%s)\n", r.Data, r.MaxTokens, batching, r.Warmup, r.Updates, pipe, r.Date)
 	fmt.Fprintf(bw, "| target tokens/s %.0f | updates/s %.2f | ms/update mean %.1f p50 %.1f (min %.1f, max %.1f) | target tokens/update %.0f | padding %.1f%%\n",
 		r.TargetTokensPerSec, r.UpdatesPerSec, r.MsPerUpdateMean, r.MsPerUpdateP50, r.MsPerUpdateMin, r.MsPerUpdateMax, r.TargetTokensPerUpdate,
 		100*r.PaddingFraction)

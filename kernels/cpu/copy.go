@@ -78,3 +78,16 @@ func (be *Backend) PermuteRows(bufs []kernels.Buffer, stride int, idx []int32, n
 		}
 	})
 }
+
+// PackRows implements kernels.RowPacker (float32 buffers).
+func (*Backend) PackRows(dst, src kernels.Buffer, idx []int32, width int) {
+	d, s := f(dst), f(src)
+	for i, j := range idx {
+		row := d[i*width : (i+1)*width]
+		if j < 0 {
+			clear(row)
+			continue
+		}
+		copy(row, s[int(j)*width:int(j+1)*width])
+	}
+}

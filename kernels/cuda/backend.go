@@ -144,6 +144,8 @@ type Backend struct {
 	// the calls it took (relu_dropout.go).
 	reluBiasOff   bool
 	reluBiasCalls int
+	// packCalls counts PackRows launches (tests: a packed step packed).
+	packCalls int
 	// reluFoldOn: ApplyDropoutMask records masks, so the FFN backward folds its ReLU and
 	// dropout backward into fc2's dx product (relu_fold.go); XFORM_CUDA_RELU_FOLD=1,
 	// tests. Off by default: cuBLASLt 13.1's DRELU product with a 16-bit D took 109
@@ -204,6 +206,7 @@ type lazyKernels struct {
 // functions are the kernels looked up after loading the modules.
 type functions struct {
 	copy2d, gatherRows, fillRows, embed, addRows uintptr
+	packRowsV, packRowsH                         uintptr
 	layernorm, softmax, logSoftmax, activate     uintptr
 	residual, attention, meanHeads               uintptr
 	f32ToBF16, bf16ToF32, f32ToF16, f16ToF32     uintptr
@@ -216,6 +219,7 @@ type functions struct {
 func (f *functions) table() map[string]*uintptr {
 	m := map[string]*uintptr{
 		"copy2d": &f.copy2d, "gather_rows": &f.gatherRows, "fill_rows": &f.fillRows,
+		"pack_rows_v": &f.packRowsV, "pack_rows_h": &f.packRowsH,
 		"embed": &f.embed, "add_rows": &f.addRows, "layernorm": &f.layernorm,
 		"softmax": &f.softmax, "log_softmax": &f.logSoftmax, "activate": &f.activate,
 		"residual": &f.residual, "attention": &f.attention, "mean_heads": &f.meanHeads,

@@ -25,6 +25,29 @@ extern "C" __global__ void gather_rows(float* dst, long long dStride, const floa
     }
 }
 
+// pack_rows_v / pack_rows_h (kernels.RowPacker): dst row r = src row idx[r], zeros where
+// idx[r] < 0; rows dense, w units each. The units are the bytes' own (16-byte words
+// for _v, used when a row is a multiple of 16 bytes and both bases are aligned; 2-byte
+// halves for _h, which every float32 or 16-bit row is): a bit copy of either format.
+extern "C" __global__ void pack_rows_v(uint4* dst, const uint4* src, const int* idx, int rows, int w) {
+    const long long total = (long long)rows * w;
+    for (long long i = xf_tid(); i < total; i += xf_stride()) {
+        const long long r = i / w, c = i - r * w;
+        const int s = idx[r];
+        dst[i] = s >= 0 ? src[(long long)s * w + c] : make_uint4(0u, 0u, 0u, 0u);
+    }
+}
+
+extern "C" __global__ void pack_rows_h(unsigned short* dst, const unsigned short* src, const int* idx, int rows,
+                                       int w) {
+    const long long total = (long long)rows * w;
+    for (long long i = xf_tid(); i < total; i += xf_stride()) {
+        const long long r = i / w, c = i - r * w;
+        const int s = idx[r];
+        dst[i] = s >= 0 ? src[(long long)s * w + c] : (unsigned short)0;
+    }
+}
+
 // y[r*n + c] = bias[c]: Linear writes the bias first and lets the GEMM add onto it
 // (beta = 1), as torch's addmm does.
 extern "C" __global__ void fill_rows(float* y, const float* bias, int rows, int n) {

@@ -210,6 +210,8 @@ type trainCase struct {
 	// pipelined: update k+1 is queued before update k's results are read
 	// (train.Stepper.Queue), as xform train and xform bench run on the GPU.
 	pipelined bool
+	// pack: the net computes on packed rows (model.TrainNet.SetPackedRows).
+	pack bool
 }
 
 type trainResult struct {
@@ -222,6 +224,9 @@ func runTrain(t *testing.T, m *model.Model, be kernels.Trainer, rc trainCase, ba
 	t.Helper()
 	net, err := model.NewTrainNet(m, be)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := net.SetPackedRows(rc.pack); err != nil {
 		t.Fatal(err)
 	}
 	opt, err := train.NewOptimizer(net, train.OptimConfig{Name: rc.optim, Beta1: 0.9, Beta2: rc.beta2, Eps: 1e-8, WeightDecay: rc.wd})

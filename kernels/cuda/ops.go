@@ -110,6 +110,7 @@ const (
 	slotList    // buffer descriptors of the list reductions
 	slotDW      // deferred weight gradients' address arrays (dw_deferred.go)
 	slotDWBias  // a single deferred product's bias-gradient address arrays
+	slotPack    // PackRows's row indices
 	numSlots
 )
 
@@ -197,6 +198,44 @@ func (be *Backend) GatherRows(dst kernels.Buffer, dStride int, src kernels.Buffe
 	ip := be.stageInts(slotIDs, idx)
 	be.prm.reset().ptr(addr(dst)).i64(dStride).ptr(addr(src)).i64(sStride).ptr(ip).i32(len(idx)).i32(n)
 	be.elem(be.fn.gatherRows, int64(len(idx))*int64(n))
+}
+
+// PackRows implements kernels.RowPacker: both buffers float32, or both 16-bit; the
+// rows are copied as bytes (pack_rows_v in 16-byte words where the rows and bases
+// allow, else pack_rows_h in 2-byte units).
+func (be *Backend) PackRows(dst, src kernels.Buffer, idx []int32, width int) {
+	if len(idx) == 0 || width == 0 {
+		return
+	}
+	var dp, sp uint64
+	var dn, sn, size int
+	switch dh, sh := halfOf(dst), halfOf(src); {
+	case dh != nil && sh != nil:
+		dp, sp, dn, sn, size = dh.dptr(), sh.dptr(), dh.n, sh.n, 2
+	case dh == nil && sh == nil:
+		dp, sp, dn, sn, size = addr(dst), addr(src), dev(dst).n, dev(src).n, 4
+	default:
+		panic(fmt.Sprintf("cuda backend: PackRows between a %T and a %T (formats differ)", dst, src))
+	}
+	if len(idx)*width > dn {
+		panic(fmt.Sprintf("cuda backend: PackRows of %d rows of %d into %d elements", len(idx), width, dn))
+	}
+	srcRows := int32(sn / width)
+	for i, j := range idx {
+		if j >= srcRows {
+			panic(fmt.Sprintf("cuda backend: PackRows index %d at %d past the source's %d rows", j, i, srcRows))
+		}
+	}
+	defer be.enter()()
+	ip := be.stageInts(slotPack, idx)
+	rowBytes := width * size
+	fn, w := be.fn.packRowsH, rowBytes/2
+	if rowBytes%16 == 0 && dp%16 == 0 && sp%16 == 0 {
+		fn, w = be.fn.packRowsV, rowBytes/16
+	}
+	be.prm.reset().ptr(dp).ptr(sp).ptr(ip).i32(len(idx)).i32(w)
+	be.elem(fn, int64(len(idx))*int64(w))
+	be.packCalls++
 }
 
 // Gemm implements kernels.Backend with cublasSgemm in true fp32 (pedantic math), or

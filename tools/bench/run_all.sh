@@ -34,6 +34,9 @@
 #                graph; warm-up XFORM_GRAPH_WARMUP [10] so the captures fall before the timed updates) [0]
 #   XFORM_TUNED=1  also run the CUDA-graphs bucket row with --cuda-autotune (the cuBLASLt autotune;
 #                needs XFORM_GRAPHS=1) [0]
+#   XFORM_PACK=1  also run xform with --pack-tokens (projections, feed-forward, LayerNorm and the loss on
+#                the real tokens only; padded rows just around attention): with fairseq's batching and on
+#                the compile modes' bucket batches (and, with XFORM_TUNED=1, the latter autotuned) [0]
 #   XFORM_CUDA_AUTOTUNE=1  (read by xform itself) the cuBLASLt autotune in every xform row; with
 #                fairseq batching its one-off tuning lands in the few timed updates, so also raise
 #                XFORM_WARMUP (docs/cuda.md, "cuBLASLt autotune")
@@ -69,6 +72,7 @@ XFORM_BUCKET=${XFORM_BUCKET:-1}
 XFORM_GRAPHS=${XFORM_GRAPHS:-0}
 XFORM_GRAPH_WARMUP=${XFORM_GRAPH_WARMUP:-10}
 XFORM_TUNED=${XFORM_TUNED:-0}
+XFORM_PACK=${XFORM_PACK:-0}
 D=${D:-512}
 FFN=${FFN:-2048}
 HEADS=${HEADS:-8}
@@ -239,6 +243,19 @@ for L in $LAYERS; do
 					part "xform_${L}l_tuned" "$L" "$xbt" -- "${xb[@]}" --batching bucket --buckets "$BUCKETS" --cuda-graphs --cuda-autotune --warmup "$XFORM_GRAPH_WARMUP" &&
 						record "xform_${L}l_tuned" "$L" "$xbt" ok "$W/xform_${L}l_tuned.log"
 				fi
+			fi
+		fi
+		if [ "$XFORM_PACK" = 1 ]; then
+			xbp="xform ($XFORM_PRECISION, $DEVICE, packed rows)"
+			part "xform_${L}l_pack" "$L" "$xbp" -- "${xb[@]}" --pack-tokens &&
+				record "xform_${L}l_pack" "$L" "$xbp" ok "$W/xform_${L}l_pack.log"
+			xbq="xform ($XFORM_PRECISION, $DEVICE, bucket batching as the compile modes, $BUCKETS buckets, packed rows)"
+			part "xform_${L}l_bucket_pack" "$L" "$xbq" -- "${xb[@]}" --batching bucket --buckets "$BUCKETS" --pack-tokens &&
+				record "xform_${L}l_bucket_pack" "$L" "$xbq" ok "$W/xform_${L}l_bucket_pack.log"
+			if [ "$XFORM_TUNED" = 1 ]; then
+				xbr="xform ($XFORM_PRECISION, $DEVICE, bucket batching as the compile modes, $BUCKETS buckets, packed rows, cuBLASLt autotune)"
+				part "xform_${L}l_bucket_pack_tuned" "$L" "$xbr" -- "${xb[@]}" --batching bucket --buckets "$BUCKETS" --pack-tokens --cuda-autotune &&
+					record "xform_${L}l_bucket_pack_tuned" "$L" "$xbr" ok "$W/xform_${L}l_bucket_pack_tuned.log"
 			fi
 		fi
 	fi

@@ -1,0 +1,140 @@
+package model
+
+import (
+	"fmt"
+
+	"github.com/xform-dev/xform/kernels"
+)
+
+// Packed rows (TrainNet.SetPackedRows): the training step computes every position-wise
+// layer — the projections, the feed-forward blocks, LayerNorm, residuals, dropout, the
+// embeddings and the loss — on the batch's non-pad tokens only, and expands rows into
+// the padded [B, T] layout only around attention, which needs each sentence's rows
+// together. Pad slots cost nothing there: in a padded step their rows are computed and
+// then contribute exactly zero to every gradient (the loss ignores their targets,
+// attention masks them as keys, and a pad query's output feeds no real row), so the
+// packed step computes the same sums over the same real rows. What differs: the GEMMs
+// see fewer rows (float32 sums may group differently), and the position-wise dropout
+// masks are drawn over the packed tensors' elements, so with dropout the two draw
+// different (equally distributed) masks. Attention's own dropout keeps the padded
+// coordinates.
+
+// packSide maps one side of a batch between its padded slots and its packed rows.
+type packSide struct {
+	rows int
+	// toPad has one entry per padded slot: its packed row, or -1 for a pad
+	// (kernels.RowPacker expanding packed rows into the padded layout).
+	toPad []int32
+	// fromPad has one entry per packed row: its padded slot (packing padded rows).
+	fromPad []int32
+}
+
+// newPackSide builds the maps of tokens (B·T ids, Pad for pads).
+func newPackSide(tokens []int32) packSide {
+	s := packSide{toPad: make([]int32, len(tokens))}
+	for i, t := range tokens {
+		if t == Pad {
+			s.toPad[i] = -1
+			continue
+		}
+		s.toPad[i] = int32(len(s.fromPad))
+		s.fromPad = append(s.fromPad, int32(i))
+	}
+	s.rows = len(s.fromPad)
+	return s
+}
+
+// take returns v's elements at the packed rows' slots (ids, positions, targets).
+func (s *packSide) take(v []int32) []int32 {
+	out := make([]int32, s.rows)
+	for i, j := range s.fromPad {
+		out[i] = v[j]
+	}
+	return out
+}
+
+// stepPack is a step's packing: nil where the step runs padded.
+type stepPack struct {
+	src, tgt packSide
+	rp       kernels.RowPacker
+}
+
+// newStepPack packs b's source and decoder sides, or returns nil where packing would
+// not pay or does not apply: no pad slot, or targets whose pads are not the previous
+// output tokens' (a batch fairseq's collater would not build).
+func newStepPack(rp kernels.RowPacker, b *TrainBatch) *stepPack {
+	p := &stepPack{src: newPackSide(b.Src), tgt: newPackSide(b.Prev), rp: rp}
+	if p.src.rows == len(b.Src) && p.tgt.rows == len(b.Prev) {
+		return nil
+	}
+	for i, t := range b.Target {
+		if (t == Pad) != (b.Prev[i] == Pad) {
+			return nil
+		}
+	}
+	return p
+}
+
+// srcSide and tgtSide are p's sides, nil for a padded step (p nil).
+func (p *stepPack) srcSide() *packSide {
+	if p == nil {
+		return nil
+	}
+	return &p.src
+}
+
+func (p *stepPack) tgtSide() *packSide {
+	if p == nil {
+		return nil
+	}
+	return &p.tgt
+}
+
+// rowsOf is the rows the step computes on side s: its packed rows, or slots (B·T) in a
+// padded step.
+func (p *stepPack) rowsOf(s *packSide, slots int) int {
+	if p == nil {
+		return slots
+	}
+	return s.rows
+}
+
+// expand returns x's packed rows of side s (width elements each) in the padded layout
+// (pad rows zero), in a buffer like alloc's; in a padded step (p nil), x itself.
+func (p *stepPack) expand(s *packSide, x kernels.Buffer, width int, alloc func(int) kernels.Buffer) kernels.Buffer {
+	if p == nil {
+		return x
+	}
+	y := alloc(len(s.toPad) * width)
+	p.rp.PackRows(y, x, s.toPad, width)
+	return y
+}
+
+// pack returns the packed rows of x, padded rows of side s, in a buffer like alloc's;
+// in a padded step (p nil), x itself.
+func (p *stepPack) pack(s *packSide, x kernels.Buffer, width int, alloc func(int) kernels.Buffer) kernels.Buffer {
+	if p == nil {
+		return x
+	}
+	y := alloc(s.rows * width)
+	p.rp.PackRows(y, x, s.fromPad, width)
+	return y
+}
+
+// SetPackedRows makes training steps compute position-wise layers on packed rows (see
+// above) when on; the backend must implement kernels.RowPacker. Steps that profile
+// Admin's ω stay padded (the profile's statistics are fairseq's, over padded
+// tensors), and so do batches without pads. A packed step is not captured as a CUDA
+// graph: its row counts change from batch to batch.
+func (n *TrainNet) SetPackedRows(on bool) error {
+	if !on {
+		n.packer = nil
+		return nil
+	}
+	rp, ok := n.be.(kernels.RowPacker)
+	if !ok {
+		return fmt.Errorf("model: packed rows need a backend with kernels.RowPacker (%T has none)", n.be)
+	}
+	n.packer = rp
+	return nil
+}
