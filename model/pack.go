@@ -27,6 +27,8 @@ type packSide struct {
 	toPad []int32
 	// fromPad has one entry per packed row: its padded slot (packing padded rows).
 	fromPad []int32
+	// toPadIx and fromPadIx are the two placed on the backend (stepPack.place).
+	toPadIx, fromPadIx kernels.RowIndex
 }
 
 // newPackSide builds the maps of tokens (B·T ids, Pad for pads).
@@ -61,7 +63,8 @@ type stepPack struct {
 
 // newStepPack packs b's source and decoder sides, or returns nil where packing would
 // not pay or does not apply: no pad slot, or targets whose pads are not the previous
-// output tokens' (a batch fairseq's collater would not build).
+// output tokens' (a batch fairseq's collater would not build). Its indices are placed
+// on the backend, once each for the step (call it inside the step's scope).
 func newStepPack(rp kernels.RowPacker, b *TrainBatch) *stepPack {
 	p := &stepPack{src: newPackSide(b.Src), tgt: newPackSide(b.Prev), rp: rp}
 	if p.src.rows == len(b.Src) && p.tgt.rows == len(b.Prev) {
@@ -71,6 +74,10 @@ func newStepPack(rp kernels.RowPacker, b *TrainBatch) *stepPack {
 		if (t == Pad) != (b.Prev[i] == Pad) {
 			return nil
 		}
+	}
+	for _, s := range []*packSide{&p.src, &p.tgt} {
+		s.toPadIx = rp.RowIndex(s.toPad, s.rows)
+		s.fromPadIx = rp.RowIndex(s.fromPad, len(s.toPad))
 	}
 	return p
 }
@@ -106,7 +113,7 @@ func (p *stepPack) expand(s *packSide, x kernels.Buffer, width int, alloc func(i
 		return x
 	}
 	y := alloc(len(s.toPad) * width)
-	p.rp.PackRows(y, x, s.toPad, width)
+	p.rp.PackRows(y, x, s.toPadIx, width)
 	return y
 }
 
@@ -117,7 +124,7 @@ func (p *stepPack) pack(s *packSide, x kernels.Buffer, width int, alloc func(int
 		return x
 	}
 	y := alloc(s.rows * width)
-	p.rp.PackRows(y, x, s.fromPad, width)
+	p.rp.PackRows(y, x, s.fromPadIx, width)
 	return y
 }
 

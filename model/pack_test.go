@@ -28,9 +28,13 @@ func newPacking(batch bool) *packing {
 
 func (p *packing) BatchCrossKV() bool { return p.batch }
 
-func (p *packing) PackRows(dst, src kernels.Buffer, idx []int32, width int) {
+func (p *packing) RowIndex(idx []int32, srcRows int) kernels.RowIndex {
+	return p.cpu.RowIndex(idx, srcRows)
+}
+
+func (p *packing) PackRows(dst, src kernels.Buffer, ix kernels.RowIndex, width int) {
 	p.packs++
-	p.cpu.PackRows(dst, src, idx, width)
+	p.cpu.PackRows(dst, src, ix, width)
 }
 
 // randomPaddedBatch is B sentence pairs of random lengths 1…S (sources, left-padded)

@@ -1,6 +1,10 @@
 package cpu
 
-import "github.com/xform-dev/xform/kernels"
+import (
+	"fmt"
+
+	"github.com/xform-dev/xform/kernels"
+)
 
 // Copy2D implements kernels.Backend.
 func (*Backend) Copy2D(dst kernels.Buffer, dOff, dStride int, src kernels.Buffer, sOff, sStride int, rows, cols int) {
@@ -79,10 +83,33 @@ func (be *Backend) PermuteRows(bufs []kernels.Buffer, stride int, idx []int32, n
 	})
 }
 
-// PackRows implements kernels.RowPacker (float32 buffers).
-func (*Backend) PackRows(dst, src kernels.Buffer, idx []int32, width int) {
-	d, s := f(dst), f(src)
+// rowIndex is the CPU's kernels.RowIndex: the host slice itself.
+type rowIndex struct {
+	idx     []int32
+	srcRows int
+}
+
+func (r *rowIndex) Len() int     { return len(r.idx) }
+func (r *rowIndex) SrcRows() int { return r.srcRows }
+
+// RowIndex implements kernels.RowPacker.
+func (*Backend) RowIndex(idx []int32, srcRows int) kernels.RowIndex {
 	for i, j := range idx {
+		if int(j) >= srcRows {
+			panic(fmt.Sprintf("cpu backend: RowIndex entry %d at %d past the source's %d rows", j, i, srcRows))
+		}
+	}
+	return &rowIndex{idx: idx, srcRows: srcRows}
+}
+
+// PackRows implements kernels.RowPacker (float32 buffers).
+func (*Backend) PackRows(dst, src kernels.Buffer, ix kernels.RowIndex, width int) {
+	r := ix.(*rowIndex)
+	d, s := f(dst), f(src)
+	if len(r.idx)*width > len(d) || r.srcRows*width > len(s) {
+		panic(fmt.Sprintf("cpu backend: PackRows of %d rows from %d rows of %d: buffers of %d and %d", len(r.idx), r.srcRows, width, len(d), len(s)))
+	}
+	for i, j := range r.idx {
 		row := d[i*width : (i+1)*width]
 		if j < 0 {
 			clear(row)

@@ -37,7 +37,8 @@ func TestPackRows(t *testing.T) {
 				// float32
 				s32 := g.Upload(src)
 				d32 := g.Upload(randVec(r, len(want))) // stale values must be overwritten, zeros included
-				g.PackRows(d32, s32, idx, width)
+				ix := g.RowIndex(idx, srcRows)
+				g.PackRows(d32, s32, ix, width)
 				got := make([]float32, len(want))
 				g.Download(got, d32)
 				for i := range want {
@@ -55,7 +56,7 @@ func TestPackRows(t *testing.T) {
 					}
 				}
 				d16 := to16(g, g.Upload(randVec(r, len(want))))
-				g.PackRows(d16, s16, idx, width)
+				g.PackRows(d16, s16, ix, width)
 				got16 := downHalf(t, g, d16)
 				for i := range want16 {
 					if math.Float32bits(got16[i]) != math.Float32bits(want16[i]) {
@@ -67,15 +68,16 @@ func TestPackRows(t *testing.T) {
 	}
 }
 
-// TestPackRowsRefuses: mixed formats and indices past the source panic with a message
-// rather than reading out of bounds.
+// TestPackRowsRefuses: mixed formats, indices past the source and short buffers panic
+// with a message rather than reading or writing out of bounds.
 func TestPackRowsRefuses(t *testing.T) {
 	g := withPrecision(t, BF16)
 	s32, d32 := g.Alloc(4*8), g.Alloc(4*8)
 	for name, f := range map[string]func(){
-		"formats differ": func() { g.PackRows(g.AllocHalf(32), s32, []int32{0, 1, 2, 3}, 8) },
-		"index past src": func() { g.PackRows(d32, s32, []int32{0, 4}, 8) },
-		"dst too short":  func() { g.PackRows(g.Alloc(8), s32, []int32{0, 1}, 8) },
+		"formats differ": func() { g.PackRows(g.AllocHalf(32), s32, g.RowIndex([]int32{0, 1, 2, 3}, 4), 8) },
+		"index past src": func() { g.RowIndex([]int32{0, 4}, 4) },
+		"dst too short":  func() { g.PackRows(g.Alloc(8), s32, g.RowIndex([]int32{0, 1}, 4), 8) },
+		"src too short":  func() { g.PackRows(d32, g.Alloc(8), g.RowIndex([]int32{0, 1}, 4), 8) },
 	} {
 		func() {
 			defer func() {

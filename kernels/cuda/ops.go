@@ -110,7 +110,6 @@ const (
 	slotList    // buffer descriptors of the list reductions
 	slotDW      // deferred weight gradients' address arrays (dw_deferred.go)
 	slotDWBias  // a single deferred product's bias-gradient address arrays
-	slotPack    // PackRows's row indices
 	numSlots
 )
 
@@ -200,11 +199,50 @@ func (be *Backend) GatherRows(dst kernels.Buffer, dStride int, src kernels.Buffe
 	be.elem(be.fn.gatherRows, int64(len(idx))*int64(n))
 }
 
+// rowIndex is the CUDA backend's kernels.RowIndex: the entries in device memory of the
+// step (a scoped buffer; the arena inside a graphed step).
+type rowIndex struct {
+	ptr     uint64
+	n, srcs int
+}
+
+func (r *rowIndex) Len() int     { return r.n }
+func (r *rowIndex) SrcRows() int { return r.srcs }
+
+// RowIndex implements kernels.RowPacker: the entries checked here, then uploaded once.
+func (be *Backend) RowIndex(idx []int32, srcRows int) kernels.RowIndex {
+	for i, j := range idx {
+		if int(j) >= srcRows {
+			panic(fmt.Sprintf("cuda backend: RowIndex entry %d at %d past the source's %d rows", j, i, srcRows))
+		}
+	}
+	r := &rowIndex{n: len(idx), srcs: srcRows}
+	if len(idx) == 0 {
+		return r
+	}
+	defer be.enter()()
+	bytes := 4 * len(idx)
+	if be.graph.mode != graphOff {
+		a := be.arenaAlloc(uint64(bytes))
+		be.upload(a.ptr, unsafe.Pointer(&idx[0]), bytes, bytes)
+		r.ptr = a.ptr
+		return r
+	}
+	b := be.scoped(be.newBuffer(len(idx)))
+	must(be.drv.htodQueued(b.dptr(), unsafe.Pointer(&idx[0]), uint64(bytes)))
+	r.ptr = b.dptr()
+	return r
+}
+
 // PackRows implements kernels.RowPacker: both buffers float32, or both 16-bit; the
 // rows are copied as bytes (pack_rows_v in 16-byte words where the rows and bases
 // allow, else pack_rows_h in 2-byte units).
-func (be *Backend) PackRows(dst, src kernels.Buffer, idx []int32, width int) {
-	if len(idx) == 0 || width == 0 {
+func (be *Backend) PackRows(dst, src kernels.Buffer, ix kernels.RowIndex, width int) {
+	r, ok := ix.(*rowIndex)
+	if !ok {
+		panic(fmt.Sprintf("cuda backend: PackRows with a foreign index %T", ix))
+	}
+	if r.n == 0 || width == 0 {
 		return
 	}
 	var dp, sp uint64
@@ -217,24 +255,17 @@ func (be *Backend) PackRows(dst, src kernels.Buffer, idx []int32, width int) {
 	default:
 		panic(fmt.Sprintf("cuda backend: PackRows between a %T and a %T (formats differ)", dst, src))
 	}
-	if len(idx)*width > dn {
-		panic(fmt.Sprintf("cuda backend: PackRows of %d rows of %d into %d elements", len(idx), width, dn))
-	}
-	srcRows := int32(sn / width)
-	for i, j := range idx {
-		if j >= srcRows {
-			panic(fmt.Sprintf("cuda backend: PackRows index %d at %d past the source's %d rows", j, i, srcRows))
-		}
+	if r.n*width > dn || r.srcs*width > sn {
+		panic(fmt.Sprintf("cuda backend: PackRows of %d rows from %d rows of %d: buffers of %d and %d elements", r.n, r.srcs, width, dn, sn))
 	}
 	defer be.enter()()
-	ip := be.stageInts(slotPack, idx)
 	rowBytes := width * size
 	fn, w := be.fn.packRowsH, rowBytes/2
 	if rowBytes%16 == 0 && dp%16 == 0 && sp%16 == 0 {
 		fn, w = be.fn.packRowsV, rowBytes/16
 	}
-	be.prm.reset().ptr(dp).ptr(sp).ptr(ip).i32(len(idx)).i32(w)
-	be.elem(fn, int64(len(idx))*int64(w))
+	be.prm.reset().ptr(dp).ptr(sp).ptr(r.ptr).i32(r.n).i32(w)
+	be.elem(fn, int64(r.n)*int64(w))
 	be.packCalls++
 }
 
