@@ -67,27 +67,7 @@ func TestCrossKVBatchGradients(t *testing.T) {
 			if lossB != lossU {
 				t.Fatalf("loss batched %v, per layer %v", lossB, lossU)
 			}
-			largest := func(v []float32) float64 {
-				s := 0.0
-				for _, x := range v {
-					s = max(s, math.Abs(float64(x)))
-				}
-				return s
-			}
-			all := 0.0
-			for _, u := range gU {
-				all = max(all, largest(u))
-			}
-			for name, u := range gU {
-				b, scale := gB[name], largest(u)
-				for i := range u {
-					// The floor: gradients that are zero but for rounding noise (the
-					// self-attention k bias: softmax does not see it) have no scale of their own.
-					if d := math.Abs(float64(b[i] - u[i])); !(d <= 1e-5*scale+1e-7*all) {
-						t.Fatalf("%s[%d]: batched %v, per layer %v (largest %.3g, of all %.3g)", name, i, b[i], u[i], scale, all)
-					}
-				}
-			}
+			gradsClose(t, "batched", gB, "per layer", gU)
 		})
 	}
 }

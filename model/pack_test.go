@@ -37,6 +37,19 @@ func (p *packing) PackRows(dst, src kernels.Buffer, ix kernels.RowIndex, width i
 	p.cpu.PackRows(dst, src, ix, width)
 }
 
+// packingNet is the test model of c on be, with packed rows on or off.
+func packingNet(t *testing.T, c model.Config, be *packing, pack bool) *model.TrainNet {
+	t.Helper()
+	net, err := model.NewTrainNet(trainTestModel(c, 1), be)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := net.SetPackedRows(pack); err != nil {
+		t.Fatal(err)
+	}
+	return net
+}
+
 // randomPaddedBatch is B sentence pairs of random lengths 1…S (sources, left-padded)
 // and 1…T (targets, EOS first in prev, right-padded) over ids 4…vocab-1.
 func randomPaddedBatch(r *rand.Rand, B, S, T, vocab int) *model.TrainBatch {
@@ -91,13 +104,7 @@ func TestPackedRowsMatchPadded(t *testing.T) {
 					t.Run(fmt.Sprintf("%s/%s/kvbatch=%v/attention-dropout=%v", name, bname, kv, attnDrop), func(t *testing.T) {
 						run := func(pack bool) (model.StepResult, map[string][]float32, int) {
 							be := newPacking(kv)
-							net, err := model.NewTrainNet(trainTestModel(c, 1), be)
-							if err != nil {
-								t.Fatal(err)
-							}
-							if err := net.SetPackedRows(pack); err != nil {
-								t.Fatal(err)
-							}
+							net := packingNet(t, c, be, pack)
 							o := model.StepOptions{LabelSmoothing: 0.1, Backward: true, Train: attnDrop > 0,
 								AttentionDropout: attnDrop, RNG: rand.New(rand.NewPCG(3, 4))}
 							res, err := net.Step(context.Background(), b, o)
@@ -120,28 +127,7 @@ func TestPackedRowsMatchPadded(t *testing.T) {
 							t.Fatalf("packed loss %v nll %v (%d tokens), padded %v %v (%d)", resP.Loss, resP.NLL, resP.NTokens,
 								resU.Loss, resU.NLL, resU.NTokens)
 						}
-						largest := func(v []float32) float64 {
-							s := 0.0
-							for _, x := range v {
-								s = max(s, math.Abs(float64(x)))
-							}
-							return s
-						}
-						all := 0.0
-						for _, u := range gU {
-							all = max(all, largest(u))
-						}
-						worst := 0.0
-						for pname, u := range gU {
-							p, scale := gP[pname], largest(u)
-							for i := range u {
-								worst = max(worst, math.Abs(float64(p[i]-u[i]))/(1e-5*scale+1e-7*all))
-								if d := math.Abs(float64(p[i] - u[i])); !(d <= 1e-5*scale+1e-7*all) {
-									t.Fatalf("kv batch %v, attention dropout %v: %s[%d]: packed %v, padded %v (largest %.3g, of all %.3g)",
-										kv, attnDrop, pname, i, p[i], u[i], scale, all)
-								}
-							}
-						}
+						worst := gradsClose(t, "packed", gP, "padded", gU)
 						t.Logf("loss %.9g / %.9g; worst gradient difference %.3f of the bound", resP.Loss, resU.Loss, worst)
 					})
 				}
@@ -158,14 +144,7 @@ func TestPackedRowsDropout(t *testing.T) {
 	c := trainConfigs()["admin"]
 	b := randomPaddedBatch(rand.New(rand.NewPCG(5, 6)), 6, 7, 9, 11)
 	mean := func(pack bool) (float64, float64) {
-		be := newPacking(true)
-		net, err := model.NewTrainNet(trainTestModel(c, 1), be)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := net.SetPackedRows(pack); err != nil {
-			t.Fatal(err)
-		}
+		net := packingNet(t, c, newPacking(true), pack)
 		rng := rand.New(rand.NewPCG(7, 8))
 		const n = 300
 		s, s2 := 0.0, 0.0

@@ -1106,11 +1106,11 @@ func (n *TrainNet) crossArgs(heads, B, T, S int, encPad []bool) kernels.Attentio
 }
 
 // crossKV is every decoder layer's cross-attention keys and values from one product
-// (TrainNet.kvBatch): kv [B·S, width] with layer l's k at column 2d·l and its v at 2d·l +
-// d, and dkv the same layout for their gradients, which the layers' attention backwards
-// write and back then takes: dEnc = dkv·crossKV.w, one product over width = L·2d.
-// With packed rows (pk) kv and the product run on the packed encoder rows, and kvA and
-// dkvA are the padded layout attention reads and writes; without, kvA is kv.
+// (TrainNet.kvBatch): kv [rows, width] with layer l's k at column 2d·l and its v at 2d·l +
+// d, one row per encoder row the step computes (B·S, or the packed ones). kvA is kv in
+// the padded [B·S, width] layout attention reads (kv itself where the step is not
+// packed), and dkvA the same layout for the gradients the layers' attention backwards
+// write; back then takes grad's rows: dEnc = dkv·crossKV.w, one product over width = L·2d.
 type crossKV struct {
 	kv, kvA, dkvA kernels.Buffer
 	width         int
@@ -1124,7 +1124,7 @@ func (c *crossKV) grad(n *TrainNet, pk *stepPack) kernels.Buffer {
 }
 
 // crossKVForward computes crossKV's kv from the encoder output enc (enc16 its 16-bit copy
-// or nil) for B sentences of S rows, whose decoder has T; dkv is allocated when the step
+// or nil) for B sentences of S rows, whose decoder has T; dkvA is allocated when the step
 // runs the backward. The buffers take the formats a layer's own would (16-bit inputs and
 // gradients where the attention of those shapes takes them): every decoder layer has
 // the same heads and shapes, so crossAttn decides the same.
