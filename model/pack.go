@@ -27,7 +27,7 @@ type packSide struct {
 	toPad []int32
 	// fromPad has one entry per packed row: its padded slot (packing padded rows).
 	fromPad []int32
-	// toPadIx and fromPadIx are the two placed on the backend (stepPack.place).
+	// toPadIx and fromPadIx are the two placed on the backend (newStepPack).
 	toPadIx, fromPadIx kernels.RowIndex
 }
 
