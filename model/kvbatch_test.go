@@ -2,7 +2,6 @@ package model_test
 
 import (
 	"context"
-	"math"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -86,41 +85,9 @@ func TestCrossKVBatchFiniteDifferences(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			b := trainTestBatch()
-			ctx := context.Background()
-			if _, err := net.Step(ctx, b, model.StepOptions{LabelSmoothing: 0.1, Backward: true}); err != nil {
-				t.Fatal(err)
-			}
-			lossAt := func() float64 {
-				res, err := net.Step(ctx, b, model.StepOptions{LabelSmoothing: 0.1})
-				if err != nil {
-					t.Fatal(err)
-				}
-				return res.Loss
-			}
-			const h = 1e-2
-			r := rand.New(rand.NewPCG(4, 5))
-			checked := 0
-			for _, p := range net.Params() {
-				if !crossKVOrEncoder(p.Name) {
-					continue
-				}
-				pv, gv := cpu.Data(p.P), cpu.Data(p.G)
-				for k := 0; k < 3; k++ {
-					i := r.IntN(len(pv))
-					old := pv[i]
-					pv[i] = old + h
-					lp := lossAt()
-					pv[i] = old - h
-					lm := lossAt()
-					pv[i] = old
-					num := (lp - lm) / (2 * h)
-					if math.Abs(num-float64(gv[i])) > 3e-3+3e-2*math.Abs(num) {
-						t.Errorf("%s[%d]: backward %.6g, finite difference %.6g", p.Name, i, gv[i], num)
-					}
-					checked++
-				}
-			}
+			checked := checkFiniteDifferences(t, net, trainTestBatch(), rand.New(rand.NewPCG(4, 5)), 3, func(name string, _ int) bool {
+				return crossKVOrEncoder(name)
+			})
 			if checked == 0 || be.outs[2*c.DecoderLayers*c.DecoderEmbedDim] == 0 {
 				t.Fatalf("%d values checked, %d batched products", checked, be.outs[2*c.DecoderLayers*c.DecoderEmbedDim])
 			}
