@@ -29,6 +29,39 @@ type packSide struct {
 	fromPad []int32
 	// toPadIx and fromPadIx are the two placed on the backend (newStepPack).
 	toPadIx, fromPadIx kernels.RowIndex
+	// spans place the side's sentences for kernels.PackedAttention (nil: the backend has
+	// none, or a sentence's tokens are not one run).
+	spans kernels.RowSpans
+}
+
+// spanArrays returns sentence b's span (kernels.PackedAttention.RowSpans) for each of
+// the B sentences of T slots: its real slots [lo, hi) at packed rows base + lo …; ok
+// false where a sentence's real slots are not one run of consecutive packed rows (a
+// fairseq batch pads one end of each sentence, so they are).
+func (s *packSide) spanArrays(B, T int) (base, lo, hi []int32, ok bool) {
+	base, lo, hi = make([]int32, B), make([]int32, B), make([]int32, B)
+	for b := 0; b < B; b++ {
+		row := s.toPad[b*T : (b+1)*T]
+		first, last := -1, -1
+		for i, r := range row {
+			if r >= 0 {
+				if first < 0 {
+					first = i
+				}
+				last = i
+			}
+		}
+		if first < 0 {
+			continue // no token: an empty span
+		}
+		for i := first; i <= last; i++ {
+			if row[i] != row[first]+int32(i-first) {
+				return nil, nil, nil, false
+			}
+		}
+		base[b], lo[b], hi[b] = row[first]-int32(first), int32(first), int32(last+1)
+	}
+	return base, lo, hi, true
 }
 
 // newPackSide builds the maps of tokens (B·T ids, Pad for pads).
@@ -59,6 +92,7 @@ func (s *packSide) take(v []int32) []int32 {
 type stepPack struct {
 	src, tgt packSide
 	rp       kernels.RowPacker
+	pa       kernels.PackedAttention // nil: the backend has none
 }
 
 // newStepPack packs b's source and decoder sides, or returns nil where packing would
@@ -75,9 +109,19 @@ func newStepPack(rp kernels.RowPacker, b *TrainBatch) *stepPack {
 			return nil
 		}
 	}
-	for _, s := range []*packSide{&p.src, &p.tgt} {
+	p.pa, _ = rp.(kernels.PackedAttention)
+	for _, side := range []struct {
+		s *packSide
+		T int
+	}{{&p.src, b.S}, {&p.tgt, b.T}} {
+		s := side.s
 		s.toPadIx = rp.RowIndex(s.toPad, s.rows)
 		s.fromPadIx = rp.RowIndex(s.fromPad, len(s.toPad))
+		if p.pa != nil {
+			if base, lo, hi, ok := s.spanArrays(b.B, side.T); ok {
+				s.spans = p.pa.RowSpans(base, lo, hi, s.rows)
+			}
+		}
 	}
 	return p
 }

@@ -911,13 +911,8 @@ func (n *TrainNet) headScale(heads int) float32 {
 //
 // half16 is n.attention16(args): the stored path then, whose output and gradients may
 // be 16-bit.
-func (n *TrainNet) attention(o *StepOptions, args kernels.AttentionArgs, out, q, k, v kernels.View, half16 bool) func(dq, dk, dv, dout kernels.View) {
+func (n *TrainNet) attention(args kernels.AttentionArgs, out, q, k, v kernels.View, half16 bool, p float64, seed uint64) func(dq, dk, dv, dout kernels.View) {
 	be := n.be
-	var p float64
-	var seed uint64
-	if o.Train && o.AttentionDropout > 0 {
-		p, seed = o.AttentionDropout, o.RNG.Uint64()
-	}
 	if fa, ok := be.(kernels.FlashAttention); ok && !half16 {
 		lse := n.out(args.Batch * args.Heads * args.TQ)
 		if fa.AttentionForwardLSE(out, q, k, v, args, lse, p, seed) {
@@ -947,6 +942,49 @@ func (n *TrainNet) attention(o *StepOptions, args kernels.AttentionArgs, out, q,
 	be.AttentionForward(out, q, k, v, args, probs, mask)
 	return func(dq, dk, dv, dout kernels.View) {
 		be.AttentionBackward(dq, dk, dv, dout, q, k, v, args, probs, mask)
+	}
+}
+
+// attnDropout is a training attention's dropout: its probability and the seed of its
+// mask, the one o.RNG draw each attention call makes (none without dropout), drawn
+// before the call whichever path then runs it.
+func (n *TrainNet) attnDropout(o *StepOptions) (float64, uint64) {
+	if o.Train && o.AttentionDropout > 0 {
+		return o.AttentionDropout, o.RNG.Uint64()
+	}
+	return 0, 0
+}
+
+// attentionPacked runs training attention of args on packed rows (kernels.PackedAttention)
+// where the step is packed, its sides have spans and the backend takes the call: q, k, v
+// are views of packed 16-bit tensors (queries on side qs, keys on ks). It returns the
+// packed 16-bit context and the backward, which writes dq, dk, dv (packed 16-bit views)
+// from the context gradient dctx (16-bit where dctx16, else float32, rounded to 16 bits
+// first: the out projection's backward writes it 16-bit only where it kept its
+// operands); nil, nothing done, where the caller must expand (PackRows) instead.
+func (n *TrainNet) attentionPacked(args kernels.AttentionArgs, q, k, v kernels.View, pk *stepPack, qs, ks *packSide, p float64, seed uint64) (kernels.Buffer, func(dq, dk, dv kernels.View, dctx kernels.Buffer, dctx16 bool)) {
+	if _, ok := n.be.(kernels.HalfRounder); !ok || pk == nil || pk.pa == nil || qs.spans == nil || ks.spans == nil {
+		return nil, nil
+	}
+	d := args.Heads * args.HeadDim
+	ctx := n.half16(qs.rows * d)
+	if ctx == nil {
+		return nil, nil
+	}
+	probs := n.out(args.Batch * args.Heads * args.TQ * args.TK)
+	ctxv := kernels.View{Buf: ctx, RowStride: d}
+	if !pk.pa.AttentionForwardPacked(ctxv, q, k, v, args, qs.spans, ks.spans, probs, p, seed) {
+		return nil, nil
+	}
+	return ctx, func(dq, dk, dv kernels.View, dctx kernels.Buffer, dctx16 bool) {
+		if !dctx16 {
+			d16 := n.half16(dctx.Len())
+			n.be.(kernels.HalfRounder).RoundAll([]kernels.Buffer{d16}, []kernels.Buffer{dctx})
+			dctx = d16
+		}
+		if !pk.pa.AttentionBackwardPacked(dq, dk, dv, kernels.View{Buf: dctx, RowStride: d}, q, k, v, args, qs.spans, ks.spans, probs, p, seed) {
+			panic("model: packed attention backward declined a call its forward took")
+		}
 	}
 }
 
@@ -1074,19 +1112,38 @@ func (n *TrainNet) selfAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B, 
 	view := func(b kernels.Buffer, off int) kernels.View {
 		return kernels.View{Buf: b, Off: off, BatchStride: T * 3 * d, RowStride: 3 * d}
 	}
-	inAlloc := func(size int) kernels.Buffer { return n.attnIn(size, in16) }
-	qkvA := pk.expand(side, qkv, 3*d, inAlloc)
-	ctxAlloc := n.attnOutAlloc(half16)
-	ctxv := ctxAlloc(slots * d)
-	cv := kernels.View{Buf: ctxv, BatchStride: T * d, RowStride: d}
-	attnBack := n.attention(o, args, cv, view(qkvA, 0), view(qkvA, d), view(qkvA, 2*d), half16)
-	ctx := pk.pack(side, ctxv, d, ctxAlloc)
+	p, seed := n.attnDropout(o)
+	// Packed rows: the attention reads and writes them itself where it can (pv: a view
+	// of the packed qkv or its gradient), else they are expanded around it.
+	pv := func(b kernels.Buffer, off int) kernels.View { return kernels.View{Buf: b, Off: off, RowStride: 3 * d} }
+	var ctx kernels.Buffer
+	var packedBack func(dq, dk, dv kernels.View, dctx kernels.Buffer, dctx16 bool)
+	if in16 && half16 {
+		ctx, packedBack = n.attentionPacked(args, pv(qkv, 0), pv(qkv, d), pv(qkv, 2*d), pk, side, side, p, seed)
+	}
+	var attnBack func(dq, dk, dv, dout kernels.View)
+	if packedBack == nil {
+		inAlloc := func(size int) kernels.Buffer { return n.attnIn(size, in16) }
+		qkvA := pk.expand(side, qkv, 3*d, inAlloc)
+		ctxAlloc := n.attnOutAlloc(half16)
+		ctxv := ctxAlloc(slots * d)
+		cv := kernels.View{Buf: ctxv, BatchStride: T * d, RowStride: d}
+		attnBack = n.attention(args, cv, view(qkvA, 0), view(qkvA, d), view(qkvA, 2*d), half16, p, seed)
+		ctx = pk.pack(side, ctxv, d, ctxAlloc)
+	}
 	out := n.out(rows * d)
 	oBack, oKept := n.linearKept(out, ctx, a.o.w.w, a.o.w16, a.o.b.w, rows, d, d)
 	return out, func(dout kernels.Buffer) kernels.Buffer {
 		dctxAlloc := func(size int) kernels.Buffer { return n.attnIn(size, in16 && oKept) }
 		dctx := dctxAlloc(rows * d)
 		oBack(dctx, a.o.w.g, a.o.b.g, dout)
+		if packedBack != nil {
+			dqkv := n.out16(rows * 3 * d)
+			packedBack(pv(dqkv, 0), pv(dqkv, d), pv(dqkv, 2*d), dctx, oKept)
+			dh := n.out(rows * d)
+			qkvBack(dh, a.qkv.w.g, a.qkv.b.g, dqkv)
+			return dh
+		}
 		dctxA := pk.expand(side, dctx, d, dctxAlloc)
 		dqkvA := n.attnGrad(slots*3*d, half16)
 		attnBack(view(dqkvA, 0), view(dqkvA, d), view(dqkvA, 2*d), kernels.View{Buf: dctxA, BatchStride: T * d, RowStride: d})
@@ -1107,40 +1164,69 @@ func (n *TrainNet) crossArgs(heads, B, T, S int, encPad []bool) kernels.Attentio
 
 // crossKV is every decoder layer's cross-attention keys and values from one product
 // (TrainNet.kvBatch): kv [rows, width] with layer l's k at column 2d·l and its v at 2d·l +
-// d, one row per encoder row the step computes (B·S, or the packed ones). kvA is kv in
-// the padded [B·S, width] layout attention reads (kv itself where the step is not
-// packed), and dkvA the same layout for the gradients the layers' attention backwards
-// write; back then takes grad's rows: dEnc = dkv·crossKV.w, one product over width = L·2d.
+// d, one row per encoder row the step computes (B·S, or the packed ones); back is the
+// product's backward, dEnc = dkv·crossKV.w, one product over width = L·2d. The layers'
+// attention reads kv itself where it runs on packed rows (kernels.PackedAttention) or
+// the step is not packed, else kv expanded into the padded layout (padded); their
+// gradients go to the same layouts (packedGrad, paddedGrad), and grad gives back its
+// rows. Every decoder layer has the same shapes, so all take the same path.
 type crossKV struct {
-	kv, kvA, dkvA kernels.Buffer
-	width         int
-	half16        bool
-	back          func(dx, dw, db, dy kernels.Buffer)
+	kv, kvA, dkvA, dkvP kernels.Buffer
+	width, rows, slots  int
+	half16, in16        bool
+	back                func(dx, dw, db, dy kernels.Buffer)
+}
+
+// padded is kv in the padded [B·S, width] layout attention reads (expanded once).
+func (c *crossKV) padded(n *TrainNet, pk *stepPack) kernels.Buffer {
+	if c.kvA == nil {
+		c.kvA = pk.expand(pk.srcSide(), c.kv, c.width, func(size int) kernels.Buffer { return n.attnIn(size, c.in16) })
+	}
+	return c.kvA
+}
+
+// paddedGrad is the gradient in the padded layout, which the layers' attention
+// backwards write (16-bit) or accumulate into (float32 zeros).
+func (c *crossKV) paddedGrad(n *TrainNet) kernels.Buffer {
+	if c.dkvA == nil {
+		c.dkvA = n.attnGrad(c.slots*c.width, c.half16)
+	}
+	return c.dkvA
+}
+
+// packedGrad is the gradient on kv's rows (16-bit), which packed attention backwards
+// write.
+func (c *crossKV) packedGrad(n *TrainNet) kernels.Buffer {
+	if c.dkvP == nil {
+		c.dkvP = n.out16(c.rows * c.width)
+	}
+	return c.dkvP
 }
 
 // grad is the keys' and values' gradient on kv's rows, for back.
 func (c *crossKV) grad(n *TrainNet, pk *stepPack) kernels.Buffer {
-	return pk.pack(pk.srcSide(), c.dkvA, c.width, n.attnOutAlloc(c.half16))
+	switch {
+	case c.dkvP != nil && c.dkvA != nil:
+		panic("model: cross-attention layers took both the packed and the expanded attention")
+	case c.dkvP != nil:
+		return c.dkvP
+	}
+	return pk.pack(pk.srcSide(), c.paddedGrad(n), c.width, n.attnOutAlloc(c.half16))
 }
 
 // crossKVForward computes crossKV's kv from the encoder output enc (enc16 its 16-bit copy
-// or nil) for B sentences of S rows, whose decoder has T; dkvA is allocated when the step
-// runs the backward. The buffers take the formats a layer's own would (16-bit inputs and
-// gradients where the attention of those shapes takes them): every decoder layer has
-// the same heads and shapes, so crossAttn decides the same.
-func (n *TrainNet) crossKVForward(o *StepOptions, enc, enc16 kernels.Buffer, B, T, S int, encPad []bool, pk *stepPack) *crossKV {
+// or nil) for B sentences of S rows, whose decoder has T. The buffers take the formats a
+// layer's own would (16-bit inputs and gradients where the attention of those shapes
+// takes them): every decoder layer has the same heads and shapes, so crossAttn decides
+// the same.
+func (n *TrainNet) crossKVForward(enc, enc16 kernels.Buffer, B, T, S int, encPad []bool, pk *stepPack) *crossKV {
 	d, L := n.d, len(n.dec)
 	args := n.crossArgs(n.dec[0].cross.heads, B, T, S, encPad)
 	half16 := n.attention16(args)
 	in16 := half16 && n.attentionIn16(args)
-	encRows := pk.rowsOf(pk.srcSide(), B*S)
-	c := &crossKV{width: 2 * d * L, half16: half16}
-	c.kv = n.attnIn(encRows*c.width, in16)
-	c.back = n.linear(c.kv, either(enc16, enc), n.crossKV.w.w, n.crossKV16, n.attnBias(in16, n.crossKVb16, n.crossKV.b.w), encRows, c.width, d)
-	c.kvA = pk.expand(pk.srcSide(), c.kv, c.width, func(size int) kernels.Buffer { return n.attnIn(size, in16) })
-	if o.Backward {
-		c.dkvA = n.attnGrad(B*S*c.width, half16)
-	}
+	c := &crossKV{width: 2 * d * L, rows: pk.rowsOf(pk.srcSide(), B*S), slots: B * S, half16: half16, in16: in16}
+	c.kv = n.attnIn(c.rows*c.width, in16)
+	c.back = n.linear(c.kv, either(enc16, enc), n.crossKV.w.w, n.crossKV16, n.attnBias(in16, n.crossKVb16, n.crossKV.b.w), c.rows, c.width, d)
 	return c
 }
 
@@ -1154,7 +1240,8 @@ func (n *TrainNet) crossKVForward(o *StepOptions, enc, enc16 kernels.Buffer, B, 
 //
 // With 16-bit attention inputs (n.attentionIn16) q, the fused k/v and the context
 // gradient are written 16-bit, as in selfAttn; the encoder output's gradient (kv's
-// backward into dEnc) stays float32.
+// backward into dEnc) stays float32. On packed rows (pk) the attention reads q and kv
+// as they are where the backend runs it on packed rows, else they are expanded.
 func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B, T int, enc, enc16 kernels.Buffer, S int, encPad []bool, dEnc kernels.Buffer, dEncSet *bool, kvs *crossKV, li int, pk *stepPack) (kernels.Buffer, back) {
 	be, d := n.be, n.d
 	tgt, src := pk.tgtSide(), pk.srcSide()
@@ -1165,50 +1252,76 @@ func (n *TrainNet) crossAttn(o *StepOptions, a *tattn, h, h16 kernels.Buffer, B,
 	inAlloc := func(size int) kernels.Buffer { return n.attnIn(size, in16) }
 	q := n.attnIn(rows*d, in16)
 	qBack := n.linear(q, either(h16, h), a.q.w.w, a.q16, n.attnBias(in16, a.qb16, a.q.b.w), rows, d, d)
-	qA := pk.expand(tgt, q, d, inAlloc)
 	// This layer's keys and values: its own product, or its columns of the product of
 	// every layer's (kvs): rows of width w, this layer's 2d at column c0.
-	var kvA kernels.Buffer
+	var kv kernels.Buffer
 	var kvBack func(dx, dw, db, dy kernels.Buffer)
 	var kvKept kernels.Buffer
 	w, c0 := 2*d, 0
 	if kvs != nil {
-		kvA, w, c0 = kvs.kvA, kvs.width, 2*d*li
+		kv, w, c0 = kvs.kv, kvs.width, 2*d*li
 	} else {
-		kv := n.attnIn(encRows*2*d, in16)
+		kv = n.attnIn(encRows*2*d, in16)
 		kvBack, kvKept = n.linearKeptBuf(kv, either(enc16, enc), a.kv.w.w, a.kv16, n.attnBias(in16, a.kvb16, a.kv.b.w), encRows, 2*d, d)
-		kvA = pk.expand(src, kv, 2*d, inAlloc)
+	}
+	p, seed := n.attnDropout(o)
+	pq := func(b kernels.Buffer) kernels.View { return kernels.View{Buf: b, RowStride: d} }
+	pkv := func(b kernels.Buffer, off int) kernels.View { return kernels.View{Buf: b, Off: c0 + off, RowStride: w} }
+	var ctx kernels.Buffer
+	var packedBack func(dq, dk, dv kernels.View, dctx kernels.Buffer, dctx16 bool)
+	if in16 && half16 {
+		ctx, packedBack = n.attentionPacked(args, pq(q), pkv(kv, 0), pkv(kv, d), pk, tgt, src, p, seed)
 	}
 	qv := func(b kernels.Buffer) kernels.View { return kernels.View{Buf: b, BatchStride: T * d, RowStride: d} }
 	kvv := func(b kernels.Buffer, off int) kernels.View {
 		return kernels.View{Buf: b, Off: c0 + off, BatchStride: S * w, RowStride: w}
 	}
 	ctxAlloc := n.attnOutAlloc(half16)
-	ctxv := ctxAlloc(B * T * d)
-	attnBack := n.attention(o, args, qv(ctxv), qv(qA), kvv(kvA, 0), kvv(kvA, d), half16)
-	ctx := pk.pack(tgt, ctxv, d, ctxAlloc)
+	var attnBack func(dq, dk, dv, dout kernels.View)
+	if packedBack == nil {
+		qA := pk.expand(tgt, q, d, inAlloc)
+		var kvA kernels.Buffer
+		if kvs != nil {
+			kvA = kvs.padded(n, pk)
+		} else {
+			kvA = pk.expand(src, kv, 2*d, inAlloc)
+		}
+		ctxv := ctxAlloc(B * T * d)
+		attnBack = n.attention(args, qv(ctxv), qv(qA), kvv(kvA, 0), kvv(kvA, d), half16, p, seed)
+		ctx = pk.pack(tgt, ctxv, d, ctxAlloc)
+	}
 	out := n.out(rows * d)
 	oBack, oKept := n.linearKept(out, ctx, a.o.w.w, a.o.w16, a.o.b.w, rows, d, d)
 	return out, func(dout kernels.Buffer) kernels.Buffer {
 		dctxAlloc := func(size int) kernels.Buffer { return n.attnIn(size, in16 && oKept) }
 		dctx := dctxAlloc(rows * d)
 		oBack(dctx, a.o.w.g, a.o.b.g, dout)
-		dctxA := pk.expand(tgt, dctx, d, dctxAlloc)
-		dqA := n.attnGrad(B*T*d, half16)
-		var dkvA kernels.Buffer
-		if kvs != nil {
-			dkvA = kvs.dkvA // crossKVForward's backward takes it after the last layer's
+		var dq, dkv kernels.Buffer
+		if packedBack != nil {
+			dq = n.out16(rows * d)
+			if kvs != nil {
+				dkv = kvs.packedGrad(n) // crossKVForward's backward takes it after the last layer's
+			} else {
+				dkv = n.out16(encRows * 2 * d)
+			}
+			packedBack(pq(dq), pkv(dkv, 0), pkv(dkv, d), dctx, oKept)
 		} else {
-			dkvA = n.attnGrad(B*S*2*d, half16)
+			dctxA := pk.expand(tgt, dctx, d, dctxAlloc)
+			dqA := n.attnGrad(B*T*d, half16)
+			var dkvA kernels.Buffer
+			if kvs != nil {
+				dkvA = kvs.paddedGrad(n) // crossKVForward's backward takes it after the last layer's
+			} else {
+				dkvA = n.attnGrad(B*S*2*d, half16)
+			}
+			attnBack(qv(dqA), kvv(dkvA, 0), kvv(dkvA, d), qv(dctxA))
+			dq = pk.pack(tgt, dqA, d, ctxAlloc)
+			if kvs == nil {
+				dkv = pk.pack(src, dkvA, 2*d, ctxAlloc)
+			}
 		}
-		attnBack(qv(dqA), kvv(dkvA, 0), kvv(dkvA, d), qv(dctxA))
-		dq := pk.pack(tgt, dqA, d, ctxAlloc)
 		dh := n.out(rows * d)
 		qBack(dh, a.q.w.g, a.q.b.g, dq)
-		var dkv kernels.Buffer
-		if kvs == nil {
-			dkv = pk.pack(src, dkvA, 2*d, ctxAlloc)
-		}
 		switch acc, ok := be.(kernels.InputGradAccumulator); {
 		case kvs != nil:
 		case !*dEncSet:
@@ -1584,7 +1697,7 @@ func (n *TrainNet) stepWork(ctx context.Context, b *TrainBatch, op *StepOptions,
 	dEnc, dEncSet := n.out(encRows*d), false
 	var kvs *crossKV
 	if n.kvBatch && len(n.dec) > 0 {
-		kvs = n.crossKVForward(&o, enc, enc16, B, T, S, encPad, pk)
+		kvs = n.crossKVForward(enc, enc16, B, T, S, encPad, pk)
 	}
 
 	// Decoder.

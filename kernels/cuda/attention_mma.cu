@@ -361,13 +361,30 @@ __device__ __forceinline__ bool am_vec2_16(const void* p, long long bs, long lon
             (unsigned long long)(rs & 1)) == 0;
 }
 
+// am_span is where a sentence's rows are in a packed tensor (kernels.PackedAttention):
+// item row i (the padded layout's position) is row base + i, for lo ≤ i < hi; the rows
+// outside are pads, loaded as zeros and never stored. base may be negative (a
+// left-padded sentence); base + lo is the sentence's first packed row. spans holds
+// three ints per sentence: base, lo, hi.
+struct am_span {
+    long long base;
+    int lo, hi;
+};
+
+__device__ __forceinline__ am_span am_span_of(const int* spans, int b) {
+    return am_span{(long long)__ldg(spans + 3 * b), __ldg(spans + 3 * b + 1), __ldg(spans + 3 * b + 2)};
+}
+
+// LO: rows below lo are not stored either (a packed sentence's rows, am_span); without
+// it the code is the one the padded kernels always had.
+template <bool LO = false>
 __device__ __forceinline__ void am_store_rows16(bool kHalf, unsigned short* g, long long rs, int r0, int n,
-                                                const float (&acc)[8][4], float s, bool vec2) {
+                                                const float (&acc)[8][4], float s, bool vec2, int lo = 0) {
     const int l = threadIdx.x & 31, gr = l >> 2, t = l & 3;
 #pragma unroll
     for (int h = 0; h < 2; h++) {
         const int r = r0 + gr + 8 * h;
-        if (r < n) {
+        if (r < n && (!LO || r >= lo)) {
 #pragma unroll
             for (int nn = 0; nn < 8; nn++) {
                 unsigned short* p = g + (long long)r * rs + 8 * nn + 2 * t;
@@ -711,7 +728,7 @@ __device__ __forceinline__ void am2_fwd_tile(bool kHalf, const unsigned short* Q
                                              int TQ, int TK, int causal, int queryOffset, float* probs,
                                              const float* dropMask, int outFmt, unsigned long long seed,
                                              unsigned long long threshold, float keepScale,
-                                             const unsigned* keepBits = nullptr) {
+                                             const unsigned* keepBits = nullptr, const am_span* qsp = nullptr) {
     const int NT = (TK + 15) >> 4;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int gr = lane >> 2, t = lane & 3;
@@ -797,6 +814,11 @@ __device__ __forceinline__ void am2_fwd_tile(bool kHalf, const unsigned short* Q
     // 3. out = round(P⊙M)·V
     float o[8][4];
     am_fwd_pv<MAXNT>(kHalf, o, s, Vs, NT);
+    if (qsp) {  // packed rows: 16-bit out only (the host guarantees it)
+        am_store_rows16<true>(kHalf, reinterpret_cast<unsigned short*>(out) + qsp->base * oRS + hD, oRS, i0,
+                              min(TQ, qsp->hi), o, 1.0f, am_vec2_16(out, oRS, oRS), qsp->lo);
+        return;
+    }
     if (outFmt != XF_OUT_F32) {
         am_store_rows16(kHalf, reinterpret_cast<unsigned short*>(out) + (long long)b * oBS + hD, oRS, i0, TQ, o, 1.0f,
                         am_vec2_16(out, oBS, oRS));
@@ -910,8 +932,16 @@ __device__ __forceinline__ int am2_zbytes(int TQ, int TK) {
 
 // am2_grad_rows adds s·acc into rows r0 + … < n of gradient g of batch b, head offset
 // hD (float32, am_add_rows), or stores its rounding there (16-bit, am_store_rows16).
+// With sp (packed rows, 16-bit gradients only: the host guarantees it) row r of the item
+// goes to packed row sp->base + r, for sp->lo ≤ r < min(n, sp->hi).
 __device__ __forceinline__ void am2_grad_rows(bool kHalf, int outFmt, void* g, long long bs, long long rs, int b,
-                                              long long hD, int r0, int n, const float (&acc)[8][4], float s) {
+                                              long long hD, int r0, int n, const float (&acc)[8][4], float s,
+                                              const am_span* sp = nullptr) {
+    if (sp) {
+        unsigned short* g16 = reinterpret_cast<unsigned short*>(g) + sp->base * rs + hD;
+        am_store_rows16<true>(kHalf, g16, rs, r0, min(n, sp->hi), acc, s, am_vec2_16(g, rs, rs), sp->lo);
+        return;
+    }
     if (outFmt != XF_OUT_F32) {
         unsigned short* g16 = reinterpret_cast<unsigned short*>(g) + (long long)b * bs + hD;
         am_store_rows16(kHalf, g16, rs, r0, n, acc, s, am_vec2_16(g, bs, rs));
@@ -934,7 +964,8 @@ __device__ __forceinline__ void am2_bwd_pair(bool kHalf, const unsigned short* Q
                                              long long dvBS, long long dvRS, const float* mask, int H, int TQ, int TK,
                                              float scale, int outFmt, unsigned long long seed,
                                              unsigned long long threshold, float keepScale,
-                                             const unsigned* keepBits = nullptr) {
+                                             const unsigned* keepBits = nullptr, const am_span* qsp = nullptr,
+                                             const am_span* ksp = nullptr) {
     const int NT = (TK + 15) >> 4, TKp = 16 * NT, LDZ = TKp + 8;
     const int nw = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int gr = lane >> 2, t = lane & 3;
@@ -1102,7 +1133,7 @@ __device__ __forceinline__ void am2_bwd_pair(bool kHalf, const unsigned short* Q
                 }
             }
         }
-        am2_grad_rows(kHalf, outFmt, dq, dqBS, dqRS, b, hD, i0, TQ, acc, scale);
+        am2_grad_rows(kHalf, outFmt, dq, dqBS, dqRS, b, hD, i0, TQ, acc, scale, qsp);
     }
     __syncthreads();  // dS and PM complete
 
@@ -1127,9 +1158,9 @@ __device__ __forceinline__ void am2_bwd_pair(bool kHalf, const unsigned short* Q
             }
         }
         if (isK) {
-            am2_grad_rows(kHalf, outFmt, dk, dkBS, dkRS, b, hD, j0, TK, acc, 1.0f);
+            am2_grad_rows(kHalf, outFmt, dk, dkBS, dkRS, b, hD, j0, TK, acc, 1.0f, ksp);
         } else {
-            am2_grad_rows(kHalf, outFmt, dv, dvBS, dvRS, b, hD, j0, TK, acc, 1.0f);
+            am2_grad_rows(kHalf, outFmt, dv, dvBS, dvRS, b, hD, j0, TK, acc, 1.0f, ksp);
         }
     }
 }
@@ -1508,6 +1539,22 @@ __device__ __forceinline__ void am3h_fetch(unsigned short* tile, const unsigned 
     }
 }
 
+// am3h_fetch_span is am3h_fetch of item rows i0 … i0 + rows − 1 of a packed tensor (src:
+// its column hD, row stride rs) whose sentence is at sp: rows in [sp.lo, sp.hi) are
+// copied from packed row sp.base + i, the others (pads) written as zeros, which is what
+// am3h_fetch lands from a padded tensor whose pad rows are zero.
+__device__ __forceinline__ void am3h_fetch_span(unsigned short* tile, const unsigned short* src, long long rs,
+                                                am_span sp, int i0, int rows) {
+    for (int e = threadIdx.x; e < rows * 8; e += blockDim.x) {
+        const int r = e >> 3, c = e & 7, i = i0 + r;
+        if (i >= sp.lo && i < sp.hi) {
+            xf_cp_async16(tile + r * AM_LD + 8 * c, src + (sp.base + i) * rs + 8 * c);
+        } else {
+            *reinterpret_cast<uint4*>(tile + r * AM_LD + 8 * c) = make_uint4(0u, 0u, 0u, 0u);
+        }
+    }
+}
+
 // am3h_zero writes zeros into rows [r0, r1) of a tile.
 __device__ __forceinline__ void am3h_zero(unsigned short* tile, int r0, int r1) {
     for (int e = threadIdx.x; e < (r1 - r0) * 8; e += blockDim.x) {
@@ -1547,8 +1594,11 @@ __device__ __forceinline__ void am3h_scale(bool kHalf, unsigned short* tile, int
     out, oBS, oRS, q, qBS, qRS, k, kBS, kRS, v, vBS, vRS, H, TQ, TK, scale, pad, padStride, causal, queryOffset, \
         probs, half, outFmt, seed, threshold, keepScale, tiles, items
 
-template <bool BITS, int MAXNT>
-__device__ __forceinline__ void am3h_fwd(AM3H_FWD_PARAMS) {
+// ROWS (attention_mma3_fwd_hr*, kernels.PackedAttention): q, k, v and out are packed
+// rows, placed by qSpan (the queries' sentences) and kSpan (the keys'), three ints per
+// sentence (am_span); their batch strides are unused.
+template <bool BITS, int MAXNT, bool ROWS = false>
+__device__ __forceinline__ void am3h_fwd(AM3H_FWD_PARAMS, const int* qSpan = nullptr, const int* kSpan = nullptr) {
     const bool kHalf = half != 0;
     const int TKp = (TK + 15) & ~15;
     const int rowsQ = 16 * (blockDim.x >> 5);
@@ -1572,9 +1622,16 @@ __device__ __forceinline__ void am3h_fwd(AM3H_FWD_PARAMS) {
         const int tile0 = x * rowsQ, nq = min(rowsQ, TQ - tile0);
         const long long hD = (long long)h * AM_D;
         unsigned short* Qs = buf + s * bufElems;
-        am3h_fetch(Qs, q + (long long)b * qBS + (long long)tile0 * qRS + hD, qRS, nq);
-        am3h_fetch(Qs + rowsQ * AM_LD, k + (long long)b * kBS + hD, kRS, TK);
-        am3h_fetch(Qs + (rowsQ + TKp) * AM_LD, v + (long long)b * vBS + hD, vRS, TK);
+        if constexpr (ROWS) {
+            const am_span qs = am_span_of(qSpan, b), ks = am_span_of(kSpan, b);
+            am3h_fetch_span(Qs, q + hD, qRS, qs, tile0, nq);
+            am3h_fetch_span(Qs + rowsQ * AM_LD, k + hD, kRS, ks, 0, TK);
+            am3h_fetch_span(Qs + (rowsQ + TKp) * AM_LD, v + hD, vRS, ks, 0, TK);
+        } else {
+            am3h_fetch(Qs, q + (long long)b * qBS + (long long)tile0 * qRS + hD, qRS, nq);
+            am3h_fetch(Qs + rowsQ * AM_LD, k + (long long)b * kBS + hD, kRS, TK);
+            am3h_fetch(Qs + (rowsQ + TKp) * AM_LD, v + (long long)b * vBS + hD, vRS, TK);
+        }
         const unsigned char* pr = pad ? pad + (long long)b * padStride : nullptr;
 #pragma unroll
         for (int u = 0; u < 2; u++) {
@@ -1600,9 +1657,11 @@ __device__ __forceinline__ void am3h_fwd(AM3H_FWD_PARAMS) {
         am3h_scale(kHalf, Qs, nq, rowsQ, scale);
         if (BITS && drawn) am3_keep_bits(keepBits, nq * TK, (((long long)b * H + h) * TQ + tile0) * TK, seed, threshold);
         __syncthreads();  // q scaled, flags (and bits) in place
+        am_span qs{};
+        if constexpr (ROWS) qs = am_span_of(qSpan, b);
         am2_fwd_tile<BITS, MAXNT>(kHalf, Qs, Qs + rowsQ * AM_LD, Qs + (rowsQ + TKp) * AM_LD, nullptr, padded, b, h,
                                   tile0, out, oBS, oRS, H, TQ, TK, causal, queryOffset, probs, nullptr, outFmt, seed,
-                                  threshold, keepScale, keepBits);
+                                  threshold, keepScale, keepBits, ROWS ? &qs : nullptr);
         item = next;
         s ^= 1;
     }
@@ -1616,7 +1675,9 @@ extern "C" __global__ void __launch_bounds__(128, AM3_FWD_MINB) attention_mma3_f
 // [·][AM_LD] (16-bit) and Z1 (am2_zbytes: P as it lands by 4-byte copies, then dS),
 // then one Z2 for P⊙M (only written and read inside an item). Warps: amBackwardWarps3's
 // (phase A's query blocks and phase B's 2·NT items each in one pass).
-template <bool BITS, int MAXNT>
+// ROWS: as am3h_fwd's (dout, q, k, v, dq, dk, dv packed rows; qSpan for dout, q and dq,
+// kSpan for k, v, dk and dv).
+template <bool BITS, int MAXNT, bool ROWS = false>
 __device__ __forceinline__ void am3h_bwd(bool kHalf, void* dq, long long dqBS, long long dqRS, void* dk, long long dkBS,
                                          long long dkRS, void* dv, long long dvBS, long long dvRS,
                                          const unsigned short* dout, long long doBS, long long doRS,
@@ -1624,7 +1685,8 @@ __device__ __forceinline__ void am3h_bwd(bool kHalf, void* dq, long long dqBS, l
                                          long long kBS, long long kRS, const unsigned short* v, long long vBS,
                                          long long vRS, const float* probs, int H, int TQ, int TK, float scale,
                                          int outFmt, unsigned long long seed, unsigned long long threshold,
-                                         float keepScale, int items) {
+                                         float keepScale, int items, const int* qSpan = nullptr,
+                                         const int* kSpan = nullptr) {
     const int TKp = (TK + 15) & ~15, TQp = (TQ + 15) & ~15, LDZ = TKp + 8;
     const int bufElems = AM_LD * (2 * TQp + 2 * TKp) + am2_zbytes(TQ, TK) / 2;
     unsigned short* buf = am3_smem();
@@ -1647,10 +1709,18 @@ __device__ __forceinline__ void am3h_bwd(bool kHalf, void* dq, long long dqBS, l
         unsigned short* Qs = buf + s * bufElems;
         float* Pz = reinterpret_cast<float*>(Qs + AM_LD * (2 * TQp + 2 * TKp));
         am_cp_async(Pz, probs + (((long long)b * H + h) * TQ) * TK, TQ * TK);
-        am3h_fetch(Qs, q + (long long)b * qBS + hD, qRS, TQ);
-        am3h_fetch(Qs + TQp * AM_LD, k + (long long)b * kBS + hD, kRS, TK);
-        am3h_fetch(Qs + (TQp + TKp) * AM_LD, v + (long long)b * vBS + hD, vRS, TK);
-        am3h_fetch(Qs + (TQp + 2 * TKp) * AM_LD, dout + (long long)b * doBS + hD, doRS, TQ);
+        if constexpr (ROWS) {
+            const am_span qs = am_span_of(qSpan, b), ks = am_span_of(kSpan, b);
+            am3h_fetch_span(Qs, q + hD, qRS, qs, 0, TQ);
+            am3h_fetch_span(Qs + TQp * AM_LD, k + hD, kRS, ks, 0, TK);
+            am3h_fetch_span(Qs + (TQp + TKp) * AM_LD, v + hD, vRS, ks, 0, TK);
+            am3h_fetch_span(Qs + (TQp + 2 * TKp) * AM_LD, dout + hD, doRS, qs, 0, TQ);
+        } else {
+            am3h_fetch(Qs, q + (long long)b * qBS + hD, qRS, TQ);
+            am3h_fetch(Qs + TQp * AM_LD, k + (long long)b * kBS + hD, kRS, TK);
+            am3h_fetch(Qs + (TQp + TKp) * AM_LD, v + (long long)b * vBS + hD, vRS, TK);
+            am3h_fetch(Qs + (TQp + 2 * TKp) * AM_LD, dout + (long long)b * doBS + hD, doRS, TQ);
+        }
     };
     int item = blockIdx.x;
     if (item < items) fetch(item, 0);
@@ -1670,8 +1740,11 @@ __device__ __forceinline__ void am3h_bwd(bool kHalf, void* dq, long long dqBS, l
         unsigned short* Vs = Ks + TKp * AM_LD;
         unsigned short* Os = Vs + TKp * AM_LD;
         unsigned char* z1 = reinterpret_cast<unsigned char*>(Os + TQp * AM_LD);
+        am_span qs{}, ks{};
+        if constexpr (ROWS) qs = am_span_of(qSpan, b), ks = am_span_of(kSpan, b);
         am2_bwd_pair<BITS, MAXNT>(kHalf, Qs, Ks, Vs, Os, z1, z2, b, h, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS,
-                                  nullptr, H, TQ, TK, scale, outFmt, seed, threshold, keepScale, keepBits);
+                                  nullptr, H, TQ, TK, scale, outFmt, seed, threshold, keepScale, keepBits,
+                                  ROWS ? &qs : nullptr, ROWS ? &ks : nullptr);
         item = next;
     };
     while (item < items) {
@@ -1716,6 +1789,31 @@ extern "C" __global__ void __launch_bounds__(256, AM3_BWD_MINB) attention_mma3_b
 AM3_HB(, 4)
 AM3_HB(2, 2)
 AM3_HB(3, 3)
+
+// attention_mma3_fwd_hr*, attention_mma3_bwd_hr*: the _hb kernels on packed rows
+// (kernels.PackedAttention): q, k, v, dout and the outputs are rows of packed tensors
+// that qSpan and kSpan place (am_span, three ints per sentence); the tiles land the same
+// values as the _hb kernels land from the padded tensors PackRows would build (pad rows
+// zero), so the results are their bits, stored only at the real rows.
+#define AM3_HR(SUF, NT)                                                                                               \
+    extern "C" __global__ void __launch_bounds__(128, AM3_FWD_MINB) attention_mma3_fwd_hr##SUF(                      \
+        AM3H_FWD_PARAMS, const int* qSpan, const int* kSpan) {                                                      \
+        am3h_fwd<true, NT, true>(AM3H_FWD_ARGS, qSpan, kSpan);                                                      \
+    }                                                                                                               \
+    extern "C" __global__ void __launch_bounds__(256, AM3_BWD_MINB) attention_mma3_bwd_hr##SUF(                      \
+        void* dq, long long dqBS, long long dqRS, void* dk, long long dkBS, long long dkRS, void* dv, long long dvBS, \
+        long long dvRS, const unsigned short* dout, long long doBS, long long doRS, const unsigned short* q,          \
+        long long qBS, long long qRS, const unsigned short* k, long long kBS, long long kRS, const unsigned short* v,  \
+        long long vBS, long long vRS, const float* probs, int H, int TQ, int TK, float scale, int half, int outFmt,   \
+        unsigned long long seed, unsigned long long threshold, float keepScale, int items, const int* qSpan,          \
+        const int* kSpan) {                                                                                         \
+        am3h_bwd<true, NT, true>(half != 0, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, dout, doBS, doRS, q, qBS,  \
+                                 qRS, k, kBS, kRS, v, vBS, vRS, probs, H, TQ, TK, scale, outFmt, seed, threshold,     \
+                                 keepScale, items, qSpan, kSpan);                                                   \
+    }
+AM3_HR(, 4)
+AM3_HR(2, 2)
+AM3_HR(3, 3)
 
 // attention_mma_round packs pairs of floats as the kernels above round their operands
 // (y[i] = x[2i] in the low half, x[2i+1] in the high half), for TestAttentionMMARounding.

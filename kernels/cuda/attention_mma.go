@@ -31,14 +31,17 @@ const (
 // rounding check of TestAttentionMMARounding, then the second and third kernels, their
 // 16-bit input variants (attention_mma16.go) and the third kernels' bits variants
 // (attention_mma3.go), with their short-key forms for at most 2 and 3 key blocks, and
-// the 16-bit-input third kernels' bits variants (hb2, hb3, hb: 2, 3, 4 key blocks).
+// the 16-bit-input third kernels' bits variants (hb2, hb3, hb: 2, 3, 4 key blocks), and
+// those on packed rows (hr2, hr3, hr: attention_packed.go).
 var amKernels = [...]string{"attention_mma_fwd4", "attention_mma_fwd8", "attention_mma_round",
 	"attention_mma2_fwd", "attention_mma2_bwd", "attention_mma3_fwd", "attention_mma3_bwd",
 	"attention_mma2_fwd_h", "attention_mma2_bwd_h", "attention_mma3_fwd_h", "attention_mma3_bwd_h",
 	"attention_mma3_fwd_b", "attention_mma3_bwd_b",
 	"attention_mma3_fwd_b2", "attention_mma3_bwd_b2", "attention_mma3_fwd_b3", "attention_mma3_bwd_b3",
 	"attention_mma3_fwd_hb2", "attention_mma3_bwd_hb2", "attention_mma3_fwd_hb3", "attention_mma3_bwd_hb3",
-	"attention_mma3_fwd_hb", "attention_mma3_bwd_hb"}
+	"attention_mma3_fwd_hb", "attention_mma3_bwd_hb",
+	"attention_mma3_fwd_hr2", "attention_mma3_bwd_hr2", "attention_mma3_fwd_hr3", "attention_mma3_bwd_hr3",
+	"attention_mma3_fwd_hr", "attention_mma3_bwd_hr"}
 
 // am2MaxT bounds the second kernels (attention_mma2_*): TK ≤ 64 forward, TQ and TK ≤ 64
 // backward (MAXNT 4, a query block per warp). They replace the first forward there; it
@@ -81,7 +84,9 @@ func (be *Backend) mmaFns() *attnMMAFns {
 		in16: am16Fns{fwd2: be.kernel(amKernels[7]), bwd2: be.kernel(amKernels[8]),
 			fwd3: be.kernel(amKernels[9]), bwd3: be.kernel(amKernels[10]),
 			fwd3B: [3]uintptr{be.kernel(amKernels[17]), be.kernel(amKernels[19]), be.kernel(amKernels[21])},
-			bwd3B: [3]uintptr{be.kernel(amKernels[18]), be.kernel(amKernels[20]), be.kernel(amKernels[22])}},
+			bwd3B: [3]uintptr{be.kernel(amKernels[18]), be.kernel(amKernels[20]), be.kernel(amKernels[22])},
+			fwd3R: [3]uintptr{be.kernel(amKernels[23]), be.kernel(amKernels[25]), be.kernel(amKernels[27])},
+			bwd3R: [3]uintptr{be.kernel(amKernels[24]), be.kernel(amKernels[26]), be.kernel(amKernels[28])}},
 		ok: be.info.Major >= 8,
 	}
 	optin, err := be.drv.attribute(be.dev, attrMaxSharedPerBlockOptin)

@@ -35,6 +35,11 @@ type am16Fns struct {
 	// (attention_mma3_*_hb2, _hb3, _hb), with their opt-in flags.
 	fwd3B, bwd3B       [3]uintptr
 	fwd3BOpt, bwd3BOpt [3]bool
+	// fwd3R, bwd3R: the same on packed rows (attention_mma3_*_hr2, _hr3, _hr;
+	// attention_packed.go), with their opt-in flags.
+	fwd3R, bwd3R       [3]uintptr
+	fwd3ROpt, bwd3ROpt [3]bool
+	packed             int  // launches on packed rows (tests)
 	off                bool // tests: AttentionInputs16 says false
 	calls              int  // launches with a 16-bit input (tests: the path was taken)
 }

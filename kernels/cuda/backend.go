@@ -146,6 +146,9 @@ type Backend struct {
 	reluBiasCalls int
 	// packCalls counts PackRows launches (tests: a packed step packed).
 	packCalls int
+	// packedAttnOff: XFORM_CUDA_PACKED_ATTN=0 (tests: the field): PackedAttention
+	// declines, so a packed step expands rows around attention (PackRows).
+	packedAttnOff bool
 	// reluFoldOn: ApplyDropoutMask records masks, so the FFN backward folds its ReLU and
 	// dropout backward into fc2's dx product (relu_fold.go); XFORM_CUDA_RELU_FOLD=1,
 	// tests. Off by default: cuBLASLt 13.1's DRELU product with a 16-bit D took 109
@@ -271,6 +274,7 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 	// The A/B switch for the bench: the copies refreshed by RoundAll, as before.
 	be.roundedAdamOff = os.Getenv("XFORM_CUDA_ROUNDED_ADAM") == "0"
 	be.attnIn16On = os.Getenv("XFORM_CUDA_ATTN16") != "0"
+	be.packedAttnOff = os.Getenv("XFORM_CUDA_PACKED_ATTN") == "0"
 	be.lnWOn = os.Getenv("XFORM_CUDA_LNW") == "1"
 	be.lnPOn = os.Getenv("XFORM_CUDA_LNP") != "0"
 	be.am3Wide = os.Getenv("XFORM_CUDA_AM3NT") == "0"

@@ -483,6 +483,12 @@ func TestAttentionMMAKernelNames(t *testing.T) {
 		defined["attention_mma3_fwd_hb"+m] = ok && strings.Contains(src, ") attention_mma3_fwd_hb##SUF(")
 		defined["attention_mma3_bwd_hb"+m] = ok && strings.Contains(src, ") attention_mma3_bwd_hb##SUF(")
 	}
+	// Their forms on packed rows (AM3_HR).
+	for _, m := range []string{"", "2", "3"} {
+		ok := strings.Contains(src, "\nAM3_HR("+m+", ")
+		defined["attention_mma3_fwd_hr"+m] = ok && strings.Contains(src, ") attention_mma3_fwd_hr##SUF(")
+		defined["attention_mma3_bwd_hr"+m] = ok && strings.Contains(src, ") attention_mma3_bwd_hr##SUF(")
+	}
 	// The bits variants' short-key forms (AM3_B_NT).
 	for _, m := range []string{"2", "3"} {
 		ok := strings.Contains(src, "\nAM3_B_NT("+m+")\n")
