@@ -29,6 +29,12 @@ type PackedAttention interface {
 	// base[b] + i for lo[b] ≤ i < hi[b], and a pad elsewhere. It panics on spans that
 	// leave [0, rows). The spans live as long as the running step's buffers.
 	RowSpans(base, lo, hi []int32, rows int) RowSpans
+	// PackedAttentionTakes says whether calls of a's shape run on packed rows, given
+	// 16-bit views with 16-byte aligned rows (what AttentionForwardPacked also checks).
+	// A model asks before packing a step: where the answer is no, every such call
+	// would expand its rows around the padded call instead, which can cost more than
+	// the packing saves.
+	PackedAttentionTakes(a AttentionArgs) bool
 	AttentionForwardPacked(out, q, k, v View, a AttentionArgs, qs, ks RowSpans, probs Buffer, dropP float64, dropSeed uint64) bool
 	AttentionBackwardPacked(dq, dk, dv, dout, q, k, v View, a AttentionArgs, qs, ks RowSpans, probs Buffer, dropP float64, dropSeed uint64) bool
 }

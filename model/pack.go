@@ -96,10 +96,13 @@ type stepPack struct {
 }
 
 // newStepPack packs b's source and decoder sides, or returns nil where packing would
-// not pay or does not apply: no pad slot, or targets whose pads are not the previous
-// output tokens' (a batch fairseq's collater would not build). Its indices are placed
+// not pay or does not apply: no pad slot, targets whose pads are not the previous
+// output tokens' (a batch fairseq's collater would not build), or, with
+// SetPackedRowsWherePaying, an attention call of the step that would not run on packed
+// rows. Its indices are placed
 // on the backend, once each for the step (call it inside the step's scope).
-func newStepPack(rp kernels.RowPacker, b *TrainBatch) *stepPack {
+func (n *TrainNet) newStepPack(b *TrainBatch) *stepPack {
+	rp := n.packer
 	p := &stepPack{src: newPackSide(b.Src), tgt: newPackSide(b.Prev), rp: rp}
 	if p.src.rows == len(b.Src) && p.tgt.rows == len(b.Prev) {
 		return nil
@@ -110,6 +113,9 @@ func newStepPack(rp kernels.RowPacker, b *TrainBatch) *stepPack {
 		}
 	}
 	p.pa, _ = rp.(kernels.PackedAttention)
+	if n.packWherePaying && p.pa != nil && !n.packedAttentionTakes(p.pa, b) {
+		return nil
+	}
 	for _, side := range []struct {
 		s *packSide
 		T int
@@ -172,12 +178,52 @@ func (p *stepPack) pack(s *packSide, x kernels.Buffer, width int, alloc func(int
 	return y
 }
 
+// packedAttentionTakes says whether every attention call of a step on b runs on packed
+// rows (the encoder's and the decoder's self-attention, the cross-attention).
+func (n *TrainNet) packedAttentionTakes(pa kernels.PackedAttention, b *TrainBatch) bool {
+	encPad, decPad := padMask(b.Src), padMask(b.Prev)
+	var calls []kernels.AttentionArgs
+	if len(n.enc) > 0 {
+		h := n.enc[0].self.heads
+		calls = append(calls, kernels.AttentionArgs{Batch: b.B, Heads: h, HeadDim: n.d / h, TQ: b.S, TK: b.S, Scale: n.headScale(h),
+			KeyPadding: encPad, KeyPadStride: b.S})
+	}
+	if len(n.dec) > 0 {
+		h := n.dec[0].self.heads
+		calls = append(calls, kernels.AttentionArgs{Batch: b.B, Heads: h, HeadDim: n.d / h, TQ: b.T, TK: b.T, Scale: n.headScale(h),
+			KeyPadding: decPad, KeyPadStride: b.T, Causal: true},
+			n.crossArgs(n.dec[0].cross.heads, b.B, b.T, b.S, encPad))
+	}
+	for _, a := range calls {
+		if !pa.PackedAttentionTakes(a) {
+			return false
+		}
+	}
+	return true
+}
+
+// SetPackedRowsWherePaying is SetPackedRows(true) for the steps where packing pays on a
+// backend with kernels.PackedAttention: those whose attention calls all run on packed
+// rows. Elsewhere (keys longer than its packed kernels take, float32 attention) each
+// call would expand its rows around the padded call, which costs about what ~20 % pad
+// slots save (the 6L-6L bench on the H200, eleventh session), so those steps run
+// padded. On a backend without PackedAttention it packs every step with pads, as
+// SetPackedRows(true).
+func (n *TrainNet) SetPackedRowsWherePaying() error {
+	if err := n.SetPackedRows(true); err != nil {
+		return err
+	}
+	n.packWherePaying = true
+	return nil
+}
+
 // SetPackedRows makes training steps compute position-wise layers on packed rows (see
 // above) when on; the backend must implement kernels.RowPacker. Steps that profile
 // Admin's ω stay padded (the profile's statistics are fairseq's, over padded
 // tensors), and so do batches without pads. A packed step is not captured as a CUDA
 // graph: its row counts change from batch to batch.
 func (n *TrainNet) SetPackedRows(on bool) error {
+	n.packWherePaying = false
 	if !on {
 		n.packer = nil
 		return nil

@@ -23,6 +23,14 @@ type halfPacking struct {
 	*packing
 	packedOn    bool
 	packedCalls int
+	// maxKeys, when set, is the longest key length PackedAttentionTakes accepts.
+	maxKeys int
+}
+
+var _ kernels.PackedAttention = (*halfPacking)(nil)
+
+func (h *halfPacking) PackedAttentionTakes(a kernels.AttentionArgs) bool {
+	return h.maxKeys == 0 || a.TK <= h.maxKeys
 }
 
 func (h *halfPacking) AllocHalf(n int) kernels.Buffer               { return h.cpu.Alloc(n) }
@@ -82,7 +90,7 @@ func (h *halfPacking) mask(a kernels.AttentionArgs, p float64, seed uint64) kern
 }
 
 func (h *halfPacking) AttentionForwardPacked(out, q, k, v kernels.View, a kernels.AttentionArgs, qs, ks kernels.RowSpans, probs kernels.Buffer, p float64, seed uint64) bool {
-	if !h.packedOn {
+	if !h.packedOn || !h.PackedAttentionTakes(a) {
 		return false
 	}
 	h.packedCalls++
@@ -99,7 +107,7 @@ func (h *halfPacking) AttentionForwardPacked(out, q, k, v kernels.View, a kernel
 }
 
 func (h *halfPacking) AttentionBackwardPacked(dq, dk, dv, dout, q, k, v kernels.View, a kernels.AttentionArgs, qs, ks kernels.RowSpans, probs kernels.Buffer, p float64, seed uint64) bool {
-	if !h.packedOn {
+	if !h.packedOn || !h.PackedAttentionTakes(a) {
 		return false
 	}
 	d := a.Heads * a.HeadDim
@@ -170,5 +178,52 @@ func TestPackedAttentionPlumbing(t *testing.T) {
 				})
 			}
 		}
+	}
+}
+
+// TestPackedRowsWherePaying: SetPackedRowsWherePaying packs a step only where every
+// attention call takes packed rows (kernels.PackedAttention.PackedAttentionTakes): with
+// the backend taking keys up to 9, a batch of 7 source and 9 target slots packs (packed
+// attention at every call, no PackRows), one of 12 target slots runs padded (neither),
+// and SetPackedRows(true) packs that one too, expanding rows around attention. The
+// padded step's loss is the plain padded net's, bit for bit.
+func TestPackedRowsWherePaying(t *testing.T) {
+	c := trainConfigs()["admin"]
+	r := rand.New(rand.NewPCG(31, 32))
+	short, long := randomPaddedBatch(r, 6, 7, 9, 11), randomPaddedBatch(r, 6, 7, 12, 11)
+	step := func(b *model.TrainBatch, mode string) (model.StepResult, *halfPacking) {
+		be := &halfPacking{packing: newPacking(true), packedOn: true, maxKeys: 9}
+		net, err := model.NewTrainNet(trainTestModel(c, 1), be)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch mode {
+		case "paying":
+			err = net.SetPackedRowsWherePaying()
+		case "always":
+			err = net.SetPackedRows(true)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := net.Step(context.Background(), b, model.StepOptions{LabelSmoothing: 0.1, Backward: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res, be
+	}
+	want := c.EncoderLayers + 2*c.DecoderLayers
+	if _, be := step(short, "paying"); be.packedCalls != want || be.packs != 0 {
+		t.Errorf("short keys: %d packed attention calls (want %d), %d PackRows (want 0)", be.packedCalls, want, be.packs)
+	}
+	res, be := step(long, "paying")
+	if be.packedCalls != 0 || be.packs != 0 {
+		t.Errorf("long keys: %d packed attention calls, %d PackRows: the step packed", be.packedCalls, be.packs)
+	}
+	if plain, _ := step(long, "off"); res.Loss != plain.Loss || res.NLL != plain.NLL {
+		t.Errorf("long keys: loss %v nll %v, the padded net's %v %v", res.Loss, res.NLL, plain.Loss, plain.NLL)
+	}
+	if _, be := step(long, "always"); be.packs == 0 {
+		t.Error("long keys with SetPackedRows(true): no PackRows, the step did not pack")
 	}
 }

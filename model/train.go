@@ -154,8 +154,9 @@ type TrainNet struct {
 	crossKV16  kernels.Buffer
 	crossKVb16 kernels.Buffer // its bias's 16-bit copy (kernels.HalfBiases)
 	kvBatch    bool
-	// packer: SetPackedRows is on (pack.go).
-	packer kernels.RowPacker
+	// packer: SetPackedRows is on (pack.go); packWherePaying: SetPackedRowsWherePaying.
+	packer          kernels.RowPacker
+	packWherePaying bool
 	// outProj16 is the output projection rounded to 16 bits (kernels.HalfRounder).
 	outProj16 kernels.Buffer
 	// half16Dst and half16Src are every 16-bit weight copy and its float32 weight, for
@@ -1615,7 +1616,7 @@ func (n *TrainNet) Step(ctx context.Context, b *TrainBatch, o StepOptions) (Step
 	}
 	var pk *stepPack
 	if n.packer != nil && !o.Profile {
-		pk = newStepPack(n.packer, b)
+		pk = n.newStepPack(b)
 	}
 	var readLoss func() (float64, float64)
 	run := func() error {

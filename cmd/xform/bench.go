@@ -307,8 +307,9 @@ func benchTrain(ctx context.Context, f *benchFlags, init model.Init, errw io.Wri
 	if err != nil {
 		return nil, err
 	}
-	if err := net.SetPackedRows(f.train.device.pack); err != nil {
-		return nil, usageError{err}
+	packed, err := f.train.device.packRows(net, be)
+	if err != nil {
+		return nil, err
 	}
 	betas, err := parseFloats(f.betas, "adam-betas")
 	if err != nil || len(betas) != 2 {
@@ -362,7 +363,7 @@ func benchTrain(ctx context.Context, f *benchFlags, init model.Init, errw io.Wri
 		return nil, err
 	}
 	res.Data, res.MaxTokens, res.Precision = desc, f.train.maxTokens, f.train.device.precision.String()
-	res.Batching, res.BucketLengths, res.PackedRows = f.train.batching.mode, lengths, f.train.device.pack
+	res.Batching, res.BucketLengths, res.PackedRows = f.train.batching.mode, lengths, packed
 	if g, ok := be.(*cuda.Backend); ok && g.GraphsEnabled() {
 		st := g.GraphStats()
 		res.Graphs = &bench.GraphUse{Eager: st.Eager, Captures: st.Captures, Replays: st.Replays, Divergences: st.Divergences,

@@ -156,3 +156,30 @@ func TestBenchBadInput(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchPackTokens: --pack-tokens takes auto (the default: off on the CPU, whose
+// float32 steps stay padded), true (also as the bare flag) or false, and refuses
+// anything else as a usage error; the JSON's packed_rows says which ran.
+func TestBenchPackTokens(t *testing.T) {
+	for _, c := range []struct {
+		flag   []string
+		packed bool
+	}{{nil, false}, {[]string{"--pack-tokens"}, true}, {[]string{"--pack-tokens=true"}, true}, {[]string{"--pack-tokens=auto"}, false}, {[]string{"--pack-tokens=false"}, false}} {
+		out, err := runCLI(t, benchArgs(append([]string{"--pairs", "100", "--max-tokens", "256", "--updates", "1", "--warmup", "0", "--json"}, c.flag...)...)...)
+		if err != nil {
+			t.Fatalf("%v: %v\n%s", c.flag, err, out)
+		}
+		var res map[string]any
+		if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &res); err != nil {
+			t.Fatalf("%v: %v\n%s", c.flag, err, out)
+		}
+		if got, _ := res["packed_rows"].(bool); got != c.packed {
+			t.Errorf("%v: packed_rows %v, want %v", c.flag, res["packed_rows"], c.packed)
+		}
+	}
+	_, err := runCLI(t, benchArgs("--pairs", "100", "--updates", "1", "--warmup", "0", "--pack-tokens=maybe")...)
+	var ue usageError
+	if !errors.As(err, &ue) || !strings.Contains(err.Error(), `--pack-tokens "maybe"`) {
+		t.Fatalf("--pack-tokens=maybe: %v, want a usage error naming the value", err)
+	}
+}

@@ -487,8 +487,8 @@ func runTrain(ctx context.Context, dir string, f *trainFlags, out io.Writer) err
 	if err != nil {
 		return err
 	}
-	if err := net.SetPackedRows(f.device.pack); err != nil {
-		return usageError{err}
+	if _, err := f.device.packRows(net, be); err != nil {
+		return err
 	}
 	betas, err := parseFloats(f.betas, "adam-betas")
 	if err != nil || len(betas) != 2 {

@@ -141,8 +141,8 @@ type TrainResult struct {
 	// the bucket edges L (empty for fairseq's batching). Both under the competitor's keys.
 	Batching      string `json:"batching"`
 	BucketLengths []int  `json:"bucket_lengths"`
-	// PackedRows: the position-wise layers ran on the non-pad tokens only (xform bench
-	// --pack-tokens).
+	// PackedRows: packing was on (xform bench --pack-tokens true, or auto with 16-bit
+	// GEMMs on the GPU, where it packs the steps whose attention runs on packed rows).
 	PackedRows bool `json:"packed_rows,omitempty"`
 	// Graphs says how the CUDA graphs of the training step were used (nil: off).
 	Graphs *GraphUse `json:"cuda_graphs,omitempty"`

@@ -44,16 +44,23 @@ func (be *Backend) RowSpans(base, lo, hi []int32, rows int) kernels.RowSpans {
 	return r
 }
 
+// PackedAttentionTakes implements kernels.PackedAttention.
+// The answer is the shape's: XFORM_CUDA_PACKED_ATTN=0 (packedAttnOff) does not change
+// it, so that with the switch off packed steps still pack and expand their rows around
+// attention (the comparison the switch is for).
+func (be *Backend) PackedAttentionTakes(a kernels.AttentionArgs) bool {
+	a.KVIndex = nil
+	defer be.enter()()
+	be.mmaFns()
+	return be.packedShapeTakes(a)
+}
+
 // packedTakes says whether a call of a's shape on these views runs on packed rows: the
 // 16-bit-input third kernels' bits variant (attention_mma3_fwd/bwd_hr*, the only ones
 // with a packed form) in both directions, as the padded call would run them; the views
 // 16-bit with 16-byte aligned rows. The caller holds the Backend.
 func (be *Backend) packedTakes(a kernels.AttentionArgs, views ...kernels.View) bool {
-	if be.precision == FP32 || be.halfOff || be.flashAlways || !be.attnIn16On || be.packedAttnOff ||
-		!fastAttentionShape(a) || a.KVIndex != nil || a.Batch == 0 || a.TQ == 0 {
-		return false
-	}
-	if !be.mmaUsable(a, false) || !be.mma2(a, false) || !be.mmaUsable(a, true) || !be.mma2(a, true) {
+	if be.packedAttnOff {
 		return false
 	}
 	for _, v := range views {
@@ -61,6 +68,19 @@ func (be *Backend) packedTakes(a kernels.AttentionArgs, views ...kernels.View) b
 		if h == nil || (h.dptr()+2*uint64(v.Off))%16 != 0 || v.RowStride%8 != 0 {
 			return false
 		}
+	}
+	return be.packedShapeTakes(a)
+}
+
+// packedShapeTakes is packedTakes without the views and the switch. The caller holds
+// the Backend, after mmaFns.
+func (be *Backend) packedShapeTakes(a kernels.AttentionArgs) bool {
+	if be.precision == FP32 || be.halfOff || be.flashAlways || !be.attnIn16On ||
+		!fastAttentionShape(a) || a.KVIndex != nil || a.Batch == 0 || a.TQ == 0 {
+		return false
+	}
+	if !be.mmaUsable(a, false) || !be.mma2(a, false) || !be.mmaUsable(a, true) || !be.mma2(a, true) {
+		return false
 	}
 	f := be.lazy.mma
 	t := &f.third

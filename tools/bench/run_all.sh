@@ -34,9 +34,11 @@
 #                graph; warm-up XFORM_GRAPH_WARMUP [10] so the captures fall before the timed updates) [0]
 #   XFORM_TUNED=1  also run the CUDA-graphs bucket row with --cuda-autotune (the cuBLASLt autotune;
 #                needs XFORM_GRAPHS=1) [0]
-#   XFORM_PACK=1  also run xform with --pack-tokens (projections, feed-forward, LayerNorm and the loss on
-#                the real tokens only; padded rows just around attention): with fairseq's batching and on
-#                the compile modes' bucket batches (and, with XFORM_TUNED=1, the latter autotuned) [0]
+#   XFORM_PACK=1  also run xform with --pack-tokens=auto (every layer on the real tokens only, where the
+#                attention runs on packed rows; the default of xform train and bench with --bf16/--fp16 on
+#                the GPU): with fairseq's batching and on the compile modes' bucket batches (and, with
+#                XFORM_TUNED=1, the latter autotuned after XFORM_PACK_WARMUP [40] warm-up updates). The
+#                other xform rows pass --pack-tokens=false: padded steps, as the competitors run [0]
 #   XFORM_CUDA_AUTOTUNE=1  (read by xform itself) the cuBLASLt autotune in every xform row; with
 #                fairseq batching its one-off tuning lands in the few timed updates, so also raise
 #                XFORM_WARMUP (docs/cuda.md, "cuBLASLt autotune")
@@ -71,6 +73,7 @@ XFORM_NODROP=${XFORM_NODROP:-1}
 XFORM_BUCKET=${XFORM_BUCKET:-1}
 XFORM_GRAPHS=${XFORM_GRAPHS:-0}
 XFORM_GRAPH_WARMUP=${XFORM_GRAPH_WARMUP:-10}
+XFORM_PACK_WARMUP=${XFORM_PACK_WARMUP:-40}
 XFORM_TUNED=${XFORM_TUNED:-0}
 XFORM_PACK=${XFORM_PACK:-0}
 D=${D:-512}
@@ -224,37 +227,39 @@ for L in $LAYERS; do
 	if [ "${SKIP_XFORM:-0}" != 1 ]; then
 		xb=("$XFORM" bench --device "$DEVICE" --data "$BIN" --encoder-layers "$L" --decoder-layers "$L" "${XDIMS[@]}" --max-tokens "$MAXTOK"
 			--seed "$SEED" --updates "$XFORM_UPDATES" --warmup "$XFORM_WARMUP" --time-limit "$XFORM_TIME_LIMIT" --json ${XPREC[@]+"${XPREC[@]}"})
-		part "xform_${L}l" "$L" "xform ($XFORM_PRECISION, $DEVICE)" -- "${xb[@]}" && record "xform_${L}l" "$L" "xform ($XFORM_PRECISION, $DEVICE)" ok "$W/xform_${L}l.log"
+		part "xform_${L}l" "$L" "xform ($XFORM_PRECISION, $DEVICE)" -- "${xb[@]}" --pack-tokens=false && record "xform_${L}l" "$L" "xform ($XFORM_PRECISION, $DEVICE)" ok "$W/xform_${L}l.log"
 		if [ "$XFORM_NODROP" = 1 ] && [ "$L" = 6 ]; then
-			part "xform_${L}l_nodrop" "$L" "xform ($XFORM_PRECISION, $DEVICE, dropout 0)" -- "${xb[@]}" --dropout 0 --attention-dropout 0 --activation-dropout 0 &&
+			part "xform_${L}l_nodrop" "$L" "xform ($XFORM_PRECISION, $DEVICE, dropout 0)" -- "${xb[@]}" --pack-tokens=false --dropout 0 --attention-dropout 0 --activation-dropout 0 &&
 				record "xform_${L}l_nodrop" "$L" "xform ($XFORM_PRECISION, $DEVICE, dropout 0)" ok "$W/xform_${L}l_nodrop.log"
 		fi
 		if [ "$XFORM_BUCKET" = 1 ]; then
 			# the batches of the competitor's compile modes (same --buckets), for a like-with-like row against them
 			xbf="xform ($XFORM_PRECISION, $DEVICE, bucket batching as the compile modes, $BUCKETS buckets)"
-			part "xform_${L}l_bucket" "$L" "$xbf" -- "${xb[@]}" --batching bucket --buckets "$BUCKETS" &&
+			part "xform_${L}l_bucket" "$L" "$xbf" -- "${xb[@]}" --pack-tokens=false --batching bucket --buckets "$BUCKETS" &&
 				record "xform_${L}l_bucket" "$L" "$xbf" ok "$W/xform_${L}l_bucket.log"
 			if [ "$XFORM_GRAPHS" = 1 ]; then
 				xbg="xform ($XFORM_PRECISION, $DEVICE, bucket batching, $BUCKETS buckets, CUDA graphs)"
-				part "xform_${L}l_graphs" "$L" "$xbg" -- "${xb[@]}" --batching bucket --buckets "$BUCKETS" --cuda-graphs --warmup "$XFORM_GRAPH_WARMUP" &&
+				part "xform_${L}l_graphs" "$L" "$xbg" -- "${xb[@]}" --pack-tokens=false --batching bucket --buckets "$BUCKETS" --cuda-graphs --warmup "$XFORM_GRAPH_WARMUP" &&
 					record "xform_${L}l_graphs" "$L" "$xbg" ok "$W/xform_${L}l_graphs.log"
 				if [ "$XFORM_TUNED" = 1 ]; then
 					xbt="xform ($XFORM_PRECISION, $DEVICE, bucket batching, $BUCKETS buckets, CUDA graphs, cuBLASLt autotune)"
-					part "xform_${L}l_tuned" "$L" "$xbt" -- "${xb[@]}" --batching bucket --buckets "$BUCKETS" --cuda-graphs --cuda-autotune --warmup "$XFORM_GRAPH_WARMUP" &&
+					part "xform_${L}l_tuned" "$L" "$xbt" -- "${xb[@]}" --pack-tokens=false --batching bucket --buckets "$BUCKETS" --cuda-graphs --cuda-autotune --warmup "$XFORM_GRAPH_WARMUP" &&
 						record "xform_${L}l_tuned" "$L" "$xbt" ok "$W/xform_${L}l_tuned.log"
 				fi
 			fi
 		fi
 		if [ "$XFORM_PACK" = 1 ]; then
 			xbp="xform ($XFORM_PRECISION, $DEVICE, packed rows)"
-			part "xform_${L}l_pack" "$L" "$xbp" -- "${xb[@]}" --pack-tokens &&
+			part "xform_${L}l_pack" "$L" "$xbp" -- "${xb[@]}" --pack-tokens=auto &&
 				record "xform_${L}l_pack" "$L" "$xbp" ok "$W/xform_${L}l_pack.log"
 			xbq="xform ($XFORM_PRECISION, $DEVICE, bucket batching as the compile modes, $BUCKETS buckets, packed rows)"
-			part "xform_${L}l_bucket_pack" "$L" "$xbq" -- "${xb[@]}" --batching bucket --buckets "$BUCKETS" --pack-tokens &&
+			part "xform_${L}l_bucket_pack" "$L" "$xbq" -- "${xb[@]}" --batching bucket --buckets "$BUCKETS" --pack-tokens=auto &&
 				record "xform_${L}l_bucket_pack" "$L" "$xbq" ok "$W/xform_${L}l_bucket_pack.log"
 			if [ "$XFORM_TUNED" = 1 ]; then
+				# packed steps run eagerly, so the autotune's one-off timing of each new GEMM class lands in the first
+				# updates: a longer warm-up (XFORM_PACK_WARMUP) keeps it out of the timed ones
 				xbr="xform ($XFORM_PRECISION, $DEVICE, bucket batching as the compile modes, $BUCKETS buckets, packed rows, cuBLASLt autotune)"
-				part "xform_${L}l_bucket_pack_tuned" "$L" "$xbr" -- "${xb[@]}" --batching bucket --buckets "$BUCKETS" --pack-tokens --cuda-autotune &&
+				part "xform_${L}l_bucket_pack_tuned" "$L" "$xbr" -- "${xb[@]}" --batching bucket --buckets "$BUCKETS" --pack-tokens=auto --cuda-autotune --warmup "$XFORM_PACK_WARMUP" &&
 					record "xform_${L}l_bucket_pack_tuned" "$L" "$xbr" ok "$W/xform_${L}l_bucket_pack_tuned.log"
 			fi
 		fi
