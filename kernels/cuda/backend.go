@@ -184,7 +184,9 @@ type Backend struct {
 	// dwDefer: the deferred weight gradients' switch, queue and batch plans
 	// (dw_deferred.go).
 	dwDefer dwDeferState
-	graph   graphState
+	// finish queues the column-sum finishes while the weight gradients are deferred.
+	finish finishQueue
+	graph  graphState
 	// reads are the free slots of deferred reads, readsMade all of them (read_async.go).
 	reads, readsMade []*asyncRead
 	// kernelNames maps kernels to their names for XFORM_CUDA_PROFILE=gpu (profile.go);
@@ -284,6 +286,7 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 	be.autotune = envSwitch(opt.Autotune, os.Getenv("XFORM_CUDA_AUTOTUNE"))
 	be.tuneMemo = opt.TuneMemo
 	be.dwDefer.on = envSwitch(opt.DeferWeightGrads, os.Getenv("XFORM_CUDA_DEFER_DW"))
+	be.finish.init()
 	be.dxAccumOff = os.Getenv("XFORM_CUDA_DX_ACCUM") == "0"
 	if be.tuneMemo == nil {
 		be.tuneMemo = NewGEMMTuneMemo()

@@ -64,3 +64,21 @@ extern "C" __global__ void bias_grad_finish1(float* db, const float* part, int c
         db[c] += s;
     }
 }
+
+// bias_grad_finish1_list: bias_grad_finish1 for count members in one launch (blockIdx.y
+// the member; the Backend defers the finishes of a training step's backward to its
+// end): each column's partials in the same chunk order, so the same bits.
+struct bgf_job {
+    float* db;
+    const float* part;
+    int chunks, cols;
+};
+
+extern "C" __global__ void bias_grad_finish1_list(const bgf_job* jobs) {
+    const bgf_job j = jobs[blockIdx.y];
+    for (long long c = blockIdx.x * (long long)blockDim.x + threadIdx.x; c < j.cols; c += (long long)gridDim.x * blockDim.x) {
+        float s = 0.f;
+        for (int ch = 0; ch < j.chunks; ++ch) s += j.part[(long long)ch * j.cols + c];
+        j.db[c] += s;
+    }
+}

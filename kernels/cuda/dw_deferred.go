@@ -120,6 +120,9 @@ func (be *Backend) deferDW(x16, dy16, dw, db uint64, m, n, k int, keepX, keepDy 
 // Backend.
 func (be *Backend) flushDW() {
 	d := &be.dwDefer
+	// The finishes first: where a bias gradient got both a finish and a deferred
+	// product's column sum, the finish ran first before finishes were deferred too.
+	be.flushFinishes()
 	d.active = false
 	if len(d.jobs) == 0 {
 		return

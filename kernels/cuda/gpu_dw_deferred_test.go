@@ -331,3 +331,43 @@ func TestDWBatchCandidatesTiming(t *testing.T) {
 		}
 	}
 }
+
+// TestDeferredFinishTrainingSameBits: the column-sum finishes (LayerNorm dγ, dβ, dω;
+// fc1's bias) queued while the weight gradients are deferred and run as list launches
+// at the flush, against each launched at its backward call (XFORM_CUDA_DEFER_FINISH=0):
+// each column's sum has the same operands in the same order, so 12 updates of both
+// models, bf16 and fp16, both recipes, must give the same bits (every update's log and
+// the final weights); graphed too. Also checks that finishes were queued and listed.
+func TestDeferredFinishTrainingSameBits(t *testing.T) {
+	gpu(t)
+	for _, mc := range fixtureAndHeadDim64(t, 3, 4) {
+		for _, prec := range []Precision{BF16, FP16} {
+			for _, rc := range sameBitsCases {
+				t.Run(mc.name+"/"+prec.String()+"/"+rc.name, func(t *testing.T) {
+					offBE := newGraphTestBackend(t, prec, false)
+					offBE.dwDefer.on, offBE.finish.off = true, true
+					onBE := newGraphTestBackend(t, prec, false)
+					onBE.dwDefer.on, onBE.finish.off = true, false
+					graphBE := newGraphTestBackend(t, prec, true)
+					graphBE.dwDefer.on, graphBE.finish.off = true, false
+					off, _ := runTrain(t, mc.m, offBE, rc, mc.batches)
+					on, _ := runTrain(t, mc.m, onBE, rc, mc.batches)
+					graphed, _ := runTrain(t, mc.m, graphBE, rc, mc.batches)
+					q, lists := onBE.FinishCounts()
+					t.Logf("deferred finishes: %d queued, %d list launches", q, lists)
+					if q == 0 || lists == 0 {
+						t.Errorf("deferred run: %d finishes queued, %d list launches", q, lists)
+					}
+					if q, _ := offBE.FinishCounts(); q != 0 {
+						t.Errorf("switched-off run queued %d finishes", q)
+					}
+					if st := graphBE.GraphStats(); st.Replays == 0 || st.Divergences != 0 {
+						t.Errorf("graph use %+v: want replays, no divergence", st)
+					}
+					checkSameRun(t, "finishes deferred", on, "launched at each call", off)
+					checkSameRun(t, "graphed, finishes deferred", graphed, "eager", on)
+				})
+			}
+		}
+	}
+}

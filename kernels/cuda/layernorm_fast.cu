@@ -986,9 +986,10 @@ LFP_INSTANCE(8, 2)
 // only nparts/32 partials (the backward's grid is a few blocks per SM: ~500 partials),
 // all its loads requested before the adds they feed; thread ty = 0 then adds the 32
 // in order.
-extern "C" __global__ void __launch_bounds__(1024) layernorm_fast_bwd_finish_v(float* dgamma, float* dbeta,
-                                                                                float* domega, const float* part,
-                                                                                int nparts, int dim, float alpha) {
+// lfv_finish_cols is layernorm_fast_bwd_finish_v's body (below), shared with the list
+// form so that both add the same operands in the same order.
+__device__ __forceinline__ void lfv_finish_cols(float* dgamma, float* dbeta, float* domega, const float* part,
+                                                int nparts, int dim, float alpha) {
     __shared__ float red[32][33];
     const int tx = threadIdx.x, ty = threadIdx.y;
     const int n = 3 * dim;
@@ -1015,4 +1016,30 @@ extern "C" __global__ void __launch_bounds__(1024) layernorm_fast_bwd_finish_v(f
         }
         __syncthreads();
     }
+}
+
+extern "C" __global__ void __launch_bounds__(1024) layernorm_fast_bwd_finish_v(float* dgamma, float* dbeta,
+                                                                                float* domega, const float* part,
+                                                                                int nparts, int dim, float alpha) {
+    lfv_finish_cols(dgamma, dbeta, domega, part, nparts, dim, alpha);
+}
+
+// layernorm_fast_bwd_finish_list: finish_v for count backward calls in one launch
+// (blockIdx.y the call; the Backend defers the finishes of a training step's backward
+// to its end, kernels.WeightGradDeferrer): each call's columns are finish_v's with the
+// same operands in the same order, so the same bits. A call's grid of finish_v is
+// (3·dim + 31)/32 blocks; here gridDim.x is the largest of the calls', and a call with
+// fewer columns leaves the extra blocks idle (its loop does not start).
+struct lfl_job {
+    float *dgamma, *dbeta, *domega;
+    const float* part;
+    int nparts, dim;
+    float alpha;
+    int unused;
+};
+
+extern "C" __global__ void __launch_bounds__(1024) layernorm_fast_bwd_finish_list(const lfl_job* jobs) {
+    const lfl_job j = jobs[blockIdx.y];
+    if (blockIdx.x * 32 >= 3 * j.dim) return;  // before any barrier: the whole block leaves
+    lfv_finish_cols(j.dgamma, j.dbeta, j.domega, j.part, j.nparts, j.dim, j.alpha);
 }

@@ -33,6 +33,8 @@ type lnFastFns struct {
 	vfwd    [len(lfvNVs)]uintptr
 	vbwd    [len(lfvNVs)]lfvKernel
 	vfinish uintptr
+	// vfinishList is finish_v over a list of calls (finish_deferred.go).
+	vfinishList uintptr
 
 	// vbwdSum and vbwdRecomp are the float4 backward reading dy as a
 	// kernels.ResidualSum (layernorm_fast_bwd_vp*), and that one recomputing z from x
@@ -107,7 +109,8 @@ func (be *Backend) lnFns() *lnFastFns {
 		return f
 	}
 	f := &lnFastFns{finish: be.kernel("layernorm_fast_bwd_finish"), vfinish: be.kernel("layernorm_fast_bwd_finish_v"),
-		resBwd4: be.kernel("residual_bwd4"), resBwdDrop4: be.kernel("residual_bwd_dropout4")}
+		vfinishList: be.kernel("layernorm_fast_bwd_finish_list"),
+		resBwd4:     be.kernel("residual_bwd4"), resBwdDrop4: be.kernel("residual_bwd_dropout4")}
 	for i, nc := range lfNCs {
 		f.fwd[i] = be.kernel(fmt.Sprintf("layernorm_fast_fwd%d", nc))
 		f.bwd[i] = be.kernel(fmt.Sprintf("layernorm_fast_bwd%d", nc))
@@ -442,7 +445,7 @@ func (be *Backend) lfvBackward(mode lfvMode, dz, dbranch, dgamma, dbeta, domega 
 		}
 	}
 	be.run(fn, [3]uint32{uint32(nb), 1, 1}, uint32(32*k.warps), uint32(shared))
-	if finish {
+	if finish && !be.deferLNFinish(addr(dgamma), addr(dbeta), addr(domega), part, nb, dim, alpha) {
 		be.prm.reset().ptr(addr(dgamma)).ptr(addr(dbeta)).ptr(addr(domega)).ptr(part.dptr()).i32(nb).i32(dim).f32(alpha)
 		be.runBlock(f.vfinish, [3]uint32{uint32((3*dim + 31) / 32), 1, 1}, [3]uint32{32, 32, 1}, 0)
 	}

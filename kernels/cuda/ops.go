@@ -105,11 +105,13 @@ const (
 	slotIDs = iota
 	slotKV
 	slotPad
-	slotCSR     // EmbedBackward's rows sorted by id
-	slotTargets // LabelSmoothedLoss's targets
-	slotList    // buffer descriptors of the list reductions
-	slotDW      // deferred weight gradients' address arrays (dw_deferred.go)
-	slotDWBias  // a single deferred product's bias-gradient address arrays
+	slotCSR        // EmbedBackward's rows sorted by id
+	slotTargets    // LabelSmoothedLoss's targets
+	slotList       // buffer descriptors of the list reductions
+	slotDW         // deferred weight gradients' address arrays (dw_deferred.go)
+	slotDWBias     // a single deferred product's bias-gradient address arrays
+	slotFinishLN   // deferred LayerNorm finishes' jobs (finish_deferred.go)
+	slotFinishBias // deferred bias finishes' jobs
 	numSlots
 )
 

@@ -28,7 +28,7 @@ type trainFunctions struct {
 	lsLoss, adamStep                                           uintptr
 	dropoutMask, dropoutApply, reluDropoutBwd                  uintptr
 	biasGradPartial, biasGradFinish                            uintptr
-	biasGradFinish1                                            uintptr
+	biasGradFinish1, biasGradFinish1List                       uintptr
 }
 
 func (f *trainFunctions) add(m map[string]*uintptr) {
@@ -42,7 +42,7 @@ func (f *trainFunctions) add(m map[string]*uintptr) {
 		"ls_loss": &f.lsLoss, "adam_step": &f.adamStep, "dropout_mask": &f.dropoutMask, "dropout_apply": &f.dropoutApply,
 		"relu_dropout_bwd":    &f.reluDropoutBwd,
 		"bias_grad16_partial": &f.biasGradPartial, "bias_grad_finish": &f.biasGradFinish,
-		"bias_grad_finish1": &f.biasGradFinish1,
+		"bias_grad_finish1": &f.biasGradFinish1, "bias_grad_finish1_list": &f.biasGradFinish1List,
 	} {
 		m[name] = p
 	}

@@ -83,8 +83,10 @@ func (be *Backend) ReLUDropoutBackwardBias(dpre, da, a, db kernels.Buffer, rows,
 	be.prm.reset().ptr(dph.dptr()).ptr(dah.dptr()).ptr(ah.dptr()).f32(kernels.DropoutScale(p)).
 		i32(rows).i32(cols).i32(reluBiasPer).ptr(part.dptr()).i32(be.outFormat())
 	be.runBlock(be.fn.half.reluDropoutBwdHH8P, [3]uint32{uint32((cols/8 + 31) / 32), uint32(chunks), 1}, [3]uint32{32, 8, 1}, 0)
-	be.prm.reset().ptr(addr(db)).ptr(part.dptr()).i32(chunks).i32(cols)
-	be.elem(be.fn.train.biasGradFinish1, int64(cols))
+	if !be.deferBiasFinish(addr(db), part, chunks, cols) {
+		be.prm.reset().ptr(addr(db)).ptr(part.dptr()).i32(chunks).i32(cols)
+		be.elem(be.fn.train.biasGradFinish1, int64(cols))
+	}
 	be.reluBiasCalls++
 	return true
 }
