@@ -103,7 +103,9 @@ type Backend struct {
 	pool      *pool
 	prm       *params
 	scratch   [numSlots]*allocation // host-argument staging, one block per slot* constant
-	compiled  int                   // programs compiled now (not from the cache)
+	// listCache holds list-kernel descriptors uploaded once (stageListWords).
+	listCache []listUpload
+	compiled  int // programs compiled now (not from the cache)
 	syncCheck bool
 	poison    bool
 	profile   *opProfile      // XFORM_CUDA_PROFILE=1; printed to stderr by Close
@@ -435,6 +437,10 @@ func (be *Backend) Close() error {
 			be.scratch[i] = nil
 		}
 	}
+	for _, u := range be.listCache {
+		_ = be.drv.memFree(u.ptr)
+	}
+	be.listCache = nil
 	be.release()
 	be.closed = true
 	if be.profile != nil {
