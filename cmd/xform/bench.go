@@ -84,7 +84,8 @@ shape or --path CHECKPOINT, after translating --gen-warmup sentences untimed.
 pairs, DIR/valid.{src,tgt} with --valid-pairs) for xform preprocess and exits.`,
 		Example: `  xform bench --device cuda --encoder-layers 6 --decoder-layers 6 --updates 100 --warmup 10
   xform bench --device cuda --data data-bin --encoder-layers 18 --decoder-layers 18 --json
-  xform bench --device cuda --bf16 --data data-bin --batching bucket --buckets 2 --cuda-graphs --cuda-autotune --json
+  xform bench --device cuda --bf16 --data data-bin --batching bucket --buckets 2 --cuda-autotune --json
+  xform bench --device cuda --bf16 --batching bucket --buckets 2 --pack-tokens=false --cuda-graphs   # padded, as the competitor
   xform bench --mode generate --device cuda --path ckpt/checkpoint_best.pt --data data-bin --beam 4
   xform bench --write-text corpus --pairs 20000 && xform preprocess -s src -t tgt \
       --trainpref corpus/train --validpref corpus/valid --destdir data-bin --joined-dictionary`,

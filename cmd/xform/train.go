@@ -292,14 +292,20 @@ bucket's pairs, in seeded random order, are cut into batches of B_L pairs, B_L =
 one multiple), every batch padded to [B_L, L] (pad tokens: the loss is the same as
 unpadded), and each bucket's last incomplete batch is dropped from every epoch. These
 are the batches of tools/bench/torch_competitor.py's compile modes. Validation keeps
-fairseq's batching; resume with the batching the run started with.`,
+fairseq's batching; resume with the batching the run started with.
+
+--pack-tokens (auto by default) computes every layer on the batch's real tokens only,
+the attention reading packed rows: the pad slots cost nothing, the sums are the padded
+step's (with dropout the position-wise masks fall on other elements). auto packs with
+--bf16/--fp16 on the GPU, for steps whose attention runs on packed rows (sentences up to
+48 tokens); true packs every step with pads (also on the CPU, ~15% faster there); false
+keeps the padded step. Packed steps run eagerly, so --cuda-graphs applies to the others.`,
 		Example: `  xform train data-bin --arch transformer_iwslt_de_en --share-all-embeddings --init adaptive \
     --optimizer radam --adam-betas '(0.9,0.98)' --clip-norm 0 --lr 3e-3 --lr-scheduler inverse_sqrt \
     --warmup-init-lr 1e-7 --warmup-updates 100 --label-smoothing 0.1 --max-tokens 2048 --seed 1111 \
     --max-update 1000 --save-dir ckpt
   xform train data-bin --device cuda --bf16 --arch transformer_wmt_en_de --share-all-embeddings \
-    --max-tokens 8192 --batching bucket --buckets 3 --cuda-graphs --cuda-autotune --max-update 1000 \
-    --save-dir ckpt`,
+    --max-tokens 8192 --batching bucket --buckets 3 --cuda-autotune --max-update 1000 --save-dir ckpt`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runTrain(cmd.Context(), args[0], &f, cmd.OutOrStdout())
