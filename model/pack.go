@@ -8,12 +8,14 @@ import (
 
 // Packed rows (TrainNet.SetPackedRows): the training step computes every position-wise
 // layer — the projections, the feed-forward blocks, LayerNorm, residuals, dropout, the
-// embeddings and the loss — on the batch's non-pad tokens only, and expands rows into
-// the padded [B, T] layout only around attention, which needs each sentence's rows
-// together. Pad slots cost nothing there: in a padded step their rows are computed and
-// then contribute exactly zero to every gradient (the loss ignores their targets,
-// attention masks them as keys, and a pad query's output feeds no real row), so the
-// packed step computes the same sums over the same real rows. What differs: the GEMMs
+// embeddings and the loss — on the batch's non-pad tokens only. Attention needs each
+// sentence's rows together: a backend with kernels.PackedAttention reads them where
+// the sentence's span says; elsewhere the rows are expanded into the padded [B, T]
+// layout around the call and packed back after it. Pad slots cost nothing: in a padded
+// step their rows are computed and then contribute exactly zero to every gradient (the
+// loss ignores their targets, attention masks them as keys, and a pad query's output
+// feeds no real row), so the packed step computes the same sums over the same real
+// rows. What differs: the GEMMs
 // see fewer rows (float32 sums may group differently), and the position-wise dropout
 // masks are drawn over the packed tensors' elements, so with dropout the two draw
 // different (equally distributed) masks. Attention's own dropout keeps the padded
@@ -99,8 +101,8 @@ type stepPack struct {
 // not pay or does not apply: no pad slot, targets whose pads are not the previous
 // output tokens' (a batch fairseq's collater would not build), or, with
 // SetPackedRowsWherePaying, an attention call of the step that would not run on packed
-// rows. Its indices are placed
-// on the backend, once each for the step (call it inside the step's scope).
+// rows. Its indices and spans are placed on the backend, once each for the step (call
+// it inside the step's scope).
 func (n *TrainNet) newStepPack(b *TrainBatch) *stepPack {
 	rp := n.packer
 	p := &stepPack{src: newPackSide(b.Src), tgt: newPackSide(b.Prev), rp: rp}

@@ -44,9 +44,8 @@ func (be *Backend) RowSpans(base, lo, hi []int32, rows int) kernels.RowSpans {
 	return r
 }
 
-// PackedAttentionTakes implements kernels.PackedAttention.
-// The answer is the shape's: XFORM_CUDA_PACKED_ATTN=0 (packedAttnOff) does not change
-// it, so that with the switch off packed steps still pack and expand their rows around
+// PackedAttentionTakes implements kernels.PackedAttention. The answer is the shape's:
+// XFORM_CUDA_PACKED_ATTN=0 (packedAttnOff) does not change it, so that with the switch off packed steps still pack and expand their rows around
 // attention (the comparison the switch is for).
 func (be *Backend) PackedAttentionTakes(a kernels.AttentionArgs) bool {
 	a.KVIndex = nil
