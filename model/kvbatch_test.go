@@ -1,7 +1,6 @@
 package model_test
 
 import (
-	"context"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -48,14 +47,7 @@ func TestCrossKVBatchGradients(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				res, err := net.Step(context.Background(), trainTestBatch(), model.StepOptions{LabelSmoothing: 0.1, Backward: true})
-				if err != nil {
-					t.Fatal(err)
-				}
-				grads := map[string][]float32{}
-				for _, p := range net.Params() {
-					grads[p.Name] = append([]float32(nil), cpu.Data(p.G)...)
-				}
+				res, grads := stepGrads(t, net, trainTestBatch(), 0)
 				return res.Loss, grads, be.outs
 			}
 			lossB, gB, outsB := run(true)

@@ -148,16 +148,7 @@ func TestPackedAttentionPlumbing(t *testing.T) {
 						if err := net.SetPackedRows(true); err != nil {
 							t.Fatal(err)
 						}
-						o := model.StepOptions{LabelSmoothing: 0.1, Backward: true, Train: attnDrop > 0,
-							AttentionDropout: attnDrop, RNG: rand.New(rand.NewPCG(3, 4))}
-						res, err := net.Step(context.Background(), b, o)
-						if err != nil {
-							t.Fatal(err)
-						}
-						grads := map[string][]float32{}
-						for _, p := range net.Params() {
-							grads[p.Name] = append([]float32(nil), cpu.Data(p.G)...)
-						}
+						res, grads := stepGrads(t, net, b, attnDrop)
 						return res, grads, be.packedCalls
 					}
 					on, gOn, calls := run(true)

@@ -104,17 +104,7 @@ func TestPackedRowsMatchPadded(t *testing.T) {
 					t.Run(fmt.Sprintf("%s/%s/kvbatch=%v/attention-dropout=%v", name, bname, kv, attnDrop), func(t *testing.T) {
 						run := func(pack bool) (model.StepResult, map[string][]float32, int) {
 							be := newPacking(kv)
-							net := packingNet(t, c, be, pack)
-							o := model.StepOptions{LabelSmoothing: 0.1, Backward: true, Train: attnDrop > 0,
-								AttentionDropout: attnDrop, RNG: rand.New(rand.NewPCG(3, 4))}
-							res, err := net.Step(context.Background(), b, o)
-							if err != nil {
-								t.Fatal(err)
-							}
-							grads := map[string][]float32{}
-							for _, p := range net.Params() {
-								grads[p.Name] = append([]float32(nil), cpu.Data(p.G)...)
-							}
+							res, grads := stepGrads(t, packingNet(t, c, be, pack), b, attnDrop)
 							return res, grads, be.packs
 						}
 						resP, gP, packs := run(true)
@@ -184,4 +174,22 @@ func TestSetPackedRowsNeedsPacker(t *testing.T) {
 	if err := net.SetPackedRows(false); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// stepGrads runs one training step of net on b (label smoothing 0.1, attention dropout
+// attnDrop from a fixed seed, the other dropouts 0) and returns its result and a copy
+// of every parameter's gradient, by name.
+func stepGrads(t *testing.T, net *model.TrainNet, b *model.TrainBatch, attnDrop float64) (model.StepResult, map[string][]float32) {
+	t.Helper()
+	o := model.StepOptions{LabelSmoothing: 0.1, Backward: true, Train: attnDrop > 0,
+		AttentionDropout: attnDrop, RNG: rand.New(rand.NewPCG(3, 4))}
+	res, err := net.Step(context.Background(), b, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	grads := map[string][]float32{}
+	for _, p := range net.Params() {
+		grads[p.Name] = append([]float32(nil), cpu.Data(p.G)...)
+	}
+	return res, grads
 }

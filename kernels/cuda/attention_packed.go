@@ -2,7 +2,6 @@ package cuda
 
 import (
 	"fmt"
-	"unsafe"
 
 	"github.com/xform-dev/xform/kernels"
 )
@@ -31,16 +30,7 @@ func (be *Backend) RowSpans(base, lo, hi []int32, rows int) kernels.RowSpans {
 		v = append(v, base[b], lo[b], hi[b])
 	}
 	defer be.enter()()
-	bytes := 4 * len(v)
-	if be.graph.mode != graphOff {
-		a := be.arenaAlloc(uint64(bytes))
-		be.upload(a.ptr, unsafe.Pointer(&v[0]), bytes, bytes)
-		r.ptr = a.ptr
-		return r
-	}
-	buf := be.scoped(be.newBuffer(len(v)))
-	must(be.drv.htodQueued(buf.dptr(), unsafe.Pointer(&v[0]), uint64(bytes)))
-	r.ptr = buf.dptr()
+	r.ptr = be.uploadStepInts(v)
 	return r
 }
 

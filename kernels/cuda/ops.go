@@ -223,17 +223,23 @@ func (be *Backend) RowIndex(idx []int32, srcRows int) kernels.RowIndex {
 		return r
 	}
 	defer be.enter()()
-	bytes := 4 * len(idx)
+	r.ptr = be.uploadStepInts(idx)
+	return r
+}
+
+// uploadStepInts copies v (not empty) into device memory that lives as long as the
+// running step's buffers and returns its address: the graph arena and a recorded
+// upload inside a graphed step, else a scoped buffer. The caller holds the Backend.
+func (be *Backend) uploadStepInts(v []int32) uint64 {
+	bytes := 4 * len(v)
 	if be.graph.mode != graphOff {
 		a := be.arenaAlloc(uint64(bytes))
-		be.upload(a.ptr, unsafe.Pointer(&idx[0]), bytes, bytes)
-		r.ptr = a.ptr
-		return r
+		be.upload(a.ptr, unsafe.Pointer(&v[0]), bytes, bytes)
+		return a.ptr
 	}
-	b := be.scoped(be.newBuffer(len(idx)))
-	must(be.drv.htodQueued(b.dptr(), unsafe.Pointer(&idx[0]), uint64(bytes)))
-	r.ptr = b.dptr()
-	return r
+	b := be.scoped(be.newBuffer(len(v)))
+	must(be.drv.htodQueued(b.dptr(), unsafe.Pointer(&v[0]), uint64(bytes)))
+	return b.dptr()
 }
 
 // PackRows implements kernels.RowPacker: both buffers float32, or both 16-bit; the
