@@ -3,6 +3,7 @@ package cuda
 import (
 	"fmt"
 	"math"
+	"strconv"
 	"sync"
 	"time"
 	"unsafe"
@@ -36,8 +37,10 @@ import (
 // differ where two candidates are within noise of each other beyond ltTuneTie.
 
 const (
-	// ltTuneAlgos is how many heuristic results are timed at most.
-	ltTuneAlgos = 8
+	// ltTuneAlgos is how many heuristic results are timed at most (the default of
+	// Backend.tuneAlgos); ltTuneAlgosMax bounds XFORM_CUDA_TUNE_ALGOS.
+	ltTuneAlgos    = 8
+	ltTuneAlgosMax = 64
 	// ltTuneReps is how many timed runs each candidate gets after an untimed one.
 	ltTuneReps = 5
 	// ltTuneTie: a candidate within this fraction of the fastest counts as as fast.
@@ -151,7 +154,7 @@ func (be *Backend) ltChoose(p *ltPlan, key ltKey, bias uint64) ([8]uint64, error
 	if be.graph.mode != graphOff || (be.profile != nil && be.profile.gpu) {
 		return be.ltHeuristic(p, key)
 	}
-	res, err := be.ltHeuristicN(p, key, ltTuneAlgos)
+	res, err := be.ltHeuristicN(p, key, be.tuneAlgos)
 	if err != nil {
 		return [8]uint64{}, err
 	}
@@ -179,6 +182,19 @@ func (be *Backend) ltChoose(p *ltPlan, key ltKey, bias uint64) ([8]uint64, error
 	}
 	be.tuneMemo.remember(mk, algos[i])
 	return algos[i], nil
+}
+
+// tuneAlgosFrom is the autotune's candidate count for XFORM_CUDA_TUNE_ALGOS: a number
+// from 1 to ltTuneAlgosMax, else ltTuneAlgos. The products with d-wide outputs (M×512
+// ×512: 13–15 µs at ~250 TFLOP/s on the H200, 144 of them in an 18L-18L update) are
+// the slowest per FLOP; whether the heuristic's later answers hold faster tilings for
+// them is what a larger count lets a GPU session measure (the default is unchanged).
+func tuneAlgosFrom(env string) int {
+	n, err := strconv.Atoi(env)
+	if err != nil || n < 1 || n > ltTuneAlgosMax {
+		return ltTuneAlgos
+	}
+	return n
 }
 
 // ltTuneBytes rounds n bytes up to the 256 bytes every scratch piece starts on (the

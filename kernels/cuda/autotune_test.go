@@ -26,6 +26,17 @@ func TestEnvSwitch(t *testing.T) {
 	}
 }
 
+// TestTuneAlgosFrom: XFORM_CUDA_TUNE_ALGOS sets the autotune's candidate count from 1
+// to ltTuneAlgosMax; anything else keeps ltTuneAlgos.
+func TestTuneAlgosFrom(t *testing.T) {
+	for env, want := range map[string]int{"": ltTuneAlgos, "1": 1, "32": 32, "64": 64, "65": ltTuneAlgos,
+		"0": ltTuneAlgos, "-3": ltTuneAlgos, "many": ltTuneAlgos, " 16": ltTuneAlgos} {
+		if got := tuneAlgosFrom(env); got != want {
+			t.Errorf("XFORM_CUDA_TUNE_ALGOS=%q: %d candidates, want %d", env, got, want)
+		}
+	}
+}
+
 func TestLtPickFastest(t *testing.T) {
 	nan := math.NaN()
 	for _, c := range []struct {

@@ -178,6 +178,9 @@ type Backend struct {
 	// cuBLASLt plan times the heuristic's first results and keeps the fastest
 	// (autotune.go).
 	autotune bool
+	// tuneAlgos is how many heuristic results the autotune times at most:
+	// ltTuneAlgos, or XFORM_CUDA_TUNE_ALGOS (tuneAlgosFrom).
+	tuneAlgos int
 	// tuneMemo holds the autotune's decisions: Options.TuneMemo, or the Backend's own.
 	tuneMemo *GEMMTuneMemo
 	// dxAccumOff: LinearBackwardKeptAccum as the product into scratch + AddTo (tests,
@@ -286,6 +289,7 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 	be.reluBiasOff = os.Getenv("XFORM_CUDA_RELU_BIAS") == "0"
 	be.kvBatchOff = os.Getenv("XFORM_CUDA_KV_BATCH") == "0"
 	be.autotune = envSwitch(opt.Autotune, os.Getenv("XFORM_CUDA_AUTOTUNE"))
+	be.tuneAlgos = tuneAlgosFrom(os.Getenv("XFORM_CUDA_TUNE_ALGOS"))
 	be.tuneMemo = opt.TuneMemo
 	be.dwDefer.on = envSwitch(opt.DeferWeightGrads, os.Getenv("XFORM_CUDA_DEFER_DW"))
 	be.finish.init()

@@ -119,7 +119,7 @@ func TestAutotuneTraining(t *testing.T) {
 }
 
 // TestAutotuneTiming logs, at the bench's shapes, the device µs per call of the
-// heuristic's first algorithm, of the fastest of its first ltTuneAlgos (timed at the
+// heuristic's first algorithm, of the fastest of its first tuneAlgos (timed at the
 // exact shape), and of the one the autotune keeps with plan reuse (timed at the
 // class's representative, run at the exact shape when cublasLtMatmulAlgoCheck takes
 // it), and the host time one tuning takes. bf16, fp32 D. Checks nothing; -short skips.
@@ -181,7 +181,7 @@ func autotuneTimingLine(g *Backend, key ltKey, bias uint64, reps int) (string, e
 	if err := g.ltBuild(p, key, bias, 0); err != nil {
 		return "", err
 	}
-	res, err := g.ltHeuristicN(p, key, ltTuneAlgos)
+	res, err := g.ltHeuristicN(p, key, g.tuneAlgos)
 	if err != nil {
 		return "", err
 	}
@@ -207,7 +207,7 @@ func autotuneTimingLine(g *Backend, key ltKey, bias uint64, reps int) (string, e
 		if err := g.ltBuild(rp, c, bias, 0); err != nil {
 			return "", err
 		}
-		if cres, err := g.ltHeuristicN(rp, c, ltTuneAlgos); err == nil {
+		if cres, err := g.ltHeuristicN(rp, c, g.tuneAlgos); err == nil {
 			calgos := make([][8]uint64, len(cres))
 			for i := range cres {
 				calgos[i] = cres[i].algo
