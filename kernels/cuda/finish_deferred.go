@@ -120,6 +120,7 @@ func (be *Backend) flushFinishes() {
 		jobs := be.stage(slotFinishLN, unsafe.Pointer(&words[0]), 8*len(words))
 		be.prm.reset().ptr(jobs)
 		be.runBlock(be.lnFns().vfinishList, [3]uint32{uint32((cols + 31) / 32), uint32(len(q.ln)), 1}, [3]uint32{32, 32, 1}, 0)
+		clear(q.ln) // drop the partials' references
 		q.ln = q.ln[:0]
 		q.lists++
 	}
@@ -134,6 +135,7 @@ func (be *Backend) flushFinishes() {
 		be.prm.reset().ptr(jobs)
 		const threads = 256
 		be.runBlock(be.fn.train.biasGradFinish1List, [3]uint32{uint32((cols + threads - 1) / threads), uint32(len(q.bias)), 1}, [3]uint32{threads, 1, 1}, 0)
+		clear(q.bias)
 		q.bias = q.bias[:0]
 		q.lists++
 	}
