@@ -226,28 +226,22 @@ func TestPackedAttentionDeclines(t *testing.T) {
 // 8 never reaches the tensor-core kernels).
 func TestPackedAttentionTrainingSameBits(t *testing.T) {
 	gpu(t)
-	for _, mc := range fixtureAndHeadDim64(t, 3, 4) {
-		for _, prec := range []Precision{BF16, FP16} {
-			for _, rc := range sameBitsCases {
-				t.Run(mc.name+"/"+prec.String()+"/"+rc.name, func(t *testing.T) {
-					offBE := newGraphTestBackend(t, prec, false)
-					offBE.packedAttnOff = true
-					onBE := newGraphTestBackend(t, prec, false)
-					pc := rc
-					pc.pack = true
-					off, _ := runTrain(t, mc.m, offBE, pc, mc.batches)
-					on, _ := runTrain(t, mc.m, onBE, pc, mc.batches)
-					packed := func(be *Backend) int { defer be.enter()(); return be.mmaFns().in16.packed }
-					if mc.name == "head dim 64" && packed(onBE) == 0 {
-						t.Fatal("no attention ran on packed rows")
-					}
-					if packed(offBE) != 0 {
-						t.Fatalf("%d packed attention launches with the switch off", packed(offBE))
-					}
-					t.Logf("packed attention launches: %d; PackRows: %d on, %d off", packed(onBE), onBE.packCalls, offBE.packCalls)
-					checkSameRun(t, "packed attention", on, "rows expanded", off)
-				})
-			}
+	eachTrainCase(t, func(t *testing.T, mc trainModel, prec Precision, rc trainCase) {
+		offBE := newGraphTestBackend(t, prec, false)
+		offBE.packedAttnOff = true
+		onBE := newGraphTestBackend(t, prec, false)
+		pc := rc
+		pc.pack = true
+		off, _ := runTrain(t, mc.m, offBE, pc, mc.batches)
+		on, _ := runTrain(t, mc.m, onBE, pc, mc.batches)
+		packed := func(be *Backend) int { defer be.enter()(); return be.mmaFns().in16.packed }
+		if mc.name == "head dim 64" && packed(onBE) == 0 {
+			t.Fatal("no attention ran on packed rows")
 		}
-	}
+		if packed(offBE) != 0 {
+			t.Fatalf("%d packed attention launches with the switch off", packed(offBE))
+		}
+		t.Logf("packed attention launches: %d; PackRows: %d on, %d off", packed(onBE), onBE.packCalls, offBE.packCalls)
+		checkSameRun(t, "packed attention", on, "rows expanded", off)
+	})
 }

@@ -172,37 +172,31 @@ func round16All(ft format16, v []float32) []float64 {
 // batches ran.
 func TestDeferredWeightGradTraining(t *testing.T) {
 	gpu(t)
-	for _, mc := range fixtureAndHeadDim64(t, 3, 4) {
+	eachTrainCase(t, func(t *testing.T, mc trainModel, prec Precision, rc trainCase) {
 		batches := mc.batches
-		for _, prec := range []Precision{BF16, FP16} {
-			for _, rc := range sameBitsCases {
-				t.Run(mc.name+"/"+prec.String()+"/"+rc.name, func(t *testing.T) {
-					plainBE := newGraphTestBackend(t, prec, false)
-					plainBE.dwDefer.on = false
-					eagerBE := newGraphTestBackend(t, prec, false)
-					eagerBE.dwDefer.on = true
-					graphBE := newGraphTestBackend(t, prec, true)
-					graphBE.dwDefer.on = true
-					plain, _ := runTrain(t, mc.m, plainBE, rc, batches)
-					eager, _ := runTrain(t, mc.m, eagerBE, rc, batches)
-					graphed, _ := runTrain(t, mc.m, graphBE, rc, batches)
-					q, b, s := eagerBE.WeightGradCounts()
-					t.Logf("deferred: %d products queued, %d batches, %d single", q, b, s)
-					if q == 0 || b == 0 {
-						t.Errorf("deferred run: %d products queued, %d batches", q, b)
-					}
-					if q, _, _ := plainBE.WeightGradCounts(); q != 0 {
-						t.Errorf("plain run queued %d products", q)
-					}
-					if st := graphBE.GraphStats(); st.Replays == 0 || st.Divergences != 0 {
-						t.Errorf("graph use %+v: want replays, no divergence", st)
-					}
-					checkTrainClose(t, "deferred", eager, "plain", plain)
-					checkSameRun(t, "graphed deferred", graphed, "eager deferred", eager)
-				})
-			}
+		plainBE := newGraphTestBackend(t, prec, false)
+		plainBE.dwDefer.on = false
+		eagerBE := newGraphTestBackend(t, prec, false)
+		eagerBE.dwDefer.on = true
+		graphBE := newGraphTestBackend(t, prec, true)
+		graphBE.dwDefer.on = true
+		plain, _ := runTrain(t, mc.m, plainBE, rc, batches)
+		eager, _ := runTrain(t, mc.m, eagerBE, rc, batches)
+		graphed, _ := runTrain(t, mc.m, graphBE, rc, batches)
+		q, b, s := eagerBE.WeightGradCounts()
+		t.Logf("deferred: %d products queued, %d batches, %d single", q, b, s)
+		if q == 0 || b == 0 {
+			t.Errorf("deferred run: %d products queued, %d batches", q, b)
 		}
-	}
+		if q, _, _ := plainBE.WeightGradCounts(); q != 0 {
+			t.Errorf("plain run queued %d products", q)
+		}
+		if st := graphBE.GraphStats(); st.Replays == 0 || st.Divergences != 0 {
+			t.Errorf("graph use %+v: want replays, no divergence", st)
+		}
+		checkTrainClose(t, "deferred", eager, "plain", plain)
+		checkSameRun(t, "graphed deferred", graphed, "eager deferred", eager)
+	})
 }
 
 // TestDWBatchPlans logs what cuBLASLt says to the deferred weight gradients'
@@ -340,34 +334,28 @@ func TestDWBatchCandidatesTiming(t *testing.T) {
 // the final weights); graphed too. Also checks that finishes were queued and listed.
 func TestDeferredFinishTrainingSameBits(t *testing.T) {
 	gpu(t)
-	for _, mc := range fixtureAndHeadDim64(t, 3, 4) {
-		for _, prec := range []Precision{BF16, FP16} {
-			for _, rc := range sameBitsCases {
-				t.Run(mc.name+"/"+prec.String()+"/"+rc.name, func(t *testing.T) {
-					offBE := newGraphTestBackend(t, prec, false)
-					offBE.dwDefer.on, offBE.finish.off = true, true
-					onBE := newGraphTestBackend(t, prec, false)
-					onBE.dwDefer.on, onBE.finish.off = true, false
-					graphBE := newGraphTestBackend(t, prec, true)
-					graphBE.dwDefer.on, graphBE.finish.off = true, false
-					off, _ := runTrain(t, mc.m, offBE, rc, mc.batches)
-					on, _ := runTrain(t, mc.m, onBE, rc, mc.batches)
-					graphed, _ := runTrain(t, mc.m, graphBE, rc, mc.batches)
-					q, lists := onBE.FinishCounts()
-					t.Logf("deferred finishes: %d queued, %d list launches", q, lists)
-					if q == 0 || lists == 0 {
-						t.Errorf("deferred run: %d finishes queued, %d list launches", q, lists)
-					}
-					if q, _ := offBE.FinishCounts(); q != 0 {
-						t.Errorf("switched-off run queued %d finishes", q)
-					}
-					if st := graphBE.GraphStats(); st.Replays == 0 || st.Divergences != 0 {
-						t.Errorf("graph use %+v: want replays, no divergence", st)
-					}
-					checkSameRun(t, "finishes deferred", on, "launched at each call", off)
-					checkSameRun(t, "graphed, finishes deferred", graphed, "eager", on)
-				})
-			}
+	eachTrainCase(t, func(t *testing.T, mc trainModel, prec Precision, rc trainCase) {
+		offBE := newGraphTestBackend(t, prec, false)
+		offBE.dwDefer.on, offBE.finish.off = true, true
+		onBE := newGraphTestBackend(t, prec, false)
+		onBE.dwDefer.on, onBE.finish.off = true, false
+		graphBE := newGraphTestBackend(t, prec, true)
+		graphBE.dwDefer.on, graphBE.finish.off = true, false
+		off, _ := runTrain(t, mc.m, offBE, rc, mc.batches)
+		on, _ := runTrain(t, mc.m, onBE, rc, mc.batches)
+		graphed, _ := runTrain(t, mc.m, graphBE, rc, mc.batches)
+		q, lists := onBE.FinishCounts()
+		t.Logf("deferred finishes: %d queued, %d list launches", q, lists)
+		if q == 0 || lists == 0 {
+			t.Errorf("deferred run: %d finishes queued, %d list launches", q, lists)
 		}
-	}
+		if q, _ := offBE.FinishCounts(); q != 0 {
+			t.Errorf("switched-off run queued %d finishes", q)
+		}
+		if st := graphBE.GraphStats(); st.Replays == 0 || st.Divergences != 0 {
+			t.Errorf("graph use %+v: want replays, no divergence", st)
+		}
+		checkSameRun(t, "finishes deferred", on, "launched at each call", off)
+		checkSameRun(t, "graphed, finishes deferred", graphed, "eager", on)
+	})
 }

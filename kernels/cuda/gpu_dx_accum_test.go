@@ -61,27 +61,21 @@ func TestLinearBackwardKeptAccum(t *testing.T) {
 // runs.
 func switchTraining(t *testing.T, all, off func(*Backend), check func(t *testing.T, offBE, onBE *Backend, off, on, graphed trainResult)) {
 	gpu(t)
-	for _, mc := range fixtureAndHeadDim64(t, 3, 4) {
-		for _, prec := range []Precision{BF16, FP16} {
-			for _, rc := range sameBitsCases {
-				t.Run(mc.name+"/"+prec.String()+"/"+rc.name, func(t *testing.T) {
-					offBE := newGraphTestBackend(t, prec, false)
-					onBE := newGraphTestBackend(t, prec, false)
-					graphBE := newGraphTestBackend(t, prec, true)
-					if all != nil {
-						for _, be := range []*Backend{offBE, onBE, graphBE} {
-							all(be)
-						}
-					}
-					off(offBE)
-					offRun, _ := runTrain(t, mc.m, offBE, rc, mc.batches)
-					onRun, _ := runTrain(t, mc.m, onBE, rc, mc.batches)
-					graphed, _ := runTrain(t, mc.m, graphBE, rc, mc.batches)
-					check(t, offBE, onBE, offRun, onRun, graphed)
-				})
+	eachTrainCase(t, func(t *testing.T, mc trainModel, prec Precision, rc trainCase) {
+		offBE := newGraphTestBackend(t, prec, false)
+		onBE := newGraphTestBackend(t, prec, false)
+		graphBE := newGraphTestBackend(t, prec, true)
+		if all != nil {
+			for _, be := range []*Backend{offBE, onBE, graphBE} {
+				all(be)
 			}
 		}
-	}
+		off(offBE)
+		offRun, _ := runTrain(t, mc.m, offBE, rc, mc.batches)
+		onRun, _ := runTrain(t, mc.m, onBE, rc, mc.batches)
+		graphed, _ := runTrain(t, mc.m, graphBE, rc, mc.batches)
+		check(t, offBE, onBE, offRun, onRun, graphed)
+	})
 }
 
 // TestDXAccumTrainingSameBits: with the decoder's cross-attention K/V input gradients

@@ -98,30 +98,24 @@ func TestPackRowsRefuses(t *testing.T) {
 // packed eager run's bits (packed steps are not captured).
 func TestPackedRowsTraining(t *testing.T) {
 	gpu(t)
-	for _, mc := range fixtureAndHeadDim64(t, 3, 4) {
-		for _, prec := range []Precision{BF16, FP16} {
-			for _, rc := range sameBitsCases {
-				t.Run(mc.name+"/"+prec.String()+"/"+rc.name, func(t *testing.T) {
-					padBE := newGraphTestBackend(t, prec, false)
-					packBE := newGraphTestBackend(t, prec, false)
-					graphBE := newGraphTestBackend(t, prec, true)
-					padded, _ := runTrain(t, mc.m, padBE, rc, mc.batches)
-					pc := rc
-					pc.pack = true
-					packed, _ := runTrain(t, mc.m, packBE, pc, mc.batches)
-					graphed, _ := runTrain(t, mc.m, graphBE, pc, mc.batches)
-					// A packed step reaches packed rows either through PackRows around
-					// attention or through attention on packed rows (head dimension 64).
-					took := func(be *Backend) int { defer be.enter()(); return be.packCalls + be.mmaFns().in16.packed }
-					if took(packBE) == 0 || took(padBE) != 0 {
-						t.Fatalf("PackRows or packed attention launches: packed run %d, padded run %d", took(packBE), took(padBE))
-					}
-					checkTrainClose(t, "packed", packed, "padded", padded)
-					checkSameRun(t, "packed, graphs on", graphed, "packed, eager", packed)
-				})
-			}
+	eachTrainCase(t, func(t *testing.T, mc trainModel, prec Precision, rc trainCase) {
+		padBE := newGraphTestBackend(t, prec, false)
+		packBE := newGraphTestBackend(t, prec, false)
+		graphBE := newGraphTestBackend(t, prec, true)
+		padded, _ := runTrain(t, mc.m, padBE, rc, mc.batches)
+		pc := rc
+		pc.pack = true
+		packed, _ := runTrain(t, mc.m, packBE, pc, mc.batches)
+		graphed, _ := runTrain(t, mc.m, graphBE, pc, mc.batches)
+		// A packed step reaches packed rows either through PackRows around
+		// attention or through attention on packed rows (head dimension 64).
+		took := func(be *Backend) int { defer be.enter()(); return be.packCalls + be.mmaFns().in16.packed }
+		if took(packBE) == 0 || took(padBE) != 0 {
+			t.Fatalf("PackRows or packed attention launches: packed run %d, padded run %d", took(packBE), took(padBE))
 		}
-	}
+		checkTrainClose(t, "packed", packed, "padded", padded)
+		checkSameRun(t, "packed, graphs on", graphed, "packed, eager", packed)
+	})
 }
 
 var _ kernels.RowPacker = (*Backend)(nil)

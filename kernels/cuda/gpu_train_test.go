@@ -196,6 +196,19 @@ func fixtureAndHeadDim64(t *testing.T, n, times int) []trainModel {
 	return []trainModel{{"fixture", fix, slices.Repeat(fixBatches, times)}, {"head dim 64", wide, slices.Repeat(wideBatches, times)}}
 }
 
+// eachTrainCase runs f as a subtest for both models of fixtureAndHeadDim64(t, 3, 4),
+// bf16 and fp16, and every sameBitsCases recipe.
+func eachTrainCase(t *testing.T, f func(t *testing.T, mc trainModel, prec Precision, rc trainCase)) {
+	t.Helper()
+	for _, mc := range fixtureAndHeadDim64(t, 3, 4) {
+		for _, prec := range []Precision{BF16, FP16} {
+			for _, rc := range sameBitsCases {
+				t.Run(mc.name+"/"+prec.String()+"/"+rc.name, func(t *testing.T) { f(t, mc, prec, rc) })
+			}
+		}
+	}
+}
+
 var sameBitsCases = []trainCase{
 	{name: "radam, dropout 0", optim: "radam", beta2: 0.98, lr: 3e-3, warmup: 100},
 	{name: "adam, clip 0.5, dropout 0.1", optim: "adam", beta2: 0.98, lr: 5e-4, warmup: 4, wd: 1e-4, clip: 0.5, dropout: 0.1},
