@@ -30,7 +30,8 @@ type PackedAttention interface {
 	// leave [0, rows). The spans live as long as the running step's buffers.
 	RowSpans(base, lo, hi []int32, rows int) RowSpans
 	// PackedAttentionTakes says whether calls of a's shape run on packed rows, given
-	// 16-bit views with 16-byte aligned rows (what AttentionForwardPacked also checks).
+	// 16-bit views with 16-byte aligned rows (what AttentionForwardPacked also checks);
+	// a.KeyPadding's contents do not matter and may be nil.
 	// A model asks before packing a step: where the answer is no, every such call
 	// would expand its rows around the padded call instead, which can cost more than
 	// the packing saves.

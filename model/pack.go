@@ -181,20 +181,21 @@ func (p *stepPack) pack(s *packSide, x kernels.Buffer, width int, alloc func(int
 }
 
 // packedAttentionTakes says whether every attention call of a step on b runs on packed
-// rows (the encoder's and the decoder's self-attention, the cross-attention).
+// rows (the encoder's and the decoder's self-attention, the cross-attention). The
+// answer is the calls' shapes', so the args carry no padding masks (the step builds
+// those itself).
 func (n *TrainNet) packedAttentionTakes(pa kernels.PackedAttention, b *TrainBatch) bool {
-	encPad, decPad := padMask(b.Src), padMask(b.Prev)
 	var calls []kernels.AttentionArgs
 	if len(n.enc) > 0 {
 		h := n.enc[0].self.heads
 		calls = append(calls, kernels.AttentionArgs{Batch: b.B, Heads: h, HeadDim: n.d / h, TQ: b.S, TK: b.S, Scale: n.headScale(h),
-			KeyPadding: encPad, KeyPadStride: b.S})
+			KeyPadStride: b.S})
 	}
 	if len(n.dec) > 0 {
 		h := n.dec[0].self.heads
 		calls = append(calls, kernels.AttentionArgs{Batch: b.B, Heads: h, HeadDim: n.d / h, TQ: b.T, TK: b.T, Scale: n.headScale(h),
-			KeyPadding: decPad, KeyPadStride: b.T, Causal: true},
-			n.crossArgs(n.dec[0].cross.heads, b.B, b.T, b.S, encPad))
+			KeyPadStride: b.T, Causal: true},
+			n.crossArgs(n.dec[0].cross.heads, b.B, b.T, b.S, nil))
 	}
 	for _, a := range calls {
 		if !pa.PackedAttentionTakes(a) {
