@@ -83,6 +83,13 @@ type OptimStep struct {
 	Decay                        float32
 	StepSize                     float32
 	Update                       bool
+	// NormAfter (ClippedOptimizer only, with maxNorm 0): the caller stops the run when
+	// the norm comes back NaN or ±Inf (no loss scaling to lower), so the update need
+	// not wait for the norm to decide its skip, and a backend may form the norm from
+	// the gradients as the update reads them (one pass over them instead of two). A
+	// non-finite gradient then reaches the weights, which the stopped run discards, as
+	// the pipelined trainer already applies an update before it reads a NaN loss.
+	NormAfter bool
 }
 
 // MultiTensor is implemented by a Trainer that can reduce or scale many buffers in one
@@ -123,7 +130,8 @@ type ClippedOptimizer interface {
 	//
 	// with two differences: g itself is left as it was (the scaled values exist only
 	// inside the update), and nothing at all changes when n is NaN or ±Inf (fairseq
-	// skips such an update: fp16 overflow, or divergence). The norm n is returned by the
+	// skips such an update: fp16 overflow, or divergence; with s.NormAfter and maxNorm 0
+	// the update may be applied anyway). The norm n is returned by the
 	// function, which waits for it; call it after queueing the work that may overlap.
 	// The sum's order is the backend's own, as SumSquaresAll's is.
 	AdamStepClipped(p, g, m, v []Buffer, pre float32, maxNorm float64, s OptimStep) (norm func() float64)

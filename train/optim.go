@@ -112,9 +112,14 @@ func (o *Optimizer) stepClipped(co kernels.ClippedOptimizer, net *model.TrainNet
 // queueClipped is stepClipped returning the norm's reader instead of the norm: the
 // update is queued and counted at once (Stepper.Queue; an update the device skips for
 // a non-finite norm ends the run, so the count matters no more).
+//
+// Without clipping the norm decides nothing before the update here (its skip ends the
+// run anyway), so the device may form it in the update's pass (OptimStep.NormAfter).
 func (o *Optimizer) queueClipped(co kernels.ClippedOptimizer, net *model.TrainNet, lr float64, pre float32, maxNorm float64) func() float64 {
 	o.steps++
-	return net.AdamStepClipped(co, o.m, o.v, pre, maxNorm, o.stepScalars(o.steps, lr))
+	s := o.stepScalars(o.steps, lr)
+	s.NormAfter = maxNorm <= 0
+	return net.AdamStepClipped(co, o.m, o.v, pre, maxNorm, s)
 }
 
 // GradNorm returns the L2 norm of all gradients; when maxNorm > 0 and the norm exceeds

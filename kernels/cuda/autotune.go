@@ -38,8 +38,12 @@ import (
 
 const (
 	// ltTuneAlgos is how many heuristic results are timed at most (the default of
-	// Backend.tuneAlgos); ltTuneAlgosMax bounds XFORM_CUDA_TUNE_ALGOS.
-	ltTuneAlgos    = 8
+	// Backend.tuneAlgos); ltTuneAlgosMax bounds XFORM_CUDA_TUNE_ALGOS. 32 since the
+	// thirteenth session: at 18L-18L (packed, 2 buckets) every run with 32 or 64 was
+	// faster than every run with 8 (calls A and C, nine runs: +0.5–0.9 %), at 6L-6L no
+	// difference; the heuristic returns fewer than 8 for most shapes, so the extra
+	// timing is small.
+	ltTuneAlgos    = 32
 	ltTuneAlgosMax = 64
 	// ltTuneReps is how many timed runs each candidate gets after an untimed one.
 	ltTuneReps = 5
@@ -185,10 +189,7 @@ func (be *Backend) ltChoose(p *ltPlan, key ltKey, bias uint64) ([8]uint64, error
 }
 
 // tuneAlgosFrom is the autotune's candidate count for XFORM_CUDA_TUNE_ALGOS: a number
-// from 1 to ltTuneAlgosMax, else ltTuneAlgos. The products with d-wide outputs (M×512
-// ×512: 13–15 µs at ~250 TFLOP/s on the H200, 144 of them in an 18L-18L update) are
-// the slowest per FLOP; whether the heuristic's later answers hold faster tilings for
-// them is what a larger count lets a GPU session measure (the default is unchanged).
+// from 1 to ltTuneAlgosMax, else ltTuneAlgos (for A/B runs of the candidate count).
 func tuneAlgosFrom(env string) int {
 	n, err := strconv.Atoi(env)
 	if err != nil || n < 1 || n > ltTuneAlgosMax {

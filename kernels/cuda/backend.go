@@ -159,6 +159,11 @@ type Backend struct {
 	// halfBiasOff: tests: HalfBiases false, so a model made after it keeps no 16-bit
 	// bias copies and its 16-bit-output Linears round the float32 bias at every call.
 	halfBiasOff bool
+	// normAfterOff: tests and XFORM_CUDA_NORM_AFTER=0: AdamStepClipped ignores
+	// OptimStep.NormAfter (the norm's own pass before the update, as before).
+	// normsAfter counts the updates that formed the norm themselves (tests).
+	normAfterOff bool
+	normsAfter   int
 	// am3Wide: the attention's bits kernels sized for 4 key blocks at every key length
 	// (am3Switch.wide, attention_mma3.go); XFORM_CUDA_AM3NT=0, for the bench's A/B.
 	am3Wide bool
@@ -280,6 +285,7 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 	}
 	// The A/B switch for the bench: the copies refreshed by RoundAll, as before.
 	be.roundedAdamOff = os.Getenv("XFORM_CUDA_ROUNDED_ADAM") == "0"
+	be.normAfterOff = os.Getenv("XFORM_CUDA_NORM_AFTER") == "0"
 	be.attnIn16On = os.Getenv("XFORM_CUDA_ATTN16") != "0"
 	be.packedAttnOff = os.Getenv("XFORM_CUDA_PACKED_ATTN") == "0"
 	be.lnWOn = os.Getenv("XFORM_CUDA_LNW") == "1"

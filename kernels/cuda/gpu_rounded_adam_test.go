@@ -317,3 +317,81 @@ func TestAdamStepRoundedTiming(t *testing.T) {
 	t.Logf("%d tensors, %d floats, %d with copies (%d elements): AdamStepClipped %.1f µs + RoundAll %.1f µs; together %.1f µs; AdamStepClippedRounded %.1f µs (%.1f µs saved)",
 		len(ps), total, len(dst), copied, adam, round, sep, fused, sep-fused)
 }
+
+// TestAdamNormAfterSameBits: AdamStepClipped and AdamStepClippedRounded with
+// OptimStep.NormAfter and no clipping (adam_list's norm form: the update forms
+// sumsq_partial's partials itself) give the norm, p, m, v and the copies bit for bit as
+// without it (sumsq_partial, then the update), bf16 and fp16, on chunk-boundary lengths
+// and unaligned buffers (the scalar path and the chunks' last len % 4), three updates in
+// a row; the counter shows the norm form ran. With clipping NormAfter is ignored.
+func TestAdamNormAfterSameBits(t *testing.T) {
+	for _, ft := range formats {
+		for _, rounded := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%v/rounded=%v", ft.prec, rounded), func(t *testing.T) {
+				g := withPrecision(t, ft.prec)
+				r := rand.New(rand.NewPCG(103, uint64(ft.prec)))
+				lens := []int{1, 3, 4, 5, 0, 8191, 8192, 8193, 3*8192 + 3, 65536 + 7, 512, 1536, 262144}
+				offs := []int{0, 1, 0, 2, 0, 0, 1, 0, 3, 0, 4, 1, 0}
+				rc := newAdamCopyCase(g, r, lens, offs)
+				s := kernels.OptimStep{Beta1: 0.9, Beta2: 0.98, OneMinusBeta1: 0.1, OneMinusBeta2: 0.02, Eps: 1e-8, Decay: -1e-5, StepSize: 1e-3, Update: true}
+				pre := float32(1.0 / 3870)
+				for k, maxNorm := range []float64{0, 0, 1e-30} {
+					before := halfBits(g, rc.shared)
+					after := s
+					after.NormAfter = true
+					n0 := g.normsAfter
+					var na float64
+					if rounded {
+						na = g.AdamStepClippedRounded(rc.a[0], rc.a[1], rc.a[2], rc.a[3], rc.half, pre, maxNorm, after)()
+					} else {
+						na = g.AdamStepClipped(rc.a[0], rc.a[1], rc.a[2], rc.a[3], pre, maxNorm, after)()
+					}
+					if want := maxNorm <= 0; (g.normsAfter > n0) != want {
+						t.Errorf("update %d, max %g: the norm form ran %v, want %v", k+1, maxNorm, g.normsAfter > n0, want)
+					}
+					nb := g.AdamStepClipped(rc.b[0], rc.b[1], rc.b[2], rc.b[3], pre, maxNorm, s)()
+					what := fmt.Sprintf("update %d, max %g", k+1, maxNorm)
+					if math.Float64bits(na) != math.Float64bits(nb) {
+						t.Errorf("%s: norm %.17g, reference %.17g", what, na, nb)
+					}
+					if rounded {
+						rc.check(t, g, what, before)
+						continue
+					}
+					names := [4]string{"p", "g", "m", "v"}
+					for q := range rc.a {
+						for i := range rc.a[q] {
+							checkExact(t, fmt.Sprintf("%s: %s[%d]", what, names[q], i), down(g, rc.a[q][i]), down(g, rc.b[q][i]))
+						}
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestNormAfterTrainingSameBits trains the fixture model pipelined (train.Stepper.Queue,
+// which asks for OptimStep.NormAfter without clipping) in bf16 and fp32 with the norm
+// formed by the update and with XFORM_CUDA_NORM_AFTER's switch off: every update's loss,
+// nll and gradient norm and the final weights must be the same bits, and the first run
+// must have taken the norm form.
+func TestNormAfterTrainingSameBits(t *testing.T) {
+	gpu(t)
+	m, batches := fixtureTraining(t, 4)
+	for _, prec := range []Precision{BF16, FP32} {
+		for _, rc := range sameBitsCases {
+			rc.pipelined, rc.clip = true, 0
+			t.Run(prec.String()+"/"+rc.name, func(t *testing.T) {
+				after := newGraphTestBackend(t, prec, false)
+				got, _ := runTrain(t, m, after, rc, batches)
+				if after.normsAfter == 0 {
+					t.Fatal("no update formed the norm itself: OptimStep.NormAfter was not asked for")
+				}
+				before := newGraphTestBackend(t, prec, false)
+				before.normAfterOff = true
+				ref, _ := runTrain(t, m, before, rc, batches)
+				checkSameRun(t, "norm in the update", got, "norm pass first", ref)
+			})
+		}
+	}
+}

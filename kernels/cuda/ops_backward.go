@@ -22,6 +22,7 @@ type trainFunctions struct {
 	colPartial, colFinish, sumsqPartial, scaleList, sumStrided uintptr
 	adamList, fillList                                         uintptr
 	adamListBF16, adamListF16                                  uintptr
+	adamListNorm, adamListBF16Norm, adamListF16Norm            uintptr
 	mul, addTo, scale                                          uintptr
 	layernormBwd, residualBwd, activateBwd, embedBwd           uintptr
 	attentionBwdQ, attentionBwdKV                              uintptr
@@ -36,6 +37,7 @@ func (f *trainFunctions) add(m map[string]*uintptr) {
 		"col_partial": &f.colPartial, "col_finish": &f.colFinish, "sumsq_partial": &f.sumsqPartial,
 		"scale_list": &f.scaleList, "sum_strided": &f.sumStrided,
 		"adam_list": &f.adamList, "fill_list": &f.fillList, "adam_list_bf16": &f.adamListBF16, "adam_list_f16": &f.adamListF16,
+		"adam_list_norm": &f.adamListNorm, "adam_list_bf16_norm": &f.adamListBF16Norm, "adam_list_f16_norm": &f.adamListF16Norm,
 		"mul": &f.mul, "add_to": &f.addTo, "scale": &f.scale,
 		"layernorm_bwd": &f.layernormBwd, "residual_bwd": &f.residualBwd, "activate_bwd": &f.activateBwd,
 		"embed_bwd": &f.embedBwd, "attention_bwd_q": &f.attentionBwdQ, "attention_bwd_kv": &f.attentionBwdKV,

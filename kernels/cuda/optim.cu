@@ -96,11 +96,20 @@ __device__ __noinline__ void adam_copy_span(unsigned short* h, const float* p, i
 // With the format a run-time argument of one kernel it took 84 (two blocks per SM);
 // templated 82; __launch_bounds__(256, 3) brings bf16 to 72 and fp16 to 80, keeping
 // three blocks. kFmt == XF_OUT_F32 is adam_list, with no copies.
-template <int kFmt>
+//
+// kNorm (adam_list_norm, _bf16_norm, _f16_norm; the Go side passes sumsq null, so no
+// clipping and no skip): the update also forms sumsq_partial's part[blockIdx.x] =
+// Σ (pre·g)² over its chunk from the gradients it reads, the same terms added in the
+// same order per thread (groups of four q = threadIdx.x + i·LIST_THREADS in order, then
+// the chunk's last len % 4 by the thread that owns q = len / 4) and summed over the
+// block the same way, so sum_strided then gives the bits of AdamStepClipped's norm
+// without its pass over the gradients (kernels.OptimStep.NormAfter).
+template <int kFmt, bool kNorm = false>
 __device__ __forceinline__ void adam_list_body(const unsigned long long* desc, int nbuf, float beta1, float beta2,
                                                float omb1, float omb2, float eps, float decay, float step,
                                                int update, const int2* tasks, float pre, const double* sumsq,
-                                               double maxNorm, const unsigned long long* half) {
+                                               double maxNorm, const unsigned long long* half,
+                                               double* part = nullptr) {
     float clip = 1.0f;
     bool skip = false;
     if (sumsq != nullptr) {
@@ -121,7 +130,9 @@ __device__ __forceinline__ void adam_list_body(const unsigned long long* desc, i
     float* m = (float*)desc[2 * nbuf + sp.k] + sp.start;
     float* v = (float*)desc[3 * nbuf + sp.k] + sp.start;
     int done = 0;
-    if (aligned16(p) && aligned16(g) && aligned16(m) && aligned16(v) && (h == nullptr || xf_out_aligned(h, kFmt))) {
+    double ss = 0;  // kNorm
+    const bool vec = aligned16(p) && aligned16(g) && aligned16(m) && aligned16(v) && (h == nullptr || xf_out_aligned(h, kFmt));
+    if (vec) {
         float4* p4 = reinterpret_cast<float4*>(p);
         const float4* g4 = reinterpret_cast<const float4*>(g);
         float4* m4 = reinterpret_cast<float4*>(m);
@@ -143,6 +154,7 @@ __device__ __forceinline__ void adam_list_body(const unsigned long long* desc, i
             for (int u = 0; u < ADAM_UNROLL; u++) {
                 const int q = q0 + u * LIST_THREADS;
                 if (q < n4) {
+                    if (kNorm) ss = sumsq_add4(ss, gr[u], pre);
                     adam_val(pr[u].x, adam_grad(gr[u].x, pre, clip), mr[u].x, vr[u].x, beta1, beta2, omb1,
                              omb2, eps, decay, step, update);
                     adam_val(pr[u].y, adam_grad(gr[u].y, pre, clip), mr[u].y, vr[u].y, beta1, beta2, omb1,
@@ -160,9 +172,27 @@ __device__ __forceinline__ void adam_list_body(const unsigned long long* desc, i
         }
         done = 4 * n4;
     }
+    if (kNorm) {
+        // The terms the vector loop did not add, in sumsq_partial's order: every group
+        // when the chunk took the scalar path (read before the updates below write
+        // nothing of g), then the last len % 4.
+        const int n4 = sp.len >> 2;
+        if (!vec)
+            for (int q = threadIdx.x; q < n4; q += LIST_THREADS) {
+                const float* e = g + 4 * q;
+                ss = sumsq_add4(ss, make_float4(e[0], e[1], e[2], e[3]), pre);
+            }
+        if (threadIdx.x == n4 % LIST_THREADS)
+            for (int e = 4 * n4; e < sp.len; e++) ss = sumsq_add(ss, g[e], pre);
+    }
     for (int e = done + threadIdx.x; e < sp.len; e += LIST_THREADS) {
         const float x = adam_elem(p, g, m, v, e, beta1, beta2, omb1, omb2, eps, decay, step, update, pre, clip);
         if (kFmt != XF_OUT_F32 && h != nullptr) h[e] = xf_round16(x, kFmt);
+    }
+    if (kNorm) {
+        __shared__ double scratch[32];
+        ss = xf_block_sum(ss, scratch);
+        if (threadIdx.x == 0) part[blockIdx.x] = ss;
     }
 }
 
@@ -187,6 +217,30 @@ extern "C" __global__ void __launch_bounds__(LIST_THREADS, 3)
               double maxNorm, const unsigned long long* half) {
     adam_list_body<XF_OUT_F16>(desc, nbuf, beta1, beta2, omb1, omb2, eps, decay, step, update, tasks, pre, sumsq,
                               maxNorm, half);
+}
+
+extern "C" __global__ void adam_list_norm(const unsigned long long* desc, int nbuf, float beta1, float beta2,
+                                          float omb1, float omb2, float eps, float decay, float step, int update,
+                                          const int2* tasks, float pre, const double* sumsq, double maxNorm,
+                                          double* part) {
+    adam_list_body<XF_OUT_F32, true>(desc, nbuf, beta1, beta2, omb1, omb2, eps, decay, step, update, tasks, pre,
+                                     nullptr, 0.0, nullptr, part);
+}
+
+extern "C" __global__ void __launch_bounds__(LIST_THREADS, 3)
+    adam_list_bf16_norm(const unsigned long long* desc, int nbuf, float beta1, float beta2, float omb1, float omb2,
+                        float eps, float decay, float step, int update, const int2* tasks, float pre,
+                        const double* sumsq, double maxNorm, const unsigned long long* half, double* part) {
+    adam_list_body<XF_OUT_BF16, true>(desc, nbuf, beta1, beta2, omb1, omb2, eps, decay, step, update, tasks, pre,
+                                      nullptr, 0.0, half, part);
+}
+
+extern "C" __global__ void __launch_bounds__(LIST_THREADS, 3)
+    adam_list_f16_norm(const unsigned long long* desc, int nbuf, float beta1, float beta2, float omb1, float omb2,
+                       float eps, float decay, float step, int update, const int2* tasks, float pre,
+                       const double* sumsq, double maxNorm, const unsigned long long* half, double* part) {
+    adam_list_body<XF_OUT_F16, true>(desc, nbuf, beta1, beta2, omb1, omb2, eps, decay, step, update, tasks, pre,
+                                     nullptr, 0.0, half, part);
 }
 
 // fill_list sets every element of every buffer of desc (addresses, then lengths) to

@@ -75,17 +75,7 @@ extern "C" __global__ void col_finish(float* out, const double* part, int chunks
 // run one chunk of one buffer per block: list_span_of and the layout of desc and tasks
 // are in xform.cuh.
 
-__device__ __forceinline__ double sumsq_add(double s, float x, float pre) {
-    const double v = (double)(x * pre);
-    return s + v * v;
-}
-
-__device__ __forceinline__ double sumsq_add4(double s, float4 v, float pre) {
-    s = sumsq_add(s, v.x, pre);
-    s = sumsq_add(s, v.y, pre);
-    s = sumsq_add(s, v.z, pre);
-    return sumsq_add(s, v.w, pre);
-}
+// sumsq_add and sumsq_add4 (xform.cuh: adam_list's norm form adds the same terms).
 
 // sumsq_partial: part[b] = Σ (pre·x)² over chunk b, in double, pre·x rounded to float
 // first (the value scale_list would have stored; pre = 1 is exact). addrs holds the

@@ -31,6 +31,20 @@ __device__ __forceinline__ double xf_block_sum(double v, double* scratch) {
     return v;
 }
 
+// sumsq_add adds (pre·x)², pre·x rounded to float first, in double: the gradient
+// norm's terms (reduce.cu's sumsq_partial, optim.cu's adam_list norm form).
+__device__ __forceinline__ double sumsq_add(double s, float x, float pre) {
+    const double v = (double)(x * pre);
+    return s + v * v;
+}
+
+__device__ __forceinline__ double sumsq_add4(double s, float4 v, float pre) {
+    s = sumsq_add(s, v.x, pre);
+    s = sumsq_add(s, v.y, pre);
+    s = sumsq_add(s, v.z, pre);
+    return sumsq_add(s, v.w, pre);
+}
+
 // Maximum where a NaN wins (torch's max propagates NaN; so does the CPU backend's rowMax).
 __device__ __forceinline__ float xf_max_nan(float a, float b) {
     return (a > b || a != a) ? a : b;
