@@ -10,3 +10,16 @@ package kernels
 type FreshBiasGrad interface {
 	LinearBackwardKeptFresh(dx, dw, db, dy, kept Buffer, m, n, k int)
 }
+
+// FreshWeightGrad is FreshBiasGrad for the weight gradient: LinearBackwardKeptFreshW is
+// LinearBackwardKept for a dw whose contents do not matter, because this call is the
+// first contribution to it since the gradients were last cleared: the backend stores
+// dyᵀ·x into dw rather than adding it (beta 0), so the clearing may skip dw. The same
+// values as clearing and adding, up to the sign of a zero. dbFresh asks the same of db
+// (LinearBackwardKeptFresh); dw and db may otherwise be what LinearBackwardKept takes.
+// FreshWeightGrads says whether the backend takes such calls now (a training step's
+// Linears then keep their operands).
+type FreshWeightGrad interface {
+	FreshWeightGrads() bool
+	LinearBackwardKeptFreshW(dx, dw, db, dy, kept Buffer, m, n, k int, dbFresh bool)
+}

@@ -164,6 +164,11 @@ type Backend struct {
 	// normsAfter counts the updates that formed the norm themselves (tests).
 	normAfterOff bool
 	normsAfter   int
+	// freshDWOff: tests and XFORM_CUDA_FRESH_DW=0: FreshWeightGrads is false, so the
+	// model clears every gradient before a step. freshDWs counts
+	// LinearBackwardKeptFreshW calls (tests).
+	freshDWOff bool
+	freshDWs   int
 	// am3Wide: the attention's bits kernels sized for 4 key blocks at every key length
 	// (am3Switch.wide, attention_mma3.go); XFORM_CUDA_AM3NT=0, for the bench's A/B.
 	am3Wide bool
@@ -286,6 +291,7 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 	// The A/B switch for the bench: the copies refreshed by RoundAll, as before.
 	be.roundedAdamOff = os.Getenv("XFORM_CUDA_ROUNDED_ADAM") == "0"
 	be.normAfterOff = os.Getenv("XFORM_CUDA_NORM_AFTER") == "0"
+	be.freshDWOff = os.Getenv("XFORM_CUDA_FRESH_DW") == "0"
 	be.attnIn16On = os.Getenv("XFORM_CUDA_ATTN16") != "0"
 	be.packedAttnOff = os.Getenv("XFORM_CUDA_PACKED_ATTN") == "0"
 	be.lnWOn = os.Getenv("XFORM_CUDA_LNW") == "1"

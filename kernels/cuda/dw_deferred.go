@@ -33,7 +33,9 @@ var _ kernels.WeightGradDeferrer = (*Backend)(nil)
 type dwJob struct {
 	x, dy, dw, db uint64
 	m, n, k       int
-	keep          [2]any
+	// fresh: dw holds zeros nothing adds to first (kernels.FreshWeightGrad): beta 0.
+	fresh bool
+	keep  [2]any
 }
 
 // dwShape is what a batch's members share.
@@ -104,12 +106,12 @@ func (be *Backend) WeightGradCounts() (queued, batches, singles int) {
 // deferDW queues dw += dyᵀ·x (and db += Σ dy) when deferring; false: run it now. x16
 // and dy16 must be blocks of the step (the kept copies, a 16-bit buffer) that live
 // until the scope ends; keep holds them. The caller holds the Backend.
-func (be *Backend) deferDW(x16, dy16, dw, db uint64, m, n, k int, keepX, keepDy any) bool {
+func (be *Backend) deferDW(x16, dy16, dw, db uint64, m, n, k int, fresh bool, keepX, keepDy any) bool {
 	d := &be.dwDefer
 	if !d.active || x16 == 0 || dy16 == 0 || n%2 != 0 {
 		return false
 	}
-	d.jobs = append(d.jobs, dwJob{x: x16, dy: dy16, dw: dw, db: db, m: m, n: n, k: k, keep: [2]any{keepX, keepDy}})
+	d.jobs = append(d.jobs, dwJob{x: x16, dy: dy16, dw: dw, db: db, m: m, n: n, k: k, fresh: fresh, keep: [2]any{keepX, keepDy}})
 	d.queued++
 	return true
 }
@@ -201,11 +203,11 @@ func (be *Backend) flushDW() {
 }
 
 // conflicts says whether j may not join g: a job of g writes j's dw or db (the batch
-// would race), or has a bias gradient where j has none (the batch's column sums run
-// for all of its members).
+// would race), has a bias gradient where j has none (the batch's column sums run
+// for all of its members), or another beta (fresh).
 func conflicts(g []dwJob, j dwJob) bool {
 	for _, o := range g {
-		if o.dw == j.dw || (j.db != 0 && o.db == j.db) || (o.db == 0) != (j.db == 0) {
+		if o.dw == j.dw || (j.db != 0 && o.db == j.db) || (o.db == 0) != (j.db == 0) || o.fresh != j.fresh {
 			return true
 		}
 	}
@@ -224,14 +226,14 @@ func (be *Backend) dwSingle(j dwJob) {
 		pdw = be.ltPlanEpi(true, false, n, k, m, n, k, k, j.dw, ltEpiBGradB, bgrad, 0, 0)
 	}
 	if pdw != nil {
-		if be.ltRun(pdw, j.dy, j.x, 1, j.dw, bgrad) {
+		if be.ltRun(pdw, j.dy, j.x, j.beta(), j.dw, bgrad) {
 			be.prm.reset().ptr(j.db).ptr(bgrad).i64(n)
 			be.elem(be.fn.train.addTo, int64(n))
 			return
 		}
 	}
 	pdw = be.ltPlanFor(true, false, n, k, m, n, k, k, j.dw, 0)
-	be.product16(pdw, true, false, n, k, m, j.dy, n, j.x, k, 1, j.dw, k, 0)
+	be.product16(pdw, true, false, n, k, m, j.dy, n, j.x, k, j.beta(), j.dw, k, 0)
 	if j.db != 0 {
 		be.biasGradBatch([]dwJob{j}, 0, 0)
 	}
@@ -251,7 +253,15 @@ func (be *Backend) dwBatched(jobs []dwJob, xs, dys, dws uint64) bool {
 	if p == nil {
 		return false
 	}
-	return be.ltRun(p, dys, xs, 1, dws, 0)
+	return be.ltRun(p, dys, xs, j.beta(), dws, 0)
+}
+
+// beta is the job's dw product's beta: 0 for a fresh gradient, else 1.
+func (j dwJob) beta() float32 {
+	if j.fresh {
+		return 0
+	}
+	return 1
 }
 
 // dwBatchPlan returns the pointer-array plan of key (nil when cuBLASLt has none; the

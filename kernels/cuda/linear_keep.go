@@ -93,7 +93,7 @@ func (be *Backend) keep16(x, w kernels.Buffer, m, n, k int) *kept16 {
 // LinearKeep kept (same m, n, k), the same products on the same 16-bit operands. dy may
 // be a 16-bit buffer (kernels.HalfBuffers): the products take it uncast.
 func (be *Backend) LinearBackwardKept(dx, dw, db, dy, kept kernels.Buffer, m, n, k int) {
-	be.linearBackwardKept(dx, dw, db, dy, kept, m, n, k, false, 0)
+	be.linearBackwardKept(dx, dw, db, dy, kept, m, n, k, freshGrads{}, 0)
 }
 
 var _ kernels.InputGradAccumulator = (*Backend)(nil)
@@ -107,11 +107,11 @@ func (be *Backend) LinearBackwardKeptAccum(dx, dw, db, dy, kept kernels.Buffer, 
 	}
 	if be.dxAccumOff {
 		de := be.AllocUninit(m * k)
-		be.linearBackwardKept(de, dw, db, dy, kept, m, n, k, false, 0)
+		be.linearBackwardKept(de, dw, db, dy, kept, m, n, k, freshGrads{}, 0)
 		be.AddTo(dx, de)
 		return
 	}
-	be.linearBackwardKept(dx, dw, db, dy, kept, m, n, k, false, 1)
+	be.linearBackwardKept(dx, dw, db, dy, kept, m, n, k, freshGrads{}, 1)
 }
 
 var _ kernels.FreshBiasGrad = (*Backend)(nil)
@@ -119,18 +119,40 @@ var _ kernels.FreshBiasGrad = (*Backend)(nil)
 // LinearBackwardKeptFresh implements kernels.FreshBiasGrad: the bias gradient goes
 // straight from the GEMM's BGRADB epilogue into db (no scratch vector, no add_to).
 func (be *Backend) LinearBackwardKeptFresh(dx, dw, db, dy, kept kernels.Buffer, m, n, k int) {
-	be.linearBackwardKept(dx, dw, db, dy, kept, m, n, k, true, 0)
+	be.linearBackwardKept(dx, dw, db, dy, kept, m, n, k, freshGrads{db: true}, 0)
 }
 
-// linearBackwardKept is LinearBackwardKept (dbFresh: LinearBackwardKeptFresh) with the
-// dx product's beta: 0 writes dx, 1 adds to it (LinearBackwardKeptAccum).
-func (be *Backend) linearBackwardKept(dx, dw, db, dy, kept kernels.Buffer, m, n, k int, dbFresh bool, dxBeta float32) {
-	be.linearBackwardKeptFold(dx, dw, db, dy, kept, m, n, k, dbFresh, dxBeta, nil)
+var _ kernels.FreshWeightGrad = (*Backend)(nil)
+
+// FreshWeightGrads implements kernels.FreshWeightGrad: in bf16/fp16 (where the
+// Linears keep their operands) unless XFORM_CUDA_FRESH_DW=0 or a test turned it off.
+func (be *Backend) FreshWeightGrads() bool {
+	return be.precision != FP32 && !be.freshDWOff
+}
+
+// LinearBackwardKeptFreshW implements kernels.FreshWeightGrad: the dw product runs with
+// beta 0 (now, or in its deferred batch), and with dbFresh db as in
+// LinearBackwardKeptFresh.
+func (be *Backend) LinearBackwardKeptFreshW(dx, dw, db, dy, kept kernels.Buffer, m, n, k int, dbFresh bool) {
+	be.freshDWs++
+	be.linearBackwardKept(dx, dw, db, dy, kept, m, n, k, freshGrads{db: dbFresh, dw: true}, 0)
+}
+
+// freshGrads says which of a Linear backward's parameter gradients hold zeros that
+// nothing adds to before this call, so that the products may write them: db
+// (kernels.FreshBiasGrad), dw (kernels.FreshWeightGrad).
+type freshGrads struct{ db, dw bool }
+
+// linearBackwardKept is LinearBackwardKept (with fresh: LinearBackwardKeptFresh,
+// LinearBackwardKeptFreshW) with the dx product's beta: 0 writes dx, 1 adds to it
+// (LinearBackwardKeptAccum).
+func (be *Backend) linearBackwardKept(dx, dw, db, dy, kept kernels.Buffer, m, n, k int, fresh freshGrads, dxBeta float32) {
+	be.linearBackwardKeptFold(dx, dw, db, dy, kept, m, n, k, fresh, dxBeta, nil)
 }
 
 // linearBackwardKeptFold is linearBackwardKept whose dx product, with fold, also applies
 // the ReLU and dropout backward (LinearBackwardKeptReLU, relu_fold.go).
-func (be *Backend) linearBackwardKeptFold(dx, dw, db, dy, kept kernels.Buffer, m, n, k int, dbFresh bool, dxBeta float32, fold *reluFold) {
+func (be *Backend) linearBackwardKeptFold(dx, dw, db, dy, kept kernels.Buffer, m, n, k int, fresh freshGrads, dxBeta float32, fold *reluFold) {
 	if m == 0 {
 		return
 	}
@@ -148,7 +170,7 @@ func (be *Backend) linearBackwardKeptFold(dx, dw, db, dy, kept kernels.Buffer, m
 	defer be.enter()()
 	dbDone := false
 	if dx != nil || dw != nil {
-		dbDone = be.linearBackward16Kept(dx, dw, db, dy, nil, nil, kp.x, kp.w, m, n, k, dbFresh, kp, dxBeta, fold)
+		dbDone = be.linearBackward16Kept(dx, dw, db, dy, nil, nil, kp.x, kp.w, m, n, k, fresh, kp, dxBeta, fold)
 	}
 	if db != nil && n > 0 && !dbDone {
 		// The epilogue refused (or is off): the column sum, of the widened values when

@@ -212,7 +212,7 @@ func (be *Backend) product16(plan *ltPlan, transA, transB bool, m, n, k int, a u
 // add_to launch adds into db. The column sum remains for shapes cuBLASLt has no BGRADB
 // algorithm for, a refusal at run time, and calls without dw.
 func (be *Backend) linearBackward16(dx, dw, db, dy, x, w kernels.Buffer, m, n, k int) bool {
-	return be.linearBackward16Kept(dx, dw, db, dy, x, w, 0, 0, m, n, k, false, nil, 0, nil)
+	return be.linearBackward16Kept(dx, dw, db, dy, x, w, 0, 0, m, n, k, freshGrads{}, nil, 0, nil)
 }
 
 // linearBackward16Kept is linearBackward16 where x16 and w16, when not 0, are the
@@ -222,9 +222,11 @@ func (be *Backend) linearBackward16(dx, dw, db, dy, x, w kernels.Buffer, m, n, k
 // dx may be a 16-bit buffer (kernels.HalfOutputs): the product is written rounded
 // (half_out.go).
 //
-// dbFresh says db holds zeros that nothing else adds to before this call
+// fresh.db says db holds zeros that nothing else adds to before this call
 // (kernels.FreshBiasGrad): the BGRADB epilogue then writes it directly, without the
 // scratch vector and the add_to launch (the same values, up to the sign of a zero).
+// fresh.dw says the same of dw (kernels.FreshWeightGrad): its product runs with beta 0,
+// here or in its deferred batch.
 //
 // dxBeta 1 adds the dx product to a float32 dx (kernels.InputGradAccumulator); 0
 // writes it.
@@ -232,7 +234,12 @@ func (be *Backend) linearBackward16(dx, dw, db, dy, x, w kernels.Buffer, m, n, k
 // kept, when not nil, holds x16 (LinearBackwardKept's copies): with a 16-bit dy too,
 // the dw product (and db) may be queued for FlushWeightGrads (dw_deferred.go), the
 // dx product still runs now.
-func (be *Backend) linearBackward16Kept(dx, dw, db, dy, x, w kernels.Buffer, x16, w16 uint64, m, n, k int, dbFresh bool, kept *kept16, dxBeta float32, fold *reluFold) bool {
+func (be *Backend) linearBackward16Kept(dx, dw, db, dy, x, w kernels.Buffer, x16, w16 uint64, m, n, k int, fresh freshGrads, kept *kept16, dxBeta float32, fold *reluFold) bool {
+	dbFresh := fresh.db
+	dwBeta := float32(1)
+	if fresh.dw {
+		dwBeta = 0
+	}
 	var ops [3]operand16
 	dy16 := uint64(0)
 	if h := halfOf(dy); h != nil {
@@ -263,7 +270,7 @@ func (be *Backend) linearBackward16Kept(dx, dw, db, dy, x, w kernels.Buffer, x16
 		if db != nil && n > 0 {
 			dbp = addr(db)
 		}
-		deferred = be.deferDW(x16, dy16, addr(dw), dbp, m, n, k, kept, dy)
+		deferred = be.deferDW(x16, dy16, addr(dw), dbp, m, n, k, fresh.dw, kept, dy)
 	}
 	if dw != nil && !deferred {
 		if x16 == 0 {
@@ -309,7 +316,7 @@ func (be *Backend) linearBackward16Kept(dx, dw, db, dy, x, w kernels.Buffer, x16
 		return true // db, if any, comes with the flush
 	}
 	if bgrad != 0 {
-		if be.ltRun(pdw, p[0], p[2], 1, addr(dw), bgrad) {
+		if be.ltRun(pdw, p[0], p[2], dwBeta, addr(dw), bgrad) {
 			if !dbFresh {
 				be.prm.reset().ptr(addr(db)).ptr(bgrad).i64(n)
 				be.elem(be.fn.train.addTo, int64(n))
@@ -320,6 +327,6 @@ func (be *Backend) linearBackward16Kept(dx, dw, db, dy, x, w kernels.Buffer, x16
 		// and the caller's column sum.
 		pdw = be.ltPlanFor(true, false, n, k, m, n, k, k, addr(dw), 0)
 	}
-	be.product16(pdw, true, false, n, k, m, p[0], n, p[2], k, 1, addr(dw), k, 0)
+	be.product16(pdw, true, false, n, k, m, p[0], n, p[2], k, dwBeta, addr(dw), k, 0)
 	return false
 }

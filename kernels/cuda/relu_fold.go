@@ -93,7 +93,7 @@ func (be *Backend) LinearBackwardKeptReLU(g, dw, db, dy, kept kernels.Buffer, m,
 		panic(fmt.Sprintf("cuda backend: LinearBackwardKeptReLU with a mask of %d words for %d×%d (not ApplyDropoutMask's)", mb.n, m, k))
 	}
 	fold := &reluFold{mask: mb.dptr(), ld: k, alpha: kernels.DropoutScale(p), a: ah.dptr()}
-	be.linearBackwardKeptFold(g, dw, db, dy, kept, m, n, k, false, 0, fold)
+	be.linearBackwardKeptFold(g, dw, db, dy, kept, m, n, k, freshGrads{}, 0, fold)
 }
 
 // foldedProduct writes g [m, k] = RN16(alpha·(dy·w)) masked, by the DRELU plan pdx when

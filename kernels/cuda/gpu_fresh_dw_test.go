@@ -1,0 +1,132 @@
+package cuda
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"testing"
+
+	"github.com/xform-dev/xform/kernels"
+	"github.com/xform-dev/xform/model"
+)
+
+// kernels.FreshWeightGrad: the first backward after ZeroGrad writes the layers' Linear
+// weight gradients (beta 0) instead of adding them to zeros that ZeroGrad no longer
+// writes.
+//
+// Tolerances: none. Writing x and adding x to +0 store the same value up to the sign of
+// a zero, and no result downstream sees that sign (Adam's moments start from +0 and add
+// products, the norm squares), so training runs and gradients must be the same bits as
+// with every gradient cleared (freshDWOff), gradients compared with ±0 taken as equal.
+
+// TestFreshWeightGradTraining trains the fixture model in bf16 and fp16, every
+// sameBitsCases recipe, plain and pipelined, padded and packed, with and without the
+// fresh writes: every update's loss, nll and gradient norm and the final weights the
+// same bits; the fresh run must have taken LinearBackwardKeptFreshW.
+func TestFreshWeightGradTraining(t *testing.T) {
+	gpu(t)
+	m, batches := fixtureTraining(t, 4)
+	for _, prec := range []Precision{BF16, FP16} {
+		for _, rc := range sameBitsCases {
+			for _, mode := range []struct {
+				name            string
+				pipelined, pack bool
+			}{{"step", false, false}, {"pipelined", true, false}, {"packed", true, true}} {
+				rc := rc
+				rc.pipelined, rc.pack = mode.pipelined && prec == BF16, mode.pack
+				t.Run(fmt.Sprintf("%v/%s/%s", prec, rc.name, mode.name), func(t *testing.T) {
+					fresh := newGraphTestBackend(t, prec, false)
+					got, _ := runTrain(t, m, fresh, rc, batches)
+					if fresh.freshDWs == 0 {
+						t.Fatal("no LinearBackwardKeptFreshW call: the model cleared every weight gradient")
+					}
+					plain := newGraphTestBackend(t, prec, false)
+					plain.freshDWOff = true
+					ref, _ := runTrain(t, m, plain, rc, batches)
+					if plain.freshDWs != 0 {
+						t.Fatal("freshDWOff: LinearBackwardKeptFreshW still called")
+					}
+					checkSameRun(t, "fresh weight gradients", got, "cleared", ref)
+				})
+			}
+		}
+	}
+}
+
+// TestFreshWeightGradAccumulates: two backward steps after one ZeroGrad (update-freq
+// 2) give the gradients of the cleared run: the second adds to what the first wrote;
+// a ZeroGrad followed by a forward-only step and Params hands out zeros (settleGrads);
+// both eager and graphed (the first and later sub-batches take different graphs).
+func TestFreshWeightGradAccumulates(t *testing.T) {
+	gpu(t)
+	m, batches := fixtureTraining(t, 3)
+	grads := func(be *Backend, twoSteps bool) map[string][]float32 {
+		net, err := model.NewTrainNet(m, be)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts := model.StepOptions{Train: true, Backward: true, LabelSmoothing: 0.1, GradScale: 1}
+		for range 2 { // the second round starts from gradients the first left
+			net.ZeroGrad()
+			n := 1
+			if twoSteps {
+				n = 2
+			}
+			for _, b := range batches[:n] {
+				if _, err := net.Step(context.Background(), b, opts); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if !twoSteps {
+			// A forward-only step after ZeroGrad: every gradient must read as zero.
+			net.ZeroGrad()
+			fwd := opts
+			fwd.Backward = false
+			if _, err := net.Step(context.Background(), batches[2], fwd); err != nil {
+				t.Fatal(err)
+			}
+		}
+		out := map[string][]float32{}
+		for _, p := range net.Params() {
+			v := make([]float32, p.G.Len())
+			be.Download(v, p.G)
+			out[p.Name] = v
+		}
+		return out
+	}
+	for _, graphs := range []bool{false, true} {
+		t.Run(fmt.Sprintf("graphs=%v", graphs), func(t *testing.T) {
+			fresh := newGraphTestBackend(t, BF16, graphs)
+			plain := newGraphTestBackend(t, BF16, graphs)
+			plain.freshDWOff = true
+			got, want := grads(fresh, true), grads(plain, true)
+			if fresh.freshDWs == 0 {
+				t.Fatal("no LinearBackwardKeptFreshW call")
+			}
+			for name, w := range want {
+				for i := range w {
+					if g := got[name][i]; g != w[i] && !(g != g && w[i] != w[i]) {
+						t.Fatalf("update-freq 2: %s[%d] = %v, cleared run %v", name, i, g, w[i])
+					}
+				}
+			}
+			for name, v := range grads(newFreshBackend(t, graphs), false) {
+				for i, x := range v {
+					if x != 0 || math.IsNaN(float64(x)) {
+						t.Fatalf("after ZeroGrad and a forward-only step %s[%d] = %v, want 0", name, i, x)
+					}
+				}
+			}
+		})
+	}
+}
+
+func newFreshBackend(t *testing.T, graphs bool) *Backend {
+	be := newGraphTestBackend(t, BF16, graphs)
+	var _ kernels.FreshWeightGrad = be
+	if !be.FreshWeightGrads() {
+		t.Fatal("FreshWeightGrads false in bf16")
+	}
+	return be
+}
