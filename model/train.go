@@ -393,12 +393,25 @@ func (n *TrainNet) freshWeights() {
 	if n.kvBatch {
 		list = append(list, n.crossKV.w.g)
 	}
-	n.freshW = list
+	// The parameters left uncleared are found by name; their sizes must add up to the
+	// buffers' the backward writes, or a gradient would be neither cleared nor written:
+	// keep clearing everything then.
+	var clear []kernels.Buffer
+	covered, written := 0, 0
 	for _, p := range n.params {
-		if !layerLinearWeight(p.Name) {
-			n.clearGrads = append(n.clearGrads, p.G)
+		if layerLinearWeight(p.Name) {
+			covered += p.G.Len()
+		} else {
+			clear = append(clear, p.G)
 		}
 	}
+	for _, g := range list {
+		written += g.Len()
+	}
+	if covered != written {
+		return
+	}
+	n.freshW, n.clearGrads = list, clear
 }
 
 // layerLinearWeight says whether name is the weight of an encoder or decoder layer's

@@ -174,8 +174,8 @@ __device__ __forceinline__ void adam_list_body(const unsigned long long* desc, i
     }
     if (kNorm) {
         // The terms the vector loop did not add, in sumsq_partial's order: every group
-        // when the chunk took the scalar path (read before the updates below write
-        // nothing of g), then the last len % 4.
+        // when the chunk takes the scalar path below (g is only read, so these reads
+        // may come before its updates), then the chunk's last len % 4.
         const int n4 = sp.len >> 2;
         if (!vec)
             for (int q = threadIdx.x; q < n4; q += LIST_THREADS) {
