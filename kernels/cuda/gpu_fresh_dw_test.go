@@ -35,18 +35,8 @@ func TestFreshWeightGradTraining(t *testing.T) {
 				rc := rc
 				rc.pipelined, rc.pack = mode.pipelined && prec == BF16, mode.pack
 				t.Run(fmt.Sprintf("%v/%s/%s", prec, rc.name, mode.name), func(t *testing.T) {
-					fresh := newGraphTestBackend(t, prec, false)
-					got, _ := runTrain(t, m, fresh, rc, batches)
-					if fresh.freshDWs == 0 {
-						t.Fatal("no LinearBackwardKeptFreshW call: the model cleared every weight gradient")
-					}
-					plain := newGraphTestBackend(t, prec, false)
-					plain.freshDWOff = true
-					ref, _ := runTrain(t, m, plain, rc, batches)
-					if plain.freshDWs != 0 {
-						t.Fatal("freshDWOff: LinearBackwardKeptFreshW still called")
-					}
-					checkSameRun(t, "fresh weight gradients", got, "cleared", ref)
+					checkSwitchSameRun(t, m, batches, prec, rc, "LinearBackwardKeptFreshW",
+						func(g *Backend) { g.freshDWOff = true }, func(g *Backend) bool { return g.freshDWs > 0 })
 				})
 			}
 		}
@@ -120,6 +110,25 @@ func TestFreshWeightGradAccumulates(t *testing.T) {
 			}
 		})
 	}
+}
+
+// checkSwitchSameRun trains rc on a new Backend of prec and on one whose switch off
+// turns the path under test off: taken must say that the first took the path (named
+// what) and the second did not, and the two runs must be the same bits (checkSameRun).
+func checkSwitchSameRun(t *testing.T, m *model.Model, batches []*model.TrainBatch, prec Precision, rc trainCase, what string, off func(*Backend), taken func(*Backend) bool) {
+	t.Helper()
+	on := newGraphTestBackend(t, prec, false)
+	got, _ := runTrain(t, m, on, rc, batches)
+	if !taken(on) {
+		t.Fatalf("the run did not take %s", what)
+	}
+	without := newGraphTestBackend(t, prec, false)
+	off(without)
+	ref, _ := runTrain(t, m, without, rc, batches)
+	if taken(without) {
+		t.Fatalf("switched off, the run still took %s", what)
+	}
+	checkSameRun(t, "with "+what, got, "without", ref)
 }
 
 func newFreshBackend(t *testing.T, graphs bool) *Backend {

@@ -382,15 +382,8 @@ func TestNormAfterTrainingSameBits(t *testing.T) {
 		for _, rc := range sameBitsCases {
 			rc.pipelined, rc.clip = true, 0
 			t.Run(prec.String()+"/"+rc.name, func(t *testing.T) {
-				after := newGraphTestBackend(t, prec, false)
-				got, _ := runTrain(t, m, after, rc, batches)
-				if after.normsAfter == 0 {
-					t.Fatal("no update formed the norm itself: OptimStep.NormAfter was not asked for")
-				}
-				before := newGraphTestBackend(t, prec, false)
-				before.normAfterOff = true
-				ref, _ := runTrain(t, m, before, rc, batches)
-				checkSameRun(t, "norm in the update", got, "norm pass first", ref)
+				checkSwitchSameRun(t, m, batches, prec, rc, "the norm in the update (OptimStep.NormAfter)",
+					func(g *Backend) { g.normAfterOff = true }, func(g *Backend) bool { return g.normsAfter > 0 })
 			})
 		}
 	}
