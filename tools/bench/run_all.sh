@@ -39,6 +39,10 @@
 #                the GPU): with fairseq's batching and on the compile modes' bucket batches (and, with
 #                XFORM_TUNED=1, the latter autotuned after XFORM_PACK_WARMUP [40] warm-up updates). The
 #                other xform rows pass --pack-tokens=false: padded steps, as the competitors run [0]
+#   XFORM_PACK_REPEAT=N  run that packed autotuned row N times and record the run with the median
+#                target tokens/s (the lower middle one for an even N; its row says "median of N runs",
+#                and every run's figure is kept in the results as repeats_tokens_per_s): one run of a
+#                row varies by about ±1 % (thirteenth session) [1]
 #   XFORM_CUDA_AUTOTUNE=1  (read by xform itself) the cuBLASLt autotune in every xform row; with
 #                fairseq batching its one-off tuning lands in the few timed updates, so also raise
 #                XFORM_WARMUP (docs/cuda.md, "cuBLASLt autotune")
@@ -76,6 +80,7 @@ XFORM_GRAPH_WARMUP=${XFORM_GRAPH_WARMUP:-10}
 XFORM_PACK_WARMUP=${XFORM_PACK_WARMUP:-40}
 XFORM_TUNED=${XFORM_TUNED:-0}
 XFORM_PACK=${XFORM_PACK:-0}
+XFORM_PACK_REPEAT=${XFORM_PACK_REPEAT:-1}
 D=${D:-512}
 FFN=${FFN:-2048}
 HEADS=${HEADS:-8}
@@ -111,6 +116,27 @@ if len(sys.argv) > 5:
         status = status if status != 'ok' else 'no result (%s)' % e
 r.update({'tag': tag, 'layers': int(layers), 'framework': fw, 'status': status})
 print(json.dumps(r))
+EOF
+}
+# median_json OUT-JSON LOG...: the xform --json result (each log is one) with the median target tokens/s, with
+# every log's figure added as repeats_tokens_per_s; fails when none has a result
+median_json() {
+	"$PY" - "$@" <<'EOF'
+import json, sys
+out, logs = sys.argv[1], sys.argv[2:]
+runs = []
+for path in logs:
+    try:
+        runs.append(json.load(open(path)))
+    except Exception:
+        pass
+runs = [r for r in runs if 'target_tokens_per_s' in r]
+if not runs:
+    sys.exit('no result in ' + ' '.join(logs))
+runs.sort(key=lambda r: r['target_tokens_per_s'])
+med = dict(runs[(len(runs) - 1) // 2])
+med['repeats_tokens_per_s'] = [r['target_tokens_per_s'] for r in runs]
+json.dump(med, open(out, 'w'))
 EOF
 }
 # part TAG LAYERS FRAMEWORK -- command...: runs with the smaller of PART_TIMEOUT and the budget left
@@ -259,8 +285,19 @@ for L in $LAYERS; do
 				# packed steps run eagerly, so the autotune's one-off timing of each new GEMM class lands in the first
 				# updates: a longer warm-up (XFORM_PACK_WARMUP) keeps it out of the timed ones
 				xbr="xform ($XFORM_PRECISION, $DEVICE, bucket batching as the compile modes, $BUCKETS buckets, packed rows, cuBLASLt autotune)"
-				part "xform_${L}l_bucket_pack_tuned" "$L" "$xbr" -- "${xb[@]}" --batching bucket --buckets "$BUCKETS" --pack-tokens=auto --cuda-autotune --warmup "$XFORM_PACK_WARMUP" &&
-					record "xform_${L}l_bucket_pack_tuned" "$L" "$xbr" ok "$W/xform_${L}l_bucket_pack_tuned.log"
+				if [ "$XFORM_PACK_REPEAT" -gt 1 ]; then
+					xbr="${xbr%)}, median of $XFORM_PACK_REPEAT runs)"
+				fi
+				logs=()
+				for ((k = 1; k <= XFORM_PACK_REPEAT; k++)); do
+					tag="xform_${L}l_bucket_pack_tuned"
+					[ "$k" -gt 1 ] && tag="${tag}_r$k"
+					part "$tag" "$L" "$xbr" -- "${xb[@]}" --batching bucket --buckets "$BUCKETS" --pack-tokens=auto --cuda-autotune --warmup "$XFORM_PACK_WARMUP" &&
+						logs+=("$W/$tag.log")
+				done
+				if [ ${#logs[@]} -gt 0 ] && median_json "$W/xform_${L}l_bucket_pack_tuned.json" "${logs[@]}"; then
+					record "xform_${L}l_bucket_pack_tuned" "$L" "$xbr" ok "$W/xform_${L}l_bucket_pack_tuned.json"
+				fi
 			fi
 		fi
 	fi
