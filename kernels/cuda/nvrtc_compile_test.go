@@ -78,17 +78,21 @@ func TestCompileErrorCarriesLog(t *testing.T) {
 	t.Logf("error: %v\nlog:\n%s", err, ce.Log)
 }
 
-// TestCompileTestSources compiles the CUDA source the GPU timing tests build at run
-// time (the kernels the loss and list kernels replaced, v0Source) with today's header,
-// so a name added to xform.cuh that clashes with them fails here, without a GPU.
+// TestCompileTestSources compiles the CUDA sources the GPU timing tests build at run
+// time (the kernels the loss and list kernels replaced, v0Source; the LayerNorm
+// backward's ablation stages, lnAblationSource) with today's header, so that a name
+// added to xform.cuh that clashes with them, or an error in them, fails here, without
+// a GPU.
 func TestCompileTestSources(t *testing.T) {
 	n, _, arch := testNVRTCArch(t)
 	header, err := sources.ReadFile(headerName)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := n.compileCUBIN("v0_loss_optim.cu", v0Source, map[string]string{headerName: string(header)}, nvrtcOptions(arch)); err != nil {
-		t.Fatal(err)
+	for name, src := range map[string]string{"v0_loss_optim.cu": v0Source, "ln_ablation.cu": lnAblationSource} {
+		if _, err := n.compileCUBIN(name, src, map[string]string{headerName: string(header)}, nvrtcOptions(arch)); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
 	}
 }
 
