@@ -158,6 +158,79 @@ extern "C" __global__ void __launch_bounds__(256) ab_bwd1(AB_PARAMS) { ab_bwd<1>
 extern "C" __global__ void __launch_bounds__(256) ab_bwd2(AB_PARAMS) { ab_bwd<2>(AB_ARGS); }
 extern "C" __global__ void __launch_bounds__(256) ab_bwd3(AB_PARAMS) { ab_bwd<3>(AB_ARGS); }
 extern "C" __global__ void __launch_bounds__(256) ab_bwd4(AB_PARAMS) { ab_bwd<4>(AB_ARGS); }
+// ab_fwd<STAGE>: the forward (layernorm_fast_fwd_p4's work, one row per warp as lfv_fwd, no
+// prefetch): 0 loads x and the branch and stores y; 1 + the residual sum with ω and the
+// row statistics; 2 + z and the 16-bit y16 stored; 3 + the mask per element on the branch.
+template <int STAGE>
+__device__ __forceinline__ void ab_fwd(float* z, float* y, unsigned short* y16, const float* x, const float* branch,
+                                       const float* omega, const float* gamma, const float* beta, int rows,
+                                       unsigned long long seed, unsigned long long threshold, float keep) {
+    const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    const float4 *x4 = (const float4*)x, *b4 = (const float4*)branch, *w4 = (const float4*)omega;
+    const float4 *g4 = (const float4*)gamma, *e4 = (const float4*)beta;
+    const long long warps = (long long)gridDim.x * nw;
+    for (long long r = (long long)blockIdx.x * nw + (threadIdx.x >> 5); r < rows; r += warps) {
+        const long long o4 = r * AB_DIM4;
+        float4 v[AB_NV], u[AB_NV];
+#pragma unroll
+        for (int c = 0; c < AB_NV; c++) {
+            v[c] = x4[o4 + lane + 32 * c];
+            u[c] = b4[o4 + lane + 32 * c];
+        }
+        float mean = 0.f, rstd = 1.f;
+#pragma unroll
+        for (int c = 0; c < AB_NV; c++) {
+            if (STAGE >= 3) {
+                const unsigned long long i = 4ull * (unsigned long long)(o4 + lane + 32 * c);
+                u[c].x = u[c].x * (xf_dropout_keep(seed, i, threshold) ? keep : 0.f);
+                u[c].y = u[c].y * (xf_dropout_keep(seed, i + 1, threshold) ? keep : 0.f);
+                u[c].z = u[c].z * (xf_dropout_keep(seed, i + 2, threshold) ? keep : 0.f);
+                u[c].w = u[c].w * (xf_dropout_keep(seed, i + 3, threshold) ? keep : 0.f);
+            }
+            if (STAGE >= 1) {
+                const float4 w = __ldg(w4 + lane + 32 * c);
+                v[c] = make_float4(v[c].x * w.x + u[c].x, v[c].y * w.y + u[c].y, v[c].z * w.z + u[c].z, v[c].w * w.w + u[c].w);
+            } else {
+                v[c] = make_float4(v[c].x + u[c].x, v[c].y + u[c].y, v[c].z + u[c].z, v[c].w + u[c].w);
+            }
+        }
+        if (STAGE >= 1) {
+            float s = 0.f;
+#pragma unroll
+            for (int c = 0; c < AB_NV; c++) s += (v[c].x + v[c].y) + (v[c].z + v[c].w);
+            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+            mean = s / 512.f;
+            float q2 = 0.f;
+#pragma unroll
+            for (int c = 0; c < AB_NV; c++) {
+                const float4 t = make_float4(v[c].x - mean, v[c].y - mean, v[c].z - mean, v[c].w - mean);
+                q2 += (t.x * t.x + t.y * t.y) + (t.z * t.z + t.w * t.w);
+            }
+            for (int o = 16; o > 0; o >>= 1) q2 += __shfl_xor_sync(0xffffffffu, q2, o);
+            rstd = rsqrtf(q2 / 512.f + 1e-5f);
+        }
+#pragma unroll
+        for (int c = 0; c < AB_NV; c++) {
+            const int q = lane + 32 * c;
+            if (STAGE >= 2) reinterpret_cast<float4*>(z)[o4 + q] = v[c];
+            float4 t = v[c];
+            if (STAGE >= 1) {
+                const float4 g = __ldg(g4 + q), e = __ldg(e4 + q);
+                t = make_float4((t.x - mean) * rstd * g.x + e.x, (t.y - mean) * rstd * g.y + e.y,
+                                (t.z - mean) * rstd * g.z + e.z, (t.w - mean) * rstd * g.w + e.w);
+            }
+            reinterpret_cast<float4*>(y)[o4 + q] = t;
+            if (STAGE >= 2) xf_store4(y16, o4 + q, t, XF_OUT_BF16);
+        }
+    }
+}
+#define AF_PARAMS float *z, float *y, unsigned short *y16, const float *x, const float *branch, const float *omega, \
+    const float *gamma, const float *beta, int rows, unsigned long long seed, unsigned long long threshold, float keep
+#define AF_ARGS z, y, y16, x, branch, omega, gamma, beta, rows, seed, threshold, keep
+extern "C" __global__ void __launch_bounds__(256) ab_fwd0(AF_PARAMS) { ab_fwd<0>(AF_ARGS); }
+extern "C" __global__ void __launch_bounds__(256) ab_fwd1(AF_PARAMS) { ab_fwd<1>(AF_ARGS); }
+extern "C" __global__ void __launch_bounds__(256) ab_fwd2(AF_PARAMS) { ab_fwd<2>(AF_ARGS); }
+extern "C" __global__ void __launch_bounds__(256) ab_fwd3(AF_PARAMS) { ab_fwd<3>(AF_ARGS); }
 // ab_stream: stage 0's traffic (four float4 streams in, one out) over n4 float4s, grid-stride.
 extern "C" __global__ void ab_stream(float* dz, const float* dy, const float* dz2, const float* z, const float* x,
                                      long long n4) {
@@ -197,7 +270,7 @@ func lnAblationKernels(t *testing.T, be *Backend) map[string]uintptr {
 			return
 		}
 		lnAblationFns = map[string]uintptr{}
-		for _, name := range []string{"ab_bwd0", "ab_bwd1", "ab_bwd2", "ab_bwd3", "ab_bwd4", "ab_stream"} {
+		for _, name := range []string{"ab_bwd0", "ab_bwd1", "ab_bwd2", "ab_bwd3", "ab_bwd4", "ab_fwd0", "ab_fwd1", "ab_fwd2", "ab_fwd3", "ab_stream"} {
 			f, err := be.drv.function(mod, name)
 			if err != nil {
 				lnAblationErr = err
@@ -213,7 +286,7 @@ func lnAblationKernels(t *testing.T, be *Backend) map[string]uintptr {
 }
 
 // TestLayerNormBackwardAblationTiming logs the device µs per call of the stages above
-// and of the production backward (ResidualLayerNormBackwardSum with a 16-bit dbranch,
+// (and of the forward's, ab_fwd) and of the production backward (ResidualLayerNormBackwardSum with a 16-bit dbranch,
 // p 0.1) at the bench shape (8000 × 512, bf16), each stage on the production kernel's
 // grid and also on twice as many blocks per SM where they fit (stage 0 and 1 have no
 // shared memory), and the traffic each moves as GB/s. Checks nothing; -short skips it.
@@ -276,6 +349,33 @@ func TestLayerNormBackwardAblationTiming(t *testing.T) {
 			report(s.what+", 4 blocks/SM", us(stage(s.name, 4, smem)), mb(s.f32, s.h))
 		}
 	}
+	// The forward's stages on a grid of a row per warp (one wave of ~1,000 blocks, as
+	// lfv_fwd), then the production forward (the pipelined layernorm_fast_fwd_p4).
+	y, y16 := g.Alloc(n), g.AllocHalf(n)
+	fwd := func(name string) func() {
+		return func() {
+			defer g.enter()()
+			g.prm.reset().ptr(addr(z)).ptr(addr(y)).ptr(halfOf(y16).dptr()).ptr(addr(x)).ptr(addr(dy)).ptr(addr(om2)).
+				ptr(addr(gm)).ptr(addr(dz2)).i32(rows)
+			th.args(g.prm)
+			g.run(fns[name], [3]uint32{uint32((rows + warps - 1) / warps), 1, 1}, 32*warps, 0)
+		}
+	}
+	for _, s := range []struct {
+		name, what string
+		f32, h     int
+	}{
+		{"ab_fwd0", "forward stage 0: x, branch in, y out", 3, 0},
+		{"ab_fwd1", "forward stage 1: + residual sum with ω, row statistics", 3, 0},
+		{"ab_fwd2", "forward stage 2: + z and y16 stored", 4, 1},
+		{"ab_fwd3", "forward stage 3: + the mask per element (64-bit hash)", 4, 1},
+	} {
+		report(s.what, us(fwd(s.name)), mb(s.f32, s.h))
+	}
+	report("production ResidualLayerNormDropoutRounded (p4)", us(func() {
+		g.ResidualLayerNormDropoutRounded(z, y, y16, x, dy, om2, 0.81, gm, dz2, rows, dim, reslnEps, 0.1, resdropSeed)
+	}), mb(4, 1))
+
 	sum := kernels.ResidualSum{D: dy, DZ: dz2, Omega: om2, Alpha: 0.87}
 	dg, db, dom := g.Alloc(dim), g.Alloc(dim), g.Alloc(dim)
 	prod := us(func() {
