@@ -113,6 +113,8 @@ func TestFreshWeightGradAccumulates(t *testing.T) {
 // checkSwitchSameRun trains rc on a new Backend of prec and on one whose switch off
 // turns the path under test off: taken must say that the first took the path (named
 // what) and the second did not, and the two runs must be the same bits (checkSameRun).
+// switchTraining does the same over eachTrainCase's fixed recipes; this one takes the
+// recipe, for paths that only some recipes reach (pipelined, packed, no clipping).
 func checkSwitchSameRun(t *testing.T, m *model.Model, batches []*model.TrainBatch, prec Precision, rc trainCase, what string, off func(*Backend), taken func(*Backend) bool) {
 	t.Helper()
 	on := newGraphTestBackend(t, prec, false)

@@ -1,7 +1,6 @@
 package cuda
 
 import (
-	"fmt"
 	"math/rand/v2"
 	"sync"
 	"testing"
@@ -31,6 +30,22 @@ import (
 const lnAblationSource = `#include "xform.cuh"
 #define AB_DIM4 128
 #define AB_NV 4
+// ab_rowstats: the row's mean and 1/sqrt(var + eps), two-pass, from the lane's float4s.
+__device__ __forceinline__ void ab_rowstats(const float4 (&v)[AB_NV], float& mean, float& rstd) {
+    float s = 0.f;
+#pragma unroll
+    for (int c = 0; c < AB_NV; c++) s += (v[c].x + v[c].y) + (v[c].z + v[c].w);
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    mean = s / 512.f;
+    float q2 = 0.f;
+#pragma unroll
+    for (int c = 0; c < AB_NV; c++) {
+        const float4 t = make_float4(v[c].x - mean, v[c].y - mean, v[c].z - mean, v[c].w - mean);
+        q2 += (t.x * t.x + t.y * t.y) + (t.z * t.z + t.w * t.w);
+    }
+    for (int o = 16; o > 0; o >>= 1) q2 += __shfl_xor_sync(0xffffffffu, q2, o);
+    rstd = rsqrtf(q2 / 512.f + 1e-5f);
+}
 template <int STAGE>
 __device__ __forceinline__ void ab_bwd(float* part, float* dz, unsigned short* dbr, const float* dy, const float* dz2,
                                        const float* om2, float alpha2, const float* z, const float* x,
@@ -69,19 +84,7 @@ __device__ __forceinline__ void ab_bwd(float* part, float* dz, unsigned short* d
                 d[c].z = d[c].z + (e[c].z * w.z) * alpha2;
                 d[c].w = d[c].w + (e[c].w * w.w) * alpha2;
             }
-            float s = 0.f;
-#pragma unroll
-            for (int c = 0; c < AB_NV; c++) s += (v[c].x + v[c].y) + (v[c].z + v[c].w);
-            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-            mean = s / 512.f;
-            float q2 = 0.f;
-#pragma unroll
-            for (int c = 0; c < AB_NV; c++) {
-                const float4 t = make_float4(v[c].x - mean, v[c].y - mean, v[c].z - mean, v[c].w - mean);
-                q2 += (t.x * t.x + t.y * t.y) + (t.z * t.z + t.w * t.w);
-            }
-            for (int o = 16; o > 0; o >>= 1) q2 += __shfl_xor_sync(0xffffffffu, q2, o);
-            rstd = rsqrtf(q2 / 512.f + 1e-5f);
+            ab_rowstats(v, mean, rstd);
 #pragma unroll
             for (int c = 0; c < AB_NV; c++) {
                 const float4 g = __ldg(g4 + lane + 32 * c);
@@ -195,19 +198,7 @@ __device__ __forceinline__ void ab_fwd(float* z, float* y, unsigned short* y16, 
             }
         }
         if (STAGE >= 1) {
-            float s = 0.f;
-#pragma unroll
-            for (int c = 0; c < AB_NV; c++) s += (v[c].x + v[c].y) + (v[c].z + v[c].w);
-            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-            mean = s / 512.f;
-            float q2 = 0.f;
-#pragma unroll
-            for (int c = 0; c < AB_NV; c++) {
-                const float4 t = make_float4(v[c].x - mean, v[c].y - mean, v[c].z - mean, v[c].w - mean);
-                q2 += (t.x * t.x + t.y * t.y) + (t.z * t.z + t.w * t.w);
-            }
-            for (int o = 16; o > 0; o >>= 1) q2 += __shfl_xor_sync(0xffffffffu, q2, o);
-            rstd = rsqrtf(q2 / 512.f + 1e-5f);
+            ab_rowstats(v, mean, rstd);
         }
 #pragma unroll
         for (int c = 0; c < AB_NV; c++) {
@@ -249,35 +240,12 @@ var (
 	lnAblationErr  error
 )
 
-// lnAblationKernels compiles lnAblationSource for be's GPU once per test binary.
+// lnAblationKernels compiles and loads lnAblationSource once per test binary.
 func lnAblationKernels(t *testing.T, be *Backend) map[string]uintptr {
 	t.Helper()
 	lnAblationOnce.Do(func() {
-		header, err := sources.ReadFile(headerName)
-		if err != nil {
-			lnAblationErr = err
-			return
-		}
-		cubin, err := be.libs.nvrtc.compileCUBIN("ln_ablation.cu", lnAblationSource, map[string]string{headerName: string(header)}, nvrtcOptions(be.arch))
-		if err != nil {
-			lnAblationErr = fmt.Errorf("compiling the ablation kernels: %w", err)
-			return
-		}
-		defer be.enter()()
-		mod, err := be.drv.loadModule(cubin)
-		if err != nil {
-			lnAblationErr = fmt.Errorf("loading the ablation kernels: %w", err)
-			return
-		}
-		lnAblationFns = map[string]uintptr{}
-		for _, name := range []string{"ab_bwd0", "ab_bwd1", "ab_bwd2", "ab_bwd3", "ab_bwd4", "ab_fwd0", "ab_fwd1", "ab_fwd2", "ab_fwd3", "ab_stream"} {
-			f, err := be.drv.function(mod, name)
-			if err != nil {
-				lnAblationErr = err
-				return
-			}
-			lnAblationFns[name] = f
-		}
+		lnAblationFns, lnAblationErr = loadTestKernels(be, "ln_ablation.cu", lnAblationSource,
+			"ab_bwd0", "ab_bwd1", "ab_bwd2", "ab_bwd3", "ab_bwd4", "ab_fwd0", "ab_fwd1", "ab_fwd2", "ab_fwd3", "ab_stream")
 	})
 	if lnAblationErr != nil {
 		t.Fatal(lnAblationErr)

@@ -174,36 +174,41 @@ var (
 func v0Kernels(t *testing.T, be *Backend) map[string]uintptr {
 	t.Helper()
 	v0Once.Do(func() {
-		header, err := sources.ReadFile(headerName)
-		if err != nil {
-			v0Err = err
-			return
-		}
-		cubin, err := be.libs.nvrtc.compileCUBIN("v0_loss_optim.cu", v0Source, map[string]string{headerName: string(header)}, nvrtcOptions(be.arch))
-		if err != nil {
-			v0Err = fmt.Errorf("compiling the previous kernels: %w", err)
-			return
-		}
-		defer be.enter()()
-		mod, err := be.drv.loadModule(cubin)
-		if err != nil {
-			v0Err = fmt.Errorf("loading the previous kernels: %w", err)
-			return
-		}
-		v0Fns = map[string]uintptr{}
-		for _, name := range []string{"ls_loss_v0", "sumsq_partial_v0", "scale_list_v0", "adam_list_v0", "fill_list_v0"} {
-			f, err := be.drv.function(mod, name)
-			if err != nil {
-				v0Err = err
-				return
-			}
-			v0Fns[name] = f
-		}
+		v0Fns, v0Err = loadTestKernels(be, "v0_loss_optim.cu", v0Source,
+			"ls_loss_v0", "sumsq_partial_v0", "scale_list_v0", "adam_list_v0", "fill_list_v0")
 	})
 	if v0Err != nil {
 		t.Fatal(v0Err)
 	}
 	return v0Fns
+}
+
+// loadTestKernels compiles a test's CUDA source (with xform.cuh) for be's GPU, loads it
+// and returns the named kernels (TestCompileTestSources compiles every such source
+// without a GPU).
+func loadTestKernels(be *Backend, file, src string, names ...string) (map[string]uintptr, error) {
+	header, err := sources.ReadFile(headerName)
+	if err != nil {
+		return nil, err
+	}
+	cubin, err := be.libs.nvrtc.compileCUBIN(file, src, map[string]string{headerName: string(header)}, nvrtcOptions(be.arch))
+	if err != nil {
+		return nil, fmt.Errorf("compiling %s: %w", file, err)
+	}
+	defer be.enter()()
+	mod, err := be.drv.loadModule(cubin)
+	if err != nil {
+		return nil, fmt.Errorf("loading %s: %w", file, err)
+	}
+	fns := map[string]uintptr{}
+	for _, name := range names {
+		f, err := be.drv.function(mod, name)
+		if err != nil {
+			return nil, err
+		}
+		fns[name] = f
+	}
+	return fns, nil
 }
 
 // offsetUp uploads v behind off leading zeros to both backends and returns the slices
