@@ -290,8 +290,9 @@ for L in $LAYERS; do
 				fi
 				logs=()
 				for ((k = 1; k <= XFORM_PACK_REPEAT; k++)); do
+					# each run its own tag when repeated, so a failed run's row does not share the median's
 					tag="xform_${L}l_bucket_pack_tuned"
-					[ "$k" -gt 1 ] && tag="${tag}_r$k"
+					[ "$XFORM_PACK_REPEAT" -gt 1 ] && tag="${tag}_r$k"
 					part "$tag" "$L" "$xbr" -- "${xb[@]}" --batching bucket --buckets "$BUCKETS" --pack-tokens=auto --cuda-autotune --warmup "$XFORM_PACK_WARMUP" &&
 						logs+=("$W/$tag.log")
 				done
