@@ -234,6 +234,56 @@ extern "C" __global__ void ab_stream(float* dz, const float* dy, const float* dz
 }
 `
 
+// lnVariantSource instantiates the production kernels' bodies (layernorm_fast.cu) in
+// forms the Go side does not launch, to time what each costs at the bench shape:
+// vx_bwd_rt is layernorm_fast_bwd_vp4 before LFV_BY_DIM (the row length an argument);
+// _512 has the row length 512 as a constant (the divisions by dim become exact
+// multiplications, the guards and index arithmetic fold: the same bits; the
+// production kernel since the fourteenth session); _512r keeps the column sums in
+// registers; _512w draws the mask from lfw_keep4's 32-bit words (the _w kernels' bits,
+// without their finish); _512a is _512 told that every pointer is set, the format
+// bf16 and the dropout on (what the step's calls pass), so that the branches on them
+// fold (the fourteenth session also timed rsqrtf for 1/sqrt, other bits: 28.2 µs, no
+// gain). vx_fwd_rt is
+// layernorm_fast_fwd_p4 before LFV_BY_DIM, _512 the same with the constant (the production
+// kernel), _512a that told what the step's calls pass (at most 128 registers: with the
+// assumptions the forward no longer fits p4's 80 without spilling).
+const lnVariantSource = `#include "layernorm_fast.cu"
+extern "C" __global__ void __launch_bounds__(LFV_THREADS) vx_bwd_512a(LFV_PAIR_PARAMS) {
+    __builtin_assume(part != nullptr && dz != nullptr && dbranch != nullptr && dy != nullptr && dz2 != nullptr &&
+                     omega2 != nullptr && z != nullptr && x != nullptr && gamma != nullptr);
+    __builtin_assume(fmt == XF_OUT_BF16);
+    __builtin_assume(threshold != 0ull);
+    lfv_bwd<4, true, true, false>(part, dz, dbranch, fmt, dy, z, x, gamma, rows, 512, eps, seed, threshold, keep,
+                                  lfv_extra{dz2, omega2, alpha2, nullptr, 1.f});
+}
+#define VX_PAIR_ARGS(D) part, dz, dbranch, fmt, dy, z, x, gamma, rows, D, eps, seed, threshold, keep, \
+    lfv_extra{dz2, omega2, alpha2, nullptr, 1.f}
+extern "C" __global__ void __launch_bounds__(LFV_THREADS) vx_bwd_rt(LFV_PAIR_PARAMS) {
+    lfv_bwd<4, true, true, false>(VX_PAIR_ARGS(dim));
+}
+extern "C" __global__ void __launch_bounds__(LFV_THREADS) vx_bwd_512(LFV_PAIR_PARAMS) {
+    lfv_bwd<4, true, true, false>(VX_PAIR_ARGS(512));
+}
+extern "C" __global__ void __launch_bounds__(LFV_THREADS) vx_bwd_512r(LFV_PAIR_PARAMS) {
+    lfv_bwd<4, false, true, false>(VX_PAIR_ARGS(512));
+}
+extern "C" __global__ void __launch_bounds__(LFV_THREADS) vx_bwd_512w(LFV_PAIR_PARAMS) {
+    lfv_bwd<4, true, true, false, true>(VX_PAIR_ARGS(512));
+}
+extern "C" __global__ void __launch_bounds__(LFV_THREADS, 3) vx_fwd_rt(LFV_FWD_PARAMS) {
+    lfp_fwd<4, true>(z, y, x, branch, omega, alpha, gamma, beta, rows, dim, eps, drop, seed, threshold, keep, y16, fmt);
+}
+extern "C" __global__ void __launch_bounds__(LFV_THREADS, 2) vx_fwd_512a(LFV_FWD_PARAMS) {
+    __builtin_assume(z != nullptr && y16 != nullptr && omega != nullptr && drop != 0);
+    lfp_fwd<4, true>(z, y, x, branch, omega, alpha, gamma, beta, rows, 512, eps, drop, seed, threshold, keep, y16,
+                     XF_OUT_BF16);
+}
+extern "C" __global__ void __launch_bounds__(LFV_THREADS, 3) vx_fwd_512(LFV_FWD_PARAMS) {
+    lfp_fwd<4, true>(z, y, x, branch, omega, alpha, gamma, beta, rows, 512, eps, drop, seed, threshold, keep, y16, fmt);
+}
+`
+
 var (
 	lnAblationOnce sync.Once
 	lnAblationFns  map[string]uintptr
@@ -251,6 +301,24 @@ func lnAblationKernels(t *testing.T, be *Backend) map[string]uintptr {
 		t.Fatal(lnAblationErr)
 	}
 	return lnAblationFns
+}
+
+var (
+	lnVariantOnce sync.Once
+	lnVariantFns  map[string]uintptr
+	lnVariantErr  error
+)
+
+func lnVariantKernels(t *testing.T, be *Backend) map[string]uintptr {
+	t.Helper()
+	lnVariantOnce.Do(func() {
+		lnVariantFns, lnVariantErr = loadTestKernels(be, "ln_variants.cu", lnVariantSource,
+			"vx_bwd_rt", "vx_bwd_512", "vx_bwd_512r", "vx_bwd_512w", "vx_bwd_512a", "vx_fwd_rt", "vx_fwd_512", "vx_fwd_512a")
+	})
+	if lnVariantErr != nil {
+		t.Fatal(lnVariantErr)
+	}
+	return lnVariantFns
 }
 
 // TestLayerNormBackwardAblationTiming logs the device µs per call of the stages above
@@ -288,7 +356,7 @@ func TestLayerNormBackwardAblationTiming(t *testing.T) {
 	}
 	mb := func(floats32, halves int) float64 { return float64(n*(4*floats32+2*halves)) / 1e6 }
 	report := func(what string, t0 float64, megabytes float64) {
-		t.Logf("%-58s %6.1f µs  %5.0f MB  %5.2f TB/s", what, t0, megabytes, megabytes/t0/1e6)
+		t.Logf("%-58s %6.1f µs  %5.0f MB  %5.2f TB/s", what, t0, megabytes, megabytes/t0) // MB/µs = TB/s
 	}
 	stream := func() {
 		defer g.enter()()
@@ -352,4 +420,29 @@ func TestLayerNormBackwardAblationTiming(t *testing.T) {
 		g.ResidualLayerNormBackwardSum(dz, dbr, dg, db, dom, sum, z, x, gm, 0.81, rows, dim, reslnEps, 0.1, resdropSeed)
 	})
 	report("production ResidualLayerNormBackwardSum (vp4 + finish)", prod, mb(5, 1))
+
+	// The production bodies in other forms (lnVariantSource), on the production grids.
+	vx := lnVariantKernels(t, g)
+	for _, name := range []string{"vx_bwd_rt", "vx_bwd_512", "vx_bwd_512r", "vx_bwd_512w", "vx_bwd_512a"} {
+		report(name, us(func() {
+			defer g.enter()()
+			nb := min((rows+warps-1)/warps, 2*g.info.SMs)
+			g.prm.reset().ptr(addr(part)).ptr(addr(dz)).ptr(halfOf(dbr).dptr()).i32(xfOutBF16).ptr(addr(dy)).
+				ptr(addr(dz2)).ptr(addr(om2)).f32(0.87).ptr(addr(z)).ptr(addr(x)).ptr(addr(gm)).i32(rows).i32(dim).
+				f32(reslnEps)
+			th.args(g.prm)
+			g.run(vx[name], [3]uint32{uint32(nb), 1, 1}, 32*warps, shared)
+		}), mb(5, 1))
+	}
+	perWarp := (rows + 3*g.info.SMs*warps - 1) / (3 * g.info.SMs * warps)
+	for _, name := range []string{"vx_fwd_rt", "vx_fwd_512", "vx_fwd_512a"} {
+		report(name, us(func() {
+			defer g.enter()()
+			g.prm.reset().ptr(addr(z)).ptr(addr(y)).ptr(addr(x)).ptr(addr(dy)).ptr(addr(om2)).f32(0.81).ptr(addr(gm)).
+				ptr(addr(dz2)).i32(rows).i32(dim).f32(reslnEps).i32(1)
+			th.args(g.prm)
+			g.prm.ptr(halfOf(y16).dptr()).i32(xfOutBF16)
+			g.run(vx[name], [3]uint32{uint32((rows + perWarp*warps - 1) / (perWarp * warps)), 1, 1}, 32*warps, 0)
+		}), mb(4, 1))
+	}
 }

@@ -183,15 +183,15 @@ func v0Kernels(t *testing.T, be *Backend) map[string]uintptr {
 	return v0Fns
 }
 
-// loadTestKernels compiles a test's CUDA source (with xform.cuh) for be's GPU, loads it
-// and returns the named kernels (TestCompileTestSources compiles every such source
-// without a GPU).
+// loadTestKernels compiles a test's CUDA source for be's GPU, loads it and returns the
+// named kernels (TestCompileTestSources compiles every such source without a GPU).
+// The source may include xform.cuh and any of the embedded .cu files (testHeaders).
 func loadTestKernels(be *Backend, file, src string, names ...string) (map[string]uintptr, error) {
-	header, err := sources.ReadFile(headerName)
+	headers, err := testHeaders()
 	if err != nil {
 		return nil, err
 	}
-	cubin, err := be.libs.nvrtc.compileCUBIN(file, src, map[string]string{headerName: string(header)}, nvrtcOptions(be.arch))
+	cubin, err := be.libs.nvrtc.compileCUBIN(file, src, headers, nvrtcOptions(be.arch))
 	if err != nil {
 		return nil, fmt.Errorf("compiling %s: %w", file, err)
 	}
@@ -209,6 +209,25 @@ func loadTestKernels(be *Backend, file, src string, names ...string) (map[string
 		fns[name] = f
 	}
 	return fns, nil
+}
+
+// testHeaders maps every embedded CUDA file (xform.cuh and the .cu sources) to its
+// text, so that a test's source can instantiate a production kernel's body in other
+// forms.
+func testHeaders() (map[string]string, error) {
+	entries, err := sources.ReadDir(".")
+	if err != nil {
+		return nil, err
+	}
+	h := map[string]string{}
+	for _, e := range entries {
+		b, err := sources.ReadFile(e.Name())
+		if err != nil {
+			return nil, err
+		}
+		h[e.Name()] = string(b)
+	}
+	return h, nil
 }
 
 // offsetUp uploads v behind off leading zeros to both backends and returns the slices

@@ -85,12 +85,13 @@ func TestCompileErrorCarriesLog(t *testing.T) {
 // a GPU.
 func TestCompileTestSources(t *testing.T) {
 	n, _, arch := testNVRTCArch(t)
-	header, err := sources.ReadFile(headerName)
+	headers, err := testHeaders()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, src := range map[string]string{"v0_loss_optim.cu": v0Source, "ln_ablation.cu": lnAblationSource} {
-		if _, err := n.compileCUBIN(name, src, map[string]string{headerName: string(header)}, nvrtcOptions(arch)); err != nil {
+	for name, src := range map[string]string{"v0_loss_optim.cu": v0Source, "ln_ablation.cu": lnAblationSource,
+		"ln_variants.cu": lnVariantSource} {
+		if _, err := n.compileCUBIN(name, src, headers, nvrtcOptions(arch)); err != nil {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
