@@ -238,16 +238,15 @@ extern "C" __global__ void ab_stream(float* dz, const float* dy, const float* dz
 // forms the Go side does not launch, to time what each costs at the bench shape:
 // vx_bwd_rt is layernorm_fast_bwd_vp4 before LFV_BY_DIM (the row length an argument);
 // _512 has the row length 512 as a constant (the divisions by dim become exact
-// multiplications, the guards and index arithmetic fold: the same bits; the
-// production kernel since the fourteenth session); _512r keeps the column sums in
-// registers; _512w draws the mask from lfw_keep4's 32-bit words (the _w kernels' bits,
-// without their finish); _512a is _512 told that every pointer is set, the format
-// bf16 and the dropout on (what the step's calls pass), so that the branches on them
-// fold (the fourteenth session also timed rsqrtf for 1/sqrt, other bits: 28.2 µs, no
-// gain). vx_fwd_rt is
-// layernorm_fast_fwd_p4 before LFV_BY_DIM, _512 the same with the constant (the production
-// kernel), _512a that told what the step's calls pass (at most 128 registers: with the
-// assumptions the forward no longer fits p4's 80 without spilling).
+// multiplications, the guards and index arithmetic fold: the same bits; LFV_BY_DIM's
+// form); _512r keeps the column sums in registers; _512w draws the mask from
+// lfw_keep4's 32-bit words (the _w kernels' bits, without their finish); _512a is _512
+// told that every pointer is set, the format bf16 and the dropout on (what the step's
+// calls pass), so that the branches on them fold (LFV_STEP's form). vx_fwd_rt is
+// layernorm_fast_fwd_p4 before LFV_BY_DIM, _512 the same with the constant (the
+// production form), _512a that told what the step's calls pass (at most 128 registers:
+// with the assumptions the forward no longer fits p4's 80 without spilling). The
+// fourteenth session also timed rsqrtf for 1/sqrt (other bits): no gain.
 const lnVariantSource = `#include "layernorm_fast.cu"
 extern "C" __global__ void __launch_bounds__(LFV_THREADS) vx_bwd_512a(LFV_PAIR_PARAMS) {
     __builtin_assume(part != nullptr && dz != nullptr && dbranch != nullptr && dy != nullptr && dz2 != nullptr &&
