@@ -2,7 +2,6 @@ package cuda
 
 import (
 	"math/rand/v2"
-	"sync"
 	"testing"
 
 	"github.com/xform-dev/xform/kernels"
@@ -283,42 +282,14 @@ extern "C" __global__ void __launch_bounds__(LFV_THREADS, 3) vx_fwd_512(LFV_FWD_
 }
 `
 
+// lnAblationKernels and lnVariantKernels are the two sources above, compiled and loaded
+// by the first test that asks.
 var (
-	lnAblationOnce sync.Once
-	lnAblationFns  map[string]uintptr
-	lnAblationErr  error
+	lnAblationKernels = &testKernelSet{file: "ln_ablation.cu", src: lnAblationSource,
+		names: []string{"ab_bwd0", "ab_bwd1", "ab_bwd2", "ab_bwd3", "ab_bwd4", "ab_fwd0", "ab_fwd1", "ab_fwd2", "ab_fwd3", "ab_stream"}}
+	lnVariantKernels = &testKernelSet{file: "ln_variants.cu", src: lnVariantSource,
+		names: []string{"vx_bwd_rt", "vx_bwd_512", "vx_bwd_512r", "vx_bwd_512w", "vx_bwd_512a", "vx_fwd_rt", "vx_fwd_512", "vx_fwd_512a"}}
 )
-
-// lnAblationKernels compiles and loads lnAblationSource once per test binary.
-func lnAblationKernels(t *testing.T, be *Backend) map[string]uintptr {
-	t.Helper()
-	lnAblationOnce.Do(func() {
-		lnAblationFns, lnAblationErr = loadTestKernels(be, "ln_ablation.cu", lnAblationSource,
-			"ab_bwd0", "ab_bwd1", "ab_bwd2", "ab_bwd3", "ab_bwd4", "ab_fwd0", "ab_fwd1", "ab_fwd2", "ab_fwd3", "ab_stream")
-	})
-	if lnAblationErr != nil {
-		t.Fatal(lnAblationErr)
-	}
-	return lnAblationFns
-}
-
-var (
-	lnVariantOnce sync.Once
-	lnVariantFns  map[string]uintptr
-	lnVariantErr  error
-)
-
-func lnVariantKernels(t *testing.T, be *Backend) map[string]uintptr {
-	t.Helper()
-	lnVariantOnce.Do(func() {
-		lnVariantFns, lnVariantErr = loadTestKernels(be, "ln_variants.cu", lnVariantSource,
-			"vx_bwd_rt", "vx_bwd_512", "vx_bwd_512r", "vx_bwd_512w", "vx_bwd_512a", "vx_fwd_rt", "vx_fwd_512", "vx_fwd_512a")
-	})
-	if lnVariantErr != nil {
-		t.Fatal(lnVariantErr)
-	}
-	return lnVariantFns
-}
 
 // TestLayerNormBackwardAblationTiming logs the device µs per call of the stages above
 // (and of the forward's, ab_fwd) and of the production backward (ResidualLayerNormBackwardSum with a 16-bit dbranch,
@@ -330,7 +301,7 @@ func TestLayerNormBackwardAblationTiming(t *testing.T) {
 		t.Skip("timing only")
 	}
 	g := withPrecision(t, BF16)
-	fns := lnAblationKernels(t, g)
+	fns := lnAblationKernels.get(t, g)
 	const rows, dim = 8000, 512
 	n := rows * dim
 	r := rand.New(rand.NewPCG(97, 1))
@@ -421,7 +392,7 @@ func TestLayerNormBackwardAblationTiming(t *testing.T) {
 	report("production ResidualLayerNormBackwardSum (vp4 + finish)", prod, mb(5, 1))
 
 	// The production bodies in other forms (lnVariantSource), on the production grids.
-	vx := lnVariantKernels(t, g)
+	vx := lnVariantKernels.get(t, g)
 	for _, name := range []string{"vx_bwd_rt", "vx_bwd_512", "vx_bwd_512r", "vx_bwd_512w", "vx_bwd_512a"} {
 		report(name, us(func() {
 			defer g.enter()()

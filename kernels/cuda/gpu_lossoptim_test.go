@@ -164,24 +164,9 @@ extern "C" __global__ void fill_list_v0(const unsigned long long* desc, int nbuf
 }
 `
 
-var (
-	v0Once sync.Once
-	v0Fns  map[string]uintptr
-	v0Err  error
-)
-
-// v0Kernels compiles and loads v0Source once per test binary.
-func v0Kernels(t *testing.T, be *Backend) map[string]uintptr {
-	t.Helper()
-	v0Once.Do(func() {
-		v0Fns, v0Err = loadTestKernels(be, "v0_loss_optim.cu", v0Source,
-			"ls_loss_v0", "sumsq_partial_v0", "scale_list_v0", "adam_list_v0", "fill_list_v0")
-	})
-	if v0Err != nil {
-		t.Fatal(v0Err)
-	}
-	return v0Fns
-}
+// v0Kernels is v0Source, compiled and loaded by the first test that asks.
+var v0Kernels = &testKernelSet{file: "v0_loss_optim.cu", src: v0Source,
+	names: []string{"ls_loss_v0", "sumsq_partial_v0", "scale_list_v0", "adam_list_v0", "fill_list_v0"}}
 
 // loadTestKernels compiles a test's CUDA source for be's GPU, loads it and returns the
 // named kernels (TestCompileTestSources compiles every such source without a GPU).
@@ -209,6 +194,27 @@ func loadTestKernels(be *Backend, file, src string, names ...string) (map[string
 		fns[name] = f
 	}
 	return fns, nil
+}
+
+// testKernelSet is a test's CUDA source, compiled and loaded once per test binary by
+// the first test that asks for its kernels; a failure fails every test that asks.
+// TestCompileTestSources compiles every set it lists without a GPU.
+type testKernelSet struct {
+	file, src string
+	names     []string
+	once      sync.Once
+	fns       map[string]uintptr
+	err       error
+}
+
+// get returns the set's kernels by name, loaded for be's GPU.
+func (s *testKernelSet) get(t *testing.T, be *Backend) map[string]uintptr {
+	t.Helper()
+	s.once.Do(func() { s.fns, s.err = loadTestKernels(be, s.file, s.src, s.names...) })
+	if s.err != nil {
+		t.Fatal(s.err)
+	}
+	return s.fns
 }
 
 // testHeaders maps every embedded CUDA file (xform.cuh and the .cu sources) to its
@@ -386,7 +392,7 @@ func TestLabelSmoothedLossTiming(t *testing.T) {
 		t.Skip("timing")
 	}
 	be := gpu(t)
-	v0 := v0Kernels(t, be)
+	v0 := v0Kernels.get(t, be)
 	old := be.precision
 	defer func() { be.precision = old }()
 	const rows, V = 8000, 27472
@@ -595,7 +601,7 @@ func TestListKernelsTiming(t *testing.T) {
 		t.Skip("timing")
 	}
 	be := gpu(t)
-	v0 := v0Kernels(t, be)
+	v0 := v0Kernels.get(t, be)
 	net := sixLayerNet(t, be)
 	var ps, gs, ms, vs []kernels.Buffer
 	total := 0

@@ -89,10 +89,9 @@ func TestCompileTestSources(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, src := range map[string]string{"v0_loss_optim.cu": v0Source, "ln_ablation.cu": lnAblationSource,
-		"ln_variants.cu": lnVariantSource} {
-		if _, err := n.compileCUBIN(name, src, headers, nvrtcOptions(arch)); err != nil {
-			t.Errorf("%s: %v", name, err)
+	for _, set := range []*testKernelSet{v0Kernels, lnAblationKernels, lnVariantKernels} {
+		if _, err := n.compileCUBIN(set.file, set.src, headers, nvrtcOptions(arch)); err != nil {
+			t.Errorf("%s: %v", set.file, err)
 		}
 	}
 }
