@@ -84,6 +84,12 @@ type lnFastFns struct {
 	// the hardware conversion, _pl with vfwd's 64-bit hash and software rounding.
 	// vfwd's bits.
 	pfwd, pfwdPlain [len(lfvNVs)]lfvKernel
+	// pfwdKept and vbwdSumKept are pfwd and vbwdSum that store and read the residual
+	// dropout's keep bits (layernorm_fast_fwd_pk*, _bwd_vpk*; kernels.KeptMaskNormer);
+	// keptFwd and keptBwd count their launches (tests: the path was taken).
+	pfwdKept         [len(lfvNVs)]lfvKernel
+	vbwdSumKept      [len(lfvNVs)]uintptr
+	keptFwd, keptBwd int
 	// pipe: the forward launches pfwd (Backend.lnPOn, default on, XFORM_CUDA_LNP=0 off; tests flip it),
 	// or pfwdPlain with pipePlain (tests: to time the schedule apart from the
 	// instructions). pipeRows: rows per warp (0: lfpGrid's choice; tests sweep it).
@@ -127,6 +133,8 @@ func (be *Backend) lnFns() *lnFastFns {
 		f.vbwdRecomp[i] = be.kernel(fmt.Sprintf("layernorm_fast_bwd_vr%d", nv))
 		f.pfwd[i] = lfvKernel{fn: be.kernel(fmt.Sprintf("layernorm_fast_fwd_p%d", nv)), warps: lfvMaxWarps}
 		f.pfwdPlain[i] = lfvKernel{fn: be.kernel(fmt.Sprintf("layernorm_fast_fwd_pl%d", nv)), warps: lfvMaxWarps}
+		f.pfwdKept[i] = lfvKernel{fn: be.kernel(fmt.Sprintf("layernorm_fast_fwd_pk%d", nv)), warps: lfvMaxWarps}
+		f.vbwdSumKept[i] = be.kernel(fmt.Sprintf("layernorm_fast_bwd_vpk%d", nv))
 	}
 	// The _w backwards add lfw_finish's 4 static bytes to the column sums' 48 KiB of
 	// dynamic shared memory at dim 128·NV: past the 48 KiB a launch gets without
@@ -277,6 +285,15 @@ func (be *Backend) lfGrid(rows, perSM int) int {
 // ran, or y16 was not aligned for the float4 kernel's stores, and the caller rounds y).
 // rows, dim ≥ 1 and lnFastDim(dim).
 func (be *Backend) residualLayerNormFast(z, y, y16, x, branch, omega kernels.Buffer, alpha float32, gamma, beta kernels.Buffer, rows, dim int, eps float32, dr *resDrop) bool {
+	wrote, _ := be.residualLayerNormFastKept(z, y, y16, nil, x, branch, omega, alpha, gamma, beta, rows, dim, eps, dr)
+	return wrote
+}
+
+// residualLayerNormFastKept is residualLayerNormFast that, with kept (nil: none; 32·rows
+// words) and where the pipelined forward runs with the dropout and takes y16, launches
+// its kept form, which also stores the mask's keep bits there (the same outputs). The
+// second result says whether it did.
+func (be *Backend) residualLayerNormFastKept(z, y, y16, kept, x, branch, omega kernels.Buffer, alpha float32, gamma, beta kernels.Buffer, rows, dim int, eps float32, dr *resDrop) (bool, bool) {
 	defer be.enter()()
 	f := be.lnFns()
 	be.prm.reset().ptr(addr(z)).ptr(addr(y)).ptr(addr(x)).ptr(addr(branch)).ptr(addr(omega)).f32(alpha).
@@ -306,16 +323,23 @@ func (be *Backend) residualLayerNormFast(z, y, y16, x, branch, omega kernels.Buf
 		if f.legacy {
 			fn = f.vfwd[idx]
 		}
+		keeps := false
 		if f.pipe {
 			k := &f.pfwd[idx]
 			if f.pipePlain {
 				k = &f.pfwdPlain[idx]
 			}
+			keeps = kept != nil && kept.Len() >= 32*rows && !f.pipePlain && drop == 1 && y16p != 0
+			if keeps {
+				k = &f.pfwdKept[idx]
+				be.prm.ptr(addr(kept))
+				f.keptFwd++
+			}
 			fn, nb = k.fn, be.lfpGrid(f, k, rows)
 			f.piped++
 		}
 		be.run(fn, [3]uint32{uint32(nb), 1, 1}, 32*lfvMaxWarps, 0)
-		return y16p != 0
+		return y16p != 0, keeps
 	}
 	fn := f.fwd[lfIndex(dim)]
 	if dr != nil {
@@ -323,7 +347,7 @@ func (be *Backend) residualLayerNormFast(z, y, y16, x, branch, omega kernels.Buf
 		fn = f.fwdDrop[lfIndex(dim)]
 	}
 	be.run(fn, [3]uint32{uint32(be.lfGrid(rows, 32)), 1, 1}, lfThreads, 0)
-	return false
+	return false, false
 }
 
 // residualLayerNormBackwardFast is ResidualLayerNormBackward on layernorm_fast_bwd and
@@ -374,6 +398,14 @@ const (
 // (then omega and alpha are the sub-layer's, and dr, never nil, its dropout, which z
 // was formed with even when dbranch is nil). dy.D and dy.DZ must be float32.
 func (be *Backend) lfvBackward(mode lfvMode, dz, dbranch, dgamma, dbeta, domega kernels.Buffer, dy kernels.ResidualSum, zb, x, omega, gamma kernels.Buffer, alpha float32, rows, dim int, eps float32, dr *resDrop) bool {
+	return be.lfvBackwardKept(mode, dz, dbranch, dgamma, dbeta, domega, dy, zb, x, omega, gamma, nil, alpha, rows, dim, eps, dr)
+}
+
+// lfvBackwardKept is lfvBackward that, in lfvSum mode with kept (nil: none; the keep
+// bits residualLayerNormFastKept stored for the same rows and dropout) and a dbranch
+// with the dropout on, launches layernorm_fast_bwd_vpk*, which reads them instead of
+// drawing the mask (the same outputs).
+func (be *Backend) lfvBackwardKept(mode lfvMode, dz, dbranch, dgamma, dbeta, domega kernels.Buffer, dy kernels.ResidualSum, zb, x, omega, gamma, kept kernels.Buffer, alpha float32, rows, dim int, eps float32, dr *resDrop) bool {
 	defer be.enter()()
 	f := be.lnFns()
 	if !f.lfvShape(dim, dz, dbranch, dy.D, dy.DZ, dy.Omega, zb, x, omega, gamma) {
@@ -413,9 +445,15 @@ func (be *Backend) lfvBackward(mode lfvMode, dz, dbranch, dgamma, dbeta, domega 
 	}
 	fn := k.fn
 	be.prm.reset().ptr(part.dptr()).ptr(addr(dz)).ptr(dbp).i32(format).ptr(addr(dy.D))
+	keeps := false
 	switch mode {
 	case lfvSum:
 		fn = f.vbwdSum[idx]
+		keeps = kept != nil && kept.Len() >= 32*rows && dbranch != nil && dr.threshold != 0 && f.legacy
+		if keeps {
+			fn = f.vbwdSumKept[idx]
+			f.keptBwd++
+		}
 		if !f.legacy {
 			fn = f.wbwdSum[idx]
 		}
@@ -434,6 +472,9 @@ func (be *Backend) lfvBackward(mode lfvMode, dz, dbranch, dgamma, dbeta, domega 
 	}
 	be.prm.ptr(addr(gamma)).i32(rows).i32(dim).f32(eps)
 	dr.args(be.prm)
+	if keeps {
+		be.prm.ptr(addr(kept))
+	}
 	if !f.legacy {
 		cnt := uint64(0)
 		if wantCols && !finish {
