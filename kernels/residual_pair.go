@@ -67,7 +67,7 @@ type ResidualRecomputer interface {
 	ResidualLayerNormBackwardRecompute(dz, dbranch, dgamma, dbeta, domega Buffer, dy ResidualSum, x, branch, omega Buffer, alpha float32, gamma Buffer, rows, dim int, eps float32, p float64, seed uint64)
 }
 
-// KeptMaskNormer is a RoundedResidualNormer and ResidualSumNormer whose rounded
+// KeptMaskNormer is a RoundedResidualNormer and ResidualRecomputer whose rounded
 // forward can also store the keep bits of the residual dropout's mask, for the Sum
 // backward to read instead of drawing the mask again from its seed: the same mask, so
 // the same bits as the calls without them.
@@ -87,4 +87,9 @@ type KeptMaskNormer interface {
 	// outputs, bit for bit) with kept the keep bits that
 	// ResidualLayerNormDropoutRoundedKept stored for the same rows, dim, p and seed.
 	ResidualLayerNormBackwardSumKept(dz, dbranch, dgamma, dbeta, domega Buffer, dy ResidualSum, z, x, gamma, kept Buffer, alpha float32, rows, dim int, eps float32, p float64, seed uint64)
+
+	// ResidualLayerNormBackwardRecomputeKept is ResidualRecomputer's
+	// ResidualLayerNormBackwardRecompute (the same outputs, bit for bit) with kept as
+	// above: the forward (z nil where RecomputesResidual) stored them.
+	ResidualLayerNormBackwardRecomputeKept(dz, dbranch, dgamma, dbeta, domega Buffer, dy ResidualSum, x, branch, omega Buffer, alpha float32, gamma, kept Buffer, rows, dim int, eps float32, p float64, seed uint64)
 }

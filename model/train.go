@@ -904,7 +904,7 @@ func (n *TrainNet) sublayer(o *StepOptions, x, x16 kernels.Buffer, rows int, l *
 	km, keeps := be.(kernels.KeptMaskNormer)
 	var kept kernels.Buffer
 	keepWords := 0
-	if keeps && fuseDrop && y16 != nil && sums && !recompute && dr.p > 0 {
+	if keeps && fuseDrop && y16 != nil && sums && dr.p > 0 {
 		keepWords = km.KeptMaskWords(rows, d)
 	}
 	switch {
@@ -936,6 +936,8 @@ func (n *TrainNet) sublayer(o *StepOptions, x, x16 kernels.Buffer, rows int, l *
 			// backend multiplies 16-bit operands.
 			dbranch = n.out16(rows * d)
 			switch {
+			case recompute && kept != nil:
+				km.ResidualLayerNormBackwardRecomputeKept(dz, dbranch, ln.g.g, ln.b.g, domega, sum, x, out, omega, alpha, ln.g.w, kept, rows, d, lnEps, dr.p, dr.seed)
 			case recompute:
 				rc.ResidualLayerNormBackwardRecompute(dz, dbranch, ln.g.g, ln.b.g, domega, sum, x, out, omega, alpha, ln.g.w, rows, d, lnEps, dr.p, dr.seed)
 			case kept != nil:

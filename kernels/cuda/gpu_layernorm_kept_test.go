@@ -22,8 +22,10 @@ import (
 // and fp16, at the full-width dims (the step's specialized kernels), at dims the
 // float4 kernels take with guards (96, 516) and at one they do not (513: the methods
 // fall back, report no words, and still give the bits); p 0.1 and 0.3; one row and
-// rows that leave the pipelined forward's warps uneven. Where the words were stored,
-// each bit must be kernels.DropoutKeep of its element.
+// rows that leave the pipelined forward's warps uneven. The same for the recomputing
+// pair: the forward without z (the same y, y16 and words) and
+// ResidualLayerNormBackwardRecomputeKept against ResidualLayerNormBackwardRecompute.
+// Where the words were stored, each bit must be kernels.DropoutKeep of its element.
 func TestKeptMaskSameBits(t *testing.T) {
 	for _, prec := range []Precision{BF16, FP16} {
 		for _, tc := range []struct{ rows, dim int }{
@@ -74,11 +76,31 @@ func TestKeptMaskSameBits(t *testing.T) {
 					if took := g.lnFnsOutside().keptBwd > before; took != stored {
 						t.Errorf("the kept backward ran: %v, words stored: %v", took, stored)
 					}
-					checkExact(t, "dz", got.dz, ref.dz)
-					checkExact(t, "dbranch", got.dbranch, ref.dbranch)
-					checkExact(t, "dgamma", got.dgamma, ref.dgamma)
-					checkExact(t, "dbeta", got.dbeta, ref.dbeta)
-					checkExact(t, "domega", got.domega, ref.domega)
+					checkSumOutExact(t, "Sum", got, ref)
+
+					// The recomputing pair: the forward stores no z, the backward forms it
+					// from x and the branch with the stored words.
+					y2, h2 := g.Alloc(n), g.AllocHalf(n)
+					kept2 := g.Alloc(max(words, 1))
+					if g.ResidualLayerNormDropoutRoundedKept(nil, y2, h2, kept2, x, br, om, in.alpha, gm, bt, rows, dim, reslnEps, p, resdropSeed) != stored {
+						t.Fatal("without z the forward stored words differently")
+					}
+					checkExact(t, "y without z", down(g, y2), down(g, y0))
+					checkExact(t, "y16 without z", downHalf(t, g, h2), downHalf(t, g, h0))
+					if stored {
+						checkExact(t, "words without z", down(g, kept2), down(g, kept))
+					}
+					refRec := back(func(dz, dbr, dg, db, dom kernels.Buffer, s kernels.ResidualSum) {
+						g.ResidualLayerNormBackwardRecompute(dz, dbr, dg, db, dom, s, x, br, om, in.alpha, gm, rows, dim, reslnEps, p, resdropSeed)
+					})
+					before = g.lnFnsOutside().keptBwd
+					gotRec := back(func(dz, dbr, dg, db, dom kernels.Buffer, s kernels.ResidualSum) {
+						g.ResidualLayerNormBackwardRecomputeKept(dz, dbr, dg, db, dom, s, x, br, om, in.alpha, gm, kept2, rows, dim, reslnEps, p, resdropSeed)
+					})
+					if took := g.lnFnsOutside().keptBwd > before; took != stored {
+						t.Errorf("the kept recomputing backward ran: %v, words stored: %v", took, stored)
+					}
+					checkSumOutExact(t, "Recompute", gotRec, refRec)
 				})
 			}
 		}
@@ -98,6 +120,16 @@ func TestKeptMaskSameBits(t *testing.T) {
 			t.Errorf("KeptMaskWords in FP32: %d", w)
 		}
 	})
+}
+
+// checkSumOutExact compares every output of two backward calls bit for bit.
+func checkSumOutExact(t *testing.T, what string, got, want sumOut) {
+	t.Helper()
+	checkExact(t, what+" dz", got.dz, want.dz)
+	checkExact(t, what+" dbranch", got.dbranch, want.dbranch)
+	checkExact(t, what+" dgamma", got.dgamma, want.dgamma)
+	checkExact(t, what+" dbeta", got.dbeta, want.dbeta)
+	checkExact(t, what+" domega", got.domega, want.domega)
 }
 
 // checkKeepWords checks the stored words against the mask: bit 4c + k of row r's word
@@ -132,7 +164,8 @@ func checkKeepWords(t *testing.T, words []float32, rows, dim int, p float64) {
 }
 
 // TestKeptMaskTrainingSameBits trains the fixture model in bf16 and fp16 with the
-// dropout recipe, stepped, pipelined and packed, with and without the kept words:
+// dropout recipe, stepped, pipelined and packed, and with the recomputing backward
+// (XFORM_CUDA_LN_RECOMPUTE) stepped and packed, with and without the kept words:
 // every update's loss, nll and gradient norm and the final weights the same bits; the
 // run with them must have taken the kept backward.
 func TestKeptMaskTrainingSameBits(t *testing.T) {
@@ -149,13 +182,20 @@ func TestKeptMaskTrainingSameBits(t *testing.T) {
 	}
 	for _, prec := range []Precision{BF16, FP16} {
 		for _, mode := range []struct {
-			name            string
-			pipelined, pack bool
-		}{{"step", false, false}, {"pipelined", true, false}, {"packed", true, true}} {
+			name                       string
+			pipelined, pack, recompute bool
+		}{
+			{"step", false, false, false}, {"pipelined", true, false, false}, {"packed", true, true, false},
+			{"step, recompute", false, false, true}, {"packed, recompute", true, true, true},
+		} {
 			rc := rc
 			rc.pipelined, rc.pack = mode.pipelined && prec == BF16, mode.pack
 			t.Run(fmt.Sprintf("%v/%s", prec, mode.name), func(t *testing.T) {
-				checkSwitchSameRun(t, m, batches, prec, rc, "the kept-mask LayerNorm backward",
+				var all func(*Backend)
+				if mode.recompute {
+					all = func(g *Backend) { g.lnRecomputeOn = true }
+				}
+				checkSwitchSameRunWith(t, m, batches, prec, rc, "the kept-mask LayerNorm backward", all,
 					func(g *Backend) { g.lnKeepOff = true },
 					func(g *Backend) bool { return g.lazy.lnFast != nil && g.lazy.lnFast.keptBwd > 0 })
 			})
@@ -165,7 +205,8 @@ func TestKeptMaskTrainingSameBits(t *testing.T) {
 
 // TestKeptMaskTiming logs the device µs per call of the rounded forward and the Sum
 // backward (with its finish) at the bench shape (8000 × 512, bf16, p 0.1), with and
-// without the kept words. Checks nothing; -short skips it.
+// without the kept words, and of the forward without z and the recomputing backward
+// likewise. Checks nothing; -short skips it.
 func TestKeptMaskTiming(t *testing.T) {
 	if testing.Short() {
 		t.Skip("timing only")
@@ -201,4 +242,23 @@ func TestKeptMaskTiming(t *testing.T) {
 		g.ResidualLayerNormBackwardSumKept(dz, dbr, dg, db, dom, s, z, x, gm, kept, in.alpha, rows, dim, reslnEps, p, resdropSeed)
 	})
 	t.Logf("forward %.1f µs, with the words stored %.1f µs; Sum backward + finish %.1f µs, reading the words %.1f µs", fwd, fwdKept, bwd, bwdKept)
+	fwdNoZ := us(func() {
+		g.ResidualLayerNormDropoutRounded(nil, y, h, x, br, om, in.alpha, gm, bt, rows, dim, reslnEps, p, resdropSeed)
+	})
+	fwdNoZKept := us(func() {
+		g.ResidualLayerNormDropoutRoundedKept(nil, y, h, kept, x, br, om, in.alpha, gm, bt, rows, dim, reslnEps, p, resdropSeed)
+	})
+	rec := us(func() {
+		g.BeginScope()
+		defer g.EndScope()
+		g.ResidualLayerNormBackwardRecompute(dz, dbr, dg, db, dom, s, x, br, om, in.alpha, gm, rows, dim, reslnEps, p, resdropSeed)
+	})
+	recKept := us(func() {
+		g.BeginScope()
+		defer g.EndScope()
+		g.ResidualLayerNormBackwardRecomputeKept(dz, dbr, dg, db, dom, s, x, br, om, in.alpha, gm, kept, rows, dim, reslnEps, p, resdropSeed)
+	})
+	t.Logf("without z: forward %.1f µs, with the words %.1f µs; recomputing backward + finish %.1f µs, reading the words %.1f µs", fwdNoZ, fwdNoZKept, rec, recKept)
+	t.Logf("per sub-layer, forward + backward: %.1f µs (z stored, mask hashed twice), %.1f (z, words), %.1f (no z, hashed), %.1f (no z, words)",
+		fwd+bwd, fwdKept+bwdKept, fwdNoZ+rec, fwdNoZKept+recKept)
 }

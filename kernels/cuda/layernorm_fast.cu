@@ -640,7 +640,9 @@ __device__ __forceinline__ void lfv_bwd(float* part, float* dz, void* dbranch, i
                     if (RECOMP) {
                         float4 t = xv[c], u = v[c];
                         if (ex.omega) lfv_mul4(t, __ldg(w4 + q));
-                        if (W && threshold != 0ull) {
+                        if (KEPT) {
+                            // the word loaded with the row
+                        } else if (W && threshold != 0ull) {
                             kept &= ~((15u & ~lfw_keep4(seed, o4 + q, wt)) << (4 * c));
                         } else if (threshold != 0ull) {
                             const unsigned long long i = 4ull * (unsigned long long)(o4 + q);
@@ -824,9 +826,10 @@ __device__ __forceinline__ void lfv_bwd(float* part, float* dz, void* dbranch, i
                                                 lfv_extra{dz2, omega2, alpha2, nullptr, 1.f}))                   \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_vr##NV(LFV_RECOMP_PARAMS) {     \
-        LFV_BY_DIM(NV, lfv_bwd<NV, true, true, true>(part, dz, dbranch, fmt, dy, branch, x, gamma, rows,         \
-                                                     lfv_dim, eps, seed, threshold, keep,                        \
-                                                     lfv_extra{dz2, omega2, alpha2, omega, alpha}))              \
+        LFV_STEP(NV, part && dz && dbranch && dz2 && omega2 && x && omega && threshold != 0ull,                  \
+                 lfv_bwd<NV, true, true, true>(part, dz, dbranch, lfv_fmt, dy, branch, x, gamma, rows, lfv_dim,  \
+                                               eps, seed, threshold, keep,                                       \
+                                               lfv_extra{dz2, omega2, alpha2, omega, alpha}))                    \
     }
 
 LFV_INSTANCE(1)
@@ -1033,7 +1036,9 @@ LFP_INSTANCE(8, 2)
 // layernorm_fast_fwd_pk* is layernorm_fast_fwd_p* that also stores each row's keep
 // word, 32 words a row (kept, 4-byte aligned); layernorm_fast_bwd_vpk* is
 // layernorm_fast_bwd_vp* that reads them for dbranch's mask instead of hashing 4·NV
-// elements a lane (~2.5 µs of the backward at 8000 × 512, the ablation's stage 4). The
+// elements a lane (~2.5 µs of the backward at 8000 × 512, the ablation's stage 4), and
+// layernorm_fast_bwd_vrk* the recomputing _vr* that reads them for z's mask too (the
+// forward then stores the words instead of z: 1 MB instead of 16 at 8000 × 512). The
 // words are the mask the forward applied, lfw_mask4 multiplies as lfv_drop4 does: the
 // same bits. The Go side launches them only with the dropout on.
 #define LFK_INSTANCE(NV, MINB)                                                                                 \
@@ -1048,6 +1053,14 @@ LFP_INSTANCE(8, 2)
                  lfv_bwd<NV, true, true, false, false, true>(                                                  \
                      part, dz, dbranch, lfv_fmt, dy, z, x, gamma, rows, lfv_dim, eps, seed, threshold, keep,   \
                      lfv_extra{dz2, omega2, alpha2, nullptr, 1.f},                                             \
+                     lfv_fin{nullptr, nullptr, nullptr, nullptr, 1.f}, kept))                                  \
+    }                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS)                                                  \
+        layernorm_fast_bwd_vrk##NV(LFV_RECOMP_PARAMS, const unsigned* kept) {                                  \
+        LFV_STEP(NV, part && dz && dbranch && dz2 && omega2 && x && omega && threshold != 0ull,                \
+                 lfv_bwd<NV, true, true, true, false, true>(                                                   \
+                     part, dz, dbranch, lfv_fmt, dy, branch, x, gamma, rows, lfv_dim, eps, seed, threshold,    \
+                     keep, lfv_extra{dz2, omega2, alpha2, omega, alpha},                                       \
                      lfv_fin{nullptr, nullptr, nullptr, nullptr, 1.f}, kept))                                  \
     }
 

@@ -84,12 +84,13 @@ type lnFastFns struct {
 	// the hardware conversion, _pl with vfwd's 64-bit hash and software rounding.
 	// vfwd's bits.
 	pfwd, pfwdPlain [len(lfvNVs)]lfvKernel
-	// pfwdKept and vbwdSumKept are pfwd and vbwdSum that store and read the residual
-	// dropout's keep bits (layernorm_fast_fwd_pk*, _bwd_vpk*; kernels.KeptMaskNormer);
+	// pfwdKept, vbwdSumKept and vbwdRecKept are pfwd, vbwdSum and vbwdRecomp that store
+	// and read the residual dropout's keep bits (layernorm_fast_fwd_pk*, _bwd_vpk*,
+	// _bwd_vrk*; kernels.KeptMaskNormer);
 	// keptFwd and keptBwd count their launches (tests: the path was taken).
-	pfwdKept         [len(lfvNVs)]lfvKernel
-	vbwdSumKept      [len(lfvNVs)]uintptr
-	keptFwd, keptBwd int
+	pfwdKept                 [len(lfvNVs)]lfvKernel
+	vbwdSumKept, vbwdRecKept [len(lfvNVs)]uintptr
+	keptFwd, keptBwd         int
 	// pipe: the forward launches pfwd (Backend.lnPOn, default on, XFORM_CUDA_LNP=0 off; tests flip it),
 	// or pfwdPlain with pipePlain (tests: to time the schedule apart from the
 	// instructions). pipeRows: rows per warp (0: lfpGrid's choice; tests sweep it).
@@ -135,6 +136,7 @@ func (be *Backend) lnFns() *lnFastFns {
 		f.pfwdPlain[i] = lfvKernel{fn: be.kernel(fmt.Sprintf("layernorm_fast_fwd_pl%d", nv)), warps: lfvMaxWarps}
 		f.pfwdKept[i] = lfvKernel{fn: be.kernel(fmt.Sprintf("layernorm_fast_fwd_pk%d", nv)), warps: lfvMaxWarps}
 		f.vbwdSumKept[i] = be.kernel(fmt.Sprintf("layernorm_fast_bwd_vpk%d", nv))
+		f.vbwdRecKept[i] = be.kernel(fmt.Sprintf("layernorm_fast_bwd_vrk%d", nv))
 	}
 	// The _w backwards add lfw_finish's 4 static bytes to the column sums' 48 KiB of
 	// dynamic shared memory at dim 128·NV: past the 48 KiB a launch gets without
@@ -163,6 +165,7 @@ func (be *Backend) lnFns() *lnFastFns {
 	}
 	f.legacy = !be.lnWOn
 	f.pipe = be.lnPOn
+	f.recompute = be.lnRecomputeOn
 	be.lazy.lnFast = f
 	return f
 }
@@ -401,10 +404,10 @@ func (be *Backend) lfvBackward(mode lfvMode, dz, dbranch, dgamma, dbeta, domega 
 	return be.lfvBackwardKept(mode, dz, dbranch, dgamma, dbeta, domega, dy, zb, x, omega, gamma, nil, alpha, rows, dim, eps, dr)
 }
 
-// lfvBackwardKept is lfvBackward that, in lfvSum mode with kept (nil: none; the keep
-// bits residualLayerNormFastKept stored for the same rows and dropout) and a dbranch
-// with the dropout on, launches layernorm_fast_bwd_vpk*, which reads them instead of
-// drawing the mask (the same outputs).
+// lfvBackwardKept is lfvBackward that, in lfvSum or lfvRecomp mode with kept (nil: none;
+// the keep bits residualLayerNormFastKept stored for the same rows and dropout) and a
+// dbranch with the dropout on, launches layernorm_fast_bwd_vpk* or _vrk*, which read
+// them instead of drawing the mask (the same outputs).
 func (be *Backend) lfvBackwardKept(mode lfvMode, dz, dbranch, dgamma, dbeta, domega kernels.Buffer, dy kernels.ResidualSum, zb, x, omega, gamma, kept kernels.Buffer, alpha float32, rows, dim int, eps float32, dr *resDrop) bool {
 	defer be.enter()()
 	f := be.lnFns()
@@ -460,6 +463,11 @@ func (be *Backend) lfvBackwardKept(mode lfvMode, dz, dbranch, dgamma, dbeta, dom
 		be.prm.ptr(addr(dy.DZ)).ptr(addr(dy.Omega)).f32(dy.Alpha).ptr(addr(zb)).ptr(xp)
 	case lfvRecomp:
 		fn = f.vbwdRecomp[idx]
+		keeps = kept != nil && kept.Len() >= 32*rows && dbranch != nil && dr.threshold != 0 && f.legacy
+		if keeps {
+			fn = f.vbwdRecKept[idx]
+			f.keptBwd++
+		}
 		if !f.legacy {
 			fn = f.wbwdRecomp[idx]
 		}

@@ -59,3 +59,14 @@ func (be *Backend) ResidualLayerNormBackwardSumKept(dz, dbranch, dgamma, dbeta, 
 	}
 	be.ResidualLayerNormBackwardSum(dz, dbranch, dgamma, dbeta, domega, dy, z, x, gamma, alpha, rows, dim, eps, p, seed)
 }
+
+// ResidualLayerNormBackwardRecomputeKept implements kernels.KeptMaskNormer: the kept form
+// of the float4 recomputing backward where ResidualLayerNormBackwardRecompute would
+// run the float4 one, else that method.
+func (be *Backend) ResidualLayerNormBackwardRecomputeKept(dz, dbranch, dgamma, dbeta, domega kernels.Buffer, dy kernels.ResidualSum, x, branch, omega kernels.Buffer, alpha float32, gamma, kept kernels.Buffer, rows, dim int, eps float32, p float64, seed uint64) {
+	if rows > 0 && dim > 0 && dbranch != nil && p > 0 && be.sumVec(dim) &&
+		be.lfvBackwardKept(lfvRecomp, dz, dbranch, dgamma, dbeta, domega, dy, branch, x, omega, gamma, kept, alpha, rows, dim, eps, newResDrop(p, seed)) {
+		return
+	}
+	be.ResidualLayerNormBackwardRecompute(dz, dbranch, dgamma, dbeta, domega, dy, x, branch, omega, alpha, gamma, rows, dim, eps, p, seed)
+}
