@@ -265,7 +265,8 @@ func hooks(be kernels.Backend) bench.Hooks {
 			return bench.HostUse{GEMMPlans: st.LtPlans, GEMMRefused: st.LtRefused, GEMMPlanMs: st.LtPlanTime.Seconds() * 1e3,
 				GEMMQueries: st.LtQueries, GEMMReused: st.LtReused, GEMMSkipped: st.LtSkipped,
 				GEMMTuned: st.LtTuned, GEMMTuneMs: st.LtTuneTime.Seconds() * 1e3,
-				DeviceAllocs: st.Allocs, DeviceAllocGiB: float64(st.AllocBytes) / (1 << 30), DeviceWaitMs: st.DeviceWait.Seconds() * 1e3}
+				DeviceAllocs: st.Allocs, DeviceAllocGiB: float64(st.AllocBytes) / (1 << 30), DeviceWaitMs: st.DeviceWait.Seconds() * 1e3,
+				LNBackward: st.LNBackward, LNBackwardStep: st.LNBackwardStep}
 		},
 	}
 }

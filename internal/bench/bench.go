@@ -68,6 +68,11 @@ type HostUse struct {
 	// reads of results). Wall time minus it is the host's own work: where that is
 	// close to the update's wall time, the host, not the GPU, sets the pace.
 	DeviceWaitMs float64 `json:"device_wait_ms"`
+	// LNBackward counts the CUDA backend's float4 LayerNorm backward launches,
+	// LNBackwardStep those that ran the body compiled for the training step's calls
+	// (a diagnostic: in a bf16/fp16 step with dropout at d 128·k nearly all should).
+	LNBackward     int `json:"ln_backward_calls,omitempty"`
+	LNBackwardStep int `json:"ln_backward_step_form,omitempty"`
 }
 
 // sub is h − o, counter by counter.
@@ -77,7 +82,8 @@ func (h HostUse) sub(o HostUse) HostUse {
 		GEMMReused: h.GEMMReused - o.GEMMReused, GEMMSkipped: h.GEMMSkipped - o.GEMMSkipped,
 		GEMMTuned: h.GEMMTuned - o.GEMMTuned, GEMMTuneMs: h.GEMMTuneMs - o.GEMMTuneMs,
 		DeviceAllocs: h.DeviceAllocs - o.DeviceAllocs, DeviceAllocGiB: h.DeviceAllocGiB - o.DeviceAllocGiB,
-		DeviceWaitMs: h.DeviceWaitMs - o.DeviceWaitMs}
+		DeviceWaitMs: h.DeviceWaitMs - o.DeviceWaitMs,
+		LNBackward:   h.LNBackward - o.LNBackward, LNBackwardStep: h.LNBackwardStep - o.LNBackwardStep}
 }
 
 // ModelInfo identifies the benchmarked model.

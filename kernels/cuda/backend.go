@@ -585,6 +585,10 @@ type HostStats struct {
 	// DeviceWait is the host time spent blocked on the device: synchronisations,
 	// event waits and device-to-host copies (which wait for the queued work).
 	DeviceWait time.Duration
+	// LNBackward counts the float4 LayerNorm backward launches, LNBackwardStep those
+	// whose arguments take the kernels' body compiled for the training step's calls
+	// (lfvStepForm).
+	LNBackward, LNBackwardStep int
 }
 
 // HostStats returns the counters.
@@ -598,6 +602,9 @@ func (be *Backend) HostStats() HostStats {
 	st.LtQueries, st.LtReused, st.LtCheckRefused, st.LtSkipped = s.queries, s.reused, s.checkRefused, s.skipped
 	st.LtTuned, st.LtTuneChanged, st.LtTuneMemo, st.LtTuneFailed = s.tune.timed, s.tune.changed, s.tune.memo, s.tune.failed
 	st.LtTuneTime = s.tune.time
+	if f := be.lazy.lnFast; f != nil {
+		st.LNBackward, st.LNBackwardStep = f.bwdCalls, f.bwdStep
+	}
 	return st
 }
 

@@ -77,6 +77,9 @@ type lnFastFns struct {
 	// wfinished counts the _w backward launches that finished the column sums
 	// themselves (tests: the path was taken).
 	wfinished int
+	// bwdCalls counts the float4 backward launches, bwdStep those whose arguments take
+	// their kernel's LFV_STEP body (lfvStepForm; HostStats, xform bench's JSON).
+	bwdCalls, bwdStep int
 
 	// pfwd and pfwdPlain are the pipelined forwards (layernorm_fast_fwd_p*, _pl*): each
 	// warp loops over rows and requests the next row's x and branch before it reduces
@@ -386,6 +389,25 @@ func (be *Backend) residualLayerNormBackwardVec(dz, dbranch, dgamma, dbeta, dome
 	return be.lfvBackward(lfvPlain, dz, dbranch, dgamma, dbeta, domega, kernels.ResidualSum{D: dy}, z, x, nil, gamma, alpha, rows, dim, eps, dr)
 }
 
+// lfvStepForm says whether a float4 backward launch takes its kernel's LFV_STEP body
+// (layernorm_fast.cu: the _vs and _vp kernels of the legacy family): the row fills the
+// lanes (dim = 128·nv), dz, dbranch and x are set (x: the address passed, 0 without
+// dω), dbranch is 16-bit, the dropout is on, and for _vp the sum's second part and its
+// ω are set. It mirrors the kernels' conditions, so that xform bench can say whether
+// the training step runs the specialized bodies.
+func lfvStepForm(mode lfvMode, legacy bool, dim, nv int, dz, dbranch, x, dz2, omega2 uint64, half bool, threshold uint64) bool {
+	if !legacy || dim != 128*nv || dz == 0 || dbranch == 0 || x == 0 || !half || threshold == 0 {
+		return false
+	}
+	switch mode {
+	case lfvPlain:
+		return true
+	case lfvSum:
+		return dz2 != 0 && omega2 != 0
+	}
+	return false // the recomputing _vr kernels have no step body
+}
+
 // lfvMode picks the float4 backward: the plain one (dy alone), the one that forms a
 // kernels.ResidualSum as it loads it, or that one recomputing z from x and the branch.
 type lfvMode int
@@ -445,6 +467,10 @@ func (be *Backend) lfvBackwardKept(mode lfvMode, dz, dbranch, dgamma, dbeta, dom
 	}
 	if dr == nil {
 		dr = &resDrop{keep: 1}
+	}
+	f.bwdCalls++
+	if lfvStepForm(mode, f.legacy, dim, lfvNVs[idx], addr(dz), dbp, xp, addr(dy.DZ), addr(dy.Omega), format != xfOutF32, dr.threshold) {
+		f.bwdStep++
 	}
 	fn := k.fn
 	be.prm.reset().ptr(part.dptr()).ptr(addr(dz)).ptr(dbp).i32(format).ptr(addr(dy.D))
