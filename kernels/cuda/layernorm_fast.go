@@ -390,12 +390,12 @@ func (be *Backend) residualLayerNormBackwardVec(dz, dbranch, dgamma, dbeta, dome
 }
 
 // lfvStepForm says whether a float4 backward launch takes its kernel's LFV_STEP body
-// (layernorm_fast.cu: the _vs and _vp kernels of the legacy family): the row fills the
-// lanes (dim = 128·nv), dz, dbranch and x are set (x: the address passed, 0 without
-// dω), dbranch is 16-bit, the dropout is on, and for _vp the sum's second part and its
-// ω are set. It mirrors the kernels' conditions, so that xform bench can say whether
+// (layernorm_fast.cu: the _vs, _vp and _vr kernels of the legacy family and their
+// kept forms): the row fills the lanes (dim = 128·nv), dz, dbranch and x are set (x:
+// the address passed, 0 without dω), dbranch is 16-bit, the dropout is on, for _vp
+// and _vr the sum's second part and its ω are set, and for _vr the sub-layer's ω. It mirrors the kernels' conditions, so that xform bench can say whether
 // the training step runs the specialized bodies.
-func lfvStepForm(mode lfvMode, legacy bool, dim, nv int, dz, dbranch, x, dz2, omega2 uint64, half bool, threshold uint64) bool {
+func lfvStepForm(mode lfvMode, legacy bool, dim, nv int, dz, dbranch, x, dz2, omega2, omega uint64, half bool, threshold uint64) bool {
 	if !legacy || dim != 128*nv || dz == 0 || dbranch == 0 || x == 0 || !half || threshold == 0 {
 		return false
 	}
@@ -405,7 +405,7 @@ func lfvStepForm(mode lfvMode, legacy bool, dim, nv int, dz, dbranch, x, dz2, om
 	case lfvSum:
 		return dz2 != 0 && omega2 != 0
 	}
-	return false // the recomputing _vr kernels have no step body
+	return dz2 != 0 && omega2 != 0 && omega != 0 // the recomputing _vr and _vrk kernels
 }
 
 // lfvMode picks the float4 backward: the plain one (dy alone), the one that forms a
@@ -469,7 +469,7 @@ func (be *Backend) lfvBackwardKept(mode lfvMode, dz, dbranch, dgamma, dbeta, dom
 		dr = &resDrop{keep: 1}
 	}
 	f.bwdCalls++
-	if lfvStepForm(mode, f.legacy, dim, lfvNVs[idx], addr(dz), dbp, xp, addr(dy.DZ), addr(dy.Omega), format != xfOutF32, dr.threshold) {
+	if lfvStepForm(mode, f.legacy, dim, lfvNVs[idx], addr(dz), dbp, xp, addr(dy.DZ), addr(dy.Omega), addr(omega), format != xfOutF32, dr.threshold) {
 		f.bwdStep++
 	}
 	fn := k.fn
