@@ -1,10 +1,6 @@
 package cuda
 
-import (
-	"fmt"
-
-	"github.com/xform-dev/xform/kernels"
-)
+import "github.com/xform-dev/xform/kernels"
 
 // The residual dropout's keep bits, stored by the LayerNorm forward and read by its
 // backward (kernels.KeptMaskNormer): the Sum backward otherwise draws the mask again
@@ -31,13 +27,7 @@ func (be *Backend) KeptMaskWords(rows, dim int) int {
 // ResidualLayerNormDropoutRoundedKept implements kernels.KeptMaskNormer.
 func (be *Backend) ResidualLayerNormDropoutRoundedKept(z, y, y16, kept, x, branch, omega kernels.Buffer, alpha float32, gamma, beta kernels.Buffer, rows, dim int, eps float32, p float64, seed uint64) bool {
 	n := rows * dim
-	if h := halfOf(y16); h == nil || h.n != n {
-		got := 0
-		if y16 != nil {
-			got = y16.Len()
-		}
-		panic(fmt.Sprintf("cuda backend: ResidualLayerNormDropoutRoundedKept: y16 is %T of %d elements, want a 16-bit buffer of %d", y16, got, n))
-	}
+	mustHalfOf("ResidualLayerNormDropoutRoundedKept", y16, n)
 	if p <= 0 || n == 0 || be.KeptMaskWords(rows, dim) == 0 || !lnFastDim(dim) {
 		be.ResidualLayerNormDropoutRounded(z, y, y16, x, branch, omega, alpha, gamma, beta, rows, dim, eps, p, seed)
 		return false
