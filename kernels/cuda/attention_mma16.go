@@ -161,8 +161,16 @@ func (be *Backend) mma3ForwardH(out, q, k, v kernels.View, a kernels.AttentionAr
 		i := f.in16.bitsIndex(a, t.sw.wide)
 		fn, opt = f.in16.fwd3B[i], &f.in16.fwd3BOpt[i]
 	}
+	be.launchMMA3ForwardH(fn, opt, p, out, q, k, v, a, padp, probs, drop, nil)
+	return true
+}
+
+// launchMMA3ForwardH launches a 16-bit-input third forward (attention_mma3_fwd_h, _hb*,
+// or with spans the packed _hr*, whose parameter lists end with the two span arrays).
+// The caller holds the Backend.
+func (be *Backend) launchMMA3ForwardH(fn uintptr, opt *bool, p am3Plan, out, q, k, v kernels.View, a kernels.AttentionArgs, padp uint64, probs kernels.Buffer, drop amDropout, spans *[2]uint64) {
 	be.optIn(fn, p.shared, opt)
-	f.in16.calls++
+	be.lazy.mma.in16.calls++
 	be.prm.reset().views16(out, q, k, v).
 		i32(a.Heads).i32(a.TQ).i32(a.TK).f32(a.Scale).
 		ptr(padp).i64(a.KeyPadStride).
@@ -170,8 +178,10 @@ func (be *Backend) mma3ForwardH(out, q, k, v kernels.View, a kernels.AttentionAr
 		ptr(addr(probs)).i32(be.halfArg()).
 		i32(be.viewsFormat(out)).seededArgs(drop).
 		i32(p.tiles).i32(p.items)
+	if spans != nil {
+		be.prm.ptr(spans[0]).ptr(spans[1])
+	}
 	be.run(fn, [3]uint32{uint32(p.grid), 1, 1}, uint32(32*p.warps), uint32(p.shared))
-	return true
 }
 
 // mma3BackwardH runs a call whose dout, q, k and v are all 16-bit on
@@ -192,15 +202,24 @@ func (be *Backend) mma3BackwardH(dq, dk, dv, dout, q, k, v kernels.View, a kerne
 		i := f.in16.bitsIndex(a, t.sw.wide)
 		fn, opt = f.in16.bwd3B[i], &f.in16.bwd3BOpt[i]
 	}
+	be.launchMMA3BackwardH(fn, opt, p, dq, dk, dv, dout, q, k, v, a, probs, drop, nil)
+	return true
+}
+
+// launchMMA3BackwardH is launchMMA3ForwardH's backward (attention_mma3_bwd_h, _hb*, or
+// with spans _hr*).
+func (be *Backend) launchMMA3BackwardH(fn uintptr, opt *bool, p am3Plan, dq, dk, dv, dout, q, k, v kernels.View, a kernels.AttentionArgs, probs kernels.Buffer, drop amDropout, spans *[2]uint64) {
 	be.optIn(fn, p.shared, opt)
-	f.in16.calls++
+	be.lazy.mma.in16.calls++
 	be.prm.reset().
 		views16(dq, dk, dv).views16(dout, q, k, v).
 		ptr(addr(probs)).
 		i32(a.Heads).i32(a.TQ).i32(a.TK).f32(a.Scale).i32(be.halfArg()).i32(be.viewsFormat(dq, dk, dv)).
 		seededArgs(drop).i32(p.items)
+	if spans != nil {
+		be.prm.ptr(spans[0]).ptr(spans[1])
+	}
 	be.run(fn, [3]uint32{uint32(p.grid), 1, 1}, uint32(32*p.warps), uint32(p.shared))
-	return true
 }
 
 // bitsIndex is the index into fwd3B/bwd3B for a's keys: the kernels sized for 2, 3 or 4

@@ -111,18 +111,8 @@ func (be *Backend) AttentionForwardPacked(out, q, k, v kernels.View, a kernels.A
 	padp := be.stagePadding(a)
 	p := planMMA3ForwardH(a, be.info.SMs, t.sharedPerSM, t.sw.maxGrid, true)
 	i := f.in16.bitsIndex(a, t.sw.wide)
-	fn, opt := f.in16.fwd3R[i], &f.in16.fwd3ROpt[i]
-	be.optIn(fn, p.shared, opt)
-	f.in16.calls++
 	f.in16.packed++
-	be.prm.reset().views16(out, q, k, v).
-		i32(a.Heads).i32(a.TQ).i32(a.TK).f32(a.Scale).
-		ptr(padp).i64(a.KeyPadStride).
-		i32(boolInt(a.Causal)).i32(a.QueryOffset).
-		ptr(addr(probs)).i32(be.halfArg()).
-		i32(be.viewsFormat(out)).seededArgs(drop).
-		i32(p.tiles).i32(p.items).ptr(qsp.ptr).ptr(ksp.ptr)
-	be.run(fn, [3]uint32{uint32(p.grid), 1, 1}, uint32(32*p.warps), uint32(p.shared))
+	be.launchMMA3ForwardH(f.in16.fwd3R[i], &f.in16.fwd3ROpt[i], p, out, q, k, v, a, padp, probs, drop, &[2]uint64{qsp.ptr, ksp.ptr})
 	return true
 }
 
@@ -140,15 +130,7 @@ func (be *Backend) AttentionBackwardPacked(dq, dk, dv, dout, q, k, v kernels.Vie
 	t := &f.third
 	p := planMMA3BackwardH(a, be.info.SMs, t.sharedPerSM, t.sw.maxGrid, true)
 	i := f.in16.bitsIndex(a, t.sw.wide)
-	fn, opt := f.in16.bwd3R[i], &f.in16.bwd3ROpt[i]
-	be.optIn(fn, p.shared, opt)
-	f.in16.calls++
 	f.in16.packed++
-	be.prm.reset().
-		views16(dq, dk, dv).views16(dout, q, k, v).
-		ptr(addr(probs)).
-		i32(a.Heads).i32(a.TQ).i32(a.TK).f32(a.Scale).i32(be.halfArg()).i32(be.viewsFormat(dq, dk, dv)).
-		seededArgs(drop).i32(p.items).ptr(qsp.ptr).ptr(ksp.ptr)
-	be.run(fn, [3]uint32{uint32(p.grid), 1, 1}, uint32(32*p.warps), uint32(p.shared))
+	be.launchMMA3BackwardH(f.in16.bwd3R[i], &f.in16.bwd3ROpt[i], p, dq, dk, dv, dout, q, k, v, a, probs, drop, &[2]uint64{qsp.ptr, ksp.ptr})
 	return true
 }
