@@ -192,8 +192,8 @@ func TestKeptMaskTrainingSameBits(t *testing.T) {
 			rc.pipelined, rc.pack = mode.pipelined && prec == BF16, mode.pack
 			t.Run(fmt.Sprintf("%v/%s", prec, mode.name), func(t *testing.T) {
 				var all func(*Backend)
-				if mode.recompute {
-					all = func(g *Backend) { g.lnRecomputeOn = true }
+				if !mode.recompute {
+					all = func(g *Backend) { g.lnRecomputeOff = true }
 				}
 				checkSwitchSameRunWith(t, m, batches, prec, rc, "the kept-mask LayerNorm backward", all,
 					func(g *Backend) { g.lnKeepOff = true },

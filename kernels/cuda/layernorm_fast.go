@@ -48,10 +48,11 @@ type lnFastFns struct {
 	// methods form the sum with ResidualBackward first, RecomputesResidual is false,
 	// and ResidualBackward runs the scalar residual_bwd (timings and bit comparisons).
 	sumOff bool
-	// recompute turns RecomputesResidual on (off by default: measured on the H200 at
-	// 8000×512 bf16, the backward recomputing z took 41.5 µs against 37.7 reading it,
-	// more than the 2.8 µs the forward saves by not writing it; it stays for memory,
-	// 4 bytes per activation element per sub-layer, and is tested).
+	// recompute turns RecomputesResidual on (on by default since the fifteenth
+	// session: with the step's kernels (LFV_STEP) and the kept mask words, a sub-layer's
+	// forward + backward at 8000×512 bf16 took 49.5 µs on the H200 without z against
+	// 51.8 with it, and the 18L-18L bench gained 1.4 %; z's 4 bytes per activation
+	// element per sub-layer are not stored. XFORM_CUDA_LN_RECOMPUTE=0 turns it off).
 	recompute bool
 
 	// scalar is a test switch: the scalar kernels for every shape, with the dropout of
@@ -168,7 +169,7 @@ func (be *Backend) lnFns() *lnFastFns {
 	}
 	f.legacy = !be.lnWOn
 	f.pipe = be.lnPOn
-	f.recompute = be.lnRecomputeOn
+	f.recompute = !be.lnRecomputeOff
 	be.lazy.lnFast = f
 	return f
 }
