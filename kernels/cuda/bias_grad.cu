@@ -12,13 +12,7 @@
 
 // Grid: x = column pairs / blockDim.x, y = row chunks, z = members. Each thread owns two
 // adjacent columns (one 32-bit load per row) of one member over one chunk of per rows.
-//
-// kDepth rows are loaded before any is added (kDepth 0: the plain loop, unrolled by 8):
-// the additions stay in row order, so every depth gives the same bits, but with 16 loads
-// in flight per thread instead of the ~8 of the plain loop the partial pass went from
-// ~1.5 TB/s to BG_DEPTH's figure in TestBiasGradPartialTiming (the pass is ~400 blocks of
-// one chunk each, too few threads to hide the latency with shallow loops).
-template <bool kHalf, int kDepth>
+template <bool kHalf>
 __device__ __forceinline__ void bg_partial(float* part, const unsigned long long* dys, int rows, int cols, int per) {
     const int i = blockIdx.z, ch = blockIdx.y, chunks = gridDim.y;
     const int c = 2 * (blockIdx.x * blockDim.x + threadIdx.x);
@@ -28,22 +22,8 @@ __device__ __forceinline__ void bg_partial(float* part, const unsigned long long
     const int r0 = ch * per, r1 = min(rows, r0 + per);
     float s0 = 0.f, s1 = 0.f;
     const unsigned* p = dy + (long long)r0 * half + (c >> 1);
-    int r = r0;
-    if constexpr (kDepth > 0) {
-        for (; r + kDepth <= r1; r += kDepth, p += (long long)kDepth * half) {
-            unsigned w[kDepth];
-#pragma unroll
-            for (int k = 0; k < kDepth; ++k) w[k] = __ldg(p + (long long)k * half);
-#pragma unroll
-            for (int k = 0; k < kDepth; ++k) {
-                const float2 v = xf_widen2<kHalf>(w[k]);
-                s0 += v.x;
-                s1 += v.y;
-            }
-        }
-    }
 #pragma unroll 8
-    for (; r < r1; ++r, p += half) {
+    for (int r = r0; r < r1; ++r, p += half) {
         const float2 v = xf_widen2<kHalf>(__ldg(p));
         s0 += v.x;
         s1 += v.y;
@@ -53,15 +33,12 @@ __device__ __forceinline__ void bg_partial(float* part, const unsigned long long
     o[1] = s1;
 }
 
-// BG_DEPTH: the production kernel's kDepth.
-#define BG_DEPTH 16
-
 extern "C" __global__ void bias_grad16_partial(float* part, const unsigned long long* dys, int rows, int cols, int per,
                                                int fmt) {
     if (fmt == XF_OUT_F16)
-        bg_partial<true, BG_DEPTH>(part, dys, rows, cols, per);
+        bg_partial<true>(part, dys, rows, cols, per);
     else
-        bg_partial<false, BG_DEPTH>(part, dys, rows, cols, per);
+        bg_partial<false>(part, dys, rows, cols, per);
 }
 
 // One thread per (member, column): db_i[c] += the chunks' partials, summed in chunk order.

@@ -78,9 +78,9 @@ func uploadHalfBits(g *Backend, h []uint16) kernels.Buffer {
 
 // TestBiasGradBatchSameBits runs biasGradBatch (bias_grad16_partial + bias_grad_finish)
 // on batches of bf16 and fp16 dy against the host's float32 sums in the kernels'
-// documented order: the same bits, for chunks that end inside and outside the kernel's
-// deep loads (rows 1, 15, 16, 17, 255–257, a bench-sized 6,888 and 8,191) and for column
-// counts from 6 (one short warp) to 2,048.
+// documented order: the same bits, for chunks that end inside and outside the loop's
+// unrolled groups of 8 (rows 1, 15, 16, 17, 255–257, a bench-sized 6,888 and 8,191) and for
+// column counts from 6 (one short warp) to 2,048.
 func TestBiasGradBatchSameBits(t *testing.T) {
 	gpu(t)
 	for _, prec := range []Precision{BF16, FP16} {
@@ -123,59 +123,4 @@ func TestBiasGradBatchSameBits(t *testing.T) {
 			})
 		}
 	}
-}
-
-// bgVariantSource instantiates bias_grad.cu's partial pass at other load depths (0: the
-// plain loop the kernel had before BG_DEPTH) to time them against each other.
-const bgVariantSource = `#include "bias_grad.cu"
-#define BGV(D) extern "C" __global__ void bgv_##D(float* part, const unsigned long long* dys, int rows, int cols, \
-    int per) { bg_partial<false, D>(part, dys, rows, cols, per); }
-BGV(0)
-BGV(8)
-BGV(16)
-BGV(32)
-`
-
-var bgVariantKernels = &testKernelSet{file: "bg_variants.cu", src: bgVariantSource,
-	names: []string{"bgv_0", "bgv_8", "bgv_16", "bgv_32"}}
-
-// TestBiasGradPartialTiming logs the device µs per call and the read rate of the partial
-// pass at the 18L-18L step's shape (15 members of 6,888 × 512 bf16) for each load depth,
-// and of biasGradBatch (partial + finish) as the step calls it. Checks nothing; -short
-// skips it.
-func TestBiasGradPartialTiming(t *testing.T) {
-	if testing.Short() {
-		t.Skip("timing only")
-	}
-	g := withPrecision(t, BF16)
-	fns := bgVariantKernels.get(t, g)
-	const members, rows, cols = 15, 6888, 512
-	r := rand.New(rand.NewPCG(95, 1))
-	ins := newBiasGradIns(r, BF16, members, rows, cols)
-	jobs := make([]dwJob, members)
-	words := make([]float32, 0, members*2)
-	for i, in := range ins {
-		dy, db := uploadHalfBits(g, in.dy), g.Upload(in.db)
-		jobs[i] = dwJob{dy: addr(dy), db: addr(db), m: rows, n: cols}
-		words = append(words, math.Float32frombits(uint32(jobs[i].dy)), math.Float32frombits(uint32(jobs[i].dy>>32)))
-	}
-	dys := g.Upload(words)
-	chunks, per := biasGradChunks(rows)
-	part := g.Alloc(members * chunks * cols)
-	mb := float64(members*rows*cols*2) / 1e6
-	for _, name := range []string{"bgv_0", "bgv_8", "bgv_16", "bgv_32"} {
-		us := timeDevice(t, g, 30, func() {
-			defer g.enter()()
-			g.prm.reset().ptr(addr(part)).ptr(addr(dys)).i32(rows).i32(cols).i32(per)
-			g.runBlock(fns[name], [3]uint32{1, uint32(chunks), members}, [3]uint32{256, 1, 1}, 0)
-		}).Seconds() * 1e6
-		t.Logf("%-8s %6.1f µs  %4.0f MB  %5.2f TB/s", name, us, mb, mb/us)
-	}
-	us := timeDevice(t, g, 30, func() {
-		g.BeginScope()
-		defer g.EndScope()
-		defer g.enter()()
-		g.biasGradBatch(jobs, 0, 0)
-	}).Seconds() * 1e6
-	t.Logf("%-8s %6.1f µs  (production: partial at depth BG_DEPTH + finish)", "batch", us)
 }

@@ -89,7 +89,7 @@ func TestCompileTestSources(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, set := range []*testKernelSet{v0Kernels, lnAblationKernels, lnVariantKernels, bgVariantKernels} {
+	for _, set := range []*testKernelSet{v0Kernels, lnAblationKernels, lnVariantKernels} {
 		if _, err := n.compileCUBIN(set.file, set.src, headers, nvrtcOptions(arch)); err != nil {
 			t.Errorf("%s: %v", set.file, err)
 		}
