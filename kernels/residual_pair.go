@@ -66,3 +66,30 @@ type ResidualRecomputer interface {
 	// alias any of the inputs.
 	ResidualLayerNormBackwardRecompute(dz, dbranch, dgamma, dbeta, domega Buffer, dy ResidualSum, x, branch, omega Buffer, alpha float32, gamma Buffer, rows, dim int, eps float32, p float64, seed uint64)
 }
+
+// KeptMaskNormer is a RoundedResidualNormer and ResidualRecomputer whose rounded
+// forward can also store the keep bits of the residual dropout's mask, for the Sum
+// backward to read instead of drawing the mask again from its seed: the same mask, so
+// the same bits as the calls without them.
+type KeptMaskNormer interface {
+	// KeptMaskWords is the length of the buffer (from Alloc) that holds the keep bits
+	// of a rows × dim call with the dropout on; 0 where the backend does not keep them
+	// at that shape or in its configuration.
+	KeptMaskWords(rows, dim int) int
+
+	// ResidualLayerNormDropoutRoundedKept is ResidualLayerNormDropoutRounded (the same
+	// outputs, bit for bit) that may also fill kept (KeptMaskWords(rows, dim) long) with
+	// the mask's keep bits. It reports whether it did; only then may kept be given to
+	// ResidualLayerNormBackwardSumKept.
+	ResidualLayerNormDropoutRoundedKept(z, y, y16, kept, x, branch, omega Buffer, alpha float32, gamma, beta Buffer, rows, dim int, eps float32, p float64, seed uint64) bool
+
+	// ResidualLayerNormBackwardSumKept is ResidualLayerNormBackwardSum (the same
+	// outputs, bit for bit) with kept the keep bits that
+	// ResidualLayerNormDropoutRoundedKept stored for the same rows, dim, p and seed.
+	ResidualLayerNormBackwardSumKept(dz, dbranch, dgamma, dbeta, domega Buffer, dy ResidualSum, z, x, gamma, kept Buffer, alpha float32, rows, dim int, eps float32, p float64, seed uint64)
+
+	// ResidualLayerNormBackwardRecomputeKept is ResidualRecomputer's
+	// ResidualLayerNormBackwardRecompute (the same outputs, bit for bit) with kept as
+	// above: the forward (z nil where RecomputesResidual) stored them.
+	ResidualLayerNormBackwardRecomputeKept(dz, dbranch, dgamma, dbeta, domega Buffer, dy ResidualSum, x, branch, omega Buffer, alpha float32, gamma, kept Buffer, rows, dim int, eps float32, p float64, seed uint64)
+}

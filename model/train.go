@@ -899,7 +899,20 @@ func (n *TrainNet) sublayer(o *StepOptions, x, x16 kernels.Buffer, rows int, l *
 	// rs reads its dy as a kernels.ResidualSum, and this backward hands its input
 	// gradient on as one, unformed, where dω is already done (the fused paths).
 	rs, sums := be.(kernels.ResidualSumNormer)
+	// A kernels.KeptMaskNormer forward may store the dropout mask's keep bits, for the
+	// Sum backward to read instead of drawing the mask again (the same bits).
+	km, keeps := be.(kernels.KeptMaskNormer)
+	var kept kernels.Buffer
+	keepWords := 0
+	if keeps && fuseDrop && y16 != nil && sums && dr.p > 0 {
+		keepWords = km.KeptMaskWords(rows, d)
+	}
 	switch {
+	case keepWords > 0:
+		kb := n.out(keepWords)
+		if km.ResidualLayerNormDropoutRoundedKept(z, y, y16, kb, x, out, omega, alpha, ln.g.w, ln.b.w, rows, d, lnEps, dr.p, dr.seed) {
+			kept = kb
+		}
 	case fuseDrop && y16 != nil:
 		rr.ResidualLayerNormDropoutRounded(z, y, y16, x, out, omega, alpha, ln.g.w, ln.b.w, rows, d, lnEps, dr.p, dr.seed)
 	case fuseDrop:
@@ -923,8 +936,12 @@ func (n *TrainNet) sublayer(o *StepOptions, x, x16 kernels.Buffer, rows int, l *
 			// backend multiplies 16-bit operands.
 			dbranch = n.out16(rows * d)
 			switch {
+			case recompute && kept != nil:
+				km.ResidualLayerNormBackwardRecomputeKept(dz, dbranch, ln.g.g, ln.b.g, domega, sum, x, out, omega, alpha, ln.g.w, kept, rows, d, lnEps, dr.p, dr.seed)
 			case recompute:
 				rc.ResidualLayerNormBackwardRecompute(dz, dbranch, ln.g.g, ln.b.g, domega, sum, x, out, omega, alpha, ln.g.w, rows, d, lnEps, dr.p, dr.seed)
+			case kept != nil:
+				km.ResidualLayerNormBackwardSumKept(dz, dbranch, ln.g.g, ln.b.g, domega, sum, z, x, ln.g.w, kept, alpha, rows, d, lnEps, dr.p, dr.seed)
 			case sums:
 				rs.ResidualLayerNormBackwardSum(dz, dbranch, ln.g.g, ln.b.g, domega, sum, z, x, ln.g.w, alpha, rows, d, lnEps, dr.p, dr.seed)
 			default:

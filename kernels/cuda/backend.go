@@ -136,6 +136,13 @@ type Backend struct {
 	// bits, and on the H200 (ninth session) 24.8 against 25.9 µs at the step's 7,872 × 512
 	// (bench +0.9 %).
 	lnPOn bool
+	// lnKeepOff: XFORM_CUDA_LN_KEEP=0, no kernels.KeptMaskNormer (KeptMaskWords 0):
+	// the LayerNorm backward draws the residual dropout's mask again (tests: the
+	// same bits either way).
+	lnKeepOff bool
+	// lnRecomputeOff: XFORM_CUDA_LN_RECOMPUTE=0 turns lnFastFns.recompute off (the
+	// forward stores z and the LayerNorm backward reads it; the same bits either way).
+	lnRecomputeOff bool
 	// kvBatchOff: BatchCrossKV says no (XFORM_CUDA_KV_BATCH=0, tests), so nets made
 	// after it project each decoder layer's cross-attention keys and values on their own;
 	// kvBatchYes counts the times it said yes.
@@ -296,6 +303,8 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 	be.packedAttnOff = os.Getenv("XFORM_CUDA_PACKED_ATTN") == "0"
 	be.lnWOn = os.Getenv("XFORM_CUDA_LNW") == "1"
 	be.lnPOn = os.Getenv("XFORM_CUDA_LNP") != "0"
+	be.lnKeepOff = os.Getenv("XFORM_CUDA_LN_KEEP") == "0"
+	be.lnRecomputeOff = os.Getenv("XFORM_CUDA_LN_RECOMPUTE") == "0"
 	be.am3Wide = os.Getenv("XFORM_CUDA_AM3NT") == "0"
 	be.reluFoldOn = os.Getenv("XFORM_CUDA_RELU_FOLD") == "1"
 	be.reluBiasOff = os.Getenv("XFORM_CUDA_RELU_BIAS") == "0"

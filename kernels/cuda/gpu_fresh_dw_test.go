@@ -117,12 +117,23 @@ func TestFreshWeightGradAccumulates(t *testing.T) {
 // recipe, for paths that only some recipes reach (pipelined, packed, no clipping).
 func checkSwitchSameRun(t *testing.T, m *model.Model, batches []*model.TrainBatch, prec Precision, rc trainCase, what string, off func(*Backend), taken func(*Backend) bool) {
 	t.Helper()
+	checkSwitchSameRunWith(t, m, batches, prec, rc, what, nil, off, taken)
+}
+
+// checkSwitchSameRunWith is checkSwitchSameRun with all (nil: none) applied to both
+// Backends first, for a path that only some configuration reaches.
+func checkSwitchSameRunWith(t *testing.T, m *model.Model, batches []*model.TrainBatch, prec Precision, rc trainCase, what string, all, off func(*Backend), taken func(*Backend) bool) {
+	t.Helper()
 	on := newGraphTestBackend(t, prec, false)
+	without := newGraphTestBackend(t, prec, false)
+	if all != nil {
+		all(on)
+		all(without)
+	}
 	got, _ := runTrain(t, m, on, rc, batches)
 	if !taken(on) {
 		t.Fatalf("the run did not take %s", what)
 	}
-	without := newGraphTestBackend(t, prec, false)
 	off(without)
 	ref, _ := runTrain(t, m, without, rc, batches)
 	if taken(without) {

@@ -575,12 +575,13 @@ __device__ __forceinline__ void lfw_finish(float* part, int dim4, const lfv_fin&
 // same per-row arithmetic; EXTRA and RECOMP only change what is loaded.
 // W (the _w kernels): the mask from lfw_keep4 (xf_dropout_keep's bits), and with
 // fin.cnt the finish done here (lfw_finish; part then has gridDim.x + 32 rows).
-template <int NV, bool SACC, bool EXTRA = false, bool RECOMP = false, bool W = false>
+template <int NV, bool SACC, bool EXTRA = false, bool RECOMP = false, bool W = false, bool KEPT = false>
 __device__ __forceinline__ void lfv_bwd(float* part, float* dz, void* dbranch, int fmt, const float* dy,
                                         const float* z, const float* x, const float* gamma, int rows, int dim,
                                         float eps, unsigned long long seed, unsigned long long threshold,
                                         float keep, lfv_extra ex = lfv_extra{nullptr, nullptr, 0.f, nullptr, 1.f},
-                                        lfv_fin fin = lfv_fin{nullptr, nullptr, nullptr, nullptr, 1.f}) {
+                                        lfv_fin fin = lfv_fin{nullptr, nullptr, nullptr, nullptr, 1.f},
+                                        const unsigned* keptIn = nullptr) {
     extern __shared__ float4 lfv_sh[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     const int dim4 = dim >> 2;
@@ -619,8 +620,10 @@ __device__ __forceinline__ void lfv_bwd(float* part, float* dz, void* dbranch, i
             }
         }
         // RECOMP: bit 4c+k is mask element 4(o4 + lane + 32c) + k (all set when
-        // threshold is 0: every element kept, times keep, as lfv_keep gives).
+        // threshold is 0: every element kept, times keep, as lfv_keep gives). KEPT:
+        // the same word, as the forward stored it (lfp_fwd's KEEP).
         unsigned int kept = 0xffffffffu;
+        if (KEPT) kept = __ldg(keptIn + r * 32 + lane);
         if (EXTRA) {
 #pragma unroll
             for (int c = 0; c < NV; c++) {
@@ -637,7 +640,9 @@ __device__ __forceinline__ void lfv_bwd(float* part, float* dz, void* dbranch, i
                     if (RECOMP) {
                         float4 t = xv[c], u = v[c];
                         if (ex.omega) lfv_mul4(t, __ldg(w4 + q));
-                        if (W && threshold != 0ull) {
+                        if (KEPT) {
+                            // the word loaded with the row
+                        } else if (W && threshold != 0ull) {
                             kept &= ~((15u & ~lfw_keep4(seed, o4 + q, wt)) << (4 * c));
                         } else if (threshold != 0ull) {
                             const unsigned long long i = 4ull * (unsigned long long)(o4 + q);
@@ -702,7 +707,7 @@ __device__ __forceinline__ void lfv_bwd(float* part, float* dz, void* dbranch, i
                 }
                 if (dz) reinterpret_cast<float4*>(dz)[o4 + q] = t;
                 if (dbranch) {
-                    if (RECOMP) {
+                    if (RECOMP || KEPT) {
                         t = lfw_mask4(t, kept >> (4 * c), keep);
                     } else if (W && threshold != 0ull) {
                         t = lfw_mask4(t, lfw_keep4(seed, o4 + q, wt), keep);
@@ -822,9 +827,10 @@ __device__ __forceinline__ void lfv_bwd(float* part, float* dz, void* dbranch, i
                                                 lfv_extra{dz2, omega2, alpha2, nullptr, 1.f}))                   \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_vr##NV(LFV_RECOMP_PARAMS) {     \
-        LFV_BY_DIM(NV, lfv_bwd<NV, true, true, true>(part, dz, dbranch, fmt, dy, branch, x, gamma, rows,         \
-                                                     lfv_dim, eps, seed, threshold, keep,                        \
-                                                     lfv_extra{dz2, omega2, alpha2, omega, alpha}))              \
+        LFV_STEP(NV, part && dz && dbranch && dz2 && omega2 && x && omega && threshold != 0ull,                  \
+                 lfv_bwd<NV, true, true, true>(part, dz, dbranch, lfv_fmt, dy, branch, x, gamma, rows, lfv_dim,  \
+                                               eps, seed, threshold, keep,                                       \
+                                               lfv_extra{dz2, omega2, alpha2, omega, alpha}))                    \
     }
 
 LFV_INSTANCE(1)
@@ -964,12 +970,15 @@ __device__ __forceinline__ unsigned lfp_keep(int drop, unsigned long long seed, 
 
 // lfp_fwd<NV, FAST>: lfv_fwd with the next row's loads in flight (see above). Aliasing as
 // lfv_fwd allows (y or z on x or branch): a lane's prefetch reads another row than the
-// one it stores, and its own row's elements are read before they are written.
-template <int NV, bool FAST>
+// one it stores, and its own row's elements are read before they are written. KEEP
+// also stores each row's keep word (lfp_keep's) at keptOut[32·r + lane], for the
+// backward to read instead of drawing the mask again (lfv_bwd's KEPT).
+template <int NV, bool FAST, bool KEEP = false>
 __device__ __forceinline__ void lfp_fwd(float* z, float* y, const float* x, const float* branch,
                                         const float* omega, float alpha, const float* gamma, const float* beta,
                                         int rows, int dim, float eps, int drop, unsigned long long seed,
-                                        unsigned long long threshold, float keep, void* y16, int fmt) {
+                                        unsigned long long threshold, float keep, void* y16, int fmt,
+                                        unsigned* keptOut = nullptr) {
     const int lane = threadIdx.x & 31;
     const int dim4 = dim >> 2;
     const long long warps = (long long)gridDim.x * (blockDim.x >> 5);
@@ -997,6 +1006,7 @@ __device__ __forceinline__ void lfp_fwd(float* z, float* y, const float* x, cons
                 lfv_resid4(v[c], t, alpha, b);
             }
         }
+        if (KEEP) keptOut[r * 32 + lane] = kn;
         lfp_load<NV>(xn, bn, x4, b4, r + warps, rows, lane, dim4);
         kn = lfp_keep<NV, FAST>(drop, seed, threshold, wt, r + warps, rows, lane, dim4);
         float mean, rstd;
@@ -1022,6 +1032,43 @@ LFP_INSTANCE(1, 3)
 LFP_INSTANCE(2, 3)
 LFP_INSTANCE(4, 3)
 LFP_INSTANCE(8, 2)
+
+// The kept-mask pair (kernels.KeptMaskNormer; XFORM_CUDA_LN_KEEP=0 turns it off):
+// layernorm_fast_fwd_pk* is layernorm_fast_fwd_p* that also stores each row's keep
+// word, 32 words a row (kept, 4-byte aligned); layernorm_fast_bwd_vpk* is
+// layernorm_fast_bwd_vp* that reads them for dbranch's mask instead of hashing 4·NV
+// elements a lane (~2.5 µs of the backward at 8000 × 512, the ablation's stage 4), and
+// layernorm_fast_bwd_vrk* the recomputing _vr* that reads them for z's mask too (the
+// forward then stores the words instead of z: 1 MB instead of 16 at 8000 × 512). The
+// words are the mask the forward applied, lfw_mask4 multiplies as lfv_drop4 does: the
+// same bits. The Go side launches them only with the dropout on.
+#define LFK_INSTANCE(NV, MINB)                                                                                 \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS, MINB)                                            \
+        layernorm_fast_fwd_pk##NV(LFV_FWD_PARAMS, unsigned* kept) {                                            \
+        LFV_BY_DIM(NV, lfp_fwd<NV, true, true>(z, y, x, branch, omega, alpha, gamma, beta, rows, lfv_dim, eps, \
+                                               drop, seed, threshold, keep, y16, fmt, kept))                   \
+    }                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS)                                                  \
+        layernorm_fast_bwd_vpk##NV(LFV_PAIR_PARAMS, const unsigned* kept) {                                    \
+        LFV_STEP(NV, part && dz && dbranch && dz2 && omega2 && x && threshold != 0ull,                         \
+                 lfv_bwd<NV, true, true, false, false, true>(                                                  \
+                     part, dz, dbranch, lfv_fmt, dy, z, x, gamma, rows, lfv_dim, eps, seed, threshold, keep,   \
+                     lfv_extra{dz2, omega2, alpha2, nullptr, 1.f},                                             \
+                     lfv_fin{nullptr, nullptr, nullptr, nullptr, 1.f}, kept))                                  \
+    }                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS)                                                  \
+        layernorm_fast_bwd_vrk##NV(LFV_RECOMP_PARAMS, const unsigned* kept) {                                  \
+        LFV_STEP(NV, part && dz && dbranch && dz2 && omega2 && x && omega && threshold != 0ull,                \
+                 lfv_bwd<NV, true, true, true, false, true>(                                                   \
+                     part, dz, dbranch, lfv_fmt, dy, branch, x, gamma, rows, lfv_dim, eps, seed, threshold,    \
+                     keep, lfv_extra{dz2, omega2, alpha2, omega, alpha},                                       \
+                     lfv_fin{nullptr, nullptr, nullptr, nullptr, 1.f}, kept))                                  \
+    }
+
+LFK_INSTANCE(1, 3)
+LFK_INSTANCE(2, 3)
+LFK_INSTANCE(4, 3)
+LFK_INSTANCE(8, 2)
 
 // layernorm_fast_bwd_finish_v: layernorm_fast_bwd_finish for the float4 kernels'
 // partials (the same nparts × 3·dim layout), block (32, 32) so that each thread adds

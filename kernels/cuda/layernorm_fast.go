@@ -48,10 +48,11 @@ type lnFastFns struct {
 	// methods form the sum with ResidualBackward first, RecomputesResidual is false,
 	// and ResidualBackward runs the scalar residual_bwd (timings and bit comparisons).
 	sumOff bool
-	// recompute turns RecomputesResidual on (off by default: measured on the H200 at
-	// 8000×512 bf16, the backward recomputing z took 41.5 µs against 37.7 reading it,
-	// more than the 2.8 µs the forward saves by not writing it; it stays for memory,
-	// 4 bytes per activation element per sub-layer, and is tested).
+	// recompute turns RecomputesResidual on (on by default since the fifteenth
+	// session: with the step's kernels (LFV_STEP) and the kept mask words, a sub-layer's
+	// forward + backward at 8000×512 bf16 took 49.5 µs on the H200 without z against
+	// 51.8 with it, and the 18L-18L bench gained 1.4 %; z's 4 bytes per activation
+	// element per sub-layer are not stored. XFORM_CUDA_LN_RECOMPUTE=0 turns it off).
 	recompute bool
 
 	// scalar is a test switch: the scalar kernels for every shape, with the dropout of
@@ -87,6 +88,13 @@ type lnFastFns struct {
 	// the hardware conversion, _pl with vfwd's 64-bit hash and software rounding.
 	// vfwd's bits.
 	pfwd, pfwdPlain [len(lfvNVs)]lfvKernel
+	// pfwdKept, vbwdSumKept and vbwdRecKept are pfwd, vbwdSum and vbwdRecomp that store
+	// and read the residual dropout's keep bits (layernorm_fast_fwd_pk*, _bwd_vpk*,
+	// _bwd_vrk*; kernels.KeptMaskNormer);
+	// keptFwd and keptBwd count their launches (tests: the path was taken).
+	pfwdKept                 [len(lfvNVs)]lfvKernel
+	vbwdSumKept, vbwdRecKept [len(lfvNVs)]uintptr
+	keptFwd, keptBwd         int
 	// pipe: the forward launches pfwd (Backend.lnPOn, default on, XFORM_CUDA_LNP=0 off; tests flip it),
 	// or pfwdPlain with pipePlain (tests: to time the schedule apart from the
 	// instructions). pipeRows: rows per warp (0: lfpGrid's choice; tests sweep it).
@@ -130,6 +138,9 @@ func (be *Backend) lnFns() *lnFastFns {
 		f.vbwdRecomp[i] = be.kernel(fmt.Sprintf("layernorm_fast_bwd_vr%d", nv))
 		f.pfwd[i] = lfvKernel{fn: be.kernel(fmt.Sprintf("layernorm_fast_fwd_p%d", nv)), warps: lfvMaxWarps}
 		f.pfwdPlain[i] = lfvKernel{fn: be.kernel(fmt.Sprintf("layernorm_fast_fwd_pl%d", nv)), warps: lfvMaxWarps}
+		f.pfwdKept[i] = lfvKernel{fn: be.kernel(fmt.Sprintf("layernorm_fast_fwd_pk%d", nv)), warps: lfvMaxWarps}
+		f.vbwdSumKept[i] = be.kernel(fmt.Sprintf("layernorm_fast_bwd_vpk%d", nv))
+		f.vbwdRecKept[i] = be.kernel(fmt.Sprintf("layernorm_fast_bwd_vrk%d", nv))
 	}
 	// The _w backwards add lfw_finish's 4 static bytes to the column sums' 48 KiB of
 	// dynamic shared memory at dim 128·NV: past the 48 KiB a launch gets without
@@ -158,6 +169,7 @@ func (be *Backend) lnFns() *lnFastFns {
 	}
 	f.legacy = !be.lnWOn
 	f.pipe = be.lnPOn
+	f.recompute = !be.lnRecomputeOff
 	be.lazy.lnFast = f
 	return f
 }
@@ -280,6 +292,15 @@ func (be *Backend) lfGrid(rows, perSM int) int {
 // ran, or y16 was not aligned for the float4 kernel's stores, and the caller rounds y).
 // rows, dim ≥ 1 and lnFastDim(dim).
 func (be *Backend) residualLayerNormFast(z, y, y16, x, branch, omega kernels.Buffer, alpha float32, gamma, beta kernels.Buffer, rows, dim int, eps float32, dr *resDrop) bool {
+	wrote, _ := be.residualLayerNormFastKept(z, y, y16, nil, x, branch, omega, alpha, gamma, beta, rows, dim, eps, dr)
+	return wrote
+}
+
+// residualLayerNormFastKept is residualLayerNormFast that, with kept (nil: none; 32·rows
+// words) and where the pipelined forward runs with the dropout and takes y16, launches
+// its kept form, which also stores the mask's keep bits there (the same outputs). The
+// second result says whether it did.
+func (be *Backend) residualLayerNormFastKept(z, y, y16, kept, x, branch, omega kernels.Buffer, alpha float32, gamma, beta kernels.Buffer, rows, dim int, eps float32, dr *resDrop) (bool, bool) {
 	defer be.enter()()
 	f := be.lnFns()
 	be.prm.reset().ptr(addr(z)).ptr(addr(y)).ptr(addr(x)).ptr(addr(branch)).ptr(addr(omega)).f32(alpha).
@@ -309,16 +330,23 @@ func (be *Backend) residualLayerNormFast(z, y, y16, x, branch, omega kernels.Buf
 		if f.legacy {
 			fn = f.vfwd[idx]
 		}
+		keeps := false
 		if f.pipe {
 			k := &f.pfwd[idx]
 			if f.pipePlain {
 				k = &f.pfwdPlain[idx]
 			}
+			keeps = kept != nil && kept.Len() >= 32*rows && !f.pipePlain && drop == 1 && y16p != 0
+			if keeps {
+				k = &f.pfwdKept[idx]
+				be.prm.ptr(addr(kept))
+				f.keptFwd++
+			}
 			fn, nb = k.fn, be.lfpGrid(f, k, rows)
 			f.piped++
 		}
 		be.run(fn, [3]uint32{uint32(nb), 1, 1}, 32*lfvMaxWarps, 0)
-		return y16p != 0
+		return y16p != 0, keeps
 	}
 	fn := f.fwd[lfIndex(dim)]
 	if dr != nil {
@@ -326,7 +354,7 @@ func (be *Backend) residualLayerNormFast(z, y, y16, x, branch, omega kernels.Buf
 		fn = f.fwdDrop[lfIndex(dim)]
 	}
 	be.run(fn, [3]uint32{uint32(be.lfGrid(rows, 32)), 1, 1}, lfThreads, 0)
-	return false
+	return false, false
 }
 
 // residualLayerNormBackwardFast is ResidualLayerNormBackward on layernorm_fast_bwd and
@@ -363,12 +391,12 @@ func (be *Backend) residualLayerNormBackwardVec(dz, dbranch, dgamma, dbeta, dome
 }
 
 // lfvStepForm says whether a float4 backward launch takes its kernel's LFV_STEP body
-// (layernorm_fast.cu: the _vs and _vp kernels of the legacy family): the row fills the
-// lanes (dim = 128·nv), dz, dbranch and x are set (x: the address passed, 0 without
-// dω), dbranch is 16-bit, the dropout is on, and for _vp the sum's second part and its
-// ω are set. It mirrors the kernels' conditions, so that xform bench can say whether
+// (layernorm_fast.cu: the _vs, _vp and _vr kernels of the legacy family and their
+// kept forms): the row fills the lanes (dim = 128·nv), dz, dbranch and x are set (x:
+// the address passed, 0 without dω), dbranch is 16-bit, the dropout is on, for _vp
+// and _vr the sum's second part and its ω are set, and for _vr the sub-layer's ω. It mirrors the kernels' conditions, so that xform bench can say whether
 // the training step runs the specialized bodies.
-func lfvStepForm(mode lfvMode, legacy bool, dim, nv int, dz, dbranch, x, dz2, omega2 uint64, half bool, threshold uint64) bool {
+func lfvStepForm(mode lfvMode, legacy bool, dim, nv int, dz, dbranch, x, dz2, omega2, omega uint64, half bool, threshold uint64) bool {
 	if !legacy || dim != 128*nv || dz == 0 || dbranch == 0 || x == 0 || !half || threshold == 0 {
 		return false
 	}
@@ -378,7 +406,7 @@ func lfvStepForm(mode lfvMode, legacy bool, dim, nv int, dz, dbranch, x, dz2, om
 	case lfvSum:
 		return dz2 != 0 && omega2 != 0
 	}
-	return false // the recomputing _vr kernels have no step body
+	return dz2 != 0 && omega2 != 0 && omega != 0 // the recomputing _vr and _vrk kernels
 }
 
 // lfvMode picks the float4 backward: the plain one (dy alone), the one that forms a
@@ -396,6 +424,14 @@ const (
 // (then omega and alpha are the sub-layer's, and dr, never nil, its dropout, which z
 // was formed with even when dbranch is nil). dy.D and dy.DZ must be float32.
 func (be *Backend) lfvBackward(mode lfvMode, dz, dbranch, dgamma, dbeta, domega kernels.Buffer, dy kernels.ResidualSum, zb, x, omega, gamma kernels.Buffer, alpha float32, rows, dim int, eps float32, dr *resDrop) bool {
+	return be.lfvBackwardKept(mode, dz, dbranch, dgamma, dbeta, domega, dy, zb, x, omega, gamma, nil, alpha, rows, dim, eps, dr)
+}
+
+// lfvBackwardKept is lfvBackward that, in lfvSum or lfvRecomp mode with kept (nil: none;
+// the keep bits residualLayerNormFastKept stored for the same rows and dropout) and a
+// dbranch with the dropout on, launches layernorm_fast_bwd_vpk* or _vrk*, which read
+// them instead of drawing the mask (the same outputs).
+func (be *Backend) lfvBackwardKept(mode lfvMode, dz, dbranch, dgamma, dbeta, domega kernels.Buffer, dy kernels.ResidualSum, zb, x, omega, gamma, kept kernels.Buffer, alpha float32, rows, dim int, eps float32, dr *resDrop) bool {
 	defer be.enter()()
 	f := be.lnFns()
 	if !f.lfvShape(dim, dz, dbranch, dy.D, dy.DZ, dy.Omega, zb, x, omega, gamma) {
@@ -434,20 +470,31 @@ func (be *Backend) lfvBackward(mode lfvMode, dz, dbranch, dgamma, dbeta, domega 
 		dr = &resDrop{keep: 1}
 	}
 	f.bwdCalls++
-	if lfvStepForm(mode, f.legacy, dim, lfvNVs[idx], addr(dz), dbp, xp, addr(dy.DZ), addr(dy.Omega), format != xfOutF32, dr.threshold) {
+	if lfvStepForm(mode, f.legacy, dim, lfvNVs[idx], addr(dz), dbp, xp, addr(dy.DZ), addr(dy.Omega), addr(omega), format != xfOutF32, dr.threshold) {
 		f.bwdStep++
 	}
 	fn := k.fn
 	be.prm.reset().ptr(part.dptr()).ptr(addr(dz)).ptr(dbp).i32(format).ptr(addr(dy.D))
+	keeps := false
 	switch mode {
 	case lfvSum:
 		fn = f.vbwdSum[idx]
+		keeps = kept != nil && kept.Len() >= 32*rows && dbranch != nil && dr.threshold != 0 && f.legacy
+		if keeps {
+			fn = f.vbwdSumKept[idx]
+			f.keptBwd++
+		}
 		if !f.legacy {
 			fn = f.wbwdSum[idx]
 		}
 		be.prm.ptr(addr(dy.DZ)).ptr(addr(dy.Omega)).f32(dy.Alpha).ptr(addr(zb)).ptr(xp)
 	case lfvRecomp:
 		fn = f.vbwdRecomp[idx]
+		keeps = kept != nil && kept.Len() >= 32*rows && dbranch != nil && dr.threshold != 0 && f.legacy
+		if keeps {
+			fn = f.vbwdRecKept[idx]
+			f.keptBwd++
+		}
 		if !f.legacy {
 			fn = f.wbwdRecomp[idx]
 		}
@@ -460,6 +507,9 @@ func (be *Backend) lfvBackward(mode lfvMode, dz, dbranch, dgamma, dbeta, domega 
 	}
 	be.prm.ptr(addr(gamma)).i32(rows).i32(dim).f32(eps)
 	dr.args(be.prm)
+	if keeps {
+		be.prm.ptr(addr(kept))
+	}
 	if !f.legacy {
 		cnt := uint64(0)
 		if wantCols && !finish {

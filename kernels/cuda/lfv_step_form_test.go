@@ -2,19 +2,19 @@ package cuda
 
 import "testing"
 
-// TestLFVStepForm: lfvStepForm says "the LFV_STEP body" exactly for the legacy _vs and
-// _vp launches at full width with every pointer the body's condition names, a 16-bit
-// dbranch and the dropout on (layernorm_fast.cu's LFV_INSTANCE conditions).
+// TestLFVStepForm: lfvStepForm says "the LFV_STEP body" exactly for the legacy _vs, _vp
+// and _vr launches at full width with every pointer the body's condition names, a
+// 16-bit dbranch and the dropout on (layernorm_fast.cu's LFV_INSTANCE conditions).
 func TestLFVStepForm(t *testing.T) {
 	type call struct {
-		mode                        lfvMode
-		legacy                      bool
-		dim, nv                     int
-		dz, dbranch, x, dz2, omega2 uint64
-		half                        bool
-		threshold                   uint64
+		mode                               lfvMode
+		legacy                             bool
+		dim, nv                            int
+		dz, dbranch, x, dz2, omega2, omega uint64
+		half                               bool
+		threshold                          uint64
 	}
-	step := call{lfvSum, true, 512, 4, 1, 2, 3, 4, 5, true, 1 << 20}
+	step := call{lfvSum, true, 512, 4, 1, 2, 3, 4, 5, 6, true, 1 << 20}
 	for _, tc := range []struct {
 		name string
 		edit func(*call)
@@ -25,7 +25,8 @@ func TestLFVStepForm(t *testing.T) {
 		{"d 1024 on NV 8", func(c *call) { c.dim, c.nv = 1024, 8 }, true},
 		{"d 516 on NV 8", func(c *call) { c.dim, c.nv = 516, 8 }, false},
 		{"the _w kernels", func(c *call) { c.legacy = false }, false},
-		{"recomputing", func(c *call) { c.mode = lfvRecomp }, false},
+		{"recomputing", func(c *call) { c.mode = lfvRecomp }, true},
+		{"recomputing without ω", func(c *call) { c.mode, c.omega = lfvRecomp, 0 }, false},
 		{"no dz", func(c *call) { c.dz = 0 }, false},
 		{"no dbranch", func(c *call) { c.dbranch = 0 }, false},
 		{"float32 dbranch", func(c *call) { c.half = false }, false},
@@ -36,7 +37,7 @@ func TestLFVStepForm(t *testing.T) {
 	} {
 		c := step
 		tc.edit(&c)
-		if got := lfvStepForm(c.mode, c.legacy, c.dim, c.nv, c.dz, c.dbranch, c.x, c.dz2, c.omega2, c.half, c.threshold); got != tc.want {
+		if got := lfvStepForm(c.mode, c.legacy, c.dim, c.nv, c.dz, c.dbranch, c.x, c.dz2, c.omega2, c.omega, c.half, c.threshold); got != tc.want {
 			t.Errorf("%s: lfvStepForm = %v, want %v", tc.name, got, tc.want)
 		}
 	}

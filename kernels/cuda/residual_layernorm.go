@@ -66,17 +66,23 @@ func (be *Backend) ResidualLayerNormDropout(z, y, x, branch, omega kernels.Buffe
 // same bits, a pass more.
 func (be *Backend) ResidualLayerNormDropoutRounded(z, y, y16, x, branch, omega kernels.Buffer, alpha float32, gamma, beta kernels.Buffer, rows, dim int, eps float32, p float64, seed uint64) {
 	n := rows * dim
+	mustHalfOf("ResidualLayerNormDropoutRounded", y16, n)
+	if be.residualLayerNorm(z, y, y16, x, branch, omega, alpha, gamma, beta, rows, dim, eps, newResDrop(p, seed)) || n == 0 {
+		return
+	}
+	be.ApplyDropout(y16, be.Slice(y, 0, n), 0, 0)
+}
+
+// mustHalfOf panics unless y16 is a 16-bit buffer of n elements (the rounded forwards'
+// contract: the caller allocated it with AllocHalf).
+func mustHalfOf(method string, y16 kernels.Buffer, n int) {
 	if h := halfOf(y16); h == nil || h.n != n {
 		got := 0
 		if y16 != nil {
 			got = y16.Len()
 		}
-		panic(fmt.Sprintf("cuda backend: ResidualLayerNormDropoutRounded: y16 is %T of %d elements, want a 16-bit buffer of %d", y16, got, n))
+		panic(fmt.Sprintf("cuda backend: %s: y16 is %T of %d elements, want a 16-bit buffer of %d", method, y16, got, n))
 	}
-	if be.residualLayerNorm(z, y, y16, x, branch, omega, alpha, gamma, beta, rows, dim, eps, newResDrop(p, seed)) || n == 0 {
-		return
-	}
-	be.ApplyDropout(y16, be.Slice(y, 0, n), 0, 0)
 }
 
 // residualLayerNorm writes y16 (nil: none) only where it reports true: the float4
