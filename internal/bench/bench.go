@@ -74,7 +74,7 @@ type HostUse struct {
 	LNBackward     int `json:"ln_backward_calls,omitempty"`
 	LNBackwardStep int `json:"ln_backward_step_form,omitempty"`
 	// PDLLaunches counts the kernels launched with programmatic dependent launch
-	// (XFORM_CUDA_PDL=1).
+	// (the CUDA backend, on by default from compute capability 9.0).
 	PDLLaunches int `json:"pdl_launches,omitempty"`
 }
 

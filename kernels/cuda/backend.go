@@ -143,11 +143,13 @@ type Backend struct {
 	// lnRecomputeOff: XFORM_CUDA_LN_RECOMPUTE=0 turns lnFastFns.recompute off (the
 	// forward stores z and the LayerNorm backward reads it; the same bits either way).
 	lnRecomputeOff bool
-	// pdl: XFORM_CUDA_PDL=1 on a GPU of compute capability 9.0 or later whose driver has
-	// cuLaunchKernelEx, eager (not captured) and not profiled: the kernels of pdlFns
-	// (the production modules', every one opening with XF_PDL_ENTRY) are launched with
-	// programmatic stream serialization (launch.go); nil otherwise. pdlLaunches counts
-	// those launches.
+	// pdl: on a GPU of compute capability 9.0 or later whose driver has
+	// cuLaunchKernelEx, without the profile and unless XFORM_CUDA_PDL=0, the eager (not
+	// captured) launches of the kernels of pdlFns (the production modules', every one
+	// opening with XF_PDL_ENTRY) allow programmatic stream serialization (launch.go);
+	// nil otherwise. On the H200 (fifteenth session) the 18L-18L bench gained 2.2 %
+	// with it, and training gives the same bits (TestPDLTrainingSameBits). pdlLaunches
+	// counts those launches.
 	pdl         *pdlLaunch
 	pdlFns      map[uintptr]bool
 	pdlLaunches int
@@ -348,7 +350,7 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 		return nil, fmt.Errorf("%w: device %d asked, %d present", ErrNoDevice, opt.Ordinal, len(probe.Devices))
 	}
 	be.info = probe.Devices[opt.Ordinal]
-	if os.Getenv("XFORM_CUDA_PDL") == "1" && be.info.Major >= 9 && drv.cuLaunchKernelEx != 0 && be.profile == nil {
+	if os.Getenv("XFORM_CUDA_PDL") != "0" && be.info.Major >= 9 && drv.cuLaunchKernelEx != 0 && be.profile == nil {
 		be.pdl = newPDLLaunch()
 	}
 	be.pdlFns = map[uintptr]bool{}
@@ -603,7 +605,7 @@ type HostStats struct {
 	// (lfvStepForm).
 	LNBackward, LNBackwardStep int
 	// PDLLaunches counts the kernels launched with programmatic stream serialization
-	// (XFORM_CUDA_PDL=1, launch.go).
+	// (on by default from compute capability 9.0; launch.go).
 	PDLLaunches int
 }
 
