@@ -266,7 +266,7 @@ func hooks(be kernels.Backend) bench.Hooks {
 				GEMMQueries: st.LtQueries, GEMMReused: st.LtReused, GEMMSkipped: st.LtSkipped,
 				GEMMTuned: st.LtTuned, GEMMTuneMs: st.LtTuneTime.Seconds() * 1e3,
 				DeviceAllocs: st.Allocs, DeviceAllocGiB: float64(st.AllocBytes) / (1 << 30), DeviceWaitMs: st.DeviceWait.Seconds() * 1e3,
-				LNBackward: st.LNBackward, LNBackwardStep: st.LNBackwardStep}
+				LNBackward: st.LNBackward, LNBackwardStep: st.LNBackwardStep, PDLLaunches: st.PDLLaunches}
 		},
 	}
 }

@@ -73,6 +73,9 @@ type HostUse struct {
 	// (a diagnostic: in a bf16/fp16 step with dropout at d 128·k nearly all should).
 	LNBackward     int `json:"ln_backward_calls,omitempty"`
 	LNBackwardStep int `json:"ln_backward_step_form,omitempty"`
+	// PDLLaunches counts the kernels launched with programmatic dependent launch
+	// (the CUDA backend, on by default from compute capability 9.0).
+	PDLLaunches int `json:"pdl_launches,omitempty"`
 }
 
 // sub is h − o, counter by counter.
@@ -83,7 +86,8 @@ func (h HostUse) sub(o HostUse) HostUse {
 		GEMMTuned: h.GEMMTuned - o.GEMMTuned, GEMMTuneMs: h.GEMMTuneMs - o.GEMMTuneMs,
 		DeviceAllocs: h.DeviceAllocs - o.DeviceAllocs, DeviceAllocGiB: h.DeviceAllocGiB - o.DeviceAllocGiB,
 		DeviceWaitMs: h.DeviceWaitMs - o.DeviceWaitMs,
-		LNBackward:   h.LNBackward - o.LNBackward, LNBackwardStep: h.LNBackwardStep - o.LNBackwardStep}
+		LNBackward:   h.LNBackward - o.LNBackward, LNBackwardStep: h.LNBackwardStep - o.LNBackwardStep,
+		PDLLaunches: h.PDLLaunches - o.PDLLaunches}
 }
 
 // ModelInfo identifies the benchmarked model.

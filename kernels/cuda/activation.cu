@@ -113,7 +113,7 @@ struct ActBwd {
     __device__ __forceinline__ float operator()(float dy, float v) const { return act_bwd<K>(dy, v); }
 };
 
-extern "C" __global__ void activate(float* y, const float* x, long long n, int kind) {
+extern "C" __global__ void activate(float* y, const float* x, long long n, int kind) { XF_PDL_ENTRY();
     switch (kind) {
         case 0: map1(y, x, n, ActFwd<0>()); break;
         case 1: map1(y, x, n, ActFwd<1>()); break;
@@ -123,7 +123,7 @@ extern "C" __global__ void activate(float* y, const float* x, long long n, int k
 }
 
 // activate_bwd: dx = act_bwd(dy, x); dx may alias dy.
-extern "C" __global__ void activate_bwd(float* dx, const float* dy, const float* x, long long n, int kind) {
+extern "C" __global__ void activate_bwd(float* dx, const float* dy, const float* x, long long n, int kind) { XF_PDL_ENTRY();
     switch (kind) {
         case 0: map2(dx, dy, x, n, ActBwd<0>()); break;
         case 1: map2(dx, dy, x, n, ActBwd<1>()); break;
@@ -143,14 +143,14 @@ struct ReluDropBwd {
 
 // relu_dropout_bwd: dpre = a > 0 ? da·s : 0 with s = kernels.DropoutScale(p); dpre
 // may alias da or a.
-extern "C" __global__ void relu_dropout_bwd(float* dpre, const float* da, const float* a, float s, long long n) {
+extern "C" __global__ void relu_dropout_bwd(float* dpre, const float* da, const float* a, float s, long long n) { XF_PDL_ENTRY();
     map2(dpre, da, a, n, ReluDropBwd{s});
 }
 
 // relu_dropout_bwd16 is relu_dropout_bwd into a 16-bit dpre (format fmt, XF_OUT_*):
 // the rounding of the same float, so the first Linear's backward reads it uncast.
 extern "C" __global__ void relu_dropout_bwd16(void* dpre, const float* da, const float* a, float s, long long n,
-                                              int fmt) {
+                                              int fmt) { XF_PDL_ENTRY();
     const ReluDropBwd f{s};
     long long done = 0;
     if ((((unsigned long long)da | (unsigned long long)a) & 15ull) == 0 && xf_out_aligned(dpre, fmt)) {
@@ -171,7 +171,7 @@ extern "C" __global__ void relu_dropout_bwd16(void* dpre, const float* da, const
 // widened values. Four elements per thread (8-byte loads and store) where the three
 // are 8-byte aligned.
 extern "C" __global__ void relu_dropout_bwd_hh(void* dpre, const void* da, const void* a, float s, long long n,
-                                               int fmt) {
+                                               int fmt) { XF_PDL_ENTRY();
     const ReluDropBwd f{s};
     const unsigned short* g16 = reinterpret_cast<const unsigned short*>(da);
     const unsigned short* a16 = reinterpret_cast<const unsigned short*>(a);
@@ -257,7 +257,7 @@ __device__ __forceinline__ void relu_drop_hh8(void* dpre, const void* da, const 
 // relu_dropout_bwd_hh8 is relu_dropout_bwd_hh (same arguments, same bits; dpre may alias
 // da or a) for a grid sized for n/8 threads.
 extern "C" __global__ void relu_dropout_bwd_hh8(void* dpre, const void* da, const void* a, float s, long long n,
-                                                int fmt) {
+                                                int fmt) { XF_PDL_ENTRY();
     if (fmt == XF_OUT_F16)
         relu_drop_hh8<true>(dpre, da, a, s, n);
     else
@@ -336,7 +336,7 @@ __device__ __forceinline__ void relu_drop_hh8p(void* dpre, const void* da, const
 extern "C" __global__ void __launch_bounds__(32 * RDP_LANES) relu_dropout_bwd_hh8p(void* dpre, const void* da,
                                                                                  const void* a, float s, int rows,
                                                                                  int cols, int per, float* part,
-                                                                                 int fmt) {
+                                                                                 int fmt) { XF_PDL_ENTRY();
     if (fmt == XF_OUT_F16)
         relu_drop_hh8p<true>(dpre, da, a, s, rows, cols, per, part);
     else

@@ -27,7 +27,7 @@ extern "C" __global__ void attention(
     const float* v, long long vBS, long long vRS,
     int H, int D, int TQ, int TK, float scale,
     const int* kvIndex, const unsigned char* pad, long long padStride,
-    int causal, int queryOffset, float* headProbs, const float* dropMask) {
+    int causal, int queryOffset, float* headProbs, const float* dropMask) { XF_PDL_ENTRY();
     extern __shared__ float smem[];
     __shared__ double dscratch[32];
     __shared__ float fscratch[32];
@@ -93,7 +93,7 @@ extern "C" __global__ void attention(
 
 // probs[b, n] = (Σ_h headProbs[b, h, n]) / H with the sum in float in h order, as the
 // CPU backend averages the per-head probabilities (n = TQ·TK).
-extern "C" __global__ void mean_heads(float* probs, const float* headProbs, int B, int H, long long n) {
+extern "C" __global__ void mean_heads(float* probs, const float* headProbs, int B, int H, long long n) { XF_PDL_ENTRY();
     long long total = (long long)B * n;
     for (long long idx = xf_tid(); idx < total; idx += xf_stride()) {
         long long b = idx / n, j = idx - b * n;
@@ -119,7 +119,7 @@ extern "C" __global__ void attention_bwd_q(
     const float* k, long long kBS, long long kRS,
     const float* v, long long vBS, long long vRS,
     const float* probs, const float* mask, double* dS,
-    int H, int D, int TQ, int TK, float scale) {
+    int H, int D, int TQ, int TK, float scale) { XF_PDL_ENTRY();
     __shared__ double scratch[32];
     const int i = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     const long long row = (((long long)b * H + h) * TQ + i) * TK;
@@ -171,7 +171,7 @@ extern "C" __global__ void attention_bwd_kv(
     const float* q, long long qBS, long long qRS,
     const float* dout, long long doBS, long long doRS,
     const float* probs, const float* mask, const double* dS,
-    int H, int D, int TQ, int TK, float scale) {
+    int H, int D, int TQ, int TK, float scale) { XF_PDL_ENTRY();
     const int j = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     const long long base = ((long long)b * H + h) * TQ * TK + j;
     const float* qb = q + b * qBS + (long long)h * D;
@@ -319,7 +319,7 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS, 2) attention_tiled(
     const float* v, long long vBS, long long vRS,
     int H, int D, int TQ, int TK, int QT, float scale,
     const int* kvIndex, const unsigned char* pad, long long padStride,
-    int causal, int queryOffset, float* headProbs, const float* dropMask) {
+    int causal, int queryOffset, float* headProbs, const float* dropMask) { XF_PDL_ENTRY();
     __shared__ double sa[AT_FWD_KC * AT_LD];
     __shared__ double sb[AT_FWD_KC * AT_LD];
     __shared__ float sp[AT_MAX * AT_LD];  // scores, then probabilities, of row i at i·AT_LD
@@ -466,7 +466,7 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS, 2) attention_bwd_tiled(
     const float* k, long long kBS, long long kRS,
     const float* v, long long vBS, long long vRS,
     const float* probs, const float* mask,
-    int H, int D, int TQ, int TK, float scale) {
+    int H, int D, int TQ, int TK, float scale) { XF_PDL_ENTRY();
     __shared__ double ds[AT_MAX * AT_LD];  // dp, then ds, of (i, j) at i·AT_LD + j
     __shared__ double sa[AT_BWD_KC * AT_LD];
     __shared__ double sb[AT_BWD_KC * AT_LD];

@@ -201,7 +201,7 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS) attention_flash_fwd(
     const float* v, long long vBS, long long vRS,
     float* lse, int H, int D, int TQ, int TK, float scale,
     const unsigned char* pad, long long padStride, int causal, int queryOffset,
-    unsigned long long seed, unsigned long long threshold, float keep) {
+    unsigned long long seed, unsigned long long threshold, float keep) { XF_PDL_ENTRY();
     extern __shared__ float4 fa_smem4[];
     float* Qs = reinterpret_cast<float*>(fa_smem4);
     float* Ks = Qs + FA_TILE;
@@ -311,7 +311,7 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS, 2) attention_flash_bwd_
     const float* out, long long oBS, long long oRS,
     const float* lse, float* delta, int H, int D, int TQ, int TK, float scale,
     const unsigned char* pad, long long padStride, int causal, int queryOffset,
-    unsigned long long seed, unsigned long long threshold, float keep) {
+    unsigned long long seed, unsigned long long threshold, float keep) { XF_PDL_ENTRY();
     extern __shared__ float4 fa_smem4[];
     float* Qs = reinterpret_cast<float*>(fa_smem4);
     float* Gs = Qs + FA_TILE;  // dout
@@ -418,7 +418,7 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS, 2) attention_flash_bwd_
     const float* v, long long vBS, long long vRS,
     const float* lse, const float* delta, int H, int D, int TQ, int TK, float scale,
     const unsigned char* pad, long long padStride, int causal, int queryOffset,
-    unsigned long long seed, unsigned long long threshold, float keep) {
+    unsigned long long seed, unsigned long long threshold, float keep) { XF_PDL_ENTRY();
     extern __shared__ float4 fa_smem4[];
     float* Ks = reinterpret_cast<float*>(fa_smem4);
     float* Vs = Ks + FA_TILE;

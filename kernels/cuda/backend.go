@@ -143,6 +143,16 @@ type Backend struct {
 	// lnRecomputeOff: XFORM_CUDA_LN_RECOMPUTE=0 turns lnFastFns.recompute off (the
 	// forward stores z and the LayerNorm backward reads it; the same bits either way).
 	lnRecomputeOff bool
+	// pdl: on a GPU of compute capability 9.0 or later whose driver has
+	// cuLaunchKernelEx, without the profile and unless XFORM_CUDA_PDL=0, the eager (not
+	// captured) launches of the kernels of pdlFns (the production modules', every one
+	// opening with XF_PDL_ENTRY) allow programmatic stream serialization (launch.go);
+	// nil otherwise. On the H200 (fifteenth session) the 18L-18L bench gained 2.2 %
+	// with it, and training gives the same bits (TestPDLTrainingSameBits). pdlLaunches
+	// counts those launches.
+	pdl         *pdlLaunch
+	pdlFns      map[uintptr]bool
+	pdlLaunches int
 	// kvBatchOff: BatchCrossKV says no (XFORM_CUDA_KV_BATCH=0, tests), so nets made
 	// after it project each decoder layer's cross-attention keys and values on their own;
 	// kvBatchYes counts the times it said yes.
@@ -340,6 +350,10 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 		return nil, fmt.Errorf("%w: device %d asked, %d present", ErrNoDevice, opt.Ordinal, len(probe.Devices))
 	}
 	be.info = probe.Devices[opt.Ordinal]
+	if os.Getenv("XFORM_CUDA_PDL") != "0" && be.info.Major >= 9 && drv.cuLaunchKernelEx != 0 && be.profile == nil {
+		be.pdl = newPDLLaunch()
+	}
+	be.pdlFns = map[uintptr]bool{}
 	be.driverVer = probe.Driver.Version
 	if be.info.Error != "" {
 		return nil, fmt.Errorf("cuda: device %d: %s", opt.Ordinal, be.info.Error)
@@ -402,6 +416,7 @@ func New(ctx context.Context, opt Options) (_ *Backend, err error) {
 			f, err := drv.function(m, name)
 			if err == nil {
 				*dst, lastErr = f, nil
+				be.pdlFns[f] = true
 				break
 			}
 			lastErr = err
@@ -589,6 +604,9 @@ type HostStats struct {
 	// whose arguments take the kernels' body compiled for the training step's calls
 	// (lfvStepForm).
 	LNBackward, LNBackwardStep int
+	// PDLLaunches counts the kernels launched with programmatic stream serialization
+	// (on by default from compute capability 9.0; launch.go).
+	PDLLaunches int
 }
 
 // HostStats returns the counters.
@@ -605,6 +623,7 @@ func (be *Backend) HostStats() HostStats {
 	if f := be.lazy.lnFast; f != nil {
 		st.LNBackward, st.LNBackwardStep = f.bwdCalls, f.bwdStep
 	}
+	st.PDLLaunches = be.pdlLaunches
 	return st
 }
 

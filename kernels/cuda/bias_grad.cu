@@ -34,7 +34,7 @@ __device__ __forceinline__ void bg_partial(float* part, const unsigned long long
 }
 
 extern "C" __global__ void bias_grad16_partial(float* part, const unsigned long long* dys, int rows, int cols, int per,
-                                               int fmt) {
+                                               int fmt) { XF_PDL_ENTRY();
     if (fmt == XF_OUT_F16)
         bg_partial<true>(part, dys, rows, cols, per);
     else
@@ -43,7 +43,7 @@ extern "C" __global__ void bias_grad16_partial(float* part, const unsigned long 
 
 // One thread per (member, column): db_i[c] += the chunks' partials, summed in chunk order.
 extern "C" __global__ void bias_grad_finish(const unsigned long long* dbs, const float* part, int chunks, int cols,
-                                            int members) {
+                                            int members) { XF_PDL_ENTRY();
     const long long n = (long long)members * cols;
     for (long long t = xf_tid(); t < n; t += xf_stride()) {
         const int i = (int)(t / cols), c = (int)(t - (long long)i * cols);
@@ -57,7 +57,7 @@ extern "C" __global__ void bias_grad_finish(const unsigned long long* dbs, const
 
 // bias_grad_finish1: db[c] += the chunks' partials part[ch][c], summed in chunk order, for
 // one member (relu_dropout_bwd_hh8p's partials).
-extern "C" __global__ void bias_grad_finish1(float* db, const float* part, int chunks, int cols) {
+extern "C" __global__ void bias_grad_finish1(float* db, const float* part, int chunks, int cols) { XF_PDL_ENTRY();
     for (long long c = xf_tid(); c < cols; c += xf_stride()) {
         float s = 0.f;
         for (int ch = 0; ch < chunks; ++ch) s += part[(long long)ch * cols + c];
@@ -74,7 +74,7 @@ struct bgf_job {
     int chunks, cols;
 };
 
-extern "C" __global__ void bias_grad_finish1_list(const bgf_job* jobs) {
+extern "C" __global__ void bias_grad_finish1_list(const bgf_job* jobs) { XF_PDL_ENTRY();
     const bgf_job j = jobs[blockIdx.y];
     for (long long c = blockIdx.x * (long long)blockDim.x + threadIdx.x; c < j.cols; c += (long long)gridDim.x * blockDim.x) {
         float s = 0.f;

@@ -5,19 +5,19 @@
 // the 16-bit GEMM path (Options.Precision) and the benchmark.
 #include "xform.cuh"
 
-extern "C" __global__ void f32_to_bf16(unsigned short* y, const float* x, long long n) {
+extern "C" __global__ void f32_to_bf16(unsigned short* y, const float* x, long long n) { XF_PDL_ENTRY();
     for (long long i = xf_tid(); i < n; i += xf_stride()) y[i] = xf_f32_to_bf16(x[i]);
 }
 
-extern "C" __global__ void bf16_to_f32(float* y, const unsigned short* x, long long n) {
+extern "C" __global__ void bf16_to_f32(float* y, const unsigned short* x, long long n) { XF_PDL_ENTRY();
     for (long long i = xf_tid(); i < n; i += xf_stride()) y[i] = __uint_as_float((unsigned int)x[i] << 16);
 }
 
-extern "C" __global__ void f32_to_f16(unsigned short* y, const float* x, long long n) {
+extern "C" __global__ void f32_to_f16(unsigned short* y, const float* x, long long n) { XF_PDL_ENTRY();
     for (long long i = xf_tid(); i < n; i += xf_stride()) y[i] = xf_f32_to_f16(x[i]);
 }
 
-extern "C" __global__ void f16_to_f32(float* y, const unsigned short* x, long long n) {
+extern "C" __global__ void f16_to_f32(float* y, const unsigned short* x, long long n) { XF_PDL_ENTRY();
     for (long long i = xf_tid(); i < n; i += xf_stride()) y[i] = xf_f16_to_f32(x[i]);
 }
 
@@ -58,12 +58,12 @@ __device__ __forceinline__ void xf_cast3(unsigned short* y0, const float* x0, lo
 
 extern "C" __global__ void f32_to_bf16_3(unsigned short* y0, const float* x0, long long n0,
                                          unsigned short* y1, const float* x1, long long n1,
-                                         unsigned short* y2, const float* x2, long long n2) {
+                                         unsigned short* y2, const float* x2, long long n2) { XF_PDL_ENTRY();
     xf_cast3<false>(y0, x0, n0, y1, x1, n1, y2, x2, n2);
 }
 
 extern "C" __global__ void f32_to_f16_3(unsigned short* y0, const float* x0, long long n0,
                                         unsigned short* y1, const float* x1, long long n1,
-                                        unsigned short* y2, const float* x2, long long n2) {
+                                        unsigned short* y2, const float* x2, long long n2) { XF_PDL_ENTRY();
     xf_cast3<true>(y0, x0, n0, y1, x1, n1, y2, x2, n2);
 }

@@ -44,6 +44,9 @@ type driver struct {
 	cuLaunchKernel, cuFuncSetAttribute                               uintptr
 	cuEventCreate, cuEventRecord, cuEventSynchronize, cuEventDestroy uintptr
 	cuEventElapsedTime                                               uintptr
+	// cuLaunchKernelEx (CUDA 11.8+) is optional: bound after the rest, 0 when absent
+	// (then no programmatic dependent launch, launch.go).
+	cuLaunchKernelEx uintptr
 }
 
 func (d *driver) symbols() []symbol {
@@ -102,6 +105,7 @@ func loadDriver(s Search) (*driver, error) {
 		if err := bind(h, soname, d.symbols()); err != nil {
 			return nil, fmt.Errorf("%w: %s: %v", ErrOldDriver, c, err)
 		}
+		_ = bind(h, soname, []symbol{{"cuLaunchKernelEx", &d.cuLaunchKernelEx}})
 		return d, nil
 	}
 	if firstErr != nil {

@@ -24,14 +24,14 @@ __device__ __forceinline__ float4 dropout_elem4(float4 v, unsigned long long see
 
 // m[i] = the mask element, for i < n.
 extern "C" __global__ void dropout_mask(float* m, unsigned long long seed, unsigned long long threshold,
-                                        float keep, long long n) {
+                                        float keep, long long n) { XF_PDL_ENTRY();
     for (long long i = xf_tid(); i < n; i += xf_stride()) m[i] = dropout_elem(seed, i, threshold, keep);
 }
 
 // y[i] = x[i] · mask element i (the product mul computes, the mask never stored); y may
 // alias x.
 extern "C" __global__ void dropout_apply(float* y, const float* x, unsigned long long seed,
-                                         unsigned long long threshold, float keep, long long n) {
+                                         unsigned long long threshold, float keep, long long n) { XF_PDL_ENTRY();
     for (long long i = xf_tid(); i < n; i += xf_stride()) y[i] = x[i] * dropout_elem(seed, i, threshold, keep);
 }
 
@@ -39,7 +39,7 @@ extern "C" __global__ void dropout_apply(float* y, const float* x, unsigned long
 // the rounding of the float product dropout_apply stores, four elements per thread
 // where x and y are aligned for it.
 extern "C" __global__ void dropout_apply16(void* y, const float* x, unsigned long long seed,
-                                           unsigned long long threshold, float keep, long long n, int fmt) {
+                                           unsigned long long threshold, float keep, long long n, int fmt) { XF_PDL_ENTRY();
     long long done = 0;
     if (((unsigned long long)x & 15ull) == 0 && xf_out_aligned(y, fmt)) {
         const long long n4 = n >> 2;
@@ -57,7 +57,7 @@ extern "C" __global__ void dropout_apply16(void* y, const float* x, unsigned lon
 // product into the 16-bit y16 (format fmt, XF_OUT_BF16/F16): four elements per thread
 // where the three arrays are aligned for it.
 extern "C" __global__ void dropout_apply2(float* y, void* y16, const float* x, unsigned long long seed,
-                                          unsigned long long threshold, float keep, long long n, int fmt) {
+                                          unsigned long long threshold, float keep, long long n, int fmt) { XF_PDL_ENTRY();
     long long done = 0;
     if ((((unsigned long long)x | (unsigned long long)y) & 15ull) == 0 && xf_out_aligned(y16, fmt)) {
         const long long n4 = n >> 2;
@@ -82,7 +82,7 @@ extern "C" __global__ void dropout_apply2(float* y, void* y16, const float* x, u
 // dropout_apply forms, rounded. Four elements per thread (one 8-byte load and store)
 // where x and y are 8-byte aligned.
 extern "C" __global__ void dropout_apply_hh(void* y, const void* x, unsigned long long seed,
-                                            unsigned long long threshold, float keep, long long n, int fmt) {
+                                            unsigned long long threshold, float keep, long long n, int fmt) { XF_PDL_ENTRY();
     const unsigned short* xs = reinterpret_cast<const unsigned short*>(x);
     long long done = 0;
     if ((((unsigned long long)x | (unsigned long long)y) & 7ull) == 0) {
@@ -211,7 +211,7 @@ __device__ __forceinline__ void dropout_hh8(void* y, const void* x, unsigned lon
 // dropout_apply_hh8 is dropout_apply_hh (same arguments, same bits; y may alias x) for
 // a grid sized for n/8 threads.
 extern "C" __global__ void dropout_apply_hh8(void* y, const void* x, unsigned long long seed,
-                                             unsigned long long threshold, float keep, long long n, int fmt) {
+                                             unsigned long long threshold, float keep, long long n, int fmt) { XF_PDL_ENTRY();
     if (fmt == XF_OUT_F16)
         dropout_hh8<true>(y, x, seed, threshold, keep, n);
     else
@@ -222,7 +222,7 @@ extern "C" __global__ void dropout_apply_hh8(void* y, const void* x, unsigned lo
 // y > 0, a byte per eight elements (dh_positive8).
 extern "C" __global__ void dropout_apply_hh8m(void* y, const void* x, unsigned long long seed,
                                               unsigned long long threshold, float keep, long long n, int fmt,
-                                              unsigned char* mask) {
+                                              unsigned char* mask) { XF_PDL_ENTRY();
     if (fmt == XF_OUT_F16)
         dropout_hh8<true, true>(y, x, seed, threshold, keep, n, mask);
     else

@@ -3,7 +3,7 @@
 #include "xform.cuh"
 
 // y[i*dim + c] = scale * table[ids[i]*dim + c]. Ids are validated by the caller.
-extern "C" __global__ void embed(float* y, const float* table, const int* ids, int rows, int dim, float scale) {
+extern "C" __global__ void embed(float* y, const float* table, const int* ids, int rows, int dim, float scale) { XF_PDL_ENTRY();
     long long total = (long long)rows * dim;
     for (long long i = xf_tid(); i < total; i += xf_stride()) {
         long long r = i / dim, c = i - r * dim;
@@ -12,7 +12,7 @@ extern "C" __global__ void embed(float* y, const float* table, const int* ids, i
 }
 
 // y[i*dim + c] += table[rows[i]*dim + c] (learned or sinusoidal positions).
-extern "C" __global__ void add_rows(float* y, const float* table, const int* rowIdx, int rows, int dim) {
+extern "C" __global__ void add_rows(float* y, const float* table, const int* rowIdx, int rows, int dim) { XF_PDL_ENTRY();
     long long total = (long long)rows * dim;
     for (long long i = xf_tid(); i < total; i += xf_stride()) {
         long long r = i / dim, c = i - r * dim;
@@ -25,7 +25,7 @@ extern "C" __global__ void add_rows(float* y, const float* table, const int* row
 // row indices; one thread per (distinct id, column) adds its rows in increasing i, each
 // term rounded as the CPU backend's serial loop rounds it, so the result is bit-identical
 // to it and the same on every run. Rows of the skipped (pad) id are left out by the host.
-extern "C" __global__ void embed_bwd(float* dtable, const float* dy, const int* csr, int nu, int dim, float scale) {
+extern "C" __global__ void embed_bwd(float* dtable, const float* dy, const int* csr, int nu, int dim, float scale) { XF_PDL_ENTRY();
     const int* ids = csr + nu + 1;
     const int* rowsOf = csr + 2 * nu + 1;
     long long total = (long long)nu * dim;

@@ -573,7 +573,12 @@ func (be *Backend) launchKernel(fn uintptr, grid, block [3]uint32, shared uint32
 			pr.opBegin(be.kernelName(fn))
 			defer pr.opEnd()
 		}
-		must(be.drv.launch(fn, grid, block, shared, be.prm, 0))
+		if be.pdl != nil && be.pdlFns[fn] {
+			must(be.drv.launchPDL(be.pdl, fn, grid, block, shared, be.prm, 0))
+			be.pdlLaunches++
+		} else {
+			must(be.drv.launch(fn, grid, block, shared, be.prm, 0))
+		}
 		if be.syncCheck {
 			must(be.drv.synchronize())
 		}

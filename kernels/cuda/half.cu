@@ -9,7 +9,7 @@
 // nbuf lengths, and block b rounds chunk tasks[b].
 #include "xform.cuh"
 
-extern "C" __global__ void round_list(const unsigned long long* desc, int nbuf, const int2* tasks, int fmt) {
+extern "C" __global__ void round_list(const unsigned long long* desc, int nbuf, const int2* tasks, int fmt) { XF_PDL_ENTRY();
     const list_span sp = list_span_of(tasks, desc + 2 * nbuf);
     unsigned short* y = (unsigned short*)desc[sp.k] + sp.start;
     const float* x = (const float*)desc[nbuf + sp.k] + sp.start;

@@ -75,6 +75,54 @@ func (d *driver) launch(fn uintptr, grid [3]uint32, block [3]uint32, shared uint
 		uintptr(shared), stream, uintptr(unsafe.Pointer(&p.ptrs[0])), 0))
 }
 
+// cuLaunchAttr is CUlaunchAttribute: the attribute's id, padding to 8 bytes, and its
+// value, a 64-byte union (cuda.h).
+type cuLaunchAttr struct {
+	id  uint32
+	_   [4]byte
+	val [64]byte
+}
+
+// cuLaunchConfig is CUlaunchConfig (cuda.h, 56 bytes on 64-bit hosts).
+type cuLaunchConfig struct {
+	gridX, gridY, gridZ, blockX, blockY, blockZ, shared uint32
+	_                                                   [4]byte
+	stream                                              uintptr
+	attrs                                               *cuLaunchAttr
+	numAttrs                                            uint32
+	_                                                   [4]byte
+}
+
+// cuLaunchAttrProgrammaticSerialization is CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION:
+// with the value 1 the launch may begin before the previous kernel of the stream has
+// finished (the kernel's griddepcontrol.wait orders its memory accesses: XF_PDL_ENTRY).
+const cuLaunchAttrProgrammaticSerialization = 6
+
+// pdlLaunch is the Backend's reusable cuLaunchKernelEx argument (one heap object, so the
+// driver reads memory that neither moves nor is freed, as with params).
+type pdlLaunch struct {
+	cfg  cuLaunchConfig
+	attr cuLaunchAttr
+}
+
+func newPDLLaunch() *pdlLaunch {
+	l := &pdlLaunch{}
+	l.attr.id = cuLaunchAttrProgrammaticSerialization
+	l.attr.val[0] = 1 // programmaticStreamSerializationAllowed, an int
+	l.cfg.attrs, l.cfg.numAttrs = &l.attr, 1
+	return l
+}
+
+// launchPDL is launch with programmatic stream serialization allowed (see
+// cuLaunchAttrProgrammaticSerialization); fn must open with XF_PDL_ENTRY.
+func (d *driver) launchPDL(l *pdlLaunch, fn uintptr, grid [3]uint32, block [3]uint32, shared uint32, p *params, stream uintptr) error {
+	l.cfg.gridX, l.cfg.gridY, l.cfg.gridZ = grid[0], grid[1], grid[2]
+	l.cfg.blockX, l.cfg.blockY, l.cfg.blockZ = block[0], block[1], block[2]
+	l.cfg.shared, l.cfg.stream = shared, stream
+	return d.check("cuLaunchKernelEx", call(d.cuLaunchKernelEx, uintptr(unsafe.Pointer(&l.cfg)), fn,
+		uintptr(unsafe.Pointer(&p.ptrs[0])), 0))
+}
+
 func (d *driver) loadModule(image []byte) (uintptr, error) {
 	var m uintptr
 	err := d.check("cuModuleLoadData", call(d.cuModuleLoadData, uintptr(unsafe.Pointer(&m)), uintptr(unsafe.Pointer(&image[0]))))
@@ -88,6 +136,7 @@ func (be *Backend) kernel(name string) uintptr {
 	for _, m := range be.mods {
 		p, err := be.drv.function(m, name)
 		if err == nil {
+			be.pdlFns[p] = true
 			if be.profile != nil {
 				be.kernelName(p) // fills the map
 				be.kernelNames[p] = name

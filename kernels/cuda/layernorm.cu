@@ -8,7 +8,7 @@
 #include "xform.cuh"
 
 extern "C" __global__ void layernorm(float* y, const float* x, const float* gamma, const float* beta,
-                                     int rows, int dim, float eps) {
+                                     int rows, int dim, float eps) { XF_PDL_ENTRY();
     __shared__ double scratch[32];
     for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
         const float* xr = x + r * dim;
@@ -40,7 +40,7 @@ extern "C" __global__ void layernorm(float* y, const float* x, const float* gamm
 // it is overwritten. With writeDx, dx may alias dy (each element is read for the sums,
 // then rewritten by the thread that read it).
 extern "C" __global__ void layernorm_bwd(float* dx, double* stats, const float* dy, const float* x,
-                                         const float* gamma, int rows, int dim, float eps, int writeDx) {
+                                         const float* gamma, int rows, int dim, float eps, int writeDx) { XF_PDL_ENTRY();
     __shared__ double scratch[32];
     for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
         const float* xr = x + r * dim;

@@ -199,7 +199,7 @@ extern "C" __global__ void __launch_bounds__(512, 2)
             int ignore, float scale, int mode);
 
 extern "C" __global__ void ls_loss(void* dlogits, double* rowOut, const float* logits, const int* targets,
-                                   int rows, int V, float eps, int ignore, float scale, int mode) {
+                                   int rows, int V, float eps, int ignore, float scale, int mode) { XF_PDL_ENTRY();
     extern __shared__ float4 ls_row4[];
     __shared__ double dscratch[32];
     __shared__ float fscratch[32];
@@ -522,16 +522,16 @@ extern "C" __global__ void __launch_bounds__(1024, 1)
                 int ignore, float scale, int ofmt, int stages, int fexp);
 
 extern "C" __global__ void ls_pipe_f32(void* dlogits, double* rowOut, const void* logits, const int* targets, int rows,
-                                       int V, float eps, int ignore, float scale, int ofmt, int stages, int fexp) {
+                                       int V, float eps, int ignore, float scale, int ofmt, int stages, int fexp) { XF_PDL_ENTRY();
     lsp_body<XF_OUT_F32>(dlogits, rowOut, logits, targets, rows, V, eps, ignore, scale, ofmt, stages, fexp);
 }
 
 extern "C" __global__ void ls_pipe_bf16(void* dlogits, double* rowOut, const void* logits, const int* targets, int rows,
-                                        int V, float eps, int ignore, float scale, int ofmt, int stages, int fexp) {
+                                        int V, float eps, int ignore, float scale, int ofmt, int stages, int fexp) { XF_PDL_ENTRY();
     lsp_body<XF_OUT_BF16>(dlogits, rowOut, logits, targets, rows, V, eps, ignore, scale, ofmt, stages, fexp);
 }
 
 extern "C" __global__ void ls_pipe_f16(void* dlogits, double* rowOut, const void* logits, const int* targets, int rows,
-                                       int V, float eps, int ignore, float scale, int ofmt, int stages, int fexp) {
+                                       int V, float eps, int ignore, float scale, int ofmt, int stages, int fexp) { XF_PDL_ENTRY();
     lsp_body<XF_OUT_F16>(dlogits, rowOut, logits, targets, rows, V, eps, ignore, scale, ofmt, stages, fexp);
 }

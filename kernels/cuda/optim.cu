@@ -41,7 +41,7 @@ __device__ __forceinline__ float adam_elem(float* p, const float* g, float* m, f
 
 extern "C" __global__ void adam_step(float* p, const float* g, float* m, float* v, long long n, float beta1,
                                      float beta2, float omb1, float omb2, float eps, float decay, float step,
-                                     int update) {
+                                     int update) { XF_PDL_ENTRY();
     for (long long i = xf_tid(); i < n; i += xf_stride()) {
         adam_elem(p, g, m, v, i, beta1, beta2, omb1, omb2, eps, decay, step, update, 1.0f, 1.0f);
     }
@@ -198,7 +198,7 @@ __device__ __forceinline__ void adam_list_body(const unsigned long long* desc, i
 
 extern "C" __global__ void adam_list(const unsigned long long* desc, int nbuf, float beta1, float beta2,
                                      float omb1, float omb2, float eps, float decay, float step, int update,
-                                     const int2* tasks, float pre, const double* sumsq, double maxNorm) {
+                                     const int2* tasks, float pre, const double* sumsq, double maxNorm) { XF_PDL_ENTRY();
     adam_list_body<XF_OUT_F32>(desc, nbuf, beta1, beta2, omb1, omb2, eps, decay, step, update, tasks, pre, sumsq,
                                maxNorm, nullptr);
 }
@@ -206,7 +206,7 @@ extern "C" __global__ void adam_list(const unsigned long long* desc, int nbuf, f
 extern "C" __global__ void __launch_bounds__(LIST_THREADS, 3)
     adam_list_bf16(const unsigned long long* desc, int nbuf, float beta1, float beta2, float omb1, float omb2, float eps,
                float decay, float step, int update, const int2* tasks, float pre, const double* sumsq,
-               double maxNorm, const unsigned long long* half) {
+               double maxNorm, const unsigned long long* half) { XF_PDL_ENTRY();
     adam_list_body<XF_OUT_BF16>(desc, nbuf, beta1, beta2, omb1, omb2, eps, decay, step, update, tasks, pre, sumsq,
                                maxNorm, half);
 }
@@ -214,7 +214,7 @@ extern "C" __global__ void __launch_bounds__(LIST_THREADS, 3)
 extern "C" __global__ void __launch_bounds__(LIST_THREADS, 3)
     adam_list_f16(const unsigned long long* desc, int nbuf, float beta1, float beta2, float omb1, float omb2, float eps,
               float decay, float step, int update, const int2* tasks, float pre, const double* sumsq,
-              double maxNorm, const unsigned long long* half) {
+              double maxNorm, const unsigned long long* half) { XF_PDL_ENTRY();
     adam_list_body<XF_OUT_F16>(desc, nbuf, beta1, beta2, omb1, omb2, eps, decay, step, update, tasks, pre, sumsq,
                               maxNorm, half);
 }
@@ -222,7 +222,7 @@ extern "C" __global__ void __launch_bounds__(LIST_THREADS, 3)
 extern "C" __global__ void adam_list_norm(const unsigned long long* desc, int nbuf, float beta1, float beta2,
                                           float omb1, float omb2, float eps, float decay, float step, int update,
                                           const int2* tasks, float pre, const double* sumsq, double maxNorm,
-                                          double* part) {
+                                          double* part) { XF_PDL_ENTRY();
     adam_list_body<XF_OUT_F32, true>(desc, nbuf, beta1, beta2, omb1, omb2, eps, decay, step, update, tasks, pre,
                                      nullptr, 0.0, nullptr, part);
 }
@@ -230,7 +230,7 @@ extern "C" __global__ void adam_list_norm(const unsigned long long* desc, int nb
 extern "C" __global__ void __launch_bounds__(LIST_THREADS, 3)
     adam_list_bf16_norm(const unsigned long long* desc, int nbuf, float beta1, float beta2, float omb1, float omb2,
                         float eps, float decay, float step, int update, const int2* tasks, float pre,
-                        const double* sumsq, double maxNorm, const unsigned long long* half, double* part) {
+                        const double* sumsq, double maxNorm, const unsigned long long* half, double* part) { XF_PDL_ENTRY();
     adam_list_body<XF_OUT_BF16, true>(desc, nbuf, beta1, beta2, omb1, omb2, eps, decay, step, update, tasks, pre,
                                       nullptr, 0.0, half, part);
 }
@@ -238,14 +238,14 @@ extern "C" __global__ void __launch_bounds__(LIST_THREADS, 3)
 extern "C" __global__ void __launch_bounds__(LIST_THREADS, 3)
     adam_list_f16_norm(const unsigned long long* desc, int nbuf, float beta1, float beta2, float omb1, float omb2,
                        float eps, float decay, float step, int update, const int2* tasks, float pre,
-                       const double* sumsq, double maxNorm, const unsigned long long* half, double* part) {
+                       const double* sumsq, double maxNorm, const unsigned long long* half, double* part) { XF_PDL_ENTRY();
     adam_list_body<XF_OUT_F16, true>(desc, nbuf, beta1, beta2, omb1, omb2, eps, decay, step, update, tasks, pre,
                                      nullptr, 0.0, half, part);
 }
 
 // fill_list sets every element of every buffer of desc (addresses, then lengths) to
 // value on the chunks of tasks: zeroing all gradients in one launch.
-extern "C" __global__ void fill_list(const unsigned long long* desc, int nbuf, float value, const int2* tasks) {
+extern "C" __global__ void fill_list(const unsigned long long* desc, int nbuf, float value, const int2* tasks) { XF_PDL_ENTRY();
     const list_span sp = list_span_of(tasks, desc + nbuf);
     float* p = (float*)desc[sp.k] + sp.start;
     int done = 0;

@@ -20,7 +20,7 @@
 //      double (LayerNorm γ and β gradients: a = dy, b = x)
 // part holds nout = (mode == 2 ? 2 : 1) rows of cols doubles per chunk.
 extern "C" __global__ void col_partial(double* part, const float* a, const float* b, const double* stats,
-                                       int rows, int cols, int rowsPer, int mode) {
+                                       int rows, int cols, int rowsPer, int mode) { XF_PDL_ENTRY();
     __shared__ double red[2][8][33];
     const int tx = threadIdx.x, ty = threadIdx.y;
     const int j = blockIdx.x * 32 + tx;
@@ -63,7 +63,7 @@ extern "C" __global__ void col_partial(double* part, const float* a, const float
 // gradient: out[j] += (float)(alpha · Σ_c part[c][o][j]), as the CPU backend rounds its
 // float64 sum once (alpha = 1 is exact).
 extern "C" __global__ void col_finish(float* out, const double* part, int chunks, int cols, int nout, int o,
-                                      double alpha) {
+                                      double alpha) { XF_PDL_ENTRY();
     for (long long j = xf_tid(); j < cols; j += xf_stride()) {
         double s = 0;
         for (int c = 0; c < chunks; c++) s += part[((long long)c * nout + o) * cols + j];
@@ -86,7 +86,7 @@ extern "C" __global__ void col_finish(float* out, const double* part, int chunks
 // path (a buffer not 16-byte aligned) follow that same order, so the bits depend on
 // the buffer lengths only; sum_strided then adds the partials in a fixed order.
 extern "C" __global__ void sumsq_partial(double* part, const unsigned long long* addrs,
-                                         const unsigned long long* lens, const int2* tasks, float pre) {
+                                         const unsigned long long* lens, const int2* tasks, float pre) { XF_PDL_ENTRY();
     __shared__ double scratch[32];
     const list_span sp = list_span_of(tasks, lens);
     const float* p = (const float*)addrs[sp.k] + sp.start;
@@ -120,7 +120,7 @@ extern "C" __global__ void sumsq_partial(double* part, const unsigned long long*
 
 // scale_list sets x = a·x (float product) over every buffer of desc (one list) on the
 // chunks of tasks: gradient clipping and normalisation in one launch.
-extern "C" __global__ void scale_list(const unsigned long long* desc, int nbuf, float a, const int2* tasks) {
+extern "C" __global__ void scale_list(const unsigned long long* desc, int nbuf, float a, const int2* tasks) { XF_PDL_ENTRY();
     const list_span sp = list_span_of(tasks, desc + nbuf);
     float* p = (float*)desc[sp.k] + sp.start;
     int done = 0;
@@ -148,7 +148,7 @@ extern "C" __global__ void scale_list(const unsigned long long* desc, int nbuf, 
 // sum_strided: out[c] = Σ_i in[i·stride + c] for c < k, i < n; one block, each thread a
 // fixed set of i, then the block sum (fixed tree). Finishes sumsq_partial (stride 1)
 // and the loss rows (stride 2).
-extern "C" __global__ void sum_strided(double* out, const double* in, long long n, int stride, int k) {
+extern "C" __global__ void sum_strided(double* out, const double* in, long long n, int stride, int k) { XF_PDL_ENTRY();
     __shared__ double scratch[32];
     for (int c = 0; c < k; c++) {
         double s = 0;

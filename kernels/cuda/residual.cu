@@ -7,7 +7,7 @@
 #include "xform.cuh"
 
 extern "C" __global__ void residual(float* y, const float* x, const float* branch, const float* omega,
-                                    float alpha, int rows, int dim) {
+                                    float alpha, int rows, int dim) { XF_PDL_ENTRY();
     long long n = (long long)rows * dim;
     for (long long i = xf_tid(); i < n; i += xf_stride()) {
         float v = x[i];
@@ -19,7 +19,7 @@ extern "C" __global__ void residual(float* y, const float* x, const float* branc
 // residual_bwd: dx += (dy·ω)·α (ω null: dy·α), the CPU backend's product order. The
 // branch's gradient is dy itself, so nothing else is written here.
 extern "C" __global__ void residual_bwd(float* dx, const float* dy, const float* omega, float alpha, int rows,
-                                        int dim) {
+                                        int dim) { XF_PDL_ENTRY();
     long long n = (long long)rows * dim;
     for (long long i = xf_tid(); i < n; i += xf_stride()) {
         float v = dy[i];
@@ -53,7 +53,7 @@ __device__ __forceinline__ float4 rb_sum4(const float4* x4, const float4* d4, co
 // the thread index instead of a 64-bit i % dim per element (what held residual_bwd at
 // ~18 µs for 48 MB at 8000×512). The same products in the same order: the same bits.
 extern "C" __global__ void residual_bwd4(float* dx, const float* dy, const float* omega, float alpha, int rows,
-                                         int dim4) {
+                                         int dim4) { XF_PDL_ENTRY();
     float4* x4 = reinterpret_cast<float4*>(dx);
     const float4* d4 = reinterpret_cast<const float4*>(dy);
     const float4* w4 = reinterpret_cast<const float4*>(omega);
@@ -73,7 +73,7 @@ extern "C" __global__ void residual_bwd4(float* dx, const float* dy, const float
 // one (dx is only read; y may alias dx).
 extern "C" __global__ void residual_bwd_dropout4(float* y, const float* dx, const float* dy, const float* omega,
                                                  float alpha, int rows, int dim4, unsigned long long seed,
-                                                 unsigned long long threshold, float keep) {
+                                                 unsigned long long threshold, float keep) { XF_PDL_ENTRY();
     float4* y4 = reinterpret_cast<float4*>(y);
     const float4* x4 = reinterpret_cast<const float4*>(dx);
     const float4* d4 = reinterpret_cast<const float4*>(dy);

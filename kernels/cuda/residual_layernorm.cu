@@ -84,7 +84,7 @@ __device__ __forceinline__ void resln_fwd(float* z, float* y, const float* x, co
 
 extern "C" __global__ void residual_layernorm(float* z, float* y, const float* x, const float* branch,
                                               const float* omega, float alpha, const float* gamma,
-                                              const float* beta, int rows, int dim, float eps) {
+                                              const float* beta, int rows, int dim, float eps) { XF_PDL_ENTRY();
     resln_fwd<false>(z, y, x, branch, omega, alpha, gamma, beta, rows, dim, eps, resln_drop{0ull, 0ull, 1.f});
 }
 
@@ -94,7 +94,7 @@ extern "C" __global__ void residual_layernorm_drop(float* z, float* y, const flo
                                                    const float* omega, float alpha, const float* gamma,
                                                    const float* beta, int rows, int dim, float eps,
                                                    unsigned long long seed, unsigned long long threshold,
-                                                   float keep) {
+                                                   float keep) { XF_PDL_ENTRY();
     resln_fwd<true>(z, y, x, branch, omega, alpha, gamma, beta, rows, dim, eps, resln_drop{seed, threshold, keep});
 }
 
@@ -102,7 +102,7 @@ extern "C" __global__ void residual_layernorm_drop(float* z, float* y, const flo
 // a = Σ gy / dim and b = Σ gy·x̂ / dim (gy = dy·γ, x̂ = (z − mean)·rstd, all double):
 // layernorm_bwd's values, summed in its order (one block of 256 threads per row).
 extern "C" __global__ void residual_layernorm_bwd_rows(double* stats, const float* dy, const float* z,
-                                                       const float* gamma, int rows, int dim, float eps) {
+                                                       const float* gamma, int rows, int dim, float eps) { XF_PDL_ENTRY();
     __shared__ double scratch[32];
     for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
         const float* zr = z + r * dim;
@@ -194,7 +194,7 @@ __device__ __forceinline__ void resln_bwd_cols(double* part, float* dz, float* d
 
 extern "C" __global__ void residual_layernorm_bwd_cols(double* part, float* dz, const double* stats,
                                                        const float* dy, const float* z, const float* x,
-                                                       const float* gamma, int rows, int cols, int rowsPer) {
+                                                       const float* gamma, int rows, int cols, int rowsPer) { XF_PDL_ENTRY();
     resln_bwd_cols<false>(part, dz, nullptr, stats, dy, z, x, gamma, rows, cols, rowsPer, resln_drop{0ull, 0ull, 1.f});
 }
 
@@ -204,7 +204,7 @@ extern "C" __global__ void residual_layernorm_bwd_cols_drop(double* part, float*
                                                             const double* stats, const float* dy, const float* z,
                                                             const float* x, const float* gamma, int rows, int cols,
                                                             int rowsPer, unsigned long long seed,
-                                                            unsigned long long threshold, float keep) {
+                                                            unsigned long long threshold, float keep) { XF_PDL_ENTRY();
     resln_bwd_cols<true>(part, dz, dbranch, stats, dy, z, x, gamma, rows, cols, rowsPer,
                          resln_drop{seed, threshold, keep});
 }
@@ -222,7 +222,7 @@ __device__ __forceinline__ void resln_finish(float* out, const double* part, int
 // dω += (float)(alpha·Σ part[·][2]); a null output is skipped. dγ and dβ use alpha 1,
 // as LayerNormBackward's col_finish calls do (a product by 1.0 is exact).
 extern "C" __global__ void residual_layernorm_bwd_finish(float* dgamma, float* dbeta, float* domega,
-                                                         const double* part, int chunks, int cols, double alpha) {
+                                                         const double* part, int chunks, int cols, double alpha) { XF_PDL_ENTRY();
     for (long long j = xf_tid(); j < cols; j += xf_stride()) {
         if (dgamma) resln_finish(dgamma, part, chunks, cols, 0, 1.0, j);
         if (dbeta) resln_finish(dbeta, part, chunks, cols, 1, 1.0, j);

@@ -6,7 +6,7 @@
 // One block per row, grid-stride over rows; y may alias x.
 #include "xform.cuh"
 
-extern "C" __global__ void softmax(float* y, const float* x, int rows, int dim) {
+extern "C" __global__ void softmax(float* y, const float* x, int rows, int dim) { XF_PDL_ENTRY();
     __shared__ double dscratch[32];
     __shared__ float fscratch[32];
     for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -22,7 +22,7 @@ extern "C" __global__ void softmax(float* y, const float* x, int rows, int dim) 
     }
 }
 
-extern "C" __global__ void log_softmax(float* y, const float* x, int rows, int dim) {
+extern "C" __global__ void log_softmax(float* y, const float* x, int rows, int dim) { XF_PDL_ENTRY();
     __shared__ double dscratch[32];
     __shared__ float fscratch[32];
     for (long long r = blockIdx.x; r < rows; r += gridDim.x) {

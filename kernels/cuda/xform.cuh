@@ -10,6 +10,26 @@
 //   with --fmad=false because Go on amd64 never contracts a*b+c into an FMA.
 #pragma once
 
+// XF_PDL_ENTRY opens every kernel (Programmatic Dependent Launch, launch.go; on by
+// default from compute capability 9.0, XFORM_CUDA_PDL=0 turns it off). So launched, a
+// kernel may be scheduled before the one queued ahead of it has finished:
+// griddepcontrol.wait holds each of its blocks until that grid has completed and its
+// writes are visible, so nothing is read or written early; launch_dependents then lets
+// the kernel queued after it be scheduled in turn. What this wins is the launch latency
+// and the block ramp-up between dependent kernels. Launched the ordinary way, both
+// instructions do nothing. TestEveryKernelOpensWithPDLEntry checks every kernel has it.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define XF_PDL_ENTRY()                                          \
+    do {                                                        \
+        asm volatile("griddepcontrol.wait;" ::: "memory");      \
+        asm volatile("griddepcontrol.launch_dependents;" ::: ); \
+    } while (0)
+#else
+#define XF_PDL_ENTRY() \
+    do {               \
+    } while (0)
+#endif
+
 #define XF_INF __int_as_float(0x7f800000)
 
 // Block-wide reductions for blockDim.x a multiple of 32 and at most 1024. scratch needs
