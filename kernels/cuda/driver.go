@@ -44,7 +44,7 @@ type driver struct {
 	cuLaunchKernel, cuFuncSetAttribute                               uintptr
 	cuEventCreate, cuEventRecord, cuEventSynchronize, cuEventDestroy uintptr
 	cuEventElapsedTime                                               uintptr
-	// cuLaunchKernelEx (CUDA 11.8+) is optional: bound after the rest, 0 when absent
+	// cuLaunchKernelEx (drivers of CUDA 11.6 on) is optional: bound after the rest, 0 when absent
 	// (then no programmatic dependent launch, launch.go).
 	cuLaunchKernelEx uintptr
 }
