@@ -312,7 +312,7 @@ __device__ __forceinline__ void af_fwd(
         const float* k, long long kBS, long long kRS, const float* v, long long vBS, long long vRS,  \
         int H, int D, int TQ, int TK, int ldk, int lds, float scale, const int* kvIndex,            \
         const unsigned char* pad, long long padStride, int causal, int queryOffset,                 \
-        float* headProbs, const float* dropMask, int vOff) { XF_PDL_ENTRY();                                        \
+        float* headProbs, const float* dropMask, int vOff) { XF_PDL_ENTRY();                        \
         af_fwd<NC>(out, oBS, oRS, q, qBS, qRS, k, kBS, kRS, v, vBS, vRS, H, D, TQ, TK, ldk, lds,    \
                    scale, kvIndex, pad, padStride, causal, queryOffset, headProbs, dropMask, vOff); \
     }
@@ -577,7 +577,7 @@ __device__ __forceinline__ void af_bwd(
         long long doRS, const float* q, long long qBS, long long qRS, const float* k,              \
         long long kBS, long long kRS, const float* v, long long vBS, long long vRS,                 \
         const float* probs, const float* mask, int H, int D, int TQ, int TK, int ldk,               \
-        float scale) { XF_PDL_ENTRY();                                                                              \
+        float scale) { XF_PDL_ENTRY();                                                              \
         af_bwd<NC>(dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, dout, doBS, doRS, q, qBS, qRS,   \
                    k, kBS, kRS, v, vBS, vRS, probs, mask, H, D, TQ, TK, ldk, scale);                \
     }

@@ -596,7 +596,7 @@ __device__ __forceinline__ void am_fwd(bool kHalf, float* out, long long oBS, lo
         float* out, long long oBS, long long oRS, const float* q, long long qBS, long long qRS, const float* k,   \
         long long kBS, long long kRS, const float* v, long long vBS, long long vRS, int H, int TQ, int TK,        \
         float scale, const unsigned char* pad, long long padStride, int causal, int queryOffset, float* probs,    \
-        const float* dropMask, int half) { XF_PDL_ENTRY();                                                                        \
+        const float* dropMask, int half) { XF_PDL_ENTRY();                                                        \
         am_fwd<MAXNT>(half != 0, out, oBS, oRS, q, qBS, qRS, k, kBS, kRS, v, vBS, vRS, H, TQ, TK, scale, pad,     \
                       padStride, causal, queryOffset, probs, dropMask);                                           \
     }
@@ -1488,7 +1488,7 @@ extern "C" __global__ void __launch_bounds__(256, AM3_BWD_MINB) attention_mma3_b
         long long kBS, long long kRS, const float* v, long long vBS, long long vRS, int H, int TQ, int TK, float scale, \
         const unsigned char* pad, long long padStride, int causal, int queryOffset, float* probs,                      \
         const float* dropMask, int half, int outFmt, unsigned long long seed, unsigned long long threshold,           \
-        float keepScale, int tiles, int items) { XF_PDL_ENTRY();                                                                       \
+        float keepScale, int tiles, int items) { XF_PDL_ENTRY();                                                       \
         (void)dropMask;                                                                                                \
         am3_fwd<true, NT>(out, oBS, oRS, q, qBS, qRS, k, kBS, kRS, v, vBS, vRS, H, TQ, TK, scale, pad, padStride,      \
                           causal, queryOffset, probs, half, outFmt, seed, threshold, keepScale, tiles, items);         \
@@ -1498,7 +1498,7 @@ extern "C" __global__ void __launch_bounds__(256, AM3_BWD_MINB) attention_mma3_b
         long long dvRS, const float* dout, long long doBS, long long doRS, const float* q, long long qBS,              \
         long long qRS, const float* k, long long kBS, long long kRS, const float* v, long long vBS, long long vRS,     \
         const float* probs, const float* mask, int H, int TQ, int TK, float scale, int half, int outFmt,               \
-        unsigned long long seed, unsigned long long threshold, float keepScale, int items) { XF_PDL_ENTRY();                          \
+        unsigned long long seed, unsigned long long threshold, float keepScale, int items) { XF_PDL_ENTRY();          \
         (void)mask;                                                                                                    \
         am3_bwd<true, NT>(dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, dout, doBS, doRS, q, qBS, qRS, k, kBS, kRS, \
                           v, vBS, vRS, probs, H, TQ, TK, scale, half, outFmt, seed, threshold, keepScale, items);      \
@@ -1773,7 +1773,7 @@ extern "C" __global__ void __launch_bounds__(256, AM3_BWD_MINB) attention_mma3_b
 // 2, hb3: 3). The same arithmetic on the same rounded operands, so the bits of the
 // float32-input bits kernels on the widened inputs.
 #define AM3_HB(SUF, NT)                                                                                               \
-    extern "C" __global__ void __launch_bounds__(128, AM3_FWD_MINB) attention_mma3_fwd_hb##SUF(AM3H_FWD_PARAMS) { XF_PDL_ENTRY();    \
+    extern "C" __global__ void __launch_bounds__(128, AM3_FWD_MINB) attention_mma3_fwd_hb##SUF(AM3H_FWD_PARAMS) { XF_PDL_ENTRY(); \
         am3h_fwd<true, NT>(AM3H_FWD_ARGS);                                                                          \
     }                                                                                                               \
     extern "C" __global__ void __launch_bounds__(256, AM3_BWD_MINB) attention_mma3_bwd_hb##SUF(                      \
@@ -1781,7 +1781,7 @@ extern "C" __global__ void __launch_bounds__(256, AM3_BWD_MINB) attention_mma3_b
         long long dvRS, const unsigned short* dout, long long doBS, long long doRS, const unsigned short* q,          \
         long long qBS, long long qRS, const unsigned short* k, long long kBS, long long kRS, const unsigned short* v,  \
         long long vBS, long long vRS, const float* probs, int H, int TQ, int TK, float scale, int half, int outFmt,   \
-        unsigned long long seed, unsigned long long threshold, float keepScale, int items) { XF_PDL_ENTRY();                         \
+        unsigned long long seed, unsigned long long threshold, float keepScale, int items) { XF_PDL_ENTRY();         \
         am3h_bwd<true, NT>(half != 0, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, dout, doBS, doRS, q, qBS, qRS,  \
                            k, kBS, kRS, v, vBS, vRS, probs, H, TQ, TK, scale, outFmt, seed, threshold, keepScale,    \
                            items);                                                                                  \
@@ -1797,7 +1797,7 @@ AM3_HB(3, 3)
 // zero), so the results are their bits, stored only at the real rows.
 #define AM3_HR(SUF, NT)                                                                                               \
     extern "C" __global__ void __launch_bounds__(128, AM3_FWD_MINB) attention_mma3_fwd_hr##SUF(                      \
-        AM3H_FWD_PARAMS, const int* qSpan, const int* kSpan) { XF_PDL_ENTRY();                                                      \
+        AM3H_FWD_PARAMS, const int* qSpan, const int* kSpan) { XF_PDL_ENTRY();                                      \
         am3h_fwd<true, NT, true>(AM3H_FWD_ARGS, qSpan, kSpan);                                                      \
     }                                                                                                               \
     extern "C" __global__ void __launch_bounds__(256, AM3_BWD_MINB) attention_mma3_bwd_hr##SUF(                      \
@@ -1806,7 +1806,7 @@ AM3_HB(3, 3)
         long long qBS, long long qRS, const unsigned short* k, long long kBS, long long kRS, const unsigned short* v,  \
         long long vBS, long long vRS, const float* probs, int H, int TQ, int TK, float scale, int half, int outFmt,   \
         unsigned long long seed, unsigned long long threshold, float keepScale, int items, const int* qSpan,          \
-        const int* kSpan) { XF_PDL_ENTRY();                                                                                         \
+        const int* kSpan) { XF_PDL_ENTRY();                                                                         \
         am3h_bwd<true, NT, true>(half != 0, dq, dqBS, dqRS, dk, dkBS, dkRS, dv, dvBS, dvRS, dout, doBS, doRS, q, qBS,  \
                                  qRS, k, kBS, kRS, v, vBS, vRS, probs, H, TQ, TK, scale, outFmt, seed, threshold,     \
                                  keepScale, items, qSpan, kSpan);                                                   \

@@ -185,18 +185,18 @@ __device__ __forceinline__ void lf_bwd(float* part, float* dz, const float* dy, 
 #define LF_INSTANCE(NC)                                                                                            \
     extern "C" __global__ void __launch_bounds__(LF_THREADS) layernorm_fast_fwd##NC(                                \
         float* z, float* y, const float* x, const float* branch, const float* omega, float alpha,                 \
-        const float* gamma, const float* beta, int rows, int dim, float eps) { XF_PDL_ENTRY();                                    \
+        const float* gamma, const float* beta, int rows, int dim, float eps) { XF_PDL_ENTRY();                    \
         lf_fwd<NC, false>(z, y, x, branch, omega, alpha, gamma, beta, rows, dim, eps, lf_drop{0ull, 0ull, 1.f});   \
     }                                                                                                              \
     extern "C" __global__ void __launch_bounds__(LF_THREADS) layernorm_fast_bwd##NC(                                \
         float* part, float* dz, const float* dy, const float* z, const float* x, const float* gamma, int rows,     \
-        int dim, float eps) { XF_PDL_ENTRY();                                                                                      \
+        int dim, float eps) { XF_PDL_ENTRY();                                                                      \
         lf_bwd<NC>(part, dz, dy, z, x, gamma, rows, dim, eps);                                                     \
     }                                                                                                              \
     extern "C" __global__ void __launch_bounds__(LF_THREADS) layernorm_fast_fwd_drop##NC(                           \
         float* z, float* y, const float* x, const float* branch, const float* omega, float alpha,                 \
         const float* gamma, const float* beta, int rows, int dim, float eps, unsigned long long seed,             \
-        unsigned long long threshold, float keep) { XF_PDL_ENTRY();                                                                \
+        unsigned long long threshold, float keep) { XF_PDL_ENTRY();                                                \
         lf_fwd<NC, true>(z, y, x, branch, omega, alpha, gamma, beta, rows, dim, eps, lf_drop{seed, threshold, keep}); \
     }
 
@@ -807,26 +807,26 @@ __device__ __forceinline__ void lfv_bwd(float* part, float* dz, void* dbranch, i
     }
 
 #define LFV_INSTANCE(NV)                                                                                         \
-    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_fwd_v##NV(LFV_FWD_PARAMS) { XF_PDL_ENTRY();         \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_fwd_v##NV(LFV_FWD_PARAMS) { XF_PDL_ENTRY(); \
         LFV_BY_DIM(NV, lfv_fwd<NV>(z, y, x, branch, omega, alpha, gamma, beta, rows, lfv_dim, eps, drop, seed,   \
                                    threshold, keep, y16, fmt))                                                   \
     }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_v##NV(LFV_BWD_PARAMS) { XF_PDL_ENTRY();         \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_v##NV(LFV_BWD_PARAMS) { XF_PDL_ENTRY(); \
         LFV_BY_DIM(NV, lfv_bwd<NV, false>(part, dz, dbranch, fmt, dy, z, x, gamma, rows, lfv_dim, eps, seed,     \
                                           threshold, keep))                                                      \
     }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_vs##NV(LFV_BWD_PARAMS) { XF_PDL_ENTRY();        \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_vs##NV(LFV_BWD_PARAMS) { XF_PDL_ENTRY(); \
         LFV_STEP(NV, part && dz && dbranch && x && threshold != 0ull,                                            \
                  lfv_bwd<NV, true>(part, dz, dbranch, lfv_fmt, dy, z, x, gamma, rows, lfv_dim, eps, seed,        \
                                    threshold, keep))                                                             \
     }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_vp##NV(LFV_PAIR_PARAMS) { XF_PDL_ENTRY();       \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_vp##NV(LFV_PAIR_PARAMS) { XF_PDL_ENTRY(); \
         LFV_STEP(NV, part && dz && dbranch && dz2 && omega2 && x && threshold != 0ull,                           \
                  lfv_bwd<NV, true, true, false>(part, dz, dbranch, lfv_fmt, dy, z, x, gamma, rows, lfv_dim, eps, \
                                                 seed, threshold, keep,                                           \
                                                 lfv_extra{dz2, omega2, alpha2, nullptr, 1.f}))                   \
     }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_vr##NV(LFV_RECOMP_PARAMS) { XF_PDL_ENTRY();     \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_bwd_vr##NV(LFV_RECOMP_PARAMS) { XF_PDL_ENTRY(); \
         LFV_STEP(NV, part && dz && dbranch && dz2 && omega2 && x && omega && threshold != 0ull,                  \
                  lfv_bwd<NV, true, true, true>(part, dz, dbranch, lfv_fmt, dy, branch, x, gamma, rows, lfv_dim,  \
                                                eps, seed, threshold, keep,                                       \
@@ -844,24 +844,24 @@ LFV_INSTANCE(8)
 #define LFW_FIN_PARAMS unsigned *cnt, float *dgamma, float *dbeta, float *domega, float fin_alpha
 #define LFW_FIN lfv_fin{cnt, dgamma, dbeta, domega, fin_alpha}
 #define LFW_INSTANCE(NV)                                                                                        \
-    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_fwd_w##NV(LFV_FWD_PARAMS) { XF_PDL_ENTRY();        \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS) layernorm_fast_fwd_w##NV(LFV_FWD_PARAMS) { XF_PDL_ENTRY(); \
         lfv_fwd<NV, true>(z, y, x, branch, omega, alpha, gamma, beta, rows, dim, eps, drop, seed, threshold,   \
                           keep, y16, fmt);                                                                      \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(LFV_THREADS)                                                   \
-        layernorm_fast_bwd_ws##NV(LFV_BWD_PARAMS, LFW_FIN_PARAMS) { XF_PDL_ENTRY();                                             \
+        layernorm_fast_bwd_ws##NV(LFV_BWD_PARAMS, LFW_FIN_PARAMS) { XF_PDL_ENTRY();                             \
         lfv_bwd<NV, true, false, false, true>(part, dz, dbranch, fmt, dy, z, x, gamma, rows, dim, eps, seed,    \
                                               threshold, keep, lfv_extra{nullptr, nullptr, 0.f, nullptr, 1.f},  \
                                               LFW_FIN);                                                         \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(LFV_THREADS)                                                   \
-        layernorm_fast_bwd_wp##NV(LFV_PAIR_PARAMS, LFW_FIN_PARAMS) { XF_PDL_ENTRY();                                            \
+        layernorm_fast_bwd_wp##NV(LFV_PAIR_PARAMS, LFW_FIN_PARAMS) { XF_PDL_ENTRY();                            \
         lfv_bwd<NV, true, true, false, true>(part, dz, dbranch, fmt, dy, z, x, gamma, rows, dim, eps, seed,     \
                                              threshold, keep, lfv_extra{dz2, omega2, alpha2, nullptr, 1.f},     \
                                              LFW_FIN);                                                          \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(LFV_THREADS)                                                   \
-        layernorm_fast_bwd_wr##NV(LFV_RECOMP_PARAMS, LFW_FIN_PARAMS) { XF_PDL_ENTRY();                                          \
+        layernorm_fast_bwd_wr##NV(LFV_RECOMP_PARAMS, LFW_FIN_PARAMS) { XF_PDL_ENTRY();                          \
         lfv_bwd<NV, true, true, true, true>(part, dz, dbranch, fmt, dy, branch, x, gamma, rows, dim, eps, seed, \
                                             threshold, keep, lfv_extra{dz2, omega2, alpha2, omega, alpha},      \
                                             LFW_FIN);                                                           \
@@ -1019,7 +1019,7 @@ __device__ __forceinline__ void lfp_fwd(float* z, float* y, const float* x, cons
 // for NV ≤ 4, so that 24 warps per SM share the rows; 2 at NV 8, whose two rows in
 // registers need more (128, no spills; dim 1024 is not the step's shape).
 #define LFP_INSTANCE(NV, MINB)                                                                                  \
-    extern "C" __global__ void __launch_bounds__(LFV_THREADS, MINB) layernorm_fast_fwd_p##NV(LFV_FWD_PARAMS) { XF_PDL_ENTRY();  \
+    extern "C" __global__ void __launch_bounds__(LFV_THREADS, MINB) layernorm_fast_fwd_p##NV(LFV_FWD_PARAMS) { XF_PDL_ENTRY(); \
         LFV_BY_DIM(NV, lfp_fwd<NV, true>(z, y, x, branch, omega, alpha, gamma, beta, rows, lfv_dim, eps, drop,  \
                                          seed, threshold, keep, y16, fmt))                                      \
     }                                                                                                           \
@@ -1044,12 +1044,12 @@ LFP_INSTANCE(8, 2)
 // same bits. The Go side launches them only with the dropout on.
 #define LFK_INSTANCE(NV, MINB)                                                                                 \
     extern "C" __global__ void __launch_bounds__(LFV_THREADS, MINB)                                            \
-        layernorm_fast_fwd_pk##NV(LFV_FWD_PARAMS, unsigned* kept) { XF_PDL_ENTRY();                                            \
+        layernorm_fast_fwd_pk##NV(LFV_FWD_PARAMS, unsigned* kept) { XF_PDL_ENTRY();                            \
         LFV_BY_DIM(NV, lfp_fwd<NV, true, true>(z, y, x, branch, omega, alpha, gamma, beta, rows, lfv_dim, eps, \
                                                drop, seed, threshold, keep, y16, fmt, kept))                   \
     }                                                                                                          \
     extern "C" __global__ void __launch_bounds__(LFV_THREADS)                                                  \
-        layernorm_fast_bwd_vpk##NV(LFV_PAIR_PARAMS, const unsigned* kept) { XF_PDL_ENTRY();                                    \
+        layernorm_fast_bwd_vpk##NV(LFV_PAIR_PARAMS, const unsigned* kept) { XF_PDL_ENTRY();                    \
         LFV_STEP(NV, part && dz && dbranch && dz2 && omega2 && x && threshold != 0ull,                         \
                  lfv_bwd<NV, true, true, false, false, true>(                                                  \
                      part, dz, dbranch, lfv_fmt, dy, z, x, gamma, rows, lfv_dim, eps, seed, threshold, keep,   \
@@ -1057,7 +1057,7 @@ LFP_INSTANCE(8, 2)
                      lfv_fin{nullptr, nullptr, nullptr, nullptr, 1.f}, kept))                                  \
     }                                                                                                          \
     extern "C" __global__ void __launch_bounds__(LFV_THREADS)                                                  \
-        layernorm_fast_bwd_vrk##NV(LFV_RECOMP_PARAMS, const unsigned* kept) { XF_PDL_ENTRY();                                  \
+        layernorm_fast_bwd_vrk##NV(LFV_RECOMP_PARAMS, const unsigned* kept) { XF_PDL_ENTRY();                  \
         LFV_STEP(NV, part && dz && dbranch && dz2 && omega2 && x && omega && threshold != 0ull,                \
                  lfv_bwd<NV, true, true, true, false, true>(                                                   \
                      part, dz, dbranch, lfv_fmt, dy, branch, x, gamma, rows, lfv_dim, eps, seed, threshold,    \
