@@ -212,16 +212,11 @@ func TestKeptMaskTiming(t *testing.T) {
 		t.Skip("timing only")
 	}
 	g := withPrecision(t, BF16)
-	const rows, dim, p = 8000, 512, 0.1
+	const rows, dim, p = benchSumRows, benchSumDim, 0.1
 	n := rows * dim
-	r := rand.New(rand.NewPCG(102, 1))
-	in := newReslnIn(r, rows, dim, true, 0.81)
-	si := newSumIn(r, rows, dim, true)
-	x, br, om := g.Upload(in.x), g.Upload(in.branch), g.Upload(in.omega)
-	gm, bt := g.Upload(in.gamma), g.Upload(in.beta)
+	in, x, br, om, gm, bt, s := newBenchSumInputs(g, 102)
 	z, y, h := g.Alloc(n), g.Alloc(n), g.AllocHalf(n)
 	kept := g.Alloc(g.KeptMaskWords(rows, dim))
-	s := si.upload(g)
 	dz, dbr := g.Alloc(n), g.AllocHalf(n)
 	dg, db, dom := g.Alloc(dim), g.Alloc(dim), g.Alloc(dim)
 	us := func(f func()) float64 { return timeDevice(t, g, 30, f).Seconds() * 1e6 }

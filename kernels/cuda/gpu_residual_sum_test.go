@@ -285,16 +285,11 @@ func TestResidualSumTiming(t *testing.T) {
 		t.Skip("timing only")
 	}
 	g := withPrecision(t, BF16)
-	const rows, dim, p = 8000, 512, 0.1
+	const rows, dim, p = benchSumRows, benchSumDim, 0.1
 	n := rows * dim
-	r := rand.New(rand.NewPCG(94, 1))
-	in := newReslnIn(r, rows, dim, true, 0.81)
-	si := newSumIn(r, rows, dim, true)
-	x, br, om := g.Upload(in.x), g.Upload(in.branch), g.Upload(in.omega)
-	gm, b := g.Upload(in.gamma), g.Upload(in.beta)
+	in, x, br, om, gm, b, s := newBenchSumInputs(g, 94)
 	z, y, y16, dz, dbh, dx := g.Alloc(n), g.Alloc(n), g.AllocHalf(n), g.Alloc(n), g.AllocHalf(n), g.Alloc(n)
 	dg, db, dom := g.Alloc(dim), g.Alloc(dim), g.Alloc(dim)
-	s := si.upload(g)
 	scoped := func(f func()) func() {
 		return func() {
 			g.BeginScope()
@@ -355,4 +350,19 @@ func TestResidualSumTiming(t *testing.T) {
 	f.vbwd[idx] = lfvKernel{fn: def.fn, warps: 4}
 	w4 := tm(bwdSum)
 	t.Logf("Sum without column gradients (no finish) %.1f µs; Sum on 4-warp blocks (%d per SM) %.1f µs", noCols, f.vbwd[idx].perSM, w4)
+}
+
+// benchSumRows × benchSumDim is the bench shape of the residual+LayerNorm timing tests.
+const benchSumRows, benchSumDim = 8000, 512
+
+// newBenchSumInputs uploads the timing tests' inputs at the bench shape (per-channel ω,
+// α 0.81), drawn from seed: the reslnIn, then x, the branch, ω, γ, β on the device and
+// the incoming gradient as a kernels.ResidualSum.
+func newBenchSumInputs(g *Backend, seed uint64) (in reslnIn, x, br, om, gm, b kernels.Buffer, s kernels.ResidualSum) {
+	r := rand.New(rand.NewPCG(seed, 1))
+	in = newReslnIn(r, benchSumRows, benchSumDim, true, 0.81)
+	si := newSumIn(r, benchSumRows, benchSumDim, true)
+	x, br, om = g.Upload(in.x), g.Upload(in.branch), g.Upload(in.omega)
+	gm, b = g.Upload(in.gamma), g.Upload(in.beta)
+	return in, x, br, om, gm, b, si.upload(g)
 }
